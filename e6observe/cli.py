@@ -1,0 +1,56 @@
+"""The ``e6observe`` command. Each subcommand lives in its own module, imported on use.
+
+A command module provides ``add_arguments(parser)`` and ``run(args) -> int`` (the exit code).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Optional, Sequence
+
+from ._version import __version__
+
+#: subcommand -> (module, one-line help)
+COMMANDS = {
+    "demo": ("e6observe.demo", "run the simulator, an instrumented workload and a live view"),
+    "sim": ("e6observe.sim.cli", "serve the blue/green e6data cluster simulator"),
+    "probe": ("e6observe.probe", "standalone prober: query a cluster on an interval, export metrics"),
+    "check": ("e6observe.check", "readiness check of a cluster: READY / NOT READY"),
+    "status": ("e6observe.client", "print the current strategy state of an e6observe endpoint"),
+    "tail": ("e6observe.client", "print switch events from an e6observe endpoint as they happen"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="e6observe", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"e6observe {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        try:
+            mod = importlib.import_module(module)
+        except ImportError:  # a command whose module is not built yet
+            continue
+        adder = getattr(mod, "add_arguments_" + name, None) or getattr(mod, "add_arguments")
+        adder(p)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 2
+    mod = importlib.import_module(COMMANDS[args.command][0])
+    runner = getattr(mod, "run_" + args.command, None) or getattr(mod, "run")
+    try:
+        return int(runner(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,184 @@
+"""The one table of every metric e6observe exports.
+
+Exporters (Prometheus, OpenTelemetry), dashboards and alert rules are all built from this
+table; ``tests/test_metric_contract.py`` fails when a dashboard or alert names a metric that is
+not here. Names are a public contract: change them only with a CHANGELOG entry.
+
+Each :class:`MetricSpec` carries the Prometheus name (without the ``_total`` / ``_bucket``
+suffixes the exposition adds), the OpenTelemetry instrument name, unit, kind, label names and,
+for histograms, bucket boundaries.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+#: Every label value e6observe emits comes from a bounded set. These are the sets.
+STRATEGIES = ("blue", "green")
+#: ``none``: no strategy known yet; ``invalid``: anything a server sent that is not blue/green.
+STRATEGY_LABELS = STRATEGIES + ("none", "invalid")
+#: Why a switch happened. ``announced``: the server sent ``new_strategy`` and the client flipped
+#: once its queries drained; ``mismatch``: the client learned by a 456 error (cache cleared, other
+#: colour learned); ``observed``: the watcher saw the cache change with no hook reporting it.
+SWITCH_CAUSES = ("announced", "mismatch", "observed")
+#: How a query ended. ``switch_interrupted``: it failed because a switch landed mid-flight (a 456
+#: on a query that was already admitted under the old colour).
+QUERY_OUTCOMES = ("ok", "error", "switch_interrupted")
+EVENT_KINDS = ("detected", "announced", "applied", "mismatch", "cache_cleared", "retry")
+
+# Bucket boundaries. OpenTelemetry's recommended boundaries for db.client.operation.duration
+# (seconds), and the same family for RPCs, with one finer low bucket because RPCs against a
+# nearby engine routinely finish in well under a millisecond.
+DB_DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0)
+RPC_DURATION_BUCKETS = (0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0)
+DRAIN_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+POOL_TIME_BUCKETS = (0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0)
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """One exported metric: its names in both systems, kind, unit, labels and buckets."""
+
+    prom_name: str
+    otel_name: Optional[str]
+    kind: str  # "counter" | "gauge" | "histogram" | "info"
+    unit: str
+    help: str
+    labels: tuple[str, ...] = ()
+    buckets: tuple[float, ...] = ()
+    otel_labels: tuple[str, ...] = ()  # attribute names when they differ from ``labels``
+
+    @property
+    def exposed_names(self) -> tuple[str, ...]:
+        """Every series name the Prometheus exposition shows for this metric."""
+        if self.kind == "counter":
+            return (self.prom_name + "_total",)
+        if self.kind == "histogram":
+            return tuple(self.prom_name + s for s in ("_bucket", "_sum", "_count"))
+        if self.kind == "info":
+            return (self.prom_name + "_info",) if not self.prom_name.endswith("_info") else (
+                self.prom_name,)
+        return (self.prom_name,)
+
+
+def _c(name: str, otel: Optional[str], unit: str, help: str, *labels: str) -> MetricSpec:
+    return MetricSpec(name, otel, "counter", unit, help, tuple(labels))
+
+
+def _g(name: str, otel: Optional[str], unit: str, help: str, *labels: str) -> MetricSpec:
+    return MetricSpec(name, otel, "gauge", unit, help, tuple(labels))
+
+
+def _h(name: str, otel: Optional[str], unit: str, help: str, buckets: tuple[float, ...],
+       *labels: str) -> MetricSpec:
+    return MetricSpec(name, otel, "histogram", unit, help, tuple(labels), buckets)
+
+
+# --- core: switches, mismatches, latency (hooks) -------------------------------------------
+STRATEGY_ACTIVE = _g("e6data_strategy_active", "e6data.strategy.active", "1",
+                     "1 for the strategy this process's connector routes new queries to, else 0.",
+                     "strategy")
+STRATEGY_PENDING = _g("e6data_strategy_pending", "e6data.strategy.pending", "1",
+                      "1 for a strategy the server announced and the connector has not applied yet.",
+                      "strategy")
+SWITCHES = _c("e6data_strategy_switches", "e6data.strategy.switches", "{switch}",
+              "Blue/green switches this process's connector went through.", "from", "to", "cause")
+SWITCH_DRAIN = _h("e6data_strategy_switch_drain_seconds", "e6data.strategy.switch.drain_time", "s",
+                  "Seconds from announcement to the applied switch (queries draining).",
+                  DRAIN_BUCKETS)
+LAST_SWITCH = _g("e6data_strategy_last_switch_timestamp_seconds",
+                 "e6data.strategy.last_switch_time", "s",
+                 "Unix time of the last applied switch (0 before the first).")
+MISMATCHES = _c("e6data_strategy_mismatches", "e6data.strategy.mismatches", "{error}",
+                "456 strategy-mismatch errors received, by strategy sent and RPC method.",
+                "strategy", "method")
+EVENTS = _c("e6data_strategy_events", "e6data.strategy.events", "{event}",
+            "Strategy events emitted, by kind.", "kind")
+RETRIES = _c("e6data_retries", "e6data.client.retries", "{retry}",
+             "Times the connector's retry loop replayed an operation, by reason.", "reason")
+RPC_DURATION = MetricSpec(
+    "e6data_rpc_duration_seconds", "rpc.client.call.duration", "histogram", "s",
+    "Duration of each gRPC call the connector makes.", ("method", "strategy", "code"),
+    RPC_DURATION_BUCKETS, ("rpc.method", "e6data.strategy", "rpc.status_code"))
+QUERY_DURATION = MetricSpec(
+    "e6data_query_duration_seconds", "db.client.operation.duration", "histogram", "s",
+    "Duration of each query from execute to clear/close.", ("strategy", "outcome"),
+    DB_DURATION_BUCKETS, ("e6data.strategy", "error.type"))
+QUERIES_IN_FLIGHT = _g("e6data_queries_in_flight", "e6data.client.queries_in_flight", "{query}",
+                       "Queries executed and not yet cleared, by the strategy they are pinned to.",
+                       "strategy")
+INTERNAL_ERRORS = _c("e6observe_internal_errors", "e6observe.internal_errors", "{error}",
+                     "Failures inside e6observe itself, contained and not raised into the app.",
+                     "component")
+EVENTS_DROPPED = _c("e6observe_events_dropped", "e6observe.events.dropped", "{event}",
+                    "Events dropped by a bounded queue or sink, by where.", "sink")
+BUILD_INFO = MetricSpec("e6observe_build_info", None, "gauge", "1",
+                        "Always 1; labels name the e6observe and connector versions.",
+                        ("version", "connector_version"))
+
+# --- watcher: cache health, heartbeat --------------------------------------------------------
+WATCHER_LAST_RUN = _g("e6observe_watcher_last_run_timestamp_seconds",
+                      "e6observe.watcher.last_run_time", "s",
+                      "Unix time the watcher thread last completed an iteration.")
+PENDING_AGE = _g("e6data_strategy_pending_age_seconds", "e6data.strategy.pending.age", "s",
+                 "Seconds the current pending strategy has waited to be applied (0 if none).")
+CACHE_AGE = _g("e6data_strategy_cache_age_seconds", "e6data.strategy.cache.age", "s",
+               "Seconds since the connector last confirmed its cached strategy.")
+QUERY_MAP_ENTRIES = _g("e6data_strategy_query_map_entries", "e6data.strategy.query_map.entries",
+                       "{query}", "Entries in the connector's query-to-strategy map.")
+SESSION_INVALIDATED = _g("e6data_strategy_session_invalidated",
+                         "e6data.strategy.session_invalidated", "1",
+                         "1 while the connector's sessions are marked invalid after a switch.")
+CONNECTIONS_OPEN = _g("e6data_connections_open", "e6data.client.connections.open", "{connection}",
+                      "Connector connections with an open gRPC channel.")
+
+# --- runtime (psutil / gc), named after prometheus_client's process and gc collectors --------
+PROCESS_RSS = _g("process_resident_memory_bytes", "process.memory.usage", "By",
+                 "Resident memory size in bytes.")
+PROCESS_VMS = _g("process_virtual_memory_bytes", "process.memory.virtual", "By",
+                 "Virtual memory size in bytes.")
+PROCESS_USS = _g("process_unique_memory_bytes", "process.memory.unique", "By",
+                 "Unique set size in bytes (memory freed if the process exits).")
+PROCESS_CPU = _c("process_cpu_seconds", "process.cpu.time", "s",
+                 "User and system CPU time spent, in seconds.")
+PROCESS_FDS = _g("process_open_fds", "process.open_file_descriptor.count", "{fd}",
+                 "Open file descriptors.")
+PROCESS_THREADS = _g("process_threads", "process.thread.count", "{thread}", "OS threads.")
+GC_COLLECTIONS = _c("python_gc_collections", "cpython.gc.collections", "{collection}",
+                    "Garbage collections, by generation.", "generation")
+GC_COLLECTED = _c("python_gc_objects_collected", "cpython.gc.collected_objects", "{object}",
+                  "Objects collected by the garbage collector, by generation.", "generation")
+GC_UNCOLLECTABLE = _c("python_gc_objects_uncollectable", "cpython.gc.uncollectable_objects",
+                      "{object}", "Uncollectable objects found, by generation.", "generation")
+
+# --- connection pools (db.client.connection.* conventions) ----------------------------------
+POOL_CONNECTIONS = _g("e6data_pool_connections", "db.client.connection.count", "{connection}",
+                      "Pooled connections by state (idle/used).", "pool", "state")
+POOL_MAX = _g("e6data_pool_max_connections", "db.client.connection.max", "{connection}",
+              "Configured maximum connections of a pool.", "pool")
+POOL_PENDING = _g("e6data_pool_pending_requests", "db.client.connection.pending_requests",
+                  "{request}", "Callers waiting for a pooled connection.", "pool")
+POOL_CREATE_TIME = _h("e6data_pool_create_time_seconds", "db.client.connection.create_time", "s",
+                      "Time to create a pooled connection.", POOL_TIME_BUCKETS, "pool")
+POOL_WAIT_TIME = _h("e6data_pool_wait_time_seconds", "db.client.connection.wait_time", "s",
+                    "Time a caller waited for a pooled connection.", POOL_TIME_BUCKETS, "pool")
+
+# --- prober ---------------------------------------------------------------------------------
+PROBE_SUCCESS = _g("e6data_probe_success", "e6data.probe.success", "1",
+                   "1 if the last probe query succeeded, else 0.")
+PROBE_DURATION = _h("e6data_probe_duration_seconds", "e6data.probe.duration", "s",
+                    "Duration of each probe (connect if needed, query, fetch, clear).",
+                    DB_DURATION_BUCKETS)
+PROBES = _c("e6data_probes", "e6data.probes", "{probe}", "Probes run, by result.", "result")
+
+ALL: tuple[MetricSpec, ...] = tuple(v for v in list(globals().values()) if isinstance(v, MetricSpec))
+BY_PROM_NAME = {m.prom_name: m for m in ALL}
+
+
+def exposed_series_names() -> set[str]:
+    """Every series name (with suffixes) that e6observe may expose on /metrics."""
+    out: set[str] = set()
+    for m in ALL:
+        out.update(m.exposed_names)
+    return out

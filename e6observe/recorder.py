@@ -1,0 +1,391 @@
+"""The recorder: one in-process store that every hook writes to and every sink reads from.
+
+Each observation is recorded once, on the hot path, into a pre-bound child (a histogram or a
+counter for one label set). Sinks never sit on the hot path: Prometheus renders the store at
+scrape time, OpenTelemetry reads it from observable callbacks and drains the per-child buffers
+of raw values (only while an OpenTelemetry sink is attached). Strategy events update the state
+and counters synchronously (so /metrics shows a switch the moment it is applied) and are handed
+to subscribers (log records, span events, the event stream) by a dispatcher thread, because the
+hook that reports them may be running under the connector's ``_strategy_lock``.
+
+Label values are normalised here to bounded sets (see ``metrics.py``): whatever a server sends,
+the number of series stays fixed.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from bisect import bisect_left
+from collections import deque
+from typing import Callable, Optional
+
+from . import metrics as M
+from ._safe import contain, record_internal_error
+from .events import Event, EventRing
+
+#: RPC method names the connector may call; anything else is labelled ``other``.
+try:  # the connector's own descriptor is the source of truth
+    from e6data_python_connector.server import e6x_engine_pb2 as _pb
+
+    RPC_METHODS: frozenset[str] = frozenset(
+        m.name for s in _pb.DESCRIPTOR.services_by_name.values() for m in s.methods)
+except Exception:  # pragma: no cover - connector missing or changed
+    RPC_METHODS = frozenset()
+GRPC_CODES = frozenset({
+    "OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
+    "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED",
+    "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED"})
+RETRY_REASONS = frozenset({"mismatch", "access_denied", "resume", "other"})
+
+#: Cap on raw values buffered per histogram child for the OpenTelemetry drain.
+OTEL_BUFFER_CAP = 4096
+
+
+def norm_strategy(value: object) -> str:
+    """Map anything to a bounded label: blue, green, none (unset) or invalid."""
+    if value is None or value == "" or value == b"":
+        return "none"
+    if isinstance(value, bytes):
+        try:
+            value = value.decode("ascii")
+        except UnicodeDecodeError:
+            return "invalid"
+    if isinstance(value, str) and len(value) <= 16:
+        low = value.strip().lower()
+        if low in M.STRATEGIES:
+            return low
+    return "invalid"
+
+
+def norm_method(value: object) -> str:
+    """``/ns.QueryEngineService/prepareStatement`` or ``prepareStatement`` -> bounded name."""
+    if isinstance(value, bytes):
+        value = value.decode("ascii", "replace")
+    if isinstance(value, str):
+        name = value.rsplit("/", 1)[-1]
+        if name in RPC_METHODS:
+            return name
+    return "other"
+
+
+def norm_code(value: object) -> str:
+    """A grpc.StatusCode (or its name) -> its bounded name."""
+    name = getattr(value, "name", value)
+    return name if isinstance(name, str) and name in GRPC_CODES else "UNKNOWN"
+
+
+class Histogram:
+    """Cumulative-on-render bucket counts for one label set. ``observe`` is the hot path."""
+
+    __slots__ = ("labels", "bounds", "counts", "sum", "count", "exemplars", "otel_buffer",
+                 "_lock", "otel_dropped")
+
+    def __init__(self, labels: tuple[str, ...], bounds: tuple[float, ...]) -> None:
+        self.labels = labels
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # last slot is +Inf
+        self.sum = 0.0
+        self.count = 0
+        #: bucket index -> (trace_id hex, span_id hex, value, unix time); set only when traced.
+        self.exemplars: dict[int, tuple[str, str, float, float]] = {}
+        self.otel_buffer: Optional[list[float]] = None
+        self.otel_dropped = 0
+        self._lock = threading.Lock()
+
+    def observe(self, value: float, exemplar: Optional[tuple[str, str]] = None) -> None:
+        i = bisect_left(self.bounds, value)
+        with self._lock:
+            self.counts[i] += 1
+            self.sum += value
+            self.count += 1
+            buf = self.otel_buffer
+            if buf is not None:
+                if len(buf) < OTEL_BUFFER_CAP:
+                    buf.append(value)
+                else:
+                    self.otel_dropped += 1
+        if exemplar is not None:
+            self.exemplars[i] = (exemplar[0], exemplar[1], value, time.time())
+
+    def snapshot(self) -> tuple[list[int], float, int]:
+        """(per-bucket counts, sum, count), consistent with each other."""
+        with self._lock:
+            return list(self.counts), self.sum, self.count
+
+    def drain_otel(self) -> list[float]:
+        """Take the raw values buffered since the last drain (OpenTelemetry sink only)."""
+        with self._lock:
+            buf = self.otel_buffer
+            if not buf:
+                return []
+            self.otel_buffer = []
+            return buf
+
+
+class Counter:
+    __slots__ = ("labels", "value", "_lock")
+
+    def __init__(self, labels: tuple[str, ...]) -> None:
+        self.labels = labels
+        self.value = 0.0
+        self._lock = threading.Lock()
+
+    def inc(self, amount: float = 1.0) -> None:
+        with self._lock:
+            self.value += amount
+
+
+class Family:
+    """All children of one metric, keyed by label-value tuple (values already normalised)."""
+
+    def __init__(self, spec: M.MetricSpec) -> None:
+        self.spec = spec
+        self.children: dict[tuple[str, ...], object] = {}
+        self._lock = threading.Lock()
+        self.otel_enabled = False
+
+    def child(self, labels: tuple[str, ...]) -> object:
+        c = self.children.get(labels)
+        if c is None:
+            with self._lock:
+                c = self.children.get(labels)
+                if c is None:
+                    if self.spec.kind == "histogram":
+                        h = Histogram(labels, self.spec.buckets)
+                        if self.otel_enabled:
+                            h.otel_buffer = []
+                        c = h
+                    else:
+                        c = Counter(labels)
+                    self.children[labels] = c
+        return c
+
+    def histogram(self, *labels: str) -> Histogram:
+        return self.child(labels)  # type: ignore[return-value]
+
+    def counter(self, *labels: str) -> Counter:
+        return self.child(labels)  # type: ignore[return-value]
+
+    def items(self) -> list[tuple[tuple[str, ...], object]]:
+        return list(self.children.items())
+
+
+class Recorder:
+    """The process's single store of e6observe observations and blue/green state."""
+
+    def __init__(self, event_capacity: int = 1024, dispatch_capacity: int = 10000) -> None:
+        self.families: dict[str, Family] = {
+            s.prom_name: Family(s) for s in M.ALL if s.kind in ("counter", "histogram")}
+        self.ring = EventRing(event_capacity)
+        self.created = time.time()
+        # Blue/green state as this process's connector sees it (cache A, or per-connection aio).
+        self.active: Optional[str] = None
+        self.pending: Optional[str] = None
+        self.pending_since: Optional[float] = None
+        self.last_switch_time = 0.0
+        self.in_flight: dict[str, int] = dict.fromkeys(M.STRATEGY_LABELS, 0)
+        self._state_lock = threading.Lock()
+        # Event fan-out to subscribers, off the caller's thread.
+        self._subscribers: list[Callable[[Event], None]] = []
+        self._queue: deque[Event] = deque()
+        self._queue_cap = dispatch_capacity
+        self._wake = threading.Condition(threading.Lock())
+        self._dispatcher: Optional[threading.Thread] = None
+        self._stopping = False
+        self._zero_init()
+
+    # -- set-up ---------------------------------------------------------------------------
+    def _zero_init(self) -> None:
+        sw = self.families[M.SWITCHES.prom_name]
+        for a in M.STRATEGIES:
+            for b in M.STRATEGIES:
+                if a != b:
+                    for cause in M.SWITCH_CAUSES:
+                        sw.counter(a, b, cause)
+        for kind in M.EVENT_KINDS:
+            self.families[M.EVENTS.prom_name].counter(kind)
+        for outcome in M.QUERY_OUTCOMES:
+            for s in M.STRATEGIES:
+                self.families[M.QUERY_DURATION.prom_name].histogram(s, outcome)
+        self.families[M.SWITCH_DRAIN.prom_name].histogram()
+
+    def family(self, spec: M.MetricSpec) -> Family:
+        return self.families[spec.prom_name]
+
+    def enable_otel_buffers(self, enabled: bool = True) -> None:
+        """Start (or stop) keeping raw histogram values for the OpenTelemetry drain."""
+        for fam in self.families.values():
+            if fam.spec.kind != "histogram":
+                continue
+            fam.otel_enabled = enabled
+            for _, h in fam.items():
+                h.otel_buffer = [] if enabled else None  # type: ignore[attr-defined]
+
+    # -- hot path ---------------------------------------------------------------------------
+    def rpc_histogram(self, method: str, strategy: str, code: str) -> Histogram:
+        """The pre-bound child for one (method, strategy, code); callers may cache it."""
+        return self.families[M.RPC_DURATION.prom_name].histogram(method, strategy, code)
+
+    def query_started(self, strategy: str) -> None:
+        with self._state_lock:
+            self.in_flight[strategy] = self.in_flight.get(strategy, 0) + 1
+
+    def query_finished(self, strategy: str, outcome: str, seconds: float,
+                       exemplar: Optional[tuple[str, str]] = None) -> None:
+        with self._state_lock:
+            self.in_flight[strategy] = max(0, self.in_flight.get(strategy, 0) - 1)
+        self.families[M.QUERY_DURATION.prom_name].histogram(strategy, outcome).observe(
+            seconds, exemplar)
+
+    # -- strategy events ----------------------------------------------------------------------
+    def detected(self, strategy: str) -> None:
+        """The first strategy this process learned (not a switch)."""
+        with self._state_lock:
+            self.active = strategy
+        self._emit("detected", to_strategy=strategy, strategy=strategy)
+
+    def announced(self, to: str) -> None:
+        """The server announced ``to``; the connector will apply it once queries drain."""
+        with self._state_lock:
+            if self.pending == to:
+                return
+            self.pending = to
+            self.pending_since = time.time()
+            frm = self.active or "none"
+        self._emit("announced", from_strategy=frm, to_strategy=to, strategy=frm)
+
+    def applied(self, frm: str, to: str, cause: str, pinned_queries: int = 0) -> None:
+        """A switch from ``frm`` to ``to``: counted once, visible on /metrics immediately."""
+        now = time.time()
+        with self._state_lock:
+            drain = (now - self.pending_since) if (self.pending_since is not None
+                                                   and cause == "announced") else None
+            self.active = to
+            self.pending = None
+            self.pending_since = None
+            self.last_switch_time = now
+        self.families[M.SWITCHES.prom_name].counter(frm, to, cause).inc()
+        if drain is not None:
+            self.families[M.SWITCH_DRAIN.prom_name].histogram().observe(drain)
+        self._emit("applied", from_strategy=frm, to_strategy=to, cause=cause,
+                   drain_seconds=drain, pinned_queries=pinned_queries, strategy=to)
+
+    def mismatch(self, strategy: str, method: str) -> None:
+        self.families[M.MISMATCHES.prom_name].counter(strategy, method).inc()
+        self._emit("mismatch", strategy=strategy, method=method)
+
+    def cache_cleared(self, was: str) -> None:
+        with self._state_lock:
+            self.pending = None
+            self.pending_since = None
+        self._emit("cache_cleared", from_strategy=was, strategy=was)
+
+    def retry(self, attempt: int, reason: str) -> None:
+        reason = reason if reason in RETRY_REASONS else "other"
+        self.families[M.RETRIES.prom_name].counter(reason).inc()
+        self._emit("retry", attempt=attempt, reason=reason, strategy=self.active or "none")
+
+    def _emit(self, kind: str, **fields: object) -> Event:
+        ev = Event(self.ring.next_seq(), kind, **fields)  # type: ignore[arg-type]
+        self.families[M.EVENTS.prom_name].counter(kind).inc()
+        self.ring.append(ev)
+        if self._subscribers:
+            with self._wake:
+                if len(self._queue) >= self._queue_cap:
+                    self.families[M.EVENTS_DROPPED.prom_name].counter("dispatch").inc()
+                else:
+                    self._queue.append(ev)
+                self._wake.notify()
+        return ev
+
+    # -- subscribers ------------------------------------------------------------------------
+    def subscribe(self, fn: Callable[[Event], None]) -> None:
+        """Call ``fn(event)`` for every later event, on the dispatcher thread, contained."""
+        self._subscribers.append(fn)
+        self._start_dispatcher()
+
+    def unsubscribe(self, fn: Callable[[Event], None]) -> None:
+        try:
+            self._subscribers.remove(fn)
+        except ValueError:
+            pass
+
+    def _start_dispatcher(self) -> None:
+        if self._dispatcher is not None and self._dispatcher.is_alive():
+            return
+        self._stopping = False
+        t = threading.Thread(target=self._dispatch_loop, name="e6observe-dispatch", daemon=True)
+        self._dispatcher = t
+        t.start()
+
+    def _dispatch_loop(self) -> None:
+        while True:
+            with self._wake:
+                while not self._queue and not self._stopping:
+                    self._wake.wait()
+                if self._stopping and not self._queue:
+                    return
+                batch = list(self._queue)
+                self._queue.clear()
+            for ev in batch:
+                for fn in list(self._subscribers):
+                    try:
+                        fn(ev)
+                    except Exception as exc:
+                        record_internal_error("event.subscriber", exc)
+
+    def flush(self, timeout: float = 2.0) -> bool:
+        """Wait until queued events reached subscribers (tests, shutdown). True if drained."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self._wake:
+                if not self._queue:
+                    break
+            time.sleep(0.001)
+        else:
+            return False
+        time.sleep(0.002)  # let the in-hand batch finish
+        return True
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """Stop the dispatcher thread (after delivering what is queued)."""
+        t = self._dispatcher
+        if t is None:
+            return
+        with self._wake:
+            self._stopping = True
+            self._wake.notify_all()
+        if t is not threading.current_thread():
+            t.join(timeout)
+        self._dispatcher = None
+
+    # -- reads for sinks --------------------------------------------------------------------
+    def state(self) -> dict[str, object]:
+        with self._state_lock:
+            return {"active": self.active, "pending": self.pending,
+                    "pending_since": self.pending_since, "last_switch_time": self.last_switch_time,
+                    "in_flight": dict(self.in_flight)}
+
+    def switch_total(self) -> float:
+        """All switches counted so far (any direction, any cause)."""
+        return sum(c.value for _, c in self.families[M.SWITCHES.prom_name].items())  # type: ignore[attr-defined]
+
+
+_current: Optional[Recorder] = None
+_current_lock = threading.Lock()
+
+
+def get_recorder() -> Optional[Recorder]:
+    """The recorder of the active instrumentation, or None when not instrumented."""
+    return _current
+
+
+def set_recorder(rec: Optional[Recorder]) -> None:
+    global _current
+    with _current_lock:
+        _current = rec
+
+
+__all__ = ["Recorder", "Histogram", "Counter", "Family", "get_recorder", "set_recorder",
+           "norm_strategy", "norm_method", "norm_code", "contain"]
