@@ -26,6 +26,7 @@ from __future__ import annotations
 import collections
 import itertools
 import secrets
+import socket
 import threading
 import time
 from concurrent import futures
@@ -53,6 +54,25 @@ ENGINE_METHODS = tuple(m.name for m in pb.DESCRIPTOR.services_by_name["QueryEngi
 CLUSTER_METHODS = ("cluster.status", "cluster.resume", "cluster.suspend")
 #: Longest drain wait complete() accepts, in seconds.
 MAX_DRAIN_WAIT_S = 300.0
+
+
+def _check_bindable(host: str, port: int) -> None:
+    """Raise OSError if ``host:port`` cannot be bound.
+
+    gRPC reports a taken port by logging from its C core (to stderr) before Python sees the
+    failure; probing with a plain socket first keeps the error to one clear line.
+    """
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise OSError(f"cannot listen on {host}:{port} ({exc.strerror})") from None
+    family, kind, proto, _, addr = infos[0]
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC does
+        try:
+            sock.bind(addr)
+        except OSError as exc:
+            raise OSError(f"cannot listen on {host}:{port} ({exc.strerror or exc})") from None
 
 
 def _other(colour: str) -> str:
@@ -174,6 +194,8 @@ class Simulator:
             if self._server is not None:
                 return self
             self._stopping.clear()
+            if self._requested_port:
+                _check_bindable(self.host, self._requested_port)
             executor = futures.ThreadPoolExecutor(max_workers=self._max_workers,
                                                   thread_name_prefix="e6observe-sim")
             # SO_REUSEPORT (grpc's default) would let a second server share a taken port.
