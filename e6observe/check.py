@@ -125,6 +125,13 @@ def _first_scalar(rows: Any) -> Any:
     return v
 
 
+class _NoSession(Exception):
+    """Authentication ended without a session id."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "no session"
+
+
 class _Session:
     """Connections opened by a check, so they can all be closed at the end, boundedly."""
 
@@ -150,7 +157,10 @@ class _Session:
         session_id = conn.get_session_id
         took = time.perf_counter() - t0
         if not session_id:
-            raise RuntimeError("authentication returned no session")
+            # Connector 2.x swallows a refused login inside get_session_id and returns None.
+            raise _NoSession("authentication failed: the cluster gave no session (login "
+                             "refused or cluster unreachable; this connector version does not "
+                             "pass on the reason)")
         return conn, took
 
     @staticmethod
@@ -223,6 +233,9 @@ class Checker:
             except DeadlineExceeded as exc:
                 step.status = "fail"
                 step.summary = f"no answer: {exc}"
+            except _NoSession as exc:
+                step.status = "fail"
+                step.summary = str(exc)
             except Exception as exc:
                 step.status = "fail"
                 step.summary = describe_error(exc, self.opts.credentials)
