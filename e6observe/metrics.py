@@ -132,6 +132,14 @@ SESSION_INVALIDATED = _g("e6data_strategy_session_invalidated",
                          "1 while the connector's sessions are marked invalid after a switch.")
 CONNECTIONS_OPEN = _g("e6data_connections_open", "e6data.client.connections.open", "{connection}",
                       "Connector connections with an open gRPC channel.")
+QUERY_MAP_INHERITED = _g("e6data_strategy_query_map_inherited_entries",
+                         "e6data.strategy.query_map.inherited_entries", "{query}",
+                         "Query-map entries this process inherited from its parent at fork and "
+                         "still holds; they block graceful switches here (0 if not forked).")
+STRATEGY_LOCK_HELD_AT_FORK = _g("e6data_strategy_lock_held_at_fork",
+                                "e6data.strategy.lock_held_at_fork", "1",
+                                "1 if the connector's strategy lock was held by another thread "
+                                "when this process was forked: its queries will block.")
 
 # --- runtime (psutil / gc), named after prometheus_client's process and gc collectors --------
 PROCESS_RSS = _g("process_resident_memory_bytes", "process.memory.usage", "By",
