@@ -67,7 +67,7 @@ def sample_row(i: int) -> Tuple[Any, ...]:
     created = SAMPLE_EPOCH + _dt.timedelta(seconds=3600 * i + 7, microseconds=125_000 * (i % 8))
     return (
         i + 1,
-        f"item-{i + 1:04d}",
+        None if i % 23 == 20 else f"item-{i + 1:04d}",
         None if i % 7 == 3 else (i * 37) % 1000 - 500,
         None if i % 11 == 5 else round(i * 1.25 + 0.5, 2),
         None if i % 13 == 9 else created,
