@@ -1,0 +1,207 @@
+"""The instrumentation modes the benchmark compares, each set up in its own worker process.
+
+* ``bare``       - the connector alone (the baseline);
+* ``bare-ctl``   - the connector alone again, in a second process: an A/A control whose ratio to
+  ``bare`` shows the harness's own noise floor (how far two identical processes differ);
+* ``e6o-full``   - e6observe with everything a production set-up would switch on: the Prometheus
+  endpoint, OpenTelemetry metrics into an SDK ``MeterProvider`` (periodic reader, 1 s interval,
+  exporter that drops the batch), strategy events as OpenTelemetry log records (SDK
+  ``LoggerProvider``, processor that drops them) and the watcher thread;
+* ``e6o-prom``   - e6observe with the Prometheus endpoint only (``otel=False``), watcher on;
+* ``otel-grpc``  - opentelemetry-instrumentation-grpc's ``GrpcInstrumentorClient`` with an SDK
+  ``TracerProvider`` whose only span processor counts ended spans and exports nothing.
+
+The OpenTelemetry reference is given its cheapest sensible configuration (no exporter, no
+batching thread), so "e6observe adds less than a fifth of what OpenTelemetry adds" is measured
+against the lowest bar that configuration can set. The e6observe OpenTelemetry reader runs 60
+times more often than the SDK's 60 s default, which can only make e6observe look slower.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, Callable, Optional
+
+MODES = ("bare", "bare-ctl", "e6o-full", "e6o-prom", "otel-grpc")
+#: Modes that run e6observe (and so have a /metrics endpoint and a watcher).
+E6O_MODES = ("e6o-full", "e6o-prom")
+#: OpenTelemetry metric reader interval used by ``e6o-full`` (ms).
+OTEL_EXPORT_INTERVAL_MS = 1000
+#: Watcher interval used by the e6observe modes (s); the out-of-band switch test expects it.
+WATCHER_INTERVAL_S = 1.0
+
+
+def e6observe_available() -> Optional[str]:
+    """None when ``e6observe.instrument`` exists, else why the e6observe modes cannot run."""
+    try:
+        mod = importlib.import_module("e6observe")
+    except Exception as exc:  # pragma: no cover - the package itself is broken
+        return f"import e6observe failed: {type(exc).__name__}: {exc}"
+    try:
+        fn = getattr(mod, "instrument", None)
+    except Exception as exc:  # the package resolves it lazily from a module not there yet
+        return f"e6observe.instrument unavailable: {type(exc).__name__}: {exc}"
+    if not callable(fn):
+        return "e6observe.instrument() does not exist yet"
+    return None
+
+
+class _DropMetrics:
+    """Build lazily: a MetricExporter that drops each batch but remembers its size."""
+
+    @staticmethod
+    def make() -> Any:
+        from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult
+
+        class DropMetricExporter(MetricExporter):  # type: ignore[misc]
+            def __init__(self) -> None:
+                super().__init__()
+                self.exports = 0
+                self.last_points = 0
+
+            def export(self, metrics_data: Any, timeout_millis: float = 10_000, **kw: Any) -> Any:
+                points = 0
+                for rm in metrics_data.resource_metrics:
+                    for sm in rm.scope_metrics:
+                        for m in sm.metrics:
+                            points += len(m.data.data_points)
+                self.exports += 1
+                self.last_points = points
+                return MetricExportResult.SUCCESS
+
+            def force_flush(self, timeout_millis: float = 10_000) -> bool:
+                return True
+
+            def shutdown(self, timeout_millis: float = 30_000, **kw: Any) -> None:
+                return None
+
+        return DropMetricExporter()
+
+
+def _counting_span_processor() -> Any:
+    from opentelemetry.sdk.trace import SpanProcessor
+
+    class CountingSpanProcessor(SpanProcessor):  # type: ignore[misc]
+        def __init__(self) -> None:
+            self.ended = 0
+
+        def on_end(self, span: Any) -> None:
+            self.ended += 1
+
+    return CountingSpanProcessor()
+
+
+def _counting_log_processor() -> Any:
+    from opentelemetry.sdk._logs import LogRecordProcessor
+
+    class CountingLogProcessor(LogRecordProcessor):  # type: ignore[misc]
+        def __init__(self) -> None:
+            self.emitted = 0
+
+        def on_emit(self, log_record: Any) -> None:
+            self.emitted += 1
+
+        def shutdown(self) -> None:
+            return None
+
+        def force_flush(self, timeout_millis: int = 30_000) -> bool:
+            return True
+
+    return CountingLogProcessor()
+
+
+class Mode:
+    """One mode's live set-up in a worker: what it installed and how to read it back."""
+
+    def __init__(self, name: str) -> None:
+        if name not in MODES:
+            raise ValueError(f"unknown mode {name!r}; choose from {MODES}")
+        self.name = name
+        self.prometheus_port: Optional[int] = None
+        self.metric_exporter: Any = None
+        self.span_processor: Any = None
+        self.log_processor: Any = None
+        self._teardown: list[Callable[[], None]] = []
+
+    def install(self) -> None:
+        """Install the mode's instrumentation. Must run before the first connection is made."""
+        if self.name == "otel-grpc":
+            from opentelemetry.instrumentation.grpc import GrpcInstrumentorClient
+            from opentelemetry.sdk.trace import TracerProvider
+
+            tp = TracerProvider()
+            self.span_processor = _counting_span_processor()
+            tp.add_span_processor(self.span_processor)
+            inst = GrpcInstrumentorClient()
+            inst.instrument(tracer_provider=tp)
+            self._teardown.append(inst.uninstrument)
+        elif self.name in E6O_MODES:
+            why = e6observe_available()
+            if why:
+                raise RuntimeError(why)
+            import e6observe
+
+            kwargs: dict[str, Any] = {"prometheus_port": 0, "watcher_interval": WATCHER_INTERVAL_S}
+            if self.name == "e6o-full":
+                from opentelemetry.sdk._logs import LoggerProvider
+                from opentelemetry.sdk.metrics import MeterProvider
+                from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+
+                self.metric_exporter = _DropMetrics.make()
+                reader = PeriodicExportingMetricReader(
+                    self.metric_exporter, export_interval_millis=OTEL_EXPORT_INTERVAL_MS)
+                mp = MeterProvider(metric_readers=[reader])
+                lp = LoggerProvider()
+                self.log_processor = _counting_log_processor()
+                lp.add_log_record_processor(self.log_processor)
+                kwargs.update(otel=True, meter_provider=mp, logger_provider=lp)
+                self._teardown.append(mp.shutdown)
+            else:
+                kwargs.update(otel=False)
+            e6observe.instrument(**kwargs)
+            self._teardown.insert(0, e6observe.uninstrument)
+            self.prometheus_port = _find_prometheus_port()
+
+    def uninstall(self) -> None:
+        for fn in self._teardown:
+            try:
+                fn()
+            except Exception:
+                pass
+        self._teardown.clear()
+
+    def counts(self) -> dict[str, Any]:
+        """What the mode's own sinks saw (spans ended, metric points exported, log records)."""
+        out: dict[str, Any] = {}
+        if self.span_processor is not None:
+            out["spans_ended"] = self.span_processor.ended
+        if self.metric_exporter is not None:
+            out["otel_exports"] = self.metric_exporter.exports
+            out["otel_points_last_export"] = self.metric_exporter.last_points
+        if self.log_processor is not None:
+            out["otel_log_records"] = self.log_processor.emitted
+        return out
+
+
+def _find_prometheus_port() -> Optional[int]:
+    """The port e6observe's /metrics endpoint listens on (asked for port 0)."""
+    import e6observe
+
+    for name in ("prometheus_port", "server_port"):
+        fn = getattr(e6observe, name, None)
+        if callable(fn):
+            port = fn()
+            if port:
+                return int(port)
+    try:
+        from e6observe import server as srv
+
+        for name in ("current_port", "bound_port", "port"):
+            fn = getattr(srv, name, None)
+            if callable(fn):
+                port = fn()
+                if port:
+                    return int(port)
+    except Exception:
+        pass
+    return None

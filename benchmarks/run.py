@@ -1,0 +1,744 @@
+"""e6observe benchmark runner: agent overhead against the bare connector and OpenTelemetry's gRPC
+instrumentation, switch-visibility latency, memory, series count, /metrics render time, watcher
+CPU. One command, one run, one JSON result and one plot. See benchmarks/README.md.
+
+    ./run bench                  # the standard run (~6 min on 2 cores)
+    ./run bench --quick          # smoke run (~20 s): every phase, tiny sizes
+    ./run bench --long           # + 1 M RPCs memory soak and 100 k distinct queries
+
+How bias is kept out (details in BENCHMARKS.md): every mode lives in its own long-lived worker
+process, all connected to one simulator process; rounds alternate between the workers in a
+fresh random order each round, and while one worker runs, the others are stopped (SIGSTOP) so
+that their background threads (watcher, metric reader) cannot take CPU from it. Ratios are
+computed per round (each mode against the bare round of the same round) and summarised by their
+median and spread; a second bare worker (``bare-ctl``) shows how far two identical processes
+differ, i.e. the resolution of the harness.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import platform
+import random
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from typing import Any, Optional, Sequence
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+
+from modes import E6O_MODES, MODES, WATCHER_INTERVAL_S, e6observe_available  # noqa: E402
+from stats import distribution, linear_slope, median, percentile, spread  # noqa: E402
+
+SCHEMA = 1
+RPCS_PER_QUERY = 6
+TARGETS = {
+    "added_median_pct_max": 3.0,
+    "fraction_of_otel_added_max": 0.2,
+    "throughput_ratio_32_min": 0.97,
+    "switch_visible_ms_max": 1.0,
+    "added_rss_mib_max": 5.0,
+    "rss_growth_mib_per_1m_rpcs_max": 1.0,
+    "render_ms_max": 5.0,
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# processes
+
+
+class Proc:
+    """A child speaking JSON lines: one request, one reply."""
+
+    def __init__(self, name: str, argv: list[str]) -> None:
+        self.name = name
+        env = dict(os.environ)
+        env.setdefault("PYTHONHASHSEED", "0")  # identical dict/set layouts in every worker
+        self.p = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                  stderr=None, text=True, bufsize=1, env=env, cwd=ROOT)
+        self.stopped = False
+        self.hello: Any = None
+
+    def read(self, timeout_note: str = "") -> Any:
+        assert self.p.stdout is not None
+        line = self.p.stdout.readline()
+        if not line:
+            raise RuntimeError(f"{self.name}: exited (rc={self.p.poll()}) {timeout_note}")
+        msg = json.loads(line)
+        if "ok" in msg and not msg["ok"]:
+            raise RuntimeError(f"{self.name}: {msg.get('error')}")
+        return msg.get("result", msg)
+
+    def send(self, cmd: str, **kw: Any) -> None:
+        assert self.p.stdin is not None
+        self.p.stdin.write(json.dumps({"cmd": cmd, **kw}) + "\n")
+        self.p.stdin.flush()
+
+    def call(self, cmd: str, **kw: Any) -> Any:
+        self.resume()
+        self.send(cmd, **kw)
+        return self.read(cmd)
+
+    def pause(self) -> None:
+        if not self.stopped and self.p.poll() is None:
+            os.kill(self.p.pid, signal.SIGSTOP)
+            self.stopped = True
+
+    def resume(self) -> None:
+        if self.stopped:
+            os.kill(self.p.pid, signal.SIGCONT)
+            self.stopped = False
+
+    def close(self) -> None:
+        if self.p.poll() is not None:
+            return
+        self.resume()
+        try:
+            self.send("quit")
+            self.p.wait(10)
+        except Exception:
+            self.p.kill()
+            self.p.wait(5)
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.a = args
+        self.py = sys.executable
+        self.sim: Optional[Proc] = None
+        self.workers: dict[str, Proc] = {}
+        self.result: dict[str, Any] = {"schema": SCHEMA}
+        self.raw_lat: dict[str, list[float]] = {}  # mode -> all per-query latencies (ms)
+        self.rng = random.Random(args.seed)
+
+    def log(self, msg: str) -> None:
+        print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+    # -- set-up -------------------------------------------------------------------------------
+    def start(self) -> None:
+        self.sim = Proc("sim", [self.py, os.path.join(HERE, "simproc.py"), str(self.a.sim_latency_ms)])
+        self.port = int(self.sim.read()["port"])
+        self.log(f"simulator on 127.0.0.1:{self.port}")
+        why = e6observe_available()
+        modes = [m for m in self.a.modes if not (why and m in E6O_MODES)]
+        self.result["skipped_modes"] = {m: why for m in self.a.modes if m not in modes}
+        if why:
+            self.log(f"skipping e6observe modes: {why}")
+        # Start all workers together (import + connect + warm-up in parallel), then stop each.
+        for m in modes:
+            self.workers[m] = Proc(m, [self.py, os.path.join(HERE, "worker.py"), "--mode", m,
+                                       "--port", str(self.port), "--warmup", str(self.a.warmup)])
+        for m, w in self.workers.items():
+            w.hello = w.read("start-up")
+            w.pause()
+        self.log("workers ready: " + ", ".join(f"{m} (pid {w.hello['pid']})"
+                                               for m, w in self.workers.items()))
+
+    def stop(self) -> None:
+        for w in self.workers.values():
+            w.close()
+        if self.sim is not None:
+            self.sim.close()
+
+    def sim_call(self, cmd: str, **kw: Any) -> Any:
+        assert self.sim is not None
+        return self.sim.call(cmd, **kw)
+
+    def run_on(self, mode: str, cmd: str, **kw: Any) -> Any:
+        """Run one command on one worker with every other worker stopped."""
+        w = self.workers[mode]
+        for other in self.workers.values():
+            if other is not w:
+                other.pause()
+        try:
+            return w.call(cmd, **kw)
+        finally:
+            w.pause()
+
+    # -- phases -------------------------------------------------------------------------------
+    def phase_latency(self) -> None:
+        a = self.a
+        modes = list(self.workers)
+        rounds: dict[str, dict[str, list[float]]] = {m: {"median": [], "p99": []} for m in modes}
+        order_log = []
+        rpc0 = self.sim_call("counters")["rpcs_total"]
+        q0 = {m: self.run_on(m, "rss")["queries"] for m in modes}
+        self.raw_lat = {m: [] for m in modes}
+        t_start = time.perf_counter()
+        for r in range(a.rounds):
+            order = modes[:]
+            self.rng.shuffle(order)
+            order_log.append(order)
+            for m in order:
+                lat = [x / 1e6 for x in self.run_on(m, "latency", n=a.queries)["lat_ns"]]
+                rounds[m]["median"].append(median(lat))
+                rounds[m]["p99"].append(percentile(lat, 99))
+                self.raw_lat[m].extend(lat)
+            if (r + 1) % max(1, a.rounds // 5) == 0:
+                self.log(f"latency round {r + 1}/{a.rounds}: " + "  ".join(
+                    f"{m} {rounds[m]['median'][-1]:.3f}" for m in modes))
+        elapsed = time.perf_counter() - t_start
+        rpc1 = self.sim_call("counters")["rpcs_total"]
+        q1 = {m: self.run_on(m, "rss")["queries"] for m in modes}
+        dq = sum(q1[m] - q0[m] for m in modes)
+        out: dict[str, Any] = {
+            "rounds": a.rounds, "queries_per_round": a.queries, "seconds": elapsed,
+            "order": order_log, "rpcs_per_query": (rpc1 - rpc0) / dq if dq else None,
+            "modes": {}}
+        base = rounds.get("bare")
+        for m in modes:
+            med, p99 = rounds[m]["median"], rounds[m]["p99"]
+            entry: dict[str, Any] = {
+                "median_ms": median(med), "p99_ms": percentile(self.raw_lat[m], 99),
+                "round_median_ms": med, "round_p99_ms": p99,
+                "round_median_spread_ms": spread(med), "round_p99_spread_ms": spread(p99),
+                "distribution_ms": distribution(self.raw_lat[m])}
+            if base is not None:
+                ratios = [x / b for x, b in zip(med, base["median"])]
+                p99r = [x / b for x, b in zip(p99, base["p99"])]
+                entry["ratio_to_bare"] = {"median": median(ratios), "spread": spread(ratios),
+                                          "per_round": ratios,
+                                          "p99_median_of_rounds": median(p99r)}
+                entry["added_median_pct"] = (median(ratios) - 1.0) * 100.0
+                entry["p99_ratio_to_bare"] = entry["p99_ms"] / percentile(self.raw_lat["bare"], 99)
+            out["modes"][m] = entry
+        self.result["latency"] = out
+        # Memory after the same number of latency queries in every worker.
+        self.result["rss_after_latency"] = {m: self.run_on(m, "rss", uss=True) for m in modes}
+
+    def phase_throughput(self) -> None:
+        a = self.a
+        modes = [m for m in self.workers]
+        out: dict[str, Any] = {"seconds_per_round": a.tp_seconds, "rounds": a.tp_rounds}
+        for threads in a.threads:
+            per: dict[str, list[float]] = {m: [] for m in modes}
+            errors = {m: 0 for m in modes}
+            for _ in range(a.tp_rounds):
+                order = modes[:]
+                self.rng.shuffle(order)
+                for m in order:
+                    res = self.run_on(m, "throughput", threads=threads, seconds=a.tp_seconds)
+                    per[m].append(res["queries"] / res["elapsed"])
+                    errors[m] += res["errors"]
+            t_out: dict[str, Any] = {}
+            for m in modes:
+                t_out[m] = {"qps": median(per[m]), "round_qps": per[m], "errors": errors[m]}
+                if "bare" in per:
+                    ratios = [x / b for x, b in zip(per[m], per["bare"])]
+                    t_out[m]["ratio_to_bare"] = {"median": median(ratios), "spread": spread(ratios),
+                                                 "per_round": ratios}
+            out[f"threads_{threads}"] = t_out
+            self.log(f"throughput threads={threads}: " + "  ".join(
+                f"{m} {t_out[m]['qps']:.0f}/s" for m in modes))
+        self.result["throughput"] = out
+
+    def phase_render(self) -> None:
+        out: dict[str, Any] = {}
+        for m in self.workers:
+            if m not in E6O_MODES:
+                continue
+            res = self.run_on(m, "render", n=self.a.render_n)
+            entry: dict[str, Any] = {}
+            if "render_ns" in res:
+                ms = [x / 1e6 for x in res["render_ns"]]
+                entry.update(in_process_ms=spread(ms), bytes=res["bytes"])
+            else:
+                entry["in_process_error"] = res.get("error")
+            port = self.workers[m].hello.get("prometheus_port")
+            if port:
+                w = self.workers[m]
+                self.resume_only(m)
+                try:
+                    times = []
+                    series = 0
+                    for _ in range(self.a.render_n // 4 or 1):
+                        ts, te, body = scrape(port)
+                        times.append((te - ts) / 1e6)
+                        series = count_series(body)
+                    entry.update(http_scrape_ms=spread(times), series=series)
+                finally:
+                    w.pause()
+            out[m] = entry
+        self.result["render"] = out
+
+    def resume_only(self, mode: str) -> None:
+        for m, w in self.workers.items():
+            if m == mode:
+                w.resume()
+            else:
+                w.pause()
+
+    def phase_switch(self) -> None:
+        out: dict[str, Any] = {}
+        for m in self.workers:
+            if m not in E6O_MODES:
+                continue
+            port = self.workers[m].hello.get("prometheus_port")
+            if not port:
+                out[m] = {"error": "no /metrics port known"}
+                continue
+            hooks = [self._switch_once(m, port) for _ in range(self.a.switch_reps)]
+            oob = [self._oob_once(m, port, to) for _ in range(self.a.oob_reps // 2 or 0)
+                   for to in ("green", "blue")]
+            entry: dict[str, Any] = {"hooks": _summ_switch(hooks), "hooks_raw": hooks}
+            if oob:
+                entry["watcher"] = _summ_switch(oob)
+                entry["watcher"]["watcher_interval_s"] = WATCHER_INTERVAL_S
+                entry["watcher_raw"] = oob
+            out[m] = entry
+            self.log(f"switch visibility {m}: hooks {entry['hooks']}")
+        self.result["switch_visibility"] = out
+
+    def _switch_once(self, mode: str, port: int) -> dict[str, Any]:
+        """A graceful switch: announce, one query (the connector applies it at clear), complete."""
+        us = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        us.bind(("127.0.0.1", 0))
+        us.settimeout(5.0)
+        try:
+            self.sim_call("announce")
+            self.resume_only(mode)
+            w = self.workers[mode]
+            w.send("switch", udp_port=us.getsockname()[1])
+            try:
+                data, _ = us.recvfrom(4096)
+            except socket.timeout:
+                w.read()
+                return {"error": "connector did not apply the switch"}
+            note = json.loads(data)
+            t0, to = int(note["t0"]), note["to"]
+            scrapes = scrape_until(port, to, timeout_s=5.0)
+            w.read("switch")
+            w.pause()
+        finally:
+            us.close()
+            self.sim_call("complete")
+        return _lag(t0, to, scrapes)
+
+    def _oob_once(self, mode: str, port: int, to: str) -> dict[str, Any]:
+        """Out-of-band: the cache changes behind every hook; the watcher must notice."""
+        self.resume_only(mode)
+        w = self.workers[mode]
+        res = w.call("oob_switch", to=to)
+        scrapes = scrape_until(port, to, timeout_s=3 * WATCHER_INTERVAL_S + 2.0)
+        w.pause()
+        return _lag(int(res["t0"]), to, scrapes)
+
+    def phase_watcher_cpu(self) -> None:
+        out: dict[str, Any] = {}
+        for m in self.workers:
+            if m in E6O_MODES:
+                res = self.run_on(m, "watcher_cpu", seconds=self.a.watcher_seconds)
+                if "cpu_s" in res:
+                    res["cpu_ms_per_s"] = 1000.0 * res["cpu_s"] / res["wall_s"]
+                out[m] = res
+        self.result["watcher_cpu"] = out
+
+    def phase_rss(self) -> None:
+        """RSS over ``--rpcs`` RPCs, bare and e6o-full alternating in chunks."""
+        modes = [m for m in ("bare", "e6o-full", "e6o-prom") if m in self.workers
+                 and m in self.a.rss_modes]
+        total_q = max(1, self.a.rpcs // RPCS_PER_QUERY)
+        chunks = max(2, min(self.a.rss_samples, total_q))
+        per_chunk = max(1, total_q // chunks)
+        series: dict[str, list[tuple[int, int]]] = {m: [] for m in modes}
+        t0 = time.perf_counter()
+        for m in modes:
+            r = self.run_on(m, "rss")
+            series[m].append((0, r["rss"]))
+        for c in range(chunks):
+            for m in modes:
+                r = self.run_on(m, "run", n=per_chunk)
+                series[m].append(((c + 1) * per_chunk * RPCS_PER_QUERY, r["rss"]))
+            if (c + 1) % max(1, chunks // 5) == 0:
+                self.log(f"rss chunk {c + 1}/{chunks}: " + "  ".join(
+                    f"{m} {series[m][-1][1] / 2**20:.1f} MiB" for m in modes))
+        out: dict[str, Any] = {"rpcs": per_chunk * chunks * RPCS_PER_QUERY,
+                               "seconds": time.perf_counter() - t0, "modes": {}}
+        for m in modes:
+            pts = series[m]
+            # Slope after the first fifth (allocator and caches settle first).
+            tail = pts[len(pts) // 5:]
+            slope = linear_slope([x for x, _ in tail], [y for _, y in tail])
+            out["modes"][m] = {
+                "samples": pts, "rss_start_mib": pts[0][1] / 2**20, "rss_end_mib": pts[-1][1] / 2**20,
+                "slope_mib_per_1m_rpcs": slope * 1e6 / 2**20,
+                "growth_mib": (pts[-1][1] - tail[0][1]) / 2**20}
+        if "bare" in out["modes"]:
+            for m in modes:
+                if m != "bare":
+                    out["modes"][m]["added_rss_end_mib"] = (
+                        out["modes"][m]["rss_end_mib"] - out["modes"]["bare"]["rss_end_mib"])
+        self.result["rss"] = out
+
+    def phase_series(self) -> None:
+        m = "e6o-full" if "e6o-full" in self.workers else next(
+            (x for x in self.workers if x in E6O_MODES), None)
+        if m is None:
+            return
+        port = self.workers[m].hello.get("prometheus_port")
+        w = self.workers[m]
+
+        def snapshot() -> dict[str, Any]:
+            self.resume_only(m)
+            snap: dict[str, Any] = {}
+            if port:
+                snap["prometheus_series"] = count_series(scrape(port)[2])
+            # OpenTelemetry: wait for the next periodic export, then count its points.
+            c = w.call("counts")["mode"]
+            if "otel_exports" in c:
+                n0 = c["otel_exports"]
+                deadline = time.monotonic() + 5
+                while time.monotonic() < deadline:
+                    time.sleep(0.2)
+                    c = w.call("counts")["mode"]
+                    if c["otel_exports"] > n0 + 1:
+                        break
+                snap["otel_points"] = c["otel_points_last_export"]
+            w.pause()
+            return snap
+
+        before = snapshot()
+        t = time.perf_counter()
+        done = 0
+        step = 10_000
+        while done < self.a.distinct:
+            n = min(step, self.a.distinct - done)
+            self.run_on(m, "run", n=n, distinct_from=1_000_000 + done)
+            done += n
+        after = snapshot()
+        self.result["series"] = {"mode": m, "distinct_queries": self.a.distinct,
+                                 "seconds": time.perf_counter() - t, "before": before,
+                                 "after": after}
+
+    # -- results ------------------------------------------------------------------------------
+    def finish(self) -> None:
+        for m in self.workers:
+            try:
+                self.result.setdefault("mode_counts", {})[m] = self.run_on(m, "counts")
+            except Exception as exc:
+                self.result.setdefault("mode_counts", {})[m] = {"error": str(exc)}
+        self.result["targets"] = evaluate_targets(self.result)
+
+
+# ----------------------------------------------------------------------------------------------
+# /metrics helpers
+
+_ACTIVE = re.compile(r'^e6data_strategy_active\{[^}]*strategy="(\w+)"[^}]*\}\s+1(?:\.0)?\s*$', re.M)
+
+
+def scrape(port: int) -> tuple[int, int, str]:
+    """GET /metrics: (start ns, end ns, body), CLOCK_MONOTONIC."""
+    ts = time.monotonic_ns()
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        c.request("GET", "/metrics")
+        body = c.getresponse().read().decode("utf-8", "replace")
+    finally:
+        c.close()
+    return ts, time.monotonic_ns(), body
+
+
+def active_strategy(body: str) -> Optional[str]:
+    m = _ACTIVE.search(body)
+    return m.group(1) if m else None
+
+
+def count_series(body: str) -> int:
+    return sum(1 for line in body.splitlines() if line and not line.startswith("#"))
+
+
+def scrape_until(port: int, want: str, timeout_s: float) -> list[tuple[int, int, Optional[str]]]:
+    """Scrape in a tight loop until /metrics shows ``want`` active (or the timeout)."""
+    out = []
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        ts, te, body = scrape(port)
+        seen = active_strategy(body)
+        out.append((ts, te, seen))
+        if seen == want:
+            break
+    return out
+
+
+def _lag(t0: int, want: str, scrapes: Sequence[tuple[int, int, Optional[str]]]) -> dict[str, Any]:
+    stale = sum(1 for ts, _, s in scrapes if s != want and ts >= t0)
+    hit = next(((ts, te) for ts, te, s in scrapes if s == want), None)
+    if hit is None:
+        return {"visible": False, "stale_scrapes": stale}
+    return {"visible": True, "stale_scrapes": stale,
+            "first_fresh_scrape_start_ms": (hit[0] - t0) / 1e6,
+            "first_fresh_scrape_end_ms": (hit[1] - t0) / 1e6}
+
+
+def _summ_switch(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    ok = [i for i in items if i.get("visible")]
+    out: dict[str, Any] = {"n": len(items), "visible": len(ok),
+                           "stale_scrapes": sum(i.get("stale_scrapes", 0) for i in items)}
+    if ok:
+        out["start_ms"] = spread([i["first_fresh_scrape_start_ms"] for i in ok])
+        out["end_ms"] = spread([i["first_fresh_scrape_end_ms"] for i in ok])
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# targets, machine, plot
+
+
+def evaluate_targets(r: dict[str, Any]) -> list[dict[str, Any]]:
+    T = TARGETS
+    out: list[dict[str, Any]] = []
+
+    def add(name: str, value: Any, limit: str, met: Optional[bool]) -> None:
+        out.append({"target": name, "value": value, "limit": limit, "met": met})
+
+    lat = r.get("latency", {}).get("modes", {})
+    full = lat.get("e6o-full", {}).get("added_median_pct")
+    otel = lat.get("otel-grpc", {}).get("added_median_pct")
+    if full is not None:
+        add("e6o-full added median latency (%)", round(full, 2),
+            f"<= {T['added_median_pct_max']}", full <= T["added_median_pct_max"])
+    if full is not None and otel:
+        frac = full / otel if otel > 0 else None
+        add("e6o-full added / otel-grpc added", None if frac is None else round(frac, 3),
+            f"< {T['fraction_of_otel_added_max']}",
+            None if frac is None else frac < T["fraction_of_otel_added_max"])
+    tp = r.get("throughput", {}).get("threads_32", {}).get("e6o-full", {}).get("ratio_to_bare")
+    if tp:
+        add("threads=32 throughput e6o-full/bare", round(tp["median"], 4),
+            f">= {T['throughput_ratio_32_min']}", tp["median"] >= T["throughput_ratio_32_min"])
+    sv = r.get("switch_visibility", {}).get("e6o-full", {}).get("hooks", {})
+    if sv.get("n"):
+        worst = sv.get("start_ms", {}).get("max")
+        met = sv["visible"] == sv["n"] and sv["stale_scrapes"] == 0 and worst is not None and \
+            worst <= T["switch_visible_ms_max"]
+        add("switch visible in /metrics (worst, ms; first scrape after the switch)", worst,
+            f"<= {T['switch_visible_ms_max']} and no stale scrape", met)
+    rss = r.get("rss", {}).get("modes", {})
+    if "e6o-full" in rss and "bare" in rss:
+        added = rss["e6o-full"]["added_rss_end_mib"]
+        add("added RSS e6o-full vs bare (MiB)", round(added, 2), f"<= {T['added_rss_mib_max']}",
+            added <= T["added_rss_mib_max"])
+        extra = rss["e6o-full"]["slope_mib_per_1m_rpcs"] - rss["bare"]["slope_mib_per_1m_rpcs"]
+        add(f"RSS growth beyond bare (MiB per 1M RPCs, over {r['rss']['rpcs']} RPCs)",
+            round(extra, 3), f"<= {T['rss_growth_mib_per_1m_rpcs_max']}",
+            extra <= T["rss_growth_mib_per_1m_rpcs_max"])
+    se = r.get("series")
+    if se and "prometheus_series" in se["before"]:
+        same = se["before"] == se["after"]
+        add(f"series after {se['distinct_queries']} distinct queries",
+            {"before": se["before"], "after": se["after"]}, "unchanged", same)
+    rd = r.get("render", {}).get("e6o-full", {}).get("in_process_ms")
+    if rd:
+        add("/metrics render, median ms (in process)", round(rd["median"], 3),
+            f"<= {T['render_ms_max']}", rd["median"] <= T["render_ms_max"])
+    return out
+
+
+def machine() -> dict[str, Any]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    def ver(p: str) -> Optional[str]:
+        try:
+            return version(p)
+        except PackageNotFoundError:
+            return None
+
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
+                                capture_output=True, timeout=5).stdout.strip()
+    except Exception:
+        commit = None
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
+            "platform": platform.platform(), "load_avg_start": os.getloadavg(),
+            "versions": {p: ver(p) for p in (
+                "e6data-python-connector", "grpcio", "protobuf", "opentelemetry-sdk",
+                "opentelemetry-instrumentation-grpc", "prometheus_client", "e6observe")},
+            "git_commit": commit}
+
+
+def plot(r: dict[str, Any], raw: dict[str, list[float]], path: str) -> Optional[str]:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except Exception as exc:
+        return f"matplotlib unavailable ({exc}); pip install 'e6observe[bench]'"
+    modes = [m for m in raw if raw[m]]
+    if not modes:
+        return "no latency data"
+    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(17, 5.2))
+    hi = max(percentile(raw[m], 99.5) for m in modes)
+    lo = min(percentile(raw[m], 0.5) for m in modes)
+    for m in modes:
+        xs = sorted(raw[m])
+        n = len(xs)
+        ax1.plot(xs, [(i + 1) / n for i in range(n)], label=m, lw=1.3)
+    ax1.set_xlim(lo, hi)
+    ax1.set_xlabel("per-query latency (ms)")
+    ax1.set_ylabel("fraction of queries (ECDF)")
+    ax1.set_title("latency distribution, all rounds")
+    ax1.grid(alpha=0.3)
+    ax1.legend(fontsize=8)
+    lat = r["latency"]["modes"]
+    for m in modes:
+        ax2.plot(range(1, len(lat[m]["round_median_ms"]) + 1), lat[m]["round_median_ms"],
+                 marker=".", lw=0.8, label=m)
+    ax2.set_xlabel("round")
+    ax2.set_ylabel("median latency of the round (ms)")
+    ax2.set_title("per-round medians (alternating rounds)")
+    ax2.grid(alpha=0.3)
+    others = [m for m in modes if m != "bare" and "ratio_to_bare" in lat[m]]
+    if others:
+        data = [[(x - 1) * 100 for x in lat[m]["ratio_to_bare"]["per_round"]] for m in others]
+        ax3.boxplot(data, tick_labels=others) if _mpl_has_tick_labels(plt) else ax3.boxplot(
+            data, labels=others)
+        ax3.axhline(0, color="k", lw=0.8)
+        ax3.axhline(TARGETS["added_median_pct_max"], color="g", ls="--", lw=0.8,
+                    label="target for e6o-full (3 %)")
+        ax3.set_ylabel("added median latency vs bare, same round (%)")
+        ax3.set_title("per-round overhead")
+        ax3.legend(fontsize=8)
+        ax3.grid(alpha=0.3)
+    m = r.get("machine", {})
+    fig.suptitle(f"e6observe benchmark - {m.get('cpu')} x{m.get('cores')}, Python "
+                 f"{m.get('python')}, connector {m.get('versions', {}).get('e6data-python-connector')}"
+                 f" - {r['latency']['rounds']} rounds x {r['latency']['queries_per_round']} queries",
+                 fontsize=10)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return None
+
+
+def _mpl_has_tick_labels(plt: Any) -> bool:
+    import matplotlib
+
+    major, minor = (int(x) for x in matplotlib.__version__.split(".")[:2])
+    return (major, minor) >= (3, 9)
+
+
+def summary_lines(r: dict[str, Any]) -> list[str]:
+    out = []
+    lat = r.get("latency", {}).get("modes", {})
+    if lat:
+        out.append(f"{'mode':<10} {'median ms':>9} {'p99 ms':>8} {'ratio':>7} {'IQR of ratio':>16}")
+        for m, e in lat.items():
+            rt = e.get("ratio_to_bare")
+            iqr = f"{rt['spread']['q1']:.3f}-{rt['spread']['q3']:.3f}" if rt else ""
+            out.append(f"{m:<10} {e['median_ms']:>9.3f} {e['p99_ms']:>8.3f} "
+                       f"{(rt['median'] if rt else 1.0):>7.3f} {iqr:>16}")
+    for t in r.get("targets", []):
+        mark = {True: "MET ", False: "MISS", None: "n/a "}[t["met"]]
+        out.append(f"[{mark}] {t['target']}: {t['value']} (target {t['limit']})")
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="smoke run: every phase, tiny sizes")
+    ap.add_argument("--long", action="store_true",
+                    help="memory over 1 M RPCs per mode and 100 k distinct queries")
+    ap.add_argument("--modes", default=",".join(MODES), help="comma-separated; default: all")
+    ap.add_argument("--rounds", type=int, help="latency rounds (default 40)")
+    ap.add_argument("--queries", type=int, help="queries per mode per round (default 250)")
+    ap.add_argument("--warmup", type=int, help="untimed queries per worker at start (default 300)")
+    ap.add_argument("--threads", default="1,32", help="throughput thread counts")
+    ap.add_argument("--tp-rounds", type=int, help="throughput rounds per thread count (default 6)")
+    ap.add_argument("--tp-seconds", type=float, help="seconds per throughput round (default 1.0)")
+    ap.add_argument("--rpcs", type=int, help="RPCs per mode in the memory phase (default 120000)")
+    ap.add_argument("--rss-samples", type=int, default=40, help="RSS samples in the memory phase")
+    ap.add_argument("--rss-modes", default="bare,e6o-full")
+    ap.add_argument("--distinct", type=int, help="distinct queries for the series count (10000)")
+    ap.add_argument("--switch-reps", type=int, help="graceful switches per e6observe mode (20)")
+    ap.add_argument("--oob-reps", type=int, help="out-of-band switches per e6observe mode (6)")
+    ap.add_argument("--render-n", type=int, help="/metrics renders timed (200)")
+    ap.add_argument("--watcher-seconds", type=float, help="seconds of watcher CPU sampling (5)")
+    ap.add_argument("--sim-latency-ms", type=float, default=0.0)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--skip", default="", help="phases to skip: latency,throughput,render,"
+                                               "switch,watcher,rss,series")
+    ap.add_argument("--out", default=os.path.join(HERE, "results", "latest.json"))
+    ap.add_argument("--plot", default=os.path.join(HERE, "results", "latest.png"))
+    a = ap.parse_args(argv)
+    if a.quick and a.long:
+        ap.error("--quick and --long exclude each other")
+    preset = {  # standard, quick, long
+        "rounds": (40, 1, 40), "queries": (250, 50, 250), "warmup": (300, 20, 300),
+        "tp_rounds": (6, 1, 6), "tp_seconds": (1.0, 0.3, 1.0), "rpcs": (120_000, 600, 1_000_000),
+        "distinct": (10_000, 100, 100_000), "switch_reps": (20, 2, 20), "oob_reps": (6, 2, 6),
+        "render_n": (200, 8, 200), "watcher_seconds": (5.0, 0.5, 10.0)}
+    idx = 1 if a.quick else 2 if a.long else 0
+    for k, v in preset.items():
+        if getattr(a, k) is None:
+            setattr(a, k, v[idx])
+    a.modes = [m.strip() for m in a.modes.split(",") if m.strip()]
+    bad = [m for m in a.modes if m not in MODES]
+    if bad:
+        ap.error(f"unknown modes {bad}; choose from {list(MODES)}")
+    if a.quick and a.threads == "1,32":
+        a.threads = "1,4"
+    a.threads = [int(x) for x in a.threads.split(",") if x]
+    a.rss_modes = [m.strip() for m in a.rss_modes.split(",") if m.strip()]
+    a.skip = {s.strip() for s in a.skip.split(",") if s.strip()}
+    return a
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    a = parse_args(argv)
+    b = Bench(a)
+    b.result["machine"] = machine()
+    b.result["started"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    b.result["config"] = {k: (sorted(v) if isinstance(v, set) else v) for k, v in vars(a).items()}
+    b.result["targets_defined"] = TARGETS
+    t0 = time.perf_counter()
+    try:
+        b.start()
+        for name, fn in (("latency", b.phase_latency), ("throughput", b.phase_throughput),
+                         ("render", b.phase_render), ("switch", b.phase_switch),
+                         ("watcher", b.phase_watcher_cpu), ("rss", b.phase_rss),
+                         ("series", b.phase_series)):
+            if name in a.skip:
+                continue
+            b.log(f"phase {name}")
+            fn()
+        b.finish()
+    finally:
+        b.stop()
+    b.result["seconds"] = time.perf_counter() - t0
+    b.result["machine"]["load_avg_end"] = os.getloadavg()
+    os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
+    with open(a.out, "w") as f:
+        json.dump(b.result, f, indent=1)
+    note = plot(b.result, b.raw_lat, a.plot) if "latency" in b.result and a.plot else None
+    for line in summary_lines(b.result):
+        print(line)
+    print(f"wrote {a.out}" + (f" and {a.plot}" if not note else f" (plot skipped: {note})"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

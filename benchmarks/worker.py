@@ -1,0 +1,282 @@
+"""One benchmark worker: a process running the real connector under one instrumentation mode.
+
+The runner starts one worker per mode, all connected to the same simulator process, and sends
+them commands one at a time (JSON lines on stdin; replies on the original stdout, which is
+reserved for the protocol - anything a library prints goes to stderr). While one worker runs a
+round the runner keeps the others stopped (SIGSTOP), so their background threads cannot take
+CPU from the worker being measured.
+
+A "query" is ``cursor.execute("SELECT 1")``, ``cursor.fetchall()``, ``cursor.clear()`` on a
+reused connection and cursor: six RPCs once the session exists.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import socket
+import sys
+import threading
+import time
+from typing import Any, Callable, Optional
+
+import psutil
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from modes import Mode  # noqa: E402
+
+USER = "bench@example.com"
+PASSWORD = "bench-password"  # the simulator accepts any non-empty credentials
+QUERY = "SELECT 1"
+#: RPCs one query makes after the session exists (prepare, execute, metadata, 2 batches, clear).
+RPCS_PER_QUERY = 6
+
+
+class Worker:
+    def __init__(self, mode: str, host: str, port: int) -> None:
+        self.mode = Mode(mode)
+        self.host, self.port = host, port
+        self.proc = psutil.Process()
+        self.rss_start = self.proc.memory_info().rss
+        self.mode.install()
+        self.rss_installed = self.proc.memory_info().rss
+        self.conn = self._connect()
+        self.cur = self.conn.cursor()
+        self._pool: list[tuple[Any, Any]] = []
+        self.queries = 0
+
+    def _connect(self) -> Any:
+        from e6data_python_connector import e6data_grpc
+
+        return e6data_grpc.Connection(host=self.host, port=self.port, username=USER,
+                                      password=PASSWORD)
+
+    def _query(self, sql: str = QUERY) -> None:
+        cur = self.cur
+        cur.execute(sql)
+        cur.fetchall()
+        cur.clear()
+
+    # -- commands ---------------------------------------------------------------------------
+    def cmd_latency(self, n: int, warmup: int = 5) -> dict[str, Any]:
+        """Per-query wall time (ns) of ``n`` queries, after ``warmup`` untimed ones."""
+        for _ in range(warmup):
+            self._query()
+        out = [0] * n
+        clock = time.perf_counter_ns
+        cur = self.cur
+        for i in range(n):
+            t = clock()
+            cur.execute(QUERY)
+            cur.fetchall()
+            cur.clear()
+            out[i] = clock() - t
+        self.queries += n + warmup
+        return {"lat_ns": out}
+
+    def cmd_run(self, n: int, distinct_from: Optional[int] = None) -> dict[str, Any]:
+        """``n`` untimed queries (``SELECT <k>`` with distinct k when ``distinct_from`` is set)."""
+        t = time.perf_counter()
+        if distinct_from is None:
+            for _ in range(n):
+                self._query()
+        else:
+            for k in range(distinct_from, distinct_from + n):
+                self._query(f"SELECT {k}")
+        self.queries += n
+        return {"seconds": time.perf_counter() - t, **self.cmd_rss()}
+
+    def cmd_rss(self, uss: bool = False) -> dict[str, Any]:
+        info = self.proc.memory_info()
+        out: dict[str, Any] = {"rss": info.rss, "queries": self.queries,
+                               "rss_start": self.rss_start, "rss_installed": self.rss_installed}
+        if uss:
+            out["uss"] = self.proc.memory_full_info().uss
+        return out
+
+    def cmd_throughput(self, threads: int, seconds: float) -> dict[str, Any]:
+        """Queries completed by ``threads`` threads (one connection each) in ``seconds``."""
+        while len(self._pool) < threads:
+            c = self._connect()
+            self._pool.append((c, c.cursor()))
+        start = threading.Event()
+        counts = [0] * threads
+        errors = [0] * threads
+        deadline_box = [0.0]
+
+        def loop(i: int) -> None:
+            _, cur = self._pool[i]
+            start.wait()
+            deadline = deadline_box[0]
+            n = 0
+            while time.perf_counter() < deadline:
+                try:
+                    cur.execute(QUERY)
+                    cur.fetchall()
+                    cur.clear()
+                    n += 1
+                except Exception:
+                    errors[i] += 1
+            counts[i] = n
+
+        ts = [threading.Thread(target=loop, args=(i,), daemon=True) for i in range(threads)]
+        for t in ts:
+            t.start()
+        t0 = time.perf_counter()
+        deadline_box[0] = t0 + seconds
+        start.set()
+        for t in ts:
+            t.join()
+        elapsed = time.perf_counter() - t0
+        self.queries += sum(counts)
+        return {"queries": sum(counts), "errors": sum(errors), "elapsed": elapsed}
+
+    def cmd_switch(self, udp_port: int) -> dict[str, Any]:
+        """Run one query during which the connector applies an announced switch.
+
+        The moment the connector's cache A changes is taken without touching the connector: a
+        profile function (``sys.setprofile``, this thread only, this query only) reads
+        ``e6data_grpc._local_strategy_cache['active_strategy']`` at every call/return event and
+        stamps CLOCK_MONOTONIC the first time it differs; the stamp goes to the runner by UDP at
+        once, and the runner starts scraping /metrics.
+        """
+        from e6data_python_connector import e6data_grpc as g
+
+        before = g._local_strategy_cache.get("active_strategy")
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        state: dict[str, Any] = {"t0": None, "to": None}
+
+        def prof(frame: Any, event: str, arg: Any) -> None:
+            if state["t0"] is None:
+                v = g._local_strategy_cache.get("active_strategy")
+                if v != before:
+                    t0 = time.monotonic_ns()
+                    state["t0"], state["to"] = t0, v
+                    sock.sendto(json.dumps({"t0": t0, "to": v}).encode(), ("127.0.0.1", udp_port))
+
+        sys.setprofile(prof)
+        try:
+            self._query()
+        finally:
+            sys.setprofile(None)
+            sock.close()
+        return {"t0": state["t0"], "from": before, "to": state["to"]}
+
+    def cmd_oob_switch(self, to: str) -> dict[str, Any]:
+        """Change the active strategy behind every hook's back (``dict.__setitem__``)."""
+        from e6data_python_connector import e6data_grpc as g
+
+        cache = g._local_strategy_cache
+        with g._strategy_lock:
+            before = cache.get("active_strategy")
+            dict.__setitem__(cache, "active_strategy", to)
+            t0 = time.monotonic_ns()
+        return {"t0": t0, "from": before, "to": to}
+
+    def cmd_render(self, n: int) -> dict[str, Any]:
+        """In-process render time (ns) of the Prometheus exposition, ``n`` times."""
+        render = _renderer()
+        if render is None:
+            return {"error": "no e6observe Prometheus renderer found"}
+        out = []
+        size = 0
+        for _ in range(n):
+            t = time.perf_counter_ns()
+            body = render()
+            out.append(time.perf_counter_ns() - t)
+            size = len(body)
+        return {"render_ns": out, "bytes": size}
+
+    def cmd_watcher_cpu(self, seconds: float) -> dict[str, Any]:
+        """CPU seconds the watcher thread used over ``seconds`` of wall time (idle process)."""
+        tid = None
+        for t in threading.enumerate():
+            if "watcher" in t.name:
+                tid = t.native_id
+        if tid is None:
+            return {"error": "no watcher thread"}
+
+        def cpu() -> float:
+            for th in self.proc.threads():
+                if th.id == tid:
+                    return float(th.user_time + th.system_time)
+            return float("nan")
+
+        c0, w0 = cpu(), time.perf_counter()
+        time.sleep(seconds)
+        c1, w1 = cpu(), time.perf_counter()
+        return {"cpu_s": c1 - c0, "wall_s": w1 - w0, "self_reported": _watcher_self_cpu()}
+
+    def cmd_counts(self) -> dict[str, Any]:
+        return {"mode": self.mode.counts(), "queries": self.queries, "gc": gc.get_count()}
+
+
+def _renderer() -> Optional[Callable[[], bytes]]:
+    """e6observe's in-process /metrics renderer, whatever the sink calls it."""
+    try:
+        from e6observe.sinks import prometheus as sink
+    except Exception:
+        return None
+    for name in ("render", "render_latest", "exposition"):
+        fn = getattr(sink, name, None)
+        if callable(fn):
+            return fn  # type: ignore[no-any-return]
+    return None
+
+
+def _watcher_self_cpu() -> Any:
+    try:
+        from e6observe import watcher
+    except Exception:
+        return None
+    for name in ("cpu_seconds", "cpu_time", "self_cpu_seconds"):
+        fn = getattr(watcher, name, None)
+        if callable(fn):
+            try:
+                return fn()
+            except Exception:
+                return None
+    return None
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--mode", required=True)
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("--warmup", type=int, default=200)
+    args = ap.parse_args()
+    # The protocol owns the real stdout; everything printed by libraries goes to stderr.
+    proto = os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1)
+    sys.stdout = sys.stderr
+
+    def reply(obj: Any) -> None:
+        proto.write(json.dumps(obj) + "\n")
+        proto.flush()
+
+    try:
+        w = Worker(args.mode, args.host, args.port)
+        w.cmd_run(args.warmup)
+    except Exception as exc:
+        reply({"ok": False, "error": f"{type(exc).__name__}: {exc}"})
+        return 1
+    reply({"ok": True, "result": {"pid": os.getpid(), "prometheus_port": w.mode.prometheus_port,
+                                  "rss_start": w.rss_start, "rss_installed": w.rss_installed}})
+    for line in sys.stdin:
+        msg = json.loads(line)
+        cmd = msg.pop("cmd")
+        if cmd == "quit":
+            w.mode.uninstall()
+            reply({"ok": True})
+            break
+        try:
+            reply({"ok": True, "result": getattr(w, "cmd_" + cmd)(**msg)})
+        except Exception as exc:
+            reply({"ok": False, "error": f"{type(exc).__name__}: {exc}"})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
