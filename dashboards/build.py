@@ -1,0 +1,339 @@
+"""Build the Grafana dashboards and the rule file, and keep the committed copies in sync.
+
+    python -m dashboards.build            # (re)write every generated file
+    python -m dashboards.build --check    # exit 1 and name the files that differ
+
+Dashboards are built with Grafana's ``grafana-foundation-sdk`` (Python >= 3.11); the rule file
+with :mod:`dashboards.alerts`. Both are written to ``dashboards/`` and copied into the Helm
+chart (``helm/e6observe/files/``), because Helm reads only files inside a chart.
+``scripts/regen-dashboards`` runs this module with an interpreter that has the SDK.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Sequence
+
+from grafana_foundation_sdk.builders import common as cb
+from grafana_foundation_sdk.builders import dashboard as dash
+from grafana_foundation_sdk.builders import heatmap, prometheus, statetimeline, table, timeseries
+from grafana_foundation_sdk.cog.encoder import JSONEncoder
+from grafana_foundation_sdk.models import common
+from grafana_foundation_sdk.models import dashboard as model
+from grafana_foundation_sdk.models import heatmap as heatmap_model
+from grafana_foundation_sdk.models import prometheus as prom_model
+
+from e6observe import metrics as M
+
+from . import alerts
+from . import queries as Q
+from .config import DEFAULT, Config
+
+ROOT = Path(__file__).resolve().parent.parent
+CHART_FILES = ROOT / "helm" / "e6observe" / "files"
+TAGS = ["e6data", "e6observe", "blue-green"]
+DS = model.DataSourceRef(type_val="prometheus", uid="${datasource}")
+SEL = Q.DASHBOARD_SELECTOR
+RATE = Q.RATE
+CLIENT_LEGEND = "{{job}} {{instance}} {{pod}}"
+
+
+# --- small builders ----------------------------------------------------------------------------
+def target(expr: str, legend: str = "", ref: str = "A", fmt: str = "time_series",
+           instant: bool = False) -> prometheus.Dataquery:
+    q = prometheus.Dataquery().expr(expr).ref_id(ref).datasource(DS)
+    q = q.legend_format(legend or "__auto")
+    if fmt != "time_series":
+        q = q.format(prom_model.PromQueryFormat(fmt))
+    return q.instant() if instant else q.range()
+
+
+def ts(title: str, description: str, targets: Sequence[prometheus.Dataquery], unit: str = "short",
+       span: int = 12, height: int = 8, stacked: bool = False, bars: bool = False) -> timeseries.Panel:
+    p = (timeseries.Panel().title(title).description(description).datasource(DS).unit(unit)
+         .span(span).height(height).fill_opacity(10 if not bars else 80).line_width(1)
+         .legend(cb.VizLegendOptions().show_legend(True)
+                 .display_mode(common.LegendDisplayMode.TABLE).placement(common.LegendPlacement.BOTTOM)
+                 .calcs(["lastNotNull", "max"]))
+         .tooltip(cb.VizTooltipOptions().mode(common.TooltipDisplayMode.MULTI)
+                  .sort(common.SortOrder.DESCENDING)))
+    if bars:
+        p = p.draw_style(common.GraphDrawStyle.BARS)
+    if stacked:
+        p = p.stacking(cb.StackingConfig().mode(common.StackingMode.NORMAL))
+    for t in targets:
+        p = p.with_target(t)
+    return p
+
+
+def refs(exprs: Sequence[tuple[str, str]]) -> List[prometheus.Dataquery]:
+    """Targets A, B, C... from (expr, legend) pairs."""
+    return [target(e, legend, chr(ord("A") + i)) for i, (e, legend) in enumerate(exprs)]
+
+
+def variables(cfg: Config, with_method: bool) -> List[Any]:
+    base = Q.gauge(M.BUILD_INFO, cfg.selector)
+    out: List[Any] = [
+        dash.DatasourceVariable("datasource").label("Data source").type("prometheus"),
+        _query_var("job", "Job", f"label_values({base}, job)"),
+        _query_var("instance", "Instance",
+                   f"label_values({Q.gauge(M.BUILD_INFO, _JOB)}, instance)"),
+        _query_var("pod", "Pod", f"label_values({Q.gauge(M.BUILD_INFO, _job_instance())}, pod)"),
+    ]
+    if with_method:
+        count = Q.series(M.RPC_DURATION, "_count", SEL)
+        out.append(_query_var("method", "RPC method", f"label_values({count}, method)"))
+    return out
+
+
+_JOB = 'job=~"$job"'
+
+
+def _job_instance() -> str:
+    return _JOB + ', instance=~"$instance"'
+
+
+def _query_var(name: str, label: str, query: str) -> dash.QueryVariable:
+    return (dash.QueryVariable(name).label(label).datasource(DS)
+            .query({"query": query, "refId": f"{name}-var"})
+            .refresh(model.VariableRefresh.ON_TIME_RANGE_CHANGED).sort(model.VariableSort.ALPHABETICAL_ASC)
+            .multi(True).include_all(True).all_value(".*")
+            .current(model.VariableOption(selected=True, text="All", value="$__all")))
+
+
+def base(cfg: Config, title: str, uid: str, description: str,
+         with_method: bool = False) -> dash.Dashboard:
+    return (dash.Dashboard(title).uid(uid).description(description).tags(TAGS).editable()
+            .tooltip(model.DashboardCursorSync.CROSSHAIR).refresh("30s").time("now-3h", "now")
+            .timezone("browser").variables(variables(cfg, with_method)))
+
+
+# --- e6data / Blue-green overview --------------------------------------------------------------
+STRATEGY_MAPPINGS: List[model.ValueMapping] = [model.ValueMap(options={
+    "0": model.ValueMappingResult(text="none", color="text", index=0),
+    "1": model.ValueMappingResult(text="blue", color="blue", index=1),
+    "2": model.ValueMappingResult(text="green", color="green", index=2),
+    "3": model.ValueMappingResult(text="invalid", color="red", index=3),
+})]
+
+
+def blue_green_overview(cfg: Config = DEFAULT) -> dash.Dashboard:
+    d = base(cfg, "e6data / Blue-green overview", "e6data-blue-green-overview",
+             "Blue/green switches as e6data clients see them: who has flipped, how long drains "
+             "took, mismatches, queries failed mid-switch, and query traffic split by strategy. "
+             "Generated by scripts/regen-dashboards; do not edit.")
+    d = d.annotation(
+        dash.AnnotationQuery().name("Strategy switches").datasource(DS).enable(True)
+        .icon_color("orange")
+        .expr(f"{Q.switches(SEL, '1m', Q.CLIENT + ', from, to, cause')} > 0"))
+
+    d = d.with_row(dash.Row("Who runs on which colour"))
+    d = d.with_panel(
+        statetimeline.Panel().title("Active strategy per client").datasource(DS).span(16).height(9)
+        .description("The colour each client's connector routes new queries to. A client still on "
+                     "the old colour after the others flipped has not followed the switch.")
+        .with_target(target(Q.active_strategy_code(SEL), CLIENT_LEGEND))
+        .mappings(STRATEGY_MAPPINGS).show_value(common.VisibilityMode.NEVER).merge_values(True)
+        .color_scheme(dash.FieldColor().mode(model.FieldColorModeId.FIXED).fixed_color("text")))
+    d = d.with_panel(ts(
+        "Clients per strategy", "Number of clients whose active strategy is blue or green.",
+        [target(Q.clients_per_strategy(SEL), "{{strategy}}")], span=8, height=9, stacked=True))
+
+    d = d.with_row(dash.Row("Switches"))
+    d = d.with_panel(ts(
+        "Switches", "Applied switches by direction and cause (announced: graceful drain; mismatch: "
+        "learned from a 456; observed: seen by the watcher).",
+        [target(Q.switches(SEL, RATE, "from, to, cause"), "{{from}} → {{to}} ({{cause}})")],
+        span=8, bars=True))
+    d = d.with_panel(ts(
+        "Drain time", "Seconds from the server's announcement to the applied switch, per client "
+        "(mean over the window) and as quantiles over the dashboard's time range.",
+        refs([(Q.drain_mean(SEL, RATE), "mean " + CLIENT_LEGEND),
+              (Q.drain_quantile(0.5, SEL, "$__range"), "p50 (range)"),
+              (Q.drain_quantile(0.95, SEL, "$__range"), "p95 (range)")]), unit="s", span=8))
+    d = d.with_panel(ts(
+        "Pending switches", "Strategies announced and not applied yet, and how long they have "
+        "waited. A pending switch that does not drain is blocked by uncleared queries.",
+        refs([(Q.pending(SEL), "pending {{strategy}}"),
+              (Q.pending_age(SEL), "age " + CLIENT_LEGEND)]), span=8))
+    d = d.with_panel(ts(
+        "Strategy mismatches (456)", "456 errors per second by the strategy the client sent and "
+        "the RPC method, and as a share of all RPCs (alert above "
+        f"{alerts._num(cfg.mismatch_ratio * 100)}%).",
+        refs([(Q.mismatch_rate(SEL, RATE), "{{strategy}} {{method}}"),
+              (Q.mismatch_ratio(SEL, RATE, "job"), "share of RPCs {{job}}")]), span=12))
+    d = d.with_panel(ts(
+        "Queries failed mid-switch", "Queries that failed because a switch landed while they ran "
+        "(outcome=\"switch_interrupted\"), per client.",
+        [target(Q.interrupted(SEL, RATE), CLIENT_LEGEND)], span=12, bars=True))
+
+    d = d.with_row(dash.Row("Queries by strategy"))
+    d = d.with_panel(ts(
+        "Query rate", "Queries finished per second, by the strategy they ran on.",
+        [target(Q.query_rate(SEL, RATE), "{{strategy}}")], unit="reqps", span=6))
+    d = d.with_panel(ts(
+        "Query failures", "Queries per second that did not end ok, by strategy and outcome.",
+        [target(Q.query_failures(SEL, RATE), "{{strategy}} {{outcome}}")], unit="reqps", span=6))
+    d = d.with_panel(ts(
+        "Query latency", "Query duration quantiles (execute to clear), by strategy.",
+        refs([(Q.query_latency(q, SEL, RATE), f"p{int(q * 100)} {{{{strategy}}}}")
+              for q in Q.QUANTILES]), unit="s", span=6))
+    d = d.with_panel(ts(
+        "Queries in flight", "Queries executed and not yet cleared, by the strategy they are "
+        "pinned to.", [target(Q.queries_in_flight(SEL), "{{strategy}}")], span=6))
+    return d
+
+
+# --- e6data / Client runtime -------------------------------------------------------------------
+def client_runtime(cfg: Config = DEFAULT) -> dash.Dashboard:
+    d = base(cfg, "e6data / Client runtime", "e6data-client-runtime",
+             "The connector's RPCs and the health of each instrumented process: latency by "
+             "method, retries, memory, GC, threads, file descriptors, pools, watcher heartbeat and "
+             "e6observe's own errors. Generated by scripts/regen-dashboards; do not edit.",
+             with_method=True)
+    d = d.with_row(dash.Row("RPCs"))
+    d = d.with_panel(
+        heatmap.Panel().title("RPC latency: $method").datasource(DS).span(8).height(8)
+        .description("Distribution of gRPC call durations, one heatmap per method.")
+        .repeat("method").repeat_direction("h").max_per_row(3)
+        .with_target(target(Q.rpc_heatmap(SEL, RATE), "{{le}}", fmt="heatmap"))
+        .calculate(False).y_axis(heatmap.YAxisConfig().unit("s"))
+        .color(heatmap.HeatmapColorOptions().mode(heatmap_model.HeatmapColorMode.SCHEME)
+               .scheme("Oranges").scale(heatmap_model.HeatmapColorScale.EXPONENTIAL).exponent(0.5))
+        .rows_frame(heatmap.RowsHeatmapOptions().layout(common.HeatmapCellLayout.LE)))
+    d = d.with_panel(ts(
+        "RPC p95 by method", "95th percentile gRPC call duration per method.",
+        [target(Q.rpc_latency(0.95, SEL, RATE), "{{method}}")], unit="s", span=8))
+    d = d.with_panel(ts(
+        "RPCs by status code", "gRPC calls per second by method and status code.",
+        [target(Q.rpc_rate_by_code(SEL, RATE), "{{method}} {{code}}")], unit="reqps", span=8))
+    d = d.with_panel(ts(
+        "Retries", "Times the connector's retry loop replayed an operation, by reason.",
+        [target(Q.retries(SEL, RATE), "{{reason}}")], unit="ops", span=8))
+
+    d = d.with_row(dash.Row("Process"))
+    d = d.with_panel(ts(
+        "Memory", "Resident and unique memory per client.",
+        refs([(Q.process_gauge(M.PROCESS_RSS, SEL), "rss " + CLIENT_LEGEND),
+              (Q.process_gauge(M.PROCESS_USS, SEL), "uss " + CLIENT_LEGEND)]), unit="bytes", span=8))
+    d = d.with_panel(ts(
+        "CPU", "CPU seconds per second per client.",
+        [target(Q.process_rate(M.PROCESS_CPU, SEL, RATE), CLIENT_LEGEND)], unit="percentunit",
+        span=8))
+    d = d.with_panel(ts(
+        "Garbage collections", "Collections per second by generation, and uncollectable objects.",
+        refs([(Q.process_rate(M.GC_COLLECTIONS, SEL, RATE, "generation"), "gen {{generation}}"),
+              (Q.process_rate(M.GC_UNCOLLECTABLE, SEL, RATE, "generation"),
+               "uncollectable gen {{generation}}")]), unit="ops", span=8))
+    d = d.with_panel(ts(
+        "Threads", "OS threads per client.",
+        [target(Q.process_gauge(M.PROCESS_THREADS, SEL), CLIENT_LEGEND)], span=8))
+    d = d.with_panel(ts(
+        "Open file descriptors", "Open file descriptors per client.",
+        [target(Q.process_gauge(M.PROCESS_FDS, SEL), CLIENT_LEGEND)], span=8))
+    d = d.with_panel(ts(
+        "Query map vs queries in flight", "Entries in the connector's query-to-strategy map next to "
+        "the queries e6observe sees in flight; a map that grows while queries finish is a leak.",
+        refs([(f"sum by ({Q.CLIENT}) ({Q.gauge(M.QUERY_MAP_ENTRIES, SEL)})", "map " + CLIENT_LEGEND),
+              (Q.queries_in_flight(SEL, Q.CLIENT), "in flight " + CLIENT_LEGEND)]), span=8))
+
+    d = d.with_row(dash.Row("Connections and pools"))
+    d = d.with_panel(ts(
+        "Pool connections", "Pooled connections by pool and state, and each pool's maximum.",
+        refs([(Q.pool_connections(SEL), "{{pool}} {{state}} " + CLIENT_LEGEND),
+              (f"sum by ({Q.CLIENT}, pool) ({Q.gauge(M.POOL_MAX, SEL)})",
+               "{{pool}} max " + CLIENT_LEGEND)]), span=8))
+    d = d.with_panel(ts(
+        "Pool waits", "Callers waiting for a pooled connection, and the p95 wait.",
+        refs([(f"sum by (pool) ({Q.gauge(M.POOL_PENDING, SEL)})", "{{pool}} waiting"),
+              (Q.pool_wait(0.95, SEL, RATE), "{{pool}} p95 wait (s)")]), span=8))
+    d = d.with_panel(ts(
+        "Open connections", "Connector connections with an open gRPC channel, per client.",
+        [target(f"sum by ({Q.CLIENT}) ({Q.gauge(M.CONNECTIONS_OPEN, SEL)})", CLIENT_LEGEND)],
+        span=8))
+
+    d = d.with_row(dash.Row("e6observe"))
+    d = d.with_panel(ts(
+        "Watcher heartbeat age", "Seconds since the watcher thread last ran (alert above "
+        f"{alerts._num(cfg.watcher_stale_seconds)} s), and the strategy cache's age.",
+        refs([(Q.heartbeat_age(SEL), "watcher " + CLIENT_LEGEND),
+              (f"max by ({Q.CLIENT}) ({Q.gauge(M.CACHE_AGE, SEL)})", "cache " + CLIENT_LEGEND)]),
+        unit="s", span=8))
+    d = d.with_panel(ts(
+        "Internal errors", "Failures inside e6observe, contained and counted (never raised into "
+        "the application), by component; 0 per client when there were none.",
+        [target(Q.counted_errors(M.INTERNAL_ERRORS, "component", SEL, RATE),
+                "{{component}} " + CLIENT_LEGEND)], span=8))
+    d = d.with_panel(ts(
+        "Events dropped", "Events dropped by a bounded queue or sink; 0 per client when none were.",
+        [target(Q.counted_errors(M.EVENTS_DROPPED, "sink", SEL, RATE),
+                "{{sink}} " + CLIENT_LEGEND)], span=8))
+    d = d.with_panel(
+        table.Panel().title("Versions").datasource(DS).span(24).height(6)
+        .description("e6observe and connector version of each client.")
+        .with_target(target(f"max by ({Q.CLIENT}, version, connector_version) "
+                            f"({Q.gauge(M.BUILD_INFO, SEL)})", fmt="table", instant=True)))
+    return d
+
+
+DASHBOARDS: Dict[str, Callable[[Config], dash.Dashboard]] = {
+    "e6data-blue-green-overview.json": blue_green_overview,
+    "e6data-client-runtime.json": client_runtime,
+}
+
+
+# --- output ------------------------------------------------------------------------------------
+def dashboard_json(builder: dash.Dashboard) -> str:
+    data = json.loads(json.dumps(builder.build(), cls=JSONEncoder))
+    _fix_annotations(data)
+    return json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+def _fix_annotations(data: Dict[str, Any]) -> None:
+    # The SDK's annotation model has no Prometheus title/tag fields; Grafana reads them here.
+    for ann in data.get("annotations", {}).get("list", []):
+        if ann.get("name") == "Strategy switches":
+            ann.update({"titleFormat": "{{from}} → {{to}} ({{cause}})",
+                        "tagKeys": "job,instance,pod,cause", "step": "30s",
+                        "textFormat": "{{job}} {{instance}} {{pod}}"})
+
+
+def generated(cfg: Config = DEFAULT) -> Dict[Path, str]:
+    """Every generated file and its exact content."""
+    out: Dict[Path, str] = {}
+    for fname, fn in DASHBOARDS.items():
+        text = dashboard_json(fn(cfg))
+        out[ROOT / "dashboards" / "json" / fname] = text
+        out[CHART_FILES / "dashboards" / fname] = text
+    rules = alerts.render_rules(cfg)
+    out[ROOT / "dashboards" / "rules" / "e6observe.rules.yaml"] = rules
+    out[CHART_FILES / "rules" / "e6observe.rules.yaml"] = rules
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="regen-dashboards", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--check", action="store_true", help="only compare; exit 1 on any difference")
+    args = ap.parse_args(argv)
+    drift = []
+    for path, text in generated().items():
+        current = path.read_text(encoding="utf-8") if path.exists() else None
+        if current == text:
+            continue
+        drift.append(path.relative_to(ROOT))
+        if not args.check:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text, encoding="utf-8")
+    if args.check and drift:
+        print("out of date (run scripts/regen-dashboards):", *drift, sep="\n  ", file=sys.stderr)
+        return 1
+    for p in drift:
+        print(f"wrote {p}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
