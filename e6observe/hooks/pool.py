@@ -1,0 +1,368 @@
+"""Connection-pool hook: the connector's ``ConnectionPool`` and ``AsyncConnectionPool``.
+
+Modelled on OpenTelemetry's ``db.client.connection.*`` conventions (names in ``metrics.py``):
+
+* ``e6data_pool_connections{pool,state}`` (``db.client.connection.count``), ``state`` idle/used;
+* ``e6data_pool_max_connections{pool}`` (``max_size + max_overflow``);
+* ``e6data_pool_pending_requests{pool}``: callers inside ``get_connection`` right now;
+* ``e6data_pool_wait_time_seconds{pool}``: time ``get_connection`` took (including any
+  connection it had to create, as the convention defines wait time);
+* ``e6data_pool_create_time_seconds{pool}``: time to create one pooled connection (sync pool).
+
+The two timings are thin wrappers recording into pre-bound recorder histograms. Counts are read
+from the pools when a scrape or an OpenTelemetry reader asks, from plain attributes, without
+the pool's lock: ``ConnectionPool.get_statistics()`` takes the pool lock, which the pool also
+holds across a pre-ping RPC, and its ``created_connections`` over-counts. For the sync pool,
+size is ``len(_all_connections)``, idle is the queue's size and used is the difference.
+``AsyncConnectionPool.get_statistics()`` may only run on the pool's own event loop, so its
+ledger is copied instead (a single C-level copy under the GIL).
+
+Pools are kept in a weak map (never kept alive by e6observe) and named ``pool-<n>`` in the order
+this process first saw them; past ``MAX_POOL_NAMES`` they share ``pool-other``. An application
+may name a pool itself with :func:`name_pool` (``[A-Za-z0-9_.-]``, up to 32 characters).
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import threading
+import time
+import weakref
+from typing import Any, Callable, Iterator, Optional
+
+from .. import metrics as M
+from .._safe import contain, record_internal_error
+
+#: Distinct pool names per process; the label set stays bounded however many pools come and go.
+MAX_POOL_NAMES = 32
+OTHER = "pool-other"
+_NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,32}$")
+
+
+class _PoolInfo:
+    __slots__ = ("name", "pending", "lock", "wait_hist", "create_hist", "kind", "__weakref__")
+
+    def __init__(self, name: str, kind: str) -> None:
+        self.name = name
+        self.kind = kind  # "sync" | "aio"
+        self.pending = 0
+        self.lock = threading.Lock()
+        self.wait_hist: Any = None
+        self.create_hist: Any = None
+
+
+_pools: weakref.WeakKeyDictionary[Any, _PoolInfo] = weakref.WeakKeyDictionary()
+_pools_lock = threading.Lock()
+_names_used: set[str] = set()
+_counter = 0
+# Installed state: (recorder, [(owner class, attribute, original, wrapper)]).
+_state: Optional[tuple[Any, list[tuple[type, str, Any, Any]]]] = None
+_state_lock = threading.Lock()
+
+
+def _bind(info: _PoolInfo) -> None:
+    st = _state
+    if st is None:
+        return
+    rec = st[0]
+    info.wait_hist = rec.family(M.POOL_WAIT_TIME).histogram(info.name)
+    info.create_hist = rec.family(M.POOL_CREATE_TIME).histogram(info.name)
+
+
+def _info(pool: Any, kind: str) -> _PoolInfo:
+    """The pool's record, created (and named) on first sight."""
+    global _counter
+    info = _pools.get(pool)
+    if info is not None:
+        return info
+    with _pools_lock:
+        info = _pools.get(pool)
+        if info is None:
+            if len(_names_used) < MAX_POOL_NAMES:
+                _counter += 1
+                name = f"pool-{_counter}"
+                _names_used.add(name)
+            else:
+                name = OTHER
+            info = _PoolInfo(name, kind)
+            _bind(info)
+            _pools[pool] = info
+    return info
+
+
+def name_pool(pool: Any, name: str) -> None:
+    """Label ``pool``'s metrics with ``name`` instead of ``pool-<n>``.
+
+    ``name`` must match ``[A-Za-z0-9_.-]{1,32}``; at most ``MAX_POOL_NAMES`` distinct names per
+    process (ValueError otherwise). Call it right after creating the pool: observations already
+    made stay under the old name.
+    """
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise ValueError("pool name must be 1-32 characters of A-Z a-z 0-9 _ . -")
+    kind = "aio" if type(pool).__name__ == "AsyncConnectionPool" else "sync"
+    info = _info(pool, kind)
+    with _pools_lock:
+        if name not in _names_used and len(_names_used) >= MAX_POOL_NAMES:
+            raise ValueError(f"at most {MAX_POOL_NAMES} pool names per process")
+        _names_used.add(name)
+        info.name = name
+        _bind(info)
+
+
+def pool_names() -> list[str]:
+    """Names of the pools alive in this process."""
+    with _pools_lock:
+        return sorted({i.name for i in list(_pools.values())})
+
+
+# --- wrappers ----------------------------------------------------------------------------------
+
+def _timed_get(original: Callable[..., Any], kind: str) -> Callable[..., Any]:
+    @functools.wraps(original)
+    def get_connection(self: Any, *args: Any, **kwargs: Any) -> Any:
+        info: Optional[_PoolInfo] = None
+        with contain("hook.pool"):
+            info = _info(self, kind)
+            with info.lock:
+                info.pending += 1
+        t0 = time.perf_counter()
+        try:
+            return original(self, *args, **kwargs)
+        finally:
+            # Timeouts count too: a caller that gave up still waited.
+            if info is not None:
+                with contain("hook.pool"):
+                    with info.lock:
+                        info.pending -= 1
+                    if info.wait_hist is not None:
+                        info.wait_hist.observe(time.perf_counter() - t0)
+    return get_connection
+
+
+def _timed_get_async(original: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(original)
+    async def get_connection(self: Any, *args: Any, **kwargs: Any) -> Any:
+        info: Optional[_PoolInfo] = None
+        with contain("hook.pool"):
+            info = _info(self, "aio")
+            with info.lock:
+                info.pending += 1
+        t0 = time.perf_counter()
+        try:
+            return await original(self, *args, **kwargs)
+        finally:
+            if info is not None:
+                with contain("hook.pool"):
+                    with info.lock:
+                        info.pending -= 1
+                    if info.wait_hist is not None:
+                        info.wait_hist.observe(time.perf_counter() - t0)
+    return get_connection
+
+
+def _timed_create(original: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(original)
+    def _create_connection(self: Any, *args: Any, **kwargs: Any) -> Any:
+        t0 = time.perf_counter()
+        pooled = original(self, *args, **kwargs)
+        # Only successful creations: a failure's time says nothing about creating connections.
+        with contain("hook.pool"):
+            info = _info(self, "sync")
+            if info.create_hist is not None:
+                info.create_hist.observe(time.perf_counter() - t0)
+            from ..watcher import track_connection
+
+            track_connection(getattr(pooled, "connection", None))
+        return pooled
+    return _create_connection
+
+
+def _registering_init(original: Callable[..., Any], kind: str) -> Callable[..., Any]:
+    @functools.wraps(original)
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        # Named before the original runs: the sync pool creates min_size connections inside
+        # __init__, and their create times should carry this pool's name.
+        with contain("hook.pool"):
+            _info(self, kind)
+        original(self, *args, **kwargs)
+    return __init__
+
+
+def _import_class(module: str, name: str) -> Optional[type]:
+    try:
+        mod = __import__(module, fromlist=[name])
+    except Exception:
+        return None
+    cls = getattr(mod, name, None)
+    return cls if isinstance(cls, type) else None
+
+
+def install(recorder: Any, options: Any = None) -> None:
+    """Patch the pool classes (idempotent). Pools created earlier are picked up when used."""
+    global _state
+    with _state_lock:
+        if _state is not None:
+            return
+        patches: list[tuple[type, str, Any, Any]] = []
+        sync_cls = _import_class("e6data_python_connector.connection_pool", "ConnectionPool")
+        if sync_cls is not None:
+            patches += [
+                (sync_cls, "__init__", _registering_init, "sync"),
+                (sync_cls, "get_connection", _timed_get, "sync"),
+                (sync_cls, "_create_connection", _timed_create, None),
+            ]
+        # Absent on 2.3.x, below Python 3.11, or without the connector's async extra.
+        aio_cls = _import_class("e6data_python_connector.async_connection_pool",
+                                "AsyncConnectionPool")
+        if aio_cls is not None:
+            patches += [
+                (aio_cls, "__init__", _registering_init, "aio"),
+                (aio_cls, "get_connection", _timed_get_async, None),
+            ]
+        applied: list[tuple[type, str, Any, Any]] = []
+        for cls, attr, factory, kind in patches:
+            original = cls.__dict__.get(attr)
+            if original is None:
+                continue
+            wrapper = factory(original, kind) if kind is not None else factory(original)
+            setattr(cls, attr, wrapper)
+            applied.append((cls, attr, original, wrapper))
+        _state = (recorder, applied)
+        with _pools_lock:
+            for info in list(_pools.values()):
+                _bind(info)
+
+
+def uninstall() -> None:
+    """Restore every patched attribute to the original object (idempotent)."""
+    global _state
+    with _state_lock:
+        st = _state
+        if st is None:
+            return
+        for cls, attr, original, wrapper in reversed(st[1]):
+            if cls.__dict__.get(attr) is wrapper:
+                setattr(cls, attr, original)
+            else:
+                # Someone wrapped over ours: restoring would drop their wrapper. Leave it; ours
+                # stops recording below (its histograms are unbound).
+                record_internal_error("hook.pool.uninstall")
+        _state = None
+        with _pools_lock:
+            for info in list(_pools.values()):
+                info.wait_hist = info.create_hist = None
+
+
+def installed() -> bool:
+    return _state is not None
+
+
+def _after_fork_in_child() -> None:
+    """Fresh locks in a forked child; the parent's waiters are not this process's."""
+    global _pools_lock, _state_lock
+    _pools_lock = threading.Lock()
+    _state_lock = threading.Lock()
+    for info in list(_pools.values()):
+        info.lock = threading.Lock()
+        info.pending = 0
+
+
+# --- reading -----------------------------------------------------------------------------------
+
+def _read_sync(pool: Any) -> Optional[tuple[int, int, int]]:
+    """(idle, used, max) for a ConnectionPool, from attributes, without its lock."""
+    size = len(pool._all_connections)
+    idle = pool._pool.qsize()
+    return idle, max(0, size - idle), int(pool.max_size) + int(pool.max_overflow)
+
+
+def _read_aio(pool: Any) -> Optional[tuple[int, int, int]]:
+    """(idle, used, max) for an AsyncConnectionPool, from a copy of its ledger."""
+    slots = pool._ledger.slots
+    for _ in range(3):
+        try:
+            states = tuple(slots.values())  # one C-level pass; no Python runs in between
+            break
+        except RuntimeError:  # changed size mid-copy (free-threaded builds): try again
+            continue
+    else:
+        return None
+    idle = sum(1 for s in states if s == "idle")
+    return idle, len(states) - idle, int(pool.max_size) + int(pool.max_overflow)
+
+
+def read_pools() -> dict[str, dict[str, int]]:
+    """Per pool name: idle, used, max, pending — summed over pools sharing a name."""
+    with _pools_lock:
+        items = list(_pools.items())
+    out: dict[str, dict[str, int]] = {}
+    for pool, info in items:
+        with contain("hook.pool.read"):
+            row = _read_aio(pool) if info.kind == "aio" else _read_sync(pool)
+            if row is None:
+                continue
+            agg = out.setdefault(info.name, {"idle": 0, "used": 0, "max": 0, "pending": 0})
+            agg["idle"] += row[0]
+            agg["used"] += row[1]
+            agg["max"] += row[2]
+            agg["pending"] += max(0, info.pending)
+    return out
+
+
+class PoolCollector:
+    """Prometheus collector: pool connection counts, maximum and pending requests at scrape
+    time (the timing histograms live in the recorder and are rendered with it)."""
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        out: list[Any] = []
+        with contain("hook.pool.collect"):
+            pools = read_pools()
+            if not pools:
+                return iter(out)
+            count = GaugeMetricFamily(M.POOL_CONNECTIONS.prom_name, M.POOL_CONNECTIONS.help,
+                                      labels=list(M.POOL_CONNECTIONS.labels))
+            mx = GaugeMetricFamily(M.POOL_MAX.prom_name, M.POOL_MAX.help,
+                                   labels=list(M.POOL_MAX.labels))
+            pending = GaugeMetricFamily(M.POOL_PENDING.prom_name, M.POOL_PENDING.help,
+                                        labels=list(M.POOL_PENDING.labels))
+            for name in sorted(pools):
+                row = pools[name]
+                count.add_metric([name, "idle"], row["idle"])
+                count.add_metric([name, "used"], row["used"])
+                mx.add_metric([name], row["max"])
+                pending.add_metric([name], row["pending"])
+            out = [count, mx, pending]
+        return iter(out)
+
+
+def register_otel(meter: Any, enabled: Callable[[], bool] = lambda: True) -> list[Any]:
+    """``db.client.connection.count`` / ``.max`` / ``.pending_requests`` observable up-down
+    counters (attribute ``db.client.connection.pool.name``, and ``db.client.connection.state``
+    on the count)."""
+    from ..runtime import otel_observable
+
+    def count() -> list[tuple[float, dict[str, Any]]]:
+        return [(row[state], {"db.client.connection.pool.name": name,
+                              "db.client.connection.state": state})
+                for name, row in read_pools().items() for state in ("idle", "used")]
+
+    def field(key: str) -> Callable[[], list[tuple[float, dict[str, Any]]]]:
+        def cb() -> list[tuple[float, dict[str, Any]]]:
+            return [(row[key], {"db.client.connection.pool.name": name})
+                    for name, row in read_pools().items()]
+        return cb
+
+    return [otel_observable(meter, M.POOL_CONNECTIONS, "updown", count, "hook.pool.otel", enabled),
+            otel_observable(meter, M.POOL_MAX, "updown", field("max"), "hook.pool.otel", enabled),
+            otel_observable(meter, M.POOL_PENDING, "updown", field("pending"), "hook.pool.otel",
+                            enabled)]
+
+
+__all__ = ["install", "uninstall", "installed", "name_pool", "pool_names", "read_pools",
+           "PoolCollector", "register_otel", "MAX_POOL_NAMES"]
