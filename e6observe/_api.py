@@ -1,0 +1,284 @@
+"""The public API: ``instrument()``, ``uninstrument()``, ``instrument_connection()``.
+
+``instrument(**options)`` wires e6observe into this process, in this order, each step contained
+(a failing step is counted in ``e6observe_internal_errors_total`` and logged once; the others
+still run):
+
+1. validate the options (:class:`e6observe.config.Options`; a bad value raises ``ConfigError``);
+2. create the :class:`~e6observe.recorder.Recorder` and make it the live one;
+3. query spans, if a tracer provider is given or a recording one is set globally;
+4. hooks on the connector: strategy cache, channel, cursor, async API;
+5. sinks, each if its module exists: Prometheus, OpenTelemetry; then the watcher thread.
+
+It imports the connector (a declared dependency) itself, so it is correct whether it runs
+before or after the application imports the connector. Connections opened earlier are covered
+too: the strategy-cache and cursor hooks are process- and class-level, and a connection's stub
+is instrumented for RPC timing at its next ``execute`` (or at once with
+:func:`instrument_connection`).
+
+A second ``instrument()`` while instrumented logs a warning and changes nothing (no second
+registration, options not re-read). ``uninstrument()`` stops every e6observe thread and puts
+back every attribute it replaced (the very objects found at install time). Both are safe to call
+from several threads.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+import threading
+import time
+from typing import Any, Optional
+
+from . import _safe
+from ._safe import contain, record_internal_error
+from .config import ConfigError, Options
+from .recorder import Recorder, get_recorder, set_recorder
+
+logger = logging.getLogger("e6observe")
+
+__all__ = ["instrument", "uninstrument", "instrument_connection", "is_instrumented",
+           "get_recorder", "current_options", "ConfigError"]
+
+#: Serialises instrument/uninstrument (re-entrant: a sink may call is_instrumented()).
+_lock = threading.RLock()
+_active: Optional[_Instrumentation] = None
+#: Seconds between looks for a global tracer provider set after instrument().
+TRACER_RECHECK_SECONDS = 1.0
+
+
+def _hook_modules() -> list[Any]:
+    from .hooks import aio, channel, cursor, strategy_cache
+
+    return [strategy_cache, channel, cursor, aio]
+
+
+class _Instrumentation:
+    """Everything one ``instrument()`` call set up, so that ``uninstrument()`` can undo it."""
+
+    def __init__(self, options: Options) -> None:
+        self.options = options
+        self.recorder = Recorder(event_capacity=options.event_capacity)
+        self.ctx: Any = None
+        self.tracer: Any = None
+        self.hooks: list[Any] = []
+        self.sinks: list[tuple[str, Any, str]] = []  # (component, object, stop method)
+        self._next_trace_check = 0.0
+        self._trace_lock = threading.Lock()
+
+    # -- start --------------------------------------------------------------------------------
+    def start(self) -> None:
+        from .hooks import HookContext
+
+        rec = self.recorder
+        set_recorder(rec)
+        self.tracer = self._make_tracer()
+        self.ctx = ctx = HookContext(rec, self.options, self.tracer)
+        if self.tracer is None and self.options.otel and self.options.tracer_provider is None:
+            ctx.retrace = self._retrace
+        for mod in _hook_modules():
+            name = mod.__name__.rsplit(".", 1)[-1]
+            with contain(f"hook.install.{name}"):
+                if mod.install(rec, self.options, self.tracer, ctx=ctx):
+                    self.hooks.append(mod)
+                else:
+                    logger.debug("e6observe: hook %s not applicable to this connector/Python", name)
+        self._start_sinks()
+
+    def _make_tracer(self) -> Any:
+        if not self.options.otel:
+            return None
+        with contain("tracing"):
+            from .tracing import QueryTracer, resolve_tracer_provider
+
+            tp = resolve_tracer_provider(self.options.tracer_provider)
+            if tp is not None:
+                return QueryTracer(tp, self.recorder, self.options.record_query_text)
+        return None
+
+    def _retrace(self) -> Any:
+        """Called by the query hooks while no tracer exists: pick up a global provider that was
+        set after instrument(), looking at most once per TRACER_RECHECK_SECONDS."""
+        now = time.monotonic()
+        if now < self._next_trace_check or not self._trace_lock.acquire(blocking=False):
+            return None
+        try:
+            self._next_trace_check = now + TRACER_RECHECK_SECONDS
+            if self.tracer is None:
+                self.tracer = self._make_tracer()
+                if self.tracer is not None:
+                    self.ctx.tracer = self.tracer
+            return self.tracer
+        finally:
+            self._trace_lock.release()
+
+    def _start_sinks(self) -> None:
+        opts, rec = self.options, self.recorder
+        plan: list[tuple[str, str, str, str, str]] = [
+            ("sink.prometheus", "e6observe.sinks.prometheus", "PrometheusSink", "start", "close"),
+        ]
+        if opts.otel:
+            plan.append(("sink.otel", "e6observe.sinks.otel", "OtelSink", "start", "close"))
+        plan.append(("watcher", "e6observe.watcher", "Watcher", "start", "stop"))
+        for component, module, cls_name, start, stop in plan:
+            cls = _optional_class(module, cls_name, component)
+            if cls is None:
+                continue
+            obj = None
+            try:
+                obj = cls(rec, opts)
+                getattr(obj, start)()
+            except OSError as exc:
+                if component == "sink.prometheus":
+                    _port_taken(opts, exc)
+                else:
+                    record_internal_error(component, exc)
+            except Exception as exc:
+                record_internal_error(component, exc)
+            if obj is not None:
+                # Even a sink whose start failed part-way is closed on uninstrument.
+                self.sinks.append((component, obj, stop))
+
+    # -- stop ---------------------------------------------------------------------------------
+    def stop(self) -> None:
+        for component, obj, stop in reversed(self.sinks):
+            with contain(component):
+                getattr(obj, stop)()
+        self.sinks.clear()
+        if self.tracer is not None:
+            with contain("tracing"):
+                self.tracer.close()
+        for mod in reversed(self.hooks):
+            with contain("hook.uninstall." + mod.__name__.rsplit(".", 1)[-1]):
+                mod.uninstall()
+        self.hooks.clear()
+        with contain("recorder"):
+            self.recorder.stop()
+        if get_recorder() is self.recorder:
+            set_recorder(None)
+
+
+def _optional_class(module: str, cls_name: str, component: str) -> Optional[type]:
+    """The class if its module exists (skipped quietly when not built); import errors counted."""
+    try:
+        if importlib.util.find_spec(module) is None:
+            logger.debug("e6observe: %s not available (%s missing)", component, module)
+            return None
+    except (ImportError, ValueError):
+        return None
+    try:
+        mod = importlib.import_module(module)
+        cls = getattr(mod, cls_name)
+    except Exception as exc:  # e.g. an optional exporter package missing
+        record_internal_error(component, exc)
+        return None
+    return cls if isinstance(cls, type) else None
+
+
+def _port_taken(opts: Options, exc: OSError) -> None:
+    """One clear message for a /metrics port that cannot be bound; counted; nothing raised."""
+    component = "sink.prometheus"
+    logger.warning(
+        "e6observe: cannot serve /metrics on %s:%s (%s); instrumentation continues without the "
+        "HTTP endpoint (metrics are still collected). Choose another prometheus_port / "
+        "E6OBSERVE_PROMETHEUS_PORT.", opts.prometheus_addr, opts.prometheus_port,
+        exc.strerror or type(exc).__name__)
+    try:  # counted like any contained failure, without a second (generic) log line
+        with _safe._lock:
+            _safe._logged.add((component, type(exc).__name__))
+    except Exception:
+        pass
+    record_internal_error(component, exc)
+
+
+def _in_decode_worker() -> bool:
+    try:
+        from e6data_python_connector.result_decode_worker import is_decode_worker
+    except Exception:
+        return False
+    try:
+        return bool(is_decode_worker())
+    except Exception:
+        return False
+
+
+# --- public API ------------------------------------------------------------------------------
+def instrument(**options: Any) -> Optional[Recorder]:
+    """Instrument the e6data connector in this process; returns the live :class:`Recorder`.
+
+    Options are keyword arguments, each also settable as ``E6OBSERVE_<NAME>`` (keyword >
+    environment > default); see :mod:`e6observe.config`. Raises
+    :class:`~e6observe.config.ConfigError` on a bad option. Idempotent: while instrumented, a
+    further call logs a warning, changes nothing and returns the live recorder. In the
+    connector's result-decode worker processes it does nothing and returns None.
+    """
+    global _active
+    opts = Options.resolve(options)
+    with _lock:
+        if _active is not None:
+            logger.warning("e6observe.instrument() called while already instrumented: ignored "
+                           "(options unchanged; call e6observe.uninstrument() first to change them)")
+            return _active.recorder
+        if _in_decode_worker():
+            return None
+        inst = _Instrumentation(opts)
+        try:
+            inst.start()
+        except BaseException:
+            # Every step is contained; this is a last resort so a half-installed state never
+            # outlives the call.
+            inst.stop()
+            raise
+        _active = inst
+        return inst.recorder
+
+
+def uninstrument() -> bool:
+    """Undo :func:`instrument`: stop every e6observe thread and restore every patched attribute.
+
+    Returns False (and does nothing) when not instrumented.
+    """
+    global _active
+    with _lock:
+        inst, _active = _active, None
+        if inst is None:
+            return False
+        inst.stop()
+        return True
+
+
+def instrument_connection(conn: Any) -> bool:
+    """Instrument one connection opened before :func:`instrument` right now.
+
+    Not required - such a connection is picked up at its next ``execute`` - but makes the RPCs it
+    issues before that (``get_tables``, a session refresh ...) timed too. Works for
+    ``e6data_python_connector.Connection`` and ``aio.AsyncConnection``. Returns True if the
+    connection's stub was instrumented by this call, False if it already was or e6observe is
+    not instrumented.
+    """
+    with _lock:
+        if _active is None:
+            logger.warning("e6observe.instrument_connection(): call e6observe.instrument() first")
+            return False
+    from .hooks import aio, channel
+
+    if type(conn).__name__ == "AsyncConnection":
+        return aio.wrap_connection(conn)
+    return channel.wrap_connection(conn)
+
+
+def is_instrumented() -> bool:
+    """True between :func:`instrument` and :func:`uninstrument`."""
+    return _active is not None
+
+
+def current_options() -> Optional[Options]:
+    """The options of the live instrumentation (None when not instrumented)."""
+    inst = _active
+    return inst.options if inst is not None else None
+
+
+def _current_tracer() -> Any:
+    inst = _active
+    return inst.tracer if inst is not None else None

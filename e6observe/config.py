@@ -1,0 +1,312 @@
+"""Options for :func:`e6observe.instrument`: keyword arguments, ``E6OBSERVE_*`` variables, defaults.
+
+Every option is a keyword argument of ``instrument()`` and, for the ones a string can express,
+also an environment variable ``E6OBSERVE_<NAME IN UPPER CASE>``. A keyword argument wins over
+the environment, the environment over the default. The whole set is validated once, in
+:meth:`Options.resolve`; a bad value raises :class:`ConfigError` naming the option and the
+offending value (secrets are never echoed). Standard ``OTEL_*`` variables are left to
+OpenTelemetry itself.
+
+================== ======================== =========================================================
+option             default                  meaning
+================== ======================== =========================================================
+prometheus_port    None (no HTTP server)    port of the ``/metrics`` endpoint (0: any free port)
+prometheus_addr    ``127.0.0.1``            address the endpoint binds
+registry           None (own registry)      a ``prometheus_client.CollectorRegistry`` to register in;
+                                            the global ``REGISTRY`` only when passed explicitly
+meter_provider     None (global, if SDK)    OpenTelemetry ``MeterProvider`` for metrics
+tracer_provider    None (global, if SDK)    ``TracerProvider`` for query spans
+logger_provider    None (global, if SDK)    ``LoggerProvider`` for events as log records
+otel               True                     export to OpenTelemetry at all
+watcher_interval   1.0                      seconds between watcher iterations (> 0)
+event_capacity     1024                     strategy events kept in the in-memory ring
+record_query_text  False                    put sanitized query text (literals as ``?``) on spans
+tls_certfile       None                     serve ``/metrics`` over TLS with this certificate
+tls_keyfile        None                     ... and this private key
+tls_client_cafile  None                     require client certificates signed by this CA
+basic_auth         None                     ``user:password`` required on ``/metrics`` (never logged)
+multiprocess_dir   ``$PROMETHEUS_MULTIPROC_DIR`` prometheus_client multi-process directory
+================== ======================== =========================================================
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import os
+from dataclasses import dataclass, field, fields
+from typing import Any, Callable, Mapping, Optional
+
+ENV_PREFIX = "E6OBSERVE_"
+#: Upper bound on the event ring: each event is a few hundred bytes; this keeps it well under
+#: 100 MB whatever a configuration says.
+MAX_EVENT_CAPACITY = 100_000
+#: Longest watcher interval accepted (a day); anything longer is almost certainly a unit mistake.
+MAX_WATCHER_INTERVAL = 86_400.0
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+
+
+class ConfigError(ValueError):
+    """An option has an unusable value. The message names the option (and where it came from)."""
+
+
+def _origin(name: str, from_env: bool) -> str:
+    return f"{ENV_PREFIX}{name.upper()}" if from_env else name
+
+
+def _show(value: object) -> str:
+    """A short, safe rendering of a rejected (non-secret) value."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+# --- per-kind parsers: (raw value, came from env?) -> parsed value ----------------------------
+def _parse_bool(name: str, raw: object, env: bool) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    if env and isinstance(raw, str):
+        low = raw.strip().lower()
+        if low in _TRUE:
+            return True
+        if low in _FALSE:
+            return False
+    raise ConfigError(f"{_origin(name, env)} must be a boolean (true/false, 1/0, yes/no, on/off), "
+                      f"got {_show(raw)}")
+
+
+def _parse_int(name: str, raw: object, env: bool) -> int:
+    if isinstance(raw, bool):
+        raise ConfigError(f"{_origin(name, env)} must be an integer, got {_show(raw)}")
+    if isinstance(raw, int):
+        return raw
+    if env and isinstance(raw, str):
+        try:
+            return int(raw.strip(), 10)
+        except ValueError:
+            pass
+    raise ConfigError(f"{_origin(name, env)} must be an integer, got {_show(raw)}")
+
+
+def _parse_float(name: str, raw: object, env: bool) -> float:
+    if isinstance(raw, bool):
+        raise ConfigError(f"{_origin(name, env)} must be a number of seconds, got {_show(raw)}")
+    if isinstance(raw, (int, float)):
+        return float(raw)
+    if env and isinstance(raw, str):
+        try:
+            return float(raw.strip())
+        except ValueError:
+            pass
+    raise ConfigError(f"{_origin(name, env)} must be a number of seconds, got {_show(raw)}")
+
+
+def _parse_str(name: str, raw: object, env: bool) -> str:
+    if isinstance(raw, str):
+        return raw
+    if isinstance(raw, os.PathLike):
+        return os.fspath(raw)  # type: ignore[return-value]
+    raise ConfigError(f"{_origin(name, env)} must be a string, got {type(raw).__name__}")
+
+
+def _parse_object(name: str, raw: object, env: bool) -> object:
+    if env:  # pragma: no cover - objects have no environment variable
+        raise ConfigError(f"{name} cannot be set from the environment")
+    return raw
+
+
+@dataclass(frozen=True)
+class _Spec:
+    parse: Callable[[str, object, bool], object]
+    env: bool = True  # settable from E6OBSERVE_<NAME>
+    optional: bool = True  # an empty env value / None means "unset"
+    secret: bool = False
+
+
+_SPECS: dict[str, _Spec] = {
+    "prometheus_port": _Spec(_parse_int),
+    "prometheus_addr": _Spec(_parse_str, optional=False),
+    "registry": _Spec(_parse_object, env=False),
+    "meter_provider": _Spec(_parse_object, env=False),
+    "tracer_provider": _Spec(_parse_object, env=False),
+    "logger_provider": _Spec(_parse_object, env=False),
+    "otel": _Spec(_parse_bool, optional=False),
+    "watcher_interval": _Spec(_parse_float, optional=False),
+    "event_capacity": _Spec(_parse_int, optional=False),
+    "record_query_text": _Spec(_parse_bool, optional=False),
+    "tls_certfile": _Spec(_parse_str),
+    "tls_keyfile": _Spec(_parse_str),
+    "tls_client_cafile": _Spec(_parse_str),
+    "basic_auth": _Spec(_parse_str, secret=True),
+    "multiprocess_dir": _Spec(_parse_str),
+}
+
+
+@dataclass(frozen=True)
+class Options:
+    """The validated configuration of one ``instrument()`` call. Build it with :meth:`resolve`.
+
+    ``repr`` never shows ``basic_auth``; :meth:`describe` gives a loggable summary.
+    """
+
+    prometheus_port: Optional[int] = None
+    prometheus_addr: str = "127.0.0.1"
+    registry: Any = None
+    meter_provider: Any = None
+    tracer_provider: Any = None
+    logger_provider: Any = None
+    otel: bool = True
+    watcher_interval: float = 1.0
+    event_capacity: int = 1024
+    record_query_text: bool = False
+    tls_certfile: Optional[str] = None
+    tls_keyfile: Optional[str] = None
+    tls_client_cafile: Optional[str] = None
+    basic_auth: Optional[str] = field(default=None, repr=False)
+    multiprocess_dir: Optional[str] = None
+    #: Where each option's value came from: "kwarg", "env" or "default" (for messages/tests).
+    sources: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
+
+    # ---------------------------------------------------------------------------------------
+    @classmethod
+    def resolve(cls, kwargs: Optional[Mapping[str, object]] = None,
+                environ: Optional[Mapping[str, str]] = None) -> Options:
+        """Merge ``kwargs`` > ``environ`` (default ``os.environ``) > defaults, then validate.
+
+        Raises :class:`ConfigError` on an unknown option or a bad value.
+        """
+        kwargs = dict(kwargs or {})
+        env = os.environ if environ is None else environ
+        unknown = sorted(k for k in kwargs if k not in _SPECS)
+        if unknown:
+            hints = []
+            for k in unknown:
+                close = difflib.get_close_matches(k, list(_SPECS), n=1)
+                hints.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+            raise ConfigError("unknown e6observe option " + ", ".join(hints) + "; known options: "
+                              + ", ".join(_SPECS))
+        values: dict[str, object] = {}
+        sources: dict[str, str] = {}
+        for name, spec in _SPECS.items():
+            if name in kwargs:
+                raw, from_env = kwargs[name], False
+                sources[name] = "kwarg"
+            elif spec.env and (ENV_PREFIX + name.upper()) in env:
+                raw, from_env = env[ENV_PREFIX + name.upper()], True
+                sources[name] = "env"
+                if isinstance(raw, str) and raw.strip() == "" and spec.optional:
+                    raw = None
+            else:
+                sources[name] = "default"
+                continue
+            if raw is None:
+                if not spec.optional:
+                    raise ConfigError(f"{_origin(name, from_env)} cannot be empty/None")
+                values[name] = None
+                continue
+            values[name] = spec.parse(name, raw, from_env)
+        if "multiprocess_dir" not in values and env.get("PROMETHEUS_MULTIPROC_DIR"):
+            values["multiprocess_dir"] = env["PROMETHEUS_MULTIPROC_DIR"]
+            sources["multiprocess_dir"] = "PROMETHEUS_MULTIPROC_DIR"
+        opts = cls(**values, sources=sources)  # type: ignore[arg-type]
+        opts._validate()
+        return opts
+
+    # ---------------------------------------------------------------------------------------
+    def _where(self, name: str) -> str:
+        src = self.sources.get(name)
+        if src == "PROMETHEUS_MULTIPROC_DIR":
+            return src
+        return _origin(name, src == "env")
+
+    def _validate(self) -> None:
+        w = self._where
+        port = self.prometheus_port
+        if port is not None and not 0 <= port <= 65535:
+            raise ConfigError(f"{w('prometheus_port')} must be within 0..65535 (0: any free port), "
+                              f"got {port!r}")
+        if not self.prometheus_addr.strip():
+            raise ConfigError(f"{w('prometheus_addr')} must name an address, got an empty string")
+        iv = self.watcher_interval
+        if not (math.isfinite(iv) and 0 < iv <= MAX_WATCHER_INTERVAL):
+            raise ConfigError(f"{w('watcher_interval')} must be > 0 and <= {MAX_WATCHER_INTERVAL:g} "
+                              f"seconds, got {iv!r}")
+        if not 1 <= self.event_capacity <= MAX_EVENT_CAPACITY:
+            raise ConfigError(f"{w('event_capacity')} must be within 1..{MAX_EVENT_CAPACITY}, "
+                              f"got {self.event_capacity!r}")
+        if self.registry is not None:
+            try:
+                from prometheus_client.registry import CollectorRegistry
+            except ImportError as exc:  # pragma: no cover - a declared dependency
+                raise ConfigError("registry needs prometheus_client installed") from exc
+            if not isinstance(self.registry, CollectorRegistry):
+                raise ConfigError("registry must be a prometheus_client CollectorRegistry, got "
+                                  f"{type(self.registry).__name__}")
+        for name, method in (("meter_provider", "get_meter"), ("tracer_provider", "get_tracer"),
+                             ("logger_provider", "get_logger")):
+            value = getattr(self, name)
+            if value is not None and not callable(getattr(value, method, None)):
+                raise ConfigError(f"{name} must be an OpenTelemetry provider with {method}(), got "
+                                  f"{type(value).__name__}")
+        self._validate_tls()
+        if self.basic_auth is not None:
+            user, sep, password = self.basic_auth.partition(":")
+            if not sep or not user or not password:
+                # Never echo the value: it is a credential, possibly with a typo.
+                raise ConfigError(f"{w('basic_auth')} must have the form user:password with both "
+                                  "parts non-empty (value not shown)")
+            if any(ord(c) < 32 or ord(c) == 127 for c in self.basic_auth):
+                raise ConfigError(f"{w('basic_auth')} contains control characters (value not shown)")
+        if self.multiprocess_dir is not None and not os.path.isdir(self.multiprocess_dir):
+            raise ConfigError(f"{w('multiprocess_dir')} must be an existing directory, "
+                              f"got {self.multiprocess_dir!r}")
+
+    def _validate_tls(self) -> None:
+        w = self._where
+        cert, key, ca = self.tls_certfile, self.tls_keyfile, self.tls_client_cafile
+        if (cert is None) != (key is None):
+            missing = "tls_keyfile" if key is None else "tls_certfile"
+            raise ConfigError(f"tls_certfile and tls_keyfile go together: {missing} is missing")
+        if ca is not None and cert is None:
+            raise ConfigError("tls_client_cafile (client-certificate auth) needs tls_certfile and "
+                              "tls_keyfile (the endpoint must itself serve TLS)")
+        for name, path in (("tls_certfile", cert), ("tls_keyfile", key), ("tls_client_cafile", ca)):
+            if path is not None and not os.path.isfile(path):
+                raise ConfigError(f"{w(name)} must be a readable file, got {path!r} (not found)")
+            if path is not None and not os.access(path, os.R_OK):
+                raise ConfigError(f"{w(name)} must be a readable file, got {path!r} (not readable)")
+
+    # ---------------------------------------------------------------------------------------
+    @property
+    def tls_enabled(self) -> bool:
+        """True when the ``/metrics`` endpoint serves HTTPS."""
+        return self.tls_certfile is not None
+
+    @property
+    def basic_auth_credentials(self) -> Optional[tuple[str, str]]:
+        """``(user, password)`` from ``basic_auth``, or None."""
+        if self.basic_auth is None:
+            return None
+        user, _, password = self.basic_auth.partition(":")
+        return user, password
+
+    def describe(self) -> dict[str, object]:
+        """A loggable view: secrets masked, provider objects by type name."""
+        out: dict[str, object] = {}
+        for f in fields(self):
+            if f.name == "sources":
+                continue
+            value = getattr(self, f.name)
+            if f.name in _SPECS and _SPECS[f.name].secret and value is not None:
+                value = "***"
+            elif value is not None and _SPECS.get(f.name, _Spec(_parse_str)).parse is _parse_object:
+                value = type(value).__name__
+            out[f.name] = value
+        return out
+
+
+OPTION_NAMES: tuple[str, ...] = tuple(_SPECS)
+ENV_OPTION_NAMES: tuple[str, ...] = tuple(ENV_PREFIX + n.upper() for n, s in _SPECS.items() if s.env)
+
+__all__ = ["Options", "ConfigError", "OPTION_NAMES", "ENV_OPTION_NAMES", "ENV_PREFIX"]

@@ -1,0 +1,144 @@
+"""Hooks on the e6data connector: each module patches one surface and can undo it exactly.
+
+Every hook module provides ``install(recorder, options, tracer=None)`` and ``uninstall()``.
+``install`` keeps the original of every attribute it replaces and ``uninstall`` puts that very
+object back (tests compare identities). Hook code never raises into the application: its own
+failures go through :func:`e6observe._safe.record_internal_error`, and the connector's exceptions
+pass through as the same object (the connector inspects the private ``_InactiveRpcError``).
+
+Shared helpers for recognising the connector's two recovery errors live here.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Optional
+
+from ..recorder import Recorder
+
+#: The text of a strategy-mismatch error (``StatusCode.UNKNOWN``). Sync password paths test it as
+#: a substring, OAuth/async paths as the exact text; a substring test covers both.
+MISMATCH_TEXT = "status: 456"
+#: Part of the details of the engine's "session unknown / login refused" error (``INTERNAL``).
+ACCESS_DENIED_TEXT = "Access denied"
+
+
+def rpc_error_details(exc: BaseException) -> tuple[Optional[Any], str]:
+    """``(code, details)`` of a gRPC error, or ``(None, "")`` for anything else. Never raises."""
+    try:
+        code = exc.code()  # type: ignore[attr-defined]
+        details = exc.details()  # type: ignore[attr-defined]
+    except Exception:
+        return None, ""
+    return code, details if isinstance(details, str) else ""
+
+
+def is_mismatch(exc: Optional[BaseException]) -> bool:
+    """True if ``exc`` is (or was raised from) a ``status: 456`` strategy-mismatch error.
+
+    The async connector re-raises RPC errors as ``OperationalError`` *from* the gRPC error, so the
+    cause chain is followed a few links.
+    """
+    for _ in range(4):
+        if exc is None:
+            return False
+        code, details = rpc_error_details(exc)
+        if code is not None:
+            return getattr(code, "name", None) == "UNKNOWN" and MISMATCH_TEXT in details
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def retry_reason(exc: Optional[BaseException]) -> str:
+    """The recorder's retry reason for the error that made the connector replay an operation."""
+    if exc is None:
+        return "other"
+    code, details = rpc_error_details(exc)
+    if code is None:
+        return "other"
+    name = getattr(code, "name", None)
+    if name == "UNKNOWN" and MISMATCH_TEXT in details:
+        return "mismatch"
+    if name == "INTERNAL" and ACCESS_DENIED_TEXT in details:
+        return "access_denied"
+    return "other"
+
+
+def connector_version() -> tuple[int, ...]:
+    """The installed connector's version as a tuple (``()`` if unknown)."""
+    try:
+        from importlib.metadata import version
+
+        parts = []
+        for p in version("e6data-python-connector").split(".")[:3]:
+            digits = "".join(ch for ch in p if ch.isdigit())
+            parts.append(int(digits or 0))
+        return tuple(parts)
+    except Exception:
+        return ()
+
+
+_MISSING = object()
+
+
+class HookContext:
+    """What the installed hooks share: the recorder, options, the query tracer (or None).
+
+    ``live`` turns every wrapper into a plain pass-through after ``uninstall()`` (a wrapper
+    that some other tool wrapped over cannot be removed, but it must stop reporting).
+    """
+
+    __slots__ = ("recorder", "options", "tracer", "live", "token", "tls", "retrace")
+
+    def __init__(self, recorder: Recorder, options: Any = None, tracer: Any = None) -> None:
+        self.recorder = recorder
+        self.options = options
+        self.tracer = tracer
+        self.live = True
+        #: Marks objects (stubs) instrumented by this installation.
+        self.token = object()
+        #: Per-thread hook state (the retry attempt of the current execute).
+        self.tls = threading.local()
+        #: While no tracer exists: a cheap callable that may find one set up later (or None).
+        self.retrace: Optional[Any] = None
+
+    def current_tracer(self) -> Any:
+        """The query tracer, looking (rate-limited) for a late global provider if none yet."""
+        tracer = self.tracer
+        if tracer is None and self.retrace is not None:
+            tracer = self.retrace()
+        return tracer
+
+
+class Patches:
+    """Attribute replacements that can be undone exactly (original object put back)."""
+
+    def __init__(self) -> None:
+        self._items: list[tuple[Any, str, Any, Any]] = []
+
+    def replace(self, owner: Any, name: str, new: Any) -> Any:
+        """Set ``owner.name = new``; return the attribute the class itself held (or inherited,
+        or None when there was none)."""
+        original = owner.__dict__.get(name, _MISSING)
+        current = getattr(owner, name, None) if original is _MISSING else original
+        setattr(owner, name, new)
+        self._items.append((owner, name, original, new))
+        return current
+
+    def restore(self) -> None:
+        """Undo every replacement, newest first. One another tool wrapped over is left alone."""
+        items, self._items = self._items, []
+        for owner, name, original, new in reversed(items):
+            if owner.__dict__.get(name, _MISSING) is not new:
+                continue
+            if original is _MISSING:
+                delattr(owner, name)
+            else:
+                setattr(owner, name, original)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+__all__ = ["HookContext", "Patches", "MISMATCH_TEXT", "ACCESS_DENIED_TEXT", "is_mismatch", "retry_reason",
+           "rpc_error_details", "connector_version"]

@@ -1,0 +1,237 @@
+"""Channel hook (sync API): time every RPC the connector makes, by method, strategy and code.
+
+``Connection._create_client`` builds the channel and the ``QueryEngineServiceStub``; the
+connector calls it again on every re-authentication and every flip, and always reaches its RPCs
+through ``connection._client.<method>(request, metadata=..., ...)``. The hook wraps
+``_create_client`` so that, once it has run, each unary multi-callable on the new stub is
+replaced by a small timing closure:
+
+* the strategy is read from the ``metadata`` keyword the connector passes (no connector call);
+* the call is timed with ``time.perf_counter()`` and observed into a histogram child cached per
+  strategy value for the OK code (the common case costs a dict lookup and one observe);
+* on a ``grpc.RpcError`` the error is observed under its code, a ``status: 456`` mismatch is
+  reported with ``recorder.mismatch(strategy, method)``, and the very same exception object is
+  re-raised (the connector catches the private ``grpc._channel._InactiveRpcError``).
+
+This is deliberately not a ``grpc.intercept_channel`` interceptor: the generic interceptor
+machinery alone costs several percent per query. ``.future`` (the 3.0.1+ v2 result prefetch)
+is timed by a done-callback; ``.with_call`` passes through untimed (the connector never uses it).
+
+Stubs built before ``instrument()`` (connections already open) are wrapped by
+:func:`wrap_connection`, which the cursor hook calls lazily at the next ``execute`` and which
+:func:`e6observe.instrument_connection` exposes. ``uninstall()`` puts the original
+multi-callables back on every stub still alive.
+"""
+
+from __future__ import annotations
+
+import time
+import weakref
+from typing import Any, Callable, Optional
+
+from .._safe import record_internal_error
+from ..recorder import Histogram, Recorder, norm_code, norm_method, norm_strategy
+from . import MISMATCH_TEXT, HookContext, Patches
+
+#: Attribute set on an instrumented stub: the installation's token.
+MARK = "_e6observe_token"
+_COMPONENT = "hook.channel"
+#: Distinct raw strategy values whose histogram child is cached per method; beyond this (only a
+#: hostile server could cause it) values are normalised on every call instead.
+_CACHE_LIMIT = 8
+
+_ctx: Optional[HookContext] = None
+_patches = Patches()
+_stubs: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def _strategy_from(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """The ``strategy`` header value of a call, or None. Never raises."""
+    md = kwargs.get("metadata") if kwargs else None
+    if md is None and len(args) > 1:
+        md = args[1]  # (request, timeout, metadata, ...) passed positionally
+    if md:
+        try:
+            for k, v in md:
+                if k == "strategy":
+                    return v
+        except Exception:
+            return None
+    return None
+
+
+class _Timer:
+    """Per (stub method) state shared by the call and future wrappers."""
+
+    __slots__ = ("rec", "method", "ok")
+
+    def __init__(self, rec: Recorder, method: str) -> None:
+        self.rec = rec
+        self.method = method
+        #: raw strategy header value -> the OK child for it.
+        self.ok: dict[Any, Histogram] = {}
+
+    def ok_child(self, s: Any) -> Histogram:
+        h = self.rec.rpc_histogram(self.method, norm_strategy(s), "OK")
+        if len(self.ok) < _CACHE_LIMIT and (s is None or isinstance(s, str)):
+            self.ok[s] = h
+        return h
+
+    def failed(self, code: Any, details: Any, seconds: float, s: Any) -> None:
+        try:
+            rec = self.rec
+            strategy = norm_strategy(s)
+            cname = norm_code(code)
+            if cname == "UNKNOWN" and isinstance(details, str) and MISMATCH_TEXT in details:
+                rec.mismatch(strategy, self.method)
+            rec.rpc_histogram(self.method, strategy, cname).observe(seconds)
+        except Exception as exc:
+            record_internal_error(_COMPONENT, exc)
+
+    def failed_exc(self, exc: BaseException, seconds: float, s: Any) -> None:
+        try:
+            code = exc.code()  # type: ignore[attr-defined]
+            details = exc.details()  # type: ignore[attr-defined]
+        except Exception:
+            code, details = None, None
+        self.failed(code, details, seconds, s)
+
+
+def _timed_call(mc: Any, timer: _Timer) -> Callable[..., Any]:
+    import grpc
+
+    perf = time.perf_counter
+    ok = timer.ok
+    rpc_error = grpc.RpcError
+
+    def timed(request: Any, *args: Any, **kwargs: Any) -> Any:
+        s = _strategy_from(args, kwargs)
+        t0 = perf()
+        try:
+            response = mc(request, *args, **kwargs)
+        except rpc_error as exc:
+            timer.failed_exc(exc, perf() - t0, s)
+            raise
+        dt = perf() - t0
+        try:
+            h = ok.get(s)
+            if h is None:
+                h = timer.ok_child(s)
+            h.observe(dt)
+        except Exception as exc:
+            record_internal_error(_COMPONENT, exc)
+        return response
+
+    def timed_future(request: Any, *args: Any, **kwargs: Any) -> Any:
+        s = _strategy_from(args, kwargs)
+        t0 = perf()
+        fut = mc.future(request, *args, **kwargs)
+        try:
+            def done(f: Any) -> None:
+                dt = perf() - t0
+                try:
+                    code = f.code()
+                    if getattr(code, "name", None) == "OK":
+                        h = ok.get(s)
+                        if h is None:
+                            h = timer.ok_child(s)
+                        h.observe(dt)
+                    else:
+                        timer.failed(code, f.details(), dt, s)
+                except Exception as exc:
+                    record_internal_error(_COMPONENT, exc)
+
+            fut.add_done_callback(done)
+        except Exception as exc:
+            record_internal_error(_COMPONENT, exc)
+        return fut
+
+    timed.future = timed_future  # type: ignore[attr-defined]
+    timed.with_call = mc.with_call  # type: ignore[attr-defined]
+    timed.__wrapped__ = mc  # type: ignore[attr-defined]
+    timed.__name__ = timer.method
+    return timed
+
+
+def wrap_stub(stub: Any, ctx: HookContext) -> bool:
+    """Replace the unary multi-callables of one stub by timing wrappers (idempotent)."""
+    import grpc
+
+    if stub is None or getattr(stub, MARK, None) is ctx.token:
+        return False
+    attrs = vars(stub)
+    for name, mc in list(attrs.items()):
+        if isinstance(mc, grpc.UnaryUnaryMultiCallable):
+            attrs[name] = _timed_call(mc, _Timer(ctx.recorder, norm_method(name)))
+    attrs[MARK] = ctx.token
+    _stubs.add(stub)
+    return True
+
+
+def unwrap_stub(stub: Any) -> None:
+    """Put the original multi-callables back on ``stub``."""
+    attrs = vars(stub)
+    for name, value in list(attrs.items()):
+        original = getattr(value, "__wrapped__", None)
+        if original is not None and callable(getattr(value, "future", None)):
+            attrs[name] = original
+    attrs.pop(MARK, None)
+
+
+def wrap_connection(conn: Any) -> bool:
+    """Instrument the current stub of an already-open sync connection. True if it changed."""
+    ctx = _ctx
+    if ctx is None or not ctx.live:
+        return False
+    try:
+        return wrap_stub(getattr(conn, "_client", None), ctx)
+    except Exception as exc:
+        record_internal_error(_COMPONENT, exc)
+        return False
+
+
+def _make_create_client(orig: Callable[..., Any], ctx: HookContext) -> Callable[..., Any]:
+    def _create_client(self: Any, *args: Any, **kwargs: Any) -> Any:
+        result = orig(self, *args, **kwargs)
+        if ctx.live:
+            try:
+                wrap_stub(self.__dict__.get("_client"), ctx)
+            except Exception as exc:
+                record_internal_error(_COMPONENT, exc)
+        return result
+
+    _create_client.__wrapped__ = orig  # type: ignore[attr-defined]
+    return _create_client
+
+
+def install(recorder: Recorder, options: object = None, tracer: object = None,
+            ctx: Optional[HookContext] = None) -> bool:
+    """Wrap ``Connection._create_client`` so every new stub is timed."""
+    global _ctx
+    if _ctx is not None:
+        return True
+    from e6data_python_connector import e6data_grpc as g
+
+    ctx = ctx or HookContext(recorder, options, tracer)
+    orig = g.Connection.__dict__.get("_create_client")
+    if orig is None:
+        return False
+    _patches.replace(g.Connection, "_create_client", _make_create_client(orig, ctx))
+    _ctx = ctx
+    return True
+
+
+def uninstall() -> None:
+    """Restore ``_create_client`` and the original multi-callables of every live stub."""
+    global _ctx
+    if _ctx is None:
+        return
+    _ctx.live = False
+    _ctx = None
+    _patches.restore()
+    for stub in list(_stubs):
+        try:
+            unwrap_stub(stub)
+        except Exception as exc:
+            record_internal_error(_COMPONENT, exc)
+    _stubs.clear()

@@ -1,0 +1,285 @@
+"""Cursor hook (sync API): query duration and outcome, queries in flight, retries, spans.
+
+A query's life, as measured here:
+
+* it **starts** when ``Cursor.execute`` is called; once execute returns it counts as in flight
+  under the strategy it is pinned to (the connector's query map entry for its id, written at
+  prepare time - read without the connector's lock, a single-key read);
+* it **ends** when it is cleared (``Cursor.clear``, and ``Cursor.close`` which calls it) - outcome
+  ``ok`` - or when an RPC of it fails (execute, a fetch, the clear): outcome
+  ``switch_interrupted`` for a ``status: 456`` on a query that was already admitted under the
+  old colour (a switch landed mid-flight), ``error`` otherwise; ``Cursor.cancel`` ends it as
+  ``error``;
+* a query that is never cleared ends when the same cursor executes the next one; its duration
+  then runs to the end of its fetch (the last empty batch) if it was fully fetched, else to that
+  next execute. A cursor dropped without clear/close/another execute is never observed and stays
+  in ``e6data_queries_in_flight`` - exactly like the connector's own query-map entry, which then
+  blocks graceful switches (worth seeing, not hiding).
+
+``execute`` that fails before admission (e.g. a 456 at prepare after the connector's retries)
+is observed as ``error`` under the strategy active at the time. The connector's ``re_auth``
+replays a whole execute on ``Access denied`` or a 456; each replay calls
+``connection.get_re_authenticate_session_id()`` from inside its ``except`` block, which this hook
+wraps to report ``recorder.retry(attempt, reason)``. A replayed execute is one query.
+
+Per-cursor state lives in one attribute on the cursor (``_e6observe_query``).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any, Callable, Optional
+
+from .._safe import record_internal_error
+from ..recorder import norm_strategy
+from . import HookContext, Patches, is_mismatch, retry_reason
+from . import channel as _channel
+
+ATTR = "_e6observe_query"
+_COMPONENT = "hook.cursor"
+
+_ctx: Optional[HookContext] = None
+_patches = Patches()
+
+
+class QueryState:
+    """One query in flight on a cursor."""
+
+    __slots__ = ("t0", "strategy", "fetch_end", "span", "query_id")
+
+    def __init__(self, t0: float, strategy: str, span: Any, query_id: Any) -> None:
+        self.t0 = t0
+        self.strategy = strategy
+        self.fetch_end: Optional[float] = None
+        self.span = span
+        self.query_id = query_id
+
+
+def _cache() -> dict[str, Any]:
+    from e6data_python_connector import e6data_grpc as g
+
+    return g._local_strategy_cache  # type: ignore[no-any-return]
+
+
+def _pinned_strategy(query_id: Any) -> str:
+    """The strategy the connector pinned ``query_id`` to (else the active one), normalised."""
+    cache = _cache()
+    s = None
+    qmap = cache.get("query_strategy_map")
+    if query_id and isinstance(qmap, dict):
+        s = qmap.get(query_id)
+    if s is None:
+        s = cache.get("active_strategy")
+    return norm_strategy(s)
+
+
+def finish(ctx: HookContext, q: QueryState, outcome: str, exc: Optional[BaseException] = None,
+           end: Optional[float] = None) -> None:
+    """Record the end of one query (duration, outcome, in-flight, span). Contained."""
+    try:
+        seconds = (time.perf_counter() if end is None else end) - q.t0
+        tracer = ctx.tracer
+        exemplar = tracer.exemplar(q.span) if (tracer is not None and q.span is not None) else None
+        ctx.recorder.query_finished(q.strategy, outcome, seconds, exemplar)
+        if tracer is not None and q.span is not None:
+            tracer.finish(q.span, q.strategy, outcome, exc)
+    except Exception as e:
+        record_internal_error(_COMPONENT, e)
+
+
+def outcome_of(exc: BaseException) -> str:
+    """``switch_interrupted`` for a 456 on an admitted query, else ``error``."""
+    return "switch_interrupted" if is_mismatch(exc) else "error"
+
+
+def _operation(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    return args[0] if args else kwargs.get("operation")
+
+
+def _make_execute(orig: Callable[..., Any], ctx: HookContext) -> Callable[..., Any]:
+    perf = time.perf_counter
+    rec = ctx.recorder
+    tls = ctx.tls
+
+    def execute(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if not ctx.live:
+            return orig(self, *args, **kwargs)
+        span = None
+        before = None
+        try:
+            d = self.__dict__
+            prev = d.pop(ATTR, None)
+            if prev is not None:  # the previous query was never cleared: it ends now
+                finish(ctx, prev, "ok", end=prev.fetch_end)
+            conn = self.connection
+            client = getattr(conn, "_client", None)
+            if client is not None and getattr(client, _channel.MARK, None) is not ctx.token:
+                _channel.wrap_connection(conn)
+            tls.attempt = 0
+            before = d.get("_query_id")
+            tracer = ctx.current_tracer()
+            if tracer is not None:
+                span = tracer.start(_operation(args, kwargs), getattr(conn, "_host", None),
+                                    getattr(conn, "_port", None))
+        except Exception as exc:
+            record_internal_error(_COMPONENT, exc)
+        t0 = perf()
+        try:
+            result = orig(self, *args, **kwargs)
+        except BaseException as exc:
+            try:
+                qid = self.__dict__.get("_query_id")
+                admitted = qid is not None and qid != before
+                strategy = _pinned_strategy(qid if admitted else None)
+                outcome = "switch_interrupted" if admitted and is_mismatch(exc) else "error"
+                rec.query_started(strategy)
+                finish(ctx, QueryState(t0, strategy, span, qid), outcome, exc)
+            except Exception as e:
+                record_internal_error(_COMPONENT, e)
+            raise
+        try:
+            qid = self.__dict__.get("_query_id")
+            strategy = _pinned_strategy(qid)
+            rec.query_started(strategy)
+            self.__dict__[ATTR] = QueryState(t0, strategy, span, qid)
+        except Exception as exc:
+            record_internal_error(_COMPONENT, exc)
+        return result
+
+    execute.__wrapped__ = orig  # type: ignore[attr-defined]
+    return execute
+
+
+def _make_fetch(orig: Callable[..., Any], ctx: HookContext) -> Callable[..., Any]:
+    perf = time.perf_counter
+
+    def fetch(self: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            rows = orig(self, *args, **kwargs)
+        except BaseException as exc:
+            if ctx.live:
+                q = self.__dict__.pop(ATTR, None)
+                if q is not None:
+                    finish(ctx, q, outcome_of(exc), exc)
+            raise
+        if rows is None and ctx.live:
+            q = self.__dict__.get(ATTR)
+            if q is not None and q.fetch_end is None:
+                q.fetch_end = perf()
+        return rows
+
+    fetch.__wrapped__ = orig  # type: ignore[attr-defined]
+    return fetch
+
+
+def _target(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    return args[0] if args else kwargs.get("query_id")
+
+
+def _make_clear(orig: Callable[..., Any], ctx: HookContext) -> Callable[..., Any]:
+    def clear(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if not ctx.live:
+            return orig(self, *args, **kwargs)
+        q = self.__dict__.get(ATTR)
+        if q is not None:
+            target = _target(args, kwargs)
+            if target and target != q.query_id:
+                q = None  # clearing some other query id: not this cursor's query
+        try:
+            response = orig(self, *args, **kwargs)
+        except BaseException as exc:
+            if q is not None and self.__dict__.get(ATTR) is q:
+                del self.__dict__[ATTR]
+                finish(ctx, q, outcome_of(exc), exc)
+            raise
+        if q is not None and self.__dict__.get(ATTR) is q:
+            del self.__dict__[ATTR]
+            finish(ctx, q, "ok")
+        return response
+
+    clear.__wrapped__ = orig  # type: ignore[attr-defined]
+    return clear
+
+
+def _make_cancel(orig: Callable[..., Any], ctx: HookContext) -> Callable[..., Any]:
+    def cancel(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if not ctx.live:
+            return orig(self, *args, **kwargs)
+        q = self.__dict__.get(ATTR)
+        if q is not None:
+            target = _target(args, kwargs)
+            if target and target != q.query_id:
+                q = None
+        try:
+            return orig(self, *args, **kwargs)
+        finally:
+            if q is not None and self.__dict__.get(ATTR) is q:
+                del self.__dict__[ATTR]
+                finish(ctx, q, "error", sys.exc_info()[1] or _Cancelled())
+
+    cancel.__wrapped__ = orig  # type: ignore[attr-defined]
+    return cancel
+
+
+class _Cancelled(Exception):
+    """Stands for "cancelled by the application" in span ``error.type``."""
+
+
+def _make_reauth(orig: Callable[..., Any], ctx: HookContext) -> Callable[..., Any]:
+    rec = ctx.recorder
+    tls = ctx.tls
+
+    def get_re_authenticate_session_id(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if ctx.live:
+            try:
+                # re_auth calls this from inside its ``except`` block: the error being handled
+                # is the reason for the replay. Called any other way, it is not a retry.
+                exc = sys.exc_info()[1]
+                if exc is not None:
+                    attempt = getattr(tls, "attempt", 0) + 1
+                    tls.attempt = attempt
+                    rec.retry(attempt, retry_reason(exc))
+            except Exception as e:
+                record_internal_error(_COMPONENT, e)
+        return orig(self, *args, **kwargs)
+
+    get_re_authenticate_session_id.__wrapped__ = orig  # type: ignore[attr-defined]
+    return get_re_authenticate_session_id
+
+
+def install(recorder: Any, options: object = None, tracer: object = None,
+            ctx: Optional[HookContext] = None) -> bool:
+    """Patch ``Cursor.execute/clear/cancel/fetch_batch`` and the re-auth used by retries."""
+    global _ctx
+    if _ctx is not None:
+        return True
+    from e6data_python_connector import e6data_grpc as g
+
+    ctx = ctx or HookContext(recorder, options, tracer)
+    cur = g.Cursor
+    p = _patches
+    p.replace(cur, "execute", _make_execute(cur.__dict__["execute"], ctx))
+    p.replace(cur, "clear", _make_clear(cur.__dict__["clear"], ctx))
+    if "cancel" in cur.__dict__:
+        p.replace(cur, "cancel", _make_cancel(cur.__dict__["cancel"], ctx))
+    # fetch_batch is the one v1 fetch path (fetchone/fetchmany/fetchall/fetchall_buffer all
+    # reach it); 3.0.1+ v2 results go through _next_result_chunk.
+    for name in ("fetch_batch", "_next_result_chunk"):
+        if name in cur.__dict__:
+            p.replace(cur, name, _make_fetch(cur.__dict__[name], ctx))
+    reauth = g.Connection.__dict__.get("get_re_authenticate_session_id")
+    if reauth is not None:
+        p.replace(g.Connection, "get_re_authenticate_session_id", _make_reauth(reauth, ctx))
+    _ctx = ctx
+    return True
+
+
+def uninstall() -> None:
+    """Restore every patched attribute (the original function objects)."""
+    global _ctx
+    if _ctx is None:
+        return
+    _ctx.live = False
+    _ctx = None
+    _patches.restore()

@@ -1,0 +1,187 @@
+"""Query spans: one OpenTelemetry CLIENT span per query, following the database conventions.
+
+Active only when a tracer provider is passed (``tracer_provider=``) or a real (SDK) provider is
+set globally; with neither, no span API is touched on the query path. A span covers the query
+as the cursor hook measures it (execute to clear) and carries:
+
+* name: the operation (``SELECT``, ``INSERT``, ...; ``e6data`` when it cannot be told);
+* ``db.system.name="e6data"``, ``db.operation.name``, ``server.address``, ``server.port``;
+* ``db.query.text`` only with ``record_query_text=True``, and then sanitized: comments dropped,
+  string/number literals replaced by ``?``, truncated - never the literal values;
+* ``e6data.strategy`` (the colour the query was pinned to), ``e6data.query.outcome``;
+* ``error.type`` (the gRPC status name, or the exception class) and status ERROR on failure;
+* every strategy event (``e6data.strategy.applied`` ...) that happens while it is open, as a span
+  event, delivered from the recorder's dispatcher thread.
+
+Its trace and span ids are handed to the latency histograms as exemplars.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from typing import Any, Optional
+
+from ._safe import record_internal_error
+from .events import Event
+from .recorder import Recorder
+
+_COMPONENT = "tracing"
+#: Longest ``db.query.text`` kept (after sanitizing).
+MAX_QUERY_TEXT = 1024
+#: Statement keywords used as span names / ``db.operation.name`` (anything else: no operation).
+OPERATIONS = frozenset({
+    "SELECT", "INSERT", "UPDATE", "DELETE", "MERGE", "WITH", "VALUES", "SHOW", "DESCRIBE", "DESC",
+    "EXPLAIN", "CREATE", "DROP", "ALTER", "TRUNCATE", "USE", "SET", "CALL", "REFRESH", "ANALYZE"})
+
+_COMMENTS = re.compile(r"--[^\n]*|/\*.*?(?:\*/|$)", re.S)
+_LITERALS = re.compile(
+    r"""'(?:[^'\\]|\\.|'')*'            # 'single-quoted', with \-escapes or doubled quotes
+      | "(?:[^"\\]|\\.|"")*"            # "double-quoted" (a string literal in Hive dialects)
+      | \$\$.*?\$\$                     # $$dollar-quoted$$
+      | \b0[xX][0-9a-fA-F]+\b           # hex
+      | (?<![\w.$])\d+(?:\.\d*)?(?:[eE][-+]?\d+)?  # numbers not part of a name
+      | (?<![\w.$])\.\d+(?:[eE][-+]?\d+)?""",
+    re.S | re.X)
+_FIRST_WORD = re.compile(r"[\s(]*([A-Za-z]+)")
+_SPACES = re.compile(r"\s+")
+
+
+def sanitize_query(text: object) -> Optional[str]:
+    """The query with comments removed and every literal replaced by ``?`` (None if unusable)."""
+    if not isinstance(text, str):
+        return None
+    s = _COMMENTS.sub(" ", text[: MAX_QUERY_TEXT * 8])
+    s = _LITERALS.sub("?", s)
+    # An unterminated quote would leave a literal's tail in place: cut at the first one left.
+    cut = min((i for i in (s.find("'"), s.find('"'), s.find("$$")) if i >= 0), default=-1)
+    if cut >= 0:
+        s = s[:cut] + "?"
+    s = _SPACES.sub(" ", s).strip()
+    if len(s) > MAX_QUERY_TEXT:
+        s = s[: MAX_QUERY_TEXT - 3] + "..."
+    return s
+
+
+def operation_name(text: object) -> Optional[str]:
+    """The statement keyword (``SELECT`` ...) of a query, from a bounded set; else None."""
+    if not isinstance(text, str):
+        return None
+    m = _FIRST_WORD.match(_COMMENTS.sub(" ", text[:4096]))
+    if not m:
+        return None
+    word = m.group(1).upper()
+    return word if word in OPERATIONS else None
+
+
+def _error_type(exc: Optional[BaseException], outcome: str) -> str:
+    if exc is None:
+        return "cancelled" if outcome == "error" else outcome
+    try:
+        code = exc.code()  # type: ignore[attr-defined]
+        name = getattr(code, "name", None)
+        if isinstance(name, str):
+            return name
+    except Exception:
+        pass
+    t = type(exc)
+    return t.__qualname__ if t.__module__ == "builtins" else f"{t.__module__}.{t.__qualname__}"
+
+
+def resolve_tracer_provider(given: Any) -> Any:
+    """``given``, else the global provider if one that records is set; else None."""
+    if given is not None:
+        return given
+    try:
+        from opentelemetry import trace
+
+        tp = trace.get_tracer_provider()
+    except Exception:
+        return None
+    if isinstance(tp, (trace.ProxyTracerProvider, trace.NoOpTracerProvider)):
+        return None
+    return tp
+
+
+class QueryTracer:
+    """Starts and ends query spans; adds strategy events to the spans in flight."""
+
+    def __init__(self, tracer_provider: Any, recorder: Recorder,
+                 record_query_text: bool = False) -> None:
+        from opentelemetry.trace import SpanKind, Status, StatusCode
+
+        from ._version import __version__
+
+        self._tracer = tracer_provider.get_tracer("e6observe", __version__)
+        self._kind = SpanKind.CLIENT
+        self._error_status = Status(StatusCode.ERROR)
+        self._record_text = record_query_text
+        self._recorder = recorder
+        self._in_flight: set[Any] = set()
+        # Serialises "add a span event" against "end the span", so no event lands on an ended
+        # span. Held only while tracing is on; never on the untraced query path.
+        self._lock = threading.Lock()
+        recorder.subscribe(self._on_event)
+
+    def start(self, query: object, host: object = None, port: object = None) -> Any:
+        """Start the CLIENT span of one query (not made current)."""
+        op = operation_name(query)
+        attrs: dict[str, Any] = {"db.system.name": "e6data"}
+        if op:
+            attrs["db.operation.name"] = op
+        if isinstance(host, str) and host:
+            attrs["server.address"] = host
+        if isinstance(port, int) and not isinstance(port, bool):
+            attrs["server.port"] = port
+        if self._record_text:
+            text = sanitize_query(query)
+            if text:
+                attrs["db.query.text"] = text
+        span = self._tracer.start_span(op or "e6data", kind=self._kind, attributes=attrs)
+        with self._lock:
+            self._in_flight.add(span)
+        return span
+
+    def finish(self, span: Any, strategy: str, outcome: str,
+               exc: Optional[BaseException] = None) -> None:
+        with self._lock:
+            self._in_flight.discard(span)
+        span.set_attribute("e6data.strategy", strategy)
+        span.set_attribute("e6data.query.outcome", outcome)
+        if outcome != "ok":
+            span.set_attribute("error.type", _error_type(exc, outcome))
+            span.set_status(self._error_status)
+        span.end()
+
+    @staticmethod
+    def exemplar(span: Any) -> Optional[tuple[str, str]]:
+        """``(trace_id_hex, span_id_hex)`` of a sampled span, for histogram exemplars."""
+        ctx = span.get_span_context()
+        if not ctx.is_valid or not ctx.trace_flags.sampled:
+            return None
+        return format(ctx.trace_id, "032x"), format(ctx.span_id, "016x")
+
+    def _on_event(self, ev: Event) -> None:
+        if not self._in_flight:
+            return
+        attrs = {"e6data." + k: v for k, v in ev.to_dict().items()
+                 if k not in ("seq", "kind", "time_unix", "pid")}
+        ts = int(ev.time_unix * 1e9)
+        with self._lock:
+            for span in list(self._in_flight):
+                try:
+                    span.add_event(ev.name, attributes=attrs, timestamp=ts)
+                except Exception as exc:
+                    record_internal_error(_COMPONENT, exc)
+
+    def in_flight(self) -> int:
+        """Spans open right now."""
+        return len(self._in_flight)
+
+    def close(self) -> None:
+        """Stop receiving events (spans still open are ended by their queries)."""
+        self._recorder.unsubscribe(self._on_event)
+
+
+__all__ = ["QueryTracer", "sanitize_query", "operation_name", "resolve_tracer_provider",
+           "OPERATIONS", "MAX_QUERY_TEXT"]
