@@ -110,6 +110,15 @@ def name_pool(pool: Any, name: str) -> None:
         _bind(info)
 
 
+def _reset_names_for_tests() -> None:
+    """Forget names and pools (tests only: names are otherwise per process, like pids)."""
+    global _counter
+    with _pools_lock:
+        _pools.clear()
+        _names_used.clear()
+        _counter = 0
+
+
 def pool_names() -> list[str]:
     """Names of the pools alive in this process."""
     with _pools_lock:
