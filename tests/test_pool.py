@@ -189,9 +189,9 @@ def test_uninstalled_wrappers_stop_recording(make_pool: Callable[..., Any]) -> N
     from e6data_python_connector.connection_pool import ConnectionPool
 
     P._reset_names_for_tests()
+    original = ConnectionPool.__dict__["get_connection"]
     rec = Recorder()
     P.install(rec)
-    original = ConnectionPool.__dict__["get_connection"]
     wrapped = ConnectionPool.get_connection
     P.uninstall()
     assert ConnectionPool.__dict__["get_connection"] is original
