@@ -20,14 +20,13 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import grpc
 import pytest
+from conftest import PASSWORD, USER
 from e6data_python_connector import e6data_grpc
 from e6data_python_connector.server import e6x_engine_pb2 as pb
 from e6data_python_connector.server import e6x_engine_pb2_grpc as pb_grpc
 
 from e6observe.sim import MISMATCH_DETAILS, Simulator
 from e6observe.sim.server import ENGINE_METHODS
-
-from conftest import PASSWORD, USER
 
 Connect = Callable[..., Any]
 
@@ -278,11 +277,11 @@ def test_drain_wait_holds_the_switch_until_old_queries_are_cleared(sim: Simulato
 
 
 def _run_threads(sim: Simulator, flips: int, think: float, drain: float
-                 ) -> Tuple[int, "collections.Counter[Tuple[str, bool]]", List[int]]:
+                 ) -> Tuple[int, collections.Counter[Tuple[str, bool]], List[int]]:
     """8 threads, one connection each, querying until ``flips`` announced flips are done."""
     stop = threading.Event()
     ok = [0] * 8
-    errors: "collections.Counter[Tuple[str, bool]]" = collections.Counter()
+    errors: collections.Counter[Tuple[str, bool]] = collections.Counter()
     lock = threading.Lock()
 
     def worker(i: int) -> None:

@@ -14,12 +14,11 @@ from typing import Any, Callable, List
 
 import grpc
 import pytest
+from conftest import PASSWORD, USER, connector_version
 from e6data_python_connector.server import e6x_engine_pb2 as pb
 from e6data_python_connector.server import e6x_engine_pb2_grpc as pb_grpc
 
 from e6observe.sim import SAMPLE_ROWS, Simulator, sample_row
-
-from conftest import PASSWORD, USER, connector_version
 
 Connect = Callable[..., Any]
 
@@ -292,7 +291,8 @@ def test_method_latency_trips_a_client_deadline(sim: Simulator) -> None:
         with pytest.raises(grpc.RpcError) as ei:
             stub.getTables(pb.GetTablesRequest(sessionId=sid), timeout=0.2)
         assert rpc_error(ei).code() == grpc.StatusCode.DEADLINE_EXCEEDED
-        assert list(stub.getSchemaNames(pb.GetSchemaNamesRequest(sessionId=sid), timeout=5).schemas) == ["default"]
+        schemas = stub.getSchemaNames(pb.GetSchemaNamesRequest(sessionId=sid), timeout=5).schemas
+        assert list(schemas) == ["default"]
 
 
 @pytest.mark.matrix
@@ -325,7 +325,8 @@ def test_unknown_session_is_access_denied(sim: Simulator) -> None:
     with grpc.insecure_channel(sim.address) as ch:
         stub = pb_grpc.QueryEngineServiceStub(ch)
         with pytest.raises(grpc.RpcError) as ei:
-            stub.prepareStatement(pb.PrepareStatementRequest(sessionId="nope", queryString="SELECT 1"), timeout=5)
+            req = pb.PrepareStatementRequest(sessionId="nope", queryString="SELECT 1")
+            stub.prepareStatement(req, timeout=5)
         assert rpc_error(ei).code() == grpc.StatusCode.INTERNAL
         assert rpc_error(ei).details() == "Access denied: unknown session"
 

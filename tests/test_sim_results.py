@@ -65,7 +65,8 @@ def test_sample_is_split_into_batches_of_batch_rows() -> None:
 
 
 @pytest.mark.parametrize("sql,rows", [
-    ("SELECT 1", 1), ("  select   1 ;", 1), ("SELECT * FROM sample", 1000), ("select * from SAMPLE limit 7", 7),
+    ("SELECT 1", 1), ("  select   1 ;", 1), ("SELECT * FROM sample", 1000),
+    ("select * from SAMPLE limit 7", 7),
     ("SELECT * FROM sample LIMIT 5000", 1000), ("SELECT COUNT(*) FROM sample", 1), ("SELECT sleep(0.5)", 1),
 ])
 def test_plan_understands_documented_queries(sql: str, rows: int) -> None:

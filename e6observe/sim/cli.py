@@ -75,7 +75,8 @@ def _one_line_errors(parser: argparse.ArgumentParser) -> None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``e6observe sim``."""
-    parser.add_argument("--port", type=_port, default=50051, help="TCP port (0 = any free port; default 50051)")
+    parser.add_argument("--port", type=_port, default=50051,
+                        help="TCP port (0 = any free port; default 50051)")
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
     parser.add_argument("--flip-every", type=_positive, default=None, metavar="S",
                         help="announce and complete a blue/green switch every S seconds")

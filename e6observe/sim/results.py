@@ -141,7 +141,7 @@ def encode_chunk(columns: Sequence[Column], rows: Sequence[Sequence[Any]]) -> by
     ])
     buf = TTransport.TMemoryBuffer()
     chunk.write(TBinaryProtocol.TBinaryProtocolAccelerated(buf))
-    return buf.getvalue()
+    return bytes(buf.getvalue())
 
 
 # ----------------------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ import threading
 import time
 from concurrent import futures
 from dataclasses import dataclass, field
-from typing import Any, Deque, Dict, List, Optional, Tuple
+from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
 import grpc
 from e6data_python_connector.cluster_server import cluster_pb2, cluster_pb2_grpc
@@ -174,8 +174,8 @@ class Simulator:
         self._latency_s = self._validate_ms(latency_ms)
         self._method_latency_s: Dict[str, float] = {}
         self._faults: Dict[str, Deque[_Fault]] = {}
-        self._sessions: "collections.OrderedDict[str, _Session]" = collections.OrderedDict()
-        self._queries: "collections.OrderedDict[str, _Query]" = collections.OrderedDict()
+        self._sessions: collections.OrderedDict[str, _Session] = collections.OrderedDict()
+        self._queries: collections.OrderedDict[str, _Query] = collections.OrderedDict()
         self._qids = itertools.count(1)
         self._c = _Counters()
         self._server: Optional[grpc.Server] = None
@@ -188,7 +188,7 @@ class Simulator:
     # ------------------------------------------------------------------------------------------
     # lifecycle
 
-    def start(self) -> "Simulator":
+    def start(self) -> Simulator:
         """Bind and serve. Raises ``OSError`` when the port cannot be bound. Idempotent."""
         with self._lifecycle:
             if self._server is not None:
@@ -266,7 +266,7 @@ class Simulator:
         """``host:port`` of the listener."""
         return f"{self.host}:{self.port}"
 
-    def __enter__(self) -> "Simulator":
+    def __enter__(self) -> Simulator:
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:
@@ -609,11 +609,14 @@ class Simulator:
             return q.executed, q.result.row_count
 
 
-def _serve(method: str, sim_attr: str = "") -> Any:
+_Handler = Callable[..., Any]
+
+
+def _serve(method: str) -> Callable[[_Handler], _Handler]:
     """Decorator: run the gate for ``method``, turn _Abort into a status, stamp the response."""
 
-    def deco(fn: Any) -> Any:
-        def handler(self: "_Engine", request: Any, context: grpc.ServicerContext) -> Any:
+    def deco(fn: _Handler) -> _Handler:
+        def handler(self: _Engine, request: Any, context: grpc.ServicerContext) -> Any:
             sim = self.sim
             try:
                 strategy = sim._gate(method, context, user=getattr(request, "user", None) or None,
@@ -629,7 +632,7 @@ def _serve(method: str, sim_attr: str = "") -> Any:
     return deco
 
 
-class _Engine(pb_grpc.QueryEngineServiceServicer):
+class _Engine(pb_grpc.QueryEngineServiceServicer):  # type: ignore[misc]
     """QueryEngineService over a Simulator."""
 
     def __init__(self, sim: Simulator) -> None:
@@ -750,7 +753,7 @@ def _columns(table: str) -> List[Any]:
     return [pb.GFieldInfo(fieldName=c.name, fieldType=c.type) for c in SAMPLE_COLUMNS]
 
 
-class _Cluster(cluster_pb2_grpc.ClusterServiceServicer):
+class _Cluster(cluster_pb2_grpc.ClusterServiceServicer):  # type: ignore[misc]
     """ClusterService (the connector's auto-resume): status, resume, suspend."""
 
     def __init__(self, sim: Simulator) -> None:
