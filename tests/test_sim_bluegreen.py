@@ -171,12 +171,13 @@ def test_counters_stay_bounded_under_hostile_headers(sim: Simulator) -> None:
         stub = pb_grpc.QueryEngineServiceStub(ch)
         for i in range(300):
             with pytest.raises(grpc.RpcError):
-                stub.authenticate(pb.AuthenticateRequest(user=f"user-{i}", password="p"),
+                stub.authenticate(pb.AuthenticateRequest(user=f"user-{i}-" + "x" * 5000, password="p"),
                                   metadata=[("strategy", f"colour-{i}" * 20)], timeout=5)
     c = sim.counters()
     assert set(c["rpcs_by_strategy"]) == {"other"}
     assert c["mismatches_total"] == 300
     assert len(c["mismatches_by_user"]) <= 257 and c["mismatches_by_user"]["other"] >= 44
+    assert max(len(k) for k in c["mismatches_by_user"]) <= 128
 
 
 def test_flip_every_runs_announced_flips_until_stopped(sim: Simulator) -> None:

@@ -49,6 +49,7 @@ MAX_QUERIES = 20_000
 MAX_SESSIONS = 20_000
 #: Bound on distinct keys in the per-user counters; later users are counted under "other".
 MAX_LABELS = 256
+MAX_LABEL_CHARS = 128
 #: Methods of QueryEngineService, for validating fault/latency targets.
 ENGINE_METHODS = tuple(m.name for m in pb.DESCRIPTOR.services_by_name["QueryEngineService"].methods)
 CLUSTER_METHODS = ("cluster.status", "cluster.resume", "cluster.suspend")
@@ -123,6 +124,7 @@ def _bump(d: Dict[str, int], key: str) -> None:
 
 
 def _bump_bounded(d: Dict[str, int], key: str) -> None:
+    key = key[:MAX_LABEL_CHARS]  # user names come from clients: bound their size as well
     if key not in d and len(d) >= MAX_LABELS:
         key = "other"
     d[key] = d.get(key, 0) + 1
