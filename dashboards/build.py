@@ -33,7 +33,6 @@ from . import queries as Q
 from .config import DEFAULT, Config
 
 ROOT = Path(__file__).resolve().parent.parent
-CHART_FILES = ROOT / "helm" / "e6observe" / "files"
 TAGS = ["e6data", "e6observe", "blue-green"]
 DS = model.DataSourceRef(type_val="prometheus", uid="${datasource}")
 SEL = Q.DASHBOARD_SELECTOR
@@ -202,7 +201,8 @@ def client_runtime(cfg: Config = DEFAULT) -> dash.Dashboard:
         .with_target(target(Q.rpc_heatmap(SEL, RATE), "{{le}}", fmt="heatmap"))
         .calculate(False).y_axis(heatmap.YAxisConfig().unit("s"))
         .color(heatmap.HeatmapColorOptions().mode(heatmap_model.HeatmapColorMode.SCHEME)
-               .scheme("Oranges").scale(heatmap_model.HeatmapColorScale.EXPONENTIAL).exponent(0.5))
+               .scheme("Oranges").scale(heatmap_model.HeatmapColorScale.EXPONENTIAL).exponent(0.5)
+               .steps(64))
         .rows_frame(heatmap.RowsHeatmapOptions().layout(common.HeatmapCellLayout.LE)))
     d = d.with_panel(ts(
         "RPC p95 by method", "95th percentile gRPC call duration per method.",
@@ -289,6 +289,10 @@ DASHBOARDS: Dict[str, Callable[[Config], dash.Dashboard]] = {
 def dashboard_json(builder: dash.Dashboard) -> str:
     data = json.loads(json.dumps(builder.build(), cls=JSONEncoder))
     _fix_annotations(data)
+    # Grafana keys panel state (links, repeats) by id; the SDK leaves ids unset. Number them in
+    # layout order so they are stable for a given layout.
+    for i, panel in enumerate(data.get("panels", []), start=1):
+        panel["id"] = i
     return json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
 
 
@@ -301,29 +305,38 @@ def _fix_annotations(data: Dict[str, Any]) -> None:
                         "textFormat": "{{job}} {{instance}} {{pod}}"})
 
 
+#: Generated paths, relative to the repository root. The chart's copies are byte-equal to the
+#: originals: Helm can only read files inside the chart directory.
+RULES = Path("dashboards/rules/e6observe.rules.yaml")
+CHART = Path("helm/e6observe/files")
+
+
 def generated(cfg: Config = DEFAULT) -> Dict[Path, str]:
-    """Every generated file and its exact content."""
+    """Every generated file (relative path) and its exact content."""
     out: Dict[Path, str] = {}
     for fname, fn in DASHBOARDS.items():
         text = dashboard_json(fn(cfg))
-        out[ROOT / "dashboards" / "json" / fname] = text
-        out[CHART_FILES / "dashboards" / fname] = text
+        out[Path("dashboards/json") / fname] = text
+        out[CHART / "dashboards" / fname] = text
     rules = alerts.render_rules(cfg)
-    out[ROOT / "dashboards" / "rules" / "e6observe.rules.yaml"] = rules
-    out[CHART_FILES / "rules" / "e6observe.rules.yaml"] = rules
+    out[RULES] = rules
+    out[CHART / "rules" / RULES.name] = rules
     return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="regen-dashboards", description=__doc__.split("\n\n")[0])
     ap.add_argument("--check", action="store_true", help="only compare; exit 1 on any difference")
+    ap.add_argument("--root", type=Path, default=ROOT,
+                    help="tree to write or check (default: this repository)")
     args = ap.parse_args(argv)
     drift = []
-    for path, text in generated().items():
+    for rel, text in generated().items():
+        path = args.root / rel
         current = path.read_text(encoding="utf-8") if path.exists() else None
         if current == text:
             continue
-        drift.append(path.relative_to(ROOT))
+        drift.append(rel)
         if not args.check:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text, encoding="utf-8")
