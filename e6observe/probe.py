@@ -297,13 +297,12 @@ def run(args: argparse.Namespace) -> int:
         sys.stderr.write(f"e6observe probe: error: {exc}\n")
         return 2
     try:
-        instr = start_instrumentation(args)
+        instr, url = start_instrumentation(args)
     except Exception as exc:  # a taken port, unreadable TLS files, bad E6OBSERVE_* values
         sys.stderr.write(f"e6observe probe: error: {exc}\n")
         return 1
-    prober, url = instr
-    prober_obj = Prober(opts, prober.recorder, args.interval, args.timeout)
-    prober.attach(prober_obj)
+    prober = Prober(opts, instr.recorder, args.interval, args.timeout)
+    instr.attach(prober)
     stop = threading.Event()
 
     def _on_signal(signum: int, _frame: Any) -> None:
@@ -311,23 +310,24 @@ def run(args: argparse.Namespace) -> int:
 
     previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     log.info("probing %s every %g s; metrics, status page and events on %s",
-             opts.target, prober_obj.interval, url)
+             opts.target, prober.interval, url)
     try:
-        prober_obj.run(stop)
+        prober.run(stop)
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
-        prober.close()
+        instr.close()
+    log.info("stopped")
     return 0
 
 
 class _Instrumentation:
     """The prober process's own e6observe: recorder, endpoint, the probe collector on it."""
 
-    def __init__(self, recorder: Any, registry: Any, close: Any) -> None:
+    def __init__(self, recorder: Any, registry: Any, mounted: Any) -> None:
         self.recorder = recorder
         self.registry = registry
-        self._close = close
+        self.mounted = mounted
         self._collector: Optional[ProbeCollector] = None
 
     def attach(self, prober: Prober) -> None:
@@ -335,16 +335,22 @@ class _Instrumentation:
         self.registry.register(self._collector)
 
     def close(self) -> None:
+        import e6observe
+
         with contain("probe"):
             if self._collector is not None:
                 self.registry.unregister(self._collector)
-        self._close()
+        with contain("probe"):
+            if self.mounted is not None:
+                self.mounted.unmount()
+        e6observe.uninstrument()
 
 
 def start_instrumentation(args: argparse.Namespace) -> tuple[_Instrumentation, str]:
-    """``e6observe.instrument()`` this process with the endpoint the arguments ask for."""
+    """``e6observe.instrument()`` this process with the endpoint the arguments ask for, and the
+    status routes on it. Raises ``RuntimeError`` when the endpoint did not start."""
     import e6observe
-    from e6observe import _api
+    from e6observe import _api, status
 
     kw: dict[str, Any] = {"prometheus_port": args.metrics_port,
                           "prometheus_addr": args.metrics_addr}
@@ -354,11 +360,15 @@ def start_instrumentation(args: argparse.Namespace) -> tuple[_Instrumentation, s
         kw["tls_keyfile"] = args.metrics_tls_key
     if args.metrics_client_ca:
         kw["tls_client_cafile"] = args.metrics_client_ca
-    e6observe.instrument(**kw)
-    sink = _api.prometheus_sink()
-    recorder = e6observe.get_recorder()
-    if sink is None or sink.server is None or not sink.server.running:
+    recorder = e6observe.instrument(**kw)
+    inst = _api._active
+    sink = next((obj for component, obj, _ in getattr(inst, "sinks", ())
+                 if component == "sink.prometheus"), None)
+    server = getattr(sink, "server", None)
+    if recorder is None or sink is None or server is None or not server.running:
         e6observe.uninstrument()
         raise RuntimeError(f"the metrics endpoint on {args.metrics_addr}:{args.metrics_port} "
                            "did not start (see the log line above)")
-    return _Instrumentation(recorder, sink.registry, e6observe.uninstrument), sink.server.url
+    # instrument() may mount the status routes itself; mount() is a no-op if it did.
+    mounted = status.mount_instrumentation(inst)
+    return _Instrumentation(recorder, sink.registry, mounted), server.url

@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+import weakref
 from importlib import resources
 from typing import Any, Callable, Iterable, Iterator, Optional
 from urllib.parse import parse_qs
@@ -357,6 +358,14 @@ class Mounted:
         self.paths = []
         self.stream.close()
         self.recorder.unsubscribe(self.stream.notifier)
+        with _MOUNT_LOCK:
+            if _MOUNTED.get(self.server) is self:
+                del _MOUNTED[self.server]
+
+
+#: server -> what is mounted on it, so that mounting twice on one server is a no-op.
+_MOUNTED: weakref.WeakKeyDictionary[Any, Mounted] = weakref.WeakKeyDictionary()
+_MOUNT_LOCK = threading.Lock()
 
 
 def mount(server: Any, recorder: Recorder, watcher: Any = None,
@@ -364,17 +373,45 @@ def mount(server: Any, recorder: Recorder, watcher: Any = None,
     """Mount ``/``, ``/status``, ``/events`` and the page's assets on a ``MetricsServer``.
 
     ``watcher`` and ``process_reader`` feed the snapshot's ``watcher`` and ``memory`` parts.
+    Mounting again on a server that already carries them returns what is there.
     """
-    stream = EventStreamApp(recorder)
-    recorder.subscribe(stream.notifier)
-    routes: dict[str, Any] = {"/status": StatusApp(recorder, watcher, process_reader),
-                              "/events": stream}
-    for path, (name, ctype) in STATIC_FILES.items():
-        routes[path] = StaticApp(name, ctype)
-    for path, app in routes.items():
-        server.add_route(path, app)
-    return Mounted(server, recorder, list(routes), stream)
+    with _MOUNT_LOCK:
+        existing = _MOUNTED.get(server)
+        if existing is not None and existing.paths:
+            return existing
+        stream = EventStreamApp(recorder)
+        recorder.subscribe(stream.notifier)
+        routes: dict[str, Any] = {"/status": StatusApp(recorder, watcher, process_reader),
+                                  "/events": stream}
+        for path, (name, ctype) in STATIC_FILES.items():
+            routes[path] = StaticApp(name, ctype)
+        for path, app in routes.items():
+            server.add_route(path, app)
+        mounted = Mounted(server, recorder, list(routes), stream)
+        _MOUNTED[server] = mounted
+        return mounted
+
+
+def mount_instrumentation(inst: Any) -> Optional[Mounted]:
+    """Mount the status routes on the endpoint of a live ``instrument()`` (``_api``'s
+    ``_Instrumentation``): its recorder, its Prometheus sink's server, its watcher. None when
+    there is no running endpoint (no ``prometheus_port``, or the port was taken)."""
+    server = watcher = None
+    for component, obj, _stop in getattr(inst, "sinks", ()):
+        if component == "sink.prometheus":
+            server = getattr(obj, "server", None)
+        elif component == "watcher":
+            watcher = obj
+    if server is None or not getattr(server, "running", False):
+        return None
+    reader = None
+    with contain("status.memory"):
+        from .runtime import ProcessReader
+
+        reader = ProcessReader()
+    return mount(server, inst.recorder, watcher=watcher, process_reader=reader)
 
 
 __all__ = ["build_status", "event_json", "StatusApp",
-           "EventStreamApp", "StaticApp", "mount", "Mounted", "MAX_STREAMS"]
+           "EventStreamApp", "StaticApp", "mount", "mount_instrumentation", "Mounted",
+           "MAX_STREAMS"]

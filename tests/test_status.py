@@ -374,3 +374,16 @@ def test_cursor_skips_evicted_events() -> None:
     c = status._Cursor(1)
     got = c.take(ring.snapshot(c.watermark), 100, emitted=ring.emitted)
     assert [e.seq for e in got] == [4, 5, 6] and c.watermark == 6
+
+
+def test_mount_twice_on_one_server_is_one_mount(rec: Recorder) -> None:
+    srv = MetricsServer(CollectorRegistry(), port=0).start()
+    try:
+        first = status.mount(srv, rec)
+        assert status.mount(srv, rec) is first
+        first.unmount()
+        second = status.mount(srv, rec)  # after an unmount, a fresh one
+        assert second is not first
+        second.unmount()
+    finally:
+        srv.close()
