@@ -1,0 +1,422 @@
+"""OpenTelemetry export: metrics read from the recorder at collection time, events as log records.
+
+Nothing here runs on the application's hot path. Hooks write to the recorder only; this sink
+reads it when a metric reader collects:
+
+- Latency histograms (``db.client.operation.duration``, ``rpc.client.call.duration``,
+  ``e6data.strategy.switch.drain_time``, ...) are SDK histograms fed from the raw values the
+  recorder buffers per child while ``Recorder.enable_otel_buffers(True)`` is on. The buffers are
+  drained from an observable callback: the SDK runs every observable callback of a meter
+  provider before it collects the synchronous instruments (``SynchronousMeasurementConsumer.
+  collect`` in SDK 1.45), so a value observed before a collection is in that collection. Each
+  observation is therefore recorded once on the hot path and read by both Prometheus (bucket
+  counts) and OpenTelemetry (raw values). A buffer that fills between two collections (4096
+  values per series) drops further values and counts them in
+  ``e6observe_events_dropped_total{sink="otel_buffer"}``.
+- Everything else mirrors the Prometheus set with observable instruments that read the
+  recorder's counters and state: ``e6data.strategy.switches``, ``.active``, ``.pending``, ...
+- Strategy events become log records named ``e6data.strategy.<kind>``, emitted on the
+  recorder's dispatcher thread. When the logger provider's batch processor queue is full, the
+  SDK drops its oldest record; each such drop is counted in
+  ``e6observe_events_dropped_total{sink="otlp"}`` (seen by looking at the SDK batch queue just
+  before each emit: none is missed, and a batch the export thread takes in between can make
+  one look stale, so the count may exceed the true drops by at most one per exported batch).
+
+An unreachable or slow OTLP endpoint therefore costs the application nothing: the metric
+exporter blocks its own reader thread (the buffers stay bounded meanwhile), the log exporter its
+batch thread (its queue is bounded), and the recorder's dispatch queue is bounded too.
+
+OpenTelemetry instruments cannot be unregistered, and the SDK ignores a second registration of
+the same instrument (and its callbacks). So the instruments of a meter provider are created once
+per process and bound to the sink currently started on that provider; ``close()`` unbinds it
+and a later sink (after ``uninstrument(); instrument()``) binds to the same instruments.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections import deque
+from typing import Any, Callable, Iterable, Iterator, Optional
+
+from .. import metrics as M
+from .._safe import contain
+from .._version import __version__
+from ..events import Event
+
+SCOPE = "e6observe"
+DB_SYSTEM = "e6data"
+#: ``db.operation.name`` of a query: the DB-API call the duration covers. The recorder keeps no
+#: query text (and must not), so the SQL verb is not available.
+DB_OPERATION = "execute"
+#: ``error.type`` per query outcome; successful queries carry none (as the conventions say).
+#: ``_OTHER`` is the conventions' value for an error with no more specific type.
+ERROR_TYPES = {"error": "_OTHER", "switch_interrupted": "switch_interrupted"}
+
+_SEVERITY = {"mismatch": "WARN", "retry": "WARN"}
+
+
+def _rpc_method_names() -> dict[str, str]:
+    """Short method name -> fully-qualified ``Service/method`` (``rpc.method``)."""
+    try:
+        from e6data_python_connector.server import e6x_engine_pb2 as pb
+
+        out: dict[str, str] = {}
+        for svc in pb.DESCRIPTOR.services_by_name.values():
+            for m in svc.methods:
+                out.setdefault(m.name, f"{svc.full_name}/{m.name}")
+        return out
+    except Exception:  # pragma: no cover - connector missing or changed
+        return {}
+
+
+# -- the instruments of one meter provider --------------------------------------------------
+class _Binding:
+    """The instruments created on one meter provider, and the sink that currently feeds them."""
+
+    def __init__(self, meter: Any) -> None:
+        self.sink: Optional[OtelSink] = None
+        self.lock = threading.Lock()
+        self.histograms: dict[str, Any] = {}
+        # Registered first, so its callback (which drains the histogram buffers) runs before
+        # the other callbacks and, above all, before the synchronous histograms are collected.
+        meter.create_observable_gauge(
+            M.STRATEGY_ACTIVE.otel_name, callbacks=[self._cb("_observe_active")],
+            unit=M.STRATEGY_ACTIVE.unit, description=M.STRATEGY_ACTIVE.help)
+        for spec in M.ALL:
+            if spec.kind == "histogram" and spec.otel_name:
+                self.histograms[spec.prom_name] = meter.create_histogram(
+                    spec.otel_name, unit=spec.unit, description=spec.help,
+                    explicit_bucket_boundaries_advisory=list(spec.buckets))
+        gauges = [(M.STRATEGY_PENDING, "_observe_pending"), (M.LAST_SWITCH, "_observe_last_switch"),
+                  (M.PENDING_AGE, "_observe_pending_age")]
+        for spec, fn in gauges:
+            meter.create_observable_gauge(spec.otel_name, callbacks=[self._cb(fn)],
+                                          unit=spec.unit, description=spec.help)
+        meter.create_observable_up_down_counter(
+            M.QUERIES_IN_FLIGHT.otel_name, callbacks=[self._cb("_observe_in_flight")],
+            unit=M.QUERIES_IN_FLIGHT.unit, description=M.QUERIES_IN_FLIGHT.help)
+        for spec in M.ALL:
+            if (spec.kind == "counter" and spec.otel_name
+                    and spec.otel_name.startswith(("e6data.", "e6observe."))):
+                meter.create_observable_counter(
+                    spec.otel_name, callbacks=[self._cb("_observe_counter", spec)],
+                    unit=spec.unit, description=spec.help)
+
+    def _cb(self, method: str, *args: Any) -> Callable[[Any], Iterator[Any]]:
+        # The method is looked up on the bound sink at each collection: the instrument outlives
+        # any one sink, and a fault injected into the sink's class is seen.
+        def callback(options: Any) -> Iterator[Any]:
+            sink = self.sink
+            if sink is None:
+                return iter(())
+            with contain("sink.otel.metrics"):
+                return iter(list(getattr(sink, method)(*args)))
+            return iter(())
+
+        return callback
+
+
+_bindings: weakref.WeakKeyDictionary[Any, _Binding] = weakref.WeakKeyDictionary()
+_bindings_lock = threading.Lock()
+
+
+def _binding_for(provider: Any) -> _Binding:
+    with _bindings_lock:
+        b = _bindings.get(provider)
+        if b is None:
+            b = _Binding(provider.get_meter(SCOPE, __version__))
+            _bindings[provider] = b
+        return b
+
+
+def _is_noop_or_proxy(provider: Any) -> tuple[bool, bool]:
+    """(no-op, proxy): a no-op provider never collects; the API's proxy (no global provider
+    set yet) may be replaced by a real one later."""
+    from opentelemetry import metrics as api
+
+    noop = isinstance(provider, api.NoOpMeterProvider)
+    proxy = type(provider).__name__ == "_ProxyMeterProvider"
+    return noop, proxy
+
+
+# -- the sink ----------------------------------------------------------------------------------
+class OtelSink:
+    """Exports a :class:`~e6observe.recorder.Recorder` through OpenTelemetry.
+
+    ``options`` may carry ``meter_provider`` and ``logger_provider`` (else the global ones) and
+    ``server_address`` / ``server_port`` (the cluster endpoint, for the ``server.*`` attributes
+    of ``db.client.operation.duration``; else ``recorder.server`` if a hook set it to
+    ``(host, port)``). One sink per recorder.
+    """
+
+    def __init__(self, recorder: Any, options: Any = None) -> None:
+        self.recorder = recorder
+        self.options = options
+        self._meter_provider = getattr(options, "meter_provider", None)
+        self._logger_provider = getattr(options, "logger_provider", None)
+        self._binding: Optional[_Binding] = None
+        self._logger: Any = None
+        self._log_provider_used: Any = None
+        self._buffers_on = False
+        self._started = False
+        #: id(Histogram child) -> its otel_dropped already counted.
+        self._dropped_seen: dict[int, int] = {}
+        self._drain_lock = threading.Lock()
+        self._rpc_names = _rpc_method_names()
+        #: Events this sink has handled (emitted as log records, or failed and counted).
+        self.events_handled = 0
+
+    # -- life cycle -----------------------------------------------------------------------
+    def start(self) -> None:
+        """Bind the instruments, start buffering raw values, subscribe to events. Idempotent."""
+        if self._started:
+            return
+        self._started = True
+        with contain("sink.otel.metrics"):
+            from opentelemetry import metrics as api
+
+            provider = self._meter_provider or api.get_meter_provider()
+            noop, proxy = _is_noop_or_proxy(provider)
+            if not noop:
+                binding = _binding_for(provider)
+                with binding.lock:
+                    binding.sink = self
+                self._binding = binding
+                # Behind the proxy no reader may ever collect; start buffering at the first
+                # collection instead, so an unconfigured SDK costs no memory.
+                if not proxy:
+                    self._enable_buffers()
+        with contain("sink.otel.logs"):
+            from opentelemetry import _logs
+
+            lp = self._logger_provider or _logs.get_logger_provider()
+            self._log_provider_used = lp
+            self._logger = lp.get_logger(SCOPE, __version__)
+            self.recorder.subscribe(self._on_event)
+
+    def close(self) -> None:
+        """Stop exporting: last drain into the SDK histograms, unsubscribe, unbind."""
+        if not self._started:
+            return
+        self._started = False
+        with contain("sink.otel.logs"):
+            self.recorder.unsubscribe(self._on_event)
+        with contain("sink.otel.metrics"):
+            if self._buffers_on:
+                self._drain()  # what was observed before close still reaches the exporter
+                self.recorder.enable_otel_buffers(False)
+                self._buffers_on = False
+            b = self._binding
+            if b is not None:
+                with b.lock:
+                    if b.sink is self:
+                        b.sink = None
+            self._binding = None
+
+    def _enable_buffers(self) -> None:
+        if not self._buffers_on:
+            self._buffers_on = True
+            self.recorder.enable_otel_buffers(True)
+
+    # -- metrics: histograms ----------------------------------------------------------------
+    def _server_attrs(self) -> dict[str, Any]:
+        host = getattr(self.options, "server_address", None)
+        port = getattr(self.options, "server_port", None)
+        if host is None:
+            server = getattr(self.recorder, "server", None)
+            if isinstance(server, tuple) and len(server) == 2:
+                host, port = server
+        out: dict[str, Any] = {}
+        if isinstance(host, str) and host:
+            out["server.address"] = host
+            if isinstance(port, int) and port > 0:
+                out["server.port"] = port
+        return out
+
+    def _attributes(self, spec: M.MetricSpec, labels: tuple[str, ...],
+                    server: dict[str, Any]) -> dict[str, Any]:
+        if spec is M.QUERY_DURATION:
+            strategy, outcome = labels
+            attrs = {"db.system.name": DB_SYSTEM, "db.operation.name": DB_OPERATION,
+                     "e6data.strategy": strategy, **server}
+            if outcome in ERROR_TYPES:
+                attrs["error.type"] = ERROR_TYPES[outcome]
+            return attrs
+        if spec is M.RPC_DURATION:
+            method, strategy, code = labels
+            names = spec.otel_labels  # rpc.method, e6data.strategy, rpc.*status_code
+            return {"rpc.system.name": "grpc", names[0]: self._rpc_names.get(method, "_OTHER"),
+                    names[1]: strategy, names[2]: code, **server}
+        return dict(zip(spec.otel_labels or spec.labels, labels))
+
+    def _drain(self) -> None:
+        """Move every buffered raw value into its SDK histogram (collection time only)."""
+        b = self._binding
+        if b is None:
+            return
+        with self._drain_lock:
+            server = self._server_attrs()
+            overflow = 0
+            for prom_name, instrument in b.histograms.items():
+                fam = self.recorder.families.get(prom_name)
+                if fam is None:
+                    continue
+                for labels, child in fam.items():
+                    dropped = child.otel_dropped
+                    seen = self._dropped_seen.get(id(child), 0)
+                    if dropped < seen:  # reset (in a forked child)
+                        seen = 0
+                    if dropped > seen:
+                        overflow += dropped - seen
+                        self._dropped_seen[id(child)] = dropped
+                    values = child.drain_otel()
+                    if not values:
+                        continue
+                    attrs = self._attributes(fam.spec, labels, server)
+                    record = instrument.record
+                    for v in values:
+                        record(v, attrs)
+            if overflow:
+                self.recorder.family(M.EVENTS_DROPPED).counter("otel_buffer").inc(overflow)
+
+    # -- metrics: observable callbacks ------------------------------------------------------
+    def _observe_active(self) -> Iterable[Any]:
+        from opentelemetry.metrics import Observation
+
+        if not self._buffers_on:
+            self._enable_buffers()  # first collection behind a (formerly) proxy provider
+        else:
+            self._drain()
+        active = self.recorder.state()["active"]
+        return [Observation(1 if s == active else 0, {"strategy": s}) for s in M.STRATEGIES]
+
+    def _observe_pending(self) -> Iterable[Any]:
+        from opentelemetry.metrics import Observation
+
+        pending = self.recorder.state()["pending"]
+        return [Observation(1 if s == pending else 0, {"strategy": s}) for s in M.STRATEGIES]
+
+    def _observe_last_switch(self) -> Iterable[Any]:
+        from opentelemetry.metrics import Observation
+
+        return [Observation(float(self.recorder.state()["last_switch_time"] or 0.0))]
+
+    def _observe_pending_age(self) -> Iterable[Any]:
+        import time
+
+        from opentelemetry.metrics import Observation
+
+        since = self.recorder.state()["pending_since"]
+        return [Observation(max(0.0, time.time() - since) if since else 0.0)]
+
+    def _observe_in_flight(self) -> Iterable[Any]:
+        from opentelemetry.metrics import Observation
+
+        in_flight = self.recorder.state()["in_flight"]
+        return [Observation(n, {"strategy": s}) for s, n in sorted(in_flight.items())
+                if n or s in M.STRATEGIES]
+
+    def _observe_counter(self, spec: M.MetricSpec) -> Iterable[Any]:
+        from opentelemetry.metrics import Observation
+
+        names = spec.otel_labels or spec.labels
+        if spec is M.INTERNAL_ERRORS:
+            from .._safe import internal_errors
+
+            return [Observation(n, {names[0]: c}) for c, n in sorted(internal_errors().items())]
+        fam = self.recorder.families.get(spec.prom_name)
+        if fam is None:
+            return []
+        return [Observation(child.value, dict(zip(names, labels)))
+                for labels, child in fam.items()]
+
+    # -- events as log records ------------------------------------------------------------
+    def _on_event(self, ev: Event) -> None:
+        try:
+            with contain("sink.otel.logs"):
+                logger = self._logger
+                if logger is None:
+                    return
+                record = _log_record(ev, self._rpc_names)
+                # Best effort: a batch thread may take a batch between this look and the emit
+                # (then a drop is counted that did not happen); the window is kept small.
+                full = _full_batch_queues(self._log_provider_used)
+                logger.emit(record)
+                if full:
+                    self.recorder.family(M.EVENTS_DROPPED).counter("otlp").inc(full)
+        finally:
+            self.events_handled += 1  # only the dispatcher thread writes it
+
+
+def event_attributes(ev: Event, rpc_names: Optional[dict[str, str]] = None) -> dict[str, Any]:
+    """The log-record attributes of ``ev`` (only the fields its kind sets)."""
+    attrs: dict[str, Any] = {"e6data.event.seq": ev.seq, "e6data.event.kind": ev.kind}
+    if ev.strategy:
+        attrs["e6data.strategy"] = ev.strategy
+    if ev.from_strategy:
+        attrs["e6data.strategy.from"] = ev.from_strategy
+    if ev.to_strategy:
+        attrs["e6data.strategy.to"] = ev.to_strategy
+    if ev.kind == "applied":
+        attrs["e6data.switch.cause"] = ev.cause
+        attrs["e6data.switch.pinned_queries"] = ev.pinned_queries
+        if ev.drain_seconds is not None:
+            attrs["e6data.switch.drain_time"] = ev.drain_seconds
+    if ev.method:
+        attrs["rpc.method"] = (rpc_names or {}).get(ev.method, "_OTHER")
+    if ev.kind == "retry":
+        attrs["e6data.retry.attempt"] = ev.attempt
+        attrs["e6data.retry.reason"] = ev.reason
+    return attrs
+
+
+def _body(ev: Event) -> str:
+    if ev.kind == "applied":
+        drain = f", drained {ev.drain_seconds:.3f} s" if ev.drain_seconds is not None else ""
+        return (f"strategy switch {ev.from_strategy} -> {ev.to_strategy} ({ev.cause}{drain}, "
+                f"{ev.pinned_queries} pinned)")
+    if ev.kind == "announced":
+        return f"strategy {ev.to_strategy} announced (active {ev.from_strategy})"
+    if ev.kind == "detected":
+        return f"strategy {ev.to_strategy} detected"
+    if ev.kind == "mismatch":
+        return f"strategy mismatch (456) on {ev.method} with {ev.strategy}"
+    if ev.kind == "cache_cleared":
+        return f"strategy cache cleared (was {ev.from_strategy})"
+    return f"retry attempt {ev.attempt} ({ev.reason})"
+
+
+def _log_record(ev: Event, rpc_names: dict[str, str]) -> Any:
+    from opentelemetry._logs import LogRecord, SeverityNumber
+
+    severity = _SEVERITY.get(ev.kind, "INFO")
+    attrs = event_attributes(ev, rpc_names)
+    kwargs: dict[str, Any] = dict(
+        timestamp=int(ev.time_unix * 1e9), severity_text=severity,
+        severity_number=SeverityNumber.WARN if severity == "WARN" else SeverityNumber.INFO,
+        body=_body(ev), attributes=attrs)
+    try:
+        return LogRecord(event_name=ev.name, **kwargs)
+    except TypeError:  # API < 1.31: no event_name; the older convention is an attribute
+        kwargs["attributes"] = {**attrs, "event.name": ev.name}
+        return LogRecord(**kwargs)
+
+
+def _full_batch_queues(provider: Any) -> int:
+    """How many of ``provider``'s batch processors have a full queue (their next emit drops
+    the oldest record). Reads SDK internals; 0 when they are not there."""
+    try:
+        multi = getattr(provider, "_multi_log_record_processor", None)
+        n = 0
+        for proc in getattr(multi, "_log_record_processors", ()):
+            batch = getattr(proc, "_batch_processor", None)
+            q = getattr(batch, "_queue", None)
+            if isinstance(q, deque) and q.maxlen is not None and len(q) >= q.maxlen:
+                n += 1
+        return n
+    except Exception:
+        return 0
+
+
+__all__ = ["OtelSink", "event_attributes"]
