@@ -321,6 +321,21 @@ def test_suspended_cluster_is_resumed_by_the_connectors_auto_resume(sim: Simulat
 
 
 @pytest.mark.matrix
+def test_suspend_surfaces_503_to_an_existing_session(sim: Simulator, connect: Connect) -> None:
+    """Auto-resume runs only when authenticating: a session opened before the suspension gets
+    the 503 from prepareStatement."""
+    cur = connect().cursor()
+    cur.execute("SELECT 1")
+    cur.fetchall()
+    sim.suspend()
+    with pytest.raises(grpc.RpcError) as ei:
+        cur.execute("SELECT 1")
+    assert rpc_error(ei).code() == grpc.StatusCode.UNAVAILABLE
+    assert rpc_error(ei).details() == "status: 503, cluster is suspended"
+    assert sim.suspended and "cluster.resume" not in sim.counters()["rpcs"]
+
+
+@pytest.mark.matrix
 def test_unknown_session_is_access_denied(sim: Simulator) -> None:
     with grpc.insecure_channel(sim.address) as ch:
         stub = pb_grpc.QueryEngineServiceStub(ch)
