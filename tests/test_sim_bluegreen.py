@@ -457,3 +457,17 @@ def test_async_connection_pool(sim: Simulator) -> None:
 
     asyncio.run(main())
     assert sim.counters()["queries"] == 12 and sim.counters()["sessions"] <= 3
+
+
+def test_restart_keeps_the_flip_schedule_and_stop_ends_it(sim: Simulator) -> None:
+    sim.flip_every(0.1, announce_for=0.05)
+    sim.restart()
+    after = sim.counters()["switches"]
+    deadline = time.monotonic() + 10
+    while sim.counters()["switches"] <= after and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert sim.counters()["switches"] > after and sim.running
+    sim.stop()
+    final = sim.counters()["switches"]
+    time.sleep(0.25)
+    assert sim.counters()["switches"] == final

@@ -225,8 +225,12 @@ class Simulator:
             return self
 
     def stop(self, grace: float = 0.2) -> None:
-        """Stop serving (in-flight RPCs get ``grace`` seconds). Idempotent and quick."""
+        """Stop serving (in-flight RPCs get ``grace`` seconds) and any flip schedule.
+        Idempotent and quick."""
         self.stop_schedule()
+        self._stop_server(grace)
+
+    def _stop_server(self, grace: float) -> None:
         with self._lifecycle:
             server, executor = self._server, self._executor
             self._server = self._executor = None
@@ -240,9 +244,10 @@ class Simulator:
                 executor.shutdown(wait=False)
 
     def restart(self) -> None:
-        """Stop and start again on the same port; sessions and open queries are lost."""
+        """Stop and start again on the same port; sessions and open queries are lost (a flip
+        schedule keeps running)."""
         with self._lifecycle:
-            self.stop(grace=0.0)
+            self._stop_server(0.0)
             with self._lock:
                 self._sessions.clear()
                 self._queries.clear()
