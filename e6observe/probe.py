@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -352,6 +353,9 @@ def start_instrumentation(args: argparse.Namespace) -> tuple[_Instrumentation, s
     import e6observe
     from e6observe import _api, status
 
+    # The prober's telemetry is about the cluster, not about an application: name it so
+    # (OpenTelemetry resource, the status page's source) unless the deployment did.
+    os.environ.setdefault("OTEL_SERVICE_NAME", "e6observe-probe")
     kw: dict[str, Any] = {"prometheus_port": args.metrics_port,
                           "prometheus_addr": args.metrics_addr}
     if args.metrics_tls_cert:

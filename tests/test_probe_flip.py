@@ -33,6 +33,7 @@ class ProbeProcess:
     def __init__(self, sim: Simulator, *extra: str) -> None:
         env = dict(os.environ, E6DATA_USERNAME=USER, E6DATA_PASSWORD=PASSWORD)
         env.pop("E6OBSERVE_PROMETHEUS_PORT", None)
+        env.pop("OTEL_SERVICE_NAME", None)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "e6observe", "probe", "--host", sim.host, "--port",
              str(sim.port), "--interval", str(INTERVAL), "--metrics-port", "0", *extra],
@@ -129,6 +130,7 @@ def test_prober_reports_a_flip_within_one_interval(sim: Simulator, probe: ProbeP
     assert PASSWORD not in body
     doc = json.loads(body)
     assert doc["active"] == "green" and doc["switch_count"] >= 1
+    assert doc["source"]["service_name"] == "e6observe-probe"
     applied = [e for e in doc["recent_events"] if e["kind"] == "EVENT_KIND_APPLIED"]
     assert applied and applied[-1]["from_strategy"] == "blue" and applied[-1]["to_strategy"] == "green"
 
