@@ -51,7 +51,15 @@ TRACER_RECHECK_SECONDS = 1.0
 def _hook_modules() -> list[Any]:
     from .hooks import aio, channel, cursor, strategy_cache
 
-    return [strategy_cache, channel, cursor, aio]
+    mods: list[Any] = [strategy_cache, channel, cursor, aio]
+    if importlib.util.find_spec("e6observe.hooks.pool") is not None:
+        try:
+            from .hooks import pool
+
+            mods.append(pool)
+        except Exception as exc:
+            record_internal_error("hook.install.pool", exc)
+    return mods
 
 
 class _Instrumentation:
@@ -80,7 +88,10 @@ class _Instrumentation:
         for mod in _hook_modules():
             name = mod.__name__.rsplit(".", 1)[-1]
             with contain(f"hook.install.{name}"):
-                if mod.install(rec, self.options, self.tracer, ctx=ctx):
+                if name == "pool":  # the pool hook's own signature: install(recorder, options)
+                    mod.install(rec, self.options)
+                    self.hooks.append(mod)
+                elif mod.install(rec, self.options, self.tracer, ctx=ctx):
                     self.hooks.append(mod)
                 else:
                     logger.debug("e6observe: hook %s not applicable to this connector/Python", name)
@@ -139,6 +150,32 @@ class _Instrumentation:
             if obj is not None:
                 # Even a sink whose start failed part-way is closed on uninstrument.
                 self.sinks.append((component, obj, stop))
+        self._wire_watcher()
+
+    def _wire_watcher(self) -> None:
+        """Export the watcher's own readings (watcher, runtime, pools) through both sinks."""
+        by_name = {component: obj for component, obj, _ in self.sinks}
+        watcher = by_name.get("watcher")
+        if watcher is None:
+            return
+        prom = by_name.get("sink.prometheus")
+        if prom is not None:
+            with contain("watcher.export.prometheus"):
+                for collector in watcher.collectors():
+                    prom.add_process_collector(collector)
+        if "sink.otel" in by_name:
+            with contain("watcher.export.otel"):
+                from opentelemetry import metrics as otel_metrics
+
+                provider = self.options.meter_provider or otel_metrics.get_meter_provider()
+                try:
+                    from opentelemetry.metrics._internal import _ProxyMeterProvider
+                except ImportError:  # pragma: no cover - layout of other API versions
+                    _ProxyMeterProvider = otel_metrics.NoOpMeterProvider  # noqa: N806
+                if not isinstance(provider, (otel_metrics.NoOpMeterProvider, _ProxyMeterProvider)):
+                    from ._version import __version__
+
+                    watcher.register_otel(provider.get_meter("e6observe", __version__))
 
     # -- stop ---------------------------------------------------------------------------------
     def stop(self) -> None:

@@ -88,7 +88,7 @@ class HookContext:
     that some other tool wrapped over cannot be removed, but it must stop reporting).
     """
 
-    __slots__ = ("recorder", "options", "tracer", "live", "token", "tls", "retrace")
+    __slots__ = ("recorder", "options", "tracer", "live", "token", "tls", "retrace", "track")
 
     def __init__(self, recorder: Recorder, options: Any = None, tracer: Any = None) -> None:
         self.recorder = recorder
@@ -101,6 +101,8 @@ class HookContext:
         self.tls = threading.local()
         #: While no tracer exists: a cheap callable that may find one set up later (or None).
         self.retrace: Optional[Any] = None
+        #: ``watcher.track_connection`` (open-connections gauge), or a no-op without a watcher.
+        self.track: Any = _track_connection_fn()
 
     def current_tracer(self) -> Any:
         """The query tracer, looking (rate-limited) for a late global provider if none yet."""
@@ -108,6 +110,15 @@ class HookContext:
         if tracer is None and self.retrace is not None:
             tracer = self.retrace()
         return tracer
+
+
+def _track_connection_fn() -> Any:
+    try:
+        from ..watcher import track_connection
+
+        return track_connection
+    except Exception:
+        return lambda conn: None
 
 
 class Patches:

@@ -222,6 +222,7 @@ def wrap_connection(conn: Any) -> bool:
     if ctx is None or interp is None or not ctx.live:
         return False
     try:
+        ctx.track(conn)
         return wrap_stub(conn.__dict__.get("_client"), ctx, interp)
     except Exception as exc:
         record_internal_error(_COMPONENT, exc)
@@ -235,6 +236,7 @@ def _make_initialize(orig: Callable[..., Any], ctx: HookContext,
         if ctx.live:
             try:
                 wrap_stub(self.__dict__.get("_client"), ctx, interp)
+                ctx.track(self)
             except Exception as exc:
                 record_internal_error(_COMPONENT, exc)
         return result

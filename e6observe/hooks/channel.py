@@ -184,6 +184,7 @@ def wrap_connection(conn: Any) -> bool:
     if ctx is None or not ctx.live:
         return False
     try:
+        ctx.track(conn)
         return wrap_stub(getattr(conn, "_client", None), ctx)
     except Exception as exc:
         record_internal_error(_COMPONENT, exc)
@@ -196,6 +197,11 @@ def _make_create_client(orig: Callable[..., Any], ctx: HookContext) -> Callable[
         if ctx.live:
             try:
                 wrap_stub(self.__dict__.get("_client"), ctx)
+                ctx.track(self)
+                rec = ctx.recorder
+                if getattr(rec, "server", None) is None:
+                    # server.address/server.port for the OpenTelemetry sink (first connection).
+                    rec.server = (str(self._host), int(self._port))
             except Exception as exc:
                 record_internal_error(_COMPONENT, exc)
         return result

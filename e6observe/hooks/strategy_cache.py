@@ -177,6 +177,16 @@ def uninstall() -> None:
             g._local_strategy_cache = original
 
 
+def note_observed(to: str) -> None:
+    """The watcher counted a switch to ``to`` that no write reported (cause ``observed``): make
+    it the colour this hook knows, so the connector's next write of ``to`` is not counted again."""
+    inst = _installed
+    interp = inst[2]._e6observe if inst is not None else None
+    if interp is not None and to in _COLOURS:
+        with interp._lock:
+            interp.known = to
+
+
 def installed_cache() -> Optional[ObservedCache]:
     """The cache object installed in the connector, or None (for tests and the watcher)."""
     return _installed[2] if _installed is not None else None
