@@ -476,3 +476,26 @@ def test_cpu_cost_is_measured_inside_the_thread(make_watcher: Callable[..., Watc
     per_second = w.cpu_seconds_per_second()
     assert w.cpu_seconds >= 0 and 0 <= per_second <= 1.0
     assert w._run_seconds > 0
+
+
+# -- through instrument() ----------------------------------------------------------------------
+
+def test_instrument_runs_the_watcher_and_uninstrument_leaves_no_thread(
+        sim: Any, connect: Callable[..., Any]) -> None:
+    import e6observe
+
+    rec = e6observe.instrument(watcher_interval=FAST)
+    try:
+        assert rec is not None
+        assert wait_for(lambda: len(watcher_threads()) == 1)
+        conn = connect()
+        query(conn)
+        bypass_write("active_strategy", "green")  # behind the installed hooks' back
+        assert wait_for(lambda: rec.switch_total() == 1)
+        assert switches(rec) == {("blue", "green", "observed"): 1.0}
+    finally:
+        e6observe.uninstrument()
+    # The simulator's own server threads (e6observe-sim*) are the test's cluster, not the agent.
+    alive = [t.name for t in threading.enumerate() if t.name.startswith("e6observe")
+             and not t.name.startswith("e6observe-sim") and t.is_alive()]
+    assert alive == []
