@@ -17,6 +17,10 @@ from e6observe.recorder import Recorder
 from e6observe.sim import Simulator
 
 
+# Python 3.9 and connector 2.3.15 too (the legacy run of ./run test).
+pytestmark = pytest.mark.matrix
+
+
 @pytest.fixture
 def rec() -> Iterator[Recorder]:
     r = Recorder()
@@ -40,7 +44,6 @@ def count(rec: Recorder, result: str) -> float:
     return rec.family(M.PROBES).counter(result).value
 
 
-@pytest.mark.matrix
 def test_probe_success_reuses_the_connection(sim: Simulator, rec: Recorder) -> None:
     p = Prober(opts_for(sim), rec, interval=1.0)
     try:

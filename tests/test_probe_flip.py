@@ -27,6 +27,10 @@ INTERVAL = 1.0
 MARGIN = 2.0
 
 
+# Python 3.9 and connector 2.3.15 too (the legacy run of ./run test).
+pytestmark = pytest.mark.matrix
+
+
 class ProbeProcess:
     """``python -m e6observe probe`` against a simulator, its endpoint URL read from its log."""
 

@@ -23,6 +23,10 @@ from e6observe.v1 import events_pb2 as pb
 from e6observe.watcher import Watcher
 
 
+# Python 3.9 and connector 2.3.15 too (the legacy run of ./run test).
+pytestmark = pytest.mark.matrix
+
+
 @pytest.fixture
 def rec() -> Iterator[Recorder]:
     r = Recorder()

@@ -17,6 +17,10 @@ from e6observe.recorder import Recorder
 from e6observe.server import MetricsServer
 
 
+# Python 3.9 and connector 2.3.15 too (the legacy run of ./run test).
+pytestmark = pytest.mark.matrix
+
+
 @pytest.fixture
 def rec() -> Iterator[Recorder]:
     r = Recorder()
