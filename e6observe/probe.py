@@ -336,7 +336,7 @@ class _Instrumentation:
         self.registry.register(self._collector)
 
     def close(self) -> None:
-        import e6observe
+        from e6observe import _api
 
         with contain("probe"):
             if self._collector is not None:
@@ -344,13 +344,12 @@ class _Instrumentation:
         with contain("probe"):
             if self.mounted is not None:
                 self.mounted.unmount()
-        e6observe.uninstrument()
+        _api.uninstrument()
 
 
 def start_instrumentation(args: argparse.Namespace) -> tuple[_Instrumentation, str]:
     """``e6observe.instrument()`` this process with the endpoint the arguments ask for, and the
     status routes on it. Raises ``RuntimeError`` when the endpoint did not start."""
-    import e6observe
     from e6observe import _api, status
 
     # The prober's telemetry is about the cluster, not about an application: name it so
@@ -364,13 +363,13 @@ def start_instrumentation(args: argparse.Namespace) -> tuple[_Instrumentation, s
         kw["tls_keyfile"] = args.metrics_tls_key
     if args.metrics_client_ca:
         kw["tls_client_cafile"] = args.metrics_client_ca
-    recorder = e6observe.instrument(**kw)
+    recorder = _api.instrument(**kw)
     inst = _api._active
     sink = next((obj for component, obj, _ in getattr(inst, "sinks", ())
                  if component == "sink.prometheus"), None)
     server = getattr(sink, "server", None)
     if recorder is None or sink is None or server is None or not server.running:
-        e6observe.uninstrument()
+        _api.uninstrument()
         raise RuntimeError(f"the metrics endpoint on {args.metrics_addr}:{args.metrics_port} "
                            "did not start (see the log line above)")
     # instrument() may mount the status routes itself; mount() is a no-op if it did.
