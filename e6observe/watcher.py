@@ -16,11 +16,13 @@ Reading rules (see ``docs/`` and the connector notes): the watcher reads single 
 ``len(query_strategy_map)`` without the connector's ``_strategy_lock`` and never iterates the
 map; it never takes that lock, so it can neither stall a query nor deadlock with one.
 
-No double counting. The strategy-cache hook reports a switch synchronously, but it may update
-the recorder a moment after the new value is stored in the cache. A discrepancy between cache
-and recorder is therefore reported only when two consecutive iterations see the same one: a
-missed switch is reported within two intervals, and a switch the hook is reporting right now is
-never counted twice.
+No double counting. The reference for "what cache A holds" is the strategy-cache hook's own
+(when installed) or the watcher's last sighting; a colour the recorder already shows is never
+reported again. The hook stores a new value a moment before it reports it, so a discrepancy is
+reported only when two consecutive iterations see the same one: a missed switch is reported
+within two intervals, and a switch a hook is reporting right now is never counted twice. After
+reporting, the watcher tells the hook (``note_observed``) so the connector's next write of that
+colour is not counted again either. Polling cannot see a flip that is undone within one interval.
 """
 
 from __future__ import annotations
@@ -240,33 +242,35 @@ class Watcher:
             # Cleared (None) between a 456 and the next detection: not a switch by itself.
             self._suspect_active = None
             return
+        hooked, known = _strategy_hook_known()
+        # The colour cache A is known to have held: the strategy-cache hook's own reference when
+        # it is installed (exact, and about cache A only), else the watcher's last sighting.
+        # The recorder's ``active`` is not enough on its own: the async API's per-connection
+        # state reports into it too and may legitimately differ from cache A.
+        ref = known if hooked else self._last_active
         rec_active = self.recorder.active
-        if self._last_active is None and rec_active is not None and rec_active != to:
-            # First valid sighting, and the recorder already holds a different view (the async
-            # API's per-connection state can legitimately differ from cache A). Nothing tells
-            # us the cache moved, so take it as the baseline rather than invent a switch.
-            self._last_active = to
+        if to == ref or to == rec_active:
+            self._last_active = to  # nothing unreported
+            self._suspect_active = None
             return
-        changed = to != self._last_active
-        if rec_active == to or not changed and rec_active is not None:
-            # The recorder agrees (a hook reported it), or the cache has not moved since we
-            # last looked and the recorder has its own view (e.g. the async API's per-
-            # connection state): nothing for the watcher to add.
+        if ref is None and rec_active is not None:
+            # Nothing is known about cache A, and the recorder holds another colour (from the
+            # async API): no evidence the cache moved. Take it as the baseline.
             self._last_active = to
             self._suspect_active = None
             return
-        key = (to, rec_active)
+        key = (to, ref)
         if self._suspect_active != key:
             self._suspect_active = key  # seen once; confirm on the next iteration
             return
         self._suspect_active = None
         self._last_active = to
-        if rec_active is None:
+        if ref is None:
             self.recorder.detected(to)
             self._note("detected", "", to)
         else:
-            self.recorder.applied(rec_active, to, "observed", pinned_queries=r.query_map_entries)
-            self._note("applied", rec_active, to)
+            self.recorder.applied(ref, to, "observed", pinned_queries=r.query_map_entries)
+            self._note("applied", ref, to)
         _tell_strategy_hook(to)
 
     def _check_pending(self, r: CacheReading) -> None:
@@ -384,6 +388,23 @@ class Watcher:
 
     def _otel_is_enabled(self) -> bool:
         return self._otel_enabled
+
+
+def _strategy_hook_known() -> tuple[bool, Optional[str]]:
+    """(is the strategy-cache hook installed, the colour it last saw cache A hold)."""
+    mod = sys.modules.get("e6observe.hooks.strategy_cache")
+    if mod is None:
+        return False, None
+    getter = getattr(mod, "known_strategy", None)
+    if callable(getter):
+        cache = mod.installed_cache()
+        return cache is not None, getter()
+    cache = mod.installed_cache()
+    interp = getattr(cache, "_e6observe", None) if cache is not None else None
+    if interp is None:
+        return False, None
+    known = getattr(interp, "known", None)
+    return True, known if known in M.STRATEGIES else None
 
 
 def _tell_strategy_hook(to: str) -> None:
