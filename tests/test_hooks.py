@@ -1,0 +1,357 @@
+"""The hooks one by one: strategy-cache interpretation, channel timing, cursor and retry hooks.
+
+The strategy-cache tests drive the connector's own (real, unmodified) strategy functions - the
+same code paths a server's responses trigger - so each interpretation rule is checked exactly.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Callable, Iterator
+
+import grpc
+import pytest
+from conftest import connector_version
+from e6data_python_connector import e6data_grpc as g
+from e6data_python_connector.server import e6x_engine_pb2 as pb
+
+from e6observe import _safe
+from e6observe import metrics as M
+from e6observe.hooks import HookContext, Patches, channel, cursor, is_mismatch, retry_reason
+from e6observe.hooks import strategy_cache as sc
+from e6observe.recorder import Recorder
+from e6observe.sim import Simulator
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+def rec() -> Iterator[Recorder]:
+    """A recorder with only the strategy-cache hook installed."""
+    _safe.reset_for_tests()
+    r = Recorder()
+    assert sc.install(r)
+    yield r
+    sc.uninstall()
+
+
+def events(r: Recorder) -> list[tuple[Any, ...]]:
+    out: list[tuple[Any, ...]] = []
+    for e in r.ring.snapshot():
+        if e.kind == "applied":
+            out.append(("applied", e.from_strategy, e.to_strategy, e.cause, e.pinned_queries))
+        elif e.kind in ("detected",):
+            out.append((e.kind, e.to_strategy))
+        elif e.kind == "announced":
+            out.append((e.kind, e.to_strategy))
+        elif e.kind == "cache_cleared":
+            out.append((e.kind, e.from_strategy))
+        else:
+            out.append((e.kind,))
+    return out
+
+
+def switches(r: Recorder) -> dict[tuple[str, ...], float]:
+    return {k: c.value for k, c in r.family(M.SWITCHES).items() if c.value}  # type: ignore[attr-defined]
+
+
+# --- strategy cache ----------------------------------------------------------------------------
+@pytest.mark.matrix
+def test_first_learned_is_detected_and_rewrites_are_silent(rec: Recorder) -> None:
+    g._set_active_strategy("blue")
+    g._set_active_strategy("blue")  # the connector re-sets it on every authentication
+    g._set_active_strategy("BLUE")
+    assert events(rec) == [("detected", "blue")]
+    assert rec.active == "blue" and rec.switch_total() == 0
+
+
+@pytest.mark.matrix
+def test_announce_then_drained_apply_is_one_announced_switch(rec: Recorder) -> None:
+    g._set_active_strategy("blue")
+    g._register_query_strategy("q1", "blue")
+    g._set_pending_strategy("green")
+    g._set_pending_strategy("green")  # every response during the announcement repeats it
+    assert rec.pending == "green"
+    g._apply_pending_strategy()  # (forced while q1 is still pinned: counted as pinned)
+    assert events(rec) == [("detected", "blue"), ("announced", "green"),
+                           ("applied", "blue", "green", "announced", 1)]
+    assert switches(rec) == {("blue", "green", "announced"): 1.0}
+    assert rec.active == "green" and rec.pending is None
+    assert rec.family(M.SWITCH_DRAIN).histogram().count == 1
+
+
+@pytest.mark.matrix
+def test_456_path_is_one_switch_with_cause_mismatch(rec: Recorder) -> None:
+    g._set_active_strategy("blue")
+    g._clear_strategy_cache()  # re_auth on a 456
+    assert rec.active == "blue"  # still the colour in use until the other one is learned
+    g._set_active_strategy("green")  # re-authentication learned green
+    assert events(rec) == [("detected", "blue"), ("cache_cleared", "blue"),
+                           ("applied", "blue", "green", "mismatch", 0)]
+    assert switches(rec) == {("blue", "green", "mismatch"): 1.0}
+
+
+@pytest.mark.matrix
+def test_many_threads_clearing_and_relearning_count_one_switch(rec: Recorder) -> None:
+    g._set_active_strategy("blue")
+    barrier = threading.Barrier(8)
+
+    def recover() -> None:
+        barrier.wait()
+        for _ in range(20):
+            g._clear_strategy_cache()
+            g._set_active_strategy("green")
+
+    threads = [threading.Thread(target=recover) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert switches(rec) == {("blue", "green", "mismatch"): 1.0}
+    assert rec.active == "green"
+
+
+@pytest.mark.matrix
+def test_clear_then_same_colour_again_is_not_a_switch(rec: Recorder) -> None:
+    g._set_active_strategy("green")
+    g._clear_strategy_cache()
+    g._clear_strategy_cache()  # already empty: not another clear event
+    g._set_active_strategy("green")
+    assert events(rec) == [("detected", "green"), ("cache_cleared", "green")]
+    assert rec.switch_total() == 0
+
+
+@pytest.mark.skipif(connector_version() < (3, 0, 0), reason="_finish_query_cleanup is 3.0.x")
+def test_inline_flip_in_finish_query_cleanup_is_seen(rec: Recorder) -> None:
+    import time
+
+    g._set_active_strategy("blue")
+    g._register_query_strategy("q9", "blue")
+    g._finish_query_cleanup("q9", "green", time.monotonic() + 5)
+    assert events(rec) == [("detected", "blue"), ("announced", "green"),
+                           ("applied", "blue", "green", "announced", 0)]
+
+
+@pytest.mark.matrix
+def test_state_present_at_install_is_reported(sim: Simulator) -> None:
+    g._set_active_strategy("green")
+    g._set_pending_strategy("blue")
+    r = Recorder()
+    try:
+        assert sc.install(r)
+        assert events(r) == [("detected", "green"), ("announced", "blue")]
+        assert r.active == "green" and r.pending == "blue"
+    finally:
+        sc.uninstall()
+
+
+@pytest.mark.matrix
+def test_uninstall_puts_back_the_original_dict_with_current_contents() -> None:
+    original = g._local_strategy_cache
+    r = Recorder()
+    assert sc.install(r)
+    ours = g._local_strategy_cache
+    assert ours is not original and isinstance(ours, sc.ObservedCache)
+    g._set_active_strategy("green")
+    sc.uninstall()
+    assert g._local_strategy_cache is original and original["active_strategy"] == "green"
+    g._set_active_strategy("blue")  # a stale reference to ours no longer reports
+    ours["active_strategy"] = "green"
+    assert [e.kind for e in r.ring.snapshot()] == ["detected"]
+
+
+@pytest.mark.matrix
+def test_failing_callback_under_the_connector_lock_is_contained(
+        rec: Recorder, monkeypatch: pytest.MonkeyPatch) -> None:
+    def boom(*a: Any, **k: Any) -> None:
+        raise RuntimeError("x")
+
+    monkeypatch.setattr(rec, "detected", boom)
+    g._set_active_strategy("blue")  # must neither raise nor leave the lock held
+    assert g._local_strategy_cache["active_strategy"] == "blue"
+    assert not g._strategy_lock.locked()
+    assert _safe.internal_errors() == {"hook.strategy_cache": 1}
+
+
+@pytest.mark.matrix
+def test_note_observed_keeps_a_watcher_counted_switch_from_being_counted_again(
+        rec: Recorder) -> None:
+    g._set_active_strategy("blue")
+    rec.applied("blue", "green", "observed")  # what the watcher does when it sees a flip
+    sc.note_observed("green")
+    g._set_active_strategy("green")
+    assert switches(rec) == {("blue", "green", "observed"): 1.0}
+
+
+# --- helpers -------------------------------------------------------------------------------------
+class _FakeRpcError(grpc.RpcError):
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        self._code, self._details = code, details
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return self._details
+
+
+@pytest.mark.matrix
+def test_error_classification() -> None:
+    mism = _FakeRpcError(grpc.StatusCode.UNKNOWN, "status: 456")
+    denied = _FakeRpcError(grpc.StatusCode.INTERNAL, "Access denied: unknown session")
+    assert is_mismatch(mism) and not is_mismatch(denied) and not is_mismatch(ValueError())
+    wrapped = RuntimeError("wrapped")
+    wrapped.__cause__ = mism
+    assert is_mismatch(wrapped)  # the async API re-raises as OperationalError from the RpcError
+    assert [retry_reason(e) for e in (mism, denied, ValueError(), None)] == [
+        "mismatch", "access_denied", "other", "other"]
+
+
+@pytest.mark.matrix
+def test_patches_restore_originals_and_leave_foreign_wrappers_alone() -> None:
+    class A:
+        def f(self) -> int:
+            return 1
+
+    class B(A):
+        pass
+
+    orig = A.__dict__["f"]
+    p = Patches()
+    p.replace(A, "f", lambda self: 2)
+    p.replace(B, "f", lambda self: 3)  # inherited: restored by deleting
+    assert B().f() == 3
+    p.restore()
+    assert A.__dict__["f"] is orig and "f" not in B.__dict__
+    p.replace(A, "f", lambda self: 2)
+    foreign = A.__dict__["f"]
+
+    def other(self: Any) -> int:
+        return foreign(self) * 10
+
+    A.f = other  # type: ignore[method-assign]
+    p.restore()
+    assert A.__dict__["f"] is other  # someone wrapped over ours: left in place
+
+
+# --- channel -------------------------------------------------------------------------------------
+@pytest.fixture
+def chan(sim: Simulator) -> Iterator[tuple[Recorder, HookContext]]:
+    _safe.reset_for_tests()
+    r = Recorder()
+    ctx = HookContext(r)
+    assert channel.install(r, ctx=ctx)
+    yield r, ctx
+    channel.uninstall()
+
+
+def rpc_counts(r: Recorder) -> dict[tuple[str, ...], int]:
+    return {k: h.count for k, h in r.family(M.RPC_DURATION).items() if h.count}  # type: ignore[attr-defined]
+
+
+@pytest.mark.matrix
+def test_every_new_stub_is_timed_and_unwrapped_on_uninstall(
+        chan: tuple[Recorder, HookContext], connect: Callable[..., Any]) -> None:
+    r, _ = chan
+    conn = connect()
+    stub = conn._client
+    mc = stub.authenticate.__wrapped__
+    assert isinstance(mc, grpc.UnaryUnaryMultiCallable)
+    conn.get_session_id  # noqa: B018
+    conn.get_re_authenticate_session_id()  # builds a new stub: wrapped as well
+    assert conn._client is not stub and hasattr(conn._client, channel.MARK)
+    assert rpc_counts(r) == {("authenticate", "blue", "OK"): 2}
+    channel.uninstall()
+    assert stub.authenticate is mc and not hasattr(stub, channel.MARK)
+    assert isinstance(conn._client.authenticate, grpc.UnaryUnaryMultiCallable)
+
+
+@pytest.mark.matrix
+def test_future_calls_and_positional_metadata_are_timed(
+        chan: tuple[Recorder, HookContext], connect: Callable[..., Any]) -> None:
+    r, _ = chan
+    stub = connect()._client
+    fut = stub.getCataloges.future(pb.GetCatalogesRequest(), metadata=[("strategy", "blue")])
+    fut.result(timeout=10)
+    stub.getCataloges(pb.GetCatalogesRequest(), None, [("strategy", "blue")])
+    assert rpc_counts(r) == {("getCataloges", "blue", "OK"): 2}
+
+
+@pytest.mark.matrix
+def test_hostile_strategy_values_stay_in_bounded_labels(
+        chan: tuple[Recorder, HookContext], connect: Callable[..., Any], sim: Simulator) -> None:
+    r, _ = chan
+    stub = connect()._client
+    for i in range(40):
+        with pytest.raises(grpc.RpcError):
+            stub.getCataloges(pb.GetCatalogesRequest(), metadata=[("strategy", f"purple-{i}")])
+    assert rpc_counts(r) == {("getCataloges", "invalid", "UNKNOWN"): 40}
+    assert {k: c.value for k, c in r.family(M.MISMATCHES).items()} == {  # type: ignore[attr-defined]
+        ("invalid", "getCataloges"): 40.0}
+    assert sim.counters()["mismatches_total"] == 40
+
+
+# --- cursor --------------------------------------------------------------------------------------
+@pytest.fixture
+def cur_hooks(sim: Simulator) -> Iterator[Recorder]:
+    _safe.reset_for_tests()
+    r = Recorder()
+    ctx = HookContext(r)
+    assert sc.install(r) and channel.install(r, ctx=ctx) and cursor.install(r, ctx=ctx)
+    yield r
+    cursor.uninstall()
+    channel.uninstall()
+    sc.uninstall()
+
+
+def query_counts(r: Recorder) -> dict[tuple[str, ...], int]:
+    return {k: h.count for k, h in r.family(M.QUERY_DURATION).items() if h.count}  # type: ignore[attr-defined]
+
+
+@pytest.mark.matrix
+def test_query_lifecycle_in_flight_and_reexecute_without_clear(
+        cur_hooks: Recorder, connect: Callable[..., Any]) -> None:
+    r = cur_hooks
+    c = connect().cursor()
+    c.execute("SELECT 1")
+    assert r.state()["in_flight"]["blue"] == 1
+    assert c.fetchall() == [[1]]
+    assert r.state()["in_flight"]["blue"] == 1  # fetched, not cleared: still pinned
+    c.execute("SELECT 2")  # never cleared the first: it ends here (at its fetch end)
+    assert query_counts(r) == {("blue", "ok"): 1}
+    assert r.state()["in_flight"]["blue"] == 1
+    c.fetchall()
+    c.close()  # close clears
+    assert query_counts(r) == {("blue", "ok"): 2}
+    assert r.state()["in_flight"]["blue"] == 0
+
+
+@pytest.mark.matrix
+def test_failed_queries_and_cancel(cur_hooks: Recorder, connect: Callable[..., Any]) -> None:
+    r = cur_hooks
+    conn = connect()
+    c = conn.cursor()
+    with pytest.raises(grpc.RpcError):
+        c.execute("SELECT nothing_the_simulator_knows")
+    c = conn.cursor()
+    with pytest.raises(grpc.RpcError):
+        c.execute("SELECT fail()")  # fails in executeStatement, after admission
+    c = conn.cursor()
+    c.execute("SELECT 1")
+    qid = c.query_id if hasattr(c, "query_id") else c._query_id
+    c.cancel(qid)
+    assert query_counts(r) == {("blue", "error"): 3}
+    assert r.state()["in_flight"]["blue"] == 0
+
+
+@pytest.mark.matrix
+def test_cursor_hooks_restore_by_identity(sim: Simulator) -> None:
+    before = dict(vars(g.Cursor)), dict(vars(g.Connection))
+    r = Recorder()
+    ctx = HookContext(r)
+    cursor.install(r, ctx=ctx)
+    assert g.Cursor.__dict__["execute"] is not before[0]["execute"]
+    cursor.uninstall()
+    after = dict(vars(g.Cursor)), dict(vars(g.Connection))
+    for b, a in zip(before, after):
+        assert set(a) == set(b) and all(a[k] is b[k] for k in b)
