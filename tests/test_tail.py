@@ -200,3 +200,17 @@ def test_format_event_neutralises_hostile_text() -> None:
                                 "strategy": "blue\x1b[2J\nEVIL", "method": "x" * 500})
     assert "\x1b" not in line and "\n" not in line
     assert len(line) < 250
+
+
+def test_tail_gives_up_when_the_endpoint_stays_gone(rec: Recorder) -> None:
+    srv = MetricsServer(CollectorRegistry(), port=0).start()
+    mounted = status.mount(srv, rec)
+    t = TailThread(["tail", "--url", srv.url, "--reconnect-seconds", "0.5"])
+    wait_for(lambda: mounted.stream.open_streams == 1)
+    mounted.unmount()
+    srv.close()
+    code, out, err = t.join()
+    assert code == 1 and out == ""
+    assert "stream ended; reconnecting" in err
+    assert err.strip().splitlines()[-1].startswith("e6observe tail: error: cannot reach")
+    assert "gave up after 0.5 s" in err and "Traceback" not in err
