@@ -33,6 +33,9 @@ except ImportError:  # SDK < 1.39
     from opentelemetry.sdk._logs.export import InMemoryLogExporter as InMemoryLogs  # type: ignore
 
 
+pytestmark = pytest.mark.matrix
+
+
 class Rig(SimpleNamespace):
     rec: Recorder
     sink: OtelSink

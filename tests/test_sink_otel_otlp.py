@@ -32,6 +32,8 @@ from e6observe import metrics as M  # noqa: E402
 from e6observe.recorder import OTEL_BUFFER_CAP, Recorder  # noqa: E402
 from e6observe.sinks.otel import OtelSink  # noqa: E402
 
+pytestmark = pytest.mark.matrix
+
 QUEUE = 64
 BATCH = 16
 

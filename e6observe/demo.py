@@ -1,0 +1,471 @@
+"""``e6observe demo``: a blue/green deployment, watched live.
+
+Starts the embedded simulator, instruments the real e6data connector in this process, runs a
+concurrent ``SELECT 1`` workload on it, switches the cluster between blue and green every
+``--flip-every`` seconds (announced switches, and now and then an abrupt one nobody was told
+about), serves /metrics, and shows what e6observe sees: the active strategy, switches by cause,
+456 mismatches, latency per strategy, queries per second and queries in flight. It ends with the
+timeline of every switch the connector went through.
+
+Everything runs on 127.0.0.1. The workload's password is the simulator's demo credential; it is
+never printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+import time
+from collections import deque
+from typing import Any, Optional, TextIO
+
+from . import metrics as M
+
+DEMO_USER = "demo@e6observe.invalid"
+#: The simulator accepts only this; it must never reach the screen, /metrics or any log.
+DEMO_PASSWORD = "demo-password-not-shown"
+DEFAULT_METRICS_PORT = 9464
+#: Redraws per second of the live view on a terminal; plain lines elsewhere come every
+#: PLAIN_EVERY seconds.
+REFRESH_HZ = 2.0
+PLAIN_EVERY = 5.0
+MAX_THREADS = 64
+#: Switch events kept for the closing timeline.
+TIMELINE_CAP = 1000
+
+
+# -- arguments --------------------------------------------------------------------------------
+def _non_negative(value: str) -> float:
+    try:
+        f = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
+    if not f >= 0 or f == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {value!r}")
+    return f
+
+
+def _positive(value: str) -> float:
+    f = _non_negative(value)
+    if f <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value!r}")
+    return f
+
+
+def _threads(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {value!r}") from None
+    if not 1 <= n <= MAX_THREADS:
+        raise argparse.ArgumentTypeError(f"must be within 1..{MAX_THREADS}, got {n}")
+    return n
+
+
+def _port(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {value!r}") from None
+    if not 0 <= n <= 65535:
+        raise argparse.ArgumentTypeError(f"must be within 0..65535, got {n}")
+    return n
+
+
+def _count(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {value!r}") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {n}")
+    return n
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The demo's flags."""
+    parser.add_argument("--duration", type=_non_negative, default=60.0, metavar="SECONDS",
+                        help="how long to run (default 60; 0 = until Ctrl-C)")
+    parser.add_argument("--flip-every", type=_positive, default=10.0, metavar="SECONDS",
+                        help="seconds between blue/green deployments (default 10)")
+    parser.add_argument("--threads", type=_threads, default=4, metavar="N",
+                        help=f"concurrent workload threads, 1..{MAX_THREADS} (default 4)")
+    parser.add_argument("--metrics-port", type=_port, default=DEFAULT_METRICS_PORT,
+                        metavar="PORT",
+                        help=f"port of /metrics on 127.0.0.1 (default {DEFAULT_METRICS_PORT}; "
+                             "0 = any free port)")
+    parser.add_argument("--latency-ms", type=_non_negative, default=1.0, metavar="MS",
+                        help="simulated latency of each RPC in milliseconds (default 1)")
+    parser.add_argument("--abrupt-every", type=_count, default=3, metavar="N",
+                        help="make every Nth deployment abrupt: no announcement, clients learn "
+                             "from 456 errors (default 3; 0 = never)")
+
+
+# -- the workload ------------------------------------------------------------------------------
+class Workload:
+    """``threads`` connector connections, each running SELECT 1 / fetchall / clear in a loop."""
+
+    def __init__(self, host: str, port: int, threads: int) -> None:
+        self.host, self.port, self.n = host, port, threads
+        self.stop = threading.Event()
+        self.ok = 0
+        self.failed: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        for i in range(self.n):
+            t = threading.Thread(target=self._run, name=f"e6observe-demo-{i}", daemon=True)
+            self._threads.append(t)
+            t.start()
+
+    def _run(self) -> None:
+        from e6data_python_connector import e6data_grpc
+
+        conn: Any = None
+        cur: Any = None
+        failures = 0  # in a row
+        while not self.stop.is_set():
+            try:
+                if conn is None:
+                    conn = e6data_grpc.Connection(host=self.host, port=self.port,
+                                                  username=DEMO_USER, password=DEMO_PASSWORD)
+                if cur is None:
+                    cur = conn.cursor()
+                cur.execute("SELECT 1")
+                cur.fetchall()
+                cur.clear()
+                failures = 0
+                with self._lock:
+                    self.ok += 1
+            except Exception as exc:  # counted by type; messages may carry server text
+                failures += 1
+                with self._lock:
+                    name = type(exc).__name__
+                    self.failed[name] = self.failed.get(name, 0) + 1
+                # A cursor caught by an abrupt switch keeps failing: start a new one; if that
+                # fails too, a new connection.
+                cur = None
+                if failures >= 2:
+                    conn = _close(conn)
+                self.stop.wait(0.05)
+        _close(conn)
+
+    def join(self, timeout: float = 10.0) -> None:
+        self.stop.set()
+        deadline = time.monotonic() + timeout
+        for t in self._threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+
+    def counts(self) -> tuple[int, int]:
+        with self._lock:
+            return self.ok, sum(self.failed.values())
+
+
+def _close(conn: Any) -> Any:
+    """Close ``conn`` quietly; returns None (the caller's new value for it)."""
+    if conn is not None:
+        try:
+            conn.close()
+        except Exception:
+            pass
+    return None
+
+
+# -- deployments -------------------------------------------------------------------------------
+class Deployer:
+    """Switches the simulator every ``every`` seconds: announce, let clients drain, complete;
+    every ``abrupt_every``-th switch is completed with no announcement."""
+
+    def __init__(self, sim: Any, every: float, abrupt_every: int) -> None:
+        self.sim = sim
+        self.every = every
+        self.abrupt_every = abrupt_every
+        #: How long an announced switch stays announced before it completes: long enough for
+        #: every client to see new_strategy and drain, short against the period.
+        self.lead = min(2.0, every * 0.3)
+        self.n = 0
+        self.announced = 0
+        self.abrupt = 0
+        self._next = time.monotonic() + every
+        self._complete_at: Optional[float] = None
+
+    def tick(self, now: float) -> None:
+        if self._complete_at is not None and now >= self._complete_at:
+            self._complete_at = None
+            self.sim.complete()
+            self.announced += 1
+        if now < self._next:
+            return
+        self._next += self.every
+        if self._complete_at is not None:  # still announced (very short period): finish it
+            return
+        self.n += 1
+        if self.abrupt_every and self.n % self.abrupt_every == 0:
+            self.sim.flip(announce=False)
+            self.abrupt += 1
+        else:
+            self.sim.announce()
+            self._complete_at = now + self.lead
+
+
+# -- the view ----------------------------------------------------------------------------------
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:.1f} ms"
+
+
+class View:
+    """Reads the recorder (the same store /metrics is rendered from) into a few lines."""
+
+    def __init__(self, recorder: Any, sim: Any, workload: Workload, deployer: Deployer) -> None:
+        self.rec, self.sim, self.work, self.dep = recorder, sim, workload, deployer
+        self.started = time.monotonic()
+        self._rate: deque[tuple[float, int]] = deque(maxlen=8)
+
+    def _queries_total(self) -> int:
+        return sum(h.snapshot()[2] for _, h in self.rec.family(M.QUERY_DURATION).items())
+
+    def lines(self, now: float) -> list[str]:
+        """The live view, one reading per line."""
+        rec = self.rec
+        state = rec.state()
+        total = self._queries_total()
+        self._rate.append((now, total))
+        t0, n0 = self._rate[0]
+        qps = (total - n0) / (now - t0) if now > t0 else 0.0
+        by_cause = dict.fromkeys(M.SWITCH_CAUSES, 0)
+        for (_frm, _to, cause), c in rec.family(M.SWITCHES).items():
+            by_cause[cause] = by_cause.get(cause, 0) + int(c.value)
+        mismatches = int(sum(c.value for _, c in rec.family(M.MISMATCHES).items()))
+        ok, failed = self.work.counts()
+        pending = state["pending"]
+        lines = [
+            f"e6observe demo  {now - self.started:6.1f} s   cluster active: {self.sim.active:<5}"
+            f"  deployments: {self.dep.announced} announced, {self.dep.abrupt} abrupt",
+            f"  connector strategy : {state['active'] or 'none'}"
+            + (f" (switch to {pending} pending)" if pending else ""),
+            f"  switches           : {sum(by_cause.values())}  ("
+            + ", ".join(f"{cause} {n}" for cause, n in by_cause.items()) + ")",
+            f"  456 mismatches     : {mismatches}",
+            f"  queries            : {ok} ok, {failed} failed   {qps:7.1f} /s   in flight: "
+            + ", ".join(f"{s} {state['in_flight'].get(s, 0)}" for s in M.STRATEGIES),
+        ]
+        for strategy, (p50, p99, mean, n) in self.latency().items():
+            if n:
+                lines.append(f"  latency {strategy:<5}      : p50 ~{_ms(p50):>9}  p99 ~{_ms(p99):>9}"
+                             f"  mean {_ms(mean):>9}  ({n} queries)")
+            else:
+                lines.append(f"  latency {strategy:<5}      : -")
+        return lines
+
+    def plain(self, now: float) -> str:
+        """The same readings as one compact line, for logs and pipes."""
+        rec = self.rec
+        state = rec.state()
+        self.lines(now)  # updates the rate window
+        (t0, n0), (t1, n1) = self._rate[0], self._rate[-1]
+        qps = (n1 - n0) / (t1 - t0) if t1 > t0 else 0.0
+        by_cause = dict.fromkeys(M.SWITCH_CAUSES, 0)
+        for (_frm, _to, cause), c in rec.family(M.SWITCHES).items():
+            by_cause[cause] = by_cause.get(cause, 0) + int(c.value)
+        mismatches = int(sum(c.value for _, c in rec.family(M.MISMATCHES).items()))
+        ok, failed = self.work.counts()
+        parts = [f"active={state['active'] or 'none'}"]
+        if state["pending"]:
+            parts.append(f"pending={state['pending']}")
+        parts.append(f"switches={sum(by_cause.values())} ("
+                     + ", ".join(f"{c} {n}" for c, n in by_cause.items()) + ")")
+        parts.append(f"mismatches={mismatches}")
+        parts.append(f"queries={ok} ok/{failed} failed {qps:.0f}/s")
+        parts.append("in_flight=" + ",".join(f"{s}:{state['in_flight'].get(s, 0)}"
+                                             for s in M.STRATEGIES))
+        for strategy, (p50, p99, mean, n) in self.latency().items():
+            if n:
+                parts.append(f"{strategy} p50/p99/mean={p50 * 1000:.1f}/{p99 * 1000:.1f}/"
+                             f"{mean * 1000:.1f} ms")
+        return " ".join(parts)
+
+    def latency(self) -> dict[str, tuple[float, float, float, int]]:
+        """(p50, p99, mean, count) of query latency per strategy since the start.
+
+        The quantiles are estimated from the bucket counts by linear interpolation, exactly as
+        PromQL's ``histogram_quantile`` does on the same buckets, so they match a dashboard and
+        are only as fine as the buckets (``db.client.operation.duration``'s recommended ones);
+        the mean is exact.
+        """
+        from .v1.convert import histogram_quantile, merged_histogram
+
+        children = self.rec.family(M.QUERY_DURATION).items()
+        out = {}
+        for strategy in M.STRATEGIES:
+            counts, total, n = merged_histogram(children, 0, strategy)
+            out[strategy] = (histogram_quantile(0.5, M.QUERY_DURATION.buckets, counts),
+                             histogram_quantile(0.99, M.QUERY_DURATION.buckets, counts),
+                             total / n if n else 0.0, n)
+        return out
+
+
+class Screen:
+    """Redraws in place on a terminal (ANSI cursor movement); elsewhere prints a plain line
+    every PLAIN_EVERY seconds."""
+
+    def __init__(self, out: TextIO, tty: bool) -> None:
+        self.out, self.tty = out, tty
+        self._drawn = 0
+        self._last_plain = time.monotonic()  # the first plain line after PLAIN_EVERY
+
+    def show(self, view: View, now: float) -> None:
+        if self.tty:
+            lines = view.lines(now)
+            buf = []
+            if self._drawn:
+                buf.append(f"\x1b[{self._drawn}F\x1b[J")  # up to the block's start, clear below
+            buf.extend(line + "\n" for line in lines)
+            self.out.write("".join(buf))
+            self._drawn = len(lines)
+        elif now - self._last_plain >= PLAIN_EVERY:
+            self._last_plain = now
+            self.out.write(f"[{time.strftime('%H:%M:%S')}] {view.plain(now)}\n")
+        self.out.flush()
+
+
+def timeline(events: list[Any]) -> list[str]:
+    """The closing switch timeline, one line per applied switch."""
+    if not events:
+        return ["no switches"]
+    out = [f"{'time':<12}  {'switch':<14}  {'cause':<9}  {'drain':>8}  pinned"]
+    for ev in events:
+        stamp = time.strftime("%H:%M:%S", time.localtime(ev.time_unix)) + (
+            f".{int(ev.time_unix * 1000) % 1000:03d}")
+        drain = f"{ev.drain_seconds:.3f} s" if ev.drain_seconds is not None else "-"
+        out.append(f"{stamp:<12}  {ev.from_strategy + ' -> ' + ev.to_strategy:<14}  "
+                   f"{ev.cause:<9}  {drain:>8}  {ev.pinned_queries}")
+    return out
+
+
+# -- run ---------------------------------------------------------------------------------------
+def _err(msg: str) -> None:
+    print(f"e6observe demo: {msg}", file=sys.stderr)
+
+
+def _metrics_url() -> Optional[str]:
+    """The /metrics URL of the live instrumentation's Prometheus endpoint, if it serves one."""
+    from . import _api
+
+    inst = getattr(_api, "_active", None)
+    for component, obj, _ in getattr(inst, "sinks", ()):
+        server = getattr(obj, "server", None)
+        if component == "sink.prometheus" and server is not None and server.running:
+            return f"{server.url}/metrics"
+    return None
+
+
+class _Signals:
+    """SIGINT/SIGTERM set ``stop``; a second one ends the process the usual way."""
+
+    def __init__(self, stop: threading.Event) -> None:
+        self.stop = stop
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> _Signals:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.stop.is_set():
+            signal.signal(signum, self._old.get(signum, signal.SIG_DFL))
+            raise KeyboardInterrupt
+        self.stop.set()
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def run(args: argparse.Namespace, out: Optional[TextIO] = None,
+        tty: Optional[bool] = None) -> int:
+    """Run the demo; returns the exit code (0 on a normal end or a signal)."""
+    from . import _api
+    from .sim import Simulator
+
+    out = out or sys.stdout
+    tty = out.isatty() if tty is None else tty
+    if _api.is_instrumented():
+        _err("this process is already instrumented; run the demo in its own process")
+        return 2
+
+    sim = Simulator(port=0, latency_ms=args.latency_ms, users={DEMO_USER: DEMO_PASSWORD})
+    sim.start()
+    stop = threading.Event()
+    switches: deque[Any] = deque(maxlen=TIMELINE_CAP)
+    work: Optional[Workload] = None
+    rec: Any = None
+
+    def on_event(ev: Any) -> None:
+        if ev.kind == "applied":
+            switches.append(ev)
+
+    try:
+        rec = _api.instrument(prometheus_port=args.metrics_port,
+                                   prometheus_addr="127.0.0.1")
+        url = _metrics_url()
+        if url is None:
+            _err(f"cannot serve /metrics on 127.0.0.1:{args.metrics_port} (port in use?); "
+                "choose another with --metrics-port, or 0 for any free port")
+            return 2
+        rec.subscribe(on_event)
+        print(f"simulated e6data cluster on {sim.host}:{sim.port} (blue/green, "
+              f"{args.latency_ms:g} ms per RPC); workload: {args.threads} threads of SELECT 1",
+              file=out)
+        print(f"metrics: {url}   (latency p50/p99 ~ estimated from histogram buckets, "
+              "as PromQL's histogram_quantile does)", file=out)
+        print(f"deployment every {args.flip_every:g} s"
+              + (f", 1 in {args.abrupt_every} abrupt" if args.abrupt_every else "")
+              + ("; Ctrl-C to stop" if args.duration == 0 else
+                 f"; running {args.duration:g} s (Ctrl-C to stop early)"), file=out)
+        out.flush()
+
+        work = Workload(sim.host, sim.port, args.threads)
+        work.start()
+        deployer = Deployer(sim, args.flip_every, args.abrupt_every)
+        view = View(rec, sim, work, deployer)
+        screen = Screen(out, tty)
+        deadline = time.monotonic() + args.duration if args.duration > 0 else None
+        with _Signals(stop):
+            while not stop.is_set():
+                now = time.monotonic()
+                if deadline is not None and now >= deadline:
+                    break
+                deployer.tick(now)
+                screen.show(view, now)
+                stop.wait(1.0 / REFRESH_HZ)
+        work.join()
+        rec.flush()
+        if tty:
+            screen.show(view, time.monotonic())
+        else:  # the last state, whatever the plain-line period
+            print(f"[{time.strftime('%H:%M:%S')}] {view.plain(time.monotonic())}", file=out)
+        counters = sim.counters()
+        print("", file=out)
+        print(f"cluster: {counters['switches']} switches ({deployer.announced} announced, "
+              f"{deployer.abrupt} abrupt), {counters['mismatches_total']} mismatch errors sent; "
+              f"connector: {int(rec.switch_total())} switches seen by e6observe", file=out)
+        print("switch timeline:", file=out)
+        for line in timeline(list(switches)):
+            print("  " + line, file=out)
+        out.flush()
+        return 0
+    finally:
+        if work is not None:
+            work.join()
+        if rec is not None:
+            rec.unsubscribe(on_event)
+        _api.uninstrument()
+        sim.stop()
+
+
+__all__ = ["add_arguments", "run", "DEMO_USER", "DEMO_PASSWORD"]
