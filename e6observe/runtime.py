@@ -30,7 +30,7 @@ from ._safe import contain
 try:
     import psutil
 except ImportError:  # pragma: no cover - psutil is a declared dependency
-    psutil = None  # type: ignore[assignment]
+    psutil = None
 
 _ROLLUP = "/proc/self/smaps_rollup"
 _PRIVATE_KEYS = (b"Private_Clean:", b"Private_Dirty:", b"Private_Hugetlb:")
@@ -250,7 +250,8 @@ def register_otel(meter: Any, reader: Optional[ProcessReader] = None,
 
     def gc_field(index: int) -> Callable[[], list[tuple[float, dict[str, Any]]]]:
         def cb() -> list[tuple[float, dict[str, Any]]]:
-            return [(row[index], {"cpython.gc.generation": int(row[0])}) for row in gc_stats()]
+            return [(float(row[index]), {"cpython.gc.generation": int(row[0])})
+                    for row in gc_stats()]
         return cb
 
     c = "runtime.otel"
