@@ -16,7 +16,6 @@ from e6observe.probe import ProbeCollector, Prober
 from e6observe.recorder import Recorder
 from e6observe.sim import Simulator
 
-
 # Python 3.9 and connector 2.3.15 too (the legacy run of ./run test).
 pytestmark = pytest.mark.matrix
 

@@ -22,7 +22,6 @@ from e6observe.server import MetricsServer
 from e6observe.v1 import events_pb2 as pb
 from e6observe.watcher import Watcher
 
-
 # Python 3.9 and connector 2.3.15 too (the legacy run of ./run test).
 pytestmark = pytest.mark.matrix
 
