@@ -390,3 +390,40 @@ def test_mount_twice_on_one_server_is_one_mount(rec: Recorder) -> None:
         second.unmount()
     finally:
         srv.close()
+
+
+def test_routes_on_an_instrumented_application(sim: Any, connect: Any) -> None:
+    """instrument() + mount_instrumentation: an application's own switch on its status page."""
+    from e6observe import _api
+
+    _api.instrument(prometheus_port=0)
+    try:
+        mounted = status.mount_instrumentation(_api._active)
+        assert mounted is not None
+        conn = connect()
+
+        def select_one() -> None:
+            cur = conn.cursor()
+            cur.execute("SELECT 1")
+            cur.fetchall()
+            cur.clear()
+
+        select_one()
+        sim.flip()
+        select_one()
+        doc = get_json(mounted.server.url + "/status")
+        assert doc["active"] == "green" and doc["switch_count"] == 1
+        assert doc["watcher"]["running"] is True and doc["memory"]["rss_bytes"] > 0
+        assert any(x["kind"] == "query" and x["count"] >= 1 for x in doc["latency"])
+    finally:
+        _api.uninstrument()
+
+
+def test_no_endpoint_no_routes() -> None:
+    from e6observe import _api
+
+    _api.instrument()  # no prometheus_port: nothing to mount on
+    try:
+        assert status.mount_instrumentation(_api._active) is None
+    finally:
+        _api.uninstrument()
