@@ -33,6 +33,7 @@ import threading
 import time
 import weakref
 from collections import deque
+from types import SimpleNamespace
 from typing import Any, Callable, Iterator, Optional
 
 from . import metrics as M
@@ -390,6 +391,39 @@ class Watcher:
         return self._otel_enabled
 
 
+def running_watchers() -> list[Watcher]:
+    """The watchers started (and not stopped) in this process."""
+    from . import _fork
+
+    return [w for w in list(_fork._watchers) if isinstance(w, Watcher)]
+
+
+def cpu_seconds() -> float:
+    """CPU seconds used so far by this process's running watcher thread(s), as each measures
+    itself with ``time.thread_time`` (for benchmarks: sample twice, divide by the wall time)."""
+    return sum(w.cpu_seconds for w in running_watchers())
+
+
+def measure_cpu(duration: float = 10.0, interval: float = DEFAULT_INTERVAL,
+                recorder: Optional[Recorder] = None) -> dict[str, float]:
+    """Run a stand-alone watcher for ``duration`` seconds at ``interval`` and report its cost:
+    ``cpu_seconds``, ``wall_seconds``, ``cpu_per_second``, ``iterations``, ``interval``.
+
+    With no ``recorder`` a fresh one is used (nothing is reported anywhere). The watcher reads
+    the connector's cache as it finds it, like the real one.
+    """
+    w = Watcher(recorder if recorder is not None else Recorder(),
+                SimpleNamespace(watcher_interval=interval))
+    w.start()
+    try:
+        time.sleep(duration)
+    finally:
+        w.stop()
+    return {"cpu_seconds": w.cpu_seconds, "wall_seconds": w._run_seconds,
+            "cpu_per_second": w.cpu_seconds_per_second(), "iterations": float(w.iterations),
+            "interval": w.interval}
+
+
 def _strategy_hook_known() -> tuple[bool, Optional[str]]:
     """(is the strategy-cache hook installed, the colour it last saw cache A hold)."""
     mod = sys.modules.get("e6observe.hooks.strategy_cache")
@@ -496,4 +530,5 @@ def _register_watcher_otel(watcher: Watcher, meter: Any) -> list[Any]:
 
 
 __all__ = ["Watcher", "WatcherCollector", "CacheReading", "track_connection", "open_connections",
+           "running_watchers", "cpu_seconds", "measure_cpu",
            "validate_interval", "THREAD_NAME", "DEFAULT_INTERVAL"]

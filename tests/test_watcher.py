@@ -499,3 +499,21 @@ def test_instrument_runs_the_watcher_and_uninstrument_leaves_no_thread(
     alive = [t.name for t in threading.enumerate() if t.name.startswith("e6observe")
              and not t.name.startswith("e6observe-sim") and t.is_alive()]
     assert alive == []
+
+
+def test_benchmark_helpers_measure_the_watchers_own_cpu() -> None:
+    from e6observe import watcher
+
+    res = watcher.measure_cpu(duration=0.3, interval=0.01)
+    assert res["interval"] == 0.01 and res["iterations"] >= 5
+    assert res["wall_seconds"] > 0 and 0 <= res["cpu_per_second"] <= 1.0
+    assert res["cpu_seconds"] == pytest.approx(res["cpu_per_second"] * res["wall_seconds"])
+    assert watcher.running_watchers() == [] and watcher.cpu_seconds() == 0.0
+    w = Watcher(Recorder(), opts(0.01)).start()
+    try:
+        assert wait_for(lambda: w.iterations >= 5)
+        assert watcher.running_watchers() == [w]
+        first = watcher.cpu_seconds()
+        assert 0 <= first <= w.cpu_seconds  # the thread's own, monotonic figure
+    finally:
+        w.stop()
