@@ -92,7 +92,8 @@ class _AioInterpreter:
         if old is _MISSING or new not in _COLOURS:
             return  # the constructor's initial guess, or nothing usable
         exc = sys.exc_info()[1]
-        if exc is not None and is_mismatch(exc):
+        toggled = exc is not None and is_mismatch(exc)
+        if toggled:
             # _rpc toggles the colour inside its except block and replays the call once.
             self.rec.retry(1, "mismatch")
         d = conn.__dict__
@@ -101,7 +102,9 @@ class _AioInterpreter:
             if ref is None or ref == new:
                 return
             self.known = new
-            cause = "announced" if d.get("_pending_strategy") == new else "mismatch"
+            # A connection can keep a stale pending colour (responses of an announcement that
+            # it already applied), so the 456 toggle is recognised first.
+            cause = "announced" if (not toggled and d.get("_pending_strategy") == new) else "mismatch"
         routes = d.get("_routes")
         pinned = 0
         if isinstance(routes, dict):
