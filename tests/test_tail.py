@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import socket
+import subprocess
 import threading
 import time
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pytest
@@ -213,3 +216,38 @@ def test_tail_gives_up_when_the_endpoint_stays_gone(rec: Recorder) -> None:
     assert "stream ended; reconnecting" in err
     assert err.strip().splitlines()[-1].startswith("e6observe tail: error: cannot reach")
     assert "gave up after 0.5 s" in err and "Traceback" not in err
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """A self-signed certificate for 127.0.0.1 and its key (the certificate is its own CA)."""
+    if shutil.which("openssl") is None:
+        pytest.fail("the TLS test generates a certificate with the openssl CLI; install openssl")
+    d: Path = tmp_path_factory.mktemp("tls")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", "key.pem", "-out",
+                    "cert.pem", "-days", "2", "-subj", "/CN=127.0.0.1", "-addext",
+                    "subjectAltName=IP:127.0.0.1"], cwd=d, check=True, capture_output=True,
+                   timeout=30)
+    return str(d / "cert.pem"), str(d / "key.pem")
+
+
+def test_https_endpoint_needs_its_ca(rec: Recorder, tls_files: tuple[str, str]) -> None:
+    cert, key = tls_files
+    srv = MetricsServer(CollectorRegistry(), port=0, certfile=cert, keyfile=key).start()
+    mounted = status.mount(srv, rec)
+    try:
+        assert srv.url.startswith("https://")
+        rec.detected("blue")
+        code, _, err = run(["status", "--url", srv.url])
+        assert code == 1 and "TLS certificate not trusted" in err and "--cacert" in err
+        code, out, err = run(["status", "--url", srv.url, "--cacert", cert])
+        assert code == 0, err
+        assert "active       blue" in out
+        code, out, err = run(["tail", "--url", srv.url, "--cacert", cert, "--since", "0",
+                              "--all", "--count", "1"])
+        assert code == 0, err
+        assert " detected " in out
+    finally:
+        mounted.unmount()
+        srv.close()
