@@ -14,6 +14,7 @@ never printed.
 from __future__ import annotations
 
 import argparse
+import random
 import signal
 import sys
 import threading
@@ -98,17 +99,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "0 = any free port)")
     parser.add_argument("--latency-ms", type=_non_negative, default=1.0, metavar="MS",
                         help="simulated latency of each RPC in milliseconds (default 1)")
+    parser.add_argument("--think-ms", type=_non_negative, default=10.0, metavar="MS",
+                        help="mean pause of each workload thread between queries in "
+                             "milliseconds (default 10). Announced switches apply only when no "
+                             "query is in flight; with no pause at all they rarely can, and "
+                             "clients learn of the switch from 456 errors instead")
     parser.add_argument("--abrupt-every", type=_count, default=3, metavar="N",
-                        help="make every Nth deployment abrupt: no announcement, clients learn "
-                             "from 456 errors (default 3; 0 = never)")
+                        help="make the 2nd deployment and every Nth after it abrupt: no "
+                             "announcement, clients learn from 456 errors (default 3; 0 = never)")
 
 
 # -- the workload ------------------------------------------------------------------------------
 class Workload:
     """``threads`` connector connections, each running SELECT 1 / fetchall / clear in a loop."""
 
-    def __init__(self, host: str, port: int, threads: int) -> None:
+    def __init__(self, host: str, port: int, threads: int, think_s: float = 0.0) -> None:
         self.host, self.port, self.n = host, port, threads
+        self.think_s = think_s
         self.stop = threading.Event()
         self.ok = 0
         self.failed: dict[str, int] = {}
@@ -140,6 +147,8 @@ class Workload:
                 failures = 0
                 with self._lock:
                     self.ok += 1
+                if self.think_s:
+                    self.stop.wait(random.uniform(0.0, 2.0 * self.think_s))
             except Exception as exc:  # counted by type; messages may carry server text
                 failures += 1
                 with self._lock:
@@ -176,8 +185,8 @@ def _close(conn: Any) -> Any:
 
 # -- deployments -------------------------------------------------------------------------------
 class Deployer:
-    """Switches the simulator every ``every`` seconds: announce, let clients drain, complete;
-    every ``abrupt_every``-th switch is completed with no announcement."""
+    """Switches the simulator every ``every`` seconds: announce, let clients drain, complete.
+    The 2nd switch and every ``abrupt_every``-th after it complete with no announcement."""
 
     def __init__(self, sim: Any, every: float, abrupt_every: int) -> None:
         self.sim = sim
@@ -203,7 +212,9 @@ class Deployer:
         if self._complete_at is not None:  # still announced (very short period): finish it
             return
         self.n += 1
-        if self.abrupt_every and self.n % self.abrupt_every == 0:
+        # The 2nd deployment is abrupt, so that even a short run shows both causes; then every
+        # abrupt_every-th after it.
+        if self.abrupt_every and self.n >= 2 and (self.n - 2) % self.abrupt_every == 0:
             self.sim.flip(announce=False)
             self.abrupt += 1
         else:
@@ -424,12 +435,13 @@ def run(args: argparse.Namespace, out: Optional[TextIO] = None,
         print(f"metrics: {url}   (latency p50/p99 ~ estimated from histogram buckets, "
               "as PromQL's histogram_quantile does)", file=out)
         print(f"deployment every {args.flip_every:g} s"
-              + (f", 1 in {args.abrupt_every} abrupt" if args.abrupt_every else "")
+              + (f", the 2nd and every {args.abrupt_every} after it abrupt"
+                 if args.abrupt_every else "")
               + ("; Ctrl-C to stop" if args.duration == 0 else
                  f"; running {args.duration:g} s (Ctrl-C to stop early)"), file=out)
         out.flush()
 
-        work = Workload(sim.host, sim.port, args.threads)
+        work = Workload(sim.host, sim.port, args.threads, args.think_ms / 1000.0)
         work.start()
         deployer = Deployer(sim, args.flip_every, args.abrupt_every)
         view = View(rec, sim, work, deployer)

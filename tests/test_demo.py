@@ -77,7 +77,7 @@ def switches_total(url: str) -> float:
 
 def test_demo_switches_show_on_metrics_during_the_run() -> None:
     demo = Demo("--duration", "12", "--flip-every", "4", "--threads", "2",
-                "--metrics-port", "0", "--abrupt-every", "2")
+                "--metrics-port", "0")
     scraped: list[str] = []
     seen = 0.0
     try:
@@ -102,6 +102,9 @@ def test_demo_switches_show_on_metrics_during_the_run() -> None:
     rows = [r for r in timeline[1:] if "->" in r]
     assert len(rows) == int(summary.group(1))  # one timeline row per switch
     assert all(re.search(r"(announced|mismatch|observed)", r) for r in rows)
+    # The 2nd deployment (at 8 s) is abrupt: clients can only learn of it from 456 errors.
+    assert any("mismatch" in r for r in rows)
+    assert "1 abrupt" in text
     for output in [text, demo.err, *scraped]:
         assert DEMO_PASSWORD not in output
 
