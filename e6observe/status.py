@@ -230,6 +230,29 @@ def _sse(ev: Event, source: Any) -> str:
     return f"id: {ev.seq}\ndata: {data}\n\n"
 
 
+class _SlotHeld:
+    """A stream response holding one of the stream slots until it is closed.
+
+    WSGI servers call ``close()`` on every response, iterated or not; a bare generator that was
+    never started would skip its ``finally`` and keep the slot forever.
+    """
+
+    def __init__(self, gen: Iterator[bytes], slots: threading.BoundedSemaphore) -> None:
+        self._gen = gen
+        self._slots: Optional[threading.BoundedSemaphore] = slots
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self._gen
+
+    def close(self) -> None:
+        try:
+            self._gen.close()  # type: ignore[attr-defined]
+        finally:
+            slots, self._slots = self._slots, None
+            if slots is not None:
+                slots.release()
+
+
 class EventStreamApp:
     """``GET /events``: server-sent events from the recorder's ring (see the module docstring)."""
 
@@ -278,7 +301,7 @@ class EventStreamApp:
                                   ("Cache-Control", "no-store"),
                                   ("X-Accel-Buffering", "no"),
                                   ("X-Content-Type-Options", "nosniff")])
-        return self._stream(since, stopping)
+        return _SlotHeld(self._stream(since, stopping), self._slots)
 
     def _stream(self, since: int, stopping: Optional[threading.Event]) -> Iterator[bytes]:
         with self._count_lock:
@@ -308,7 +331,6 @@ class EventStreamApp:
         finally:
             with self._count_lock:
                 self.open_streams -= 1
-            self._slots.release()
 
     def close(self) -> None:
         """End every open stream (within :data:`WAKE_SECONDS`) and refuse new ones."""

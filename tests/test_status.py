@@ -427,3 +427,15 @@ def test_no_endpoint_no_routes() -> None:
         assert status.mount_instrumentation(_api._active) is None
     finally:
         _api.uninstrument()
+
+
+def test_stream_slot_is_freed_by_close_even_if_never_iterated(rec: Recorder) -> None:
+    app = status.EventStreamApp(rec, max_streams=1)
+    environ = {"REQUEST_METHOD": "GET", "QUERY_STRING": ""}
+    first = app(environ, lambda *a: None)
+    busy = app(environ, lambda *a: None)
+    assert isinstance(busy, list) and b"too many event streams" in busy[0]
+    first.close()  # type: ignore[attr-defined]  # never iterated: the slot still comes back
+    again = app(environ, lambda *a: None)
+    assert not isinstance(again, list)
+    again.close()  # type: ignore[attr-defined]
