@@ -36,6 +36,8 @@ _ROLLUP = "/proc/self/smaps_rollup"
 _PRIVATE_KEYS = (b"Private_Clean:", b"Private_Dirty:", b"Private_Hugetlb:")
 #: How long one reading serves the OpenTelemetry callbacks of the same collection.
 SHARED_READING_SECONDS = 0.25
+#: Longest a unique-memory (USS) figure is reused; the other figures are read on every call.
+USS_MAX_AGE = 5.0
 
 
 def uss_from_smaps_rollup(path: str = _ROLLUP) -> Optional[int]:
@@ -76,14 +78,21 @@ class ProcessReader:
     """Reads :class:`ProcessStats` for the current process, following ``os.fork()``.
 
     ``uss_source`` picks how unique memory is read: ``"auto"`` (smaps_rollup, then psutil),
-    ``"rollup"``, ``"psutil"`` or ``"off"``.
+    ``"rollup"``, ``"psutil"`` or ``"off"``. Everything is read on each call except USS, the one
+    costly figure (the kernel walks the page tables): it is re-read at most every
+    ``uss_max_age`` seconds (0 = always). A scrape every 15 s always gets a fresh one; the
+    multi-process sink, which collects once per watcher interval, pays for it every 5 s instead
+    of every second.
     """
 
-    def __init__(self, uss_source: str = "auto", rollup_path: str = _ROLLUP) -> None:
+    def __init__(self, uss_source: str = "auto", rollup_path: str = _ROLLUP,
+                 uss_max_age: float = USS_MAX_AGE) -> None:
         if uss_source not in ("auto", "rollup", "psutil", "off"):
             raise ValueError(f"uss_source must be auto, rollup, psutil or off, not {uss_source!r}")
         self.uss_source = uss_source
         self.rollup_path = rollup_path
+        self.uss_max_age = uss_max_age
+        self._uss_at: Optional[tuple[float, int, Optional[int]]] = None  # (monotonic, pid, value)
         self._pid = -1
         self._proc: Any = None
         # Whether smaps_rollup worked last time; None = not tried yet in this process.
@@ -133,8 +142,17 @@ class ProcessReader:
                     with contain("runtime.fds"):
                         st.fds = int(proc.num_fds())
         with contain("runtime.uss"):
-            st.uss = self._uss(proc)
+            st.uss = self._uss_cached(proc)
         return st
+
+    def _uss_cached(self, proc: Any) -> Optional[int]:
+        now, pid = time.monotonic(), os.getpid()
+        last = self._uss_at
+        if last is not None and last[1] == pid and now - last[0] < self.uss_max_age:
+            return last[2]
+        value = self._uss(proc)
+        self._uss_at = (now, pid, value)
+        return value
 
     def shared(self, max_age: float = SHARED_READING_SECONDS) -> ProcessStats:
         """A reading at most ``max_age`` seconds old, so the several OpenTelemetry callbacks of

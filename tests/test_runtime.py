@@ -229,3 +229,16 @@ def test_reader_follows_fork() -> None:
 
 if sys.platform == "win32":  # pragma: no cover
     pytestmark = pytest.mark.skip(reason="POSIX process statistics")
+
+
+def test_uss_is_reused_within_its_max_age_and_reread_after() -> None:
+    cached, fresh = ProcessReader(uss_max_age=3600), ProcessReader(uss_max_age=0)
+    c0, f0 = cached.read().uss, fresh.read().uss
+    assert c0 and f0
+    block = b"x" * (64 << 20)  # 64 MiB of touched, private pages
+    try:
+        assert cached.read().uss == c0
+        assert fresh.read().uss >= f0 + (48 << 20)
+        assert cached.read().rss >= len(block)  # the other figures are always read anew
+    finally:
+        del block
