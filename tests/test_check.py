@@ -80,6 +80,15 @@ def test_json_result_is_machine_readable(sim: Simulator, creds_env: None,
     assert sim.counters()["sessions"] == 4
 
 
+def test_strategy_detection_during_an_announced_switch(sim: Simulator, creds_env: None,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    # green announced, blue still served: the connector adopts the announced colour at login
+    sim.announce()
+    code, doc = json_check(sim, capsys, "--connections", "1")
+    assert code == 0
+    assert {s["name"]: s for s in doc["steps"]}["strategy"]["value"] == "green"
+
+
 def test_strategy_detection_finds_green(sim: Simulator, creds_env: None,
                                         capsys: pytest.CaptureFixture[str]) -> None:
     sim.flip(announce=False)
