@@ -1,0 +1,117 @@
+"""``opentelemetry-instrument python app.py`` instruments the connector with no code change.
+
+Real subprocess runs of tests/apps/otel_workload.py, an application that never calls
+e6observe.instrument(): the ``opentelemetry_instrumentor`` entry point does it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = [pytest.mark.matrix, pytest.mark.timeout(120)]
+ROOT = Path(__file__).resolve().parents[1]
+APP = ROOT / "tests" / "apps" / "otel_workload.py"
+OTEL_INSTRUMENT = Path(sys.executable).with_name("opentelemetry-instrument")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def run_app(**env_extra: str) -> dict[str, Any]:
+    if not OTEL_INSTRUMENT.exists():
+        pytest.fail(f"{OTEL_INSTRUMENT} missing: the test extra installs opentelemetry-instrumentation")
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("E6OBSERVE_", "OTEL_")) and k != "PROMETHEUS_MULTIPROC_DIR"}
+    env.update(PYTHONPATH=str(ROOT), **env_extra)
+    proc = subprocess.run([str(OTEL_INSTRUMENT), sys.executable, str(APP)], capture_output=True,
+                          text=True, timeout=90, env=env, cwd=str(ROOT))
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    out: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    out["stderr"] = proc.stderr
+    return out
+
+
+def samples(exposition: str, name: str) -> dict[str, float]:
+    out = {}
+    for line in exposition.splitlines():
+        if line.startswith(name + "{"):
+            labels, value = line.rsplit(" ", 1)
+            out[labels[len(name):]] = float(value)
+    return out
+
+
+def test_entry_point_instruments_with_no_code_change() -> None:
+    port = free_port()
+    out = run_app(E6OBSERVE_PROMETHEUS_PORT=str(port))
+    assert out["rows"] == [[1], [1], [1], [2]]
+    assert out["instrumented"] is True
+    assert out["switches"] == {"blue|green|announced": 1.0, "green|blue|mismatch": 1.0}
+    assert out["mismatches"] == out["sim_mismatches"] == 1
+    assert out["active"] == out["sim_active"] == "blue"
+    assert out["rpc_strategies"] == ["blue", "green"]
+    switches = samples(out["metrics"], "e6data_strategy_switches_total")
+    assert switches['{cause="announced",from="blue",to="green"}'] == 1.0
+    assert switches['{cause="mismatch",from="green",to="blue"}'] == 1.0
+    assert sum(switches.values()) == 2.0
+    active = samples(out["metrics"], "e6data_strategy_active")
+    assert active == {'{strategy="blue"}': 1.0, '{strategy="green"}': 0.0}
+    assert "Traceback" not in out["stderr"]
+
+
+def test_coexists_with_the_grpc_instrumentation_or_without_it() -> None:
+    # Default run above has OpenTelemetry's gRPC client instrumentation active as well; here it
+    # is disabled, and e6observe alone must see the same.
+    out = run_app(OTEL_PYTHON_DISABLED_INSTRUMENTATIONS="grpc_client,grpc_aio_client")
+    assert out["instrumented"] is True
+    assert out["switches"] == {"blue|green|announced": 1.0, "green|blue|mismatch": 1.0}
+
+
+def test_disabling_the_e6data_instrumentation_leaves_the_app_untouched() -> None:
+    out = run_app(OTEL_PYTHON_DISABLED_INSTRUMENTATIONS="e6data")
+    assert out["rows"] == [[1], [1], [1], [2]]
+    assert out["instrumented"] is False and "switches" not in out
+
+
+def test_instrumentor_declares_the_supported_connector_versions() -> None:
+    from e6observe.instrumentor import E6dataInstrumentor
+
+    assert list(E6dataInstrumentor().instrumentation_dependencies()) == [
+        "e6data-python-connector >= 2.3.9, < 3.1"]
+    from importlib.metadata import entry_points
+
+    eps = entry_points()
+    group = (eps.select(group="opentelemetry_instrumentor") if hasattr(eps, "select")
+             else eps.get("opentelemetry_instrumentor", []))
+    # (a set: Python 3.9 lists an editable install's entry points once per metadata copy)
+    assert {e.value for e in group if e.name == "e6data"} == {
+        "e6observe.instrumentor:E6dataInstrumentor"}
+
+
+def test_instrumentor_api_passes_options_and_uninstruments() -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+
+    import e6observe
+    from e6observe import _api
+    from e6observe.instrumentor import E6dataInstrumentor
+
+    inst = E6dataInstrumentor()
+    tp = TracerProvider()
+    try:
+        inst.instrument(tracer_provider=tp, event_capacity=17, otel=True)
+        assert e6observe.is_instrumented()
+        opts = _api.current_options()
+        assert opts is not None and opts.event_capacity == 17 and opts.tracer_provider is tp
+    finally:
+        inst.uninstrument()
+    assert not e6observe.is_instrumented()
