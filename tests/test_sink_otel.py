@@ -98,8 +98,9 @@ def test_query_duration_follows_the_database_conventions(rig: Rig) -> None:
     m = rig.metrics()["db.client.operation.duration"]
     assert m.unit == "s"
     assert m.data.aggregation_temporality.name == "CUMULATIVE"
-    base = {"db.system.name": "e6data", "db.operation.name": "execute",
-            "server.address": "db.example", "server.port": 443}
+    # No db.operation.name: the histogram is not split by statement, and the spans' value is
+    # the SQL keyword, which any constant here would contradict.
+    base = {"db.system.name": "e6data", "server.address": "db.example", "server.port": 443}
     expect_error = {"ok": None, "error": "_OTHER", "switch_interrupted": "switch_interrupted"}
     pts = points(m)
     assert len(pts) == len(values)  # zero-initialised children with no values export nothing
@@ -159,7 +160,6 @@ def test_mirrored_counters_and_gauges_read_the_recorder(rig: Rig) -> None:
     got = rig.metrics()
     assert {dict(a)["strategy"]: p.value for a, p in points(got["e6data.strategy.pending"]).items()
             } == {"blue": 0, "green": 1}
-    assert got["e6data.strategy.pending.age"].data.data_points[0].value >= 0.0
     rec.applied("blue", "green", "announced", pinned_queries=1)
     rec.applied("green", "blue", "mismatch")
     rec.mismatch("green", "prepareStatement")
