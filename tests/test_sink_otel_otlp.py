@@ -1,4 +1,4 @@
-"""An OTLP endpoint that does not answer costs the application nothing.
+"""An OTLP endpoint that refuses or never answers costs the application nothing.
 
 Real OTLP/gRPC exporters point at a closed loopback port while the real connector runs queries
 against the simulator and the recorder takes observations and events as hooks would: every
@@ -14,7 +14,7 @@ import sys
 import time
 import tracemalloc
 from types import SimpleNamespace
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import pytest
 
@@ -66,9 +66,26 @@ class CountingLogExporter(OTLPLogExporter):
         return super().export(batch)
 
 
-def test_unreachable_otlp_endpoint(sim: Any, connect: Callable[..., Any]) -> None:
+@pytest.fixture(params=["refused", "silent"])
+def endpoint(request: Any) -> Iterator[str]:
+    """``refused``: nothing listens (connections are refused at once). ``silent``: a socket
+    that completes TCP handshakes in the kernel and never says a word (every export waits out
+    its timeout), as a hung collector would."""
+    if request.param == "refused":
+        yield f"http://127.0.0.1:{closed_port()}"
+        return
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen(64)  # never accepted, never answered
+    try:
+        yield f"http://127.0.0.1:{s.getsockname()[1]}"
+    finally:
+        s.close()
+
+
+def test_unreachable_otlp_endpoint(endpoint: str, sim: Any, connect: Callable[..., Any]) -> None:
     _safe.reset_for_tests()
-    endpoint = f"http://127.0.0.1:{closed_port()}"
+    CountingLogExporter.received = CountingLogExporter.calls = 0
     reader = PeriodicExportingMetricReader(
         OTLPMetricExporter(endpoint=endpoint, insecure=True, timeout=0.5),
         export_interval_millis=100, export_timeout_millis=500)
