@@ -121,6 +121,8 @@ class Mode:
         self.metric_exporter: Any = None
         self.span_processor: Any = None
         self.log_processor: Any = None
+        #: RSS after the application's own OpenTelemetry SDK set-up, before the agent (bytes).
+        self.rss_before_agent: Optional[int] = None
         self._teardown: list[Callable[[], None]] = []
 
     def install(self) -> None:
@@ -158,6 +160,9 @@ class Mode:
                 self._teardown.append(mp.shutdown)
             else:
                 kwargs.update(otel=False)
+            import psutil
+
+            self.rss_before_agent = psutil.Process().memory_info().rss
             e6observe.instrument(**kwargs)
             self._teardown.insert(0, e6observe.uninstrument)
             self.prometheus_port = _find_prometheus_port()
@@ -183,25 +188,25 @@ class Mode:
         return out
 
 
-def _find_prometheus_port() -> Optional[int]:
-    """The port e6observe's /metrics endpoint listens on (asked for port 0)."""
-    import e6observe
+def live_sink(component: str) -> Any:
+    """The live instrumentation's sink object named ``component`` (e.g. ``sink.prometheus``).
 
-    for name in ("prometheus_port", "server_port"):
-        fn = getattr(e6observe, name, None)
-        if callable(fn):
-            port = fn()
-            if port:
-                return int(port)
-    try:
-        from e6observe import server as srv
+    Reads ``e6observe._api``'s private state: the benchmark needs the sink objects themselves
+    (bound port, registry, watcher) and there is no public accessor for them.
+    """
+    from e6observe import _api
 
-        for name in ("current_port", "bound_port", "port"):
-            fn = getattr(srv, name, None)
-            if callable(fn):
-                port = fn()
-                if port:
-                    return int(port)
-    except Exception:
-        pass
+    inst = _api._active
+    if inst is None:
+        return None
+    for name, obj, _stop in inst.sinks:
+        if name == component:
+            return obj
     return None
+
+
+def _find_prometheus_port() -> Optional[int]:
+    """The port e6observe's /metrics endpoint bound (it was asked for port 0)."""
+    sink = live_sink("sink.prometheus")
+    server = getattr(sink, "server", None)
+    return int(server.port) if server is not None and server.running else None

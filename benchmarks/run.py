@@ -20,14 +20,16 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import mmap
 import os
 import platform
 import random
 import re
 import signal
-import socket
+import struct
 import subprocess
 import sys
+import tempfile
 import time
 from datetime import datetime, timezone
 from typing import Any, Optional, Sequence
@@ -137,7 +139,7 @@ class Bench:
         for m in modes:
             self.workers[m] = Proc(m, [self.py, os.path.join(HERE, "worker.py"), "--mode", m,
                                        "--port", str(self.port), "--warmup", str(self.a.warmup)])
-        for m, w in self.workers.items():
+        for w in self.workers.values():
             w.hello = w.read("start-up")
             w.pause()
         self.log("workers ready: " + ", ".join(f"{m} (pid {w.hello['pid']})"
@@ -168,7 +170,8 @@ class Bench:
     def phase_latency(self) -> None:
         a = self.a
         modes = list(self.workers)
-        rounds: dict[str, dict[str, list[float]]] = {m: {"median": [], "p99": []} for m in modes}
+        rounds: dict[str, dict[str, list[float]]] = {
+            m: {"median": [], "p99": [], "thread_cpu_us": [], "process_cpu_us": []} for m in modes}
         order_log = []
         rpc0 = self.sim_call("counters")["rpcs_total"]
         q0 = {m: self.run_on(m, "rss")["queries"] for m in modes}
@@ -179,7 +182,10 @@ class Bench:
             self.rng.shuffle(order)
             order_log.append(order)
             for m in order:
-                lat = [x / 1e6 for x in self.run_on(m, "latency", n=a.queries)["lat_ns"]]
+                res = self.run_on(m, "latency", n=a.queries)
+                lat = [x / 1e6 for x in res["lat_ns"]]
+                rounds[m]["thread_cpu_us"].append(res["thread_cpu_ns"] / 1e3)
+                rounds[m]["process_cpu_us"].append(res["process_cpu_ns"] / 1e3)
                 rounds[m]["median"].append(median(lat))
                 rounds[m]["p99"].append(percentile(lat, 99))
                 self.raw_lat[m].extend(lat)
@@ -201,8 +207,13 @@ class Bench:
                 "median_ms": median(med), "p99_ms": percentile(self.raw_lat[m], 99),
                 "round_median_ms": med, "round_p99_ms": p99,
                 "round_median_spread_ms": spread(med), "round_p99_spread_ms": spread(p99),
-                "distribution_ms": distribution(self.raw_lat[m])}
+                "distribution_ms": distribution(self.raw_lat[m]),
+                "thread_cpu_us_per_query": spread(rounds[m]["thread_cpu_us"]),
+                "process_cpu_us_per_query": spread(rounds[m]["process_cpu_us"])}
             if base is not None:
+                for kind in ("thread_cpu_us", "process_cpu_us"):
+                    diffs = [x - b for x, b in zip(rounds[m][kind], base[kind])]
+                    entry[f"added_{kind}_per_query"] = spread(diffs)
                 ratios = [x / b for x, b in zip(med, base["median"])]
                 p99r = [x / b for x, b in zip(p99, base["p99"])]
                 entry["ratio_to_bare"] = {"median": median(ratios), "spread": spread(ratios),
@@ -299,28 +310,38 @@ class Bench:
         self.result["switch_visibility"] = out
 
     def _switch_once(self, mode: str, port: int) -> dict[str, Any]:
-        """A graceful switch: announce, one query (the connector applies it at clear), complete."""
-        us = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        us.bind(("127.0.0.1", 0))
-        us.settimeout(5.0)
+        """A graceful switch: announce, one query (the connector applies it at clear), complete.
+
+        The worker stamps the moment the connector's cache changed into a shared page; this
+        process polls the page every ~50 us and then scrapes /metrics in a tight loop.
+        """
+        fd, flag = tempfile.mkstemp(prefix="e6o-bench-", dir="/dev/shm" if os.path.isdir(
+            "/dev/shm") else None)
         try:
-            self.sim_call("announce")
+            os.write(fd, b"\0" * 16)
+            mm = mmap.mmap(fd, 16)
+            to = self.sim_call("announce")["pending"]
             self.resume_only(mode)
             w = self.workers[mode]
-            w.send("switch", udp_port=us.getsockname()[1])
-            try:
-                data, _ = us.recvfrom(4096)
-            except socket.timeout:
-                w.read()
-                return {"error": "connector did not apply the switch"}
-            note = json.loads(data)
-            t0, to = int(note["t0"]), note["to"]
-            scrapes = scrape_until(port, to, timeout_s=5.0)
-            w.read("switch")
+            w.send("switch", flag_path=flag)
+            deadline = time.monotonic() + 10.0
+            t0 = 0
+            while time.monotonic() < deadline:
+                t0 = struct.unpack_from("<q", mm, 0)[0]
+                if t0:
+                    break
+                time.sleep(0.00005)
+            scrapes = scrape_until(port, to, timeout_s=5.0) if t0 else []
+            res = w.read("switch")
             w.pause()
+            mm.close()
         finally:
-            us.close()
+            os.close(fd)
+            os.unlink(flag)
             self.sim_call("complete")
+        if not t0:
+            return {"visible": False, "error": "the connector did not apply the switch",
+                    "worker": res}
         return _lag(t0, to, scrapes)
 
     def _oob_once(self, mode: str, port: int, to: str) -> dict[str, Any]:
@@ -338,7 +359,12 @@ class Bench:
             if m in E6O_MODES:
                 res = self.run_on(m, "watcher_cpu", seconds=self.a.watcher_seconds)
                 if "cpu_s" in res:
-                    res["cpu_ms_per_s"] = 1000.0 * res["cpu_s"] / res["wall_s"]
+                    # psutil's per-thread times tick in 10 ms steps; the watcher's own
+                    # time.thread_time() count is exact, so it is the figure reported.
+                    res["psutil_cpu_ms_per_s"] = 1000.0 * res["cpu_s"] / res["wall_s"]
+                    own = res.get("self_reported_cpu_s")
+                    res["cpu_ms_per_s"] = (1000.0 * own / res["wall_s"] if own is not None
+                                           else res["psutil_cpu_ms_per_s"])
                 out[m] = res
         self.result["watcher_cpu"] = out
 
@@ -418,6 +444,22 @@ class Bench:
         self.result["series"] = {"mode": m, "distinct_queries": self.a.distinct,
                                  "seconds": time.perf_counter() - t, "before": before,
                                  "after": after}
+
+    def phase_hotpath(self) -> None:
+        """Microbenchmarks of the hot path pieces (benchmarks/hotpath.py), all workers stopped."""
+        if self.result.get("skipped_modes", {}).get("e6o-full"):
+            return
+        for w in self.workers.values():
+            w.pause()
+        q_ms = self.result.get("latency", {}).get("modes", {}).get("bare", {}).get("median_ms", 2.0)
+        path = self.a.out + ".hotpath.tmp"
+        argv = [self.py, os.path.join(HERE, "hotpath.py"), "--json", path, "--query-ms", str(q_ms)]
+        if self.a.quick:
+            argv.append("--quick")
+        subprocess.run(argv, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+        with open(path) as f:
+            self.result["hotpath_ns"] = json.load(f)
+        os.unlink(path)
 
     # -- results ------------------------------------------------------------------------------
     def finish(self) -> None:
@@ -680,7 +722,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     ap.add_argument("--sim-latency-ms", type=float, default=0.0)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--skip", default="", help="phases to skip: latency,throughput,render,"
-                                               "switch,watcher,rss,series")
+                                               "switch,watcher,rss,series,hotpath")
     ap.add_argument("--out", default=os.path.join(HERE, "results", "latest.json"))
     ap.add_argument("--plot", default=os.path.join(HERE, "results", "latest.png"))
     a = ap.parse_args(argv)
@@ -720,7 +762,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         for name, fn in (("latency", b.phase_latency), ("throughput", b.phase_throughput),
                          ("render", b.phase_render), ("switch", b.phase_switch),
                          ("watcher", b.phase_watcher_cpu), ("rss", b.phase_rss),
-                         ("series", b.phase_series)):
+                         ("series", b.phase_series), ("hotpath", b.phase_hotpath)):
             if name in a.skip:
                 continue
             b.log(f"phase {name}")

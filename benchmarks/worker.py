@@ -15,8 +15,9 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import mmap
 import os
-import socket
+import struct
 import sys
 import threading
 import time
@@ -25,7 +26,7 @@ from typing import Any, Callable, Optional
 import psutil
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from modes import Mode  # noqa: E402
+from modes import Mode, live_sink  # noqa: E402
 
 USER = "bench@example.com"
 PASSWORD = "bench-password"  # the simulator accepts any non-empty credentials
@@ -67,14 +68,18 @@ class Worker:
         out = [0] * n
         clock = time.perf_counter_ns
         cur = self.cur
+        th0, pr0 = time.thread_time_ns(), time.process_time_ns()
         for i in range(n):
             t = clock()
             cur.execute(QUERY)
             cur.fetchall()
             cur.clear()
             out[i] = clock() - t
+        th1, pr1 = time.thread_time_ns(), time.process_time_ns()
         self.queries += n + warmup
-        return {"lat_ns": out}
+        # CPU per query: of the querying thread (hooks run there) and of the whole process
+        # (adds the OpenTelemetry reader's drain, the watcher, gRPC's own threads).
+        return {"lat_ns": out, "thread_cpu_ns": (th1 - th0) / n, "process_cpu_ns": (pr1 - pr0) / n}
 
     def cmd_run(self, n: int, distinct_from: Optional[int] = None) -> dict[str, Any]:
         """``n`` untimed queries (``SELECT <k>`` with distinct k when ``distinct_from`` is set)."""
@@ -91,7 +96,8 @@ class Worker:
     def cmd_rss(self, uss: bool = False) -> dict[str, Any]:
         info = self.proc.memory_info()
         out: dict[str, Any] = {"rss": info.rss, "queries": self.queries,
-                               "rss_start": self.rss_start, "rss_installed": self.rss_installed}
+                               "rss_start": self.rss_start, "rss_installed": self.rss_installed,
+                               "rss_before_agent": self.mode.rss_before_agent}
         if uss:
             out["uss"] = self.proc.memory_full_info().uss
         return out
@@ -133,19 +139,23 @@ class Worker:
         self.queries += sum(counts)
         return {"queries": sum(counts), "errors": sum(errors), "elapsed": elapsed}
 
-    def cmd_switch(self, udp_port: int) -> dict[str, Any]:
+    def cmd_switch(self, flag_path: str) -> dict[str, Any]:
         """Run one query during which the connector applies an announced switch.
 
         The moment the connector's cache A changes is taken without touching the connector: a
         profile function (``sys.setprofile``, this thread only, this query only) reads
         ``e6data_grpc._local_strategy_cache['active_strategy']`` at every call/return event and
-        stamps CLOCK_MONOTONIC the first time it differs; the stamp goes to the runner by UDP at
-        once, and the runner starts scraping /metrics.
+        stamps CLOCK_MONOTONIC the first time it differs. The stamp is written into a shared
+        memory page the runner polls - a plain memory write, because any system call here
+        (a socket send, say) would release the GIL in the middle of the connector's write and
+        let other threads run before e6observe's own hook finished, which is not what an
+        application thread does.
         """
         from e6data_python_connector import e6data_grpc as g
 
         before = g._local_strategy_cache.get("active_strategy")
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        with open(flag_path, "r+b") as f:
+            mm = mmap.mmap(f.fileno(), 16)
         state: dict[str, Any] = {"t0": None, "to": None}
 
         def prof(frame: Any, event: str, arg: Any) -> None:
@@ -154,14 +164,14 @@ class Worker:
                 if v != before:
                     t0 = time.monotonic_ns()
                     state["t0"], state["to"] = t0, v
-                    sock.sendto(json.dumps({"t0": t0, "to": v}).encode(), ("127.0.0.1", udp_port))
+                    struct.pack_into("<q", mm, 0, t0)
 
         sys.setprofile(prof)
         try:
             self._query()
         finally:
             sys.setprofile(None)
-            sock.close()
+            mm.close()
         return {"t0": state["t0"], "from": before, "to": state["to"]}
 
     def cmd_oob_switch(self, to: str) -> dict[str, Any]:
@@ -204,41 +214,39 @@ class Worker:
                     return float(th.user_time + th.system_time)
             return float("nan")
 
-        c0, w0 = cpu(), time.perf_counter()
+        s0, c0, w0 = _watcher_self_cpu(), cpu(), time.perf_counter()
         time.sleep(seconds)
-        c1, w1 = cpu(), time.perf_counter()
-        return {"cpu_s": c1 - c0, "wall_s": w1 - w0, "self_reported": _watcher_self_cpu()}
+        s1, c1, w1 = _watcher_self_cpu(), cpu(), time.perf_counter()
+        w = live_sink("watcher")
+        lifetime = w.cpu_seconds_per_second() if w is not None else None
+        return {"cpu_s": c1 - c0, "wall_s": w1 - w0,
+                "self_reported_cpu_s": None if s0 is None or s1 is None else s1 - s0,
+                "lifetime_cpu_ms_per_s": None if lifetime is None else 1000.0 * lifetime,
+                "interval_s": getattr(w, "interval", None)}
 
     def cmd_counts(self) -> dict[str, Any]:
         return {"mode": self.mode.counts(), "queries": self.queries, "gc": gc.get_count()}
 
 
 def _renderer() -> Optional[Callable[[], bytes]]:
-    """e6observe's in-process /metrics renderer, whatever the sink calls it."""
-    try:
-        from e6observe.sinks import prometheus as sink
-    except Exception:
+    """Render the live /metrics exposition in process (the registry the endpoint serves)."""
+    sink = live_sink("sink.prometheus")
+    if sink is None:
         return None
-    for name in ("render", "render_latest", "exposition"):
-        fn = getattr(sink, name, None)
-        if callable(fn):
-            return fn  # type: ignore[no-any-return]
-    return None
+    from prometheus_client import generate_latest
+
+    registry = sink.registry
+    return lambda: generate_latest(registry)
 
 
-def _watcher_self_cpu() -> Any:
+def _watcher_self_cpu() -> Optional[float]:
+    """CPU seconds the running watcher(s) measured on themselves (``time.thread_time``)."""
     try:
         from e6observe import watcher
+
+        return float(watcher.cpu_seconds())
     except Exception:
         return None
-    for name in ("cpu_seconds", "cpu_time", "self_cpu_seconds"):
-        fn = getattr(watcher, name, None)
-        if callable(fn):
-            try:
-                return fn()
-            except Exception:
-                return None
-    return None
 
 
 def main() -> int:

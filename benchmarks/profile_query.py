@@ -1,7 +1,7 @@
 """Profile the instrumented query path: where does a query spend its CPU inside e6observe?
 
-    .venv/bin/python benchmarks/profile.py --mode e6o-full --queries 20000            # py-spy
-    .venv/bin/python benchmarks/profile.py --mode e6o-full --tool pyinstrument
+    .venv/bin/python benchmarks/profile_query.py --mode e6o-full --queries 20000            # py-spy
+    .venv/bin/python benchmarks/profile_query.py --mode e6o-full --tool pyinstrument
 
 py-spy (default) samples the query loop from outside (``py-spy record --format raw``, main
 thread only, non-blocking), then this script reads the collapsed stacks and prints the
