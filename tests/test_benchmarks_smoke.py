@@ -1,0 +1,110 @@
+"""Smoke run of the benchmark harness (``benchmarks/run.py --quick``): every phase runs end to end
+on the simulator with the real connector, and the JSON result has the promised shape.
+
+No timing is asserted here - speed is only measured (and judged against the targets) by the
+benchmark itself. What is asserted: every mode ran, the figures are derived from this very run
+(ratios recomputed from the per-round medians, RPCs per query counted by the simulator), the
+graceful switch and the out-of-band switch both became visible on /metrics, the series count did
+not move with distinct queries, and the plot was written.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+MODES = ("bare", "bare-ctl", "e6o-full", "e6o-prom", "otel-grpc")
+
+
+@pytest.fixture(scope="module")
+def result(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    out = tmp_path_factory.mktemp("bench")
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick",
+         "--out", str(out / "r.json"), "--plot", str(out / "r.png")],
+        cwd=ROOT, capture_output=True, text=True, timeout=240,
+        env=dict(os.environ, PYTHONHASHSEED="0"))
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    r: dict[str, Any] = json.loads((out / "r.json").read_text())
+    r["_png"] = out / "r.png"
+    r["_stdout"] = proc.stdout
+    return r
+
+
+def test_every_mode_ran(result: dict[str, Any]) -> None:
+    assert result["skipped_modes"] == {}
+    lat = result["latency"]["modes"]
+    assert set(lat) == set(MODES)
+    for m in MODES:
+        e = lat[m]
+        assert len(e["round_median_ms"]) == result["latency"]["rounds"] == 1
+        assert 0 < e["median_ms"] <= e["p99_ms"]
+        assert e["thread_cpu_us_per_query"]["median"] > 0
+
+
+def test_ratios_come_from_the_same_run(result: dict[str, Any]) -> None:
+    lat = result["latency"]["modes"]
+    base = lat["bare"]["round_median_ms"]
+    for m in MODES:
+        per_round = lat[m]["ratio_to_bare"]["per_round"]
+        assert per_round == pytest.approx([x / b for x, b in zip(lat[m]["round_median_ms"], base)])
+        assert lat[m]["added_median_pct"] == pytest.approx(
+            (lat[m]["ratio_to_bare"]["median"] - 1) * 100)
+    assert lat["bare"]["ratio_to_bare"]["median"] == 1.0
+    for threads in ("threads_1", "threads_4"):
+        tp = result["throughput"][threads]
+        for m in MODES:
+            assert tp[m]["ratio_to_bare"]["per_round"] == pytest.approx(
+                [x / b for x, b in zip(tp[m]["round_qps"], tp["bare"]["round_qps"])])
+
+
+def test_a_query_is_six_rpcs_counted_by_the_simulator(result: dict[str, Any]) -> None:
+    assert result["latency"]["rpcs_per_query"] == 6
+
+
+def test_switches_become_visible_on_metrics(result: dict[str, Any]) -> None:
+    for m in ("e6o-full", "e6o-prom"):
+        sv = result["switch_visibility"][m]
+        assert sv["hooks"]["n"] == sv["hooks"]["visible"] >= 1
+        assert sv["hooks"]["stale_scrapes"] == 0  # a scrape issued after the switch shows it
+        assert sv["watcher"]["visible"] == sv["watcher"]["n"] >= 1
+
+
+def test_series_do_not_grow_with_distinct_queries(result: dict[str, Any]) -> None:
+    se = result["series"]
+    assert se["distinct_queries"] > 0
+    assert se["before"]["prometheus_series"] > 0
+    assert se["before"] == se["after"]
+
+
+def test_memory_render_watcher_and_hotpath_reported(result: dict[str, Any]) -> None:
+    rss = result["rss"]["modes"]
+    assert set(rss) == {"bare", "e6o-full"}
+    assert all(math.isfinite(rss[m]["slope_mib_per_1m_rpcs"]) for m in rss)
+    assert result["render"]["e6o-full"]["bytes"] > 0
+    assert result["render"]["e6o-full"]["series"] > 0
+    assert result["watcher_cpu"]["e6o-full"]["interval_s"] == 1.0
+    assert result["hotpath_ns"]["rpc_wrapper"] > 0
+    names = {t["target"] for t in result["targets"]}
+    assert any("added median latency" in n for n in names)
+    assert any("render" in n for n in names)
+    assert all(t["met"] in (True, False, None) for t in result["targets"])
+
+
+def test_machine_and_plot(result: dict[str, Any]) -> None:
+    m = result["machine"]
+    assert m["cores"] and m["python"] and m["versions"]["e6data-python-connector"]
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        assert "plot skipped" in result["_stdout"]
+    else:
+        assert result["_png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
