@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import shutil
 import signal
 import sys
 import threading
@@ -329,7 +330,9 @@ class Screen:
 
     def show(self, view: View, now: float) -> None:
         if self.tty:
-            lines = view.lines(now)
+            # Lines cut to the terminal's width: a wrapped line would throw off the redraw.
+            width = max(20, shutil.get_terminal_size().columns - 1)
+            lines = [line[:width] for line in view.lines(now)]
             buf = []
             if self._drawn:
                 buf.append(f"\x1b[{self._drawn}F\x1b[J")  # up to the block's start, clear below
@@ -357,6 +360,13 @@ def timeline(events: list[Any]) -> list[str]:
 
 
 # -- run ---------------------------------------------------------------------------------------
+def _ordinal(n: int) -> str:
+    if n == 1:
+        return "one"
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
 def _err(msg: str) -> None:
     print(f"e6observe demo: {msg}", file=sys.stderr)
 
@@ -432,13 +442,14 @@ def run(args: argparse.Namespace, out: Optional[TextIO] = None,
         print(f"simulated e6data cluster on {sim.host}:{sim.port} (blue/green, "
               f"{args.latency_ms:g} ms per RPC); workload: {args.threads} threads of SELECT 1",
               file=out)
-        print(f"metrics: {url}   (latency p50/p99 ~ estimated from histogram buckets, "
-              "as PromQL's histogram_quantile does)", file=out)
+        print(f"metrics: {url}", file=out)
         print(f"deployment every {args.flip_every:g} s"
-              + (f", the 2nd and every {args.abrupt_every} after it abrupt"
+              + (f" (abrupt: the 2nd, then every {_ordinal(args.abrupt_every)})"
                  if args.abrupt_every else "")
               + ("; Ctrl-C to stop" if args.duration == 0 else
-                 f"; running {args.duration:g} s (Ctrl-C to stop early)"), file=out)
+                 f"; running {args.duration:g} s, Ctrl-C to stop early"), file=out)
+        print("latency p50/p99 (~) are estimated from the histogram buckets, as PromQL's "
+              "histogram_quantile does", file=out)
         out.flush()
 
         work = Workload(sim.host, sim.port, args.threads, args.think_ms / 1000.0)
