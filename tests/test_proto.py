@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -33,6 +34,31 @@ def test_committed_code_matches_a_fresh_generation(tmp_path: Path) -> None:
         fresh = (tmp_path / rel).read_bytes()
         committed = (ROOT / rel).read_bytes()
         assert fresh == committed, f"{rel} drifted from proto/; run scripts/regen-proto"
+
+
+def test_committed_code_runs_on_protobuf_4(tmp_path: Path) -> None:
+    """The oldest protobuf major e6observe allows: the generator's venv has protobuf 4.x."""
+    py = os.environ.get("E6OBSERVE_PROTOC_PYTHON") or str(ROOT / ".venv-protoc" / "bin" / "python")
+    if not os.path.exists(py):
+        pytest.fail(f"{py} is missing; run: scripts/regen-proto --setup")
+    pkg = tmp_path / "e6observe" / "v1"
+    pkg.mkdir(parents=True)
+    (tmp_path / "e6observe" / "__init__.py").write_text("")
+    (pkg / "__init__.py").write_text("")
+    (pkg / "events_pb2.py").write_bytes((ROOT / GENERATED[0]).read_bytes())
+    script = (
+        "import google.protobuf as g\n"
+        "from e6observe.v1 import events_pb2 as pb\n"
+        "m = pb.StatusSnapshot(active='blue', switch_count=3)\n"
+        "m.in_flight['blue'] = 2\n"
+        "m.recent_events.add(seq=1, kind=pb.EVENT_KIND_APPLIED, drain_seconds=0.0)\n"
+        "b = pb.StatusSnapshot.FromString(m.SerializeToString())\n"
+        "assert b == m and b.recent_events[0].HasField('drain_seconds')\n"
+        "print(g.__version__)\n")
+    proc = subprocess.run([py, "-W", "error", "-c", script], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=60, env={"PYTHONPATH": str(tmp_path)})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("4."), proc.stdout
 
 
 @pytest.mark.matrix
