@@ -39,9 +39,10 @@ from .._safe import contain, internal_errors
 COUNTERS: tuple[M.MetricSpec, ...] = (M.SWITCHES, M.MISMATCHES, M.EVENTS, M.RETRIES,
                                       M.EVENTS_DROPPED)
 HISTOGRAMS: tuple[M.MetricSpec, ...] = (M.SWITCH_DRAIN, M.RPC_DURATION, M.QUERY_DURATION)
-#: Per-process runtime gauges carried in multi-process state files (rendered with ``pid``).
-PROCESS_SPECS: tuple[M.MetricSpec, ...] = (M.PROCESS_RSS, M.PROCESS_VMS, M.PROCESS_THREADS,
-                                           M.PROCESS_FDS, M.PROCESS_CPU)
+#: Every family name this collector renders itself (per-process collectors may not reuse them).
+CORE_NAMES = frozenset(s.prom_name for s in COUNTERS + HISTOGRAMS + (
+    M.STRATEGY_ACTIVE, M.STRATEGY_PENDING, M.QUERIES_IN_FLIGHT, M.LAST_SWITCH, M.INTERNAL_ERRORS,
+    M.BUILD_INFO))
 
 Labels = tuple[str, ...]
 #: bucket index -> (trace_id, span_id, value, unix time)
@@ -51,24 +52,23 @@ _log = logging.getLogger("e6observe")
 
 
 class ProcessState:
-    """The live blue/green gauges of one process (and its runtime stats, multi-process only)."""
+    """The live blue/green gauges of one process."""
 
-    __slots__ = ("pid", "active", "pending", "in_flight", "stats")
+    __slots__ = ("pid", "active", "pending", "in_flight")
 
     def __init__(self, pid: Optional[int], active: Optional[str], pending: Optional[str],
-                 in_flight: dict[str, int], stats: Optional[dict[str, float]] = None) -> None:
+                 in_flight: dict[str, int]) -> None:
         self.pid = pid
         self.active = active
         self.pending = pending
         self.in_flight = in_flight
-        self.stats = stats or {}
 
 
 class View:
     """What one scrape renders: counters and histograms (summed), gauges per live process."""
 
     __slots__ = ("counters", "histograms", "exemplars", "internal_errors", "last_switch_time",
-                 "processes", "per_pid")
+                 "processes", "per_pid", "families")
 
     def __init__(self, per_pid: bool = False) -> None:
         self.counters: dict[str, dict[Labels, float]] = {s.prom_name: {} for s in COUNTERS}
@@ -80,6 +80,9 @@ class View:
         self.last_switch_time = 0.0
         self.processes: list[ProcessState] = []
         self.per_pid = per_pid
+        #: Multi-process only: families of per-process collectors (runtime, watcher, pools) by
+        #: name -> (type, help, [(pid, sample name, labels, value)]), rendered with ``pid``.
+        self.families: dict[str, tuple[str, str, list[tuple[int, str, dict[str, str], float]]]] = {}
 
 
 def view_of(recorder: Any) -> View:
@@ -238,15 +241,11 @@ def _build_info(_v: View) -> Metric:
     return fam
 
 
-def _process_stats(v: View) -> Iterable[Metric]:
-    for spec in PROCESS_SPECS:
-        rows = [(p, p.stats[spec.prom_name]) for p in v.processes if spec.prom_name in p.stats]
-        if spec.kind == "counter":
-            fam: Metric = CounterMetricFamily(spec.prom_name, spec.help, labels=("pid",))
-        else:
-            fam = GaugeMetricFamily(spec.prom_name, spec.help, labels=("pid",))
-        for p, value in rows:
-            fam.add_metric([str(p.pid)], value)  # type: ignore[attr-defined]
+def _per_process_families(v: View) -> Iterable[Metric]:
+    for name, (typ, doc, samples) in sorted(v.families.items()):
+        fam = Metric(name, doc, typ)
+        for pid, sname, labels, value in samples:
+            fam.add_sample(sname, dict(labels, pid=str(pid)), value)
         yield fam
 
 
@@ -265,7 +264,7 @@ def render(v: View, component: str = "sink.prometheus") -> list[Metric]:
             out.append(fn(v))
     if v.per_pid:
         with contain(component):
-            out.extend(_process_stats(v))
+            out.extend(_per_process_families(v))
     # Last, so that errors counted while rendering this very scrape are already in it (the
     # merged multi-process view carries its own, summed, counts).
     with contain(component):
@@ -336,12 +335,29 @@ class PrometheusSink:
         self.server: Any = None
         self._lock = threading.Lock()
         self._bind_failed_logged = False
+        self._registered: list[Any] = []
         _track(self)
 
     @property
     def multiprocess(self) -> bool:
         """True when scrapes merge every worker's state from ``multiprocess_dir``."""
         return self.writer is not None
+
+    def add_process_collector(self, collector: Any) -> None:
+        """Export a collector of this process's own readings (runtime, watcher, pools).
+
+        Single-process: it is registered into :attr:`registry` (and unregistered by
+        :meth:`close`). Multi-process: it is *not* registered; its samples go into this
+        process's state file at every :meth:`flush`, and one scrape shows every live process's
+        samples with a ``pid`` label — each worker's memory and watcher heartbeat, not just
+        those of the process that happens to serve /metrics. Family names must come from the
+        metric table and not be one of this sink's own.
+        """
+        if self.writer is not None:
+            self.writer.add_process_collector(collector)
+        else:
+            self.registry.register(collector)
+            self._registered.append(collector)
 
     def start(self) -> PrometheusSink:
         """Start the HTTP endpoint if ``prometheus_port`` is set.
@@ -423,11 +439,13 @@ class PrometheusSink:
             srv, self.server = self.server, None
             if srv is not None:
                 srv.close()
-        with contain("sink.prometheus"):
-            try:
-                self.registry.unregister(self.collector)
-            except KeyError:
-                pass
+        for c in [self.collector] + self._registered:
+            with contain("sink.prometheus"):
+                try:
+                    self.registry.unregister(c)
+                except KeyError:
+                    pass
+        self._registered.clear()
         if self.writer is not None:
             with contain("sink.multiprocess"):
                 self.writer.close()
