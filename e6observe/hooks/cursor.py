@@ -173,6 +173,21 @@ def _make_fetch(orig: Callable[..., Any], ctx: HookContext) -> Callable[..., Any
     return fetch
 
 
+def _make_fetch_failure(orig: Callable[..., Any], ctx: HookContext) -> Callable[..., Any]:
+    def fetch(self: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return orig(self, *args, **kwargs)
+        except BaseException as exc:
+            if ctx.live:
+                q = self.__dict__.pop(ATTR, None)
+                if q is not None:
+                    finish(ctx, q, outcome_of(exc), exc)
+            raise
+
+    fetch.__wrapped__ = orig  # type: ignore[attr-defined]
+    return fetch
+
+
 def _target(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     return args[0] if args else kwargs.get("query_id")
 
@@ -268,6 +283,11 @@ def install(recorder: Any, options: object = None, tracer: object = None,
     for name in ("fetch_batch", "_next_result_chunk"):
         if name in cur.__dict__:
             p.replace(cur, name, _make_fetch(cur.__dict__[name], ctx))
+    # The result-contract paths (OAuth / v2) can fail in fetchall/fetchmany before any batch is
+    # requested ("Connection is closed." after a flip): those end the query too.
+    for name in ("_fetch_all", "fetchmany"):
+        if name in cur.__dict__:
+            p.replace(cur, name, _make_fetch_failure(cur.__dict__[name], ctx))
     reauth = g.Connection.__dict__.get("get_re_authenticate_session_id")
     if reauth is not None:
         p.replace(g.Connection, "get_re_authenticate_session_id", _make_reauth(reauth, ctx))
