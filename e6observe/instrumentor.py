@@ -38,6 +38,25 @@ def _spawn_bootstrap() -> bool:
     return "--multiprocessing-fork" in sys.argv
 
 
+#: Code run by ``python -c`` in multiprocessing's own helper processes (never the application).
+_HELPER_CODE = ("multiprocessing.resource_tracker", "multiprocessing.forkserver",
+                "multiprocessing.semaphore_tracker")
+
+
+def _multiprocessing_helper() -> bool:
+    """True in multiprocessing's resource-tracker / fork-server helper processes.
+
+    They are plain ``python -c`` processes that inherit ``opentelemetry-instrument``'s
+    environment; instrumenting them would start a watcher and try to bind the metrics port.
+    Recognised from ``sys.orig_argv`` (Python 3.10+); on 3.9 they cannot be told apart.
+    """
+    argv = getattr(sys, "orig_argv", None) or []
+    if "-c" not in argv:
+        return False
+    code = argv[argv.index("-c") + 1] if argv.index("-c") + 1 < len(argv) else ""
+    return any(h in code for h in _HELPER_CODE)
+
+
 def _defer_to_process_start(options: dict[str, Any]) -> None:
     """In a spawn child: instrument once the child knows its name, unless it is a decode worker.
 
@@ -83,6 +102,9 @@ class E6dataInstrumentor(BaseInstrumentor):  # type: ignore[misc]
         ignored = sorted(k for k in kwargs if k not in OPTION_NAMES and k not in _BASE_KWARGS)
         if ignored:
             logger.debug("e6observe: ignoring instrumentor arguments %s", ignored)
+        if _multiprocessing_helper():
+            logger.debug("e6observe: multiprocessing helper process; not instrumenting")
+            return
         if _spawn_bootstrap():
             _defer_to_process_start(options)
             return

@@ -115,3 +115,25 @@ def test_instrumentor_api_passes_options_and_uninstruments() -> None:
     finally:
         inst.uninstrument()
     assert not e6observe.is_instrumented()
+
+
+@pytest.mark.skipif(sys.version_info < (3, 10), reason="helper processes are told apart by sys.orig_argv")
+def test_decode_workers_and_multiprocessing_helpers_stay_inert() -> None:
+    from conftest import connector_version
+
+    if connector_version() < (3, 0, 1):
+        pytest.skip("v2 results (decode worker processes) arrived in connector 3.0.1")
+    port = free_port()
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("E6OBSERVE_", "OTEL_")) and k != "PROMETHEUS_MULTIPROC_DIR"}
+    env.update(PYTHONPATH=str(ROOT), E6OBSERVE_PROMETHEUS_PORT=str(port))
+    proc = subprocess.run([str(OTEL_INSTRUMENT), sys.executable,
+                           str(ROOT / "tests" / "apps" / "spawn_children.py")],
+                          capture_output=True, text=True, timeout=110, env=env, cwd=str(ROOT))
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out == {"parent_instrumented": True, "rows": [[1000]], "child_instrumented": True,
+                   "v2_rpcs": 1}
+    # Only the application's own spawned child instruments itself (and, the parent holding the
+    # port, says so once). Two decode workers and the resource tracker would add three more.
+    assert proc.stderr.count("cannot serve /metrics") == 1, proc.stderr
