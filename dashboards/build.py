@@ -225,9 +225,10 @@ def client_runtime(cfg: Config = DEFAULT) -> dash.Dashboard:
         span=8))
     d = d.with_panel(ts(
         "Garbage collections", "Collections per second by generation, and uncollectable objects.",
-        refs([(Q.process_rate(M.GC_COLLECTIONS, SEL, RATE, "generation"), "gen {{generation}}"),
+        refs([(Q.process_rate(M.GC_COLLECTIONS, SEL, RATE, "generation"),
+               "gen {{generation}} " + CLIENT_LEGEND),
               (Q.process_rate(M.GC_UNCOLLECTABLE, SEL, RATE, "generation"),
-               "uncollectable gen {{generation}}")]), unit="ops", span=8))
+               "uncollectable gen {{generation}} " + CLIENT_LEGEND)]), unit="ops", span=8))
     d = d.with_panel(ts(
         "Threads", "OS threads per client.",
         [target(Q.process_gauge(M.PROCESS_THREADS, SEL), CLIENT_LEGEND)], span=8))

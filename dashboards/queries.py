@@ -163,7 +163,9 @@ def process_gauge(spec: M.MetricSpec, sel: str) -> str:
     return only_e6observe(f"sum by ({CLIENT}) ({gauge(spec, sel)})", sel)
 
 
-def process_rate(spec: M.MetricSpec, sel: str, window: str, by: str = CLIENT) -> str:
+def process_rate(spec: M.MetricSpec, sel: str, window: str, extra_by: str = "") -> str:
+    """Per client (and ``extra_by``): the client labels must survive for the join."""
+    by = f"{CLIENT}, {extra_by}" if extra_by else CLIENT
     return only_e6observe(f"sum by ({by}) (rate({counter(spec, sel)}[{window}]))", sel)
 
 
