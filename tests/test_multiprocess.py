@@ -103,14 +103,33 @@ def worker(directory: str, switches: int, mismatches: int, rpcs: int, ready: Any
     drive(rec, switches, mismatches, rpcs)
     w.flush()  # what the watcher does once per interval (latencies, mismatch storms)
     ready.put(os.getpid())
-    leave.wait(30)
+    leave.poll(30)
     # Exits without close(): the lock goes away with the process, as on a crash.
 
 
+class Leave:
+    """A pipe per worker, told together: a worker leaves when its pipe becomes readable.
+
+    Not a shared multiprocessing Event: once a worker is SIGKILLed inside ``Event.wait()`` it
+    stays counted as a sleeper, and ``Event.set()`` then waits forever for it to wake.
+    """
+
+    def __init__(self, n: int) -> None:
+        self.pipes = [FORK.Pipe(duplex=False) for _ in range(n)]
+        self.events = [r for r, _ in self.pipes]  # what each worker waits on (``poll``)
+
+    def set(self) -> None:
+        for _, w in self.pipes:
+            try:
+                w.send(None)
+            except OSError:  # that worker is gone
+                pass
+
+
 def start_workers(directory: Path, plan: list[tuple[int, int, int]],
-                  heartbeat: bool = False) -> tuple[list[Any], Any, list[int]]:
-    ready, leave = FORK.Queue(), FORK.Event()
-    procs = [FORK.Process(target=worker, args=(str(directory), s, m, r, ready, leave,
+                  heartbeat: bool = False) -> tuple[list[Any], Leave, list[int]]:
+    ready, leave = FORK.Queue(), Leave(len(plan))
+    procs = [FORK.Process(target=worker, args=(str(directory), s, m, r, ready, leave.events[i],
                                                float(i + 1) if heartbeat else None))
              for i, (s, m, r) in enumerate(plan)]
     for p in procs:
