@@ -103,6 +103,10 @@ def test_sync_pool_counts_and_timings(rec: Recorder, make_pool: Callable[..., An
     assert s[("e6data_pool_max_connections", (("pool", "pool-1"),))] == 4
     assert s[("e6data_pool_pending_requests", (("pool", "pool-1"),))] == 0
     assert counts(rec, M.POOL_WAIT_TIME) == {"pool-1": 1}
+    # The timings reach the exposition too (the dashboards' pool-wait panel reads them).
+    assert s[("e6data_pool_wait_time_seconds_count", (("pool", "pool-1"),))] == 1
+    assert s[("e6data_pool_create_time_seconds_count", (("pool", "pool-1"),))] == 2
+    assert s[("e6data_pool_wait_time_seconds_bucket", (("le", "+Inf"), ("pool", "pool-1")))] == 1
 
     pool.return_connection(conn)
     assert P.read_pools()["pool-1"] == {"idle": 2, "used": 0, "max": 4, "pending": 0}

@@ -321,7 +321,7 @@ def read_pools() -> dict[str, dict[str, int]]:
 
 class PoolCollector:
     """Prometheus collector: pool connection counts, maximum and pending requests at scrape
-    time (the timing histograms live in the recorder and are rendered with it)."""
+    time, and the wait/create time histograms the wrappers record into the installed recorder."""
 
     def describe(self) -> list[Any]:
         return []
@@ -347,7 +347,23 @@ class PoolCollector:
                 mx.add_metric([name], row["max"])
                 pending.add_metric([name], row["pending"])
             out = [count, mx, pending]
+        with contain("hook.pool.collect"):
+            out.extend(_timing_families())
         return iter(out)
+
+
+def _timing_families() -> list[Any]:
+    """``e6data_pool_wait_time_seconds`` / ``e6data_pool_create_time_seconds`` of every pool
+    the installed recorder has timed (none when not installed)."""
+    from ..sinks.prometheus import histogram_family
+
+    st = _state
+    if st is None:
+        return []
+    rec = st[0]
+    return [histogram_family(spec, {labels: list(h.snapshot()[:2])
+                                    for labels, h in rec.family(spec).items()})
+            for spec in (M.POOL_WAIT_TIME, M.POOL_CREATE_TIME)]
 
 
 def register_otel(meter: Any, enabled: Callable[[], bool] = lambda: True) -> list[Any]:
