@@ -16,6 +16,8 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional, TypeVar
 
+from . import _argtypes as A
+
 T = TypeVar("T")
 
 ENV_USERNAME = "E6DATA_USERNAME"
@@ -84,16 +86,6 @@ class ConnectionOptions:
         return redact(text, self.credentials)
 
 
-def _port(value: str) -> int:
-    try:
-        port = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a port number: {value!r}") from None
-    if not 0 < port < 65536:
-        raise argparse.ArgumentTypeError(f"port out of range 1-65535: {port}")
-    return port
-
-
 def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
     """Add ``--host``, ``--port``, ``--cluster-name``, TLS and credential-file options."""
     g = parser.add_argument_group(
@@ -101,7 +93,7 @@ def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
         f"Credentials are read from ${ENV_USERNAME} / ${ENV_PASSWORD} or from "
         "--credentials-file, never from the command line.")
     g.add_argument("--host", required=True, help="e6data cluster host name or IP")
-    g.add_argument("--port", type=_port, default=80, help="cluster port (default: 80)")
+    g.add_argument("--port", type=A.remote_port, default=80, help="cluster port (default: 80)")
     g.add_argument("--cluster-name", default=None, help="cluster name (sent as the cluster-name header)")
     g.add_argument("--secure", action="store_true", help="connect with TLS")
     g.add_argument("--ssl-cert", metavar="PATH", default=None,

@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, TextIO
 
+from . import _argtypes as A
 from ._connopts import (
     ConnectionOptions,
     DeadlineExceeded,
@@ -350,37 +351,17 @@ class Checker:
 
 
 # -- command line ------------------------------------------------------------------------------
-def _positive_float(value: str) -> float:
-    try:
-        v = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
-    if not (v > 0) or v == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number: {value!r}")
-    return v
-
-
-def _connections(value: str) -> int:
-    try:
-        v = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {value!r}") from None
-    if not 1 <= v <= MAX_CONNECTIONS:
-        raise argparse.ArgumentTypeError(f"must be within 1..{MAX_CONNECTIONS}: {v}")
-    return v
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``e6observe check``."""
     add_connection_arguments(parser)
     g = parser.add_argument_group("limits")
-    g.add_argument("--connections", type=_connections, default=DEFAULT_CONNECTIONS,
+    g.add_argument("--connections", type=A.integer(1, MAX_CONNECTIONS), default=DEFAULT_CONNECTIONS,
                    help=f"connections to open at once (default: {DEFAULT_CONNECTIONS})")
-    g.add_argument("--max-connect-seconds", type=_positive_float, default=DEFAULT_MAX_CONNECT_S,
+    g.add_argument("--max-connect-seconds", type=A.positive, default=DEFAULT_MAX_CONNECT_S,
                    help=f"slowest acceptable connection (default: {DEFAULT_MAX_CONNECT_S:g})")
-    g.add_argument("--max-query-seconds", type=_positive_float, default=DEFAULT_MAX_QUERY_S,
+    g.add_argument("--max-query-seconds", type=A.positive, default=DEFAULT_MAX_QUERY_S,
                    help=f"slowest acceptable {CHECK_QUERY} (default: {DEFAULT_MAX_QUERY_S:g})")
-    g.add_argument("--timeout", type=_positive_float, default=DEFAULT_TIMEOUT_S,
+    g.add_argument("--timeout", type=A.positive, default=DEFAULT_TIMEOUT_S,
                    help=f"deadline of each step in seconds (default: {DEFAULT_TIMEOUT_S:g})")
     parser.add_argument("--json", action="store_true",
                         help="print one JSON document instead of the step-by-step report")

@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
             mod = importlib.import_module(module)
         except ImportError:  # a command whose module is not built yet
             continue
-        adder = getattr(mod, "add_arguments_" + name, None) or getattr(mod, "add_arguments")
+        adder = getattr(mod, "add_arguments_" + name, None) or mod.add_arguments
         adder(p)
     return parser
 
@@ -45,7 +45,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.print_help()
         return 2
     mod = importlib.import_module(COMMANDS[args.command][0])
-    runner = getattr(mod, "run_" + args.command, None) or getattr(mod, "run")
+    runner = getattr(mod, "run_" + args.command, None) or mod.run
     try:
         return int(runner(args) or 0)
     except KeyboardInterrupt:

@@ -23,6 +23,7 @@ import time
 from collections import deque
 from typing import Any, Optional, TextIO
 
+from . import _argtypes as A
 from . import metrics as M
 
 DEMO_USER = "demo@e6observe.invalid"
@@ -39,73 +40,26 @@ TIMELINE_CAP = 1000
 
 
 # -- arguments --------------------------------------------------------------------------------
-def _non_negative(value: str) -> float:
-    try:
-        f = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
-    if not f >= 0 or f == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {value!r}")
-    return f
-
-
-def _positive(value: str) -> float:
-    f = _non_negative(value)
-    if f <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {value!r}")
-    return f
-
-
-def _threads(value: str) -> int:
-    try:
-        n = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {value!r}") from None
-    if not 1 <= n <= MAX_THREADS:
-        raise argparse.ArgumentTypeError(f"must be within 1..{MAX_THREADS}, got {n}")
-    return n
-
-
-def _port(value: str) -> int:
-    try:
-        n = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a port number: {value!r}") from None
-    if not 0 <= n <= 65535:
-        raise argparse.ArgumentTypeError(f"must be within 0..65535, got {n}")
-    return n
-
-
-def _count(value: str) -> int:
-    try:
-        n = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {value!r}") from None
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {n}")
-    return n
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The demo's flags."""
-    parser.add_argument("--duration", type=_non_negative, default=60.0, metavar="SECONDS",
+    parser.add_argument("--duration", type=A.non_negative, default=60.0, metavar="SECONDS",
                         help="how long to run (default 60; 0 = until Ctrl-C)")
-    parser.add_argument("--flip-every", type=_positive, default=10.0, metavar="SECONDS",
+    parser.add_argument("--flip-every", type=A.positive, default=10.0, metavar="SECONDS",
                         help="seconds between blue/green deployments (default 10)")
-    parser.add_argument("--threads", type=_threads, default=4, metavar="N",
+    parser.add_argument("--threads", type=A.integer(1, MAX_THREADS), default=4, metavar="N",
                         help=f"concurrent workload threads, 1..{MAX_THREADS} (default 4)")
-    parser.add_argument("--metrics-port", type=_port, default=DEFAULT_METRICS_PORT,
+    parser.add_argument("--metrics-port", type=A.port, default=DEFAULT_METRICS_PORT,
                         metavar="PORT",
                         help=f"port of /metrics on 127.0.0.1 (default {DEFAULT_METRICS_PORT}; "
                              "0 = any free port)")
-    parser.add_argument("--latency-ms", type=_non_negative, default=1.0, metavar="MS",
+    parser.add_argument("--latency-ms", type=A.non_negative, default=1.0, metavar="MS",
                         help="simulated latency of each RPC in milliseconds (default 1)")
-    parser.add_argument("--think-ms", type=_non_negative, default=10.0, metavar="MS",
+    parser.add_argument("--think-ms", type=A.non_negative, default=10.0, metavar="MS",
                         help="mean pause of each workload thread between queries in "
                              "milliseconds (default 10). Announced switches apply only when no "
                              "query is in flight; with no pause at all they rarely can, and "
                              "clients learn of the switch from 456 errors instead")
-    parser.add_argument("--abrupt-every", type=_count, default=3, metavar="N",
+    parser.add_argument("--abrupt-every", type=A.integer(0), default=3, metavar="N",
                         help="make the 2nd deployment and every Nth after it abrupt: no "
                              "announcement, clients learn from 456 errors (default 3; 0 = never)")
 

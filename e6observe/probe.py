@@ -32,6 +32,7 @@ import threading
 import time
 from typing import Any, Optional
 
+from . import _argtypes as A
 from . import metrics as M
 from ._connopts import (
     ConnectionOptions,
@@ -242,39 +243,20 @@ class ProbeCollector:
 
 
 # -- command line ---------------------------------------------------------------------------------
-def _seconds(value: str) -> float:
-    try:
-        v = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {value!r}") from None
-    if not 0.05 <= v <= 3600:
-        raise argparse.ArgumentTypeError(f"must be within 0.05..3600 seconds: {value!r}")
-    return v
-
-
-def _port(value: str) -> int:
-    try:
-        v = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a port number: {value!r}") from None
-    if not 0 <= v <= 65535:
-        raise argparse.ArgumentTypeError(f"port out of range 0-65535: {v}")
-    return v
-
-
+_SECONDS = A.number(0.05, 3600, what="a number of seconds")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``e6observe probe``."""
     add_connection_arguments(parser)
     g = parser.add_argument_group("probing")
-    g.add_argument("--interval", type=_seconds, default=DEFAULT_INTERVAL,
+    g.add_argument("--interval", type=_SECONDS, default=DEFAULT_INTERVAL,
                    help=f"seconds between probes (default: {DEFAULT_INTERVAL:g})")
-    g.add_argument("--timeout", type=_seconds, default=None,
+    g.add_argument("--timeout", type=_SECONDS, default=None,
                    help="deadline of one probe in seconds (default: the interval, at most 10)")
     m = parser.add_argument_group(
         "metrics endpoint",
         "Basic auth for the endpoint comes from $E6OBSERVE_BASIC_AUTH (user:password); other "
         "E6OBSERVE_* variables apply as for instrument().")
-    m.add_argument("--metrics-port", type=_port, default=DEFAULT_METRICS_PORT,
+    m.add_argument("--metrics-port", type=A.port, default=DEFAULT_METRICS_PORT,
                    help=f"port of /metrics, the status page, /status and /events "
                         f"(default: {DEFAULT_METRICS_PORT}; 0: any free port)")
     m.add_argument("--metrics-addr", default="127.0.0.1",

@@ -14,36 +14,10 @@ import sys
 import threading
 from typing import Any, List, Optional, Sequence, Tuple
 
+from .. import _argtypes as A
 from .server import Simulator
 
 PROG = "e6observe sim"
-
-
-def _port(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
-    if not 0 <= v <= 65535:
-        raise argparse.ArgumentTypeError(f"port out of range 0..65535: {v}")
-    return v
-
-
-def _non_negative(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not v >= 0 or v == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0: {text}")
-    return v
-
-
-def _positive(text: str) -> float:
-    v = _non_negative(text)
-    if v == 0:
-        raise argparse.ArgumentTypeError("must be > 0")
-    return v
 
 
 def _one_line_errors(parser: argparse.ArgumentParser) -> None:
@@ -75,16 +49,16 @@ def _one_line_errors(parser: argparse.ArgumentParser) -> None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``e6observe sim``."""
-    parser.add_argument("--port", type=_port, default=50051,
+    parser.add_argument("--port", type=A.port, default=50051,
                         help="TCP port (0 = any free port; default 50051)")
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
-    parser.add_argument("--flip-every", type=_positive, default=None, metavar="S",
+    parser.add_argument("--flip-every", type=A.positive, default=None, metavar="S",
                         help="announce and complete a blue/green switch every S seconds")
-    parser.add_argument("--announce-for", type=_non_negative, default=None, metavar="S",
+    parser.add_argument("--announce-for", type=A.non_negative, default=None, metavar="S",
                         help="how long each scheduled switch stays announced (default: half the period)")
-    parser.add_argument("--drain-wait", type=_non_negative, default=0.0, metavar="S",
+    parser.add_argument("--drain-wait", type=A.non_negative, default=0.0, metavar="S",
                         help="at each scheduled switch, wait up to S seconds for queries on the old colour")
-    parser.add_argument("--latency-ms", type=_non_negative, default=0.0, metavar="X",
+    parser.add_argument("--latency-ms", type=A.non_negative, default=0.0, metavar="X",
                         help="added latency per RPC in milliseconds")
     parser.add_argument("--batch-rows", type=int, default=256, metavar="N",
                         help="rows per result batch (default 256)")
