@@ -62,12 +62,14 @@ class MetricSpec:
         return (self.prom_name,)
 
 
-def _c(name: str, otel: Optional[str], unit: str, help: str, *labels: str) -> MetricSpec:
-    return MetricSpec(name, otel, "counter", unit, help, tuple(labels))
+def _c(name: str, otel: Optional[str], unit: str, help: str, *labels: str,
+       otel_labels: tuple[str, ...] = ()) -> MetricSpec:
+    return MetricSpec(name, otel, "counter", unit, help, tuple(labels), (), otel_labels)
 
 
-def _g(name: str, otel: Optional[str], unit: str, help: str, *labels: str) -> MetricSpec:
-    return MetricSpec(name, otel, "gauge", unit, help, tuple(labels))
+def _g(name: str, otel: Optional[str], unit: str, help: str, *labels: str,
+       otel_labels: tuple[str, ...] = ()) -> MetricSpec:
+    return MetricSpec(name, otel, "gauge", unit, help, tuple(labels), (), otel_labels)
 
 
 def _h(name: str, otel: Optional[str], unit: str, help: str, buckets: tuple[float, ...],
@@ -148,25 +150,34 @@ PROCESS_VMS = _g("process_virtual_memory_bytes", "process.memory.virtual", "By",
                  "Virtual memory size in bytes.")
 PROCESS_USS = _g("process_unique_memory_bytes", "process.memory.unique", "By",
                  "Unique set size in bytes (memory freed if the process exits).")
+# OpenTelemetry splits CPU time by ``cpu.mode`` (user, system); Prometheus shows the sum.
 PROCESS_CPU = _c("process_cpu_seconds", "process.cpu.time", "s",
-                 "User and system CPU time spent, in seconds.")
+                 "User and system CPU time spent, in seconds.", otel_labels=("cpu.mode",))
 PROCESS_FDS = _g("process_open_fds", "process.open_file_descriptor.count", "{fd}",
                  "Open file descriptors.")
 PROCESS_THREADS = _g("process_threads", "process.thread.count", "{thread}", "OS threads.")
+_GEN = ("cpython.gc.generation",)
 GC_COLLECTIONS = _c("python_gc_collections", "cpython.gc.collections", "{collection}",
-                    "Garbage collections, by generation.", "generation")
+                    "Garbage collections, by generation.", "generation", otel_labels=_GEN)
 GC_COLLECTED = _c("python_gc_objects_collected", "cpython.gc.collected_objects", "{object}",
-                  "Objects collected by the garbage collector, by generation.", "generation")
+                  "Objects collected by the garbage collector, by generation.", "generation",
+                  otel_labels=_GEN)
 GC_UNCOLLECTABLE = _c("python_gc_objects_uncollectable", "cpython.gc.uncollectable_objects",
-                      "{object}", "Uncollectable objects found, by generation.", "generation")
+                      "{object}", "Uncollectable objects found, by generation.", "generation",
+                      otel_labels=_GEN)
 
 # --- connection pools (db.client.connection.* conventions) ----------------------------------
+# The pool gauges carry the conventions' attribute names; the pool histograms (below) are
+# exported with the recorder's label name, ``pool``.
+_POOL = "db.client.connection.pool.name"
 POOL_CONNECTIONS = _g("e6data_pool_connections", "db.client.connection.count", "{connection}",
-                      "Pooled connections by state (idle/used).", "pool", "state")
+                      "Pooled connections by state (idle/used).", "pool", "state",
+                      otel_labels=(_POOL, "db.client.connection.state"))
 POOL_MAX = _g("e6data_pool_max_connections", "db.client.connection.max", "{connection}",
-              "Configured maximum connections of a pool.", "pool")
+              "Configured maximum connections of a pool.", "pool", otel_labels=(_POOL,))
 POOL_PENDING = _g("e6data_pool_pending_requests", "db.client.connection.pending_requests",
-                  "{request}", "Callers waiting for a pooled connection.", "pool")
+                  "{request}", "Callers waiting for a pooled connection.", "pool",
+                  otel_labels=(_POOL,))
 POOL_CREATE_TIME = _h("e6data_pool_create_time_seconds", "db.client.connection.create_time", "s",
                       "Time to create a pooled connection.", POOL_TIME_BUCKETS, "pool")
 POOL_WAIT_TIME = _h("e6data_pool_wait_time_seconds", "db.client.connection.wait_time", "s",
