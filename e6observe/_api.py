@@ -72,6 +72,7 @@ class _Instrumentation:
         self.tracer: Any = None
         self.hooks: list[Any] = []
         self.sinks: list[tuple[str, Any, str]] = []  # (component, object, stop method)
+        self.status: Any = None  # the status routes mounted on the metrics endpoint
         self._next_trace_check = 0.0
         self._trace_lock = threading.Lock()
 
@@ -151,6 +152,15 @@ class _Instrumentation:
                 # Even a sink whose start failed part-way is closed on uninstrument.
                 self.sinks.append((component, obj, stop))
         self._wire_watcher()
+        self._mount_status()
+
+    def _mount_status(self) -> None:
+        """The live status page, ``/status`` and ``/events`` beside ``/metrics`` (same address,
+        TLS and auth), when the endpoint runs."""
+        with contain("status"):
+            from . import status
+
+            self.status = status.mount_instrumentation(self)
 
     def _wire_watcher(self) -> None:
         """Export the watcher's own readings (watcher, runtime, pools) through both sinks."""
@@ -179,6 +189,10 @@ class _Instrumentation:
 
     # -- stop ---------------------------------------------------------------------------------
     def stop(self) -> None:
+        if self.status is not None:
+            with contain("status"):
+                self.status.unmount()  # ends open /events streams before the server closes
+            self.status = None
         for component, obj, stop in reversed(self.sinks):
             with contain(component):
                 getattr(obj, stop)()

@@ -46,10 +46,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     mod = importlib.import_module(COMMANDS[args.command][0])
     runner = getattr(mod, "run_" + args.command, None) or mod.run
+    from .config import ConfigError
+
     try:
         return int(runner(args) or 0)
     except KeyboardInterrupt:
         return 130
+    except ConfigError as exc:  # a bad E6OBSERVE_* variable: one line, like a bad flag
+        print(f"e6observe {args.command}: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -109,8 +109,15 @@ class E6dataInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             _defer_to_process_start(options)
             return
         from . import _api
+        from .config import ConfigError
 
-        _api.instrument(**options)
+        try:
+            _api.instrument(**options)
+        except ConfigError as exc:
+            # Under opentelemetry-instrument an exception here would stop OpenTelemetry from
+            # loading the instrumentors after this one; the application runs uninstrumented by
+            # e6observe and says why, once.
+            logger.error("e6observe: not instrumenting: %s", exc)
 
     def _uninstrument(self, **kwargs: Any) -> None:
         from . import _api

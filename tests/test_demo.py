@@ -184,3 +184,14 @@ def test_bad_flags_are_refused_by_the_parser(flag: str, value: str,
         cli.main(["demo", flag, value])
     assert ei.value.code == 2
     assert flag in capsys.readouterr().err
+
+
+def test_a_bad_environment_option_is_one_line_exit_2(monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("E6OBSERVE_WATCHER_INTERVAL", "-1")
+    rc = cli.main(["demo", "--duration", "1", "--metrics-port", "0"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert err.strip().splitlines() == [
+        "e6observe demo: error: E6OBSERVE_WATCHER_INTERVAL must be > 0 and <= 86400 seconds, "
+        "got -1.0"]

@@ -137,3 +137,22 @@ def test_decode_workers_and_multiprocessing_helpers_stay_inert() -> None:
     # Only the application's own spawned child instruments itself (and, the parent holding the
     # port, says so once). Two decode workers and the resource tracker would add three more.
     assert proc.stderr.count("cannot serve /metrics") == 1, proc.stderr
+
+
+@pytest.mark.matrix
+def test_a_bad_option_leaves_the_app_running_and_says_why(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """opentelemetry-instrument would stop loading the instrumentors after one that raises."""
+    import e6observe
+    from e6observe.instrumentor import E6dataInstrumentor
+
+    inst = E6dataInstrumentor()
+    try:
+        with caplog.at_level("ERROR", logger="e6observe"):
+            inst.instrument(watcher_interval=-1)
+        assert not e6observe.is_instrumented()
+        errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+        assert errors == ["e6observe: not instrumenting: watcher_interval must be > 0 and "
+                          "<= 86400 seconds, got -1.0"]
+    finally:
+        inst.uninstrument()

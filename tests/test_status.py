@@ -393,13 +393,17 @@ def test_mount_twice_on_one_server_is_one_mount(rec: Recorder) -> None:
 
 
 def test_routes_on_an_instrumented_application(sim: Any, connect: Any) -> None:
-    """instrument() + mount_instrumentation: an application's own switch on its status page."""
+    """instrument(prometheus_port=...) serves the status routes beside /metrics by itself: an
+    application's own switch on its status page."""
     from e6observe import _api
 
     _api.instrument(prometheus_port=0)
     try:
-        mounted = status.mount_instrumentation(_api._active)
+        mounted = _api._active.status
         assert mounted is not None
+        assert status.mount_instrumentation(_api._active) is mounted  # mounting again: a no-op
+        with get(mounted.server.url + "/") as page:
+            assert page.status == 200 and "text/html" in page.headers["Content-Type"]
         conn = connect()
 
         def select_one() -> None:
@@ -415,8 +419,10 @@ def test_routes_on_an_instrumented_application(sim: Any, connect: Any) -> None:
         assert doc["active"] == "green" and doc["switch_count"] == 1
         assert doc["watcher"]["running"] is True and doc["memory"]["rss_bytes"] > 0
         assert any(x["kind"] == "query" and x["count"] >= 1 for x in doc["latency"])
+        server = mounted.server
     finally:
         _api.uninstrument()
+    assert mounted.paths == [] and not server.running  # unmounted, endpoint closed
 
 
 def test_no_endpoint_no_routes() -> None:
