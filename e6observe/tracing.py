@@ -35,8 +35,12 @@ OPERATIONS = frozenset({
     "EXPLAIN", "CREATE", "DROP", "ALTER", "TRUNCATE", "USE", "SET", "CALL", "REFRESH", "ANALYZE"})
 
 _COMMENTS = re.compile(r"--[^\n]*|/\*.*?(?:\*/|$)", re.S)
-_LITERALS = re.compile(
-    r"""'(?:[^'\\]|\\.|'')*'            # 'single-quoted', with \-escapes or doubled quotes
+#: Comments and literals in one left-to-right scan: a comment marker inside a string literal
+#: (``'--'``) is part of the literal, and a quote inside a comment opens nothing. Removing comments
+#: in a separate pass first would cut a literal in half and leave the next literal's value bare.
+_TOKENS = re.compile(
+    r"""(?P<comment>--[^\n]*|/\*.*?(?:\*/|$))
+      | '(?:[^'\\]|\\.|'')*'            # 'single-quoted', with \-escapes or doubled quotes
       | "(?:[^"\\]|\\.|"")*"            # "double-quoted" (a string literal in Hive dialects)
       | \$\$.*?\$\$                     # $$dollar-quoted$$
       | \b0[xX][0-9a-fA-F]+\b           # hex
@@ -47,14 +51,30 @@ _FIRST_WORD = re.compile(r"[\s(]*([A-Za-z]+)")
 _SPACES = re.compile(r"\s+")
 
 
+#: Stands in for a literal whose end depends on the dialect (see :func:`_token`).
+_AMBIGUOUS = "\x00"
+
+
+def _token(m: re.Match[str]) -> str:
+    if m.group("comment") is not None:
+        return " "
+    lit = m.group()
+    if lit[0] in "'\"" and "\\" + lit[0] in lit:
+        # ``\'`` ends the literal in standard SQL and escapes the quote in Hive dialects: under
+        # one of the two readings the rest of the query may be literal text. Cut here.
+        return _AMBIGUOUS
+    return "?"
+
+
 def sanitize_query(text: object) -> Optional[str]:
     """The query with comments removed and every literal replaced by ``?`` (None if unusable)."""
     if not isinstance(text, str):
         return None
-    s = _COMMENTS.sub(" ", text[: MAX_QUERY_TEXT * 8])
-    s = _LITERALS.sub("?", s)
-    # An unterminated quote would leave a literal's tail in place: cut at the first one left.
-    cut = min((i for i in (s.find("'"), s.find('"'), s.find("$$")) if i >= 0), default=-1)
+    s = _TOKENS.sub(_token, text[: MAX_QUERY_TEXT * 8].replace(_AMBIGUOUS, " "))
+    # An unterminated quote would leave a literal's tail in place: cut at the first one left
+    # (or at a literal whose end is ambiguous).
+    cut = min((i for i in (s.find("'"), s.find('"'), s.find("$$"), s.find(_AMBIGUOUS))
+               if i >= 0), default=-1)
     if cut >= 0:
         s = s[:cut] + "?"
     s = _SPACES.sub(" ", s).strip()

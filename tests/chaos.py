@@ -462,10 +462,11 @@ class Rig:
     /metrics on a free loopback port with the status routes (/status, /events) mounted;
     OpenTelemetry metrics (an in-memory reader), events as log records (in-memory exporter) and
     query spans (in-memory span exporter); a fast watcher. :meth:`outputs` reads them all as
-    text, for secret and containment checks.
+    text, for secret and containment checks. ``record_query_text=None`` leaves that option to
+    e6observe's default.
     """
 
-    def __init__(self, record_query_text: bool = False, watcher_interval: float = 0.05,
+    def __init__(self, record_query_text: Optional[bool] = None, watcher_interval: float = 0.05,
                  **extra: Any) -> None:
         self.record_query_text = record_query_text
         self.watcher_interval = watcher_interval
@@ -501,8 +502,9 @@ class Rig:
         opts: dict[str, Any] = dict(prometheus_port=0, meter_provider=self.meter_provider,
                                     logger_provider=self.logger_provider,
                                     tracer_provider=self.tracer_provider,
-                                    watcher_interval=self.watcher_interval,
-                                    record_query_text=self.record_query_text)
+                                    watcher_interval=self.watcher_interval)
+        if self.record_query_text is not None:
+            opts["record_query_text"] = self.record_query_text
         opts.update(self.extra)
         self.rec = e6observe.instrument(**opts)
         assert self.rec is not None

@@ -50,17 +50,21 @@ def is_mismatch(exc: Optional[BaseException]) -> bool:
 
 
 def retry_reason(exc: Optional[BaseException]) -> str:
-    """The recorder's retry reason for the error that made the connector replay an operation."""
+    """The recorder's retry reason for the error that made the connector replay an operation.
+
+    The branch the connector's ``re_auth`` takes: ``INTERNAL`` with "Access denied" first, then
+    "status: 456" in the details *whatever the code* (it clears its cache and logs in again).
+    """
     if exc is None:
         return "other"
     code, details = rpc_error_details(exc)
     if code is None:
         return "other"
     name = getattr(code, "name", None)
-    if name == "UNKNOWN" and MISMATCH_TEXT in details:
-        return "mismatch"
     if name == "INTERNAL" and ACCESS_DENIED_TEXT in details:
         return "access_denied"
+    if MISMATCH_TEXT in details:
+        return "mismatch"
     return "other"
 
 

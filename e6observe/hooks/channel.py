@@ -165,6 +165,11 @@ def wrap_stub(stub: Any, ctx: HookContext) -> bool:
             attrs[name] = _timed_call(mc, _Timer(ctx.recorder, norm_method(name)))
     attrs[MARK] = ctx.token
     _stubs.add(stub)
+    if not ctx.live:
+        # uninstall() ran while we were wrapping (it sets ``live`` before it unwraps what is in
+        # _stubs, and we added to _stubs before looking): it may have missed this stub.
+        unwrap_stub(stub)
+        return False
     return True
 
 

@@ -148,6 +148,10 @@ class Simulator:
         latency_ms: added to every RPC before it is served.
         users: None accepts any non-empty user name and password; a dict ``{user: password}``
             accepts only those.
+        access_tokens: OAuth bearer tokens accepted, ``{token: user}`` (the connector's
+            ``access_token=``). A request carrying ``authorization: Bearer <token>`` is served
+            under that user's session (created on first use, again after a restart) whatever its
+            ``sessionId``; an unknown token fails ``UNAUTHENTICATED``. None: every bearer fails.
         batch_rows: rows per result batch (the 1000-row sample table spans several batches).
         active: the colour that starts active.
         max_workers: server thread pool size (each in-flight RPC holds one thread).
@@ -155,7 +159,8 @@ class Simulator:
 
     def __init__(self, port: int = 0, host: str = "127.0.0.1", latency_ms: float = 0.0,
                  users: Optional[Dict[str, str]] = None, batch_rows: int = 256,
-                 active: str = "blue", max_workers: int = 64) -> None:
+                 active: str = "blue", max_workers: int = 64,
+                 access_tokens: Optional[Dict[str, str]] = None) -> None:
         if active not in COLOURS:
             raise ValueError(f"active must be one of {COLOURS}")
         if not (0 <= int(port) <= 65535):
@@ -164,6 +169,8 @@ class Simulator:
         self.port = int(port)
         self._requested_port = int(port)
         self._users = dict(users) if users is not None else None
+        self._tokens = dict(access_tokens) if access_tokens else {}
+        self._token_sessions: Dict[str, str] = {}  # token -> its session id
         self._results = ResultCache(batch_rows)
         self._max_workers = max_workers
         self._lock = threading.Lock()
@@ -521,6 +528,8 @@ class Simulator:
             if user is None and session_id is not None:
                 s = self._sessions.get(session_id)
                 user = s.user if s is not None else None
+            if user is None:
+                user = self._tokens.get(self._bearer(context) or "")
             _bump_bounded(self._c.mismatches_by_user, user or "unknown")
         raise _Abort(grpc.StatusCode.UNKNOWN, MISMATCH_DETAILS)
 
@@ -532,6 +541,35 @@ class Simulator:
             if value:
                 response.new_strategy = value
         return response
+
+    @staticmethod
+    def _bearer(context: grpc.ServicerContext) -> Optional[str]:
+        """The bearer token of a request ("" for a malformed ``authorization``), or None."""
+        for key, value in context.invocation_metadata():
+            if key == "authorization":
+                scheme, _, token = value.partition(" ") if isinstance(value, str) else ("", "", "")
+                return token if scheme.lower() == "bearer" else ""
+        return None
+
+    def _bearer_session(self, context: grpc.ServicerContext) -> Optional[str]:
+        """The session of the request's bearer token; None without an ``authorization``
+        header. Raises _Abort(UNAUTHENTICATED) for a token not in ``access_tokens``."""
+        token = self._bearer(context)
+        if token is None:
+            return None
+        with self._lock:
+            user = self._tokens.get(token)
+            if user is None:
+                raise _Abort(grpc.StatusCode.UNAUTHENTICATED, "invalid access token")
+            sid = self._token_sessions.get(token)
+            if sid is None or sid not in self._sessions:
+                sid = "s-" + secrets.token_hex(8)
+                self._sessions[sid] = _Session(user, time.time())
+                if len(self._sessions) > MAX_SESSIONS:
+                    self._sessions.popitem(last=False)
+                self._token_sessions[token] = sid
+                self._c.sessions += 1
+            return sid
 
     def _session(self, session_id: str) -> _Session:
         s = self._sessions.get(session_id)
@@ -628,6 +666,9 @@ def _serve(method: str) -> Callable[[_Handler], _Handler]:
             try:
                 strategy = sim._gate(method, context, user=getattr(request, "user", None) or None,
                                      session_id=getattr(request, "sessionId", None))
+                sid = sim._bearer_session(context)
+                if sid is not None and "sessionId" in request.DESCRIPTOR.fields_by_name:
+                    request.sessionId = sid  # OAuth: the token is the credential, not the field
                 return sim._stamp(fn(self, request, context, strategy))
             except _Abort as a:
                 context.abort(a.code, a.details)
@@ -647,7 +688,8 @@ class _Engine(pb_grpc.QueryEngineServiceServicer):  # type: ignore[misc]
 
     @_serve("authenticate")
     def authenticate(self, request: Any, context: Any, strategy: str) -> Any:
-        sid = self.sim._authenticate(request.user, request.password)
+        sid = self.sim._bearer_session(context) or self.sim._authenticate(request.user,
+                                                                         request.password)
         return pb.AuthenticateResponse(sessionId=sid, engineIP="127.0.0.1")
 
     @_serve("prepareStatement")
