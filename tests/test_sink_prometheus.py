@@ -223,6 +223,37 @@ def test_user_registry_is_used_and_double_registration_refused(rec: Recorder) ->
     assert scrape(mine) == {}  # close() unregistered the collector
 
 
+def test_a_registry_with_prometheus_clients_own_process_collectors_stays_valid(
+        rec: Recorder) -> None:
+    """registry=prometheus_client.REGISTRY is common; its default process/GC collectors export
+    the names e6observe's runtime collector uses. Every family must appear once."""
+    from prometheus_client import GC_COLLECTOR, PROCESS_COLLECTOR
+
+    from e6observe.runtime import RuntimeCollector
+
+    theirs = CollectorRegistry()
+    theirs.register(PROCESS_COLLECTOR)
+    theirs.register(GC_COLLECTOR)
+    sink = PrometheusSink(rec, opts(registry=theirs))
+    try:
+        sink.add_process_collector(RuntimeCollector())
+        text = generate_latest(theirs).decode()
+        types = [line.split()[2] for line in text.splitlines() if line.startswith("# TYPE ")]
+        assert len(types) == len(set(types)), sorted(t for t in types if types.count(t) > 1)
+        # Theirs kept; e6observe's runtime families they do not have (threads) still exported.
+        assert "process_resident_memory_bytes" in types and "python_gc_collections_total" in types
+        assert "process_threads" in types
+    finally:
+        sink.close()
+    # Own registry (the default): e6observe's runtime collector exports every family itself.
+    own = PrometheusSink(rec, opts())
+    try:
+        own.add_process_collector(RuntimeCollector())
+        assert "process_resident_memory_bytes" in generate_latest(own.registry).decode()
+    finally:
+        own.close()
+
+
 def test_other_collectors_share_the_registry(sink: PrometheusSink) -> None:
     from prometheus_client.core import GaugeMetricFamily
 

@@ -241,6 +241,27 @@ def _build_info(_v: View) -> Metric:
     return fam
 
 
+def _names_taken(registry: Any, collector: Any) -> frozenset[str]:
+    """Family names ``collector`` yields that another collector of ``registry`` already has."""
+    if registry is None:
+        return frozenset()
+    # Collected, not read from the registry's name index: collectors without describe() are
+    # indexed only when the registry auto-describes. Once, at instrument() time.
+    existing = {f.name for f in registry.collect()}
+    return frozenset(f.name for f in collector.collect() if f.name in existing)
+
+
+class _Without:
+    """A collector minus some families (see :meth:`PrometheusSink.add_process_collector`)."""
+
+    def __init__(self, inner: Any, names: frozenset[str]) -> None:
+        self.inner = inner
+        self.names = names
+
+    def collect(self) -> Iterable[Metric]:
+        return [f for f in self.inner.collect() if f.name not in self.names]
+
+
 def _per_process_families(v: View) -> Iterable[Metric]:
     for name, (typ, doc, samples) in sorted(v.families.items()):
         fam = Metric(name, doc, typ)
@@ -355,9 +376,17 @@ class PrometheusSink:
         """
         if self.writer is not None:
             self.writer.add_process_collector(collector)
-        else:
-            self.registry.register(collector)
-            self._registered.append(collector)
+            return
+        taken = _names_taken(self.registry, collector)
+        if taken:
+            # A shared registry (often prometheus_client.REGISTRY) that already exports
+            # process_* / python_gc_*: a second family of the same name makes the whole
+            # exposition invalid, so those readings are theirs and ours are left out.
+            _log.info("e6observe: the registry already exports %s; e6observe leaves its own "
+                      "out", ", ".join(sorted(taken)))
+            collector = _Without(collector, taken)
+        self.registry.register(collector)
+        self._registered.append(collector)
 
     def start(self) -> PrometheusSink:
         """Start the HTTP endpoint if ``prometheus_port`` is set.
