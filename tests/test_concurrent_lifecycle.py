@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterator
 import grpc
 import pytest
 from chaos import e6observe_threads, identity_changes, identity_snapshot, query, wait_until
+from conftest import HAS_AIO
 
 import e6observe
 from e6observe import _safe
@@ -177,3 +178,42 @@ def test_uninstrument_while_a_thread_is_wrapping_its_stub(
     rec = e6observe.instrument(otel=False)
     assert rec is not None and query(conn, "SELECT 3") == [[3]]
     assert sum(h.count for _, h in rec.family(M.RPC_DURATION).items()) >= 4
+
+
+@pytest.mark.aio
+@pytest.mark.skipif(not HAS_AIO, reason="the connector's async API needs Python 3.11+ and 3.x")
+def test_async_stub_wrapped_while_uninstrument_runs_is_left_unwrapped(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The async hook's stub wrapping has the same window: uninstrument() landing between the
+    wrap and its registration must not leave the stub wrapped."""
+    import asyncio
+
+    from e6data_python_connector.server import e6x_engine_pb2_grpc
+
+    from e6observe.hooks import aio
+
+    e6observe.instrument(otel=False)
+    ctx, interp = aio._ctx, aio._interp
+    assert ctx is not None and interp is not None
+    real = aio._timed_aio_call
+    calls: list[bool] = []
+
+    def uninstrument_meanwhile(mc: Any, timer: Any, it: Any) -> Any:
+        if not calls:
+            calls.append(e6observe.uninstrument())  # as if another thread ran it right now
+        return real(mc, timer, it)
+
+    monkeypatch.setattr(aio, "_timed_aio_call", uninstrument_meanwhile)
+
+    async def wrap() -> tuple[bool, list[str]]:
+        async with grpc.aio.insecure_channel("127.0.0.1:9") as ch:
+            stub = e6x_engine_pb2_grpc.QueryEngineServiceStub(ch)
+            wrapped = aio.wrap_stub(stub, ctx, interp)
+            left = [n for n, v in vars(stub).items()
+                    if getattr(v, "__wrapped__", None) is not None] + \
+                (["marked"] if hasattr(stub, aio.MARK) else [])
+            return wrapped, left
+
+    wrapped, left = asyncio.run(wrap())
+    assert calls == [True]
+    assert wrapped is False and left == []

@@ -207,6 +207,11 @@ def wrap_stub(stub: Any, ctx: HookContext, interp: _AioInterpreter) -> bool:
             attrs[name] = _timed_aio_call(mc, _Timer(ctx.recorder, norm_method(name)), interp)
     attrs[MARK] = ctx.token
     _stubs.add(stub)
+    if not ctx.live:
+        # uninstall() ran while we were wrapping (it clears ``live`` before it unwraps what is
+        # in _stubs, and we added to _stubs before looking): it may have missed this stub.
+        _unwrap_stub(stub)
+        return False
     return True
 
 
