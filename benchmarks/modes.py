@@ -128,12 +128,18 @@ class Mode:
     def install(self) -> None:
         """Install the mode's instrumentation. Must run before the first connection is made."""
         if self.name == "otel-grpc":
+            from opentelemetry import trace
             from opentelemetry.instrumentation.grpc import GrpcInstrumentorClient
             from opentelemetry.sdk.trace import TracerProvider
 
             tp = TracerProvider()
             self.span_processor = _counting_span_processor()
             tp.add_span_processor(self.span_processor)
+            # GrpcInstrumentorClient ignores instrument(tracer_provider=...): its channel
+            # wrapper reads ``tracer_provider`` from the kwargs of each grpc.*_channel() call,
+            # so the interceptor falls back to the global provider (a no-op one unless set) and
+            # records nothing. This worker is its own process: set the global provider.
+            trace.set_tracer_provider(tp)
             inst = GrpcInstrumentorClient()
             inst.instrument(tracer_provider=tp)
             self._teardown.append(inst.uninstrument)

@@ -548,7 +548,12 @@ def evaluate_targets(r: dict[str, Any]) -> list[dict[str, Any]]:
     if full is not None:
         add("e6o-full added median latency (%)", round(full, 2),
             f"<= {T['added_median_pct_max']}", full <= T["added_median_pct_max"])
-    if full is not None and otel:
+    spans = r.get("mode_counts", {}).get("otel-grpc", {}).get("mode", {}).get("spans_ended")
+    if full is not None and otel is not None and spans == 0:
+        # The reference recorded no span: it measured a no-op tracer, not OpenTelemetry.
+        add("e6o-full added / otel-grpc added", None,
+            f"< {T['fraction_of_otel_added_max']} (invalid: otel-grpc ended no spans)", None)
+    elif full is not None and otel:
         frac = full / otel if otel > 0 else None
         add("e6o-full added / otel-grpc added", None if frac is None else round(frac, 3),
             f"< {T['fraction_of_otel_added_max']}",
