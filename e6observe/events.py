@@ -85,7 +85,12 @@ class EventRing:
         return next(self._seq)
 
     def append(self, event: Event) -> None:
+        """Keep ``event``, evicting the oldest when full. An event built with ``seq=0`` gets the
+        next seq here, under the lock, so that seq order is the ring's order: a stream resuming
+        after the last id it saw cannot miss an event that was appended late."""
         with self._lock:
+            if not event.seq:
+                event.seq = next(self._seq)
             if len(self._events) == self.capacity:
                 self.evicted += 1
             self._events.append(event)

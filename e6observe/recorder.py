@@ -287,7 +287,7 @@ class Recorder:
         self._emit("retry", attempt=attempt, reason=reason, strategy=self.active or "none")
 
     def _emit(self, kind: str, **fields: object) -> Event:
-        ev = Event(self.ring.next_seq(), kind, **fields)  # type: ignore[arg-type]
+        ev = Event(0, kind, **fields)  # type: ignore[arg-type]  # seq: taken by ring.append
         self.families[M.EVENTS.prom_name].counter(kind).inc()
         self.ring.append(ev)
         if self._subscribers:
