@@ -9,7 +9,9 @@ CPU. One command, one run, one JSON result and one plot. See benchmarks/README.m
 How bias is kept out (details in BENCHMARKS.md): every mode lives in its own long-lived worker
 process, all connected to one simulator process; rounds alternate between the workers in a
 fresh random order each round, and while one worker runs, the others are stopped (SIGSTOP) so
-that their background threads (watcher, metric reader) cannot take CPU from it. Ratios are
+that their background threads (watcher, metric reader) cannot take CPU from it. With 2+ CPUs
+the simulator is pinned to one CPU and every worker to another (``--no-pin`` turns it off), so
+that no worker keeps a core placement of its own for the whole run. Ratios are
 computed per round (each mode against the bare round of the same round) and summarised by their
 median and spread; a second bare worker (``bare-ctl``) shows how far two identical processes
 differ, i.e. the resolution of the harness.
@@ -61,12 +63,15 @@ TARGETS = {
 class Proc:
     """A child speaking JSON lines: one request, one reply."""
 
-    def __init__(self, name: str, argv: list[str]) -> None:
+    def __init__(self, name: str, argv: list[str], cpus: Optional[set[int]] = None) -> None:
         self.name = name
         env = dict(os.environ)
         env.setdefault("PYTHONHASHSEED", "0")  # identical dict/set layouts in every worker
+        # --pin: the child (and every thread it starts) runs only on ``cpus``.
+        pre = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
         self.p = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                  stderr=None, text=True, bufsize=1, env=env, cwd=ROOT)
+                                  stderr=None, text=True, bufsize=1, env=env, cwd=ROOT,
+                                  preexec_fn=pre)
         self.stopped = False
         self.hello: Any = None
 
@@ -126,8 +131,24 @@ class Bench:
         print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
     # -- set-up -------------------------------------------------------------------------------
+    def pinning(self) -> tuple[Optional[set[int]], Optional[set[int]]]:
+        """(simulator CPUs, worker CPUs): the first allowed CPU for the simulator, the second for
+        every worker, so that no mode runs on a core placement of its own (unpinned, the
+        scheduler's sticky placement made two identical bare workers differ by up to 15 %, for a
+        whole run). ``--no-pin``, or fewer than 2 CPUs: (None, None)."""
+        allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+        if self.a.pin is False or (self.a.pin is None and len(allowed) < 2):
+            return None, None
+        if len(allowed) < 2:
+            raise SystemExit("--pin needs sched_setaffinity and at least 2 CPUs")
+        return {allowed[0]}, {allowed[1]}
+
     def start(self) -> None:
-        self.sim = Proc("sim", [self.py, os.path.join(HERE, "simproc.py"), str(self.a.sim_latency_ms)])
+        sim_cpus, worker_cpus = self.pinning()
+        self.result["pinning"] = None if sim_cpus is None else {
+            "simulator": sorted(sim_cpus), "workers": sorted(worker_cpus or ())}
+        self.sim = Proc("sim", [self.py, os.path.join(HERE, "simproc.py"), str(self.a.sim_latency_ms)],
+                        cpus=sim_cpus)
         self.port = int(self.sim.read()["port"])
         self.log(f"simulator on 127.0.0.1:{self.port}")
         why = e6observe_available()
@@ -138,7 +159,8 @@ class Bench:
         # Start all workers together (import + connect + warm-up in parallel), then stop each.
         for m in modes:
             self.workers[m] = Proc(m, [self.py, os.path.join(HERE, "worker.py"), "--mode", m,
-                                       "--port", str(self.port), "--warmup", str(self.a.warmup)])
+                                       "--port", str(self.port), "--warmup", str(self.a.warmup)],
+                                   cpus=worker_cpus)
         for w in self.workers.values():
             w.hello = w.read("start-up")
             w.pause()
@@ -726,6 +748,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     ap.add_argument("--watcher-seconds", type=float, help="seconds of watcher CPU sampling (5)")
     ap.add_argument("--sim-latency-ms", type=float, default=0.0)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--pin", action=argparse.BooleanOptionalAction, default=None,
+                    help="pin the simulator to the first CPU and every worker to the second "
+                         "(default: on with 2+ CPUs and sched_setaffinity)")
     ap.add_argument("--skip", default="", help="phases to skip: latency,throughput,render,"
                                                "switch,watcher,rss,series,hotpath")
     ap.add_argument("--out", default=os.path.join(HERE, "results", "latest.json"))
