@@ -44,7 +44,7 @@ from .._safe import record_internal_error
 from ..recorder import Recorder, norm_code, norm_method, norm_strategy
 from . import HookContext, Patches, is_mismatch
 from .channel import MARK, _strategy_from, _Timer
-from .cursor import ATTR, QueryState, finish
+from .cursor import ATTR, QueryState, end_failed, finish, mark_fetched
 
 _COMPONENT = "hook.aio"
 _COLOURS = ("blue", "green")
@@ -318,21 +318,14 @@ def _make_execute(orig: Callable[..., Any], ctx: HookContext) -> Callable[..., A
 
 
 def _make_next_batch(orig: Callable[..., Any], ctx: HookContext) -> Callable[..., Any]:
-    perf = time.perf_counter
-
     async def _next_batch(self: Any, *args: Any, **kwargs: Any) -> Any:
         try:
             rows = await orig(self, *args, **kwargs)
         except BaseException as exc:
-            if ctx.live:
-                q = self.__dict__.pop(ATTR, None)
-                if q is not None:
-                    finish(ctx, q, _outcome(exc), exc)
+            end_failed(ctx, self, exc, _outcome)
             raise
-        if rows is None and ctx.live:
-            q = self.__dict__.get(ATTR)
-            if q is not None and q.fetch_end is None:
-                q.fetch_end = perf()
+        if rows is None:
+            mark_fetched(ctx, self)
         return rows
 
     _next_batch.__wrapped__ = orig  # type: ignore[attr-defined]

@@ -151,22 +151,32 @@ def _make_execute(orig: Callable[..., Any], ctx: HookContext) -> Callable[..., A
     return execute
 
 
-def _make_fetch(orig: Callable[..., Any], ctx: HookContext) -> Callable[..., Any]:
-    perf = time.perf_counter
+def end_failed(ctx: HookContext, cursor: Any, exc: BaseException,
+               classify: Callable[[BaseException], str]) -> None:
+    """A fetch raised: the cursor's query, if still tracked, ends with ``classify(exc)``."""
+    if ctx.live:
+        q = cursor.__dict__.pop(ATTR, None)
+        if q is not None:
+            finish(ctx, q, classify(exc), exc)
 
+
+def mark_fetched(ctx: HookContext, cursor: Any) -> None:
+    """The fetch that returned no more rows: the query's fetch phase ends now."""
+    if ctx.live:
+        q = cursor.__dict__.get(ATTR)
+        if q is not None and q.fetch_end is None:
+            q.fetch_end = time.perf_counter()
+
+
+def _make_fetch(orig: Callable[..., Any], ctx: HookContext) -> Callable[..., Any]:
     def fetch(self: Any, *args: Any, **kwargs: Any) -> Any:
         try:
             rows = orig(self, *args, **kwargs)
         except BaseException as exc:
-            if ctx.live:
-                q = self.__dict__.pop(ATTR, None)
-                if q is not None:
-                    finish(ctx, q, outcome_of(exc), exc)
+            end_failed(ctx, self, exc, outcome_of)
             raise
-        if rows is None and ctx.live:
-            q = self.__dict__.get(ATTR)
-            if q is not None and q.fetch_end is None:
-                q.fetch_end = perf()
+        if rows is None:
+            mark_fetched(ctx, self)
         return rows
 
     fetch.__wrapped__ = orig  # type: ignore[attr-defined]
@@ -178,10 +188,7 @@ def _make_fetch_failure(orig: Callable[..., Any], ctx: HookContext) -> Callable[
         try:
             return orig(self, *args, **kwargs)
         except BaseException as exc:
-            if ctx.live:
-                q = self.__dict__.pop(ATTR, None)
-                if q is not None:
-                    finish(ctx, q, outcome_of(exc), exc)
+            end_failed(ctx, self, exc, outcome_of)
             raise
 
     fetch.__wrapped__ = orig  # type: ignore[attr-defined]
