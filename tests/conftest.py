@@ -10,7 +10,6 @@ import sys
 from typing import Any, Callable, Iterator
 
 import pytest
-
 from e6data_python_connector import e6data_grpc
 
 from e6observe.sim import Simulator
@@ -84,3 +83,19 @@ def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:
     for item in items:
         if "aio" in item.keywords and not HAS_AIO:
             item.add_marker(skip_aio)
+
+
+def openssl(*args: str, cwd: Any) -> None:
+    """Run the openssl CLI (test certificates). A run killed by a signal is tried again, up to
+    three times: one CI run saw ``openssl req`` die with SIGABRT once, which nothing in the
+    arguments explains. A failure keeps openssl's own stderr in the message."""
+    import subprocess
+
+    for attempt in range(3):
+        proc = subprocess.run(["openssl", *args], cwd=cwd, capture_output=True, text=True,
+                              timeout=30)
+        if proc.returncode == 0:
+            return
+        if proc.returncode > 0 or attempt == 2:  # an error openssl reported: no retry
+            raise AssertionError(f"openssl {' '.join(args[:2])} exited {proc.returncode}: "
+                                 f"{proc.stderr.strip()[-2000:]}")

@@ -9,13 +9,13 @@ import logging
 import shutil
 import socket
 import ssl
-import subprocess
 import threading
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pytest
 import requests
+from conftest import openssl
 from prometheus_client import CollectorRegistry, Counter
 
 from e6observe import _safe
@@ -48,7 +48,7 @@ def serve(registry: CollectorRegistry) -> Iterator[Callable[..., MetricsServer]]
 
 
 def _openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=30)
+    openssl(*args, cwd=cwd)
 
 
 @pytest.fixture(scope="module")

@@ -6,13 +6,13 @@ import io
 import json
 import shutil
 import socket
-import subprocess
 import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pytest
+from conftest import openssl
 from prometheus_client import CollectorRegistry
 
 from e6observe import cli, client, status
@@ -224,11 +224,9 @@ def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
     if shutil.which("openssl") is None:
         pytest.fail("the TLS test generates a certificate with the openssl CLI; install openssl")
     d: Path = tmp_path_factory.mktemp("tls")
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
-                    "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", "key.pem", "-out",
-                    "cert.pem", "-days", "2", "-subj", "/CN=127.0.0.1", "-addext",
-                    "subjectAltName=IP:127.0.0.1"], cwd=d, check=True, capture_output=True,
-                   timeout=30)
+    openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+            "-nodes", "-keyout", "key.pem", "-out", "cert.pem", "-days", "2", "-subj",
+            "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1", cwd=d)
     return str(d / "cert.pem"), str(d / "key.pem")
 
 
