@@ -178,11 +178,14 @@ class _Instrumentation:
                 from opentelemetry import metrics as otel_metrics
 
                 provider = self.options.meter_provider or otel_metrics.get_meter_provider()
+                no_op: tuple[type, ...] = (otel_metrics.NoOpMeterProvider,)
                 try:
                     from opentelemetry.metrics._internal import _ProxyMeterProvider
+
+                    no_op += (_ProxyMeterProvider,)
                 except ImportError:  # pragma: no cover - layout of other API versions
-                    _ProxyMeterProvider = otel_metrics.NoOpMeterProvider  # noqa: N806
-                if not isinstance(provider, (otel_metrics.NoOpMeterProvider, _ProxyMeterProvider)):
+                    pass
+                if not isinstance(provider, no_op):
                     from ._version import __version__
 
                     watcher.register_otel(provider.get_meter("e6observe", __version__))

@@ -106,7 +106,7 @@ def _parse_str(name: str, raw: object, env: bool) -> str:
     if isinstance(raw, str):
         return raw
     if isinstance(raw, os.PathLike):
-        return os.fspath(raw)  # type: ignore[return-value]
+        return str(os.fspath(raw))
     raise ConfigError(f"{_origin(name, env)} must be a string, got {type(raw).__name__}")
 
 

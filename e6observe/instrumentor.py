@@ -71,7 +71,7 @@ def _defer_to_process_start(options: dict[str, Any]) -> None:
 
     def _bootstrap(self: Any, *args: Any, **kwargs: Any) -> Any:
         if mp.BaseProcess.__dict__.get("_bootstrap") is _bootstrap:
-            mp.BaseProcess._bootstrap = original  # type: ignore[method-assign]
+            mp.BaseProcess._bootstrap = original  # type: ignore[attr-defined]
         try:
             from e6data_python_connector.result_decode_worker import WORKER_PREFIX
         except Exception:
@@ -87,7 +87,7 @@ def _defer_to_process_start(options: dict[str, Any]) -> None:
             record_internal_error("instrumentor", exc)
         return original(self, *args, **kwargs)
 
-    mp.BaseProcess._bootstrap = _bootstrap  # type: ignore[method-assign]
+    mp.BaseProcess._bootstrap = _bootstrap  # type: ignore[attr-defined]
 
 
 class E6dataInstrumentor(BaseInstrumentor):  # type: ignore[misc]

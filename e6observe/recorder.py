@@ -179,6 +179,9 @@ class Recorder:
             s.prom_name: Family(s) for s in M.ALL if s.kind in ("counter", "histogram")}
         self.ring = EventRing(event_capacity)
         self.created = time.time()
+        #: (address, port) of the cluster, from the first connection the hooks saw (OTel's
+        #: server.address / server.port).
+        self.server: Optional[tuple[str, int]] = None
         # Blue/green state as this process's connector sees it (cache A, or per-connection aio).
         self.active: Optional[str] = None
         self.pending: Optional[str] = None

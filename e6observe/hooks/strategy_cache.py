@@ -108,6 +108,7 @@ class ObservedCache(dict):  # type: ignore[type-arg]
     """The connector's strategy cache, reporting strategy writes to an interpreter."""
 
     __slots__ = ("_e6observe",)
+    _e6observe: Any
 
     def __setitem__(self, key: Any, value: Any) -> None:
         if key == _ACTIVE or key == _PENDING:
