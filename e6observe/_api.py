@@ -232,12 +232,16 @@ def _optional_class(module: str, cls_name: str, component: str) -> Optional[type
 
 def _port_taken(opts: Options, exc: OSError) -> None:
     """One clear message for a /metrics port that cannot be bound; counted; nothing raised."""
+    from .server import MetricsServerTLSError
+
     component = "sink.prometheus"
+    fix = ("Check tls_certfile / tls_keyfile / tls_client_cafile (E6OBSERVE_TLS_*)."
+           if isinstance(exc, MetricsServerTLSError) else
+           "Choose another prometheus_port / E6OBSERVE_PROMETHEUS_PORT.")
     logger.warning(
         "e6observe: cannot serve /metrics on %s:%s (%s); instrumentation continues without the "
-        "HTTP endpoint (metrics are still collected). Choose another prometheus_port / "
-        "E6OBSERVE_PROMETHEUS_PORT.", opts.prometheus_addr, opts.prometheus_port,
-        exc.strerror or type(exc).__name__)
+        "HTTP endpoint (metrics are still collected). %s", opts.prometheus_addr,
+        opts.prometheus_port, exc.strerror or type(exc).__name__, fix)
     try:  # counted like any contained failure, without a second (generic) log line
         with _safe._lock:
             _safe._logged.add((component, type(exc).__name__))

@@ -59,6 +59,10 @@ class MetricsServerError(OSError):
     """
 
 
+class MetricsServerTLSError(MetricsServerError):
+    """The endpoint's certificate, key or client CA could not be loaded (the port is fine)."""
+
+
 class _NullStream:
     """A write-only sink: wsgiref prints tracebacks to the handler's stderr; ours go nowhere."""
 
@@ -282,7 +286,7 @@ class MetricsServer:
         try:
             ctx.load_cert_chain(self.certfile, self.keyfile)
         except (OSError, ssl.SSLError) as exc:
-            raise MetricsServerError(
+            raise MetricsServerTLSError(
                 getattr(exc, "errno", None) or errno.EINVAL,
                 f"e6observe metrics endpoint: cannot load TLS certificate {self.certfile!r} / "
                 f"key {self.keyfile!r}: {type(exc).__name__}") from None
@@ -290,7 +294,7 @@ class MetricsServer:
             try:
                 ctx.load_verify_locations(cafile=self.client_cafile)
             except (OSError, ssl.SSLError) as exc:
-                raise MetricsServerError(
+                raise MetricsServerTLSError(
                     getattr(exc, "errno", None) or errno.EINVAL,
                     f"e6observe metrics endpoint: cannot load client CA {self.client_cafile!r}: "
                     f"{type(exc).__name__}") from None
@@ -387,4 +391,4 @@ class MetricsServer:
         self.close()
 
 
-__all__ = ["MetricsServer", "MetricsServerError", "MAX_CONNECTIONS"]
+__all__ = ["MetricsServer", "MetricsServerError", "MetricsServerTLSError", "MAX_CONNECTIONS"]

@@ -249,3 +249,21 @@ def test_instrument_before_the_connector_is_imported() -> None:
     assert out["mismatches"] == out["mismatches_sim"] == 2
     assert out["rpc_ok"] > 0
     assert out["queries"] == {"blue|ok": 1, "green|ok": 1}
+
+
+@pytest.mark.matrix
+def test_unloadable_tls_files_say_so_not_the_port(
+        tmp_path: Any, caplog: pytest.LogCaptureFixture) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.write_text("not a certificate\n")
+    key.write_text("not a key\n")
+    with caplog.at_level(logging.INFO, logger="e6observe"):
+        rec = e6observe.instrument(otel=False, prometheus_port=0, tls_certfile=str(cert),
+                                   tls_keyfile=str(key))
+    assert rec is not None and e6observe.is_instrumented()  # the app goes on, unserved
+    mine = [r.getMessage() for r in caplog.records
+            if r.name == "e6observe" and r.levelno >= logging.WARNING]
+    assert len(mine) == 1
+    assert "cannot load TLS certificate" in mine[0] and "tls_certfile" in mine[0]
+    assert "prometheus_port" not in mine[0]
+    assert _safe.internal_errors().get("sink.prometheus") == 1
