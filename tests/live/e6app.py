@@ -25,12 +25,12 @@ import json
 import random
 import sys
 import threading
-import time
 from typing import Any
 
-import e6observe
 from e6data_python_connector import e6data_grpc
 from e6data_python_connector.connection_pool import ConnectionPool
+
+import e6observe
 
 USER = "live@example.com"
 PASSWORD = "live-password"
