@@ -99,3 +99,14 @@ def openssl(*args: str, cwd: Any) -> None:
         if proc.returncode > 0 or attempt == 2:  # an error openssl reported: no retry
             raise AssertionError(f"openssl {' '.join(args[:2])} exited {proc.returncode}: "
                                  f"{proc.stderr.strip()[-2000:]}")
+
+
+def sink_options(**kw: Any) -> Any:
+    """The options a PrometheusSink reads, at their defaults, with ``kw`` on top."""
+    from types import SimpleNamespace
+
+    base = dict(prometheus_port=None, prometheus_addr="127.0.0.1", registry=None,
+                tls_certfile=None, tls_keyfile=None, tls_client_cafile=None, basic_auth=None,
+                multiprocess_dir=None)
+    base.update(kw)
+    return SimpleNamespace(**base)

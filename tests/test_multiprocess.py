@@ -9,11 +9,11 @@ import multiprocessing
 import os
 import signal
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any, Optional
 
 import pytest
 import requests
+from conftest import sink_options as opts
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.parser import text_string_to_metric_families
@@ -53,14 +53,6 @@ def total(samples: Samples, name: str, **match: str) -> float:
 
 def series(samples: Samples, name: str) -> list[dict[str, str]]:
     return [dict(lbl) for (n, lbl) in samples if n == name]
-
-
-def opts(**kw: Any) -> SimpleNamespace:
-    base = dict(prometheus_port=None, prometheus_addr="127.0.0.1", registry=None,
-                tls_certfile=None, tls_keyfile=None, tls_client_cafile=None, basic_auth=None,
-                multiprocess_dir=None)
-    base.update(kw)
-    return SimpleNamespace(**base)
 
 
 class Heartbeat:

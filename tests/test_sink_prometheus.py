@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import errno
 import socket
-from types import SimpleNamespace
 from typing import Any, Optional
 
 import pytest
 import requests
+from conftest import sink_options as opts
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 from prometheus_client.parser import text_string_to_metric_families
@@ -36,14 +36,6 @@ def scrape(registry: Any) -> Samples:
 
 def val(samples: Samples, name: str, **labels: str) -> Optional[float]:
     return samples.get((name, frozenset(labels.items())))
-
-
-def opts(**kw: Any) -> SimpleNamespace:
-    base = dict(prometheus_port=None, prometheus_addr="127.0.0.1", registry=None,
-                tls_certfile=None, tls_keyfile=None, tls_client_cafile=None, basic_auth=None,
-                multiprocess_dir=None)
-    base.update(kw)
-    return SimpleNamespace(**base)
 
 
 @pytest.fixture
