@@ -146,21 +146,15 @@ def reset_recorder(rec: Any) -> None:
     Children stay the same objects (hooks may hold pre-bound ones); only their values reset.
     """
     rec._state_lock = threading.Lock()
-    rec.in_flight = dict.fromkeys(rec.in_flight, 0)
+    rec.reset_in_flight()
     rec.created = time.time()
     for fam in list(rec.families.values()):
         fam._lock = threading.Lock()
         for _, child in fam.items():
-            child._lock = threading.Lock()
-            if hasattr(child, "counts"):  # histogram
-                child.counts = [0] * len(child.counts)
-                child.sum = 0.0
-                child.count = 0
-                child.exemplars = {}
-                child.otel_dropped = 0
-                if child.otel_buffer is not None:
-                    child.otel_buffer = []
+            if hasattr(child, "bounds"):  # histogram (not "counts": a property that locks)
+                child.reset()
             else:
+                child._lock = threading.Lock()
                 child.value = 0.0
     ring = rec.ring
     ring._lock = threading.Lock()

@@ -1,12 +1,14 @@
 """The recorder: one in-process store that every hook writes to and every sink reads from.
 
 Each observation is recorded once, on the hot path, into a pre-bound child (a histogram or a
-counter for one label set). Sinks never sit on the hot path: Prometheus renders the store at
-scrape time, OpenTelemetry reads it from observable callbacks and drains the per-child buffers
-of raw values (only while an OpenTelemetry sink is attached). Strategy events update the state
-and counters synchronously (so /metrics shows a switch the moment it is applied) and are handed
-to subscribers (log records, span events, the event stream) by a dispatcher thread, because the
-hook that reports them may be running under the connector's ``_strategy_lock``.
+counter for one label set); a histogram observation is one lock-free list append, folded into
+the bucket counts in batches. Sinks never sit on the hot path: Prometheus renders the store at
+scrape time, OpenTelemetry reads it from observable callbacks and takes each histogram's
+per-bucket delta since its last collection (only while an OpenTelemetry sink is attached).
+Strategy events update the state and counters synchronously (so /metrics shows a switch the
+moment it is applied) and are handed to subscribers (log records, span events, the event
+stream) by a dispatcher thread, because the hook that reports them may be running under the
+connector's ``_strategy_lock``.
 
 Label values are normalised here to bounded sets (see ``metrics.py``): whatever a server sends,
 the number of series stays fixed.
@@ -14,6 +16,7 @@ the number of series stays fixed.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from bisect import bisect_left
@@ -38,8 +41,9 @@ GRPC_CODES = frozenset({
     "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED"})
 RETRY_REASONS = frozenset({"mismatch", "access_denied", "resume", "other"})
 
-#: Cap on raw values buffered per histogram child for the OpenTelemetry drain.
-OTEL_BUFFER_CAP = 4096
+#: Raw values a histogram child takes on its ``pending`` list before the observing thread folds
+#: them into the bucket counts itself (readers fold whatever is pending first). Bounds the list.
+FOLD_AT = 256
 
 
 def norm_strategy(value: object) -> str:
@@ -75,52 +79,132 @@ def norm_code(value: object) -> str:
     return name if isinstance(name, str) and name in GRPC_CODES else "UNKNOWN"
 
 
-class Histogram:
-    """Cumulative-on-render bucket counts for one label set. ``observe`` is the hot path."""
+class OtelDelta:
+    """What a histogram child observed since the OpenTelemetry sink last took it: per-bucket
+    counts and sums, min, max. Fixed size whatever the rate or the export interval."""
 
-    __slots__ = ("labels", "bounds", "counts", "sum", "count", "exemplars", "otel_buffer",
-                 "_lock", "otel_dropped")
+    __slots__ = ("counts", "sums", "min", "max", "n")
+
+    def __init__(self, buckets: int) -> None:
+        self.counts = [0] * buckets
+        self.sums = [0.0] * buckets
+        self.min = math.inf
+        self.max = -math.inf
+        self.n = 0
+
+
+class Histogram:
+    """Bucket counts for one label set.
+
+    The hot path is ``pending.append(value)`` (one C call, atomic under the GIL, no lock), then
+    ``fold()`` once ``len(pending) >= FOLD_AT``; :meth:`observe` does exactly that. ``fold``
+    moves pending values into the counts under the child's lock; every reader (``snapshot``,
+    ``counts``, ``sum``, ``count``, ``take_otel``) folds first, so nothing observed is ever missed.
+    ``pending`` is never rebound (hooks may hold the child): it is emptied in place.
+    """
+
+    __slots__ = ("labels", "bounds", "pending", "_counts", "_sum", "_count", "exemplars", "otel",
+                 "_lock")
 
     def __init__(self, labels: tuple[str, ...], bounds: tuple[float, ...]) -> None:
         self.labels = labels
         self.bounds = bounds
-        self.counts = [0] * (len(bounds) + 1)  # last slot is +Inf
-        self.sum = 0.0
-        self.count = 0
+        self.pending: list[float] = []
+        self._counts = [0] * (len(bounds) + 1)  # last slot is +Inf
+        self._sum = 0.0
+        self._count = 0
         #: bucket index -> (trace_id hex, span_id hex, value, unix time); set only when traced.
         self.exemplars: dict[int, tuple[str, str, float, float]] = {}
-        self.otel_buffer: Optional[list[float]] = None
-        self.otel_dropped = 0
+        #: Set while an OpenTelemetry sink reads this recorder.
+        self.otel: Optional[OtelDelta] = None
         self._lock = threading.Lock()
 
     def observe(self, value: float, exemplar: Optional[tuple[str, str]] = None) -> None:
-        i = bisect_left(self.bounds, value)
-        with self._lock:
-            self.counts[i] += 1
-            self.sum += value
-            self.count += 1
-            buf = self.otel_buffer
-            if buf is not None:
-                if len(buf) < OTEL_BUFFER_CAP:
-                    buf.append(value)
-                else:
-                    self.otel_dropped += 1
+        p = self.pending
+        p.append(value)
+        if len(p) >= FOLD_AT:
+            self.fold()
         if exemplar is not None:
+            i = bisect_left(self.bounds, value)
             self.exemplars[i] = (exemplar[0], exemplar[1], value, time.time())
+
+    def fold(self) -> None:
+        """Move the pending values into the bucket counts (and the OpenTelemetry delta)."""
+        with self._lock:
+            self._fold_locked()
+
+    def _fold_locked(self) -> None:
+        p = self.pending
+        n = len(p)
+        if not n:
+            return
+        values = p[:n]
+        del p[:n]  # appends that raced in after the copy stay pending
+        bounds = self.bounds
+        index = [bisect_left(bounds, v) for v in values]
+        counts = self._counts
+        for i in index:
+            counts[i] += 1
+        total = sum(values)
+        self._sum += total
+        self._count += n
+        o = self.otel
+        if o is not None:
+            oc, os_ = o.counts, o.sums
+            for i, v in zip(index, values):
+                oc[i] += 1
+                os_[i] += v
+            o.n += n
+            lo, hi = min(values), max(values)
+            if lo < o.min:
+                o.min = lo
+            if hi > o.max:
+                o.max = hi
 
     def snapshot(self) -> tuple[list[int], float, int]:
         """(per-bucket counts, sum, count), consistent with each other."""
         with self._lock:
-            return list(self.counts), self.sum, self.count
+            self._fold_locked()
+            return list(self._counts), self._sum, self._count
 
-    def drain_otel(self) -> list[float]:
-        """Take the raw values buffered since the last drain (OpenTelemetry sink only)."""
+    @property
+    def counts(self) -> list[int]:
+        return self.snapshot()[0]
+
+    @property
+    def sum(self) -> float:
+        return self.snapshot()[1]
+
+    @property
+    def count(self) -> int:
+        return self.snapshot()[2]
+
+    def start_otel(self, on: bool) -> None:
+        """Start (from now on) or stop accumulating the OpenTelemetry delta."""
         with self._lock:
-            buf = self.otel_buffer
-            if not buf:
-                return []
-            self.otel_buffer = []
-            return buf
+            self._fold_locked()  # what came before belongs to no OpenTelemetry interval
+            self.otel = OtelDelta(len(self.bounds) + 1) if on else None
+
+    def take_otel(self) -> Optional[OtelDelta]:
+        """The OpenTelemetry delta since the last take (None if nothing new, or not started)."""
+        with self._lock:
+            self._fold_locked()
+            o = self.otel
+            if o is None or not o.n:
+                return None
+            self.otel = OtelDelta(len(o.counts))
+            return o
+
+    def reset(self) -> None:
+        """Zero everything (a forked child's fresh store)."""
+        self._lock = threading.Lock()
+        self.pending.clear()
+        self._counts = [0] * len(self._counts)
+        self._sum = 0.0
+        self._count = 0
+        self.exemplars = {}
+        if self.otel is not None:
+            self.otel = OtelDelta(len(self._counts))
 
 
 class Counter:
@@ -154,7 +238,7 @@ class Family:
                     if self.spec.kind == "histogram":
                         h = Histogram(labels, self.spec.buckets)
                         if self.otel_enabled:
-                            h.otel_buffer = []
+                            h.otel = OtelDelta(len(h.bounds) + 1)
                         c = h
                     else:
                         c = Counter(labels)
@@ -187,7 +271,9 @@ class Recorder:
         self.pending: Optional[str] = None
         self.pending_since: Optional[float] = None
         self.last_switch_time = 0.0
-        self.in_flight: dict[str, int] = dict.fromkeys(M.STRATEGY_LABELS, 0)
+        #: Queries in flight per strategy label: one token each, appended when a query starts
+        #: and popped when it ends (both single C calls, atomic under the GIL: no lock).
+        self.in_flight_tokens: dict[str, list[None]] = {s: [] for s in M.STRATEGY_LABELS}
         self._state_lock = threading.Lock()
         # Event fan-out to subscribers, off the caller's thread.
         self._subscribers: list[Callable[[Event], None]] = []
@@ -216,30 +302,47 @@ class Recorder:
     def family(self, spec: M.MetricSpec) -> Family:
         return self.families[spec.prom_name]
 
-    def enable_otel_buffers(self, enabled: bool = True) -> None:
-        """Start (or stop) keeping raw histogram values for the OpenTelemetry drain."""
+    def enable_otel(self, enabled: bool = True) -> None:
+        """Start (or stop) accumulating per-histogram deltas for the OpenTelemetry sink."""
         for fam in self.families.values():
             if fam.spec.kind != "histogram":
                 continue
             fam.otel_enabled = enabled
             for _, h in fam.items():
-                h.otel_buffer = [] if enabled else None  # type: ignore[attr-defined]
+                h.start_otel(enabled)  # type: ignore[attr-defined]
 
     # -- hot path ---------------------------------------------------------------------------
     def rpc_histogram(self, method: str, strategy: str, code: str) -> Histogram:
         """The pre-bound child for one (method, strategy, code); callers may cache it."""
         return self.families[M.RPC_DURATION.prom_name].histogram(method, strategy, code)
 
+    @property
+    def in_flight(self) -> dict[str, int]:
+        """Queries in flight per strategy label."""
+        return {s: len(t) for s, t in list(self.in_flight_tokens.items())}
+
     def query_started(self, strategy: str) -> None:
-        with self._state_lock:
-            self.in_flight[strategy] = self.in_flight.get(strategy, 0) + 1
+        tokens = self.in_flight_tokens.get(strategy)
+        if tokens is None:  # labels are normalised; this is only a guard
+            tokens = self.in_flight_tokens.setdefault(strategy, [])
+        tokens.append(None)
 
     def query_finished(self, strategy: str, outcome: str, seconds: float,
                        exemplar: Optional[tuple[str, str]] = None) -> None:
-        with self._state_lock:
-            self.in_flight[strategy] = max(0, self.in_flight.get(strategy, 0) - 1)
-        self.families[M.QUERY_DURATION.prom_name].histogram(strategy, outcome).observe(
-            seconds, exemplar)
+        try:
+            self.in_flight_tokens[strategy].pop()
+        except (KeyError, IndexError):  # ended without a start we saw (instrumented mid-query)
+            pass
+        self.query_histogram(strategy, outcome).observe(seconds, exemplar)
+
+    def query_histogram(self, strategy: str, outcome: str) -> Histogram:
+        """The pre-bound query-duration child for one (strategy, outcome); callers may cache it."""
+        return self.families[M.QUERY_DURATION.prom_name].histogram(strategy, outcome)
+
+    def reset_in_flight(self) -> None:
+        """No query in flight (a forked child's fresh store): emptied in place."""
+        for tokens in list(self.in_flight_tokens.values()):
+            tokens.clear()
 
     # -- strategy events ----------------------------------------------------------------------
     def detected(self, strategy: str) -> None:
@@ -368,7 +471,7 @@ class Recorder:
         with self._state_lock:
             return {"active": self.active, "pending": self.pending,
                     "pending_since": self.pending_since, "last_switch_time": self.last_switch_time,
-                    "in_flight": dict(self.in_flight)}
+                    "in_flight": self.in_flight}
 
     def switch_total(self) -> float:
         """All switches counted so far (any direction, any cause)."""

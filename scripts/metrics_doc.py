@@ -126,10 +126,8 @@ def labels() -> dict[str, Label]:
             "`sink.otel.metrics`, `watcher`, `hook.install.cursor`, `server`, `runtime.collect`. "
             "A fixed set of names in the code (no value comes from outside). Each failure is "
             "counted here and logged once per component and exception type."),
-        "sink": _with_meanings(("dispatch", "otel_buffer", "otlp"), {
+        "sink": _with_meanings(("dispatch", "otlp"), {
             "dispatch": "the recorder's queue to event subscribers was full (10000 events)",
-            "otel_buffer": "a histogram's buffer of raw values for OpenTelemetry was full (4096 "
-                           "values per series between two collections)",
             "otlp": "the OpenTelemetry log batch processor's queue was full and dropped a record",
         }, "sink"),
         "generation": Label("The garbage collector generation, as `gc.get_stats()` numbers them.",

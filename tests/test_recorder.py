@@ -100,20 +100,40 @@ def test_concurrent_observations_are_not_lost() -> None:
     assert h.snapshot()[2] == 160_000
 
 
-def test_otel_buffers_are_bounded_and_count_drops() -> None:
-    rec = Recorder()
-    rec.enable_otel_buffers(True)
-    h = rec.rpc_histogram("status", "blue", "OK")
-    from e6observe.recorder import OTEL_BUFFER_CAP
+def test_pending_values_are_folded_in_batches_and_by_every_reader() -> None:
+    from e6observe.recorder import FOLD_AT
 
-    for _ in range(OTEL_BUFFER_CAP + 10):
+    rec = Recorder()
+    h = rec.rpc_histogram("status", "blue", "OK")
+    for _ in range(FOLD_AT - 1):
         h.observe(0.001)
-    assert len(h.drain_otel()) == OTEL_BUFFER_CAP
-    assert h.otel_dropped == 10
-    assert h.drain_otel() == []
-    rec.enable_otel_buffers(False)
+    assert len(h.pending) == FOLD_AT - 1  # the hot path only appended
+    assert h.count == FOLD_AT - 1 and h.pending == []  # a reader folds first
+    for _ in range(FOLD_AT * 3 + 7):
+        h.observe(0.001)
+    assert len(h.pending) < FOLD_AT  # the observing thread folded on its own: bounded
+    assert h.snapshot()[2] == FOLD_AT * 4 + 6
+
+
+def test_the_otel_delta_is_exact_and_fixed_size_however_many_values() -> None:
+    rec = Recorder()
+    h = rec.rpc_histogram("status", "blue", "OK")
+    h.observe(h.bounds[-1] * 2)  # before the sink started: no OpenTelemetry interval holds it
+    rec.enable_otel(True)
+    values = [0.0001 * (i % 50 + 1) for i in range(20_000)]
+    for v in values:
+        h.observe(v)
+    d = h.take_otel()
+    assert d is not None and d.n == 20_000 and sum(d.counts) == 20_000
+    assert len(d.counts) == len(d.sums) == len(h.bounds) + 1
+    assert (d.min, d.max) == (min(values), max(values))
+    assert sum(d.sums) == pytest.approx(sum(values))
+    counts, total, n = h.snapshot()
+    assert n == 20_001 and counts[-1] == 1  # Prometheus saw everything, that one too
+    assert h.take_otel() is None  # taken: nothing new
+    rec.enable_otel(False)
     h.observe(0.001)
-    assert h.drain_otel() == []
+    assert h.take_otel() is None
 
 
 def test_ring_accounting_is_exact_when_it_overflows() -> None:

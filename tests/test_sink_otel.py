@@ -24,7 +24,7 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from e6observe import metrics as M
-from e6observe.recorder import OTEL_BUFFER_CAP, Recorder
+from e6observe.recorder import Recorder
 from e6observe.sinks.otel import OtelSink
 
 try:
@@ -142,14 +142,61 @@ def test_a_value_observed_just_before_a_collection_is_in_that_collection(rig: Ri
         assert p.count == i  # cumulative, and current
 
 
-def test_buffers_hold_only_values_since_the_last_collection(rig: Rig) -> None:
+def test_deltas_hold_only_values_since_the_last_collection(rig: Rig) -> None:
     h = rig.rec.rpc_histogram("clear", "green", "OK")
     for _ in range(100):
         h.observe(0.001)
     rig.metrics()
-    assert h.otel_buffer == []
+    assert h.take_otel() is None
     h.observe(0.001)
-    assert h.otel_buffer == [0.001]
+    d = h.take_otel()
+    assert d is not None and d.n == 1
+
+
+def test_series_are_added_to_the_sdk_in_one_step_not_replayed(rig: Rig) -> None:
+    h = rig.rec.rpc_histogram("getNextResultBatch", "blue", "OK")
+    values = [0.0002 * (i % 40 + 1) for i in range(10_000)]
+    for v in values:
+        h.observe(v)
+    (p,) = points(rig.metrics()["rpc.client.call.duration"]).values()
+    assert rig.sink.replayed_values == 0 and rig.sink.bulk_points == 1
+    counts, total, n = h.snapshot()
+    assert (p.count, list(p.bucket_counts)) == (10_000, counts)
+    assert p.sum == pytest.approx(sum(values))
+    assert (p.min, p.max) == (min(values), max(values))
+    for v in values[:10]:
+        h.observe(v)
+    (p,) = points(rig.metrics()["rpc.client.call.duration"]).values()
+    assert p.count == 10_010 and rig.sink.bulk_points == 2  # cumulative across collections
+
+
+def test_a_view_with_other_buckets_gets_a_replay_with_exact_count_sum_min_max() -> None:
+    from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
+
+    rec = Recorder()
+    reader = InMemoryMetricReader()
+    view = View(instrument_name="rpc.client.call.duration",
+                aggregation=ExplicitBucketHistogramAggregation([0.001, 0.01]))
+    mp = MeterProvider(metric_readers=[reader], views=[view])
+    sink = OtelSink(rec, SimpleNamespace(meter_provider=mp, logger_provider=LoggerProvider()))
+    sink.start()
+    try:
+        h = rec.rpc_histogram("clear", "blue", "OK")
+        values = [0.0003, 0.0004, 0.0031, 0.0032, 0.0033, 0.02, 0.5]
+        for v in values:
+            h.observe(v)
+        data = reader.get_metrics_data()
+        (p,) = [pt for rm in data.resource_metrics for sm in rm.scope_metrics for m in sm.metrics
+                if m.name == "rpc.client.call.duration" for pt in m.data.data_points]
+        assert sink.bulk_points == 0 and sink.replayed_values == len(values)
+        assert tuple(p.explicit_bounds) == (0.001, 0.01)  # the view's buckets, not ours
+        assert list(p.bucket_counts) == [2, 3, 2]
+        assert p.count == 7 and p.sum == pytest.approx(sum(values))
+        assert (p.min, p.max) == (0.0003, 0.5)
+    finally:
+        sink.close()
+        mp.shutdown()
+        rec.stop()
 
 
 def test_mirrored_counters_and_gauges_read_the_recorder(rig: Rig) -> None:
@@ -247,26 +294,13 @@ def test_the_hot_path_never_calls_opentelemetry(rig: Rig) -> None:
     assert len(rig.logs.get_finished_logs()) == 5  # the events did reach OpenTelemetry
 
 
-def test_a_full_buffer_drops_and_counts(rig: Rig) -> None:
-    h = rig.rec.rpc_histogram("getNextResultBatch", "blue", "OK")
-    for _ in range(OTEL_BUFFER_CAP + 25):
-        h.observe(0.001)
-    (p,) = points(rig.metrics()["rpc.client.call.duration"]).values()
-    assert p.count == OTEL_BUFFER_CAP
-    dropped = rig.rec.family(M.EVENTS_DROPPED).counter("otel_buffer")
-    assert dropped.value == 25
-    h.observe(0.001)
-    (p,) = points(rig.metrics()["rpc.client.call.duration"]).values()
-    assert p.count == OTEL_BUFFER_CAP + 1 and dropped.value == 25  # counted once
-
-
 def test_close_then_a_new_sink_reuses_the_instruments(rig: Rig, caplog: Any) -> None:
     rig.rec.rpc_histogram("clear", "blue", "OK").observe(0.001)
     rig.sink.close()  # drains what was observed before close
     rig.rec.rpc_histogram("clear", "blue", "OK").observe(0.001)  # after close: not exported
     got = rig.metrics()
     assert [p.count for p in got["rpc.client.call.duration"].data.data_points] == [1]
-    assert rig.rec.rpc_histogram("clear", "blue", "OK").otel_buffer is None
+    assert rig.rec.rpc_histogram("clear", "blue", "OK").otel is None
     rec2 = Recorder()
     with caplog.at_level(logging.WARNING):
         sink2 = OtelSink(rec2, SimpleNamespace(meter_provider=rig.mp, logger_provider=rig.lp))
@@ -286,7 +320,7 @@ def test_close_then_a_new_sink_reuses_the_instruments(rig: Rig, caplog: Any) -> 
         rec2.stop()
 
 
-def test_a_noop_provider_costs_no_buffers() -> None:
+def test_a_noop_provider_costs_no_deltas() -> None:
     rec = Recorder()
     sink = OtelSink(rec, SimpleNamespace(meter_provider=NoOpMeterProvider(),
                                          logger_provider=LoggerProvider()))
@@ -294,7 +328,7 @@ def test_a_noop_provider_costs_no_buffers() -> None:
     try:
         h = rec.rpc_histogram("clear", "blue", "OK")
         h.observe(0.001)
-        assert h.otel_buffer is None
+        assert h.otel is None
     finally:
         sink.close()
         rec.stop()

@@ -4,15 +4,22 @@ Nothing here runs on the application's hot path. Hooks write to the recorder onl
 reads it when a metric reader collects:
 
 - Latency histograms (``db.client.operation.duration``, ``rpc.client.call.duration``,
-  ``e6data.strategy.switch.drain_time``, ...) are SDK histograms fed from the raw values the
-  recorder buffers per child while ``Recorder.enable_otel_buffers(True)`` is on. The buffers are
-  drained from an observable callback: the SDK runs every observable callback of a meter
-  provider before it collects the synchronous instruments (``SynchronousMeasurementConsumer.
-  collect`` in SDK 1.45), so a value observed before a collection is in that collection. Each
-  observation is therefore recorded once on the hot path and read by both Prometheus (bucket
-  counts) and OpenTelemetry (raw values). A buffer that fills between two collections (4096
-  values per series) drops further values and counts them in
-  ``e6observe_events_dropped_total{sink="otel_buffer"}``.
+  ``e6data.strategy.switch.drain_time``, ...) are SDK histograms fed from the recorder: while
+  ``Recorder.enable_otel(True)`` is on, each histogram child also keeps a fixed-size delta (per
+  bucket count and sum, min, max) of what it observed since the last collection. An observable
+  callback takes those deltas: the SDK runs every observable callback of a meter provider before
+  it collects the synchronous instruments (``SynchronousMeasurementConsumer.collect`` in SDK
+  1.45), so a value observed before a collection is in that collection. Each observation is
+  therefore recorded once on the hot path and read by both Prometheus and OpenTelemetry.
+
+  A delta is added to the SDK's explicit-bucket aggregations in one step per series (no value is
+  replayed), when every view of every reader aggregates that series as an explicit-bucket
+  histogram with e6observe's boundaries (the default: they are the instrument's advisory
+  boundaries) - :func:`_aggregations` checks this through SDK internals and says no to anything
+  it does not recognise. Otherwise (a view with other buckets, an exponential histogram, an SDK
+  whose internals differ) the delta is replayed through the public ``Histogram.record``: count,
+  sum, min and max exact, and every other value recorded at its bucket's mean, so it lands in
+  the same e6observe bucket. Nothing is dropped however long the export interval.
 - Everything else mirrors the Prometheus set with observable instruments that read the
   recorder's counters and state: ``e6data.strategy.switches``, ``.active``, ``.pending``, ...
 - Strategy events become log records named ``e6data.strategy.<kind>``, emitted on the
@@ -23,7 +30,7 @@ reads it when a metric reader collects:
   one look stale, so the count may exceed the true drops by at most one per exported batch).
 
 An unreachable or slow OTLP endpoint therefore costs the application nothing: the metric
-exporter blocks its own reader thread (the buffers stay bounded meanwhile), the log exporter its
+exporter blocks its own reader thread (the deltas are fixed-size meanwhile), the log exporter its
 batch thread (its queue is bounded), and the recorder's dispatch queue is bounded too.
 
 OpenTelemetry instruments cannot be unregistered, and the SDK ignores a second registration of
@@ -34,8 +41,10 @@ and a later sink (after ``uninstrument(); instrument()``) binds to the same inst
 
 from __future__ import annotations
 
+import math
 import threading
 import weakref
+from bisect import bisect_left
 from collections import deque
 from typing import Any, Callable, Iterable, Iterator, Optional
 
@@ -159,11 +168,12 @@ class OtelSink:
         self._binding: Optional[_Binding] = None
         self._logger: Any = None
         self._log_provider_used: Any = None
-        self._buffers_on = False
+        self._deltas_on = False
         self._started = False
-        #: id(Histogram child) -> its otel_dropped already counted.
-        self._dropped_seen: dict[int, int] = {}
         self._drain_lock = threading.Lock()
+        #: Series added to the SDK in one step / values replayed through ``record`` (tests).
+        self.bulk_points = 0
+        self.replayed_values = 0
         self._rpc_names = _rpc_method_names()
         #: Events this sink has handled (emitted as log records, or failed and counted).
         self.events_handled = 0
@@ -184,10 +194,10 @@ class OtelSink:
                 with binding.lock:
                     binding.sink = self
                 self._binding = binding
-                # Behind the proxy no reader may ever collect; start buffering at the first
-                # collection instead, so an unconfigured SDK costs no memory.
+                # Behind the proxy no reader may ever collect; start the deltas at the first
+                # collection instead, so an unconfigured SDK costs nothing.
                 if not proxy:
-                    self._enable_buffers()
+                    self._enable_deltas()
         with contain("sink.otel.logs"):
             from opentelemetry import _logs
 
@@ -204,10 +214,10 @@ class OtelSink:
         with contain("sink.otel.logs"):
             self.recorder.unsubscribe(self._on_event)
         with contain("sink.otel.metrics"):
-            if self._buffers_on:
+            if self._deltas_on:
                 self._drain()  # what was observed before close still reaches the exporter
-                self.recorder.enable_otel_buffers(False)
-                self._buffers_on = False
+                self.recorder.enable_otel(False)
+                self._deltas_on = False
             b = self._binding
             if b is not None:
                 with b.lock:
@@ -215,10 +225,10 @@ class OtelSink:
                         b.sink = None
             self._binding = None
 
-    def _enable_buffers(self) -> None:
-        if not self._buffers_on:
-            self._buffers_on = True
-            self.recorder.enable_otel_buffers(True)
+    def _enable_deltas(self) -> None:
+        if not self._deltas_on:
+            self._deltas_on = True
+            self.recorder.enable_otel(True)
 
     # -- metrics: histograms ----------------------------------------------------------------
     def _server_attrs(self) -> dict[str, Any]:
@@ -251,41 +261,36 @@ class OtelSink:
         return dict(zip(spec.otel_labels or spec.labels, labels))
 
     def _drain(self) -> None:
-        """Move every buffered raw value into its SDK histogram (collection time only)."""
+        """Hand every histogram child's delta to its SDK histogram (collection time only)."""
         b = self._binding
         if b is None:
             return
         with self._drain_lock:
             server = self._server_attrs()
-            overflow = 0
             for prom_name, instrument in b.histograms.items():
                 fam = self.recorder.families.get(prom_name)
                 if fam is None:
                     continue
                 for labels, child in fam.items():
-                    dropped = child.otel_dropped
-                    seen = self._dropped_seen.get(id(child), 0)
-                    if dropped < seen:  # reset (in a forked child)
-                        seen = 0
-                    if dropped > seen:
-                        overflow += dropped - seen
-                        self._dropped_seen[id(child)] = dropped
-                    values = child.drain_otel()
-                    if not values:
+                    delta = child.take_otel()
+                    if delta is None:
                         continue
                     attrs = self._attributes(fam.spec, labels, server)
-                    record = instrument.record
-                    for v in values:
-                        record(v, attrs)
-            if overflow:
-                self.recorder.family(M.EVENTS_DROPPED).counter("otel_buffer").inc(overflow)
+                    targets = _aggregations(instrument, attrs, child.bounds)
+                    if targets is not None:
+                        for match_lock, agg in targets:
+                            _add_delta(match_lock, agg, delta)
+                        self.bulk_points += 1
+                    else:
+                        self.replayed_values += _replay(instrument.record, attrs, delta,
+                                                        child.bounds)
 
     # -- metrics: observable callbacks ------------------------------------------------------
     def _observe_active(self) -> Iterable[Any]:
         from opentelemetry.metrics import Observation
 
-        if not self._buffers_on:
-            self._enable_buffers()  # first collection behind a (formerly) proxy provider
+        if not self._deltas_on:
+            self._enable_deltas()  # first collection behind a (formerly) proxy provider
         else:
             self._drain()
         active = self.recorder.state()["active"]
@@ -339,6 +344,93 @@ class OtelSink:
                     self.recorder.family(M.EVENTS_DROPPED).counter("otlp").inc(full)
         finally:
             self.events_handled += 1  # only the dispatcher thread writes it
+
+
+# -- histogram deltas into the SDK --------------------------------------------------------------
+def _aggregations(instrument: Any, attrs: dict[str, Any],
+                  bounds: tuple[float, ...]) -> Optional[list[tuple[Any, Any]]]:
+    """``(view-match lock, aggregation)`` for every place the SDK aggregates ``attrs`` of
+    ``instrument``, if each is an explicit-bucket histogram with ``bounds``; else None.
+
+    Reads SDK internals (``opentelemetry.sdk.metrics._internal``, as in 1.3x-1.45): the reader
+    storages of the instrument's measurement consumer, their view matches, and the aggregation a
+    match keeps per attribute set, found or created exactly as ``consume_measurement`` does.
+    Anything unrecognised gives None, and the caller replays through the public API instead.
+    Called again at every collection (a reader may discard its aggregations when it collects).
+    """
+    try:
+        from opentelemetry.sdk.metrics._internal import _view_instrument_match as vim
+        from opentelemetry.sdk.metrics._internal.aggregation import (
+            _ExplicitBucketHistogramAggregation as Explicit,
+        )
+
+        hash_attributes = vim._hash_attributes
+        sdk_instrument = getattr(instrument, "_real_instrument", None) or instrument
+        storages = list(sdk_instrument._measurement_consumer._reader_storages.values())
+        out: list[tuple[Any, Any]] = []
+        for storage in storages:
+            for match in storage._get_or_init_view_instrument_match(sdk_instrument):
+                keys = match._view._attribute_keys
+                a = dict(attrs) if keys is None else {k: v for k, v in attrs.items() if k in keys}
+                lock = match._lock
+                with lock:
+                    agg = match._get_or_create_aggregation(hash_attributes(a), a)
+                if (type(agg) is not Explicit or tuple(agg._boundaries) != tuple(bounds)
+                        or not isinstance(getattr(agg, "_sum", None), (int, float))):
+                    return None
+                out.append((lock, agg))
+        return out
+    except Exception:
+        return None
+
+
+def _add_delta(match_lock: Any, agg: Any, delta: Any) -> None:
+    """Add one delta to one SDK explicit-bucket aggregation, under the locks the SDK uses.
+
+    The view match's lock is held too: with ``_reset_on_collect`` a collection discards the
+    aggregation, and the SDK itself aggregates under that lock then.
+    """
+    with match_lock, agg._lock:
+        value = agg._value
+        if value is None:
+            value = agg._value = agg._get_empty_bucket_counts()
+        for i, n in enumerate(delta.counts):
+            if n:
+                value[i] += n
+        agg._sum += math.fsum(delta.sums)
+        if agg._record_min_max:
+            agg._min = min(agg._min, delta.min)
+            agg._max = max(agg._max, delta.max)
+
+
+def _replay(record: Callable[..., Any], attrs: dict[str, Any], delta: Any,
+            bounds: tuple[float, ...]) -> int:
+    """Record a delta value by value: the true min and max, and each bucket's other values at
+    that bucket's mean (so count, sum, min, max and the e6observe buckets are exact). Returns
+    how many values were recorded."""
+    lo_i, hi_i = bisect_left(bounds, delta.min), bisect_left(bounds, delta.max)
+    recorded = 0
+    for i, n in enumerate(delta.counts):
+        if not n:
+            continue
+        picks = []
+        if i == lo_i:
+            picks.append(delta.min)
+        if i == hi_i and len(picks) < n:
+            picks.append(delta.max)
+        for v in picks:
+            record(v, attrs)
+        rest = n - len(picks)
+        if rest:
+            mean = (delta.sums[i] - sum(picks)) / rest
+            if i < len(bounds) and mean > bounds[i]:  # rounding: keep it in its bucket
+                mean = bounds[i]
+            if i > 0 and mean <= bounds[i - 1]:
+                mean = math.nextafter(bounds[i - 1], math.inf)
+            for _ in range(rest):
+                record(mean, attrs)
+        recorded += n
+    return recorded
 
 
 def event_attributes(ev: Event, rpc_names: Optional[dict[str, str]] = None) -> dict[str, Any]:
