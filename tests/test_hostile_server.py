@@ -321,22 +321,45 @@ def test_fuzzed_strategy_cache_writes(writes: list[tuple[str, Any]]) -> None:
 @pytest.mark.matrix
 @settings(max_examples=200, deadline=None)
 @given(code=_CODE, details=st.one_of(_TEXT, st.none(), st.binary(max_size=16)), header=_VALUE,
-       fail=st.booleans(), broken=st.booleans())
+       fail=st.booleans(), broken=st.booleans(), documented=st.booleans(),
+       odd_metadata=st.sampled_from([None, 7, [("strategy",)], "strategy", [1, 2]]))
 def test_fuzzed_rpc_results_through_the_channel_wrapper(code: Any, details: Any, header: Any,
-                                                         fail: bool, broken: bool) -> None:
+                                                         fail: bool, broken: bool,
+                                                         documented: bool,
+                                                         odd_metadata: Any) -> None:
+    """Both call paths of the channel hook: grpc's documented signature (passed on
+    positionally) and any other (passed on as given); odd metadata never breaks either."""
     _safe.reset_for_tests()
     rec = Recorder()
     exc = FakeRpcError(code, details, broken)
     response = object()
 
-    def mc(request: Any, *args: Any, **kwargs: Any) -> Any:
+    class Documented:
+        def __call__(self, request: Any, timeout: Any = None, metadata: Any = None,
+                     credentials: Any = None, wait_for_ready: Any = None,
+                     compression: Any = None) -> Any:
+            if fail:
+                raise exc
+            return response
+
+        with_call = __call__
+
+    def other(request: Any, *args: Any, **kwargs: Any) -> Any:
         if fail:
             raise exc
         return response
 
-    mc.with_call = mc  # type: ignore[attr-defined]
+    other.with_call = other  # type: ignore[attr-defined]
+    mc: Any = Documented() if documented else other
     timed = channel._timed_call(mc, channel._Timer(rec, "prepareStatement"))
+    assert timed.__code__.co_name == ("timed" if documented else "timed_any")
     md = [("plannerip", "127.0.0.1"), ("strategy", header)]
+    if odd_metadata is not None and not fail:
+        assert timed(object(), metadata=odd_metadata) is response
+        assert timed(object(), 1.0, odd_metadata) is response
+        assert _safe.internal_errors() == {}
+        rec = Recorder()
+        timed = channel._timed_call(mc, channel._Timer(rec, "prepareStatement"))
     if fail:
         with pytest.raises(FakeRpcError) as ei:
             timed(object(), metadata=md)

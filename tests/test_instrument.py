@@ -274,6 +274,20 @@ def test_instrument_connection_times_rpcs_before_the_next_execute(
 
 
 @pytest.mark.matrix
+def test_the_real_stubs_take_the_hooks_positional_fast_path(
+        sim: Simulator, connect: Callable[..., Any], instrument: Callable[..., Recorder]) -> None:
+    """grpc's multi-callables have the documented call signature, so the channel hook passes
+    arguments on without repacking them (a grpc release that changes it gets the generic path,
+    and this test says so)."""
+    instrument()
+    conn = connect()
+    conn.get_session_id  # noqa: B018 - the stub exists once authenticated
+    wrapped = {name: fn for name, fn in vars(conn._client).items() if hasattr(fn, "__wrapped__")}
+    assert "prepareStatement" in wrapped and "getNextResultBatch" in wrapped
+    assert {fn.__code__.co_name for fn in wrapped.values()} == {"timed"}
+
+
+@pytest.mark.matrix
 def test_instrument_connection_without_instrument_is_a_noop(connect: Callable[..., Any]) -> None:
     conn = connect()
     assert e6observe.instrument_connection(conn) is False
@@ -289,8 +303,8 @@ def test_failing_recorder_does_not_change_query_results(
     def boom(*a: Any, **k: Any) -> Any:
         raise RuntimeError("recorder broken")
 
-    for name in ("rpc_histogram", "query_started", "query_finished", "applied", "mismatch",
-                 "cache_cleared", "retry", "detected", "announced"):
+    for name in ("rpc_histogram", "query_started", "query_finished", "query_histogram", "applied",
+                 "mismatch", "cache_cleared", "retry", "detected", "announced"):
         monkeypatch.setattr(rec, name, boom)
     conn = connect()
     cur = conn.cursor()

@@ -32,7 +32,7 @@ import time
 from typing import Any, Callable, Optional
 
 from .._safe import record_internal_error
-from ..recorder import norm_strategy
+from ..recorder import FOLD_AT, norm_strategy
 from . import HookContext, Patches, is_mismatch, retry_reason
 from . import channel as _channel
 
@@ -56,22 +56,34 @@ class QueryState:
         self.query_id = query_id
 
 
+_STRATEGY_LABEL = {"blue": "blue", "green": "green", None: "none"}
+_COLOUR = {"blue": "blue", "green": "green"}
+
+
 def _cache() -> dict[str, Any]:
     from e6data_python_connector import e6data_grpc as g
 
     return g._local_strategy_cache  # type: ignore[no-any-return]
 
 
-def _pinned_strategy(query_id: Any) -> str:
-    """The strategy the connector pinned ``query_id`` to (else the active one), normalised."""
-    cache = _cache()
-    s = None
-    qmap = cache.get("query_strategy_map")
-    if query_id and isinstance(qmap, dict):
-        s = qmap.get(query_id)
-    if s is None:
-        s = cache.get("active_strategy")
-    return norm_strategy(s)
+def _pinned_strategy(query_id: Any, cache: Optional[dict[str, Any]] = None) -> str:
+    """The strategy the connector pinned ``query_id`` to (else the active one), normalised.
+
+    Reads the query map without the connector's lock: a single-key read. Never raises.
+    """
+    try:
+        if cache is None:
+            cache = _cache()
+        s = None
+        qmap = cache.get("query_strategy_map")
+        if query_id and type(qmap) is dict:
+            s = qmap.get(query_id)
+        if s is None:
+            s = cache.get("active_strategy")
+        label = _STRATEGY_LABEL.get(s)
+        return label if label is not None else norm_strategy(s)
+    except Exception:
+        return "invalid"
 
 
 def finish(ctx: HookContext, q: QueryState, outcome: str, exc: Optional[BaseException] = None,
@@ -98,27 +110,34 @@ def _operation(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
 
 
 def _make_execute(orig: Callable[..., Any], ctx: HookContext) -> Callable[..., Any]:
+    from e6data_python_connector import e6data_grpc as g
+
     perf = time.perf_counter
     rec = ctx.recorder
     tls = ctx.tls
+    token = ctx.token
+    tokens = rec.in_flight_tokens
+    mark = _channel.MARK
 
     def execute(self: Any, *args: Any, **kwargs: Any) -> Any:
         if not ctx.live:
             return orig(self, *args, **kwargs)
         span = None
         before = None
+        d = self.__dict__
         try:
-            d = self.__dict__
             prev = d.pop(ATTR, None)
             if prev is not None:  # the previous query was never cleared: it ends now
                 finish(ctx, prev, "ok", end=prev.fetch_end)
             conn = self.connection
             client = getattr(conn, "_client", None)
-            if client is not None and getattr(client, _channel.MARK, None) is not ctx.token:
+            if client is not None and getattr(client, mark, None) is not token:
                 _channel.wrap_connection(conn)
             tls.attempt = 0
             before = d.get("_query_id")
-            tracer = ctx.current_tracer()
+            tracer = ctx.tracer
+            if tracer is None and ctx.retrace is not None:
+                tracer = ctx.retrace()
             if tracer is not None:
                 span = tracer.start(_operation(args, kwargs), getattr(conn, "_host", None),
                                     getattr(conn, "_port", None))
@@ -129,7 +148,7 @@ def _make_execute(orig: Callable[..., Any], ctx: HookContext) -> Callable[..., A
             result = orig(self, *args, **kwargs)
         except BaseException as exc:
             try:
-                qid = self.__dict__.get("_query_id")
+                qid = d.get("_query_id")
                 admitted = qid is not None and qid != before
                 strategy = _pinned_strategy(qid if admitted else None)
                 outcome = "switch_interrupted" if admitted and is_mismatch(exc) else "error"
@@ -139,10 +158,15 @@ def _make_execute(orig: Callable[..., Any], ctx: HookContext) -> Callable[..., A
                 record_internal_error(_COMPONENT, e)
             raise
         try:
-            qid = self.__dict__.get("_query_id")
-            strategy = _pinned_strategy(qid)
-            rec.query_started(strategy)
-            self.__dict__[ATTR] = QueryState(t0, strategy, span, qid)
+            qid = d.get("_query_id")
+            # _pinned_strategy(qid), inlined for the usual case (a colour, pinned by id)
+            cache = g._local_strategy_cache
+            qmap = cache.get("query_strategy_map")
+            s = qmap.get(qid) if (qid and type(qmap) is dict) else None
+            colour = _COLOUR.get(s) if type(s) is str else None
+            strategy = colour if colour is not None else _pinned_strategy(qid, cache)
+            tokens[strategy].append(None)  # rec.query_started(strategy), inlined
+            d[ATTR] = QueryState(t0, strategy, span, qid)
         except Exception as exc:
             record_internal_error(_COMPONENT, exc)
         return result
@@ -169,14 +193,18 @@ def mark_fetched(ctx: HookContext, cursor: Any) -> None:
 
 
 def _make_fetch(orig: Callable[..., Any], ctx: HookContext) -> Callable[..., Any]:
+    perf = time.perf_counter
+
     def fetch(self: Any, *args: Any, **kwargs: Any) -> Any:
         try:
             rows = orig(self, *args, **kwargs)
         except BaseException as exc:
             end_failed(ctx, self, exc, outcome_of)
             raise
-        if rows is None:
-            mark_fetched(ctx, self)
+        if rows is None and ctx.live:  # mark_fetched(ctx, self), inlined (once per query)
+            q = self.__dict__.get(ATTR)
+            if q is not None and q.fetch_end is None:
+                q.fetch_end = perf()
         return rows
 
     fetch.__wrapped__ = orig  # type: ignore[attr-defined]
@@ -200,24 +228,50 @@ def _target(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
 
 
 def _make_clear(orig: Callable[..., Any], ctx: HookContext) -> Callable[..., Any]:
+    perf = time.perf_counter
+    rec = ctx.recorder
+    tokens = rec.in_flight_tokens
+    #: strategy label -> its query-duration child for outcome ``ok`` (the common end).
+    ok: dict[str, Any] = {}
+    fold_at = FOLD_AT
+
     def clear(self: Any, *args: Any, **kwargs: Any) -> Any:
         if not ctx.live:
             return orig(self, *args, **kwargs)
-        q = self.__dict__.get(ATTR)
-        if q is not None:
+        d = self.__dict__
+        q = d.get(ATTR)
+        if q is not None and (args or kwargs):
             target = _target(args, kwargs)
             if target and target != q.query_id:
                 q = None  # clearing some other query id: not this cursor's query
         try:
             response = orig(self, *args, **kwargs)
         except BaseException as exc:
-            if q is not None and self.__dict__.get(ATTR) is q:
-                del self.__dict__[ATTR]
+            if q is not None and d.get(ATTR) is q:
+                del d[ATTR]
                 finish(ctx, q, outcome_of(exc), exc)
             raise
-        if q is not None and self.__dict__.get(ATTR) is q:
-            del self.__dict__[ATTR]
-            finish(ctx, q, "ok")
+        if q is not None and d.get(ATTR) is q:
+            del d[ATTR]
+            if q.span is not None:
+                finish(ctx, q, "ok")
+            else:  # finish(ctx, q, "ok") for an untraced query, inlined (once per query)
+                try:
+                    seconds = perf() - q.t0
+                    strategy = q.strategy
+                    try:
+                        tokens[strategy].pop()
+                    except (KeyError, IndexError):  # started before a fork reset, or unseen
+                        pass
+                    h = ok.get(strategy)
+                    if h is None:
+                        h = ok[strategy] = rec.query_histogram(strategy, "ok")
+                    p = h.pending
+                    p.append(seconds)
+                    if len(p) >= fold_at:
+                        h.fold()
+                except Exception as e:
+                    record_internal_error(_COMPONENT, e)
         return response
 
     clear.__wrapped__ = orig  # type: ignore[attr-defined]
