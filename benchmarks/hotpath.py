@@ -13,8 +13,14 @@ the cost e6observe adds around one call, i.e. the wrapper's time minus the wrapp
   connector ``Cursor``);
 * ``cache_write``: one write through the strategy-cache hook's dict subclass, minus a plain dict
   write (the connector writes its cache twice per query);
-* ``observe`` / ``otel_record``: one recorder histogram observe, and one OpenTelemetry SDK
-  histogram ``record`` (what the OTel sink pays per buffered value, off the query thread).
+* ``rpc_wrapper_other_signature``: the same for a multi-callable whose call signature is not
+  grpc's documented one (the hook's generic path);
+* ``observe``: one recorder histogram observe (a list append; the fold into buckets every
+  ``FOLD_AT`` values included);
+* ``otel_record`` / ``otel_drain_per_series``: one OpenTelemetry SDK histogram ``record`` (what
+  replaying each value into the SDK would cost), against what the OTel sink pays per series at
+  each collection to hand the SDK that series' delta (``otel_bulk_points`` /
+  ``otel_replayed_values`` show which path it took).
 
 The per-query budget adds them up for one ``SELECT 1`` (6 RPCs, 1 execute, 2 fetch_batch calls,
 1 clear, 2 cache writes) and compares it with the bare query's main-thread CPU and latency.
@@ -56,15 +62,30 @@ def measure() -> dict[str, Any]:
     # -- one RPC through the channel hook ------------------------------------------------------
     metadata = [("plannerip", "127.0.0.1"), ("cluster-name", "bench"), ("strategy", "blue")]
 
-    def rpc(request: Any, timeout: Any = None, metadata: Any = None, **kw: Any) -> Any:
+    class Rpc:
+        """A multi-callable with grpc's documented call signature (the hook's fast path)."""
+
+        def __call__(self, request: Any, timeout: Any = None, metadata: Any = None,
+                     credentials: Any = None, wait_for_ready: Any = None,
+                     compression: Any = None) -> Any:
+            return request
+
+        with_call = __call__
+        future = __call__
+
+    def rpc_any(request: Any, *args: Any, **kw: Any) -> Any:  # some other call signature
         return request
 
-    rpc.with_call = rpc  # type: ignore[attr-defined]
-    rpc.future = rpc  # type: ignore[attr-defined]
-    timed = channel._timed_call(rpc, channel._Timer(rec, "prepareStatement"))
+    rpc_any.with_call = rpc_any  # type: ignore[attr-defined]
+    rpc_any.future = rpc_any  # type: ignore[attr-defined]
+    rpc = Rpc()
     req = object()
+    timed = channel._timed_call(rpc, channel._Timer(rec, "prepareStatement"))
     base = best_ns(lambda: rpc(req, metadata=metadata))
     out["rpc_wrapper"] = best_ns(lambda: timed(req, metadata=metadata)) - base
+    timed_any = channel._timed_call(rpc_any, channel._Timer(rec, "prepareStatement"))
+    base = best_ns(lambda: rpc_any(req, metadata=metadata))
+    out["rpc_wrapper_other_signature"] = best_ns(lambda: timed_any(req, metadata=metadata)) - base
 
     # -- recorder pieces -----------------------------------------------------------------------
     h = rec.rpc_histogram("prepareStatement", "blue", "OK")
@@ -107,9 +128,15 @@ def measure() -> dict[str, Any]:
     except Exception as exc:  # the hook's private factories changed: report, do not fail
         out["cursor_error"] = f"{type(exc).__name__}: {exc}"
 
-    # -- OpenTelemetry SDK record (the OTel sink's drain, per buffered value) ------------------
+    # -- OpenTelemetry: one SDK record (what replaying a value would cost) against handing
+    #    the SDK one series' delta at collection time (what the sink does) -------------------
+    from types import SimpleNamespace
+
+    from opentelemetry.sdk._logs import LoggerProvider
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    from e6observe.sinks.otel import OtelSink
 
     mp = MeterProvider(metric_readers=[InMemoryMetricReader()])
     hist = mp.get_meter("bench").create_histogram("rpc.client.call.duration", unit="s")
@@ -118,10 +145,31 @@ def measure() -> dict[str, Any]:
     out["otel_record"] = best_ns(lambda: hist.record(0.0003, attrs))
     mp.shutdown()
 
+    rec2 = Recorder()
+    mp = MeterProvider(metric_readers=[InMemoryMetricReader()])
+    sink = OtelSink(rec2, SimpleNamespace(meter_provider=mp, logger_provider=LoggerProvider()))
+    sink.start()
+    series = [rec2.rpc_histogram(m, "blue", "OK") for m in
+              ("prepareStatementV2", "executeStatementV2", "getResultMetadata",
+               "getNextResultBatch", "clear", "status")]
+    series.append(rec2.query_histogram("blue", "ok"))
+
+    def collection() -> None:
+        for h in series:
+            h.observe(0.0003)
+        sink._drain()
+
+    per_collection = best_ns(collection, n=max(1, N // 20)) - len(series) * out["observe"]
+    out["otel_drain_per_series"] = per_collection / len(series)
+    out["otel_bulk_points"] = sink.bulk_points
+    out["otel_replayed_values"] = sink.replayed_values
+    sink.close()
+    mp.shutdown()
+    rec2.stop()
+
     per_query = (6 * out["rpc_wrapper"] + out.get("cursor_execute_plus_clear", float("nan"))
                  + 2 * out.get("cursor_fetch", float("nan")) + 2 * out["cache_write"])
     out["per_query_hooks_ns"] = per_query
-    out["per_query_otel_drain_ns"] = 7 * out["otel_record"]  # 6 RPC values + 1 query value
     return out
 
 

@@ -110,12 +110,9 @@ class Limits:
 
 def connector_version() -> str:
     """The installed connector's version, or ``unknown``."""
-    try:
-        from importlib.metadata import version
+    from ._version import connector_version as read
 
-        return version("e6data-python-connector")
-    except Exception:
-        return "unknown"
+    return read() or "unknown"
 
 
 def _first_scalar(rows: Any) -> Any:

@@ -31,7 +31,6 @@ multiprocess_dir   ``$PROMETHEUS_MULTIPROC_DIR`` prometheus_client multi-process
 
 from __future__ import annotations
 
-import difflib
 import math
 import os
 from dataclasses import dataclass, field, fields
@@ -182,6 +181,8 @@ class Options:
         if unknown:
             hints = []
             for k in unknown:
+                import difflib  # only for this message
+
                 close = difflib.get_close_matches(k, list(_SPECS), n=1)
                 hints.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
             raise ConfigError("unknown e6observe option " + ", ".join(hints) + "; known options: "

@@ -70,16 +70,16 @@ def retry_reason(exc: Optional[BaseException]) -> str:
 
 def connector_version() -> tuple[int, ...]:
     """The installed connector's version as a tuple (``()`` if unknown)."""
-    try:
-        from importlib.metadata import version
+    from .._version import connector_version as read
 
-        parts = []
-        for p in version("e6data-python-connector").split(".")[:3]:
-            digits = "".join(ch for ch in p if ch.isdigit())
-            parts.append(int(digits or 0))
-        return tuple(parts)
-    except Exception:
+    text = read()
+    if not text:
         return ()
+    parts = []
+    for p in text.split(".")[:3]:
+        digits = "".join(ch for ch in p if ch.isdigit())
+        parts.append(int(digits or 0))
+    return tuple(parts)
 
 
 _MISSING = object()

@@ -223,15 +223,9 @@ def build_labels() -> tuple[str, str]:
     """(e6observe version, installed connector version), read once."""
     global _BUILD
     if _BUILD is None:
-        from .._version import __version__
+        from .._version import __version__, connector_version
 
-        try:
-            from importlib.metadata import version
-
-            conn = version("e6data-python-connector")
-        except Exception:
-            conn = "unknown"
-        _BUILD = (__version__, conn[:32])
+        _BUILD = (__version__, (connector_version() or "unknown")[:32])
     return _BUILD
 
 

@@ -21,7 +21,7 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
 from .. import metrics as M
-from .._version import __version__
+from .._version import __version__, connector_version
 from ..events import Event
 from . import events_pb2 as pb
 
@@ -69,15 +69,6 @@ def event_from_proto(msg: pb.StrategyEvent) -> Event:
         attempt=msg.attempt, reason=msg.reason, time_unix=msg.time_unix, pid=msg.pid)
 
 
-def _dist_version(name: str) -> str:
-    try:
-        from importlib.metadata import version
-
-        return version(name)
-    except Exception:
-        return ""
-
-
 def source_info(service_name: Optional[str] = None,
                 resource_attributes: Optional[Mapping[str, Any]] = None) -> pb.Source:
     """This process as a ``Source``: names from an OpenTelemetry resource's attributes when
@@ -91,7 +82,7 @@ def source_info(service_name: Optional[str] = None,
         service_instance_id=str(attrs.get("service.instance.id", "")),
         host_name=str(attrs.get("host.name") or socket.gethostname()),
         pid=os.getpid(), e6observe_version=__version__,
-        connector_version=_dist_version("e6data-python-connector"),
+        connector_version=connector_version(),
         python_version=platform.python_version())
 
 
