@@ -159,7 +159,9 @@ def test_series_are_added_to_the_sdk_in_one_step_not_replayed(rig: Rig) -> None:
     for v in values:
         h.observe(v)
     (p,) = points(rig.metrics()["rpc.client.call.duration"]).values()
-    assert rig.sink.replayed_values == 0 and rig.sink.bulk_points == 1
+    # One value went through Histogram.record so that the SDK created the series; the other
+    # 9 999 were added in one step.
+    assert (rig.sink.primed_values, rig.sink.bulk_points, rig.sink.replayed_values) == (1, 1, 0)
     counts, total, n = h.snapshot()
     assert (p.count, list(p.bucket_counts)) == (10_000, counts)
     assert p.sum == pytest.approx(sum(values))
@@ -168,6 +170,36 @@ def test_series_are_added_to_the_sdk_in_one_step_not_replayed(rig: Rig) -> None:
         h.observe(v)
     (p,) = points(rig.metrics()["rpc.client.call.duration"]).values()
     assert p.count == 10_010 and rig.sink.bulk_points == 2  # cumulative across collections
+    assert rig.sink.primed_values == 1  # the series exists now
+
+
+def test_delta_temporality_gets_each_interval_exactly_once() -> None:
+    """A delta reader discards its aggregations at each collection: every interval's values
+    land in that interval's point, none twice, none lost."""
+    from opentelemetry.sdk.metrics import Histogram as SdkHistogram
+    from opentelemetry.sdk.metrics.export import AggregationTemporality
+
+    rec = Recorder()
+    reader = InMemoryMetricReader(
+        preferred_temporality={SdkHistogram: AggregationTemporality.DELTA})
+    mp = MeterProvider(metric_readers=[reader])
+    sink = OtelSink(rec, SimpleNamespace(meter_provider=mp, logger_provider=LoggerProvider()))
+    sink.start()
+    try:
+        h = rec.rpc_histogram("clear", "blue", "OK")
+        for n in (500, 3, 1, 0, 1200):
+            for i in range(n):
+                h.observe(0.0001 * (i % 30 + 1))
+            data = reader.get_metrics_data()
+            pts = [pt for rm in (data.resource_metrics if data else ()) for sm in rm.scope_metrics
+                   for m in sm.metrics if m.name == "rpc.client.call.duration"
+                   for pt in m.data.data_points]
+            assert sum(p.count for p in pts) == n
+        assert sink.replayed_values == 0 and sink.bulk_points >= 2
+    finally:
+        sink.close()
+        mp.shutdown()
+        rec.stop()
 
 
 def test_a_view_with_other_buckets_gets_a_replay_with_exact_count_sum_min_max() -> None:
@@ -188,7 +220,8 @@ def test_a_view_with_other_buckets_gets_a_replay_with_exact_count_sum_min_max() 
         data = reader.get_metrics_data()
         (p,) = [pt for rm in data.resource_metrics for sm in rm.scope_metrics for m in sm.metrics
                 if m.name == "rpc.client.call.duration" for pt in m.data.data_points]
-        assert sink.bulk_points == 0 and sink.replayed_values == len(values)
+        assert sink.bulk_points == 0
+        assert sink.primed_values + sink.replayed_values == len(values)
         assert tuple(p.explicit_bounds) == (0.001, 0.01)  # the view's buckets, not ours
         assert list(p.bucket_counts) == [2, 3, 2]
         assert p.count == 7 and p.sum == pytest.approx(sum(values))

@@ -15,11 +15,12 @@ reads it when a metric reader collects:
   A delta is added to the SDK's explicit-bucket aggregations in one step per series (no value is
   replayed), when every view of every reader aggregates that series as an explicit-bucket
   histogram with e6observe's boundaries (the default: they are the instrument's advisory
-  boundaries) - :func:`_aggregations` checks this through SDK internals and says no to anything
-  it does not recognise. Otherwise (a view with other buckets, an exponential histogram, an SDK
-  whose internals differ) the delta is replayed through the public ``Histogram.record``: count,
-  sum, min and max exact, and every other value recorded at its bucket's mean, so it lands in
-  the same e6observe bucket. Nothing is dropped however long the export interval.
+  boundaries) - :func:`_view_matches` and :func:`_add_delta` check this through SDK internals
+  and say no to anything they do not recognise. A series the SDK has not seen yet gets its first
+  value through ``Histogram.record`` (the SDK creates its aggregations then). Otherwise (a view
+  with other buckets, an exponential histogram, an SDK whose internals differ) the delta is
+  replayed through the public ``Histogram.record``: count, sum, min and max exact, and every
+  other value recorded at its bucket's mean, so it lands in the same e6observe bucket. Nothing is dropped however long the export interval.
 - Everything else mirrors the Prometheus set with observable instruments that read the
   recorder's counters and state: ``e6data.strategy.switches``, ``.active``, ``.pending``, ...
 - Strategy events become log records named ``e6data.strategy.<kind>``, emitted on the
@@ -171,9 +172,11 @@ class OtelSink:
         self._deltas_on = False
         self._started = False
         self._drain_lock = threading.Lock()
-        #: Series added to the SDK in one step / values replayed through ``record`` (tests).
+        #: Deltas added to the SDK in one step / values replayed through ``record`` / first
+        #: values recorded to make the SDK create a series (tests, benchmarks).
         self.bulk_points = 0
         self.replayed_values = 0
+        self.primed_values = 0
         self._rpc_names = _rpc_method_names()
         #: Events this sink has handled (emitted as log records, or failed and counted).
         self.events_handled = 0
@@ -276,14 +279,28 @@ class OtelSink:
                     if delta is None:
                         continue
                     attrs = self._attributes(fam.spec, labels, server)
-                    targets = _aggregations(instrument, attrs, child.bounds)
-                    if targets is not None:
-                        for match_lock, agg in targets:
-                            _add_delta(match_lock, agg, delta)
-                        self.bulk_points += 1
-                    else:
-                        self.replayed_values += _replay(instrument.record, attrs, delta,
-                                                        child.bounds)
+                    self._hand_over(instrument, attrs, delta, child.bounds)
+
+    def _hand_over(self, instrument: Any, attrs: dict[str, Any], delta: Any,
+                   bounds: tuple[float, ...]) -> None:
+        """One series' delta into the SDK: in one step when the SDK's aggregations are ours to
+        add to, else value by value through ``Histogram.record``."""
+        matches = _view_matches(instrument, attrs)
+        primed = False
+        if matches is not None and _missing(matches):
+            # The SDK creates a series' aggregations on its first measurement: record one real
+            # value (the minimum) through the public API so they exist.
+            instrument.record(delta.min, attrs)
+            self.primed_values += 1
+            primed = True
+            _without_min(delta, bounds)
+            if not delta.n:
+                return
+        if matches is not None and _add_delta(matches, delta, bounds):
+            self.bulk_points += 1
+            return
+        self.replayed_values += _replay(instrument.record, attrs, delta, bounds,
+                                        with_min=not primed)
 
     # -- metrics: observable callbacks ------------------------------------------------------
     def _observe_active(self) -> Iterable[Any]:
@@ -347,24 +364,20 @@ class OtelSink:
 
 
 # -- histogram deltas into the SDK --------------------------------------------------------------
-def _aggregations(instrument: Any, attrs: dict[str, Any],
-                  bounds: tuple[float, ...]) -> Optional[list[tuple[Any, Any]]]:
-    """``(view-match lock, aggregation)`` for every place the SDK aggregates ``attrs`` of
-    ``instrument``, if each is an explicit-bucket histogram with ``bounds``; else None.
+def _view_matches(instrument: Any, attrs: dict[str, Any]) -> Optional[list[tuple[Any, Any]]]:
+    """``(view match, attribute key)`` for every place the SDK aggregates ``attrs`` of
+    ``instrument`` (one per view per reader), or None if the SDK's layout is not recognised.
 
-    Reads SDK internals (``opentelemetry.sdk.metrics._internal``, as in 1.3x-1.45): the reader
-    storages of the instrument's measurement consumer, their view matches, and the aggregation a
-    match keeps per attribute set, found or created exactly as ``consume_measurement`` does.
-    Anything unrecognised gives None, and the caller replays through the public API instead.
-    Called again at every collection (a reader may discard its aggregations when it collects).
+    Reads SDK internals (``opentelemetry.sdk.metrics._internal``; 1.41 and 1.45 are tested): the
+    reader storages of the instrument's measurement consumer, their view matches, and the key a
+    match files an attribute set under (``_hash_attributes`` where it exists, else the older
+    ``frozenset`` of the items). A wrong guess cannot corrupt anything: a key that is not there
+    is simply not found, and the caller replays through the public API instead.
     """
     try:
         from opentelemetry.sdk.metrics._internal import _view_instrument_match as vim
-        from opentelemetry.sdk.metrics._internal.aggregation import (
-            _ExplicitBucketHistogramAggregation as Explicit,
-        )
 
-        hash_attributes = vim._hash_attributes
+        key_of = getattr(vim, "_hash_attributes", None)
         sdk_instrument = getattr(instrument, "_real_instrument", None) or instrument
         storages = list(sdk_instrument._measurement_consumer._reader_storages.values())
         out: list[tuple[Any, Any]] = []
@@ -372,43 +385,82 @@ def _aggregations(instrument: Any, attrs: dict[str, Any],
             for match in storage._get_or_init_view_instrument_match(sdk_instrument):
                 keys = match._view._attribute_keys
                 a = dict(attrs) if keys is None else {k: v for k, v in attrs.items() if k in keys}
-                lock = match._lock
-                with lock:
-                    agg = match._get_or_create_aggregation(hash_attributes(a), a)
-                if (type(agg) is not Explicit or tuple(agg._boundaries) != tuple(bounds)
-                        or not isinstance(getattr(agg, "_sum", None), (int, float))):
-                    return None
-                out.append((lock, agg))
+                key = key_of(a) if key_of is not None else frozenset(a.items())
+                match._lock, match._attributes_aggregation  # noqa: B018 - present, or None
+                out.append((match, key))
         return out
     except Exception:
         return None
 
 
-def _add_delta(match_lock: Any, agg: Any, delta: Any) -> None:
-    """Add one delta to one SDK explicit-bucket aggregation, under the locks the SDK uses.
+def _missing(matches: list[tuple[Any, Any]]) -> bool:
+    """True if some match has no aggregation for its key yet."""
+    for match, key in matches:
+        with match._lock:
+            if match._attributes_aggregation.get(key) is None:
+                return True
+    return False
 
-    The view match's lock is held too: with ``_reset_on_collect`` a collection discards the
-    aggregation, and the SDK itself aggregates under that lock then.
+
+def _add_delta(matches: list[tuple[Any, Any]], delta: Any, bounds: tuple[float, ...]) -> bool:
+    """Add ``delta`` to the aggregation of every match in one step, if each is an explicit-bucket
+    histogram with ``bounds``; else change nothing and return False.
+
+    Every match's lock is held from the look-up to the addition: a collection that discards
+    its aggregations (delta temporality) takes that lock too, so nothing is added to an
+    aggregation that has already been collected. The SDK takes a match's lock before its
+    aggregation's, and never holds two match locks at once; this keeps the same order.
     """
-    with match_lock, agg._lock:
-        value = agg._value
-        if value is None:
-            value = agg._value = agg._get_empty_bucket_counts()
-        for i, n in enumerate(delta.counts):
-            if n:
-                value[i] += n
-        agg._sum += math.fsum(delta.sums)
-        if agg._record_min_max:
-            agg._min = min(agg._min, delta.min)
-            agg._max = max(agg._max, delta.max)
+    from opentelemetry.sdk.metrics._internal.aggregation import (
+        _ExplicitBucketHistogramAggregation as Explicit,
+    )
+
+    locks = [match._lock for match, _ in matches]
+    for lock in locks:
+        lock.acquire()
+    try:
+        aggs = [match._attributes_aggregation.get(key) for match, key in matches]
+        n = len(bounds) + 1
+        for agg in aggs:
+            if (type(agg) is not Explicit or tuple(agg._boundaries) != tuple(bounds)
+                    or not isinstance(getattr(agg, "_sum", None), (int, float))
+                    or (agg._value is not None and len(agg._value) != n)):
+                return False
+        total = math.fsum(delta.sums)
+        for agg in aggs:
+            with agg._lock:
+                value = agg._value
+                if value is None:
+                    value = agg._value = [0] * n
+                for i, c in enumerate(delta.counts):
+                    if c:
+                        value[i] += c
+                agg._sum += total
+                if getattr(agg, "_record_min_max", True):
+                    agg._min = min(agg._min, delta.min)
+                    agg._max = max(agg._max, delta.max)
+        return True
+    finally:
+        for lock in reversed(locks):
+            lock.release()
+
+
+def _without_min(delta: Any, bounds: tuple[float, ...]) -> None:
+    """Take one value, the minimum, out of ``delta`` (it was recorded on its own)."""
+    i = bisect_left(bounds, delta.min)
+    delta.counts[i] -= 1
+    delta.sums[i] -= delta.min
+    delta.n -= 1
 
 
 def _replay(record: Callable[..., Any], attrs: dict[str, Any], delta: Any,
-            bounds: tuple[float, ...]) -> int:
+            bounds: tuple[float, ...], with_min: bool = True) -> int:
     """Record a delta value by value: the true min and max, and each bucket's other values at
     that bucket's mean (so count, sum, min, max and the e6observe buckets are exact). Returns
-    how many values were recorded."""
-    lo_i, hi_i = bisect_left(bounds, delta.min), bisect_left(bounds, delta.max)
+    how many values were recorded. ``with_min=False``: the minimum was recorded already and
+    is no longer in the delta."""
+    lo_i = bisect_left(bounds, delta.min) if with_min else -1
+    hi_i = bisect_left(bounds, delta.max)
     recorded = 0
     for i, n in enumerate(delta.counts):
         if not n:
