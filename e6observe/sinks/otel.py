@@ -20,7 +20,8 @@ reads it when a metric reader collects:
   value through ``Histogram.record`` (the SDK creates its aggregations then). Otherwise (a view
   with other buckets, an exponential histogram, an SDK whose internals differ) the delta is
   replayed through the public ``Histogram.record``: count, sum, min and max exact, and every
-  other value recorded at its bucket's mean, so it lands in the same e6observe bucket. Nothing is dropped however long the export interval.
+  other value recorded at its bucket's mean, so it lands in the same e6observe bucket. Nothing
+  is dropped however long the export interval.
 - Everything else mirrors the Prometheus set with observable instruments that read the
   recorder's counters and state: ``e6data.strategy.switches``, ``.active``, ``.pending``, ...
 - Strategy events become log records named ``e6data.strategy.<kind>``, emitted on the
