@@ -40,6 +40,11 @@ class Worker:
         self.mode = Mode(mode)
         self.host, self.port = host, port
         self.proc = psutil.Process()
+        # The application has imported the connector before it would set anything else up, so
+        # every mode's RSS baselines include it (the connector reaches its channels through
+        # ``grpc.*_channel`` at call time, so OpenTelemetry's gRPC hook still applies).
+        import e6data_python_connector.e6data_grpc  # noqa: F401
+
         self.rss_start = self.proc.memory_info().rss
         self.mode.install()
         self.rss_installed = self.proc.memory_info().rss

@@ -251,6 +251,33 @@ def test_instrument_before_the_connector_is_imported() -> None:
     assert out["queries"] == {"blue|ok": 1, "green|ok": 1}
 
 
+def _run_app(name: str, *args: str) -> dict[str, Any]:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    proc = subprocess.run([sys.executable, str(ROOT / "tests" / "apps" / name), *args],
+                          capture_output=True, text=True, timeout=60, env=env, cwd=str(ROOT))
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+@pytest.mark.matrix
+def test_a_sync_application_never_loads_the_async_api() -> None:
+    out = _run_app("async_later.py")
+    assert out["async_after_instrument"] == [] and out["async_after_sync_query"] == []
+    assert out["queries"] == {"blue|ok": 1}
+    assert out["watches_left"] == []  # uninstrument() stopped waiting for the import
+
+
+@pytest.mark.skipif(not HAS_AIO, reason="the connector's async API needs Python 3.11+ and 3.0+")
+def test_importing_the_async_api_after_instrument_installs_its_hooks() -> None:
+    out = _run_app("async_later.py", "--use-async")
+    assert out["async_after_instrument"] == []
+    assert out["async_rows"] == [[2]]
+    assert out["aio_pool_patched"] is True
+    assert out["queries"] == {"blue|ok": 2}  # the sync query and the async one
+    assert out["watches_left"] == []
+
+
 @pytest.mark.matrix
 def test_unloadable_tls_files_say_so_not_the_port(
         tmp_path: Any, caplog: pytest.LogCaptureFixture) -> None:

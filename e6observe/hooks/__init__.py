@@ -11,6 +11,7 @@ Shared helpers for recognising the connector's two recovery errors live here.
 
 from __future__ import annotations
 
+import sys
 import threading
 from typing import Any, Optional
 
@@ -125,6 +126,86 @@ def _track_connection_fn() -> Any:
         return lambda conn: None
 
 
+class _ImportWatch:
+    """A ``sys.meta_path`` finder that runs a callback right after one module's code has run
+    (so a hook can wait for a module the application may never import, instead of importing
+    it). It finds nothing itself: it asks the rest of ``sys.meta_path`` for the spec and wraps
+    that spec's loader. Any failure of its own leaves the import to the normal machinery."""
+
+    def __init__(self, name: str, callback: Any) -> None:
+        self.name = name
+        self.callback = callback
+        self._busy = threading.local()
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
+        if fullname != self.name or getattr(self._busy, "on", False):
+            return None
+        try:
+            import importlib.util
+
+            self._busy.on = True
+            try:
+                spec = importlib.util.find_spec(fullname)
+            finally:
+                self._busy.on = False
+            loader = getattr(spec, "loader", None)
+            if spec is None or not hasattr(loader, "exec_module"):
+                return None
+            spec.loader = _AfterExec(loader, self)  # type: ignore[assignment]
+            return spec
+        except Exception:
+            return None
+
+    def cancel(self) -> None:
+        """Stop watching (idempotent)."""
+        try:
+            sys.meta_path.remove(self)
+        except ValueError:
+            pass
+
+    def fire(self) -> None:
+        self.cancel()
+        try:
+            self.callback()
+        except Exception as exc:
+            from .._safe import record_internal_error
+
+            record_internal_error("hook.deferred", exc)
+
+
+class _AfterExec:
+    """A loader that runs the watch's callback once the module's own code has run."""
+
+    def __init__(self, loader: Any, watch: _ImportWatch) -> None:
+        self._loader = loader
+        self._watch = watch
+
+    def create_module(self, spec: Any) -> Any:
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module: Any) -> None:
+        module.__loader__ = self._loader
+        if getattr(module, "__spec__", None) is not None:
+            module.__spec__.loader = self._loader
+        self._loader.exec_module(module)
+        self._watch.fire()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._loader, name)
+
+
+def when_imported(name: str, callback: Any) -> Optional[_ImportWatch]:
+    """Call ``callback()`` once module ``name`` has been imported: now if it already is (then
+    None is returned), else right after its import, in the importing thread (then the watch
+    is returned; ``cancel()`` it to stop waiting). The callback's failures are contained."""
+    if name in sys.modules:
+        callback()
+        return None
+    watch = _ImportWatch(name, callback)
+    sys.meta_path.insert(0, watch)
+    return watch
+
+
 class Patches:
     """Attribute replacements that can be undone exactly (original object put back)."""
 
@@ -155,5 +236,6 @@ class Patches:
         return len(self._items)
 
 
-__all__ = ["HookContext", "Patches", "MISMATCH_TEXT", "ACCESS_DENIED_TEXT", "is_mismatch", "retry_reason",
+__all__ = ["HookContext", "Patches", "when_imported", "MISMATCH_TEXT", "ACCESS_DENIED_TEXT",
+           "is_mismatch", "retry_reason",
            "rpc_error_details", "connector_version"]

@@ -113,56 +113,63 @@ def _timed_call(mc: Any, timer: _Timer) -> Callable[..., Any]:
     rpc_error = grpc.RpcError
     fold_at = FOLD_AT
 
-    def timed_any(request: Any, *args: Any, **kwargs: Any) -> Any:
-        # Any call shape (a multi-callable whose signature is not grpc's documented one).
-        s = _strategy_from(args, kwargs)
-        t0 = perf()
-        try:
-            response = mc(request, *args, **kwargs)
-        except rpc_error as exc:
-            timer.failed_exc(exc, perf() - t0, s)
-            raise
-        dt = perf() - t0
-        try:
-            h = ok[s]
-            p = h.pending
-            p.append(dt)
-            if len(p) >= fold_at:
-                h.fold()
-        except Exception:
-            timer.ok_slow(s, dt)
-        return response
-
-    def timed(request: Any, timeout: Any = None, metadata: Any = None, credentials: Any = None,
-              wait_for_ready: Any = None, compression: Any = None) -> Any:
-        # The hot path, ~6 times per query: grpc's documented signature, so no argument
-        # repacking, and no Python call but the clock, the wrapped call and one list append
-        # (``try`` costs nothing in 3.11+).
-        s = None
-        if metadata:
+    # Only the wrapper this multi-callable needs is built (one closure per stub method).
+    wrapper: Callable[..., Any]
+    if _documented_signature(mc):
+        def timed(request: Any, timeout: Any = None, metadata: Any = None, credentials: Any = None,
+                  wait_for_ready: Any = None, compression: Any = None) -> Any:
+            # The hot path, ~6 times per query: grpc's documented signature, so no argument
+            # repacking, and no Python call but the clock, the wrapped call and one list append
+            # (``try`` costs nothing in 3.11+).
+            s = None
+            if metadata:
+                try:
+                    for k, v in metadata:
+                        if k == "strategy":
+                            s = v
+                            break
+                except Exception:
+                    s = None
+            t0 = perf()
             try:
-                for k, v in metadata:
-                    if k == "strategy":
-                        s = v
-                        break
+                response = mc(request, timeout, metadata, credentials, wait_for_ready, compression)
+            except rpc_error as exc:
+                timer.failed_exc(exc, perf() - t0, s)
+                raise
+            dt = perf() - t0
+            try:
+                h = ok[s]
+                p = h.pending
+                p.append(dt)
+                if len(p) >= fold_at:
+                    h.fold()
             except Exception:
-                s = None
-        t0 = perf()
-        try:
-            response = mc(request, timeout, metadata, credentials, wait_for_ready, compression)
-        except rpc_error as exc:
-            timer.failed_exc(exc, perf() - t0, s)
-            raise
-        dt = perf() - t0
-        try:
-            h = ok[s]
-            p = h.pending
-            p.append(dt)
-            if len(p) >= fold_at:
-                h.fold()
-        except Exception:
-            timer.ok_slow(s, dt)
-        return response
+                timer.ok_slow(s, dt)
+            return response
+
+        wrapper = timed
+    else:
+        def timed_any(request: Any, *args: Any, **kwargs: Any) -> Any:
+            # Any call shape (a multi-callable whose signature is not grpc's documented one).
+            s = _strategy_from(args, kwargs)
+            t0 = perf()
+            try:
+                response = mc(request, *args, **kwargs)
+            except rpc_error as exc:
+                timer.failed_exc(exc, perf() - t0, s)
+                raise
+            dt = perf() - t0
+            try:
+                h = ok[s]
+                p = h.pending
+                p.append(dt)
+                if len(p) >= fold_at:
+                    h.fold()
+            except Exception:
+                timer.ok_slow(s, dt)
+            return response
+
+        wrapper = timed_any
 
     def timed_future(request: Any, *args: Any, **kwargs: Any) -> Any:
         s = _strategy_from(args, kwargs)
@@ -188,7 +195,6 @@ def _timed_call(mc: Any, timer: _Timer) -> Callable[..., Any]:
             record_internal_error(_COMPONENT, exc)
         return fut
 
-    wrapper = timed if _documented_signature(mc) else timed_any
     wrapper.future = timed_future  # type: ignore[attr-defined]
     wrapper.with_call = mc.with_call  # type: ignore[attr-defined]
     wrapper.__wrapped__ = mc  # type: ignore[attr-defined]

@@ -221,31 +221,54 @@ def install(recorder: Any, options: Any = None) -> None:
                 (sync_cls, "get_connection", _timed_get, "sync"),
                 (sync_cls, "_create_connection", _timed_create, None),
             ]
-        # Absent on 2.3.x, below Python 3.11, or without the connector's async extra.
-        aio_cls = _import_class("e6data_python_connector.async_connection_pool",
-                                "AsyncConnectionPool")
-        if aio_cls is not None:
-            patches += [
-                (aio_cls, "__init__", _registering_init, "aio"),
-                (aio_cls, "get_connection", _timed_get_async, None),
-            ]
         applied: list[tuple[type, str, Any, Any]] = []
-        for cls, attr, factory, kind in patches:
-            original = cls.__dict__.get(attr)
-            if original is None:
-                continue
-            wrapper = factory(original, kind) if kind is not None else factory(original)
-            setattr(cls, attr, wrapper)
-            applied.append((cls, attr, original, wrapper))
+        _apply(patches, applied)
         _state = (recorder, applied)
         with _pools_lock:
             for info in list(_pools.values()):
                 _bind(info)
+    # The async pool (absent on 2.3.x, below Python 3.11, or without the connector's async
+    # extra) is patched when the application imports it: importing it here would load the
+    # connector's whole async API into processes that never use it.
+    global _watch
+    from . import when_imported
+
+    _watch = when_imported(_AIO_POOL, _install_aio)
+
+
+_AIO_POOL = "e6data_python_connector.async_connection_pool"
+_watch: Any = None
+
+
+def _apply(patches: list[tuple[type, str, Any, Any]],
+           applied: list[tuple[type, str, Any, Any]]) -> None:
+    for cls, attr, factory, kind in patches:
+        original = cls.__dict__.get(attr)
+        if original is None:
+            continue
+        wrapper = factory(original, kind) if kind is not None else factory(original)
+        setattr(cls, attr, wrapper)
+        applied.append((cls, attr, original, wrapper))
+
+
+def _install_aio() -> None:
+    """Patch ``AsyncConnectionPool`` if the hook is (still) installed and it exists."""
+    with _state_lock:
+        if _state is None:
+            return
+        aio_cls = _import_class(_AIO_POOL, "AsyncConnectionPool")
+        if aio_cls is None or any(cls is aio_cls for cls, *_ in _state[1]):
+            return
+        _apply([(aio_cls, "__init__", _registering_init, "aio"),
+                (aio_cls, "get_connection", _timed_get_async, None)], _state[1])
 
 
 def uninstall() -> None:
     """Restore every patched attribute to the original object (idempotent)."""
-    global _state
+    global _state, _watch
+    if _watch is not None:
+        _watch.cancel()
+        _watch = None
     with _state_lock:
         st = _state
         if st is None:
