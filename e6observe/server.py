@@ -106,7 +106,7 @@ class _Server(ThreadingMixIn, WSGIServer):
         # (with unicodedata, ~0.4 MiB of RSS). SERVER_NAME is the bound address instead.
         TCPServer.server_bind(self)
         host, port = self.server_address[:2]
-        self.server_name = host
+        self.server_name = str(host)
         self.server_port = port
         self.setup_environ()
 
