@@ -93,7 +93,8 @@ class HookContext:
     that some other tool wrapped over cannot be removed, but it must stop reporting).
     """
 
-    __slots__ = ("recorder", "options", "tracer", "live", "token", "tls", "retrace", "track")
+    __slots__ = ("recorder", "options", "tracer", "live", "token", "tls", "retrace", "track",
+                 "timers")
 
     def __init__(self, recorder: Recorder, options: Any = None, tracer: Any = None) -> None:
         self.recorder = recorder
@@ -108,6 +109,8 @@ class HookContext:
         self.retrace: Optional[Any] = None
         #: ``watcher.track_connection`` (open-connections gauge), or a no-op without a watcher.
         self.track: Any = _track_connection_fn()
+        #: Per-method timing state shared by every stub of this installation (channel hook).
+        self.timers: dict[str, Any] = {}
 
     def current_tracer(self) -> Any:
         """The query tracer, looking (rate-limited) for a late global provider if none yet."""

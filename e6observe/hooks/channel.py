@@ -30,6 +30,8 @@ import time
 import weakref
 from typing import Any, Callable, Optional
 
+import grpc
+
 from .._safe import record_internal_error
 from ..recorder import FOLD_AT, Histogram, Recorder, norm_code, norm_method, norm_strategy
 from . import MISMATCH_TEXT, HookContext, Patches
@@ -43,6 +45,9 @@ _CACHE_LIMIT = 8
 
 _ctx: Optional[HookContext] = None
 _patches = Patches()
+_perf = time.perf_counter
+_fold_at = FOLD_AT
+_RpcError = grpc.RpcError
 _stubs: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
@@ -106,13 +111,9 @@ class _Timer:
 
 
 def _timed_call(mc: Any, timer: _Timer) -> Callable[..., Any]:
-    import grpc
-
-    perf = time.perf_counter
-    ok = timer.ok
-    rpc_error = grpc.RpcError
-    fold_at = FOLD_AT
-
+    # The closures below capture only ``mc`` and ``timer`` (two cells): a wrapper is built for
+    # every method of every connection's stub, so what each one holds is kept small. The clock,
+    # the error class and the fold threshold are module globals (as fast to load in 3.11+).
     # Only the wrapper this multi-callable needs is built (one closure per stub method).
     wrapper: Callable[..., Any]
     if _documented_signature(mc):
@@ -130,18 +131,18 @@ def _timed_call(mc: Any, timer: _Timer) -> Callable[..., Any]:
                             break
                 except Exception:
                     s = None
-            t0 = perf()
+            t0 = _perf()
             try:
                 response = mc(request, timeout, metadata, credentials, wait_for_ready, compression)
-            except rpc_error as exc:
-                timer.failed_exc(exc, perf() - t0, s)
+            except _RpcError as exc:
+                timer.failed_exc(exc, _perf() - t0, s)
                 raise
-            dt = perf() - t0
+            dt = _perf() - t0
             try:
-                h = ok[s]
+                h = timer.ok[s]
                 p = h.pending
                 p.append(dt)
-                if len(p) >= fold_at:
+                if len(p) >= _fold_at:
                     h.fold()
             except Exception:
                 timer.ok_slow(s, dt)
@@ -152,18 +153,18 @@ def _timed_call(mc: Any, timer: _Timer) -> Callable[..., Any]:
         def timed_any(request: Any, *args: Any, **kwargs: Any) -> Any:
             # Any call shape (a multi-callable whose signature is not grpc's documented one).
             s = _strategy_from(args, kwargs)
-            t0 = perf()
+            t0 = _perf()
             try:
                 response = mc(request, *args, **kwargs)
-            except rpc_error as exc:
-                timer.failed_exc(exc, perf() - t0, s)
+            except _RpcError as exc:
+                timer.failed_exc(exc, _perf() - t0, s)
                 raise
-            dt = perf() - t0
+            dt = _perf() - t0
             try:
-                h = ok[s]
+                h = timer.ok[s]
                 p = h.pending
                 p.append(dt)
-                if len(p) >= fold_at:
+                if len(p) >= _fold_at:
                     h.fold()
             except Exception:
                 timer.ok_slow(s, dt)
@@ -173,15 +174,15 @@ def _timed_call(mc: Any, timer: _Timer) -> Callable[..., Any]:
 
     def timed_future(request: Any, *args: Any, **kwargs: Any) -> Any:
         s = _strategy_from(args, kwargs)
-        t0 = perf()
+        t0 = _perf()
         fut = mc.future(request, *args, **kwargs)
         try:
             def done(f: Any) -> None:
-                dt = perf() - t0
+                dt = _perf() - t0
                 try:
                     code = f.code()
                     if getattr(code, "name", None) == "OK":
-                        h = ok.get(s)
+                        h = timer.ok.get(s)
                         if h is None:
                             h = timer.ok_child(s)
                         h.observe(dt)
@@ -228,14 +229,16 @@ def _documented_signature(mc: Any) -> bool:
 
 def wrap_stub(stub: Any, ctx: HookContext) -> bool:
     """Replace the unary multi-callables of one stub by timing wrappers (idempotent)."""
-    import grpc
-
     if stub is None or getattr(stub, MARK, None) is ctx.token:
         return False
     attrs = vars(stub)
     for name, mc in list(attrs.items()):
         if isinstance(mc, grpc.UnaryUnaryMultiCallable):
-            attrs[name] = _timed_call(mc, _Timer(ctx.recorder, norm_method(name)))
+            method = norm_method(name)
+            timer = ctx.timers.get(method)
+            if timer is None:  # one per method, shared by every connection's stub
+                timer = ctx.timers.setdefault(method, _Timer(ctx.recorder, method))
+            attrs[name] = _timed_call(mc, timer)
     attrs[MARK] = ctx.token
     _stubs.add(stub)
     if not ctx.live:
