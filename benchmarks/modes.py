@@ -144,11 +144,6 @@ class Mode:
             inst.instrument(tracer_provider=tp)
             self._teardown.append(inst.uninstrument)
         elif self.name in E6O_MODES:
-            why = e6observe_available()
-            if why:
-                raise RuntimeError(why)
-            import e6observe
-
             kwargs: dict[str, Any] = {"prometheus_port": 0, "watcher_interval": WATCHER_INTERVAL_S}
             if self.name == "e6o-full":
                 from opentelemetry.sdk._logs import LoggerProvider
@@ -168,7 +163,13 @@ class Mode:
                 kwargs.update(otel=False)
             import psutil
 
+            # Before anything of e6observe is imported: the agent's import is its cost too.
             self.rss_before_agent = psutil.Process().memory_info().rss
+            why = e6observe_available()
+            if why:
+                raise RuntimeError(why)
+            import e6observe
+
             e6observe.instrument(**kwargs)
             self._teardown.insert(0, e6observe.uninstrument)
             self.prometheus_port = _find_prometheus_port()
