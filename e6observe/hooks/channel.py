@@ -83,6 +83,13 @@ class _Timer:
             self.ok[s] = h
         return h
 
+    def observe_ok(self, s: Any, seconds: float) -> None:
+        """An OK call (what the fast path inlines). Contained."""
+        try:
+            self.ok[s].observe(seconds)
+        except Exception:
+            self.ok_slow(s, seconds)
+
     def ok_slow(self, s: Any, seconds: float) -> None:
         """An OK call whose child is not cached yet (first call per header value). Contained."""
         try:
@@ -159,15 +166,7 @@ def _timed_call(mc: Any, timer: _Timer) -> Callable[..., Any]:
             except _RpcError as exc:
                 timer.failed_exc(exc, _perf() - t0, s)
                 raise
-            dt = _perf() - t0
-            try:
-                h = timer.ok[s]
-                p = h.pending
-                p.append(dt)
-                if len(p) >= _fold_at:
-                    h.fold()
-            except Exception:
-                timer.ok_slow(s, dt)
+            timer.observe_ok(s, _perf() - t0)
             return response
 
         wrapper = timed_any
@@ -182,10 +181,7 @@ def _timed_call(mc: Any, timer: _Timer) -> Callable[..., Any]:
                 try:
                     code = f.code()
                     if getattr(code, "name", None) == "OK":
-                        h = timer.ok.get(s)
-                        if h is None:
-                            h = timer.ok_child(s)
-                        h.observe(dt)
+                        timer.observe_ok(s, dt)
                     else:
                         timer.failed(code, f.details(), dt, s)
                 except Exception as exc:
