@@ -173,6 +173,35 @@ def test_series_are_added_to_the_sdk_in_one_step_not_replayed(rig: Rig) -> None:
     assert rig.sink.primed_values == 1  # the series exists now
 
 
+def test_a_view_that_drops_attributes_still_gets_one_step_deltas() -> None:
+    """Two e6observe series that a view folds into one SDK series (it keeps only rpc.method):
+    both deltas land in that one series, in one step each."""
+    from opentelemetry.sdk.metrics.view import View
+
+    rec = Recorder()
+    reader = InMemoryMetricReader()
+    mp = MeterProvider(metric_readers=[reader], views=[
+        View(instrument_name="rpc.client.call.duration", attribute_keys={"rpc.method"})])
+    sink = OtelSink(rec, SimpleNamespace(meter_provider=mp, logger_provider=LoggerProvider()))
+    sink.start()
+    try:
+        for strategy, n in (("blue", 30), ("green", 12)):
+            h = rec.rpc_histogram("clear", strategy, "OK")
+            for _ in range(n):
+                h.observe(0.002)
+        data = reader.get_metrics_data()
+        pts = [pt for rm in data.resource_metrics for sm in rm.scope_metrics for m in sm.metrics
+               if m.name == "rpc.client.call.duration" for pt in m.data.data_points]
+        assert [(dict(p.attributes), p.count) for p in pts] == [
+            ({"rpc.method": "QueryEngineService/clear"}, 42)]
+        assert pts[0].sum == pytest.approx(42 * 0.002)
+        assert sink.replayed_values == 0 and sink.bulk_points + sink.primed_values >= 2
+    finally:
+        sink.close()
+        mp.shutdown()
+        rec.stop()
+
+
 def test_delta_temporality_gets_each_interval_exactly_once() -> None:
     """A delta reader discards its aggregations at each collection: every interval's values
     land in that interval's point, none twice, none lost."""
