@@ -27,7 +27,6 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import logging
-import sys
 import threading
 import time
 from typing import Any, Optional
@@ -45,8 +44,6 @@ __all__ = ["instrument", "uninstrument", "instrument_connection", "is_instrument
 #: Serialises instrument/uninstrument (re-entrant: a sink may call is_instrumented()).
 _lock = threading.RLock()
 _active: Optional[_Instrumentation] = None
-#: The connector module whose import installs the asyncio hook (when instrument() ran first).
-ASYNC_TRIGGER = "e6data_python_connector.async_connection"
 #: Seconds between looks for a global tracer provider set after instrument().
 TRACER_RECHECK_SECONDS = 1.0
 
@@ -78,10 +75,6 @@ class _Instrumentation:
         self.status: Any = None  # the status routes mounted on the metrics endpoint
         self._next_trace_check = 0.0
         self._trace_lock = threading.Lock()
-        #: Hooks installed later, when a module they need is imported (see when_imported).
-        self._watches: list[Any] = []
-        self._late_lock = threading.Lock()
-        self.stopped = False
 
     # -- start --------------------------------------------------------------------------------
     def start(self) -> None:
@@ -95,9 +88,6 @@ class _Instrumentation:
             ctx.retrace = self._retrace
         for mod in _hook_modules():
             name = mod.__name__.rsplit(".", 1)[-1]
-            if name == "aio" and ASYNC_TRIGGER not in sys.modules:
-                self._install_when_imported(mod, ctx)
-                continue
             with contain(f"hook.install.{name}"):
                 if name == "pool":  # the pool hook's own signature: install(recorder, options)
                     mod.install(rec, self.options)
@@ -107,24 +97,6 @@ class _Instrumentation:
                 else:
                     logger.debug("e6observe: hook %s not applicable to this connector/Python", name)
         self._start_sinks()
-
-    def _install_when_imported(self, mod: Any, ctx: Any) -> None:
-        """Install the asyncio hook once the application imports the connector's async API,
-        not before: a process that never uses it never loads those modules."""
-        from .hooks import when_imported
-
-        def install_late() -> None:
-            with self._late_lock:
-                if self.stopped:
-                    return
-                with contain("hook.install.aio"):
-                    if mod.install(self.recorder, self.options, self.tracer, ctx=ctx):
-                        self.hooks.append(mod)
-
-        with contain("hook.install.aio"):
-            watch = when_imported(ASYNC_TRIGGER, install_late)
-            if watch is not None:
-                self._watches.append(watch)
 
     def _make_tracer(self) -> Any:
         if not self.options.otel:
@@ -220,11 +192,6 @@ class _Instrumentation:
 
     # -- stop ---------------------------------------------------------------------------------
     def stop(self) -> None:
-        with self._late_lock:  # no hook is installed late from now on
-            self.stopped = True
-            for watch in self._watches:
-                watch.cancel()
-            self._watches.clear()
         if self.status is not None:
             with contain("status"):
                 self.status.unmount()  # ends open /events streams before the server closes

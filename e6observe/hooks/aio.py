@@ -351,9 +351,66 @@ def _make_clear(orig: Callable[..., Any], ctx: HookContext, outcome_ok: str) -> 
     return _clear
 
 
+#: The connector module whose import installs the hooks when instrument() ran first.
+ASYNC_MODULE = "e6data_python_connector.async_connection"
+_watch: Any = None  # the pending import watch (see install)
+_late_lock = threading.Lock()
+
+
 def install(recorder: Recorder, options: object = None, tracer: object = None,
             ctx: Optional[HookContext] = None) -> bool:
-    """Install the async hooks. False (nothing done) when the async API is unavailable."""
+    """Install the async hooks: now if the application has imported the connector's async API,
+    else when it does (a process that never uses it never loads those modules). False
+    (nothing done) when the async API is unavailable."""
+    global _watch
+    if _ctx is not None or _watch is not None:
+        return True
+    if sys.version_info < (3, 11):
+        return False
+    ctx = ctx or HookContext(recorder, options, tracer)
+    if ASYNC_MODULE in sys.modules:
+        return _install_now(recorder, ctx)
+    try:
+        import importlib.util
+
+        if importlib.util.find_spec(ASYNC_MODULE) is None:  # connector without the async API
+            return False
+    except (ImportError, ValueError):
+        return False
+    from . import when_imported
+
+    def install_late() -> None:
+        global _watch
+        with _late_lock:
+            if _watch is None or not ctx.live:  # uninstalled meanwhile
+                return
+            _watch = None
+            try:
+                _install_now(recorder, ctx)
+            except Exception as exc:
+                record_internal_error("hook.install.aio", exc)
+
+    # Not under the lock: if another thread imported the module meanwhile, when_imported runs
+    # install_late at once, and install_late takes the lock.
+    with _late_lock:
+        _watch = _Waiting()
+    watch = when_imported(ASYNC_MODULE, install_late)
+    with _late_lock:
+        if isinstance(_watch, _Waiting):
+            _watch = watch
+        elif watch is not None:  # uninstalled meanwhile
+            watch.cancel()
+    return True
+
+
+class _Waiting:
+    """Stands for the watch while it is being set up."""
+
+    def cancel(self) -> None:
+        return None
+
+
+def _install_now(recorder: Recorder, ctx: HookContext) -> bool:
     global _ctx, _interp
     if _ctx is not None:
         return True
@@ -362,7 +419,6 @@ def install(recorder: Recorder, options: object = None, tracer: object = None,
     from e6data_python_connector.async_connection import AsyncConnection
     from e6data_python_connector.async_cursor import AsyncCursor
 
-    ctx = ctx or HookContext(recorder, options, tracer)
     interp = _AioInterpreter(recorder)
     p = _patches
     for name in ("_strategy", "_pending_strategy"):
@@ -382,8 +438,13 @@ def install(recorder: Recorder, options: object = None, tracer: object = None,
 
 
 def uninstall() -> None:
-    """Remove the descriptors and wrappers; unwrap every live async stub."""
-    global _ctx, _interp
+    """Stop waiting for the async API; remove the descriptors and wrappers; unwrap every live
+    async stub."""
+    global _ctx, _interp, _watch
+    with _late_lock:  # no late install from now on
+        if _watch is not None:
+            _watch.cancel()
+            _watch = None
     if _ctx is None:
         return
     _ctx.live = False
