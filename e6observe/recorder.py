@@ -46,8 +46,16 @@ RETRY_REASONS = frozenset({"mismatch", "access_denied", "resume", "other"})
 FOLD_AT = 256
 
 
+#: The values the connector itself writes, each its own label: the usual case is one lookup.
+COLOURS = {"blue": "blue", "green": "green"}
+
+
 def norm_strategy(value: object) -> str:
     """Map anything to a bounded label: blue, green, none (unset) or invalid."""
+    if type(value) is str:
+        label = COLOURS.get(value)
+        if label is not None:
+            return label
     if value is None or value == "" or value == b"":
         return "none"
     if isinstance(value, bytes):

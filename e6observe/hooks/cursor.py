@@ -32,7 +32,7 @@ import time
 from typing import Any, Callable, Optional
 
 from .._safe import record_internal_error
-from ..recorder import FOLD_AT, norm_strategy
+from ..recorder import COLOURS, FOLD_AT, norm_strategy
 from . import HookContext, Patches, is_mismatch, retry_reason
 from . import channel as _channel
 
@@ -56,10 +56,6 @@ class QueryState:
         self.query_id = query_id
 
 
-_STRATEGY_LABEL = {"blue": "blue", "green": "green", None: "none"}
-_COLOUR = {"blue": "blue", "green": "green"}
-
-
 def _cache() -> dict[str, Any]:
     from e6data_python_connector import e6data_grpc as g
 
@@ -80,8 +76,7 @@ def _pinned_strategy(query_id: Any, cache: Optional[dict[str, Any]] = None) -> s
             s = qmap.get(query_id)
         if s is None:
             s = cache.get("active_strategy")
-        label = _STRATEGY_LABEL.get(s)
-        return label if label is not None else norm_strategy(s)
+        return norm_strategy(s)
     except Exception:
         return "invalid"
 
@@ -163,7 +158,7 @@ def _make_execute(orig: Callable[..., Any], ctx: HookContext) -> Callable[..., A
             cache = g._local_strategy_cache
             qmap = cache.get("query_strategy_map")
             s = qmap.get(qid) if (qid and type(qmap) is dict) else None
-            colour = _COLOUR.get(s) if type(s) is str else None
+            colour = COLOURS.get(s) if type(s) is str else None
             strategy = colour if colour is not None else _pinned_strategy(qid, cache)
             tokens[strategy].append(None)  # rec.query_started(strategy), inlined
             d[ATTR] = QueryState(t0, strategy, span, qid)
