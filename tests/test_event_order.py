@@ -37,14 +37,22 @@ def _pause_first_append_of(thread_name: str, monkeypatch: pytest.MonkeyPatch) ->
     return entered, release
 
 
-def test_an_event_emitted_while_another_is_in_flight_gets_the_later_seq(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+def _second_event_while_first_in_flight(monkeypatch: pytest.MonkeyPatch) -> tuple[
+        Recorder, threading.Thread, threading.Event]:
+    """A retry event stalls on its way into the ring while a mismatch event lands; returns the
+    recorder, the stalled thread and the event that releases it."""
     rec = Recorder(event_capacity=16)
     entered, release = _pause_first_append_of("slow-emitter", monkeypatch)
     slow = threading.Thread(target=rec.retry, args=(1, "mismatch"), name="slow-emitter")
     slow.start()
     assert entered.wait(10)
     rec.mismatch("blue", "prepareStatement")  # lands while the first event is in flight
+    return rec, slow, release
+
+
+def test_an_event_emitted_while_another_is_in_flight_gets_the_later_seq(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    rec, slow, release = _second_event_while_first_in_flight(monkeypatch)
     release.set()
     slow.join(10)
     events = rec.ring.snapshot()
@@ -55,12 +63,7 @@ def test_an_event_emitted_while_another_is_in_flight_gets_the_later_seq(
 
 def test_a_stream_resumed_after_the_last_id_it_saw_misses_nothing(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    rec = Recorder(event_capacity=16)
-    entered, release = _pause_first_append_of("slow-emitter", monkeypatch)
-    slow = threading.Thread(target=rec.retry, args=(1, "mismatch"), name="slow-emitter")
-    slow.start()
-    assert entered.wait(10)
-    rec.mismatch("blue", "prepareStatement")
+    rec, slow, release = _second_event_while_first_in_flight(monkeypatch)
     # A stream sends what the ring holds now, then its client goes away.
     first = status._Cursor(0)
     got: list[Any] = first.take(rec.ring.snapshot(first.watermark), 100, rec.ring.emitted)
