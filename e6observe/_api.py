@@ -171,7 +171,7 @@ class _Instrumentation:
         prom = by_name.get("sink.prometheus")
         if prom is not None:
             with contain("watcher.export.prometheus"):
-                for collector in watcher.collectors():
+                for collector in watcher.collectors(self.options.runtime_metrics):
                     prom.add_process_collector(collector)
         if "sink.otel" in by_name:
             with contain("watcher.export.otel"):
@@ -186,9 +186,9 @@ class _Instrumentation:
                 except ImportError:  # pragma: no cover - layout of other API versions
                     pass
                 if not isinstance(provider, no_op):
-                    from ._version import __version__
+                    from ._otelctx import meter
 
-                    watcher.register_otel(provider.get_meter("e6observe", __version__))
+                    watcher.register_otel(meter(provider), self.options.runtime_metrics)
 
     # -- stop ---------------------------------------------------------------------------------
     def stop(self) -> None:

@@ -26,6 +26,8 @@ tls_keyfile        None                     ... and this private key
 tls_client_cafile  None                     require client certificates signed by this CA
 basic_auth         None                     ``user:password`` required on ``/metrics`` (never logged)
 multiprocess_dir   ``$PROMETHEUS_MULTIPROC_DIR`` prometheus_client multi-process directory
+runtime_metrics    ``auto``                 process/GC metrics: true, false, or auto (OpenTelemetry's
+                                            off while its system-metrics instrumentation is active)
 ================== ======================== =========================================================
 """
 
@@ -109,6 +111,16 @@ def _parse_str(name: str, raw: object, env: bool) -> str:
     raise ConfigError(f"{_origin(name, env)} must be a string, got {type(raw).__name__}")
 
 
+def _parse_runtime(name: str, raw: object, env: bool) -> object:
+    if isinstance(raw, str) and raw.strip().lower() == "auto":
+        return "auto"
+    try:
+        return _parse_bool(name, raw, env)
+    except ConfigError:
+        raise ConfigError(f"{_origin(name, env)} must be true, false or auto, got {_show(raw)}"
+                          ) from None
+
+
 def _parse_object(name: str, raw: object, env: bool) -> object:
     if env:  # pragma: no cover - objects have no environment variable
         raise ConfigError(f"{name} cannot be set from the environment")
@@ -139,6 +151,7 @@ _SPECS: dict[str, _Spec] = {
     "tls_client_cafile": _Spec(_parse_str),
     "basic_auth": _Spec(_parse_str, secret=True),
     "multiprocess_dir": _Spec(_parse_str),
+    "runtime_metrics": _Spec(_parse_runtime, optional=False),
 }
 
 
@@ -164,6 +177,7 @@ class Options:
     tls_client_cafile: Optional[str] = None
     basic_auth: Optional[str] = field(default=None, repr=False)
     multiprocess_dir: Optional[str] = None
+    runtime_metrics: Any = "auto"  # True, False or "auto"
     #: Where each option's value came from: "kwarg", "env" or "default" (for messages/tests).
     sources: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 

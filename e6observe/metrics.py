@@ -73,19 +73,26 @@ def _g(name: str, otel: Optional[str], unit: str, help: str, *labels: str,
 
 
 def _h(name: str, otel: Optional[str], unit: str, help: str, buckets: tuple[float, ...],
-       *labels: str) -> MetricSpec:
-    return MetricSpec(name, otel, "histogram", unit, help, tuple(labels), buckets)
+       *labels: str, otel_labels: tuple[str, ...] = ()) -> MetricSpec:
+    return MetricSpec(name, otel, "histogram", unit, help, tuple(labels), buckets, otel_labels)
+
+
+# OpenTelemetry attribute names: namespaced (``e6data.*``, ``e6observe.*``) or the semantic
+# conventions' own, never a bare ``strategy``; the same name wherever the same thing appears
+# (metric attributes, span attributes, event log records).
+_STRATEGY = ("e6data.strategy",)
 
 
 # --- core: switches, mismatches, latency (hooks) -------------------------------------------
 STRATEGY_ACTIVE = _g("e6data_strategy_active", "e6data.strategy.active", "1",
                      "1 for the strategy this process's connector routes new queries to, else 0.",
-                     "strategy")
+                     "strategy", otel_labels=_STRATEGY)
 STRATEGY_PENDING = _g("e6data_strategy_pending", "e6data.strategy.pending", "1",
                       "1 for a strategy the server announced and the connector has not applied yet.",
-                      "strategy")
+                      "strategy", otel_labels=_STRATEGY)
 SWITCHES = _c("e6data_strategy_switches", "e6data.strategy.switches", "{switch}",
-              "Blue/green switches this process's connector went through.", "from", "to", "cause")
+              "Blue/green switches this process's connector went through.", "from", "to", "cause",
+              otel_labels=("e6data.strategy.from", "e6data.strategy.to", "e6data.switch.cause"))
 SWITCH_DRAIN = _h("e6data_strategy_switch_drain_seconds", "e6data.strategy.switch.drain_time", "s",
                   "Seconds from announcement to the applied switch (queries draining).",
                   DRAIN_BUCKETS)
@@ -94,27 +101,30 @@ LAST_SWITCH = _g("e6data_strategy_last_switch_timestamp_seconds",
                  "Unix time of the last applied switch (0 before the first).")
 MISMATCHES = _c("e6data_strategy_mismatches", "e6data.strategy.mismatches", "{error}",
                 "456 strategy-mismatch errors received, by strategy sent and RPC method.",
-                "strategy", "method")
+                "strategy", "method", otel_labels=("e6data.strategy", "rpc.method"))
 EVENTS = _c("e6data_strategy_events", "e6data.strategy.events", "{event}",
-            "Strategy events emitted, by kind.", "kind")
+            "Strategy events emitted, by kind.", "kind",
+            otel_labels=("e6data.event.kind",))
 RETRIES = _c("e6data_retries", "e6data.client.retries", "{retry}",
-             "Times the connector's retry loop replayed an operation, by reason.", "reason")
+             "Times the connector's retry loop replayed an operation, by reason.", "reason",
+             otel_labels=("e6data.retry.reason",))
 RPC_DURATION = MetricSpec(
     "e6data_rpc_duration_seconds", "rpc.client.call.duration", "histogram", "s",
     "Duration of each gRPC call the connector makes.", ("method", "strategy", "code"),
-    RPC_DURATION_BUCKETS, ("rpc.method", "e6data.strategy", "rpc.status_code"))
+    RPC_DURATION_BUCKETS, ("rpc.method", "e6data.strategy", "rpc.response.status_code"))
 QUERY_DURATION = MetricSpec(
     "e6data_query_duration_seconds", "db.client.operation.duration", "histogram", "s",
     "Duration of each query from execute to clear/close.", ("strategy", "outcome"),
     DB_DURATION_BUCKETS, ("e6data.strategy", "error.type"))
 QUERIES_IN_FLIGHT = _g("e6data_queries_in_flight", "e6data.client.queries_in_flight", "{query}",
                        "Queries executed and not yet cleared, by the strategy they are pinned to.",
-                       "strategy")
+                       "strategy", otel_labels=_STRATEGY)
 INTERNAL_ERRORS = _c("e6observe_internal_errors", "e6observe.internal_errors", "{error}",
                      "Failures inside e6observe itself, contained and not raised into the app.",
-                     "component")
+                     "component", otel_labels=("e6observe.component",))
 EVENTS_DROPPED = _c("e6observe_events_dropped", "e6observe.events.dropped", "{event}",
-                    "Events dropped by a bounded queue or sink, by where.", "sink")
+                    "Events dropped by a bounded queue or sink, by where.", "sink",
+                    otel_labels=("e6observe.sink",))
 BUILD_INFO = MetricSpec("e6observe_build_info", None, "gauge", "1",
                         "Always 1; labels name the e6observe and connector versions.",
                         ("version", "connector_version"))
@@ -148,14 +158,22 @@ PROCESS_RSS = _g("process_resident_memory_bytes", "process.memory.usage", "By",
                  "Resident memory size in bytes.")
 PROCESS_VMS = _g("process_virtual_memory_bytes", "process.memory.virtual", "By",
                  "Virtual memory size in bytes.")
-PROCESS_USS = _g("process_unique_memory_bytes", "process.memory.unique", "By",
+# USS has no semantic convention: its OpenTelemetry name is e6observe's, outside ``process.*``.
+PROCESS_USS = _g("process_unique_memory_bytes", "e6observe.process.memory.unique", "By",
                  "Unique set size in bytes (memory freed if the process exits).")
 # OpenTelemetry splits CPU time by ``cpu.mode`` (user, system); Prometheus shows the sum.
 PROCESS_CPU = _c("process_cpu_seconds", "process.cpu.time", "s",
                  "User and system CPU time spent, in seconds.", otel_labels=("cpu.mode",))
-PROCESS_FDS = _g("process_open_fds", "process.open_file_descriptor.count", "{fd}",
+PROCESS_FDS = _g("process_open_fds", "process.unix.file_descriptor.count", "{file_descriptor}",
                  "Open file descriptors.")
 PROCESS_THREADS = _g("process_threads", "process.thread.count", "{thread}", "OS threads.")
+# prometheus_client's ProcessCollector and PlatformCollector families that e6observe's registry
+# exports (their collectors, in runtime.py); Prometheus only.
+PROCESS_START = _g("process_start_time_seconds", None, "s",
+                   "Start time of the process since unix epoch in seconds.")
+PROCESS_MAX_FDS = _g("process_max_fds", None, "{fd}", "Maximum number of open file descriptors.")
+PYTHON_INFO = _g("python_info", None, "1", "Python platform information",
+                 "implementation", "major", "minor", "patchlevel", "version")
 _GEN = ("cpython.gc.generation",)
 GC_COLLECTIONS = _c("python_gc_collections", "cpython.gc.collections", "{collection}",
                     "Garbage collections, by generation.", "generation", otel_labels=_GEN)
@@ -166,9 +184,13 @@ GC_UNCOLLECTABLE = _c("python_gc_objects_uncollectable", "cpython.gc.uncollectab
                       "{object}", "Uncollectable objects found, by generation.", "generation",
                       otel_labels=_GEN)
 
+#: Every family the runtime collector exports on Prometheus (runtime.RuntimeCollector).
+RUNTIME_PROMETHEUS = (PROCESS_RSS, PROCESS_VMS, PROCESS_USS, PROCESS_CPU, PROCESS_FDS,
+                      PROCESS_MAX_FDS, PROCESS_START, PROCESS_THREADS, PYTHON_INFO, GC_COLLECTIONS,
+                      GC_COLLECTED, GC_UNCOLLECTABLE)
+
 # --- connection pools (db.client.connection.* conventions) ----------------------------------
-# The pool gauges carry the conventions' attribute names; the pool histograms (below) are
-# exported with the recorder's label name, ``pool``.
+# Gauges and histograms alike carry the conventions' pool attribute name.
 _POOL = "db.client.connection.pool.name"
 POOL_CONNECTIONS = _g("e6data_pool_connections", "db.client.connection.count", "{connection}",
                       "Pooled connections by state (idle/used).", "pool", "state",
@@ -179,9 +201,11 @@ POOL_PENDING = _g("e6data_pool_pending_requests", "db.client.connection.pending_
                   "{request}", "Callers waiting for a pooled connection.", "pool",
                   otel_labels=(_POOL,))
 POOL_CREATE_TIME = _h("e6data_pool_create_time_seconds", "db.client.connection.create_time", "s",
-                      "Time to create a pooled connection.", POOL_TIME_BUCKETS, "pool")
+                      "Time to create a pooled connection.", POOL_TIME_BUCKETS, "pool",
+                      otel_labels=(_POOL,))
 POOL_WAIT_TIME = _h("e6data_pool_wait_time_seconds", "db.client.connection.wait_time", "s",
-                    "Time a caller waited for a pooled connection.", POOL_TIME_BUCKETS, "pool")
+                    "Time a caller waited for a pooled connection.", POOL_TIME_BUCKETS, "pool",
+                    otel_labels=(_POOL,))
 
 # --- prober ---------------------------------------------------------------------------------
 PROBE_SUCCESS = _g("e6data_probe_success", "e6data.probe.success", "1",
@@ -189,7 +213,8 @@ PROBE_SUCCESS = _g("e6data_probe_success", "e6data.probe.success", "1",
 PROBE_DURATION = _h("e6data_probe_duration_seconds", "e6data.probe.duration", "s",
                     "Duration of each probe (connect if needed, query, fetch, clear).",
                     DB_DURATION_BUCKETS)
-PROBES = _c("e6data_probes", "e6data.probes", "{probe}", "Probes run, by result.", "result")
+PROBES = _c("e6data_probes", "e6data.probes", "{probe}", "Probes run, by result.", "result",
+            otel_labels=("e6data.probe.result",))
 
 ALL: tuple[MetricSpec, ...] = tuple(v for v in list(globals().values()) if isinstance(v, MetricSpec))
 BY_PROM_NAME = {m.prom_name: m for m in ALL}

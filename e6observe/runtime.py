@@ -4,11 +4,12 @@ Nothing here runs on a timer: :class:`RuntimeCollector` (Prometheus) and the cal
 :func:`register_otel` installs read psutil, ``/proc`` and :func:`gc.get_stats` at collection
 time, so an idle process pays nothing and every value is as fresh as the scrape.
 
-Names come from ``metrics.py``: Prometheus names follow prometheus_client's process and GC
-collectors (``process_resident_memory_bytes``, ``python_gc_collections_total`` ...); e6observe
-exports them from its own registry, so prometheus_client's ``ProcessCollector`` must not be
-registered into the same registry. OpenTelemetry names follow the ``process.*`` and
-``cpython.gc.*`` semantic conventions.
+On Prometheus, prometheus_client's own process, platform and GC collectors serve their
+families; :class:`RuntimeCollector` runs them and adds USS and threads (see there).
+OpenTelemetry names follow the ``process.*`` and ``cpython.gc.*`` semantic conventions, and
+USS, which has none, is ``e6observe.process.memory.unique``. OpenTelemetry's
+system-metrics instrumentation exports the same ``process.*`` figures: with
+``runtime_metrics="auto"`` (the default) e6observe's are silent while it is active.
 
 Unique memory (USS) is the expensive one: psutil's ``memory_full_info`` walks
 ``/proc/<pid>/smaps`` (about 0.75 ms here). On Linux 4.14+ the kernel's pre-summed
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import gc
 import os
+import sys
 import threading
 import time
 from typing import Any, Callable, Iterable, Iterator, Optional
@@ -176,41 +178,90 @@ def gc_stats() -> list[tuple[str, int, int, int]]:
              int(s.get("uncollectable", 0))) for i, s in enumerate(gc.get_stats())]
 
 
-class RuntimeCollector:
-    """Prometheus collector: process memory, CPU, threads, fds and GC, read at scrape time."""
+#: prometheus_client's collectors whose families e6observe's registry exports as they are.
+_STANDARD = ("ProcessCollector", "PlatformCollector", "GCCollector")
 
-    def __init__(self, reader: Optional[ProcessReader] = None) -> None:
+
+def _standard_collectors() -> list[Any]:
+    """prometheus_client's process, platform and GC collectors, registered nowhere."""
+    from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
+
+    out: list[Any] = [ProcessCollector(registry=None), PlatformCollector(registry=None)]
+    if hasattr(gc, "get_stats"):
+        # GCCollector insists on registering itself: into a registry that is then dropped.
+        out.append(GCCollector(registry=CollectorRegistry()))
+    return out
+
+
+class RuntimeCollector:
+    """Prometheus collector: the process and interpreter, read at scrape time.
+
+    prometheus_client's own ``ProcessCollector`` (memory, CPU, fds, max fds, start time),
+    ``PlatformCollector`` (``python_info``) and ``GCCollector`` serve their families, under
+    their names and help texts, so e6observe's registry looks like any instrumented Python
+    process; e6observe adds what they lack: unique memory (USS) and the OS thread count - and,
+    where ``ProcessCollector`` reads nothing (no ``/proc``), memory, CPU and fds from psutil.
+
+    :meth:`describe` names every family without reading anything, so a collector of the same
+    name registered later into the same registry fails at registration. A prometheus_client
+    process/platform/GC collector registered into :attr:`registry` (they describe nothing, so
+    the registry cannot refuse them) is left to serve its families: this collector then leaves
+    them out of its own output instead of doubling them.
+    """
+
+    def __init__(self, reader: Optional[ProcessReader] = None, registry: Any = None) -> None:
         self.reader = reader or ProcessReader()
+        #: The registry this collector is exported from (set by the Prometheus sink).
+        self.registry = registry
+        self._standard = _standard_collectors()
 
     def describe(self) -> list[Any]:
-        # Registering must not read /proc; an empty describe() makes the registry skip
-        # collect() at registration (prometheus_client's documented behaviour).
-        return []
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        out: list[Any] = []
+        for spec in M.RUNTIME_PROMETHEUS:
+            cls = CounterMetricFamily if spec.kind == "counter" else GaugeMetricFamily
+            out.append(cls(spec.prom_name, spec.help))
+        return out
+
+    def _others(self) -> set[str]:
+        """Names of the standard collectors some other collector of the registry runs."""
+        reg = self.registry
+        if reg is None:
+            return set()
+        try:
+            mine = {id(c) for c in self._standard}
+            return {type(c).__name__ for c in list(getattr(reg, "_collector_to_names", {}))
+                    if type(c).__name__ in _STANDARD and id(c) not in mine}
+        except Exception:
+            return set()
 
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
         out: list[Any] = []
+        others = self._others()
+        served: set[str] = set()
+        for std in self._standard:
+            with contain("runtime.collect"):
+                fams = list(std.collect())
+                served.update(f.name for f in fams)
+                if type(std).__name__ not in others:
+                    out.extend(fams)
         # Two parts, contained apart: a failing /proc read must not take the GC figures along.
         with contain("runtime.collect"):
             st = self.reader.read()
             for spec, value in ((M.PROCESS_RSS, st.rss), (M.PROCESS_VMS, st.vms),
                                 (M.PROCESS_USS, st.uss), (M.PROCESS_FDS, st.fds),
                                 (M.PROCESS_THREADS, st.threads)):
-                if value is not None:
+                if value is not None and spec.prom_name not in served and (
+                        spec in (M.PROCESS_USS, M.PROCESS_THREADS)
+                        or "ProcessCollector" not in others):
                     out.append(GaugeMetricFamily(spec.prom_name, spec.help, value=value))
-            if st.cpu_user is not None and st.cpu_system is not None:
+            if (st.cpu_user is not None and st.cpu_system is not None
+                    and M.PROCESS_CPU.prom_name not in served and "ProcessCollector" not in others):
                 out.append(CounterMetricFamily(M.PROCESS_CPU.prom_name, M.PROCESS_CPU.help,
                                                value=st.cpu_user + st.cpu_system))
-        with contain("runtime.collect"):
-            fams = {spec.prom_name: CounterMetricFamily(spec.prom_name, spec.help,
-                                                        labels=list(spec.labels))
-                    for spec in (M.GC_COLLECTIONS, M.GC_COLLECTED, M.GC_UNCOLLECTABLE)}
-            for gen, collections, collected, uncollectable in gc_stats():
-                fams[M.GC_COLLECTIONS.prom_name].add_metric([gen], collections)
-                fams[M.GC_COLLECTED.prom_name].add_metric([gen], collected)
-                fams[M.GC_UNCOLLECTABLE.prom_name].add_metric([gen], uncollectable)
-            out.extend(fams.values())
         return iter(out)
 
 
@@ -243,6 +294,31 @@ def otel_observable(meter: Any, spec: M.MetricSpec, kind: str,
 
     factory = getattr(meter, OTEL_KIND[kind])
     return factory(spec.otel_name, callbacks=[_cb], unit=spec.unit, description=spec.help)
+
+
+_SYSTEM_METRICS = "opentelemetry.instrumentation.system_metrics"
+
+
+def system_metrics_active() -> bool:
+    """True while OpenTelemetry's system-metrics instrumentation is instrumented in this
+    process (it exports the same ``process.*`` figures). Never imports it."""
+    mod = sys.modules.get(_SYSTEM_METRICS)
+    cls = getattr(mod, "SystemMetricsInstrumentor", None)
+    if cls is None:
+        return False
+    try:
+        # BaseInstrumentor is a singleton: this is the instance opentelemetry-instrument used.
+        return bool(cls()._is_instrumented_by_opentelemetry)
+    except Exception:
+        return False
+
+
+def runtime_enabled(enabled: Callable[[], bool], auto: bool) -> Callable[[], bool]:
+    """``enabled``, and with ``auto`` also "system-metrics is not active" (asked per collection,
+    so the order in which ``opentelemetry-instrument`` loads the two does not matter)."""
+    if not auto:
+        return enabled
+    return lambda: enabled() and not system_metrics_active()
 
 
 def register_otel(meter: Any, reader: Optional[ProcessReader] = None,
@@ -286,5 +362,5 @@ def register_otel(meter: Any, reader: Optional[ProcessReader] = None,
     ]
 
 
-__all__ = ["RuntimeCollector", "ProcessReader", "ProcessStats", "register_otel", "gc_stats",
-           "uss_from_smaps_rollup", "otel_observable"]
+__all__ = ["RuntimeCollector", "ProcessReader", "system_metrics_active", "runtime_enabled",
+           "ProcessStats", "register_otel", "gc_stats", "uss_from_smaps_rollup", "otel_observable"]

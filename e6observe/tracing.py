@@ -4,14 +4,23 @@ Active only when a tracer provider is passed (``tracer_provider=``) or a real (S
 set globally; with neither, no span API is touched on the query path. A span covers the query
 as the cursor hook measures it (execute to clear) and carries:
 
-* name: the operation (``SELECT``, ``INSERT``, ...; ``e6data`` when it cannot be told);
-* ``db.system.name="e6data"``, ``db.operation.name``, ``server.address``, ``server.port``;
+* name: ``db.query.summary`` - the operation and the tables it names (``SELECT orders``), built
+  from the sanitized text (no literal can reach it), bounded in length; ``db.operation.name``
+  when no table is found, ``e6data`` when not even the operation can be told;
+* ``db.system.name="e6data"``, ``db.operation.name``, ``db.query.summary``, ``db.namespace``
+  (``catalog|database``), ``server.address``, ``server.port``;
 * ``db.query.text`` only with ``record_query_text=True``, and then sanitized: comments dropped,
   string/number literals replaced by ``?``, truncated - never the literal values;
 * ``e6data.strategy`` (the colour the query was pinned to), ``e6data.query.outcome``;
-* ``error.type`` (the gRPC status name, or the exception class) and status ERROR on failure;
+* on failure: status ERROR, ``error.type`` - the same value ``db.client.operation.duration``
+  carries for that query (``switch_interrupted``, else ``_OTHER``; see :func:`error_type`) -
+  and ``db.response.status_code``, the gRPC status name, when the failure had one;
 * every strategy event (``e6data.strategy.applied`` ...) that happens while it is open, as a span
   event, delivered from the recorder's dispatcher thread.
+
+The span is made current while the connector runs the query's calls (execute, fetch, clear),
+so the spans other instrumentations start for them (``opentelemetry-instrumentation-grpc``'s
+client spans) are its children. Inside ``suppress_instrumentation()`` no span is started.
 
 Its trace and span ids are handed to the latency histograms as exemplars.
 """
@@ -48,6 +57,16 @@ _TOKENS = re.compile(
       | (?<![\w.$])\.\d+(?:[eE][-+]?\d+)?""",
     re.S | re.X)
 _FIRST_WORD = re.compile(r"[\s(]*([A-Za-z]+)")
+#: Keywords after which a table name follows, for ``db.query.summary``.
+_TARGET = re.compile(r"\b(?:FROM|JOIN|INTO|UPDATE|TABLE)\s+([A-Za-z_][\w.]{0,127})", re.I)
+#: Longest ``db.query.summary`` (the span name): a few tables, never a whole query.
+MAX_SUMMARY = 128
+#: Tables named in a summary at most.
+MAX_SUMMARY_TARGETS = 3
+#: ``error.type`` per query outcome, on the span and on ``db.client.operation.duration`` alike;
+#: a successful query carries none. ``_OTHER``: the conventions' value for an error with no
+#: more specific low-cardinality type (the gRPC status goes to ``db.response.status_code``).
+ERROR_TYPES = {"error": "_OTHER", "switch_interrupted": "switch_interrupted"}
 _SPACES = re.compile(r"\s+")
 
 
@@ -94,18 +113,47 @@ def operation_name(text: object) -> Optional[str]:
     return word if word in OPERATIONS else None
 
 
-def _error_type(exc: Optional[BaseException], outcome: str) -> str:
+def query_summary(text: object, op: Optional[str] = None) -> Optional[str]:
+    """``db.query.summary``: the operation and up to three tables (``SELECT orders customers``).
+
+    Read from the sanitized query (comments and literals gone), so it holds keywords and
+    identifiers only; bounded to :data:`MAX_SUMMARY` characters. None without an operation.
+    """
+    op = op or operation_name(text)
+    if op is None:
+        return None
+    clean = sanitize_query(text) or ""
+    targets: list[str] = []
+    for m in _TARGET.finditer(clean):
+        name = m.group(1)
+        if name not in targets and name.upper() not in OPERATIONS:
+            targets.append(name)
+        if len(targets) >= MAX_SUMMARY_TARGETS:
+            break
+    summary = " ".join([op] + targets)
+    return summary if len(summary) <= MAX_SUMMARY else summary[:MAX_SUMMARY].rsplit(" ", 1)[0]
+
+
+def error_type(outcome: str) -> Optional[str]:
+    """The ``error.type`` of a query outcome (None for ``ok``): one mapping for span and metric."""
+    return ERROR_TYPES.get(outcome, "_OTHER") if outcome != "ok" else None
+
+
+def _status_code(exc: Optional[BaseException]) -> Optional[str]:
+    """The gRPC status name of ``exc`` (``UNAVAILABLE``), if it has one."""
     if exc is None:
-        return "cancelled" if outcome == "error" else outcome
+        return None
     try:
-        code = exc.code()  # type: ignore[attr-defined]
-        name = getattr(code, "name", None)
-        if isinstance(name, str):
-            return name
+        name = getattr(exc.code(), "name", None)  # type: ignore[attr-defined]
+        return name if isinstance(name, str) else None
     except Exception:
-        pass
-    t = type(exc)
-    return t.__qualname__ if t.__module__ == "builtins" else f"{t.__module__}.{t.__qualname__}"
+        return None
+
+
+def db_namespace(catalog: object, database: object) -> Optional[str]:
+    """``db.namespace``: ``catalog|database`` (most general first), or whichever is set."""
+    parts = [p for p in (catalog, database) if isinstance(p, str) and p]
+    return "|".join(parts)[:256] if parts else None
 
 
 def resolve_tracer_provider(given: Any) -> Any:
@@ -130,12 +178,17 @@ class QueryTracer:
                  record_query_text: bool = False) -> None:
         from opentelemetry.trace import SpanKind, Status, StatusCode
 
-        from ._version import __version__
+        from ._otelctx import tracer
 
-        self._tracer = tracer_provider.get_tracer("e6observe", __version__)
+        self._tracer = tracer(tracer_provider)
         self._kind = SpanKind.CLIENT
         self._error_status = Status(StatusCode.ERROR)
         self._record_text = record_query_text
+        # Span events carry the attributes the event log records carry (one set of names).
+        from .sinks.otel import _rpc_method_names, event_attributes
+
+        self._event_attributes = event_attributes
+        self._rpc_names = _rpc_method_names()
         self._recorder = recorder
         self._in_flight: set[Any] = set()
         # Serialises "add a span event" against "end the span", so no event lands on an ended
@@ -143,12 +196,18 @@ class QueryTracer:
         self._lock = threading.Lock()
         recorder.subscribe(self._on_event)
 
-    def start(self, query: object, host: object = None, port: object = None) -> Any:
-        """Start the CLIENT span of one query (not made current)."""
+    def start(self, query: object, host: object = None, port: object = None,
+              namespace: Optional[str] = None) -> Any:
+        """Start the CLIENT span of one query (the hooks make it current around their calls)."""
         op = operation_name(query)
+        summary = query_summary(query, op)
         attrs: dict[str, Any] = {"db.system.name": "e6data"}
         if op:
             attrs["db.operation.name"] = op
+        if summary:
+            attrs["db.query.summary"] = summary
+        if namespace:
+            attrs["db.namespace"] = namespace
         if isinstance(host, str) and host:
             attrs["server.address"] = host
         if isinstance(port, int) and not isinstance(port, bool):
@@ -157,7 +216,7 @@ class QueryTracer:
             text = sanitize_query(query)
             if text:
                 attrs["db.query.text"] = text
-        span = self._tracer.start_span(op or "e6data", kind=self._kind, attributes=attrs)
+        span = self._tracer.start_span(summary or "e6data", kind=self._kind, attributes=attrs)
         with self._lock:
             self._in_flight.add(span)
         return span
@@ -168,8 +227,12 @@ class QueryTracer:
             self._in_flight.discard(span)
         span.set_attribute("e6data.strategy", strategy)
         span.set_attribute("e6data.query.outcome", outcome)
-        if outcome != "ok":
-            span.set_attribute("error.type", _error_type(exc, outcome))
+        etype = error_type(outcome)
+        if etype is not None:
+            span.set_attribute("error.type", etype)
+            code = _status_code(exc)
+            if code is not None:
+                span.set_attribute("db.response.status_code", code)
             span.set_status(self._error_status)
         span.end()
 
@@ -184,8 +247,7 @@ class QueryTracer:
     def _on_event(self, ev: Event) -> None:
         if not self._in_flight:
             return
-        attrs = {"e6data." + k: v for k, v in ev.to_dict().items()
-                 if k not in ("seq", "kind", "time_unix", "pid")}
+        attrs = self._event_attributes(ev, self._rpc_names)
         ts = int(ev.time_unix * 1e9)
         with self._lock:
             for span in list(self._in_flight):
@@ -203,5 +265,5 @@ class QueryTracer:
         self._recorder.unsubscribe(self._on_event)
 
 
-__all__ = ["QueryTracer", "sanitize_query", "operation_name", "resolve_tracer_provider",
-           "OPERATIONS", "MAX_QUERY_TEXT"]
+__all__ = ["QueryTracer", "sanitize_query", "operation_name", "query_summary", "error_type",
+           "db_namespace", "resolve_tracer_provider", "OPERATIONS", "MAX_QUERY_TEXT", "ERROR_TYPES"]

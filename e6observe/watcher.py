@@ -367,25 +367,30 @@ class Watcher:
         return self._cpu_seconds / run if run > 0 else 0.0
 
     # -- export -------------------------------------------------------------------------------
-    def collectors(self) -> list[Any]:
+    def collectors(self, runtime_metrics: Any = True) -> list[Any]:
         """Prometheus collectors to register in the sink's registry: watcher gauges, process
-        runtime, connection pools."""
+        runtime (unless ``runtime_metrics`` is False), connection pools."""
         from .hooks.pool import PoolCollector
         from .runtime import RuntimeCollector
 
-        return [WatcherCollector(self), RuntimeCollector(), PoolCollector()]
+        runtime = [RuntimeCollector()] if runtime_metrics is not False else []
+        return [WatcherCollector(self), *runtime, PoolCollector()]
 
-    def register_otel(self, meter: Any) -> list[Any]:
+    def register_otel(self, meter: Any, runtime_metrics: Any = True) -> list[Any]:
         """Register the watcher's, runtime and pool observable instruments on ``meter``.
 
         The callbacks report nothing once the watcher is stopped (OpenTelemetry cannot remove
-        an instrument)."""
+        an instrument). ``runtime_metrics``: True, False (no runtime instruments) or "auto"
+        (silent while OpenTelemetry's system-metrics instrumentation is active)."""
         from . import runtime
         from .hooks import pool
 
         enabled = self._otel_is_enabled
-        return (_register_watcher_otel(self, meter) + runtime.register_otel(meter, enabled=enabled)
-                + pool.register_otel(meter, enabled=enabled))
+        rt: list[Any] = []
+        if runtime_metrics is not False:
+            rt = runtime.register_otel(meter, enabled=runtime.runtime_enabled(
+                enabled, auto=runtime_metrics == "auto"))
+        return _register_watcher_otel(self, meter) + rt + pool.register_otel(meter, enabled=enabled)
 
     def _otel_is_enabled(self) -> bool:
         return self._otel_enabled

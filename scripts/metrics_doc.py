@@ -38,7 +38,7 @@ NOT_ON_OTEL: dict[str, str] = {
 #: OpenTelemetry attributes a data point carries besides the ones mapped from its labels.
 OTEL_EXTRA_ATTRIBUTES: dict[str, tuple[str, ...]] = {
     M.QUERY_DURATION.prom_name: ("db.system.name", "server.address", "server.port"),
-    M.RPC_DURATION.prom_name: ("rpc.system.name", "server.address", "server.port"),
+    M.RPC_DURATION.prom_name: ("rpc.system.name", "server.address", "server.port", "error.type"),
 }
 
 
@@ -143,7 +143,13 @@ def labels() -> dict[str, Label]:
             "failure": "the probe failed (connect, query, fetch or clear)",
             "timeout": "the probe did not finish within `--timeout`",
         }, "result"),
-        "version": Label("The e6observe version (one value per process)."),
+        "version": Label("The e6observe version (one value per process); on `python_info`, "
+                         "the Python version."),
+        "implementation": Label("Python implementation (`CPython`, ...), from "
+                                "prometheus_client's `PlatformCollector`."),
+        "major": Label("Python major version."),
+        "minor": Label("Python minor version."),
+        "patchlevel": Label("Python patch level."),
         "connector_version": Label("The installed `e6data-python-connector` version (one value "
                                    "per process; `unknown` if it cannot be read)."),
     }
@@ -288,6 +294,7 @@ def _notes() -> dict[str, str]:
         M.RPC_DURATION.prom_name: (
             "OpenTelemetry: `rpc.method` is the fully qualified `<service>/<method>` "
             "(`_OTHER` for a method outside the set), `rpc.system.name` is `grpc`, "
+            "`error.type` is the status code of a failed call (absent when `OK`), "
             "`server.address`/`server.port` name the cluster endpoint when known."),
         M.PROCESS_CPU.prom_name: (
             "Prometheus shows user + system time as one series; OpenTelemetry splits it by "

@@ -136,4 +136,5 @@ def test_the_option_names_other_components_rely_on() -> None:
     assert set(OPTION_NAMES) == {
         "prometheus_port", "prometheus_addr", "registry", "meter_provider", "tracer_provider",
         "logger_provider", "otel", "watcher_interval", "event_capacity", "record_query_text",
-        "tls_certfile", "tls_keyfile", "tls_client_cafile", "basic_auth", "multiprocess_dir"}
+        "tls_certfile", "tls_keyfile", "tls_client_cafile", "basic_auth", "multiprocess_dir",
+        "runtime_metrics"}

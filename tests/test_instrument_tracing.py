@@ -63,7 +63,8 @@ def test_one_client_span_per_query_with_database_attributes(
     s = spans[0]
     assert s.name == "SELECT" and s.kind is SpanKind.CLIENT
     assert dict(s.attributes) == {
-        "db.system.name": "e6data", "db.operation.name": "SELECT", "server.address": sim.host,
+        "db.system.name": "e6data", "db.operation.name": "SELECT", "db.query.summary": "SELECT",
+        "server.address": sim.host,
         "server.port": sim.port, "db.query.text": "SELECT ?", "e6data.strategy": "blue",
         "e6data.query.outcome": "ok"}
     text = spans[1].attributes["db.query.text"]
@@ -88,7 +89,9 @@ def test_failed_query_span_has_error_type(sim: Simulator, connect: Callable[...,
         cur.execute("SELECT fail()")
     (span,) = exporter.get_finished_spans()
     assert span.status.status_code is StatusCode.ERROR
-    assert span.attributes["error.type"] == "INTERNAL"
+    # The error.type db.client.operation.duration carries too; the gRPC status beside it.
+    assert span.attributes["error.type"] == "_OTHER"
+    assert span.attributes["db.response.status_code"] == "INTERNAL"
     assert span.attributes["e6data.query.outcome"] == "error"
     assert not span.status.description  # no server-provided text on the span
 
@@ -108,10 +111,11 @@ def test_switch_events_land_on_spans_in_flight(sim: Simulator, connect: Callable
     names = [e.name for e in cut.events]
     assert "e6data.strategy.mismatch" in names and "e6data.strategy.applied" in names
     applied = next(e for e in cut.events if e.name == "e6data.strategy.applied")
-    assert applied.attributes["e6data.from_strategy"] == "blue"
-    assert applied.attributes["e6data.to_strategy"] == "green"
-    assert applied.attributes["e6data.cause"] == "mismatch"
-    assert cut.attributes["error.type"] == "UNKNOWN"
+    assert applied.attributes["e6data.strategy.from"] == "blue"
+    assert applied.attributes["e6data.strategy.to"] == "green"
+    assert applied.attributes["e6data.switch.cause"] == "mismatch"
+    assert cut.attributes["error.type"] == "switch_interrupted"
+    assert cut.attributes["db.response.status_code"] == "UNKNOWN"
     assert spans["ok"].attributes["e6data.strategy"] == "green"
 
 

@@ -138,7 +138,8 @@ class _Broken(ProcessReader):
 def test_failing_process_read_is_contained_and_gc_still_reported() -> None:
     _safe.reset_for_tests()
     samples = scrape(RuntimeCollector(_Broken()))
-    assert "process_resident_memory_bytes" not in samples
+    # e6observe's own readings are gone; prometheus_client's collectors still serve theirs.
+    assert "process_unique_memory_bytes" not in samples and "process_threads" not in samples
     assert "python_gc_collections_total" in samples
     assert _safe.internal_errors().get("runtime.collect") == 1
 

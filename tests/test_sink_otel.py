@@ -267,30 +267,32 @@ def test_mirrored_counters_and_gauges_read_the_recorder(rig: Rig) -> None:
     rec.announced("green")
     rec.query_started("blue")
     got = rig.metrics()
-    assert {dict(a)["strategy"]: p.value for a, p in points(got["e6data.strategy.pending"]).items()
+    assert {dict(a)["e6data.strategy"]: p.value for a, p in points(got["e6data.strategy.pending"]).items()
             } == {"blue": 0, "green": 1}
     rec.applied("blue", "green", "announced", pinned_queries=1)
     rec.applied("green", "blue", "mismatch")
     rec.mismatch("green", "prepareStatement")
     rec.retry(1, "mismatch")
     got = rig.metrics()
-    active = {dict(a)["strategy"]: p.value for a, p in points(got["e6data.strategy.active"]).items()}
+    active = {dict(a)["e6data.strategy"]: p.value for a, p in points(got["e6data.strategy.active"]).items()}
     assert active == {"blue": 1, "green": 0}
     sw = got["e6data.strategy.switches"]
     assert sw.data.is_monotonic and sw.unit == "{switch}"
-    switches = {tuple(dict(a)[k] for k in ("from", "to", "cause")): p.value
+    switches = {tuple(dict(a)[k] for k in ("e6data.strategy.from", "e6data.strategy.to",
+                                           "e6data.switch.cause")): p.value
                 for a, p in points(sw).items()}
     assert len(switches) == 2 * len(M.SWITCH_CAUSES)  # zero-initialised in both directions
     assert switches[("blue", "green", "announced")] == 1
     assert switches[("green", "blue", "mismatch")] == 1
     assert sum(switches.values()) == rec.switch_total() == 2
     assert {tuple(sorted(a)): p.value for a, p in points(got["e6data.strategy.mismatches"]).items()
-            } == {(("method", "prepareStatement"), ("strategy", "green")): 1}
-    events = {dict(a)["kind"]: p.value for a, p in points(got["e6data.strategy.events"]).items()}
+            } == {(("e6data.strategy", "green"),
+                   ("rpc.method", "QueryEngineService/prepareStatement")): 1}
+    events = {dict(a)["e6data.event.kind"]: p.value for a, p in points(got["e6data.strategy.events"]).items()}
     assert events == {"detected": 1, "announced": 1, "applied": 2, "mismatch": 1,
                       "cache_cleared": 0, "retry": 1}
     assert got["e6data.strategy.last_switch_time"].data.data_points[0].value == rec.last_switch_time
-    in_flight = {dict(a)["strategy"]: p.value
+    in_flight = {dict(a)["e6data.strategy"]: p.value
                  for a, p in points(got["e6data.client.queries_in_flight"]).items()}
     assert in_flight == {"blue": 1, "green": 0}
     assert not got["e6data.client.queries_in_flight"].data.is_monotonic
@@ -410,7 +412,7 @@ def test_a_failing_callback_is_contained_and_counted(rig: Rig, monkeypatch: Any)
     assert "e6data.strategy.pending" not in got
     assert [p.count for p in got["rpc.client.call.duration"].data.data_points] == [1]
     assert _safe.internal_errors() == {"sink.otel.metrics": 1}
-    errors = {dict(p.attributes)["component"]: p.value
+    errors = {dict(p.attributes)["e6observe.component"]: p.value
               for p in rig.metrics()["e6observe.internal_errors"].data.data_points}
     assert errors["sink.otel.metrics"] >= 1
     _safe.reset_for_tests()

@@ -67,13 +67,14 @@ def test_switches_mismatches_and_latency_through_opentelemetry(
     assert query() == [[1]]
 
     got = metrics_by_name(reader)
-    switches = {tuple(dict(p.attributes)[k] for k in ("from", "to", "cause")): p.value
+    keys = M.SWITCHES.otel_labels  # e6data.strategy.from, .to, e6data.switch.cause
+    switches = {tuple(dict(p.attributes)[k] for k in keys): p.value
                 for p in got["e6data.strategy.switches"].data.data_points if p.value}
     assert switches == {("blue", "green", "announced"): 1, ("green", "blue", "mismatch"): 1}
     assert sum(switches.values()) == rec.switch_total()
     mismatches = sum(p.value for p in got["e6data.strategy.mismatches"].data.data_points)
     assert mismatches == sim.counters()["mismatches_total"] > 0
-    active = {dict(p.attributes)["strategy"]: p.value
+    active = {dict(p.attributes)["e6data.strategy"]: p.value
               for p in got["e6data.strategy.active"].data.data_points}
     assert active == {sim.active: 1, "green" if sim.active == "blue" else "blue": 0}
 

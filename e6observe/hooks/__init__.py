@@ -94,7 +94,7 @@ class HookContext:
     """
 
     __slots__ = ("recorder", "options", "tracer", "live", "token", "tls", "retrace", "track",
-                 "timers")
+                 "timers", "suppressed")
 
     def __init__(self, recorder: Recorder, options: Any = None, tracer: Any = None) -> None:
         self.recorder = recorder
@@ -111,6 +111,8 @@ class HookContext:
         self.track: Any = _track_connection_fn()
         #: Per-method timing state shared by every stub of this installation (channel hook).
         self.timers: dict[str, Any] = {}
+        #: True inside OpenTelemetry's ``suppress_instrumentation()``: no span, no measurement.
+        self.suppressed = _suppression_check()
 
     def current_tracer(self) -> Any:
         """The query tracer, looking (rate-limited) for a late global provider if none yet."""
@@ -118,6 +120,12 @@ class HookContext:
         if tracer is None and self.retrace is not None:
             tracer = self.retrace()
         return tracer
+
+
+def _suppression_check() -> Any:
+    from .._otelctx import suppression_check
+
+    return suppression_check()
 
 
 def _track_connection_fn() -> Any:

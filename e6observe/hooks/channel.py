@@ -51,6 +51,15 @@ _RpcError = grpc.RpcError
 _stubs: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
+def _never() -> bool:
+    return False
+
+
+#: True inside OpenTelemetry's ``suppress_instrumentation()`` (set by :func:`install`): the
+#: call's duration is not recorded (a 456 is still reported: it moves the strategy state).
+_suppressed: Callable[[], bool] = _never
+
+
 def _strategy_from(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """The ``strategy`` header value of a call, or None. Never raises."""
     md = kwargs.get("metadata") if kwargs else None
@@ -104,6 +113,8 @@ class _Timer:
             cname = norm_code(code)
             if cname == "UNKNOWN" and isinstance(details, str) and MISMATCH_TEXT in details:
                 rec.mismatch(strategy, self.method)
+            if _suppressed():
+                return
             rec.rpc_histogram(self.method, strategy, cname).observe(seconds)
         except Exception as exc:
             record_internal_error(_COMPONENT, exc)
@@ -145,6 +156,8 @@ def _timed_call(mc: Any, timer: _Timer) -> Callable[..., Any]:
                 timer.failed_exc(exc, _perf() - t0, s)
                 raise
             dt = _perf() - t0
+            if _suppressed():
+                return response
             try:
                 h = timer.ok[s]
                 p = h.pending
@@ -166,12 +179,15 @@ def _timed_call(mc: Any, timer: _Timer) -> Callable[..., Any]:
             except _RpcError as exc:
                 timer.failed_exc(exc, _perf() - t0, s)
                 raise
-            timer.observe_ok(s, _perf() - t0)
+            if not _suppressed():
+                timer.observe_ok(s, _perf() - t0)
             return response
 
         wrapper = timed_any
 
     def timed_future(request: Any, *args: Any, **kwargs: Any) -> Any:
+        if _suppressed():
+            return mc.future(request, *args, **kwargs)
         s = _strategy_from(args, kwargs)
         t0 = _perf()
         fut = mc.future(request, *args, **kwargs)
@@ -290,7 +306,7 @@ def _make_create_client(orig: Callable[..., Any], ctx: HookContext) -> Callable[
 def install(recorder: Recorder, options: object = None, tracer: object = None,
             ctx: Optional[HookContext] = None) -> bool:
     """Wrap ``Connection._create_client`` so every new stub is timed."""
-    global _ctx
+    global _ctx, _suppressed
     if _ctx is not None:
         return True
     from e6data_python_connector import e6data_grpc as g
@@ -301,6 +317,7 @@ def install(recorder: Recorder, options: object = None, tracer: object = None,
         return False
     _patches.replace(g.Connection, "_create_client", _make_create_client(orig, ctx))
     _ctx = ctx
+    _suppressed = ctx.suppressed
     return True
 
 

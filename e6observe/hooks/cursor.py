@@ -31,8 +31,10 @@ import sys
 import time
 from typing import Any, Callable, Optional
 
+from .._otelctx import attach_span, detach
 from .._safe import record_internal_error
 from ..recorder import COLOURS, FOLD_AT, norm_strategy
+from ..tracing import db_namespace
 from . import HookContext, Patches, is_mismatch, retry_reason
 from . import channel as _channel
 
@@ -113,11 +115,13 @@ def _make_execute(orig: Callable[..., Any], ctx: HookContext) -> Callable[..., A
     token = ctx.token
     tokens = rec.in_flight_tokens
     mark = _channel.MARK
+    suppressed = ctx.suppressed
 
     def execute(self: Any, *args: Any, **kwargs: Any) -> Any:
-        if not ctx.live:
+        if not ctx.live or suppressed():
             return orig(self, *args, **kwargs)
         span = None
+        span_token = None
         before = None
         d = self.__dict__
         try:
@@ -135,13 +139,16 @@ def _make_execute(orig: Callable[..., Any], ctx: HookContext) -> Callable[..., A
                 tracer = ctx.retrace()
             if tracer is not None:
                 span = tracer.start(_operation(args, kwargs), getattr(conn, "_host", None),
-                                    getattr(conn, "_port", None))
+                                    getattr(conn, "_port", None),
+                                    db_namespace(d.get("_catalog_name"), d.get("_database")))
+                span_token = attach_span(span)
         except Exception as exc:
             record_internal_error(_COMPONENT, exc)
         t0 = perf()
         try:
             result = orig(self, *args, **kwargs)
         except BaseException as exc:
+            detach(span_token)
             try:
                 qid = d.get("_query_id")
                 admitted = qid is not None and qid != before
@@ -152,6 +159,8 @@ def _make_execute(orig: Callable[..., Any], ctx: HookContext) -> Callable[..., A
             except Exception as e:
                 record_internal_error(_COMPONENT, e)
             raise
+        if span_token is not None:
+            detach(span_token)
         try:
             qid = d.get("_query_id")
             # _pinned_strategy(qid), inlined for the usual case (a colour, pinned by id)
@@ -168,6 +177,16 @@ def _make_execute(orig: Callable[..., Any], ctx: HookContext) -> Callable[..., A
 
     execute.__wrapped__ = orig  # type: ignore[attr-defined]
     return execute
+
+
+def call_in_span(span: Any, orig: Callable[..., Any], self: Any, args: tuple[Any, ...],
+                 kwargs: dict[str, Any]) -> Any:
+    """``orig(self, *args, **kwargs)`` with ``span`` current (its RPCs' spans are its children)."""
+    token = attach_span(span)
+    try:
+        return orig(self, *args, **kwargs)
+    finally:
+        detach(token)
 
 
 def end_failed(ctx: HookContext, cursor: Any, exc: BaseException,
@@ -191,8 +210,12 @@ def _make_fetch(orig: Callable[..., Any], ctx: HookContext) -> Callable[..., Any
     perf = time.perf_counter
 
     def fetch(self: Any, *args: Any, **kwargs: Any) -> Any:
+        q = self.__dict__.get(ATTR)
         try:
-            rows = orig(self, *args, **kwargs)
+            if q is None or q.span is None:
+                rows = orig(self, *args, **kwargs)
+            else:
+                rows = call_in_span(q.span, orig, self, args, kwargs)
         except BaseException as exc:
             end_failed(ctx, self, exc, outcome_of)
             raise
@@ -208,8 +231,11 @@ def _make_fetch(orig: Callable[..., Any], ctx: HookContext) -> Callable[..., Any
 
 def _make_fetch_failure(orig: Callable[..., Any], ctx: HookContext) -> Callable[..., Any]:
     def fetch(self: Any, *args: Any, **kwargs: Any) -> Any:
+        q = self.__dict__.get(ATTR)
         try:
-            return orig(self, *args, **kwargs)
+            if q is None or q.span is None:
+                return orig(self, *args, **kwargs)
+            return call_in_span(q.span, orig, self, args, kwargs)
         except BaseException as exc:
             end_failed(ctx, self, exc, outcome_of)
             raise
@@ -240,7 +266,10 @@ def _make_clear(orig: Callable[..., Any], ctx: HookContext) -> Callable[..., Any
             if target and target != q.query_id:
                 q = None  # clearing some other query id: not this cursor's query
         try:
-            response = orig(self, *args, **kwargs)
+            if q is None or q.span is None:
+                response = orig(self, *args, **kwargs)
+            else:
+                response = call_in_span(q.span, orig, self, args, kwargs)
         except BaseException as exc:
             if q is not None and d.get(ATTR) is q:
                 del d[ATTR]

@@ -51,19 +51,20 @@ from collections import deque
 from typing import Any, Callable, Iterable, Iterator, Optional
 
 from .. import metrics as M
+from .._otelctx import meter as _meter
 from .._safe import contain
-from .._version import __version__
 from ..events import Event
+from ..tracing import ERROR_TYPES as _tracing_error_types
+from ..tracing import error_type
 
 SCOPE = "e6observe"
 DB_SYSTEM = "e6data"
-# ``db.operation.name`` is left off db.client.operation.duration on purpose: the conventions
-# make it conditional on being readily available, the query spans carry the SQL keyword
-# (``SELECT``) as its value, and the recorder's query histogram is not split by statement (no
-# query text reaches it). Any other value ("execute") would contradict the spans.
-#: ``error.type`` per query outcome; successful queries carry none (as the conventions say).
-#: ``_OTHER`` is the conventions' value for an error with no more specific type.
-ERROR_TYPES = {"error": "_OTHER", "switch_interrupted": "switch_interrupted"}
+# ``db.operation.name`` and ``db.namespace`` are left off db.client.operation.duration: the
+# conventions make them conditional on being readily available, and the recorder's query
+# histogram is not split by statement or database (no query text reaches it); the query spans
+# carry both.
+#: ``error.type`` per query outcome - the mapping the query spans use too.
+ERROR_TYPES = _tracing_error_types
 
 _SEVERITY = {"mismatch": "WARN", "retry": "WARN"}
 
@@ -137,7 +138,7 @@ def _binding_for(provider: Any) -> _Binding:
     with _bindings_lock:
         b = _bindings.get(provider)
         if b is None:
-            b = _Binding(provider.get_meter(SCOPE, __version__))
+            b = _Binding(_meter(provider))
             _bindings[provider] = b
         return b
 
@@ -207,7 +208,7 @@ class OtelSink:
 
             lp = self._logger_provider or _logs.get_logger_provider()
             self._log_provider_used = lp
-            self._logger = lp.get_logger(SCOPE, __version__)
+            self._logger = _logger(lp)
             self.recorder.subscribe(self._on_event)
 
     def close(self) -> None:
@@ -254,14 +255,18 @@ class OtelSink:
         if spec is M.QUERY_DURATION:
             strategy, outcome = labels
             attrs = {"db.system.name": DB_SYSTEM, "e6data.strategy": strategy, **server}
-            if outcome in ERROR_TYPES:
-                attrs["error.type"] = ERROR_TYPES[outcome]
+            etype = error_type(outcome)
+            if etype is not None:
+                attrs["error.type"] = etype
             return attrs
         if spec is M.RPC_DURATION:
             method, strategy, code = labels
-            names = spec.otel_labels  # rpc.method, e6data.strategy, rpc.*status_code
-            return {"rpc.system.name": "grpc", names[0]: self._rpc_names.get(method, "_OTHER"),
-                    names[1]: strategy, names[2]: code, **server}
+            names = spec.otel_labels  # rpc.method, e6data.strategy, rpc.response.status_code
+            attrs = {"rpc.system.name": "grpc", names[0]: self._rpc_names.get(method, "_OTHER"),
+                     names[1]: strategy, names[2]: code, **server}
+            if code != "OK":  # a failed call: its status is its error type (as for spans)
+                attrs["error.type"] = code
+            return attrs
         return dict(zip(spec.otel_labels or spec.labels, labels))
 
     def _drain(self) -> None:
@@ -312,13 +317,15 @@ class OtelSink:
         else:
             self._drain()
         active = self.recorder.state()["active"]
-        return [Observation(1 if s == active else 0, {"strategy": s}) for s in M.STRATEGIES]
+        key = M.STRATEGY_ACTIVE.otel_labels[0]
+        return [Observation(1 if s == active else 0, {key: s}) for s in M.STRATEGIES]
 
     def _observe_pending(self) -> Iterable[Any]:
         from opentelemetry.metrics import Observation
 
         pending = self.recorder.state()["pending"]
-        return [Observation(1 if s == pending else 0, {"strategy": s}) for s in M.STRATEGIES]
+        key = M.STRATEGY_PENDING.otel_labels[0]
+        return [Observation(1 if s == pending else 0, {key: s}) for s in M.STRATEGIES]
 
     def _observe_last_switch(self) -> Iterable[Any]:
         from opentelemetry.metrics import Observation
@@ -329,7 +336,8 @@ class OtelSink:
         from opentelemetry.metrics import Observation
 
         in_flight = self.recorder.state()["in_flight"]
-        return [Observation(n, {"strategy": s}) for s, n in sorted(in_flight.items())
+        key = M.QUERIES_IN_FLIGHT.otel_labels[0]
+        return [Observation(n, {key: s}) for s, n in sorted(in_flight.items())
                 if n or s in M.STRATEGIES]
 
     def _observe_counter(self, spec: M.MetricSpec) -> Iterable[Any]:
@@ -343,6 +351,10 @@ class OtelSink:
         fam = self.recorder.families.get(spec.prom_name)
         if fam is None:
             return []
+        if spec is M.MISMATCHES:  # rpc.method is the fully-qualified name, as on the RPC metric
+            return [Observation(child.value, {names[0]: labels[0],
+                                              names[1]: self._rpc_names.get(labels[1], "_OTHER")})
+                    for labels, child in fam.items()]
         return [Observation(child.value, dict(zip(names, labels)))
                 for labels, child in fam.items()]
 
@@ -362,6 +374,16 @@ class OtelSink:
                     self.recorder.family(M.EVENTS_DROPPED).counter("otlp").inc(full)
         finally:
             self.events_handled += 1  # only the dispatcher thread writes it
+
+
+def _logger(provider: Any) -> Any:
+    from .._otelctx import SCHEMA_URL
+    from .._version import __version__
+
+    try:
+        return provider.get_logger(SCOPE, __version__, schema_url=SCHEMA_URL)
+    except TypeError:  # pragma: no cover - a provider without schema_url
+        return provider.get_logger(SCOPE, __version__)
 
 
 # -- histogram deltas into the SDK --------------------------------------------------------------

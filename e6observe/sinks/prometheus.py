@@ -371,6 +371,8 @@ class PrometheusSink:
         if self.writer is not None:
             self.writer.add_process_collector(collector)
             return
+        if getattr(collector, "registry", False) is None:
+            collector.registry = self.registry  # (the runtime collector defers to others there)
         taken = _names_taken(self.registry, collector)
         if taken:
             # A shared registry (often prometheus_client.REGISTRY) that already exports

@@ -1,0 +1,101 @@
+"""What e6observe shares with the OpenTelemetry API: its scope, schema URL and context keys.
+
+* :data:`SCHEMA_URL` - the semantic-conventions version e6observe's names follow; every meter
+  and tracer e6observe creates carries it (:func:`meter`, :func:`tracer`).
+* :func:`suppression_check` - a callable telling whether the current context suppresses
+  instrumentation (``opentelemetry.instrumentation.utils.suppress_instrumentation()``, which
+  contrib instrumentations honour): the query and RPC hooks record nothing inside it.
+* :func:`attach_span` / :func:`detach` - make a span current for the calls made under it, so
+  other instrumentations' spans (``opentelemetry-instrumentation-grpc``) become its children.
+
+Reading the suppression flag is on the hook's path (once per query and per RPC): the check
+reads the API's context variable directly where the API keeps one (every supported version),
+and falls back to ``context.get_value`` otherwise.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from typing import Any, Callable
+
+SCOPE = "e6observe"
+#: Semantic conventions the attribute and metric names follow (see CHANGELOG.md for renames).
+SCHEMA_URL = "https://opentelemetry.io/schemas/1.44.0"
+#: The key ``suppress_instrumentation()`` also sets, for instrumentations that predate the API's.
+_PLAIN_KEY = "suppress_instrumentation"
+
+
+def _never() -> bool:
+    return False
+
+
+def suppression_check() -> Callable[[], bool]:
+    """A cheap ``() -> bool``: True inside ``suppress_instrumentation()``. Never raises."""
+    try:
+        from opentelemetry import context as c
+
+        key = c._SUPPRESS_INSTRUMENTATION_KEY
+    except Exception:  # pragma: no cover - an API without the key: nothing can suppress
+        return _never
+    var = getattr(getattr(c, "_RUNTIME_CONTEXT", None), "_current_context", None)
+    if isinstance(var, contextvars.ContextVar):
+        get = var.get
+
+        def suppressed() -> bool:
+            try:
+                ctx = get()
+                return bool(ctx.get(key) or ctx.get(_PLAIN_KEY))
+            except Exception:
+                return False
+    else:  # pragma: no cover - a runtime context other than the API's default
+        def suppressed() -> bool:
+            try:
+                return bool(c.get_value(key) or c.get_value(_PLAIN_KEY))
+            except Exception:
+                return False
+    return suppressed
+
+
+def meter(provider: Any) -> Any:
+    """e6observe's meter on ``provider`` (one scope: name, version and schema URL)."""
+    from ._version import __version__
+
+    try:
+        return provider.get_meter(SCOPE, __version__, schema_url=SCHEMA_URL)
+    except TypeError:  # pragma: no cover - a provider whose get_meter takes no schema_url
+        return provider.get_meter(SCOPE, __version__)
+
+
+def tracer(provider: Any) -> Any:
+    """e6observe's tracer on ``provider``."""
+    from ._version import __version__
+
+    try:
+        return provider.get_tracer(SCOPE, __version__, schema_url=SCHEMA_URL)
+    except TypeError:  # pragma: no cover
+        return provider.get_tracer(SCOPE, __version__)
+
+
+def attach_span(span: Any) -> Any:
+    """Make ``span`` current; returns the token for :func:`detach` (None if that failed)."""
+    try:
+        from opentelemetry import context, trace
+
+        return context.attach(trace.set_span_in_context(span))
+    except Exception:
+        return None
+
+
+def detach(token: Any) -> None:
+    """Undo :func:`attach_span`. Never raises (a token from another context is ignored)."""
+    if token is None:
+        return
+    try:
+        from opentelemetry import context
+
+        context.detach(token)
+    except Exception:
+        pass
+
+
+__all__ = ["SCHEMA_URL", "SCOPE", "suppression_check", "meter", "tracer", "attach_span", "detach"]
