@@ -232,3 +232,46 @@ def test_runtime_metrics_default_off_while_system_metrics_is_instrumented(rig: R
     finally:
         inst.uninstrument()
     assert "process.cpu.time" in rig.metrics()
+
+
+@pytest.mark.parametrize("sdk", ["tested", "newer"])
+def test_histogram_hand_off_exact_with_and_without_sdk_internals(
+        sdk: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Within the tested SDK range the delta goes into the SDK's aggregation in one step; above
+    # it (or with internals that differ) every value is replayed through the public API.
+    # Either way count, sum, min, max and the buckets are exact.
+    from types import SimpleNamespace
+
+    from opentelemetry.sdk._logs import LoggerProvider
+
+    from e6observe.recorder import Recorder
+    from e6observe.sinks import otel
+
+    monkeypatch.setattr(otel, "_sdk_ok", None if sdk == "tested" else False)
+    rec = Recorder()
+    reader = InMemoryMetricReader()
+    mp = MeterProvider(metric_readers=[reader])
+    sink = otel.OtelSink(rec, SimpleNamespace(meter_provider=mp, logger_provider=LoggerProvider()))
+    sink.start()
+    try:
+        h = rec.rpc_histogram("clear", "blue", "OK")
+        values = [0.0003, 0.0004, 0.0031, 0.02, 0.5]
+        for v in values:
+            h.observe(v)
+        reader.get_metrics_data()  # primes the series
+        for v in values:
+            h.observe(v)
+        data = reader.get_metrics_data()
+        (p,) = [pt for rm in data.resource_metrics for sm in rm.scope_metrics for m in sm.metrics
+                if m.name == "rpc.client.call.duration" for pt in m.data.data_points]
+        assert p.count == 10 and p.sum == pytest.approx(2 * sum(values))
+        assert (p.min, p.max) == (0.0003, 0.5)
+        assert sum(p.bucket_counts) == 10
+        if sdk == "tested":
+            assert otel.sdk_internals_usable() and sink.bulk_points >= 1
+        else:
+            assert sink.bulk_points == 0 and sink.replayed_values >= 5
+    finally:
+        sink.close()
+        mp.shutdown()
+        rec.stop()

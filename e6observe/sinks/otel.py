@@ -387,16 +387,40 @@ def _logger(provider: Any) -> Any:
 
 
 # -- histogram deltas into the SDK --------------------------------------------------------------
+#: The SDK versions whose internals the one-step hand-off was tested against (the minimum and
+#: newest of ``./run test``). Outside this range the sink uses the public API only (replay).
+SDK_INTERNALS_TESTED = ((1, 30), (1, 45))
+_sdk_ok: Optional[bool] = None
+
+
+def sdk_internals_usable() -> bool:
+    """True if the installed SDK's ``major.minor`` is within :data:`SDK_INTERNALS_TESTED`."""
+    global _sdk_ok
+    if _sdk_ok is None:
+        try:
+            from importlib.metadata import version
+
+            parts = tuple(int(p) for p in version("opentelemetry-sdk").split(".")[:2])
+            lo, hi = SDK_INTERNALS_TESTED
+            _sdk_ok = lo <= parts <= hi
+        except Exception:
+            _sdk_ok = False
+    return _sdk_ok
+
+
 def _view_matches(instrument: Any, attrs: dict[str, Any]) -> Optional[list[tuple[Any, Any]]]:
     """``(view match, attribute key)`` for every place the SDK aggregates ``attrs`` of
     ``instrument`` (one per view per reader), or None if the SDK's layout is not recognised.
 
-    Reads SDK internals (``opentelemetry.sdk.metrics._internal``; 1.41 and 1.45 are tested): the
+    Reads SDK internals (``opentelemetry.sdk.metrics._internal``; only for the SDK versions in
+    :data:`SDK_INTERNALS_TESTED`): the
     reader storages of the instrument's measurement consumer, their view matches, and the key a
     match files an attribute set under (``_hash_attributes`` where it exists, else the older
     ``frozenset`` of the items). A wrong guess cannot corrupt anything: a key that is not there
     is simply not found, and the caller replays through the public API instead.
     """
+    if not sdk_internals_usable():
+        return None
     try:
         from opentelemetry.sdk.metrics._internal import _view_instrument_match as vim
 
