@@ -42,8 +42,10 @@ CLIENT_LEGEND = "{{job}} {{instance}} {{pod}}"
 
 # --- small builders ----------------------------------------------------------------------------
 def target(expr: str, legend: str = "", ref: str = "A", fmt: str = "time_series",
-           instant: bool = False) -> prometheus.Dataquery:
+           instant: bool = False, exemplar: bool = False) -> prometheus.Dataquery:
     q = prometheus.Dataquery().expr(expr).ref_id(ref).datasource(DS)
+    if exemplar:  # the latency histograms carry trace ids (the query spans') as exemplars
+        q = q.exemplar(True)
     q = q.legend_format(legend or "__auto")
     if fmt != "time_series":
         q = q.format(prom_model.PromQueryFormat(fmt))
@@ -68,16 +70,22 @@ def ts(title: str, description: str, targets: Sequence[prometheus.Dataquery], un
     return p
 
 
-def refs(exprs: Sequence[tuple[str, str]]) -> List[prometheus.Dataquery]:
+def refs(exprs: Sequence[tuple[str, str]], exemplar: bool = False) -> List[prometheus.Dataquery]:
     """Targets A, B, C... from (expr, legend) pairs."""
-    return [target(e, legend, chr(ord("A") + i)) for i, (e, legend) in enumerate(exprs)]
+    return [target(e, legend, chr(ord("A") + i), exemplar=exemplar)
+            for i, (e, legend) in enumerate(exprs)]
 
 
 def variables(cfg: Config, with_method: bool) -> List[Any]:
     base = Q.gauge(M.BUILD_INFO, cfg.selector)
+    in_cluster = Q.gauge(M.BUILD_INFO, cfg.selector, 'cluster=~"$cluster"')
+    in_namespace = Q.gauge(M.BUILD_INFO, cfg.selector, 'cluster=~"$cluster"',
+                           'namespace=~"$namespace"')
     out: List[Any] = [
         dash.DatasourceVariable("datasource").label("Data source").type("prometheus"),
-        _query_var("job", "Job", f"label_values({base}, job)"),
+        _query_var("cluster", "Cluster", f"label_values({base}, cluster)"),
+        _query_var("namespace", "Namespace", f"label_values({in_cluster}, namespace)"),
+        _query_var("job", "Job", f"label_values({in_namespace}, job)"),
         _query_var("instance", "Instance",
                    f"label_values({Q.gauge(M.BUILD_INFO, _JOB)}, instance)"),
         _query_var("pod", "Pod", f"label_values({Q.gauge(M.BUILD_INFO, _job_instance())}, pod)"),
@@ -88,7 +96,7 @@ def variables(cfg: Config, with_method: bool) -> List[Any]:
     return out
 
 
-_JOB = 'job=~"$job"'
+_JOB = 'cluster=~"$cluster", namespace=~"$namespace", job=~"$job"'
 
 
 def _job_instance() -> str:
@@ -152,7 +160,8 @@ def blue_green_overview(cfg: Config = DEFAULT) -> dash.Dashboard:
         "(mean over the window) and as quantiles over the dashboard's time range.",
         refs([(Q.drain_mean(SEL, RATE), "mean " + CLIENT_LEGEND),
               (Q.drain_quantile(0.5, SEL, "$__range"), "p50 (range)"),
-              (Q.drain_quantile(0.95, SEL, "$__range"), "p95 (range)")]), unit="s", span=8))
+              (Q.drain_quantile(0.95, SEL, "$__range"), "p95 (range)")], exemplar=True),
+        unit="s", span=8))
     d = d.with_panel(ts(
         "Pending switches", "Strategies announced and not applied yet, and how long they have "
         "waited. A pending switch that does not drain is blocked by uncleared queries.",
@@ -179,7 +188,7 @@ def blue_green_overview(cfg: Config = DEFAULT) -> dash.Dashboard:
     d = d.with_panel(ts(
         "Query latency", "Query duration quantiles (execute to clear), by strategy.",
         refs([(Q.query_latency(q, SEL, RATE), f"p{int(q * 100)} {{{{strategy}}}}")
-              for q in Q.QUANTILES]), unit="s", span=6))
+              for q in Q.QUANTILES], exemplar=True), unit="s", span=6))
     d = d.with_panel(ts(
         "Queries in flight", "Queries executed and not yet cleared, by the strategy they are "
         "pinned to.", [target(Q.queries_in_flight(SEL), "{{strategy}}")], span=6))
@@ -206,7 +215,7 @@ def client_runtime(cfg: Config = DEFAULT) -> dash.Dashboard:
         .rows_frame(heatmap.RowsHeatmapOptions().layout(common.HeatmapCellLayout.LE)))
     d = d.with_panel(ts(
         "RPC p95 by method", "95th percentile gRPC call duration per method.",
-        [target(Q.rpc_latency(0.95, SEL, RATE), "{{method}}")], unit="s", span=8))
+        [target(Q.rpc_latency(0.95, SEL, RATE), "{{method}}", exemplar=True)], unit="s", span=8))
     d = d.with_panel(ts(
         "RPCs by status code", "gRPC calls per second by method and status code.",
         [target(Q.rpc_rate_by_code(SEL, RATE), "{{method}} {{code}}")], unit="reqps", span=8))

@@ -47,6 +47,11 @@ class Config:
     #: Labels that identify one population of clients expected to follow the same e6data
     #: cluster. Split brain means clients within one population disagree on the active colour.
     population_labels: Tuple[str, ...] = ("job",)
+    #: kube-prometheus-stack's Alertmanager groups and inhibits by ``namespace`` and by the
+    #: cluster label (``cluster`` unless relabelled): every alert's aggregation keeps both, and
+    #: the dashboards have a variable for each. Series without them simply lack them.
+    cluster_label: str = "cluster"
+    namespace_label: str = "namespace"
 
     # --- rule group and runbook ----------------------------------------------------------------
     rule_group: str = "e6observe"
@@ -121,6 +126,9 @@ class Config:
             value = getattr(self, f.name)
             if f.name.endswith(("_window", "_for", "_lookback")):
                 duration_seconds(value)
+            elif f.name.endswith("_label"):
+                if not (isinstance(value, str) and _LABEL.match(value)):
+                    raise ConfigError(f"{f.name} must be a label name: {value!r}")
             elif f.name.endswith("_labels"):
                 if not value or not all(isinstance(v, str) and _LABEL.match(v) for v in value):
                     raise ConfigError(f"{f.name} must be a non-empty tuple of label names: {value!r}")
@@ -140,14 +148,24 @@ class Config:
         return replace(self, **changes)
 
     @property
+    def kept_labels(self) -> Tuple[str, ...]:
+        """The labels every alert aggregation keeps (cluster, namespace)."""
+        return (self.cluster_label, self.namespace_label)
+
+    def _by(self, labels: Tuple[str, ...]) -> str:
+        out = list(self.kept_labels)
+        out += [lab for lab in labels if lab not in out]
+        return ", ".join(out)
+
+    @property
     def client_by(self) -> str:
-        """``job, instance, pod``: the grouping clause for one client."""
-        return ", ".join(self.client_labels)
+        """``cluster, namespace, job, instance, pod``: the grouping clause for one client."""
+        return self._by(self.client_labels)
 
     @property
     def population_by(self) -> str:
-        """The grouping clause for one client population."""
-        return ", ".join(self.population_labels)
+        """The grouping clause for one client population (with cluster and namespace)."""
+        return self._by(self.population_labels)
 
 
 #: The configuration the committed dashboards and rule file are generated from.

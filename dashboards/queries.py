@@ -10,12 +10,14 @@ from __future__ import annotations
 
 from e6observe import metrics as M
 
-#: Label matchers every dashboard query carries: the job/instance/pod template variables.
-DASHBOARD_SELECTOR = 'job=~"$job", instance=~"$instance", pod=~"$pod"'
+#: Label matchers every dashboard query carries: the cluster/namespace/job/instance/pod
+#: template variables (``e6observe export --cluster-label`` renames the cluster label).
+DASHBOARD_SELECTOR = ('cluster=~"$cluster", namespace=~"$namespace", job=~"$job", '
+                      'instance=~"$instance", pod=~"$pod"')
 #: Grafana's interval for rate windows; the live test substitutes a concrete duration.
 RATE = "$__rate_interval"
 #: Labels drawn per client on the dashboards (the variables' labels).
-CLIENT = "job, instance, pod"
+CLIENT = "cluster, namespace, job, instance, pod"
 QUANTILES = (0.5, 0.95, 0.99)
 
 

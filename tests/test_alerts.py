@@ -125,7 +125,7 @@ def test_flapping_counts_switches_with_increase_and_split_brain_counts_colours()
     assert "increase(e6data_strategy_switches_total[15m])" in exprs["E6dataStrategyFlapping"]
     assert exprs["E6dataStrategyFlapping"].endswith(">= 3")
     assert exprs["E6dataStrategySplitBrain"] == (
-        'count by (job) (count by (job, strategy) '
+        'count by (cluster, namespace, job) (count by (cluster, namespace, job, strategy) '
         '(e6data_strategy_active{strategy=~"blue|green"} == 1)) > 1')
     assert exprs["E6dataStrategyMismatchRateHigh"].endswith("> 0.05")
 
@@ -147,7 +147,21 @@ def test_the_selector_reaches_every_metric_of_every_alert() -> None:
             uses = re.findall(re.escape(name) + r"(\{[^}]*\}|\b)", r["expr"])
             assert uses and all('job="orders"' in u for u in uses), (r["alert"], name)
     split = next(r for r in data["groups"][0]["rules"] if r["alert"] == "E6dataStrategySplitBrain")
-    assert split["expr"].startswith("count by (namespace, job) (count by (namespace, job, strategy)")
+    assert split["expr"].startswith(
+        "count by (cluster, namespace, job) (count by (cluster, namespace, job, strategy)")
+
+
+def test_every_alert_aggregation_keeps_namespace_and_the_cluster_label() -> None:
+    # kube-prometheus-stack's Alertmanager groups and inhibits on namespace and cluster.
+    for cfg in (DEFAULT, DEFAULT.with_(cluster_label="k8s_cluster")):
+        for r in A.rule_groups(cfg)["groups"][0]["rules"]:
+            clauses = re.findall(r"\b(?:by|on) \(([^)]*)\)", r["expr"])
+            assert clauses, r["alert"]
+            for clause in clauses:
+                labels = [x.strip() for x in clause.split(",")]
+                assert labels[:2] == [cfg.cluster_label, "namespace"], (r["alert"], clause)
+    with pytest.raises(ConfigError):
+        DEFAULT.with_(cluster_label="not a label")
 
 
 def test_windows_and_thresholds_come_from_the_config() -> None:

@@ -20,7 +20,8 @@ JSON_DIR = ROOT / "dashboards" / "json"
 CHART_FILES = ROOT / "helm" / "e6observe" / "files"
 OVERVIEW = JSON_DIR / "e6data-blue-green-overview.json"
 RUNTIME = JSON_DIR / "e6data-client-runtime.json"
-SELECTOR = 'job=~"$job", instance=~"$instance", pod=~"$pod"'
+SELECTOR = ('cluster=~"$cluster", namespace=~"$namespace", job=~"$job", instance=~"$instance", '
+            'pod=~"$pod"')
 
 
 def load(path: Path) -> dict[str, Any]:
@@ -123,7 +124,7 @@ def test_overview_answers_the_blue_green_questions() -> None:
     d = load(OVERVIEW)
     active = by_title(d, "Active strategy per client")
     assert active["type"] == "state-timeline"
-    assert "by (job, instance, pod)" in exprs(active)[0]
+    assert "by (cluster, namespace, job, instance, pod)" in exprs(active)[0]
     texts = {o["text"] for m in active["fieldConfig"]["defaults"]["mappings"]
              for o in m["options"].values()}
     assert texts == {"none", "blue", "green", "invalid"}
@@ -162,4 +163,5 @@ def test_runtime_covers_rpcs_process_pools_and_e6observe_health() -> None:
         assert any(metric in e for e in exprs(by_title(d, title))), title
     # Generic process_* names are joined to e6observe targets, not every exporter's process.
     for e in exprs(by_title(d, "Memory")):
-        assert e.endswith("and on (job, instance, pod) e6observe_build_info{" + SELECTOR + "}")
+        assert e.endswith("and on (cluster, namespace, job, instance, pod) e6observe_build_info{"
+                          + SELECTOR + "}")

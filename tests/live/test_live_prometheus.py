@@ -318,7 +318,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 def fill(expr: str, seconds: float) -> str:
     """A dashboard expression with Grafana's variables replaced as Grafana would."""
     values = {"__rate_interval": RATE_WINDOW, "__range": f"{int(seconds) + 1}s", "job": JOB,
-              "instance": ".*", "pod": ".*", "method": ".*"}
+              "instance": ".*", "pod": ".*", "method": ".*", "cluster": ".*",
+              "namespace": ".*"}
     return re.sub(r"\$\{?(\w+)\}?", lambda m: values[m.group(1)], expr)
 
 
