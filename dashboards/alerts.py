@@ -208,7 +208,7 @@ def render_rules(cfg: Config = DEFAULT) -> str:
     """The rule file as YAML text, deterministic byte for byte."""
     import yaml
 
-    class _Dumper(yaml.SafeDumper):
+    class _Dumper(yaml.SafeDumper):  # type: ignore[misc,unused-ignore]
         pass
 
     def _str(dumper: yaml.SafeDumper, data: str) -> yaml.Node:
@@ -216,6 +216,6 @@ def render_rules(cfg: Config = DEFAULT) -> str:
         return dumper.represent_scalar("tag:yaml.org,2002:str", data, style=style)
 
     _Dumper.add_representer(str, _str)
-    body = yaml.dump(rule_groups(cfg), Dumper=_Dumper, sort_keys=False, width=10000,
-                     allow_unicode=True, default_flow_style=False)
+    body: str = yaml.dump(rule_groups(cfg), Dumper=_Dumper, sort_keys=False, width=10000,
+                          allow_unicode=True, default_flow_style=False)
     return HEADER + body

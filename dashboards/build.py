@@ -6,7 +6,8 @@
 Dashboards are built with Grafana's ``grafana-foundation-sdk`` (Python >= 3.11); the rule file
 with :mod:`dashboards.alerts`. Both are written to ``dashboards/`` and copied into the Helm
 chart (``helm/e6observe/files/``), because Helm reads only files inside a chart.
-``scripts/regen-dashboards`` runs this module with an interpreter that has the SDK.
+``scripts/regen-dashboards`` runs this module with an interpreter that has the SDK. Copies for
+the wheel go to ``e6observe/mixin/`` (see :data:`PACKAGE_SOURCES`; ``e6observe export``).
 """
 
 from __future__ import annotations
@@ -321,6 +322,21 @@ RULES = Path("dashboards/rules/e6observe.rules.yaml")
 CHART = Path("helm/e6observe/files")
 
 
+#: The copies shipped in the wheel for ``e6observe export``: the generated files, their promtool
+#: tests and runbook, and the plain-Python rule generator (config, queries, alerts) so that
+#: export can regenerate the rules with other settings. Byte-equal to the originals.
+PACKAGE = Path("e6observe/mixin")
+PACKAGE_SOURCES = {
+    PACKAGE / "config.py": Path("dashboards/config.py"),
+    PACKAGE / "queries.py": Path("dashboards/queries.py"),
+    PACKAGE / "alerts.py": Path("dashboards/alerts.py"),
+    PACKAGE / "files/rules/tests/e6observe.rules.test.yaml":
+        Path("dashboards/rules/tests/e6observe.rules.test.yaml"),
+    PACKAGE / "files/docs/runbook.md": Path("docs/runbook.md"),
+    PACKAGE / "files/docs/alerts.md": Path("docs/alerts.md"),
+}
+
+
 def generated(cfg: Config = DEFAULT) -> Dict[Path, str]:
     """Every generated file (relative path) and its exact content."""
     out: Dict[Path, str] = {}
@@ -328,9 +344,13 @@ def generated(cfg: Config = DEFAULT) -> Dict[Path, str]:
         text = dashboard_json(fn(cfg))
         out[Path("dashboards/json") / fname] = text
         out[CHART / "dashboards" / fname] = text
+        out[PACKAGE / "files/dashboards" / fname] = text
     rules = alerts.render_rules(cfg)
     out[RULES] = rules
     out[CHART / "rules" / RULES.name] = rules
+    out[PACKAGE / "files/rules" / RULES.name] = rules
+    for copy, source in PACKAGE_SOURCES.items():
+        out[copy] = (ROOT / source).read_text(encoding="utf-8")
     return out
 
 

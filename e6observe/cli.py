@@ -20,6 +20,7 @@ COMMANDS = {
     "check": ("e6observe.check", "readiness check of a cluster: READY / NOT READY"),
     "status": ("e6observe.client", "print the current strategy state of an e6observe endpoint"),
     "tail": ("e6observe.client", "print switch events from an e6observe endpoint as they happen"),
+    "export": ("e6observe.export", "write the Grafana dashboards, alert rules and promtool tests"),
 }
 
 
