@@ -320,6 +320,8 @@ def _fix_annotations(data: Dict[str, Any]) -> None:
 #: originals: Helm can only read files inside the chart directory.
 RULES = Path("dashboards/rules/e6observe.rules.yaml")
 CHART = Path("helm/e6observe/files")
+#: Per-alert threshold metadata for the chart's overrides (JSON, which YAML reads too).
+THRESHOLDS = "e6observe.thresholds.yaml"
 
 
 #: The copies shipped in the wheel for ``e6observe export``: the generated files, their promtool
@@ -348,6 +350,8 @@ def generated(cfg: Config = DEFAULT) -> Dict[Path, str]:
     rules = alerts.render_rules(cfg)
     out[RULES] = rules
     out[CHART / "rules" / RULES.name] = rules
+    out[CHART / "rules" / THRESHOLDS] = alerts.HEADER + json.dumps(
+        alerts.thresholds(cfg), indent=2, sort_keys=True) + "\n"
     out[PACKAGE / "files/rules" / RULES.name] = rules
     for copy, source in PACKAGE_SOURCES.items():
         out[copy] = (ROOT / source).read_text(encoding="utf-8")

@@ -55,7 +55,7 @@ def test_regenerating_produces_no_diff() -> None:
 
 
 def test_the_check_names_a_drifted_or_missing_file(tmp_path: Path) -> None:
-    for rel in ("dashboards/json", "dashboards/rules", "helm/e6observe/files"):
+    for rel in ("dashboards/json", "dashboards/rules", "helm/e6observe/files", "e6observe/mixin"):
         shutil.copytree(ROOT / rel, tmp_path / rel)
     assert regen("--check", "--root", str(tmp_path)).returncode == 0
 

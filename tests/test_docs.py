@@ -292,7 +292,7 @@ def _subcommands() -> dict[str, argparse.ArgumentParser]:
 def test_every_flag_of_every_command_is_documented_in_its_section() -> None:
     text = _configuration()
     commands = _subcommands()
-    assert set(commands) == {"demo", "sim", "probe", "check", "status", "tail"}
+    assert set(commands) == {"demo", "sim", "probe", "check", "status", "tail", "export"}
     for name, parser in commands.items():
         body = section(text, f"`e6observe {name}`")
         flags = {s for a in parser._actions for s in a.option_strings

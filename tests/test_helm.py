@@ -29,7 +29,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 CHART = ROOT / "helm" / "e6observe"
 TOOLS_PY = ROOT / ".venv-tools" / "bin" / "python"
-FEATURES = ("prometheusrule", "dashboards", "servicemonitor", "podmonitor", "prober")
+FEATURES = ("prometheusrule", "dashboards", "servicemonitor", "podmonitor", "prober",
+            "alertoverrides")
 K8S_VERSIONS = ("1.27.0", "latest")
 CRD_KINDS = ("ServiceMonitor", "PodMonitor", "PrometheusRule")
 RELEASE, NAMESPACE = "shop", "monitoring"
@@ -44,6 +45,15 @@ INVALID: dict[str, tuple[dict[str, Any], str]] = {
                                          "selector": {"matchLabels": {"a": "b"}}}}, "interval"),
     "unknown-alert": ({"prometheusRule": {"enabled": True, "disabledAlerts": ["Flap"]}},
                       "disabledAlerts"),
+    "threshold-on-alert-without-one": (
+        {"prometheusRule": {"enabled": True, "alerts": {"E6dataStrategySplitBrain": {
+            "threshold": 3}}}}, "this alert has no threshold"),
+    "override-of-unknown-alert": (
+        {"prometheusRule": {"enabled": True, "alerts": {"E6dataNoSuchAlert": {"for": "1m"}}}},
+        "no such alert"),
+    "bad-override-for": (
+        {"prometheusRule": {"enabled": True, "alerts": {"E6dataQueryLatencyHigh": {
+            "for": "soon"}}}}, "for"),
     "prober-without-host": ({"prober": {"enabled": True, "image": {"repository": "r"},
                                         "credentials": {"existingSecret": "s"}}},
                             "prober.target.host is required"),
@@ -311,6 +321,39 @@ def test_prometheusrule_carries_the_generated_rules(report: dict[str, Any]) -> N
             k: v for k, v in want.items() if k != "labels"}
     # Alert templates pass through Helm untouched.
     assert "{{ $value | humanize }}" in group["rules"][0]["annotations"]["description"]
+
+
+def test_per_alert_thresholds_for_and_runbook_url_from_values(report: dict[str, Any]) -> None:
+    pr = one(report, "alertoverrides", "PrometheusRule")
+    rules = {r["alert"]: r for r in pr["spec"]["groups"][0]["rules"]}
+    source = {r["alert"]: r for r in yaml.safe_load(
+        (ROOT / "dashboards/rules/e6observe.rules.yaml").read_text())["groups"][0]["rules"]}
+    lat = rules["E6dataQueryLatencyHigh"]
+    assert lat["expr"] == source["E6dataQueryLatencyHigh"]["expr"][: -len("> 5")] + "> 2.5"
+    assert lat["for"] == "3m"
+    assert "(threshold 2.5s)" in lat["annotations"]["description"]
+    err = rules["E6dataQueryErrorRateHigh"]
+    assert err["expr"].endswith(" > 0.1") and err["for"] == source["E6dataQueryErrorRateHigh"]["for"]
+    assert "(threshold 10%)" in err["annotations"]["description"]
+    assert rules["E6dataStrategySplitBrain"]["for"] == "20m"
+    for name, r in rules.items():
+        assert r["annotations"]["runbook_url"] == (
+            "https://runbooks.example/e6observe/#" + name.lower())
+        if name not in ("E6dataQueryLatencyHigh", "E6dataQueryErrorRateHigh"):
+            assert r["expr"] == source[name]["expr"], name
+
+
+def test_target_down_is_left_to_kube_prometheus_stack_by_default(report: dict[str, Any]) -> None:
+    pr = one(report, "alertoverrides", "PrometheusRule")  # disabledAlerts not set there
+    names = [r["alert"] for r in pr["spec"]["groups"][0]["rules"]]
+    assert "E6observeTargetDown" not in names and "E6dataStrategyFlapping" in names
+
+
+def test_chart_metadata_is_complete() -> None:
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert chart["kubeVersion"].startswith(">=")
+    assert chart["sources"] and all(s.startswith("https://") for s in chart["sources"])
+    assert chart["maintainers"] and all(m.get("name") for m in chart["maintainers"])
 
 
 # --- scraping ---------------------------------------------------------------------------
