@@ -275,3 +275,56 @@ def test_histogram_hand_off_exact_with_and_without_sdk_internals(
         sink.close()
         mp.shutdown()
         rec.stop()
+
+
+# -- the async API (connector 3.x, Python 3.11+) -------------------------------------------------
+def _has_aio() -> bool:
+    from conftest import HAS_AIO
+
+    return bool(HAS_AIO)
+
+
+async def _aio_query(sim: Simulator, sql: str, catalog: str | None = None) -> Any:
+    from conftest import PASSWORD, USER
+    from e6data_python_connector import aio
+
+    conn = await aio.connect(host=sim.host, port=sim.port, username=USER, password=PASSWORD,
+                             catalog=catalog, database="sales" if catalog else None)
+    try:
+        cur = conn.cursor()
+        await cur.execute(sql)
+        rows = await cur.fetchall()
+        await cur.close()
+        return rows
+    finally:
+        await conn.close()
+
+
+@pytest.mark.skipif(not _has_aio(), reason="needs the connector's async API (3.x, Python 3.11+)")
+def test_async_queries_follow_the_same_contract(
+        rig: Rig, sim: Simulator, monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+
+    from opentelemetry import trace
+    from opentelemetry.instrumentation.grpc import GrpcAioInstrumentorClient
+    from opentelemetry.instrumentation.utils import suppress_instrumentation
+
+    monkeypatch.setattr(trace, "get_tracer_provider", lambda: rig.tp)
+    rig.start()
+    with suppress_instrumentation():
+        assert asyncio.run(_aio_query(sim, "SELECT 1")) == [[1]]
+    assert rig.spans.get_finished_spans() == ()
+    assert "db.client.operation.duration" not in rig.metrics()
+    grpc_inst = GrpcAioInstrumentorClient()
+    grpc_inst.instrument(tracer_provider=rig.tp)
+    try:
+        assert asyncio.run(_aio_query(sim, "SELECT * FROM sample", catalog="hive")) is not None
+    finally:
+        grpc_inst.uninstrument()
+    spans = rig.spans.get_finished_spans()
+    (query,) = [s for s in spans if s.instrumentation_scope.name == "e6observe"]
+    assert query.name == "SELECT sample" and query.attributes["db.namespace"] == "hive|sales"
+    children = [s for s in spans if s.parent is not None
+                and s.parent.span_id == query.context.span_id]
+    names = {s.name for s in children}
+    assert any("executeStatement" in n for n in names), {s.name for s in spans}

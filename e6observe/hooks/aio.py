@@ -40,8 +40,10 @@ import time
 import weakref
 from typing import Any, Callable, Optional
 
+from .._otelctx import attach_span, detach
 from .._safe import record_internal_error
 from ..recorder import Recorder, norm_code, norm_method, norm_strategy
+from ..tracing import db_namespace
 from . import HookContext, Patches, is_mismatch
 from .channel import MARK, _strategy_from, _Timer
 from .cursor import ATTR, QueryState, end_failed, finish, mark_fetched
@@ -152,7 +154,8 @@ class _Watched:
 
 
 # --- RPC timing -----------------------------------------------------------------------------
-def _timed_aio_call(mc: Any, timer: _Timer, interp: _AioInterpreter) -> Callable[..., Any]:
+def _timed_aio_call(mc: Any, timer: _Timer, interp: _AioInterpreter,
+                    suppressed: Callable[[], bool] = lambda: False) -> Callable[..., Any]:
     from grpc import _common
 
     perf = time.perf_counter
@@ -160,6 +163,8 @@ def _timed_aio_call(mc: Any, timer: _Timer, interp: _AioInterpreter) -> Callable
     codes = _common.CYGRPC_STATUS_CODE_TO_STATUS_CODE
 
     def timed(request: Any, *args: Any, **kwargs: Any) -> Any:
+        if suppressed():  # inside suppress_instrumentation(): not measured
+            return mc(request, *args, **kwargs)
         s = _strategy_from(args, kwargs)
         t0 = perf()
         call = mc(request, *args, **kwargs)
@@ -204,7 +209,8 @@ def wrap_stub(stub: Any, ctx: HookContext, interp: _AioInterpreter) -> bool:
     attrs = vars(stub)
     for name, mc in list(attrs.items()):
         if isinstance(mc, grpc.aio.UnaryUnaryMultiCallable):
-            attrs[name] = _timed_aio_call(mc, _Timer(ctx.recorder, norm_method(name)), interp)
+            attrs[name] = _timed_aio_call(mc, _Timer(ctx.recorder, norm_method(name)), interp,
+                                          ctx.suppressed)
     attrs[MARK] = ctx.token
     _stubs.add(stub)
     if not ctx.live:
@@ -269,9 +275,10 @@ def _make_execute(orig: Callable[..., Any], ctx: HookContext) -> Callable[..., A
     rec = ctx.recorder
 
     async def execute(self: Any, *args: Any, **kwargs: Any) -> Any:
-        if not ctx.live:
+        if not ctx.live or ctx.suppressed():
             return await orig(self, *args, **kwargs)
         span = None
+        span_token = None
         conn = None
         try:
             d = self.__dict__
@@ -285,14 +292,17 @@ def _make_execute(orig: Callable[..., Any], ctx: HookContext) -> Callable[..., A
             tracer = ctx.current_tracer()
             if tracer is not None:
                 query = args[0] if args else kwargs.get("operation")
-                span = tracer.start(query, conn.__dict__.get("_config", {}).get("host"),
-                                    conn.__dict__.get("_config", {}).get("port"))
+                config = conn.__dict__.get("_config", {})
+                span = tracer.start(query, config.get("host"), config.get("port"),
+                                    db_namespace(config.get("catalog"), config.get("database")))
+                span_token = attach_span(span)  # this task's context: its RPCs are children
         except Exception as exc:
             record_internal_error(_COMPONENT, exc)
         t0 = perf()
         try:
             result = await orig(self, *args, **kwargs)
         except BaseException as exc:
+            detach(span_token)
             try:
                 admitted = self.__dict__.get("_route") is not None
                 s = _route_strategy(self) if admitted else (
@@ -304,6 +314,7 @@ def _make_execute(orig: Callable[..., Any], ctx: HookContext) -> Callable[..., A
             except Exception as e:
                 record_internal_error(_COMPONENT, e)
             raise
+        detach(span_token)
         try:
             strategy = norm_strategy(_route_strategy(self))
             rec.query_started(strategy)
@@ -319,11 +330,15 @@ def _make_execute(orig: Callable[..., Any], ctx: HookContext) -> Callable[..., A
 
 def _make_next_batch(orig: Callable[..., Any], ctx: HookContext) -> Callable[..., Any]:
     async def _next_batch(self: Any, *args: Any, **kwargs: Any) -> Any:
+        q = self.__dict__.get(ATTR)
+        token = attach_span(q.span) if q is not None and q.span is not None else None
         try:
             rows = await orig(self, *args, **kwargs)
         except BaseException as exc:
+            detach(token)
             end_failed(ctx, self, exc, _outcome)
             raise
+        detach(token)
         if rows is None:
             mark_fetched(ctx, self)
         return rows
@@ -335,13 +350,16 @@ def _make_next_batch(orig: Callable[..., Any], ctx: HookContext) -> Callable[...
 def _make_clear(orig: Callable[..., Any], ctx: HookContext, outcome_ok: str) -> Callable[..., Any]:
     async def _clear(self: Any, *args: Any, **kwargs: Any) -> Any:
         q = self.__dict__.get(ATTR) if ctx.live else None
+        token = attach_span(q.span) if q is not None and q.span is not None else None
         try:
             result = await orig(self, *args, **kwargs)
         except BaseException as exc:
+            detach(token)
             if q is not None and self.__dict__.get(ATTR) is q:
                 del self.__dict__[ATTR]
                 finish(ctx, q, _outcome(exc), exc)
             raise
+        detach(token)
         if q is not None and self.__dict__.get(ATTR) is q:
             del self.__dict__[ATTR]
             finish(ctx, q, outcome_ok)
