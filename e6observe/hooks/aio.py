@@ -154,8 +154,15 @@ class _Watched:
 
 
 # --- RPC timing -----------------------------------------------------------------------------
-def _timed_aio_call(mc: Any, timer: _Timer, interp: _AioInterpreter,
-                    suppressed: Callable[[], bool] = lambda: False) -> Callable[..., Any]:
+def _never() -> bool:
+    return False
+
+
+#: True inside OpenTelemetry's ``suppress_instrumentation()`` (set by :func:`install`).
+_suppressed: Callable[[], bool] = _never
+
+
+def _timed_aio_call(mc: Any, timer: _Timer, interp: _AioInterpreter) -> Callable[..., Any]:
     from grpc import _common
 
     perf = time.perf_counter
@@ -163,7 +170,7 @@ def _timed_aio_call(mc: Any, timer: _Timer, interp: _AioInterpreter,
     codes = _common.CYGRPC_STATUS_CODE_TO_STATUS_CODE
 
     def timed(request: Any, *args: Any, **kwargs: Any) -> Any:
-        if suppressed():  # inside suppress_instrumentation(): not measured
+        if _suppressed():  # inside suppress_instrumentation(): not measured
             return mc(request, *args, **kwargs)
         s = _strategy_from(args, kwargs)
         t0 = perf()
@@ -209,8 +216,7 @@ def wrap_stub(stub: Any, ctx: HookContext, interp: _AioInterpreter) -> bool:
     attrs = vars(stub)
     for name, mc in list(attrs.items()):
         if isinstance(mc, grpc.aio.UnaryUnaryMultiCallable):
-            attrs[name] = _timed_aio_call(mc, _Timer(ctx.recorder, norm_method(name)), interp,
-                                          ctx.suppressed)
+            attrs[name] = _timed_aio_call(mc, _Timer(ctx.recorder, norm_method(name)), interp)
     attrs[MARK] = ctx.token
     _stubs.add(stub)
     if not ctx.live:
@@ -380,12 +386,13 @@ def install(recorder: Recorder, options: object = None, tracer: object = None,
     """Install the async hooks: now if the application has imported the connector's async API,
     else when it does (a process that never uses it never loads those modules). False
     (nothing done) when the async API is unavailable."""
-    global _watch
+    global _watch, _suppressed
     if _ctx is not None or _watch is not None:
         return True
     if sys.version_info < (3, 11):
         return False
     ctx = ctx or HookContext(recorder, options, tracer)
+    _suppressed = ctx.suppressed
     if ASYNC_MODULE in sys.modules:
         return _install_now(recorder, ctx)
     try:
