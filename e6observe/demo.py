@@ -403,8 +403,10 @@ def explain(cluster: dict[str, Any], deployer: Deployer, by_cause: dict[str, int
     conn_mismatch = by_cause.get("mismatch", 0)
     conn_total = sum(by_cause.values())
     if abrupt:
+        them, they = ("it", "it counts as a mismatch switch") if abrupt == 1 else (
+            "them", "they count as mismatch switches")
         out.append(f"{_plural(abrupt, 'abrupt deployment')} had no announcement: the connector "
-                   "learned of them from 456 errors, so they count as mismatch switches.")
+                   f"learned of {them} from 456 errors, so {they}.")
     through_456 = min(max(0, announced - conn_announced), max(0, conn_mismatch - abrupt))
     if through_456:
         why = ("a query id the connector kept after the abrupt switch blocks every later "

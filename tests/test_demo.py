@@ -232,3 +232,47 @@ def test_a_bad_environment_option_is_one_line_exit_2(monkeypatch: pytest.MonkeyP
     assert err.strip().splitlines() == [
         "e6observe demo: error: E6OBSERVE_WATCHER_INTERVAL must be > 0 and <= 86400 seconds, "
         "got -1.0"]
+
+
+def test_the_summary_says_why_the_connectors_counts_differ_from_the_clusters() -> None:
+    """The issue's run: the cluster made 3 announced and 2 abrupt deployments, the connector saw
+    announced 1, mismatch 4."""
+    from e6observe.demo import Deployer, explain
+
+    dep = Deployer(sim=None, every=10.0, abrupt_every=3)
+    dep.announced, dep.abrupt = 3, 2
+    lines = explain({"switches": 5, "mismatches_total": 9}, dep,
+                    {"announced": 1, "mismatch": 4, "observed": 0}, 9)
+    assert lines == [
+        "2 abrupt deployments had no announcement: the connector learned of them from 456 "
+        "errors, so they count as mismatch switches.",
+        "2 announced deployments applied through 456 because a query was still pinned to the "
+        "old colour: a query id the connector kept after the abrupt switch blocks every later "
+        "graceful switch (docs/simulator.md).",
+    ]
+    # counts that agree need no explanation
+    dep.announced, dep.abrupt = 2, 0
+    assert explain({"switches": 2, "mismatches_total": 0}, dep,
+                   {"announced": 2, "mismatch": 0, "observed": 0}, 0) == []
+    # a deployment the connector never saw
+    assert explain({"switches": 2, "mismatches_total": 0}, dep,
+                   {"announced": 1, "mismatch": 0, "observed": 0}, 0) == [
+        "1 deployment not seen as a switch by the connector: no query ran on the new colour "
+        "before the next deployment or the end."]
+
+
+def test_failed_queries_are_counted_by_cause() -> None:
+    from e6observe.demo import FAILURE_CAUSES, failure_cause
+
+    class Rpc(Exception):
+        def code(self) -> object:
+            class C:
+                name = "UNKNOWN"
+            return C()
+
+        def details(self) -> str:
+            return "status: 456"
+
+    assert failure_cause("fetch", Rpc()) == "fetch-456" and "fetch-456" in FAILURE_CAUSES
+    assert failure_cause("execute", Rpc()) == "execute-456" and "execute-456" in FAILURE_CAUSES
+    assert failure_cause("connect", ConnectionError("x")) == "connect: ConnectionError"
