@@ -14,6 +14,7 @@ never printed.
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import shutil
 import signal
@@ -518,6 +519,8 @@ def run(args: argparse.Namespace, out: Optional[TextIO] = None,
         _err("this process is already instrumented; run the demo in its own process")
         return 2
 
+    # The status page and OpenTelemetry name the process; unless the user did, call it so.
+    os.environ.setdefault("OTEL_SERVICE_NAME", "e6observe-demo")
     sim = Simulator(port=0, latency_ms=args.latency_ms, users={DEMO_USER: DEMO_PASSWORD})
     sim.start()
     stop = threading.Event()
