@@ -439,9 +439,9 @@ def summary(cluster: dict[str, Any], deployer: Deployer, rec: Any, failures: dic
         by_cause[cause] = by_cause.get(cause, 0) + int(c.value)
     seen = int(sum(c.value for _, c in rec.family(M.MISMATCHES).items()))
 
-    def wrap(text: str, indent: str = "") -> list[str]:
+    def wrap(text: str, indent: str = "", hang: int = 2) -> list[str]:
         return textwrap.wrap(text, width, initial_indent=indent,
-                             subsequent_indent=indent + "  ") or [indent]
+                             subsequent_indent=indent + " " * hang) or [indent]
 
     lines = wrap(f"cluster: {_plural(cluster.get('switches', 0), 'switch', 'switches')}"
                  f" ({deployer.announced} announced, {deployer.abrupt} abrupt), "
@@ -453,7 +453,7 @@ def summary(cluster: dict[str, Any], deployer: Deployer, rec: Any, failures: dic
     total = sum(failures.values())
     lines += wrap(f"failed queries: {total}" + (" (by cause):" if total else ""))
     for cause, n in sorted(failures.items(), key=lambda kv: -kv[1]):
-        lines += wrap(f"{n:>5}  {FAILURE_CAUSES.get(cause, cause)}", "  ")
+        lines += wrap(f"{n:>5}  {FAILURE_CAUSES.get(cause, cause)}", "  ", hang=7)
     lines.append("switch timeline:")
     lines += ["  " + line for line in timeline(switches)]
     return lines

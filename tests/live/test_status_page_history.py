@@ -10,6 +10,7 @@ timeline). Screenshots are kept in ``artifacts/`` (``status-first-paint.png``,
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import signal
@@ -25,6 +26,17 @@ from test_status_page import ARTIFACTS, REPO, Chromium, wait_js
 pytestmark = [pytest.mark.live, pytest.mark.timeout(300)]
 
 RUN_SECONDS = float(os.environ.get("E6OBSERVE_SCREENS_SECONDS", "16"))
+
+
+def full_page(c: Chromium, name: str) -> None:
+    """A screenshot of the whole page (not only the window), kept in ``artifacts/``."""
+    size = c.call("Page.getLayoutMetrics", session=c.session)["cssContentSize"]
+    clip = {"x": 0, "y": 0, "width": size["width"], "height": size["height"], "scale": 1}
+    data = c.call("Page.captureScreenshot", {"format": "png", "clip": clip,
+                                             "captureBeyondViewport": True},
+                  session=c.session)["data"]
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    (ARTIFACTS / name).write_bytes(base64.b64decode(data))
 
 
 @pytest.fixture
@@ -81,7 +93,7 @@ def test_status_page_first_paint_history_and_offline(chromium: Chromium) -> None
                       session=chromium.session)
         chromium.call("Page.navigate", {"url": base + "/"}, session=chromium.session)
         assert wait_js(chromium, "document.getElementById('active').textContent === 'blue'", 20)
-        chromium.screenshot(ARTIFACTS / "status-first-paint.png")
+        full_page(chromium, "status-first-paint.png")
         text = chromium.js("document.body.innerText")
         assert "connecting" not in text
         assert re.search(r"e6observe-demo · pid \d+", text), text[:300]
@@ -108,7 +120,7 @@ def test_status_page_first_paint_history_and_offline(chromium: Chromium) -> None
                               "'#latency-chart .lat')).map(e => e.classList.contains('s-blue') "
                               "? 'blue' : 'green')))")
         assert sorted(colours) == ["blue", "green"]
-        chromium.screenshot(ARTIFACTS / "status-after-flips.png")
+        full_page(chromium, "status-after-flips.png")
         assert chromium.page_errors() == []
 
         # 3. The demo ends: the page says offline, and its tiles agree with its timeline.
@@ -124,7 +136,7 @@ def test_status_page_first_paint_history_and_offline(chromium: Chromium) -> None
                            ".textContent")
         active = chromium.js("document.getElementById('active').textContent")
         assert last.endswith(active), (last, active)
-        chromium.screenshot(ARTIFACTS / "status-offline.png")
+        full_page(chromium, "status-offline.png")
         for name in ("status-first-paint.png", "status-after-flips.png", "status-offline.png"):
             assert (ARTIFACTS / name).stat().st_size > 10_000
     finally:
