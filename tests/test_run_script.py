@@ -4,7 +4,6 @@ is missing and how to get it. Before, ``./run test`` built .venv for 40 s, then 
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import time
