@@ -421,12 +421,12 @@ def explain(cluster: dict[str, Any], deployer: Deployer, by_cause: dict[str, int
         out.append(f"{_plural(missing, 'deployment')} not seen as a switch by the connector: no "
                    "query ran on the new colour before the next deployment or the end.")
     elif missing < 0:
-        out.append(f"the connector switched {_plural(-missing, 'time')} more than the cluster: a "
-                   "switch it applied from an announcement and then saw again from a 456.")
+        out.append(f"the connector counted {_plural(-missing, 'switch', 'switches')} more than the "
+                   "cluster made: the timeline below shows each one with its cause.")
     sent = int(cluster.get("mismatches_total", 0))
     if sent != mismatches_seen:
         out.append(f"the cluster sent {sent} 456 errors and e6observe counted {mismatches_seen}: "
-                   "the difference answered calls still in flight when the run stopped.")
+                   "it counts the 456s that reached the connector's calls it wraps.")
     return out
 
 

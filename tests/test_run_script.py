@@ -52,3 +52,33 @@ def test_a_missing_python_is_one_line_at_once(bare: tuple[Path, dict[str, str]],
     assert "command not found" not in r.stderr and r.stdout == ""
     assert not (run.parent / ".venv").exists()
     print(f"./run {command} stopped after {took:.2f} s")
+
+
+def test_missing_debian_packages_stop_a_non_root_run_in_one_line(
+        bare: tuple[Path, dict[str, str]], tmp_path: Path) -> None:
+    """Every Python present, but not root and no prometheus/alertmanager/chromium: one line."""
+    run, env = bare
+    bin_dir = Path(env["PATH"])
+    for v in ("3.11", "3.9", "3.12"):
+        # the real interpreter, found as ./run finds it (a pyenv shim needs pyenv on the PATH)
+        candidates = [f"python{v}", *map(str, sorted(Path.home().glob(f".pyenv/versions/{v}*/bin/python")))]
+        found = ""
+        for c in candidates:
+            try:
+                found = subprocess.run([c, "-c", "import sys; print(sys.executable)"],
+                                       capture_output=True, text=True, timeout=30).stdout.strip()
+            except OSError:
+                continue
+            if found:
+                break
+        if not found:
+            pytest.fail(f"this test needs Python {v} (as ./run test does)")
+        (bin_dir / f"python{v}").symlink_to(found)
+    (bin_dir / "id").unlink()
+    (bin_dir / "id").write_text("#!/bin/sh\necho 1000\n")  # not root: nothing is installed
+    (bin_dir / "id").chmod(0o755)
+    r = subprocess.run([str(run), "test"], capture_output=True, text=True, env=env, timeout=60)
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines() == [
+        "run: ./run test needs prometheus prometheus-alertmanager chromium (Debian packages): run "
+        "it as root once, or `sudo apt-get install prometheus prometheus-alertmanager chromium`"]
