@@ -231,17 +231,18 @@ def _optional_class(module: str, cls_name: str, component: str) -> Optional[type
 
 
 def _port_taken(opts: Options, exc: OSError) -> None:
-    """One clear message for a /metrics port that cannot be bound; counted; nothing raised."""
+    """One clear message for a /metrics port that cannot be bound; counted; nothing raised.
+    The wording is :mod:`e6observe._endpoint`'s, which the commands share."""
+    from ._endpoint import RECORD_ATTR, cannot_serve
     from .server import MetricsServerTLSError
 
     component = "sink.prometheus"
-    fix = ("Check tls_certfile / tls_keyfile / tls_client_cafile (E6OBSERVE_TLS_*)."
+    fix = ("check tls_certfile / tls_keyfile / tls_client_cafile (E6OBSERVE_TLS_*)"
            if isinstance(exc, MetricsServerTLSError) else
-           "Choose another prometheus_port / E6OBSERVE_PROMETHEUS_PORT.")
-    logger.warning(
-        "e6observe: cannot serve /metrics on %s:%s (%s); instrumentation continues without the "
-        "HTTP endpoint (metrics are still collected). %s", opts.prometheus_addr,
-        opts.prometheus_port, exc.strerror or type(exc).__name__, fix)
+           "choose another prometheus_port / E6OBSERVE_PROMETHEUS_PORT")
+    what = cannot_serve(opts.prometheus_addr, opts.prometheus_port, exc)
+    logger.warning("e6observe: %s; instrumentation continues without it (metrics are still "
+                   "collected); %s", what, fix, extra={RECORD_ATTR: what})
     try:  # counted like any contained failure, without a second (generic) log line
         with _safe._lock:
             _safe._logged.add((component, type(exc).__name__))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional, TypeVar
@@ -82,7 +83,7 @@ class ConnectionOptions:
         return kw
 
     def redact(self, text: str) -> str:
-        """``text`` with the password (if it occurs) replaced by ``***``."""
+        """``text`` with the password hidden (see :func:`redact`)."""
         return redact(text, self.credentials)
 
 
@@ -184,10 +185,45 @@ def options_from_args(args: argparse.Namespace,
         catalog=args.catalog, database=args.database)
 
 
+#: The fixed mask every hidden secret is shown as, whatever its length.
+MASK = "***"
+#: A key whose value is a secret wherever a message carries it: ``password=x``, ``token: x``,
+#: ``"password": "x"``. The value ends at white space, a quote or a separator.
+_SECRET_FIELD = re.compile(
+    r"""(?P<key>\b(?:e6data_password|password|passwd|pwd|secret|access_token|token|api_key)"""
+    r"""["']?\s*[=:]\s*(?P<q>["']?))(?P<value>[^\s"',;&)\]}]+)""", re.IGNORECASE)
+#: A password at least this long with a character other than a letter is "secret-like": it is
+#: masked wherever it stands as a whole run (no letter or digit on either side).
+_SECRET_LIKE_MIN = 6
+
+
+def _secret_like(password: str) -> bool:
+    return len(password) >= _SECRET_LIKE_MIN and not password.isalpha()
+
+
 def redact(text: str, credentials: Optional[Credentials]) -> str:
-    """Replace the password in ``text`` by ``***`` (server messages can echo request fields)."""
-    if credentials is not None and credentials.password and credentials.password in text:
-        text = text.replace(credentials.password, "***")
+    """``text`` with the password hidden as :data:`MASK`; ordinary words are never rewritten.
+
+    Server messages can echo request fields, so the password is hidden where it appears as a
+    value: the value of a known secret field (``password=...``, ``"token": "..."``, whatever
+    its value), a quoted value or the whole text. A secret-like password (6 characters or more,
+    not only letters) is also hidden wherever it stands as a whole run, with no letter or digit
+    next to it (``user:<password>@host``). A short or word-like password ("p", "connect") is
+    never searched for inside ordinary text: that would turn "ipv4" into "i***v4" and "failed to
+    connect" into a puzzle while protecting nothing a reader could not guess.
+    """
+    if not text:
+        return text
+    text = _SECRET_FIELD.sub(lambda m: m.group("key") + MASK, text)
+    password = credentials.password if credentials is not None else ""
+    if not password or password not in text:
+        return text
+    if text.strip() == password:
+        return MASK
+    quoted = "|".join(q + re.escape(password) + q for q in ("'", '"'))
+    text = re.sub(quoted, lambda m: m.group(0)[0] + MASK + m.group(0)[0], text)
+    if _secret_like(password):
+        text = re.sub(r"(?<![A-Za-z0-9])" + re.escape(password) + r"(?![A-Za-z0-9])", MASK, text)
     return text
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from ._version import __version__
 
@@ -24,13 +24,23 @@ COMMANDS = {
 }
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Every usage error is one line, ``<prog>: error: <message>``, exit status 2 (argparse
+    would print its usage block first)."""
+
+    def error(self, message: str) -> Any:
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        sys.stderr.flush()
+        raise SystemExit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="e6observe",
         description="Blue/green observability for the e6data Python connector: a demo, a cluster "
                     "simulator, a standalone prober, a readiness check and endpoint readers.")
     parser.add_argument("--version", action="version", version=f"e6observe {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
     for name, (module, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         try:
@@ -44,7 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # an unknown option of a subcommand: its error, not the top level's usage
+        subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        command = subparsers.choices.get(args.command or "", parser)
+        command.error("unrecognized arguments: " + " ".join(extra))
     if not args.command:
         parser.print_help()
         return 2

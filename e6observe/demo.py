@@ -14,10 +14,12 @@ never printed.
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import shutil
 import signal
 import sys
+import textwrap
 import threading
 import time
 from collections import deque
@@ -25,6 +27,8 @@ from typing import Any, Optional, TextIO
 
 from . import _argtypes as A
 from . import metrics as M
+from ._endpoint import EXIT_STATUS as ENDPOINT_EXIT
+from ._endpoint import catch_endpoint_failure
 
 DEMO_USER = "demo@e6observe.invalid"
 #: The simulator accepts only this; it must never reach the screen, /metrics or any log.
@@ -73,6 +77,7 @@ class Workload:
         self.think_s = think_s
         self.stop = threading.Event()
         self.ok = 0
+        #: failure cause (:data:`FAILURE_CAUSES` key, or "<step>: <error>") -> count
         self.failed: dict[str, int] = {}
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
@@ -90,13 +95,16 @@ class Workload:
         cur: Any = None
         failures = 0  # in a row
         while not self.stop.is_set():
+            step = "connect"
             try:
                 if conn is None:
                     conn = e6data_grpc.Connection(host=self.host, port=self.port,
                                                   username=DEMO_USER, password=DEMO_PASSWORD)
                 if cur is None:
                     cur = conn.cursor()
+                step = "execute"
                 cur.execute("SELECT 1")
+                step = "fetch"
                 cur.fetchall()
                 cur.clear()
                 failures = 0
@@ -104,11 +112,11 @@ class Workload:
                     self.ok += 1
                 if self.think_s:
                     self.stop.wait(random.uniform(0.0, 2.0 * self.think_s))
-            except Exception as exc:  # counted by type; messages may carry server text
+            except Exception as exc:  # counted by cause; messages may carry server text
                 failures += 1
+                cause = failure_cause(step, exc)
                 with self._lock:
-                    name = type(exc).__name__
-                    self.failed[name] = self.failed.get(name, 0) + 1
+                    self.failed[cause] = self.failed.get(cause, 0) + 1
                 # A cursor caught by an abrupt switch keeps failing: start a new one; if that
                 # fails too, a new connection.
                 cur = None
@@ -126,6 +134,37 @@ class Workload:
     def counts(self) -> tuple[int, int]:
         with self._lock:
             return self.ok, sum(self.failed.values())
+
+    def failures(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self.failed)
+
+
+#: Why a demo query fails, in the words of the closing summary.
+FAILURE_CAUSES = {
+    "fetch-456": "456 on fetch: the cluster switched between the query's execute and its fetch "
+                 "(the connector does not retry fetches)",
+    "execute-456": "456 on execute: the cursor's last query id was still pinned to the retired "
+                   "colour and the connector's re-auth retries ran out (a new cursor works)",
+    "connect-456": "456 on connect: a new connection raced the switch",
+}
+
+
+def failure_cause(step: str, exc: BaseException) -> str:
+    """A :data:`FAILURE_CAUSES` key for a 456, else ``"<step>: <error type or gRPC code>"``.
+    Built from the exception's type and gRPC status only: its text may carry server strings."""
+    code = getattr(exc, "code", None)
+    details = getattr(exc, "details", None)
+    text, name = "", type(exc).__name__
+    if callable(code) and callable(details):
+        try:
+            text = str(details() or "")
+            name = str(getattr(code(), "name", name))
+        except Exception:
+            pass
+    if "456" in text:
+        return f"{step}-456"
+    return f"{step}: {name}"
 
 
 def _close(conn: Any) -> Any:
@@ -193,8 +232,9 @@ class View:
     def _queries_total(self) -> int:
         return sum(h.snapshot()[2] for _, h in self.rec.family(M.QUERY_DURATION).items())
 
-    def lines(self, now: float) -> list[str]:
-        """The live view, one reading per line."""
+    def lines(self, now: float, width: int = 79) -> list[str]:
+        """The live view, one reading per line, each at most ``width`` characters: the wide
+        form when the terminal has room for it, else a compact one that fits 80 columns."""
         rec = self.rec
         state = rec.state()
         total = self._queries_total()
@@ -207,24 +247,41 @@ class View:
         mismatches = int(sum(c.value for _, c in rec.family(M.MISMATCHES).items()))
         ok, failed = self.work.counts()
         pending = state["pending"]
-        lines = [
+        in_flight = ", ".join(f"{s} {state['in_flight'].get(s, 0)}" for s in M.STRATEGIES)
+        causes = ", ".join(f"{cause} {n}" for cause, n in by_cause.items())
+        latency = self.latency()
+        wide = [
             f"e6observe demo  {now - self.started:6.1f} s   cluster active: {self.sim.active:<5}"
             f"  deployments: {self.dep.announced} announced, {self.dep.abrupt} abrupt",
             f"  connector strategy : {state['active'] or 'none'}"
             + (f" (switch to {pending} pending)" if pending else ""),
-            f"  switches           : {sum(by_cause.values())}  ("
-            + ", ".join(f"{cause} {n}" for cause, n in by_cause.items()) + ")",
+            f"  switches           : {sum(by_cause.values())}  ({causes})",
             f"  456 mismatches     : {mismatches}",
             f"  queries            : {ok} ok, {failed} failed   {qps:7.1f} /s   in flight: "
-            + ", ".join(f"{s} {state['in_flight'].get(s, 0)}" for s in M.STRATEGIES),
+            + in_flight,
         ]
-        for strategy, (p50, p99, mean, n) in self.latency().items():
+        for strategy, (p50, p99, mean, n) in latency.items():
             if n:
-                lines.append(f"  latency {strategy:<5}      : p50 ~{_ms(p50):>9}  p99 ~{_ms(p99):>9}"
-                             f"  mean {_ms(mean):>9}  ({n} queries)")
+                wide.append(f"  latency {strategy:<5}      : p50 ~{_ms(p50):>9}  p99 ~{_ms(p99):>9}"
+                            f"  mean {_ms(mean):>9}  ({n} queries)")
             else:
-                lines.append(f"  latency {strategy:<5}      : -")
-        return lines
+                wide.append(f"  latency {strategy:<5}      : -")
+        if max(len(line) for line in wide) <= width:
+            return wide
+        compact = [
+            f"demo {now - self.started:5.0f} s  cluster {self.sim.active:<5}  deployments: "
+            f"{self.dep.announced} announced, {self.dep.abrupt} abrupt",
+            f"  connector  {state['active'] or 'none'}"
+            + (f" (switch to {pending} pending)" if pending else ""),
+            f"  switches   {sum(by_cause.values())}: {causes}",
+            f"  456 errors {mismatches}",
+            f"  queries    {ok} ok, {failed} failed, {qps:.0f}/s; in flight {in_flight}",
+        ]
+        for strategy, (p50, p99, mean, n) in latency.items():
+            compact.append(f"  {strategy:<5}      p50 ~{_ms(p50)}  p99 ~{_ms(p99)}  mean {_ms(mean)}"
+                           f"  ({n} queries)" if n else f"  {strategy:<5}      -")
+        return [line if len(line) <= width else line[: max(1, width - 1)] + "…"
+                for line in compact]
 
     def plain(self, now: float) -> str:
         """The same readings as one compact line, for logs and pipes."""
@@ -284,9 +341,9 @@ class Screen:
 
     def show(self, view: View, now: float) -> None:
         if self.tty:
-            # Lines cut to the terminal's width: a wrapped line would throw off the redraw.
+            # Never wider than the terminal: a wrapped line would throw off the redraw.
             width = max(20, shutil.get_terminal_size().columns - 1)
-            lines = [line[:width] for line in view.lines(now)]
+            lines = view.lines(now, width)
             buf = []
             if self._drawn:
                 buf.append(f"\x1b[{self._drawn}F\x1b[J")  # up to the block's start, clear below
@@ -311,6 +368,95 @@ def timeline(events: list[Any]) -> list[str]:
         out.append(f"{stamp:<12}  {ev.from_strategy + ' -> ' + ev.to_strategy:<14}  "
                    f"{ev.cause:<9}  {drain:>8}  {ev.pinned_queries}")
     return out
+
+
+def banner(sim: Any, args: argparse.Namespace, base: str) -> list[str]:
+    """What runs and where to look: the endpoint's pages and the commands that read them."""
+    until = ("Ctrl-C to stop" if args.duration == 0 else
+             f"running {args.duration:g} s, Ctrl-C to stop early")
+    abrupt = (f" (abrupt: the 2nd, then every {_ordinal(args.abrupt_every)})"
+              if args.abrupt_every else "")
+    return [
+        f"simulated e6data cluster on {sim.host}:{sim.port} (blue/green, {args.latency_ms:g} ms "
+        f"per RPC)",
+        f"workload: {args.threads} threads of SELECT 1",
+        f"deployments: every {args.flip_every:g} s{abrupt}",
+        f"status page: {base}/",
+        f"metrics:     {base}/metrics",
+        f"events:      {base}/events",
+        f"in another terminal:  e6observe status --url {base}",
+        f"                      e6observe tail --url {base}",
+        f"{until}; latency p50/p99 (~) are estimated from the histogram buckets, as "
+        "PromQL's histogram_quantile does",
+    ]
+
+
+def _plural(n: int, word: str, plural: str = "") -> str:
+    return f"{n} {word if n == 1 else plural or word + 's'}"
+
+
+def explain(cluster: dict[str, Any], deployer: Deployer, by_cause: dict[str, int],
+            mismatches_seen: int) -> list[str]:
+    """One line for each way the connector's counts differ from the cluster's, saying why."""
+    out = []
+    announced, abrupt = deployer.announced, deployer.abrupt
+    conn_announced = by_cause.get("announced", 0)
+    conn_mismatch = by_cause.get("mismatch", 0)
+    conn_total = sum(by_cause.values())
+    if abrupt:
+        them, they = ("it", "it counts as a mismatch switch") if abrupt == 1 else (
+            "them", "they count as mismatch switches")
+        out.append(f"{_plural(abrupt, 'abrupt deployment')} had no announcement: the connector "
+                   f"learned of {them} from 456 errors, so {they}.")
+    through_456 = min(max(0, announced - conn_announced), max(0, conn_mismatch - abrupt))
+    if through_456:
+        why = ("a query id the connector kept after the abrupt switch blocks every later "
+               "graceful switch (docs/simulator.md)" if abrupt else
+               "with no idle moment between queries the connector cannot apply an "
+               "announcement (try a longer --think-ms)")
+        out.append(f"{_plural(through_456, 'announced deployment')} applied through 456 because "
+                   f"a query was still pinned to the old colour: {why}.")
+    missing = cluster.get("switches", 0) - conn_total
+    if missing > 0:
+        out.append(f"{_plural(missing, 'deployment')} not seen as a switch by the connector: no "
+                   "query ran on the new colour before the next deployment or the end.")
+    elif missing < 0:
+        out.append(f"the connector counted {_plural(-missing, 'switch', 'switches')} more than the "
+                   "cluster made: the timeline below shows each one with its cause.")
+    sent = int(cluster.get("mismatches_total", 0))
+    if sent != mismatches_seen:
+        out.append(f"the cluster sent {sent} 456 errors and e6observe counted {mismatches_seen}: "
+                   "it counts the 456s that reached the connector's calls it wraps.")
+    return out
+
+
+def summary(cluster: dict[str, Any], deployer: Deployer, rec: Any, failures: dict[str, int],
+            switches: list[Any], width: int = 100) -> list[str]:
+    """The closing lines: the cluster's and the connector's counts, why they differ, failed
+    queries by cause, and the switch timeline."""
+    by_cause = dict.fromkeys(M.SWITCH_CAUSES, 0)
+    for (_frm, _to, cause), c in rec.family(M.SWITCHES).items():
+        by_cause[cause] = by_cause.get(cause, 0) + int(c.value)
+    seen = int(sum(c.value for _, c in rec.family(M.MISMATCHES).items()))
+
+    def wrap(text: str, indent: str = "", hang: int = 2) -> list[str]:
+        return textwrap.wrap(text, width, initial_indent=indent,
+                             subsequent_indent=indent + " " * hang) or [indent]
+
+    lines = wrap(f"cluster: {_plural(cluster.get('switches', 0), 'switch', 'switches')}"
+                 f" ({deployer.announced} announced, {deployer.abrupt} abrupt), "
+                 f"{int(cluster.get('mismatches_total', 0))} 456 errors sent")
+    lines += wrap(f"connector (as e6observe saw it): {sum(by_cause.values())} switches ("
+                  + ", ".join(f"{c} {n}" for c, n in by_cause.items()) + f"), {seen} 456 errors")
+    for line in explain(cluster, deployer, by_cause, seen):
+        lines += wrap(line, "  ")
+    total = sum(failures.values())
+    lines += wrap(f"failed queries: {total}" + (" (by cause):" if total else ""))
+    for cause, n in sorted(failures.items(), key=lambda kv: -kv[1]):
+        lines += wrap(f"{n:>5}  {FAILURE_CAUSES.get(cause, cause)}", "  ", hang=7)
+    lines.append("switch timeline:")
+    lines += ["  " + line for line in timeline(switches)]
+    return lines
 
 
 # -- run ---------------------------------------------------------------------------------------
@@ -373,6 +519,8 @@ def run(args: argparse.Namespace, out: Optional[TextIO] = None,
         _err("this process is already instrumented; run the demo in its own process")
         return 2
 
+    # The status page and OpenTelemetry name the process; unless the user did, call it so.
+    os.environ.setdefault("OTEL_SERVICE_NAME", "e6observe-demo")
     sim = Simulator(port=0, latency_ms=args.latency_ms, users={DEMO_USER: DEMO_PASSWORD})
     sim.start()
     stop = threading.Event()
@@ -385,25 +533,18 @@ def run(args: argparse.Namespace, out: Optional[TextIO] = None,
             switches.append(ev)
 
     try:
-        rec = _api.instrument(prometheus_port=args.metrics_port,
-                                   prometheus_addr="127.0.0.1")
+        with catch_endpoint_failure() as caught:
+            rec = _api.instrument(prometheus_port=args.metrics_port, prometheus_addr="127.0.0.1")
         url = _metrics_url()
         if url is None:
-            _err(f"cannot serve /metrics on 127.0.0.1:{args.metrics_port} (port in use?); "
-                "choose another with --metrics-port, or 0 for any free port")
-            return 2
+            what = caught.message or f"cannot serve /metrics on 127.0.0.1:{args.metrics_port}"
+            _err(f"{what}; choose another --metrics-port (0 = any free port)")
+            return ENDPOINT_EXIT
         rec.subscribe(on_event)
-        print(f"simulated e6data cluster on {sim.host}:{sim.port} (blue/green, "
-              f"{args.latency_ms:g} ms per RPC); workload: {args.threads} threads of SELECT 1",
-              file=out)
-        print(f"metrics: {url}", file=out)
-        print(f"deployment every {args.flip_every:g} s"
-              + (f" (abrupt: the 2nd, then every {_ordinal(args.abrupt_every)})"
-                 if args.abrupt_every else "")
-              + ("; Ctrl-C to stop" if args.duration == 0 else
-                 f"; running {args.duration:g} s, Ctrl-C to stop early"), file=out)
-        print("latency p50/p99 (~) are estimated from the histogram buckets, as PromQL's "
-              "histogram_quantile does", file=out)
+        base = url[: -len("/metrics")]
+        width = max(40, shutil.get_terminal_size().columns - 1) if tty else 100
+        for line in banner(sim, args, base):
+            print("\n".join(textwrap.wrap(line, width, subsequent_indent="  ")), file=out)
         out.flush()
 
         work = Workload(sim.host, sim.port, args.threads, args.think_ms / 1000.0)
@@ -426,14 +567,9 @@ def run(args: argparse.Namespace, out: Optional[TextIO] = None,
             screen.show(view, time.monotonic())
         else:  # the last state, whatever the plain-line period
             print(f"[{time.strftime('%H:%M:%S')}] {view.plain(time.monotonic())}", file=out)
-        counters = sim.counters()
         print("", file=out)
-        print(f"cluster: {counters['switches']} switches ({deployer.announced} announced, "
-              f"{deployer.abrupt} abrupt), {counters['mismatches_total']} mismatch errors sent; "
-              f"connector: {int(rec.switch_total())} switches seen by e6observe", file=out)
-        print("switch timeline:", file=out)
-        for line in timeline(list(switches)):
-            print("  " + line, file=out)
+        for line in summary(sim.counters(), deployer, rec, work.failures(), list(switches), width):
+            print(line, file=out)
         out.flush()
         return 0
     finally:

@@ -43,6 +43,8 @@ from ._connopts import (
     describe_error,
     options_from_args,
 )
+from ._endpoint import EXIT_STATUS as ENDPOINT_EXIT
+from ._endpoint import catch_endpoint_failure
 from ._safe import contain
 
 log = logging.getLogger("e6observe.probe")
@@ -270,10 +272,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="(default: INFO)")
 
 
+class _LogFormat(logging.Formatter):
+    """``time LEVEL logger: message``, the logger's name left out when the message already
+    starts with it (e6observe's own lines say ``e6observe: ...``: no doubled prefix)."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(message)s")
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
+        top = record.name.split(".")[0]
+        if not record.message.startswith(top + ":"):
+            record.message = f"{record.name}: {record.message}"
+        return super().formatMessage(record)
+
+
 def run(args: argparse.Namespace) -> int:
-    """Probe until SIGTERM/SIGINT; 0 on a clean stop, 1 if the endpoint cannot start, 2 usage."""
-    logging.basicConfig(level=getattr(logging, args.log_level),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    """Probe until SIGTERM/SIGINT; 0 on a clean stop, 1 if the endpoint cannot start (one line), 2 usage."""
+    logging.basicConfig(level=getattr(logging, args.log_level))
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(_LogFormat())
     try:
         opts = options_from_args(args)
     except UsageError as exc:
@@ -281,7 +298,10 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         instr, url = start_instrumentation(args)
-    except Exception as exc:  # a taken port, unreadable TLS files, bad E6OBSERVE_* values
+    except EndpointFailed as exc:  # a taken port, unreadable TLS files
+        sys.stderr.write(f"e6observe probe: {exc}\n")
+        return ENDPOINT_EXIT
+    except Exception as exc:  # bad E6OBSERVE_* values
         sys.stderr.write(f"e6observe probe: error: {exc}\n")
         return 1
     prober = Prober(opts, instr.recorder, args.interval, args.timeout)
@@ -302,6 +322,10 @@ def run(args: argparse.Namespace) -> int:
         instr.close()
     log.info("stopped")
     return 0
+
+
+class EndpointFailed(RuntimeError):
+    """The prober's metrics endpoint did not start; the message is the one line to show."""
 
 
 class _Instrumentation:
@@ -331,7 +355,7 @@ class _Instrumentation:
 
 def start_instrumentation(args: argparse.Namespace) -> tuple[_Instrumentation, str]:
     """``e6observe.instrument()`` this process with the endpoint the arguments ask for, and the
-    status routes on it. Raises ``RuntimeError`` when the endpoint did not start."""
+    status routes on it. Raises :class:`EndpointFailed` when the endpoint did not start."""
     from e6observe import _api, status
 
     # The prober's telemetry is about the cluster, not about an application: name it so
@@ -345,15 +369,20 @@ def start_instrumentation(args: argparse.Namespace) -> tuple[_Instrumentation, s
         kw["tls_keyfile"] = args.metrics_tls_key
     if args.metrics_client_ca:
         kw["tls_client_cafile"] = args.metrics_client_ca
-    recorder = _api.instrument(**kw)
+    with catch_endpoint_failure() as caught:
+        recorder = _api.instrument(**kw)
     inst = _api._active
     sink = next((obj for component, obj, _ in getattr(inst, "sinks", ())
                  if component == "sink.prometheus"), None)
     server = getattr(sink, "server", None)
     if recorder is None or sink is None or server is None or not server.running:
         _api.uninstrument()
-        raise RuntimeError(f"the metrics endpoint on {args.metrics_addr}:{args.metrics_port} "
-                           "did not start (see the log line above)")
+        what = caught.message or (f"cannot serve /metrics on {args.metrics_addr}:"
+                                  f"{args.metrics_port}")
+        fix = ("check --metrics-tls-cert / --metrics-tls-key / --metrics-client-ca"
+               if args.metrics_tls_cert or args.metrics_client_ca else
+               "choose another --metrics-port (0 = any free port)")
+        raise EndpointFailed(f"{what}; {fix}")
     # instrument() may mount the status routes itself; mount() is a no-op if it did.
     mounted = status.mount_instrumentation(inst)
     return _Instrumentation(recorder, sink.registry, mounted), server.url

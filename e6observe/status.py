@@ -3,8 +3,11 @@
 Mounted on the metrics endpoint (``server.MetricsServer``) by :func:`mount`, so they share its
 exposure rules (loopback by default, TLS and basic auth when configured):
 
-* ``/`` — the status page (HTML/JS/CSS shipped in ``e6observe/static``, no CDN). It reads
-  ``/status`` and follows ``/events``, and updates itself while open;
+* ``/`` — the status page, rendered on the server with its state at the time of the request
+  (:mod:`e6observe.status_page`: tiles, a timeline with a time axis, latency per colour over the
+  last minutes, switches, events), so it is useful without JavaScript and in a first screenshot.
+  Its script and style are shipped in ``e6observe/static`` (no CDN); the script reads
+  ``/status``, follows ``/events`` and keeps the page up to date while it is open;
 * ``/status`` — a JSON :func:`build_status` document whose field names are those of
   ``e6observe.v1.StatusSnapshot`` (proto/e6observe/v1/events.proto);
 * ``/events`` — server-sent events, one JSON ``StrategyEvent`` per event, ``id:`` = its
@@ -51,7 +54,6 @@ WAKE_SECONDS = 0.5
 RETRY_MS = 2000
 
 STATIC_FILES = {
-    "/": ("index.html", "text/html; charset=utf-8"),
     "/static/status.js": ("status.js", "text/javascript; charset=utf-8"),
     "/static/status.css": ("status.css", "text/css; charset=utf-8"),
 }
@@ -362,15 +364,37 @@ class StaticApp:
         return [self._body] if environ.get("REQUEST_METHOD") != "HEAD" else []
 
 
+class PageApp:
+    """``GET /``: the status page with the state of this moment rendered into it."""
+
+    def __init__(self, status: StatusApp, history: Any) -> None:
+        self.status = status
+        self.history = history
+
+    def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        from . import status_page
+
+        refused = _only_get(environ, start_response)
+        if refused is not None:
+            return refused
+        doc = build_status(self.status.recorder, self.status.watcher, self.status.process_reader,
+                           status_page.PAGE_EVENTS * 4)
+        body = status_page.render(doc, self.history.snapshot(), self.history.started).encode("utf-8")
+        start_response("200 OK", [("Content-Type", "text/html; charset=utf-8"),
+                                  ("Content-Length", str(len(body)))] + _PAGE_HEADERS)
+        return [body] if environ.get("REQUEST_METHOD") != "HEAD" else []
+
+
 class Mounted:
     """What :func:`mount` put on a server; :meth:`unmount` takes it off again."""
 
     def __init__(self, server: Any, recorder: Recorder, paths: list[str],
-                 stream: EventStreamApp) -> None:
+                 stream: EventStreamApp, history: Any = None) -> None:
         self.server = server
         self.recorder = recorder
         self.paths = paths
         self.stream = stream
+        self.history = history
 
     def unmount(self) -> None:
         """Remove the routes, end open streams, stop listening to the recorder. Idempotent."""
@@ -378,6 +402,8 @@ class Mounted:
             with contain("status"):
                 self.server.remove_route(p)
         self.paths = []
+        if self.history is not None:
+            self.history.stop()
         self.stream.close()
         self.recorder.unsubscribe(self.stream.notifier)
         with _MOUNT_LOCK:
@@ -401,15 +427,20 @@ def mount(server: Any, recorder: Recorder, watcher: Any = None,
         existing = _MOUNTED.get(server)
         if existing is not None and existing.paths:
             return existing
+        from .status_page import LatencyHistory
+
         stream = EventStreamApp(recorder)
         recorder.subscribe(stream.notifier)
-        routes: dict[str, Any] = {"/status": StatusApp(recorder, watcher, process_reader),
+        history = LatencyHistory(recorder)
+        history.start()
+        status_app = StatusApp(recorder, watcher, process_reader)
+        routes: dict[str, Any] = {"/": PageApp(status_app, history), "/status": status_app,
                                   "/events": stream}
         for path, (name, ctype) in STATIC_FILES.items():
             routes[path] = StaticApp(name, ctype)
         for path, app in routes.items():
             server.add_route(path, app)
-        mounted = Mounted(server, recorder, list(routes), stream)
+        mounted = Mounted(server, recorder, list(routes), stream, history)
         _MOUNTED[server] = mounted
         return mounted
 
@@ -434,6 +465,6 @@ def mount_instrumentation(inst: Any) -> Optional[Mounted]:
     return mount(server, inst.recorder, watcher=watcher, process_reader=reader)
 
 
-__all__ = ["build_status", "event_json", "StatusApp",
+__all__ = ["build_status", "event_json", "StatusApp", "PageApp",
            "EventStreamApp", "StaticApp", "mount", "mount_instrumentation", "Mounted",
            "MAX_STREAMS"]

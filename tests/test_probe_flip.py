@@ -162,4 +162,6 @@ def test_prober_process_exits_1_on_a_taken_port(sim: Simulator) -> None:
              str(sim.port), "--metrics-port", str(port)],
             cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1
-    assert "did not start" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.stderr.splitlines() == [  # one line, the demo's words (tests/test_cli_messages.py)
+        f"e6observe probe: cannot serve /metrics on 127.0.0.1:{port}: port already in use; "
+        "choose another --metrics-port (0 = any free port)"]

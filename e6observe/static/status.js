@@ -5,7 +5,8 @@
 (function () {
   const POLL_MS = 5000;          // /status refresh even without events (latency, memory)
   const KEEP_EVENTS = 200;       // events kept in the page
-  const state = { snap: null, events: new Map(), lastSeq: 0, source: null, pid: null };
+  const state = { snap: null, events: new Map(), lastSeq: 0, source: null, pid: null,
+    snapSeq: 0, lastOk: 0, offlineSince: 0 };
 
   const $ = (id) => document.getElementById(id);
 
@@ -30,6 +31,10 @@
     if (!unix) return "–";
     const d = new Date(unix * 1000);
     return d.toLocaleTimeString([], { hour12: false }) + "." + String(d.getMilliseconds()).padStart(3, "0");
+  }
+
+  function fmtClock(unix) {
+    return new Date(unix * 1000).toLocaleTimeString([], { hour12: false });
   }
 
   function fmtAgo(unix) {
@@ -132,24 +137,40 @@
     }));
     $("no-switches").hidden = applied.length > 0;
 
-    // The strip: who was active when, from the first known event to now.
-    const strip = $("strip");
-    const now = Date.now() / 1000;
-    const known = sortedEvents().filter((e) => e.kind === "applied" || e.kind === "detected");
-    if (!known.length) { strip.replaceChildren(); return; }
-    const segs = [];
-    for (let i = 0; i < known.length; i++) {
-      const e = known[i];
-      const end = i + 1 < known.length ? known[i + 1].time_unix : now;
-      segs.push({ s: strategyName(e.to_strategy || e.strategy), from: e.time_unix, len: Math.max(0, end - e.time_unix) });
+  }
+
+  // The tiles agree with the timeline: events newer than the last snapshot are counted in.
+  function renderCounts() {
+    if (!state.snap) return;
+    let switches = state.snap.switch_count || 0, mismatches = state.snap.mismatch_count || 0;
+    for (const ev of state.events.values()) {
+      if (ev.seq <= state.snapSeq) continue;
+      if (ev.kind === "applied") switches++;
+      else if (ev.kind === "mismatch") mismatches++;
     }
-    const total = segs.reduce((a, s) => a + s.len, 0) || 1;
-    strip.replaceChildren(...segs.map((s) => {
-      const d = el("div", null, "seg s-" + s.s);
-      d.style.flexGrow = String(Math.max(s.len / total, 0.002));
-      d.title = s.s + " from " + fmtTime(s.from);
-      return d;
-    }));
+    $("switch-count").textContent = switches;
+    $("mismatch-count").textContent = mismatches;
+  }
+
+  // The charts (timeline with its time axis, latency over time) are drawn by the server: take
+  // them from a fresh copy of this page.
+  let pageInFlight = false;
+  async function refreshCharts() {
+    if (pageInFlight || !window.DOMParser) return;
+    pageInFlight = true;
+    try {
+      const r = await fetch("./", { cache: "no-store", credentials: "same-origin" });
+      if (!r.ok) return;
+      const doc = new DOMParser().parseFromString(await r.text(), "text/html");
+      for (const id of ["timeline", "latency-over-time", "timeline-range"]) {
+        const fresh = doc.getElementById(id), old = $(id);
+        if (fresh && old) old.replaceChildren(...Array.from(fresh.childNodes).map((n) => document.importNode(n, true)));
+      }
+    } catch (e) {
+      // offline: the last charts stay, marked by the page's offline state
+    } finally {
+      pageInFlight = false;
+    }
   }
 
   // -- snapshot -----------------------------------------------------------------------------
@@ -161,10 +182,8 @@
     setStrategy($("active"), snap.active === "none" ? "" : snap.active, "none");
     setStrategy($("pending"), snap.pending, "none");
     $("pending-age").textContent = snap.pending ? "waiting " + fmtSeconds(snap.pending_age_seconds) : "";
-    $("switch-count").textContent = snap.switch_count ?? 0;
     $("last-switch").textContent = snap.last_switch_unix ? "last " + fmtAgo(snap.last_switch_unix) : "no switch yet";
     $("last-switch").dataset.unix = snap.last_switch_unix || 0;
-    $("mismatch-count").textContent = snap.mismatch_count ?? 0;
     const inflight = snap.in_flight || {};
     const total = Object.values(inflight).reduce((a, b) => a + (b || 0), 0);
     $("in-flight").textContent = total;
@@ -204,8 +223,10 @@
     $("internal-errors").textContent = errTotal ? errTotal + " (" + Object.entries(errs).map(([k, v]) => k + " " + v).join(", ") + ")" : "0";
 
     for (const ev of snap.recent_events || []) addEvent(ev);
+    state.snapSeq = (snap.events || {}).emitted || 0;
     renderTimeline();
     renderEvents();
+    renderCounts();
     $("updated").textContent = fmtTime(snap.time_unix);
   }
 
@@ -218,11 +239,19 @@
       if (!r.ok) throw new Error("HTTP " + r.status);
       const snap = await r.json();
       state.snap = snap;
+      state.lastOk = snap.time_unix || Date.now() / 1000;
+      state.offlineSince = 0;
+      delete document.body.dataset.offline;
       renderSnapshot(snap);
+      refreshCharts();
       if (!state.source) openStream();
       else if (state.source.readyState === 1) setConn("live", "live");
     } catch (e) {
-      setConn("offline", "offline: " + e.message);
+      // Everything on the page stays as of the last answer, and says so.
+      if (!state.offlineSince) state.offlineSince = Date.now() / 1000;
+      document.body.dataset.offline = "1";
+      setConn("offline", "offline since " + fmtClock(state.offlineSince) +
+        (state.lastOk ? "; figures as of " + fmtClock(state.lastOk) : ""));
     } finally {
       inFlight = false;
     }
@@ -239,7 +268,7 @@
     const src = new EventSource("events?since=" + state.lastSeq);
     state.source = src;
     src.onopen = () => setConn("live", "live");
-    src.onerror = () => setConn("reconnecting", "reconnecting");
+    src.onerror = () => { if (!state.offlineSince) setConn("reconnecting", "reconnecting"); };
     src.onmessage = (m) => {
       let ev;
       try { ev = JSON.parse(m.data); } catch (e) { return; }
@@ -253,10 +282,13 @@
       }
       renderTimeline();
       renderEvents();
+      renderCounts();
       refreshSoon();
     };
   }
 
+  // The page arrived with its state rendered; the stream resumes after the events it showed.
+  state.lastSeq = Number(document.body.dataset.seq || 0);
   refresh();
   setInterval(refresh, POLL_MS);
   setInterval(() => {

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import platform
 import socket
+import sys
 import time
 from typing import Any, Iterable, Mapping, Optional, Sequence, cast
 
@@ -69,14 +70,28 @@ def event_from_proto(msg: pb.StrategyEvent) -> Event:
         attempt=msg.attempt, reason=msg.reason, time_unix=msg.time_unix, pid=msg.pid)
 
 
+def program_name() -> str:
+    """The running program's name, for a process that was given no ``OTEL_SERVICE_NAME``:
+    ``app.py`` for ``python app.py``, ``e6observe`` for the command or ``python -m e6observe``,
+    ``python`` when there is nothing better (``python -c``, an interactive session)."""
+    argv0 = sys.argv[0] if getattr(sys, "argv", None) else ""
+    if not argv0 or argv0 in ("-c", "-m", "-"):
+        return "python"
+    base = os.path.basename(argv0)
+    if base in ("__main__.py", "__init__.py"):  # python -m package
+        base = os.path.basename(os.path.dirname(os.path.abspath(argv0))) or base
+    return base[:-3] if base.endswith(".py") and base[:-3] else base
+
+
 def source_info(service_name: Optional[str] = None,
                 resource_attributes: Optional[Mapping[str, Any]] = None) -> pb.Source:
     """This process as a ``Source``: names from an OpenTelemetry resource's attributes when
     given (``service.name``, ``service.instance.id``, ``host.name``), else from the
     environment (``OTEL_SERVICE_NAME``) and the host."""
     attrs = dict(resource_attributes or {})
-    name = (service_name or attrs.get("service.name") or os.environ.get("OTEL_SERVICE_NAME")
-            or "unknown_service:python")
+    name = service_name or attrs.get("service.name") or os.environ.get("OTEL_SERVICE_NAME")
+    if not name or str(name).startswith("unknown_service"):
+        name = program_name()
     return pb.Source(
         service_name=str(name),
         service_instance_id=str(attrs.get("service.instance.id", "")),
