@@ -5,7 +5,7 @@ Loopback only, every loop bounded in count and in time, every socket closed at t
 * :func:`header_flood` — connections each sending a request head of many long header lines
   (each under the standard library's per-line and 100-header limits);
 * :class:`Slowloris` — connections each trickling one header line every ``interval`` seconds,
-  reconnecting when the server drops them (as a real attacker would);
+  reconnecting as soon as the server drops them (``eager``, the default; else at the next send);
 * :func:`scrape_loop` — a legitimate scraper, once every ``period`` seconds, counting successes;
 * :func:`rss_mib` — a process's resident memory, from ``/proc``.
 """
@@ -100,9 +100,9 @@ class Slowloris:
 
     def __init__(self, port: int, connections: int = 64, interval: float = 10.0,
                  ctx: Optional[ssl.SSLContext] = None, max_seconds: float = 120.0,
-                 path: str = "/metrics") -> None:
+                 path: str = "/metrics", eager: bool = True) -> None:
         self.port, self.connections, self.interval = port, connections, interval
-        self.ctx, self.path = ctx, path
+        self.ctx, self.path, self.eager = ctx, path, eager
         self.stopping = threading.Event()
         self.end = time.monotonic() + max_seconds
         self.reconnects = 0
@@ -125,7 +125,7 @@ class Slowloris:
             try:
                 s.sendall(f"GET {self.path} HTTP/1.1\r\nHost: x\r\n".encode())
                 n = 0
-                while not self.stopping.wait(self.interval) and time.monotonic() < self.end:
+                while not self._pause(s) and time.monotonic() < self.end:
                     s.sendall(b"X-Slow-%d: %d\r\n" % (n, i))
                     n += 1
                     with self._lock:
@@ -134,6 +134,23 @@ class Slowloris:
                 pass  # dropped by the server: reconnect
             finally:
                 s.close()
+
+    def _pause(self, s: socket.socket) -> bool:
+        """Wait one interval; True to stop. ``eager``: watch the socket meanwhile, and end the
+        connection (to reopen it) as soon as the server closes or answers it."""
+        if not self.eager:
+            return self.stopping.wait(self.interval)
+        end = time.monotonic() + self.interval
+        while time.monotonic() < end:
+            if self.stopping.is_set():
+                return True
+            s.settimeout(min(0.5, max(0.01, end - time.monotonic())))
+            try:
+                if s.recv(256) is not None:  # answered (408) or closed: reopen
+                    raise ConnectionResetError
+            except (socket.timeout, ssl.SSLWantReadError):
+                continue
+        return self.stopping.is_set()
 
     def start(self) -> Slowloris:
         for i in range(self.connections):
