@@ -276,7 +276,13 @@ class _Server(WSGIServer):
         self.refused = 0
         self._stop = False
         self._wake_r, self._wake_w = socket.socketpair()
-        super().__init__(*args, **kwargs)
+        try:
+            super().__init__(*args, **kwargs)
+        except BaseException:
+            # A taken port: in multi-process mode every worker but one retries each interval.
+            self._wake_r.close()
+            self._wake_w.close()
+            raise
 
     def server_bind(self) -> None:
         # HTTPServer.server_bind + WSGIServer.server_bind, less ``socket.getfqdn(host)``: a
@@ -723,7 +729,11 @@ class MetricsServer:
         httpd = self._httpd
         self._httpd = self._thread = None
         if httpd is not None:
-            for sock in (httpd.socket, httpd._wake_r, httpd._wake_w):
+            # The parent's connections too: the child's copies would keep them open (a client
+            # would not see the end of its response until the child exits). No lock: in the
+            # child no other thread runs, and the lock may have been held at fork time.
+            conns = [c.sock for c in list(httpd._conns.values())]
+            for sock in [httpd.socket, httpd._wake_r, httpd._wake_w] + conns:
                 try:
                     sock.close()
                 except OSError:

@@ -395,3 +395,19 @@ def test_no_thread_outlives_an_attack_by_more_than_the_head_deadline(
 
 if os.name != "posix":  # pragma: no cover
     pytestmark = pytest.mark.skip(reason="the attacks use POSIX sockets and /proc")
+
+
+def test_retrying_a_taken_port_leaks_no_descriptors(registry: CollectorRegistry) -> None:
+    """Multi-process workers retry the port every watcher interval: each failed start must give
+    back what it opened (the listening socket, the wake-up socket pair)."""
+    from e6observe.server import MetricsServerError
+
+    taken = MetricsServer(registry, port=0).start()
+    try:
+        fds = len(os.listdir("/proc/self/fd"))
+        for _ in range(50):
+            with pytest.raises(MetricsServerError):
+                MetricsServer(registry, port=taken.port).start()
+        assert len(os.listdir("/proc/self/fd")) <= fds + 2
+    finally:
+        taken.close()
