@@ -78,6 +78,10 @@ def _merged_count(port: int) -> float:
                if line.startswith("e6data_query_duration_seconds_count{"))
 
 
+class CannotMount(Exception):
+    """No tmpfs could be mounted (no CAP_SYS_ADMIN in this container, say)."""
+
+
 def _filler(mnt: str, stop_at: float, stats: dict[str, int]) -> None:
     """Keep ``mnt`` nearly full: fill it, then free 0-16 KiB, every 50 ms."""
     path = os.path.join(mnt, "filler")
@@ -103,7 +107,11 @@ def _filler(mnt: str, stop_at: float, stats: dict[str, int]) -> None:
 
 def fullfs(args: argparse.Namespace) -> dict[str, Any]:
     mnt = tempfile.mkdtemp(prefix="e6o-tmpfs-")
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", mnt], check=True)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", mnt],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        os.rmdir(mnt)
+        raise CannotMount(r.stderr.strip() or f"mount exited {r.returncode}")
     procs: list[subprocess.Popen[str]] = []
     try:
         d = os.path.join(mnt, "mp")
@@ -230,7 +238,11 @@ def main() -> int:
     if os.geteuid() != 0:
         sys.stderr.write("mp_attack.py: needs root (mounts a tmpfs / switches to nobody)\n")
         return 2
-    out = fullfs(args) if args.cmd == "fullfs" else symlink(args)
+    try:
+        out = fullfs(args) if args.cmd == "fullfs" else symlink(args)
+    except CannotMount as exc:
+        print(json.dumps({"skipped": f"cannot mount a tmpfs: {exc}"}))
+        return 3
     print(json.dumps(out, indent=1))
     return 0
 

@@ -247,6 +247,8 @@ def test_a_read_only_directory_degrades_with_a_message_saying_so(
 def _mp_attack(*args: str, timeout: float) -> dict[str, Any]:
     r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "mp_attack.py"), *args],
                        capture_output=True, text=True, timeout=timeout)
+    if r.returncode == 3:  # root, but no mount(2) here (a container without CAP_SYS_ADMIN)
+        pytest.skip(json.loads(r.stdout)["skipped"])
     assert r.returncode == 0, r.stderr[-2000:]
     return json.loads(r.stdout)
 
