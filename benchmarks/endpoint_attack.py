@@ -157,6 +157,7 @@ def flood(args: argparse.Namespace) -> dict[str, Any]:
             "rss_10s_after_mib": round(after, 1),
             "rise_mib": round(peak - before_rss, 1), "left_after_10s_mib": round(after - before_rss, 1),
             "qps_before_median": statistics.median(q_before) if q_before else None,
+            "qps_before_min": min(q_before) if q_before else None,  # the A/A noise floor
             "qps_during_min": min(q_during) if q_during else None,
             "qps_during_median": statistics.median(q_during) if q_during else None,
             "e456_before": sum(x.get("e456", 0) for x in lines[:n_before]),
