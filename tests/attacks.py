@@ -45,9 +45,9 @@ def header_flood(port: int, connections: int = 64, lines: int = 98, line_bytes: 
                  path: str = "/metrics") -> dict[str, int]:
     """``connections`` concurrent requests, each with ``lines`` header lines of ``line_bytes``.
 
-    Returns how the requests ended: ``{"431": n, "other_status": n, "dropped": n}`` (dropped:
-    the server closed the connection or stopped reading before answering)."""
-    out = {"431": 0, "other_status": 0, "dropped": 0}
+    Returns how the requests ended: ``{"431": n, "408": n, "other_status": n, "dropped": n}``
+    (dropped: the server closed the connection or stopped reading before answering)."""
+    out = {"431": 0, "408": 0, "other_status": 0, "dropped": 0}
     lock = threading.Lock()
     end = time.monotonic() + deadline
     value = b"a" * line_bytes
@@ -73,7 +73,8 @@ def header_flood(port: int, connections: int = 64, lines: int = 98, line_bytes: 
             s.settimeout(max(0.5, min(5.0, end - time.monotonic())))
             head = s.recv(64)
             if head.startswith(b"HTTP/1.") and len(head) >= 12:
-                verdict = "431" if head[9:12] == b"431" else "other_status"
+                code = head[9:12].decode("ascii", "replace")
+                verdict = code if code in ("431", "408") else "other_status"
         except OSError:
             pass
         finally:

@@ -153,7 +153,7 @@ def test_header_flood_rss_of_the_instrumented_process_stays_bounded(tmp_path: Pa
         ends = attacks.header_flood(port, connections=64, lines=98, line_bytes=65_000, deadline=40)
         stop.set()
         peak = max(samples + [attacks.rss_mib(proc.pid)])
-        assert ends["other_status"] == 0, ends  # every request refused (431) or cut
+        assert ends["other_status"] == 0, ends  # none served: refused (431, 408) or cut
         assert ends["431"] > 0, ends
         assert peak - before <= 32, (before, peak)
         assert attacks.http_get(port)[0] == 200  # and the endpoint still serves
@@ -166,7 +166,8 @@ def test_header_flood_rss_of_the_instrumented_process_stays_bounded(tmp_path: Pa
 def _slowloris_variant(port: int, ctx: Any, auth: Optional[str],
                        atk_ctx: Any = None) -> tuple[list[bool], int]:
     def scrape() -> bool:
-        code, body = attacks.http_get(port, "/metrics", ctx=ctx, auth=auth, timeout=2.0)
+        # 5 s: a scrape slowed by a loaded CI machine is not a scrape starved by the attack
+        code, body = attacks.http_get(port, "/metrics", ctx=ctx, auth=auth, timeout=5.0)
         return code == 200 and b"# HELP" in body
 
     with attacks.Slowloris(port, connections=64, interval=1.0, ctx=atk_ctx,
