@@ -288,12 +288,12 @@ def _wait(cond: Callable[[], bool], seconds: float) -> bool:
 
 def test_clients_that_never_read_cannot_hold_the_stream_slots(rec: Recorder) -> None:
     srv = MetricsServer(CollectorRegistry(), port=0).start()
-    app = status.EventStreamApp(rec, max_streams=2, evict_after=0.3)
+    app = status.EventStreamApp(rec, evict_after=0.3)  # the default 16 slots
     rec.subscribe(app.notifier)
     srv.add_route("/events", app)
-    idle = [_open_stream(srv.port) for _ in range(2)]  # they never read
+    idle = [_open_stream(srv.port) for _ in range(status.MAX_STREAMS)]  # they never read
     try:
-        assert _wait(lambda: app.open_streams == 2, 10)
+        assert _wait(lambda: app.open_streams == status.MAX_STREAMS, 10)
         time.sleep(0.35)
         fresh = _open_stream(srv.port)
         fresh.settimeout(5)
