@@ -28,13 +28,18 @@ basic_auth         None                     ``user:password`` required on ``/met
 multiprocess_dir   ``$PROMETHEUS_MULTIPROC_DIR`` prometheus_client multi-process directory
 runtime_metrics    ``auto``                 process/GC metrics: true, false, or auto (OpenTelemetry's
                                             off while its system-metrics instrumentation is active)
+http_max_head_bytes 65536                   bytes a request head may take (more: 431)
+http_head_timeout  5.0                      seconds to receive a request head (later: 408)
+http_write_timeout 10.0                     seconds one response write may block (then: closed)
 ================== ======================== =========================================================
 """
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
+import re
 from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Mapping, Optional
 
@@ -44,6 +49,19 @@ ENV_PREFIX = "E6OBSERVE_"
 MAX_EVENT_CAPACITY = 100_000
 #: Longest watcher interval accepted (a day); anything longer is almost certainly a unit mistake.
 MAX_WATCHER_INTERVAL = 86_400.0
+#: Bounds of the endpoint's request-head budget, head deadline and write deadline.
+HEAD_BYTES_RANGE = (1024, 1 << 20)
+HEAD_TIMEOUT_MAX = 300.0
+WRITE_TIMEOUT_MAX = 3600.0
+
+# ASCII digits only: int()/float() also take "1_000", Arabic-Indic and fullwidth digits.
+_INT_TEXT = re.compile(r"[+-]?[0-9]+")
+_FLOAT_TEXT = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?")
+_ASCII_SPACE = " \t\r\n"
+# What inet_aton() reads as an IPv4 address although it is not one written out in full: "0"
+# (0.0.0.0), "127.1", "0x7f.1", "2130706433". Refused, so that a typo cannot bind every address.
+_INET_ATON_FORM = re.compile(r"(0[xX][0-9a-fA-F]*|[0-9]+)(\.(0[xX][0-9a-fA-F]*|[0-9]+)){0,3}\.?")
+_HOSTNAME = re.compile(r"(?=.{1,253}\.?$)([A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\.?)+")
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
@@ -82,11 +100,8 @@ def _parse_int(name: str, raw: object, env: bool) -> int:
         raise ConfigError(f"{_origin(name, env)} must be an integer, got {_show(raw)}")
     if isinstance(raw, int):
         return raw
-    if env and isinstance(raw, str):
-        try:
-            return int(raw.strip(), 10)
-        except ValueError:
-            pass
+    if env and isinstance(raw, str) and _INT_TEXT.fullmatch(raw.strip(_ASCII_SPACE)):
+        return int(raw.strip(_ASCII_SPACE), 10)
     raise ConfigError(f"{_origin(name, env)} must be an integer, got {_show(raw)}")
 
 
@@ -95,11 +110,8 @@ def _parse_float(name: str, raw: object, env: bool) -> float:
         raise ConfigError(f"{_origin(name, env)} must be a number of seconds, got {_show(raw)}")
     if isinstance(raw, (int, float)):
         return float(raw)
-    if env and isinstance(raw, str):
-        try:
-            return float(raw.strip())
-        except ValueError:
-            pass
+    if env and isinstance(raw, str) and _FLOAT_TEXT.fullmatch(raw.strip(_ASCII_SPACE)):
+        return float(raw.strip(_ASCII_SPACE))
     raise ConfigError(f"{_origin(name, env)} must be a number of seconds, got {_show(raw)}")
 
 
@@ -133,6 +145,9 @@ class _Spec:
     env: bool = True  # settable from E6OBSERVE_<NAME>
     optional: bool = True  # an empty env value / None means "unset"
     secret: bool = False
+    #: A value that is only whitespace is an error (not "unset"): these options protect the
+    #: endpoint, and a stray newline must not switch that protection off in silence.
+    no_blank: bool = False
 
 
 _SPECS: dict[str, _Spec] = {
@@ -146,12 +161,15 @@ _SPECS: dict[str, _Spec] = {
     "watcher_interval": _Spec(_parse_float, optional=False),
     "event_capacity": _Spec(_parse_int, optional=False),
     "record_query_text": _Spec(_parse_bool, optional=False),
-    "tls_certfile": _Spec(_parse_str),
-    "tls_keyfile": _Spec(_parse_str),
-    "tls_client_cafile": _Spec(_parse_str),
-    "basic_auth": _Spec(_parse_str, secret=True),
+    "tls_certfile": _Spec(_parse_str, no_blank=True),
+    "tls_keyfile": _Spec(_parse_str, no_blank=True),
+    "tls_client_cafile": _Spec(_parse_str, no_blank=True),
+    "basic_auth": _Spec(_parse_str, secret=True, no_blank=True),
     "multiprocess_dir": _Spec(_parse_str),
     "runtime_metrics": _Spec(_parse_runtime, optional=False),
+    "http_max_head_bytes": _Spec(_parse_int, optional=False),
+    "http_head_timeout": _Spec(_parse_float, optional=False),
+    "http_write_timeout": _Spec(_parse_float, optional=False),
 }
 
 
@@ -178,6 +196,9 @@ class Options:
     basic_auth: Optional[str] = field(default=None, repr=False)
     multiprocess_dir: Optional[str] = None
     runtime_metrics: Any = "auto"  # True, False or "auto"
+    http_max_head_bytes: int = 64 * 1024
+    http_head_timeout: float = 5.0
+    http_write_timeout: float = 10.0
     #: Where each option's value came from: "kwarg", "env" or "default" (for messages/tests).
     sources: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
@@ -210,8 +231,13 @@ class Options:
             elif spec.env and (ENV_PREFIX + name.upper()) in env:
                 raw, from_env = env[ENV_PREFIX + name.upper()], True
                 sources[name] = "env"
-                if isinstance(raw, str) and raw.strip() == "" and spec.optional:
-                    raw = None
+                if isinstance(raw, str) and raw.strip() == "":
+                    if spec.no_blank and raw != "":
+                        raise ConfigError(f"{_origin(name, True)} is blank (only whitespace); "
+                                          "unset it, set it to the empty string, or give a value"
+                                          + (" (value not shown)" if spec.secret else ""))
+                    if spec.optional:
+                        raw = None
             else:
                 sources[name] = "default"
                 continue
@@ -243,6 +269,7 @@ class Options:
                               f"got {port!r}")
         if not self.prometheus_addr.strip():
             raise ConfigError(f"{w('prometheus_addr')} must name an address, got an empty string")
+        self._validate_addr()
         iv = self.watcher_interval
         if not (math.isfinite(iv) and 0 < iv <= MAX_WATCHER_INTERVAL):
             raise ConfigError(f"{w('watcher_interval')} must be > 0 and <= {MAX_WATCHER_INTERVAL:g} "
@@ -265,9 +292,10 @@ class Options:
                 raise ConfigError(f"{name} must be an OpenTelemetry provider with {method}(), got "
                                   f"{type(value).__name__}")
         self._validate_tls()
+        self._validate_limits()
         if self.basic_auth is not None:
             user, sep, password = self.basic_auth.partition(":")
-            if not sep or not user or not password:
+            if not sep or not user.strip() or not password.strip():
                 # Never echo the value: it is a credential, possibly with a typo.
                 raise ConfigError(f"{w('basic_auth')} must have the form user:password with both "
                                   "parts non-empty (value not shown)")
@@ -277,16 +305,48 @@ class Options:
             raise ConfigError(f"{w('multiprocess_dir')} must be an existing directory, "
                               f"got {self.multiprocess_dir!r}")
 
+    def _validate_addr(self) -> None:
+        w = self._where
+        addr = self.prometheus_addr
+        try:
+            ipaddress.ip_address(addr.split("%", 1)[0] if ":" in addr else addr)
+            return
+        except ValueError:
+            pass
+        if _INET_ATON_FORM.fullmatch(addr):
+            raise ConfigError(f"{w('prometheus_addr')} must be a full IP address or a host name, "
+                              f"got {_show(addr)} (the C library would read it as "
+                              "a shortened IPv4 address; write 0.0.0.0 to listen on every address)")
+        if not _HOSTNAME.fullmatch(addr):
+            raise ConfigError(f"{w('prometheus_addr')} must be an IP address or a host name, got "
+                              f"{_show(addr)}")
+
+    def _validate_limits(self) -> None:
+        w = self._where
+        lo, hi = HEAD_BYTES_RANGE
+        if not lo <= self.http_max_head_bytes <= hi:
+            raise ConfigError(f"{w('http_max_head_bytes')} must be within {lo}..{hi}, got "
+                              f"{self.http_max_head_bytes!r}")
+        for name, top in (("http_head_timeout", HEAD_TIMEOUT_MAX),
+                          ("http_write_timeout", WRITE_TIMEOUT_MAX)):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and 0 < value <= top):
+                raise ConfigError(f"{w(name)} must be > 0 and <= {top:g} seconds, got {value!r}")
+
     def _validate_tls(self) -> None:
         w = self._where
         cert, key, ca = self.tls_certfile, self.tls_keyfile, self.tls_client_cafile
         if (cert is None) != (key is None):
-            missing = "tls_keyfile" if key is None else "tls_certfile"
-            raise ConfigError(f"tls_certfile and tls_keyfile go together: {missing} is missing")
+            given, missing = ("tls_certfile", "tls_keyfile") if key is None else (
+                "tls_keyfile", "tls_certfile")
+            raise ConfigError(f"{w(given)} is set but {missing} is not (neither as keyword nor as "
+                              f"{_origin(missing, True)}): a certificate and its key go together")
         if ca is not None and cert is None:
-            raise ConfigError("tls_client_cafile (client-certificate auth) needs tls_certfile and "
-                              "tls_keyfile (the endpoint must itself serve TLS)")
+            raise ConfigError(f"{w('tls_client_cafile')} (client-certificate auth) needs "
+                              "tls_certfile and tls_keyfile (the endpoint must itself serve TLS)")
         for name, path in (("tls_certfile", cert), ("tls_keyfile", key), ("tls_client_cafile", ca)):
+            if path is not None and not path.strip():
+                raise ConfigError(f"{w(name)} is blank; give a file or leave it unset")
             if path is not None and not os.path.isfile(path):
                 raise ConfigError(f"{w(name)} must be a readable file, got {path!r} (not found)")
             if path is not None and not os.access(path, os.R_OK):

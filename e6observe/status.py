@@ -18,8 +18,13 @@ exposure rules (loopback by default, TLS and basic auth when configured):
 
 The stream never buffers per client: it reads the recorder's bounded ring, at most
 :data:`MAX_BATCH` events per write, and at most :data:`MAX_STREAMS` streams are open at once so
-that event-stream clients cannot take every connection slot from Prometheus scrapes. Streams end
-within a second of ``MetricsServer.close()``.
+that event-stream clients cannot take every connection slot from Prometheus scrapes. Clients that
+never read cannot keep those slots: a stream's send buffer is small (:data:`STREAM_SNDBUF`), a
+write blocked for the server's ``write_timeout`` ends the stream, and when every slot is taken a
+new client ends the oldest stream open for at least :data:`EVICT_AFTER` seconds (a browser
+reconnects and resumes from ``Last-Event-ID``; nothing is lost that the ring still holds). HEAD
+never starts a stream (the server answers it from the GET headers). Streams end within a second
+of ``MetricsServer.close()``.
 
 Nothing served contains a secret: events and the snapshot carry strategies, counts, durations
 and process identity only — never a password, token or query text.
@@ -28,6 +33,8 @@ and process identity only — never a password, token or query text.
 from __future__ import annotations
 
 import json
+import re
+import socket
 import threading
 import time
 import weakref
@@ -52,6 +59,11 @@ HEARTBEAT_SECONDS = 10.0
 WAKE_SECONDS = 0.5
 #: EventSource reconnect delay suggested to browsers, in milliseconds.
 RETRY_MS = 2000
+#: A stream open this long may be ended to make room for a new client when every slot is taken.
+EVICT_AFTER = 5.0
+#: Send buffer of a stream's socket: a client that does not read fills it (and the write
+#: deadline ends the stream) after kilobytes, not after the kernel's megabytes.
+STREAM_SNDBUF = 32 * 1024
 
 STATIC_FILES = {
     "/static/status.js": ("status.js", "text/javascript; charset=utf-8"),
@@ -124,14 +136,21 @@ def _query(environ: dict[str, Any]) -> dict[str, list[str]]:
         return {}
 
 
+_ASCII_INT = re.compile(r"-?[0-9]{1,18}")
+
+
+def _ascii_int(text: str) -> Optional[int]:
+    """An integer written in ASCII digits only (``int()`` also takes ``1_000``, Arabic-Indic and
+    fullwidth digits: not what a client means), else None."""
+    text = text.strip(" \t")
+    return int(text) if _ASCII_INT.fullmatch(text) else None
+
+
 def _int_param(q: dict[str, list[str]], name: str) -> Optional[int]:
     values = q.get(name)
     if not values:
         return None
-    try:
-        return int(values[0])
-    except ValueError:
-        return None
+    return _ascii_int(values[0])
 
 
 def _plain(start_response: StartResponse, status: str, text: str,
@@ -233,15 +252,19 @@ def _sse(ev: Event, source: Any) -> str:
 
 
 class _SlotHeld:
-    """A stream response holding one of the stream slots until it is closed.
+    """A stream response holding one of the stream slots until it is closed (or evicted).
 
     WSGI servers call ``close()`` on every response, iterated or not; a bare generator that was
-    never started would skip its ``finally`` and keep the slot forever.
+    never started would skip its ``finally`` and keep the slot forever. An evicted stream's slot
+    passes to the client that evicted it, so ``close()`` then releases nothing.
     """
 
-    def __init__(self, gen: Iterator[bytes], slots: threading.BoundedSemaphore) -> None:
-        self._gen = gen
-        self._slots: Optional[threading.BoundedSemaphore] = slots
+    def __init__(self, app: EventStreamApp, since: int, stopping: Optional[threading.Event]) -> None:
+        self.app = app
+        self.started = time.monotonic()
+        self.cancel = threading.Event()
+        self.holds_slot = True
+        self._gen = app._stream(since, stopping, self.cancel)
 
     def __iter__(self) -> Iterator[bytes]:
         return self._gen
@@ -250,23 +273,55 @@ class _SlotHeld:
         try:
             self._gen.close()  # type: ignore[attr-defined]
         finally:
-            slots, self._slots = self._slots, None
-            if slots is not None:
-                slots.release()
+            self.app._release(self)
+
+
+class _Full(Exception):
+    """Every stream slot is taken by a stream younger than ``evict_after``."""
 
 
 class EventStreamApp:
     """``GET /events``: server-sent events from the recorder's ring (see the module docstring)."""
 
     def __init__(self, recorder: Recorder, notifier: Optional[_Notifier] = None,
-                 max_streams: int = MAX_STREAMS, heartbeat: float = HEARTBEAT_SECONDS) -> None:
+                 max_streams: int = MAX_STREAMS, heartbeat: float = HEARTBEAT_SECONDS,
+                 evict_after: float = EVICT_AFTER) -> None:
         self.recorder = recorder
         self.notifier = notifier or _Notifier()
         self.heartbeat = heartbeat
-        self._slots = threading.BoundedSemaphore(max_streams)
+        self.max_streams = max_streams
+        self.evict_after = evict_after
+        #: Open streams, oldest first (one entry per slot); guarded by _count_lock.
+        self._open: dict[int, _SlotHeld] = {}
         self.closed = threading.Event()
         self.open_streams = 0
+        self.evicted = 0
         self._count_lock = threading.Lock()
+
+    def _admit(self, held: _SlotHeld) -> bool:
+        """Give ``held`` a slot: a free one, or that of the oldest stream if it has been open
+        for ``evict_after`` seconds (that stream ends). False when there is none."""
+        with self._count_lock:
+            victim = None
+            if len(self._open) >= self.max_streams:
+                victim = next(iter(self._open.values()))
+                if time.monotonic() - victim.started < self.evict_after:
+                    return False
+                del self._open[id(victim)]
+                victim.holds_slot = False
+                victim.cancel.set()
+                self.evicted += 1
+            self._open[id(held)] = held
+        if victim is not None:
+            with self.notifier.cond:
+                self.notifier.cond.notify_all()
+        return True
+
+    def _release(self, held: _SlotHeld) -> None:
+        with self._count_lock:
+            if held.holds_slot:
+                held.holds_slot = False
+                self._open.pop(id(held), None)
 
     def _start_seq(self, environ: dict[str, Any]) -> int:
         ring = self.recorder.ring
@@ -274,10 +329,7 @@ class EventStreamApp:
         resume: Optional[int] = None
         header = environ.get("HTTP_LAST_EVENT_ID")
         if header:
-            try:
-                resume = int(header.strip())
-            except ValueError:
-                resume = None
+            resume = _ascii_int(header)
         if resume is None:
             resume = _int_param(_query(environ), "since")
         if resume is None:
@@ -293,19 +345,27 @@ class EventStreamApp:
             return refused
         if self.closed.is_set():
             return _plain(start_response, "503 Service Unavailable", "event stream closed\n")
-        if not self._slots.acquire(blocking=False):
+        held = _SlotHeld(self, self._start_seq(environ), environ.get("e6observe.stopping"))
+        if not self._admit(held):
+            held.holds_slot = False
+            held.close()
             return _plain(start_response, "503 Service Unavailable",
-                          f"too many event streams (at most {MAX_STREAMS})\n",
+                          f"too many event streams (at most {self.max_streams})\n",
                           [("Retry-After", "5")])
-        since = self._start_seq(environ)
-        stopping = environ.get("e6observe.stopping")
+        sock = environ.get("e6observe.socket")
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, STREAM_SNDBUF)
+            except (OSError, ValueError, AttributeError):
+                pass
         start_response("200 OK", [("Content-Type", "text/event-stream; charset=utf-8"),
                                   ("Cache-Control", "no-store"),
                                   ("X-Accel-Buffering", "no"),
                                   ("X-Content-Type-Options", "nosniff")])
-        return _SlotHeld(self._stream(since, stopping), self._slots)
+        return held
 
-    def _stream(self, since: int, stopping: Optional[threading.Event]) -> Iterator[bytes]:
+    def _stream(self, since: int, stopping: Optional[threading.Event],
+                cancel: threading.Event) -> Iterator[bytes]:
         with self._count_lock:
             self.open_streams += 1
         try:
@@ -316,7 +376,8 @@ class EventStreamApp:
             cursor = _Cursor(since)
             seen = self.notifier.generation
             last_write = time.monotonic()
-            while not self.closed.is_set() and not (stopping is not None and stopping.is_set()):
+            while not (self.closed.is_set() or cancel.is_set()
+                       or (stopping is not None and stopping.is_set())):
                 ring = self.recorder.ring
                 emitted = ring.emitted
                 batch = cursor.take(ring.snapshot(cursor.watermark), MAX_BATCH, emitted)

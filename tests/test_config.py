@@ -106,7 +106,7 @@ def test_tls_files(tmp_path: Path) -> None:
         p.write_text("x")
     o = resolve(tls_certfile=str(cert), tls_keyfile=key, tls_client_cafile=str(ca))
     assert o.tls_enabled and o.tls_keyfile == str(key)
-    with pytest.raises(ConfigError, match="tls_keyfile is missing"):
+    with pytest.raises(ConfigError, match="tls_certfile is set but tls_keyfile is not"):
         resolve(tls_certfile=str(cert))
     with pytest.raises(ConfigError, match="tls_client_cafile .* needs tls_certfile"):
         resolve(tls_client_cafile=str(ca))
@@ -137,4 +137,5 @@ def test_the_option_names_other_components_rely_on() -> None:
         "prometheus_port", "prometheus_addr", "registry", "meter_provider", "tracer_provider",
         "logger_provider", "otel", "watcher_interval", "event_capacity", "record_query_text",
         "tls_certfile", "tls_keyfile", "tls_client_cafile", "basic_auth", "multiprocess_dir",
-        "runtime_metrics"}
+        "runtime_metrics",
+        "http_max_head_bytes", "http_head_timeout", "http_write_timeout"}

@@ -27,15 +27,29 @@ an unchanged worker costs a ``stat`` per scrape.
 
 As with prometheus_client, empty the directory when the whole application is redeployed:
 counts of earlier runs would otherwise carry over.
+
+**Files other users or a full disk cannot corrupt.** Every file is written to a fresh temp file
+(``tempfile.mkstemp`` in the directory: an unpredictable name, ``O_EXCL``, never through a
+symlink), written completely (short writes continued, the size checked), then renamed over the
+old one; a write that fails leaves the previous file whole, is counted, and is retried at the next
+flush. Files are opened for reading with ``O_NOFOLLOW`` and only when they are regular files of
+bounded size. A file that does not parse keeps its process's last good state (the error is
+counted), so a merged counter never goes backwards while its process lives. A directory that
+other users can write to is refused unless it is sticky and ours (:func:`check_directory`); a
+refused, read-only or otherwise unusable directory raises :class:`UnusableDirectory`, and the
+Prometheus sink falls back to this process's own metrics with one warning saying why.
 """
 
 from __future__ import annotations
 
 import atexit
+import errno
 import json
 import os
 import secrets
+import stat
 import sys
+import tempfile
 import threading
 import time
 import weakref
@@ -75,6 +89,66 @@ MAX_SAMPLES_PER_FAMILY = 512
 _SAMPLE_TYPES = frozenset({"gauge", "counter", "histogram", "unknown"})
 #: Seconds a scrape waits for another process's compaction before merging read-only.
 DIR_LOCK_WAIT = 2.0
+#: Largest state file read (a process's file is a few kB; a bigger one is not ours).
+MAX_STATE_BYTES = 16 * 1024 * 1024
+#: Temp files: never matched as state files; left-overs of a crash are removed after TMP_MAX_AGE s.
+TMP_PREFIX = ".e6observe-tmp-"
+TMP_MAX_AGE = 60.0
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+
+
+class UnusableDirectory(OSError):
+    """The multi-process directory cannot be used; the message says why and what to do."""
+
+
+def report_unusable(exc: UnusableDirectory) -> None:
+    """One warning for a directory multi-process mode cannot use, and one count (without the
+    generic "contained a ..." line)."""
+    from .. import _safe
+
+    _safe.logger.warning("e6observe: %s. Multi-process mode is off: /metrics serves this "
+                         "process's metrics only", exc.strerror or exc)
+    try:
+        with _safe._lock:
+            _safe._logged.add(("sink.multiprocess", type(exc).__name__))
+    except Exception:  # pragma: no cover
+        pass
+    record_internal_error("sink.multiprocess", exc)
+
+
+def check_directory(path: str) -> None:
+    """Raise :class:`UnusableDirectory` unless ``path`` is a directory this process can write and
+    no other user can: not writable by group or others, unless it is sticky and owned by us
+    (then others cannot rename or delete our files)."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise UnusableDirectory(exc.errno, f"multi-process directory {path!r}: "
+                                           f"{exc.strerror or type(exc).__name__}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise UnusableDirectory(errno.ENOTDIR, f"multi-process directory {path!r} is not a "
+                                               "directory")
+    euid = os.geteuid() if hasattr(os, "geteuid") else st.st_uid
+    shared = st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+    if shared and not (st.st_mode & stat.S_ISVTX and st.st_uid == euid):
+        raise UnusableDirectory(
+            errno.EPERM, f"multi-process directory {path!r} can be written by other users "
+            f"(mode {stat.S_IMODE(st.st_mode):04o}, owner uid {st.st_uid}): they could plant or "
+            f"replace state files. Use a directory only uid {euid} can write to (chmod go-w), "
+            f"or one that is sticky (chmod +t) and owned by uid {euid}")
+    if not os.access(path, os.W_OK | os.X_OK):
+        ro = False
+        if hasattr(os, "statvfs"):
+            try:
+                ro = bool(os.statvfs(path).f_flag & getattr(os, "ST_RDONLY", 1))
+            except OSError:
+                pass
+        why = ("is on a read-only file system" if ro else
+               f"is not writable by this process (uid {euid}; owner uid {st.st_uid}, "
+               f"mode {stat.S_IMODE(st.st_mode):04o})")
+        raise UnusableDirectory(errno.EROFS if ro else errno.EACCES,
+                                f"multi-process directory {path!r} {why}")
 
 _COUNTER_NAMES = {s.prom_name: len(s.labels) for s in COUNTERS}
 _HIST_NAMES = {s.prom_name: (len(s.labels), len(s.buckets) + 1) for s in HISTOGRAMS}
@@ -133,13 +207,32 @@ def _minus(state: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
 
 
 def _write_atomic(path: str, data: bytes) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    """Replace ``path`` with ``data`` all at once, or leave it as it was and raise ``OSError``.
+
+    The temp file is made by ``mkstemp`` in the same directory (unpredictable name, ``O_EXCL``,
+    no symlink followed); short writes are continued and the size checked before the rename.
+    """
+    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=os.path.dirname(path))
     try:
-        os.write(fd, data)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+        try:
+            view = memoryview(data)
+            while view:
+                n = os.write(fd, view)
+                if n <= 0:  # pragma: no cover - os.write raises rather than returning 0
+                    raise OSError(errno.EIO, "short write")
+                view = view[n:]
+            if os.fstat(fd).st_size != len(data):
+                raise OSError(errno.EIO, f"wrote {os.fstat(fd).st_size} of {len(data)} bytes")
+            os.fchmod(fd, 0o644)  # readable by scrapers, as prometheus_client's files are
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
 
 
 # -- the writer (every process) --------------------------------------------------------------
@@ -171,8 +264,16 @@ class ProcessStateWriter:
     """Publishes this process's recorder state into the multi-process directory."""
 
     def __init__(self, directory: str, recorder: Any) -> None:
+        """Raises :class:`UnusableDirectory` when ``directory`` cannot be used (see
+        :func:`check_directory`; also when the first state file cannot be written)."""
         self.directory = os.path.abspath(directory)
-        os.makedirs(self.directory, exist_ok=True)
+        if not os.path.isdir(self.directory):
+            try:
+                os.makedirs(self.directory, mode=0o755, exist_ok=True)
+            except OSError as exc:
+                raise UnusableDirectory(exc.errno, f"multi-process directory {directory!r} "
+                                        f"cannot be created: {exc.strerror}") from None
+        check_directory(self.directory)
         self.recorder = recorder
         self._lock = threading.Lock()
         self._baseline: Optional[dict[str, Any]] = None
@@ -185,11 +286,30 @@ class ProcessStateWriter:
         self.closed = False
         self.writes = 0
         self._lock_fd: Optional[int] = None
-        self._new_identity()
+        #: State writes that failed (disk full, ...); the previous file stayed whole.
+        self.failed_writes = 0
+        try:
+            self._new_identity()
+            self.write(raise_errors=True)
+        except OSError as exc:
+            self._drop_identity()
+            raise UnusableDirectory(exc.errno, f"multi-process directory {directory!r}: cannot "
+                                    f"write a state file: {exc.strerror or exc}") from None
         recorder.subscribe(self._on_event)
         _WRITERS.add(self)
         _install_exit_hooks()
-        self.write()
+
+    def _drop_identity(self) -> None:
+        fd, self._lock_fd = self._lock_fd, None
+        if fd is not None:
+            os.close(fd)
+        for p in (getattr(self, "path", None),
+                  os.path.join(self.directory, f"{PREFIX}{getattr(self, 'id', '')}.lock")):
+            if p and getattr(self, "id", None):
+                try:
+                    os.unlink(p)
+                except OSError:
+                    pass
 
     # -- identity -----------------------------------------------------------------------------
     def _new_identity(self) -> None:
@@ -197,7 +317,8 @@ class ProcessStateWriter:
         self.id = f"{self.pid}-{secrets.token_hex(4)}"
         self.path = os.path.join(self.directory, f"{PREFIX}{self.id}.json")
         lock_path = os.path.join(self.directory, f"{PREFIX}{self.id}.lock")
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        # O_EXCL | O_NOFOLLOW: a file (or symlink) someone planted under our name is an error.
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC, 0o644)
         if fcntl is not None:
             fcntl.flock(fd, fcntl.LOCK_EX)  # a fresh unique file: never contended
         self._lock_fd = fd
@@ -267,8 +388,11 @@ class ProcessStateWriter:
         else:
             self._dirty = True
 
-    def write(self) -> bool:
-        """Write the state file now if it changed since the last write. True if written."""
+    def write(self, raise_errors: bool = False) -> bool:
+        """Write the state file now if it changed since the last write. True if written.
+
+        A failed write (disk full, ...) leaves the previous file whole, is counted (and raised
+        only with ``raise_errors``), and is retried by the next event or flush."""
         if self.closed or os.getpid() != self.pid:
             return False
         with self._lock:
@@ -276,7 +400,15 @@ class ProcessStateWriter:
             if body == self._last_body:
                 self._dirty = False
                 return False
-            _write_atomic(self.path, body.encode())
+            try:
+                _write_atomic(self.path, body.encode())
+            except OSError as exc:
+                self.failed_writes += 1
+                self._dirty = True
+                if raise_errors:
+                    raise
+                record_internal_error("sink.multiprocess", exc)
+                return False
             self._last_body = body
             self._last_write = time.monotonic()
             self._dirty = False
@@ -306,6 +438,23 @@ class ProcessStateWriter:
 
 
 # -- the merger (whoever serves /metrics) ----------------------------------------------------
+def _read_state(path: str, st: os.stat_result) -> dict[str, Any]:
+    """Parse a state file: a regular file (no symlink, no FIFO) of at most MAX_STATE_BYTES."""
+    if not stat.S_ISREG(st.st_mode):
+        raise ValueError("not a regular file")
+    if st.st_size > MAX_STATE_BYTES:
+        raise ValueError(f"state file over {MAX_STATE_BYTES} bytes")
+    fd = os.open(path, os.O_RDONLY | _NOFOLLOW | _CLOEXEC | getattr(os, "O_NONBLOCK", 0))
+    with os.fdopen(fd, "rb") as f:
+        data = f.read(MAX_STATE_BYTES + 1)
+    if len(data) > MAX_STATE_BYTES:
+        raise ValueError(f"state file over {MAX_STATE_BYTES} bytes")
+    doc = json.loads(data)
+    if not isinstance(doc, dict) or doc.get("v") != FORMAT:
+        raise ValueError("not an e6observe state file")
+    return doc
+
+
 def _valid_labels(labels: Any, n: int) -> bool:
     return (isinstance(labels, list) and len(labels) == n
             and all(isinstance(x, str) and len(x) <= 64 for x in labels))
@@ -431,8 +580,13 @@ class MultiProcessCollector:
 
     # -- reading ------------------------------------------------------------------------------
     def _load(self, path: str) -> Optional[dict[str, Any]]:
+        """The parsed state file at ``path`` (cached by inode, mtime, size), or None if gone.
+
+        A file that cannot be parsed (or is not a regular file of ours) raises when nothing was
+        read from it before; otherwise its last good state is returned and the error counted,
+        so that what it contributes never goes backwards."""
         try:
-            st = os.stat(path)
+            st = os.lstat(path)
         except FileNotFoundError:
             self._cache.pop(path, None)
             return None
@@ -441,12 +595,14 @@ class MultiProcessCollector:
         if hit is not None and hit[0] == key:
             return hit[1]
         try:
-            with open(path, "rb") as f:
-                doc = json.loads(f.read())
+            doc = _read_state(path, st)
         except FileNotFoundError:
             return None
-        if not isinstance(doc, dict) or doc.get("v") != FORMAT:
-            raise ValueError("not an e6observe state file")
+        except (OSError, ValueError) as exc:
+            if hit is None:
+                raise
+            record_internal_error("sink.multiprocess", exc)
+            return hit[1]
         self._cache[path] = (key, doc)
         return doc
 
@@ -458,8 +614,10 @@ class MultiProcessCollector:
 
             return psutil.pid_exists(int(wid.split("-", 1)[0])), None
         try:
-            fd = os.open(lock_path, os.O_RDWR)
+            fd = os.open(lock_path, os.O_RDWR | _NOFOLLOW | _CLOEXEC)
         except FileNotFoundError:
+            return False, None
+        except OSError:  # a symlink or something else planted there: not a live process of ours
             return False, None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -471,7 +629,11 @@ class MultiProcessCollector:
     def _dir_lock(self) -> Optional[int]:
         if fcntl is None:  # pragma: no cover
             return None
-        fd = os.open(os.path.join(self.directory, DIR_LOCK), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(os.path.join(self.directory, DIR_LOCK),
+                         os.O_RDWR | os.O_CREAT | _NOFOLLOW | _CLOEXEC, 0o644)
+        except OSError:  # read-only directory, or a symlink planted there: merge read-only
+            return None
         deadline = time.monotonic() + DIR_LOCK_WAIT
         while True:
             try:
@@ -534,6 +696,19 @@ class MultiProcessCollector:
         v.processes.sort(key=lambda p: p.pid or 0)
         return v
 
+    def _remove_stale_temp_files(self) -> None:
+        """Temp files a process left when it died mid-write (under the directory lock)."""
+        now = time.time()
+        for name in os.listdir(self.directory):
+            if name.startswith(TMP_PREFIX):
+                p = os.path.join(self.directory, name)
+                with contain("sink.multiprocess"):
+                    try:
+                        if now - os.lstat(p).st_mtime > TMP_MAX_AGE:
+                            os.unlink(p)
+                    except FileNotFoundError:
+                        pass
+
     def _fold_dead(self, v: View, dead: list[tuple[str, str, Optional[int]]],
                    compact: bool) -> None:
         """Fold dead processes' files into the dead total (or, failing that, into this view)."""
@@ -555,6 +730,7 @@ class MultiProcessCollector:
                     merged.append(wid)
                     known.add(wid)
                 done.append((wid, path, fd))
+            self._remove_stale_temp_files()
             agg["merged"] = merged[-MERGED_IDS_CAP:]
             agg["v"] = FORMAT
             _write_atomic(agg_path, json.dumps(agg, separators=(",", ":")).encode())
@@ -581,4 +757,5 @@ class MultiProcessCollector:
                     os.close(fd)
 
 
-__all__ = ["ProcessStateWriter", "MultiProcessCollector", "raw_state", "DEAD_FILE"]
+__all__ = ["ProcessStateWriter", "MultiProcessCollector", "raw_state", "DEAD_FILE",
+           "UnusableDirectory", "check_directory"]

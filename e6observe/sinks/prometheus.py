@@ -335,10 +335,20 @@ class PrometheusSink:
         self.multiprocess_dir: Optional[str] = mp_dir or None
         self.writer: Any = None
         if self.multiprocess_dir:
-            from .multiprocess import MultiProcessCollector, ProcessStateWriter
+            from .multiprocess import (
+                MultiProcessCollector,
+                ProcessStateWriter,
+                UnusableDirectory,
+                report_unusable,
+            )
 
-            self.writer = ProcessStateWriter(self.multiprocess_dir, recorder)
-            self.collector: Any = MultiProcessCollector(self.multiprocess_dir, own=self.writer)
+            try:
+                self.writer = ProcessStateWriter(self.multiprocess_dir, recorder)
+            except UnusableDirectory as exc:
+                report_unusable(exc)  # one warning; this process's own metrics are served
+                self.multiprocess_dir = None
+        if self.writer is not None:
+            self.collector: Any = MultiProcessCollector(self.multiprocess_dir or "", own=self.writer)
         else:
             self.collector = RecorderCollector(recorder)
         try:
@@ -406,7 +416,11 @@ class PrometheusSink:
                 port=int(port), certfile=_opt(self.options, "tls_certfile"),
                 keyfile=_opt(self.options, "tls_keyfile"),
                 client_cafile=_opt(self.options, "tls_client_cafile"),
-                basic_auth=_opt(self.options, "basic_auth"))
+                basic_auth=_opt(self.options, "basic_auth"),
+                **{k: v for k, v in (
+                    ("max_head_bytes", _opt(self.options, "http_max_head_bytes")),
+                    ("head_timeout", _opt(self.options, "http_head_timeout")),
+                    ("write_timeout", _opt(self.options, "http_write_timeout"))) if v is not None})
             self.server = srv
             try:
                 srv.start()
