@@ -16,6 +16,7 @@ import urllib.request
 from typing import Optional
 
 import pytest
+import subproc
 
 from e6observe import cli
 from e6observe.demo import DEMO_PASSWORD
@@ -27,7 +28,7 @@ class Demo:
     """A ``python -m e6observe demo`` child process whose output is read as it comes."""
 
     def __init__(self, *args: str) -> None:
-        self.proc = subprocess.Popen(
+        self.proc = subproc.popen(
             [sys.executable, "-m", "e6observe", "demo", *args], cwd=ROOT,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.out: list[str] = []
@@ -125,7 +126,7 @@ def test_demo_ends_cleanly_on_sigterm() -> None:
 
 def test_demo_redraws_in_place_on_a_terminal() -> None:
     master, slave = pty.openpty()
-    proc = subprocess.Popen(
+    proc = subproc.popen(
         [sys.executable, "-m", "e6observe", "demo", "--duration", "3", "--flip-every", "1",
          "--threads", "1", "--metrics-port", "0"], cwd=ROOT, stdout=slave, stderr=slave,
         stdin=subprocess.DEVNULL)
