@@ -86,19 +86,16 @@ def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:
 
 
 def openssl(*args: str, cwd: Any) -> None:
-    """Run the openssl CLI (test certificates). A run killed by a signal is tried again, up to
-    three times: one CI run saw ``openssl req`` die with SIGABRT once, which nothing in the
-    arguments explains. A failure keeps openssl's own stderr in the message."""
-    import subprocess
+    """Run the openssl CLI (test certificates); a failure keeps openssl's own stderr in the
+    message. Started through tests/subproc.py: openssl run from this process (which runs gRPC)
+    by a plain fork() on Python 3.9 could die with SIGABRT before it started (grpcio's fork
+    handlers; see tests/subproc.py)."""
+    import subproc
 
-    for attempt in range(3):
-        proc = subprocess.run(["openssl", *args], cwd=cwd, capture_output=True, text=True,
-                              timeout=30)
-        if proc.returncode == 0:
-            return
-        if proc.returncode > 0 or attempt == 2:  # an error openssl reported: no retry
-            raise AssertionError(f"openssl {' '.join(args[:2])} exited {proc.returncode}: "
-                                 f"{proc.stderr.strip()[-2000:]}")
+    proc = subproc.run(["openssl", *args], cwd=cwd, capture_output=True, text=True, timeout=30)
+    if proc.returncode != 0:
+        raise AssertionError(f"openssl {' '.join(args[:2])} exited {proc.returncode}: "
+                             f"{proc.stderr.strip()[-2000:]}")
 
 
 def sink_options(**kw: Any) -> Any:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+import subproc
 from conftest import PASSWORD, USER, connector_version
 
 from e6observe import cli
@@ -152,7 +152,7 @@ def test_hung_server_process_exits_with_not_ready(sim: Simulator, tmp_path: Path
     """As a pipeline runs it: a separate process, exit status 1, abandoned RPC or not."""
     sim.set_latency(3000, method="authenticate")
     env = dict(os.environ, E6DATA_USERNAME=USER, E6DATA_PASSWORD=PASSWORD)
-    proc = subprocess.run(
+    proc = subproc.run(
         [sys.executable, "-m", "e6observe", "check", "--host", sim.host, "--port", str(sim.port),
          "--timeout", "0.3"], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1, proc.stderr

@@ -19,6 +19,7 @@ import urllib.request
 from typing import Optional
 
 import pytest
+import subproc
 
 from e6observe import cli
 from e6observe.demo import DEMO_PASSWORD
@@ -30,7 +31,7 @@ class Demo:
     """A ``python -m e6observe demo`` child process whose output is read as it comes."""
 
     def __init__(self, *args: str) -> None:
-        self.proc = subprocess.Popen(
+        self.proc = subproc.popen(
             [sys.executable, "-m", "e6observe", "demo", *args], cwd=ROOT,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.out: list[str] = []
@@ -131,7 +132,7 @@ def run_on_terminal(columns: int, *args: str) -> tuple[int, str]:
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, columns, 0, 0))
     env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
-    proc = subprocess.Popen(
+    proc = subproc.popen(
         [sys.executable, "-m", "e6observe", "demo", *args], cwd=ROOT, stdout=slave,
         stderr=slave, stdin=subprocess.DEVNULL, env=env)
     os.close(slave)

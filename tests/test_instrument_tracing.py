@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import grpc
 import pytest
+import subproc
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -147,8 +147,8 @@ def test_no_spans_without_a_provider_or_with_otel_off(sim: Simulator,
 
 def test_global_provider_set_after_instrument_is_picked_up() -> None:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subprocess.run([sys.executable, str(ROOT / "tests" / "apps" / "late_tracer.py")],
-                          capture_output=True, text=True, timeout=60, env=env, cwd=str(ROOT))
+    proc = subproc.run([sys.executable, str(ROOT / "tests" / "apps" / "late_tracer.py")],
+                       capture_output=True, text=True, timeout=60, env=env, cwd=str(ROOT))
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["spans_before"] == 0

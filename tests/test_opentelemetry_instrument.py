@@ -9,12 +9,12 @@ from __future__ import annotations
 import json
 import os
 import socket
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+import subproc
 
 pytestmark = [pytest.mark.matrix, pytest.mark.timeout(120)]
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,8 +34,8 @@ def run_app(**env_extra: str) -> dict[str, Any]:
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("E6OBSERVE_", "OTEL_")) and k != "PROMETHEUS_MULTIPROC_DIR"}
     env.update(PYTHONPATH=str(ROOT), **env_extra)
-    proc = subprocess.run([str(OTEL_INSTRUMENT), sys.executable, str(APP)], capture_output=True,
-                          text=True, timeout=90, env=env, cwd=str(ROOT))
+    proc = subproc.run([str(OTEL_INSTRUMENT), sys.executable, str(APP)], capture_output=True,
+                       text=True, timeout=90, env=env, cwd=str(ROOT))
     assert proc.returncode == 0, proc.stderr[-4000:]
     out: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
     out["stderr"] = proc.stderr
@@ -127,9 +127,9 @@ def test_decode_workers_and_multiprocessing_helpers_stay_inert() -> None:
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("E6OBSERVE_", "OTEL_")) and k != "PROMETHEUS_MULTIPROC_DIR"}
     env.update(PYTHONPATH=str(ROOT), E6OBSERVE_PROMETHEUS_PORT=str(port))
-    proc = subprocess.run([str(OTEL_INSTRUMENT), sys.executable,
-                           str(ROOT / "tests" / "apps" / "spawn_children.py")],
-                          capture_output=True, text=True, timeout=110, env=env, cwd=str(ROOT))
+    proc = subproc.run([str(OTEL_INSTRUMENT), sys.executable,
+                        str(ROOT / "tests" / "apps" / "spawn_children.py")],
+                       capture_output=True, text=True, timeout=110, env=env, cwd=str(ROOT))
     assert proc.returncode == 0, proc.stderr[-4000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out == {"parent_instrumented": True, "rows": [[1000]], "child_instrumented": True,

@@ -4,11 +4,11 @@ not needed for the Prometheus side. An application without them starts, runs and
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import subproc
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = ROOT / "tests" / "apps" / "without_packages.py"
@@ -22,8 +22,8 @@ APP = ROOT / "tests" / "apps" / "without_packages.py"
     "opentelemetry.sdk,opentelemetry.instrumentation,opentelemetry.exporter",
 ])
 def test_an_app_without_optional_packages_runs_and_is_observed(missing: str) -> None:
-    proc = subprocess.run([sys.executable, str(APP), missing], capture_output=True, text=True,
-                          timeout=120, cwd=str(ROOT))
+    proc = subproc.run([sys.executable, str(APP), missing], capture_output=True, text=True,
+                       timeout=120, cwd=str(ROOT))
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["rows"] == [[[1]], [[2]]]

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 import pytest
+import subproc
 from conftest import PASSWORD, USER
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -38,7 +39,7 @@ class ProbeProcess:
         env = dict(os.environ, E6DATA_USERNAME=USER, E6DATA_PASSWORD=PASSWORD)
         env.pop("E6OBSERVE_PROMETHEUS_PORT", None)
         env.pop("OTEL_SERVICE_NAME", None)
-        self.proc = subprocess.Popen(
+        self.proc = subproc.popen(
             [sys.executable, "-m", "e6observe", "probe", "--host", sim.host, "--port",
              str(sim.port), "--interval", str(INTERVAL), "--metrics-port", "0", *extra],
             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -139,7 +140,7 @@ def test_prober_reports_a_flip_within_one_interval(sim: Simulator, probe: ProbeP
     assert applied and applied[-1]["from_strategy"] == "blue" and applied[-1]["to_strategy"] == "green"
 
     # e6observe tail, a separate process, prints that switch (replayed from the ring)
-    tail = subprocess.run(
+    tail = subproc.run(
         [sys.executable, "-m", "e6observe", "tail", "--url", probe.url, "--since", "0",
          "--count", "1"], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert tail.returncode == 0, tail.stderr
@@ -157,7 +158,7 @@ def test_prober_process_exits_1_on_a_taken_port(sim: Simulator) -> None:
         s.listen()
         port = s.getsockname()[1]
         env = dict(os.environ, E6DATA_USERNAME=USER, E6DATA_PASSWORD=PASSWORD)
-        proc = subprocess.run(
+        proc = subproc.run(
             [sys.executable, "-m", "e6observe", "probe", "--host", sim.host, "--port",
              str(sim.port), "--metrics-port", str(port)],
             cwd=REPO, env=env, capture_output=True, text=True, timeout=60)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
+import subproc
 from google.protobuf import json_format
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -26,8 +26,8 @@ GENERATED = ("e6observe/v1/events_pb2.py", "e6observe/v1/events_pb2.pyi")
 def test_committed_code_matches_a_fresh_generation(tmp_path: Path) -> None:
     """Fails when events.proto changed and scripts/regen-proto was not run (or the pinned
     generator changed). Needs the pinned grpcio-tools: ``scripts/regen-proto --setup``."""
-    proc = subprocess.run(["bash", str(ROOT / "scripts" / "regen-proto"), "--out", str(tmp_path)],
-                          capture_output=True, text=True, timeout=120)
+    proc = subproc.run(["bash", str(ROOT / "scripts" / "regen-proto"), "--out", str(tmp_path)],
+                       capture_output=True, text=True, timeout=120)
     if proc.returncode != 0:
         pytest.fail("scripts/regen-proto could not generate the schema code:\n" + proc.stderr)
     for rel in GENERATED:
@@ -55,8 +55,8 @@ def test_committed_code_runs_on_protobuf_4(tmp_path: Path) -> None:
         "b = pb.StatusSnapshot.FromString(m.SerializeToString())\n"
         "assert b == m and b.recent_events[0].HasField('drain_seconds')\n"
         "print(g.__version__)\n")
-    proc = subprocess.run([py, "-W", "error", "-c", script], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=60, env={"PYTHONPATH": str(tmp_path)})
+    proc = subproc.run([py, "-W", "error", "-c", script], cwd=tmp_path, capture_output=True,
+                       text=True, timeout=60, env={"PYTHONPATH": str(tmp_path)})
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("4."), proc.stdout
 

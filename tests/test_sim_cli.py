@@ -11,6 +11,7 @@ import textwrap
 from typing import Any, Dict, List
 
 import pytest
+import subproc
 
 from e6observe.cli import main as cli_main
 from e6observe.sim import Simulator
@@ -57,16 +58,16 @@ def _sim_cmd(*args: str) -> List[str]:
 
 
 def test_cli_server_and_a_client_process_flip_recover_and_agree_on_counters(tmp_path: Any) -> None:
-    server = subprocess.Popen(_sim_cmd("--port", "0", "--flip-every", "0.6", "--announce-for", "0.3"),
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    server = subproc.popen(_sim_cmd("--port", "0", "--flip-every", "0.6", "--announce-for", "0.3"),
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
     try:
         first = server.stdout.readline() if server.stdout else ""
         assert "serving on 127.0.0.1:" in first, first
         port = first.split("127.0.0.1:")[1].split()[0]
         script = tmp_path / "client.py"
         script.write_text(CLIENT)
-        client = subprocess.run([sys.executable, str(script), "127.0.0.1", port, "cli-client", "4"],
-                                capture_output=True, text=True, timeout=60, env=ENV)
+        client = subproc.run([sys.executable, str(script), "127.0.0.1", port, "cli-client", "4"],
+                             capture_output=True, text=True, timeout=60, env=ENV)
         assert client.returncode == 0, client.stderr
         saw: Dict[str, Any] = json.loads(client.stdout.strip().splitlines()[-1])
     finally:
@@ -101,8 +102,8 @@ def test_cli_server_and_a_client_process_flip_recover_and_agree_on_counters(tmp_
 
 
 def test_cli_sigterm_stops_cleanly_and_prints_counters() -> None:
-    server = subprocess.Popen(_sim_cmd("--port", "0", "--latency-ms", "1"), stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, env=ENV)
+    server = subproc.popen(_sim_cmd("--port", "0", "--latency-ms", "1"), stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True, env=ENV)
     first = server.stdout.readline() if server.stdout else ""
     assert "serving on" in first
     server.send_signal(signal.SIGTERM)
@@ -114,8 +115,8 @@ def test_cli_sigterm_stops_cleanly_and_prints_counters() -> None:
 
 def test_cli_taken_port_is_one_line_and_exit_2() -> None:
     with Simulator(port=0) as taken:
-        proc = subprocess.run(_sim_cmd("--port", str(taken.port)), capture_output=True, text=True,
-                              timeout=60, env=ENV)
+        proc = subproc.run(_sim_cmd("--port", str(taken.port)), capture_output=True, text=True,
+                           timeout=60, env=ENV)
     assert proc.returncode == 2
     assert proc.stdout == ""
     lines = proc.stderr.splitlines()
@@ -123,7 +124,7 @@ def test_cli_taken_port_is_one_line_and_exit_2() -> None:
 
 
 def test_cli_bad_flag_in_a_real_process_is_one_line_and_exit_2() -> None:
-    proc = subprocess.run(_sim_cmd("--bogus"), capture_output=True, text=True, timeout=60, env=ENV)
+    proc = subproc.run(_sim_cmd("--bogus"), capture_output=True, text=True, timeout=60, env=ENV)
     assert proc.returncode == 2
     assert proc.stderr.splitlines() == ["e6observe sim: error: unrecognized arguments: --bogus"]
 
