@@ -6,13 +6,13 @@ import json
 import logging
 import os
 import socket
-import subprocess
 import sys
 import threading
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pytest
+import subproc
 from conftest import HAS_AIO
 from e6data_python_connector import e6data_grpc
 from prometheus_client import CollectorRegistry
@@ -239,8 +239,8 @@ def test_options_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_instrument_before_the_connector_is_imported() -> None:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    proc = subprocess.run([sys.executable, str(ROOT / "tests" / "apps" / "before_import.py")],
-                          capture_output=True, text=True, timeout=60, env=env, cwd=str(ROOT))
+    proc = subproc.run([sys.executable, str(ROOT / "tests" / "apps" / "before_import.py")],
+                       capture_output=True, text=True, timeout=60, env=env, cwd=str(ROOT))
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["rows"] == [[1], [2]]
@@ -254,8 +254,8 @@ def test_instrument_before_the_connector_is_imported() -> None:
 def _run_app(name: str, *args: str) -> dict[str, Any]:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    proc = subprocess.run([sys.executable, str(ROOT / "tests" / "apps" / name), *args],
-                          capture_output=True, text=True, timeout=60, env=env, cwd=str(ROOT))
+    proc = subproc.run([sys.executable, str(ROOT / "tests" / "apps" / name), *args],
+                       capture_output=True, text=True, timeout=60, env=env, cwd=str(ROOT))
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
