@@ -168,8 +168,25 @@ class QueryTracer:
             self._in_flight.discard(span)
         span.set_attribute("e6data.strategy", strategy)
         span.set_attribute("e6data.query.outcome", outcome)
-        if outcome != "ok":
+        if outcome not in ("ok", "resumed"):
             span.set_attribute("error.type", _error_type(exc, outcome))
+            span.set_status(self._error_status)
+        span.end()
+
+    def child_span(self, parent: Any, name: str) -> Any:
+        """Start an INTERNAL span under ``parent`` (the query's span), e.g. the auto-resume
+        wait ``e6data.cluster.resume``."""
+        from opentelemetry import trace
+
+        return self._tracer.start_span(name, context=trace.set_span_in_context(parent),
+                                       kind=trace.SpanKind.INTERNAL)
+
+    def end_child_span(self, span: Any, attributes: dict[str, Any],
+                       exc: Optional[BaseException] = None) -> None:
+        for k, v in attributes.items():
+            span.set_attribute(k, v)
+        if exc is not None:
+            span.set_attribute("error.type", _error_type(exc, "error"))
             span.set_status(self._error_status)
         span.end()
 

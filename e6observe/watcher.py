@@ -370,10 +370,12 @@ class Watcher:
     def collectors(self) -> list[Any]:
         """Prometheus collectors to register in the sink's registry: watcher gauges, process
         runtime, connection pools."""
+        from .hooks.cluster import ClusterCollector
         from .hooks.pool import PoolCollector
         from .runtime import RuntimeCollector
 
-        return [WatcherCollector(self), RuntimeCollector(), PoolCollector()]
+        return [WatcherCollector(self), RuntimeCollector(), PoolCollector(),
+                ClusterCollector(self.recorder)]
 
     def register_otel(self, meter: Any) -> list[Any]:
         """Register the watcher's, runtime and pool observable instruments on ``meter``.
@@ -381,11 +383,12 @@ class Watcher:
         The callbacks report nothing once the watcher is stopped (OpenTelemetry cannot remove
         an instrument)."""
         from . import runtime
-        from .hooks import pool
+        from .hooks import cluster, pool
 
         enabled = self._otel_is_enabled
         return (_register_watcher_otel(self, meter) + runtime.register_otel(meter, enabled=enabled)
-                + pool.register_otel(meter, enabled=enabled))
+                + pool.register_otel(meter, enabled=enabled)
+                + cluster.register_otel(meter, self.recorder, enabled=enabled))
 
     def _otel_is_enabled(self) -> bool:
         return self._otel_enabled

@@ -55,6 +55,10 @@ ENGINE_METHODS = tuple(m.name for m in pb.DESCRIPTOR.services_by_name["QueryEngi
 CLUSTER_METHODS = ("cluster.status", "cluster.resume", "cluster.suspend")
 #: Longest drain wait complete() accepts, in seconds.
 MAX_DRAIN_WAIT_S = 300.0
+#: Longest simulated resume, and the longest a ClusterService ``status`` call is held while the
+#: cluster resumes, in seconds.
+MAX_RESUME_S = 300.0
+MAX_STATUS_HOLD_S = 30.0
 
 
 def _check_bindable(host: str, port: int) -> None:
@@ -112,6 +116,7 @@ class _Counters:
     queries: int = 0
     faults_injected: int = 0
     restarts: int = 0
+    resumes: int = 0
     rpcs: Dict[str, int] = field(default_factory=dict)
     rpcs_by_strategy: Dict[str, int] = field(default_factory=dict)
     mismatches: Dict[str, int] = field(default_factory=dict)
@@ -180,6 +185,9 @@ class Simulator:
         self._override: Optional[str] = None
         self._refuse = False
         self._suspended = False
+        self._resume_s = 0.0
+        self._resume_fails = False
+        self._resuming_until: Optional[float] = None
         self._latency_s = self._validate_ms(latency_ms)
         self._method_latency_s: Dict[str, float] = {}
         self._faults: Dict[str, Deque[_Fault]] = {}
@@ -440,6 +448,63 @@ class Simulator:
         """Resume a suspended cluster."""
         with self._lock:
             self._suspended = False
+            self._resuming_until = None
+
+    def set_resume(self, seconds: float = 0.0, fails: bool = False) -> None:
+        """How ``ClusterService.resume`` behaves on a suspended cluster. ``seconds`` (0 to 300):
+        the cluster answers ``resuming`` and goes on failing engine RPCs with 503 for that long,
+        then is active; a ``status`` call made meanwhile is held until the cluster is active
+        (at most 30 s, and no longer than the call's deadline), so that the connector, which
+        polls every 5 s (1 s async), sees the simulated wait rather than its poll interval.
+        ``fails``: the resume is refused: ``status`` answers ``failed`` and the cluster stays
+        suspended."""
+        v = float(seconds)
+        if not (0.0 <= v <= MAX_RESUME_S):
+            raise ValueError(f"resume seconds must be within 0..{MAX_RESUME_S:g}")
+        with self._lock:
+            self._resume_s = v
+            self._resume_fails = bool(fails)
+
+    def _resume_requested(self) -> str:
+        """``ClusterService.resume``: the status it answers."""
+        with self._lock:
+            if not self._suspended:
+                return "active"
+            if self._resume_fails:
+                return "failed"
+            if self._resuming_until is None:
+                self._c.resumes += 1
+                if self._resume_s <= 0:
+                    self._suspended = False
+                    return "active"
+                self._resuming_until = time.monotonic() + self._resume_s
+            return "resuming"
+
+    def _cluster_status(self, time_remaining: Optional[float]) -> str:
+        """``ClusterService.status``; holds the call while the cluster resumes (see
+        :meth:`set_resume`)."""
+        with self._lock:
+            until = self._resuming_until
+            fails = self._resume_fails
+        if until is not None:
+            hold = min(until - time.monotonic(), MAX_STATUS_HOLD_S)
+            if time_remaining is not None:
+                hold = min(hold, max(0.0, time_remaining - 0.05))
+            if hold > 0:
+                self._stopping.wait(hold)
+        with self._lock:
+            self._finish_resume()
+            if not self._suspended:
+                return "active"
+            if fails:
+                return "failed"
+            return "resuming" if self._resuming_until is not None else "suspended"
+
+    def _finish_resume(self) -> None:  # caller holds the lock
+        until = self._resuming_until
+        if until is not None and time.monotonic() >= until:
+            self._suspended = False
+            self._resuming_until = None
 
     @property
     def suspended(self) -> bool:
@@ -480,6 +545,8 @@ class Simulator:
                 "refused_logins": c.refused_logins,
                 "faults_injected": c.faults_injected,
                 "restarts": c.restarts,
+                "resumes": c.resumes,
+                "suspended": self._suspended,
             }
 
     def open_queries(self, strategy: Optional[str] = None) -> int:
@@ -517,6 +584,8 @@ class Simulator:
                     q.popleft()
                 self._c.faults_injected += 1
                 raise _Abort(fault.code, fault.details)
+            if self._resuming_until is not None:
+                self._finish_resume()
             if self._suspended and not method.startswith("cluster."):
                 raise _Abort(grpc.StatusCode.UNAVAILABLE, SUSPENDED_DETAILS)
             if header is None:
@@ -816,12 +885,12 @@ class _Cluster(cluster_pb2_grpc.ClusterServiceServicer):  # type: ignore[misc]
 
     def status(self, request: Any, context: Any) -> Any:
         self._run("cluster.status", context)
-        return cluster_pb2.ClusterStatusResponse(status="suspended" if self.sim.suspended else "active")
+        return cluster_pb2.ClusterStatusResponse(
+            status=self.sim._cluster_status(context.time_remaining()))
 
     def resume(self, request: Any, context: Any) -> Any:
         self._run("cluster.resume", context)
-        self.sim.resume()
-        return cluster_pb2.ResumeResponse(status="active")
+        return cluster_pb2.ResumeResponse(status=self.sim._resume_requested())
 
     def suspend(self, request: Any, context: Any) -> Any:
         self._run("cluster.suspend", context)

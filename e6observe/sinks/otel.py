@@ -77,6 +77,8 @@ def _rpc_method_names() -> dict[str, str]:
         for svc in pb.DESCRIPTOR.services_by_name.values():
             for m in svc.methods:
                 out.setdefault(m.name, f"{svc.full_name}/{m.name}")
+        for m in ("status", "resume", "suspend"):  # the cluster manager's ClusterService
+            out["cluster." + m] = "ClusterService/" + m
         return out
     except Exception:  # pragma: no cover - connector missing or changed
         return {}
