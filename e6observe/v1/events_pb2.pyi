@@ -90,18 +90,28 @@ class StrategyEvent(_message.Message):
     def __init__(self, seq: _Optional[int] = ..., kind: _Optional[_Union[EventKind, str]] = ..., time_unix: _Optional[float] = ..., pid: _Optional[int] = ..., from_strategy: _Optional[str] = ..., to_strategy: _Optional[str] = ..., cause: _Optional[str] = ..., drain_seconds: _Optional[float] = ..., pinned_queries: _Optional[int] = ..., strategy: _Optional[str] = ..., method: _Optional[str] = ..., attempt: _Optional[int] = ..., reason: _Optional[str] = ..., source: _Optional[_Union[Source, _Mapping]] = ..., scope: _Optional[str] = ..., outcome: _Optional[str] = ..., duration_seconds: _Optional[float] = ..., cluster_status: _Optional[str] = ...) -> None: ...
 
 class SwitchCount(_message.Message):
-    __slots__ = ("from_strategy", "to_strategy", "cause", "count", "scope")
+    __slots__ = ("from_strategy", "to_strategy", "cause", "count")
     FROM_STRATEGY_FIELD_NUMBER: _ClassVar[int]
     TO_STRATEGY_FIELD_NUMBER: _ClassVar[int]
     CAUSE_FIELD_NUMBER: _ClassVar[int]
     COUNT_FIELD_NUMBER: _ClassVar[int]
-    SCOPE_FIELD_NUMBER: _ClassVar[int]
     from_strategy: str
     to_strategy: str
     cause: str
     count: int
+    def __init__(self, from_strategy: _Optional[str] = ..., to_strategy: _Optional[str] = ..., cause: _Optional[str] = ..., count: _Optional[int] = ...) -> None: ...
+
+class ScopedSwitchCount(_message.Message):
+    __slots__ = ("from_strategy", "to_strategy", "scope", "count")
+    FROM_STRATEGY_FIELD_NUMBER: _ClassVar[int]
+    TO_STRATEGY_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    from_strategy: str
+    to_strategy: str
     scope: str
-    def __init__(self, from_strategy: _Optional[str] = ..., to_strategy: _Optional[str] = ..., cause: _Optional[str] = ..., count: _Optional[int] = ..., scope: _Optional[str] = ...) -> None: ...
+    count: int
+    def __init__(self, from_strategy: _Optional[str] = ..., to_strategy: _Optional[str] = ..., scope: _Optional[str] = ..., count: _Optional[int] = ...) -> None: ...
 
 class ClusterState(_message.Message):
     __slots__ = ("status", "status_unix", "resumes", "resuming", "last_resume_outcome", "last_resume_seconds")
@@ -254,6 +264,6 @@ class StatusSnapshot(_message.Message):
     internal_errors: _containers.ScalarMap[str, int]
     cluster: ClusterState
     caches: StrategyCaches
-    scoped_switches: _containers.RepeatedCompositeFieldContainer[SwitchCount]
+    scoped_switches: _containers.RepeatedCompositeFieldContainer[ScopedSwitchCount]
     strategy_rejected: _containers.ScalarMap[str, int]
-    def __init__(self, time_unix: _Optional[float] = ..., source: _Optional[_Union[Source, _Mapping]] = ..., active: _Optional[str] = ..., pending: _Optional[str] = ..., pending_age_seconds: _Optional[float] = ..., last_switch_unix: _Optional[float] = ..., switch_count: _Optional[int] = ..., switches: _Optional[_Iterable[_Union[SwitchCount, _Mapping]]] = ..., mismatch_count: _Optional[int] = ..., in_flight: _Optional[_Mapping[str, int]] = ..., latency: _Optional[_Iterable[_Union[LatencySummary, _Mapping]]] = ..., memory: _Optional[_Union[MemoryStats, _Mapping]] = ..., watcher: _Optional[_Union[WatcherStatus, _Mapping]] = ..., recent_events: _Optional[_Iterable[_Union[StrategyEvent, _Mapping]]] = ..., events: _Optional[_Union[EventAccounting, _Mapping]] = ..., internal_errors: _Optional[_Mapping[str, int]] = ..., cluster: _Optional[_Union[ClusterState, _Mapping]] = ..., caches: _Optional[_Union[StrategyCaches, _Mapping]] = ..., scoped_switches: _Optional[_Iterable[_Union[SwitchCount, _Mapping]]] = ..., strategy_rejected: _Optional[_Mapping[str, int]] = ...) -> None: ...
+    def __init__(self, time_unix: _Optional[float] = ..., source: _Optional[_Union[Source, _Mapping]] = ..., active: _Optional[str] = ..., pending: _Optional[str] = ..., pending_age_seconds: _Optional[float] = ..., last_switch_unix: _Optional[float] = ..., switch_count: _Optional[int] = ..., switches: _Optional[_Iterable[_Union[SwitchCount, _Mapping]]] = ..., mismatch_count: _Optional[int] = ..., in_flight: _Optional[_Mapping[str, int]] = ..., latency: _Optional[_Iterable[_Union[LatencySummary, _Mapping]]] = ..., memory: _Optional[_Union[MemoryStats, _Mapping]] = ..., watcher: _Optional[_Union[WatcherStatus, _Mapping]] = ..., recent_events: _Optional[_Iterable[_Union[StrategyEvent, _Mapping]]] = ..., events: _Optional[_Union[EventAccounting, _Mapping]] = ..., internal_errors: _Optional[_Mapping[str, int]] = ..., cluster: _Optional[_Union[ClusterState, _Mapping]] = ..., caches: _Optional[_Union[StrategyCaches, _Mapping]] = ..., scoped_switches: _Optional[_Iterable[_Union[ScopedSwitchCount, _Mapping]]] = ..., strategy_rejected: _Optional[_Mapping[str, int]] = ...) -> None: ...
