@@ -31,10 +31,7 @@ OUTPUT = Path("docs") / "metrics.md"
 #: render, and why. (Verified by tests/test_docs.py.)
 NOT_ON_PROMETHEUS: dict[str, str] = {}
 #: Metrics with an OpenTelemetry name in the table that no OpenTelemetry instrument reports.
-NOT_ON_OTEL: dict[str, str] = {
-    M.PROBE_SUCCESS.prom_name: "the prober exposes it on `/metrics` only; no OpenTelemetry "
-                               "instrument reports it.",
-}
+NOT_ON_OTEL: dict[str, str] = {}
 #: OpenTelemetry attributes a data point carries besides the ones mapped from its labels.
 OTEL_EXTRA_ATTRIBUTES: dict[str, tuple[str, ...]] = {
     M.QUERY_DURATION.prom_name: ("db.system.name", "server.address", "server.port"),
