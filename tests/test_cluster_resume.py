@@ -189,6 +189,19 @@ def check_two_resumes(rec: Recorder) -> None:
     assert RESUME_S <= doc["cluster"]["last_resume_seconds"] < RESUME_S + 0.5
     recent = [e["kind"] for e in doc["recent_events"]]
     assert recent.count("EVENT_KIND_RESUME_FINISHED") == 2
+    # /events replays the ring as server-sent events, with the resume fields
+    from test_status import SSEReader
+
+    port = int(endpoint().rsplit(":", 1)[1])
+    reader = SSEReader(type("Srv", (), {"port": port})(), "/events?since=0")  # type: ignore[arg-type]
+    try:
+        streamed = [reader.next_event()[1] for _ in range(len(rec.ring))]
+    finally:
+        reader.close()
+    done = [e for e in streamed if e["kind"] == "EVENT_KIND_RESUME_FINISHED"]
+    assert [e["outcome"] for e in done] == ["ok", "ok"]
+    assert all(RESUME_S <= e["duration_seconds"] < RESUME_S + 0.5 for e in done)
+    assert sum(e["kind"] == "EVENT_KIND_SUSPENDED_SEEN" for e in streamed) == 2
 
 
 @pytest.mark.matrix
@@ -318,3 +331,68 @@ def test_async_resume_past_its_deadline_is_a_timeout(sim: Simulator, plain: Reco
     (h,) = [h for k, h in plain.family(M.CLUSTER_RESUME_DURATION).items() if h.count]
     assert 0.4 <= h.snapshot()[1] < 1.5
     sim.resume()
+
+
+@pytest.mark.matrix
+def test_resume_reaches_opentelemetry_as_metrics_and_log_records(sim: Simulator) -> None:
+    from opentelemetry.sdk._logs import LoggerProvider
+    from opentelemetry.sdk._logs.export import SimpleLogRecordProcessor
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    try:
+        from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter as InMemoryLogs
+    except ImportError:  # SDK < 1.39
+        from opentelemetry.sdk._logs.export import InMemoryLogExporter as InMemoryLogs  # type: ignore
+
+    _safe.reset_for_tests()
+    reader = InMemoryMetricReader()
+    mp = MeterProvider(metric_readers=[reader])
+    logs = InMemoryLogs()
+    lp = LoggerProvider()
+    lp.add_log_record_processor(SimpleLogRecordProcessor(logs))
+    rec = e6observe.instrument(meter_provider=mp, logger_provider=lp)
+    assert rec is not None
+    try:
+        sim.set_resume(RESUME_S)
+        sim.suspend()
+        conn = e6data_grpc.Connection(host=sim.host, port=sim.port, username=USER,
+                                      password=PASSWORD)
+        cur = conn.cursor()
+        cur.execute("SELECT 1")
+        cur.fetchall()
+        cur.clear()
+        conn.close()
+        rec.flush()
+        deadline = time.monotonic() + 10
+        while len(logs.get_finished_logs()) < rec.ring.emitted and time.monotonic() < deadline:
+            time.sleep(0.01)
+        records = {r.log_record.event_name: r.log_record for r in logs.get_finished_logs()}
+        assert {"e6data.cluster.suspended_seen", "e6data.cluster.resume_started",
+                "e6data.cluster.resume_finished"} <= set(records)
+        fin = dict(records["e6data.cluster.resume_finished"].attributes or {})
+        assert fin["e6data.cluster.resume.outcome"] == "ok"
+        assert RESUME_S <= fin["e6data.cluster.resume.duration"] < RESUME_S + 0.5
+        seen = dict(records["e6data.cluster.suspended_seen"].attributes or {})
+        assert seen["rpc.method"].endswith("/authenticate")
+        data = reader.get_metrics_data()
+        got = {m.name: m for rm in data.resource_metrics for sm in rm.scope_metrics
+               for m in sm.metrics}
+        resumes = {dict(p.attributes)["outcome"]: p.value
+                   for p in got["e6data.cluster.resumes"].data.data_points}
+        assert resumes == {"ok": 1, "failed": 0, "timeout": 0}
+        (dur,) = [p for p in got["e6data.cluster.resume.duration"].data.data_points]
+        assert dur.count == 1 and RESUME_S <= dur.sum < RESUME_S + 0.5
+        rpc = {dict(p.attributes)["rpc.method"]
+               for p in got["rpc.client.call.duration"].data.data_points}
+        assert {"ClusterService/status", "ClusterService/resume"} <= rpc
+        status = {dict(p.attributes)["status"]: p.value
+                  for p in got["e6data.cluster.status"].data.data_points}
+        assert status["active"] == 1 and status["suspended"] == 0
+        cm = {dict(p.attributes)["strategy"]: p.value
+              for p in got["e6data.strategy.cluster_manager.active"].data.data_points}
+        assert cm == {"blue": 1, "green": 0}
+    finally:
+        e6observe.uninstrument()
+        mp.shutdown()
+        lp.shutdown()
