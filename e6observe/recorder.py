@@ -40,6 +40,8 @@ GRPC_CODES = frozenset({
     "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED",
     "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED"})
 RETRY_REASONS = frozenset({"mismatch", "access_denied", "resume", "other"})
+#: The auto-resume cluster manager's ClusterService methods, as labelled (hooks/cluster.py).
+CLUSTER_RPC_METHODS = frozenset({"cluster.status", "cluster.resume", "cluster.suspend"})
 
 #: Raw values a histogram child takes on its ``pending`` list before the observing thread folds
 #: them into the bucket counts itself (readers fold whatever is pending first). Bounds the list.

@@ -59,7 +59,7 @@ def labels() -> dict[str, Label]:
     """Every label name of the table, with its value set."""
     from e6observe.hooks.pool import MAX_POOL_NAMES, OTHER
     from e6observe.probe import RESULTS
-    from e6observe.recorder import GRPC_CODES, RETRY_REASONS, RPC_METHODS
+    from e6observe.recorder import CLUSTER_RPC_METHODS, GRPC_CODES, RETRY_REASONS, RPC_METHODS
 
     strategy_text = (
         "The colour a value applies to, normalised by `norm_strategy`: `blue` or `green`; `none` "
@@ -73,8 +73,7 @@ def labels() -> dict[str, Label]:
         codes = tuple(c.name for c in grpc.StatusCode if c.name in GRPC_CODES)
     except ImportError:  # pragma: no cover - grpcio is a dependency
         codes = tuple(sorted(GRPC_CODES))
-    methods = tuple(sorted(RPC_METHODS)) + ("other", "cluster.status", "cluster.resume",
-                                             "cluster.suspend")
+    methods = tuple(sorted(RPC_METHODS)) + ("other",) + tuple(sorted(CLUSTER_RPC_METHODS))
 
     out: dict[str, Label] = {
         "strategy": Label(strategy_text, M.STRATEGY_LABELS),

@@ -36,6 +36,16 @@ def reset_connector_cache() -> None:
         cache["last_check_time"] = 0
         cache["last_transition_time"] = 0
         cache["session_invalidated"] = False
+    # The cluster manager's own cache (strategy.py, written by auto-resume) - a plain dict
+    # from 2.3.9 on; a Manager proxy before.
+    try:
+        from e6data_python_connector import strategy as cache_b
+    except ImportError:  # pragma: no cover - connector without blue/green
+        return
+    b = getattr(cache_b, "_local_strategy_cache", None)
+    if isinstance(b, dict):
+        for key in ("active_strategy", "pending_strategy"):
+            dict.__setitem__(b, key, None)
 
 
 @pytest.fixture(autouse=True)

@@ -348,9 +348,9 @@ def _install_cache_b(rec: Recorder) -> None:
     ours = original if isinstance(original, ObservedCache) else ObservedCache(original)
     interp = _ScopedInterpreter(rec, "cluster_manager")
     active = dict.get(ours, "active_strategy")
-    if active in _COLOURS:
+    if active in _COLOURS:  # known already: the gauge shows it (no event: nothing happened)
         interp.known = active
-        rec.detected(active, scope="cluster_manager")
+        rec._scoped_colour("cluster_manager", active)
     ours._e6observe = interp
     sm._local_strategy_cache = ours
     _cache_b = (sm, original if original is not ours else dict(ours), ours)
