@@ -726,6 +726,14 @@ class Simulator:
 _Handler = Callable[..., Any]
 
 
+def _reply(cls: Any, **fields: Any) -> Any:
+    """A response message with the fields the installed connector's stubs have: older releases
+    (2.3.9 and before) lack some (``AuthenticateResponse.engineIP``, ``ClearResponse.sessionId``
+    ...), and the simulator serves with whatever stubs the process has."""
+    known = cls.DESCRIPTOR.fields_by_name
+    return cls(**{k: v for k, v in fields.items() if k in known})
+
+
 def _serve(method: str) -> Callable[[_Handler], _Handler]:
     """Decorator: run the gate for ``method``, turn _Abort into a status, stamp the response."""
 
@@ -759,110 +767,113 @@ class _Engine(pb_grpc.QueryEngineServiceServicer):  # type: ignore[misc]
     def authenticate(self, request: Any, context: Any, strategy: str) -> Any:
         sid = self.sim._bearer_session(context) or self.sim._authenticate(request.user,
                                                                          request.password)
-        return pb.AuthenticateResponse(sessionId=sid, engineIP="127.0.0.1")
+        return _reply(pb.AuthenticateResponse, sessionId=sid, engineIP="127.0.0.1")
 
     @_serve("prepareStatement")
     def prepareStatement(self, request: Any, context: Any, strategy: str) -> Any:
         qid = self.sim._prepare(request.sessionId, request.queryString, strategy)
-        return pb.PrepareStatementResponse(engineIP="127.0.0.1", queryId=qid, sessionId=request.sessionId)
+        return _reply(pb.PrepareStatementResponse, engineIP="127.0.0.1", queryId=qid,
+                      sessionId=request.sessionId)
 
     @_serve("prepareStatementV2")
     def prepareStatementV2(self, request: Any, context: Any, strategy: str) -> Any:
         qid = self.sim._prepare(request.sessionId, request.queryString, strategy)
-        return pb.PrepareStatementResponse(engineIP="127.0.0.1", queryId=qid, sessionId=request.sessionId)
+        return _reply(pb.PrepareStatementResponse, engineIP="127.0.0.1", queryId=qid,
+                      sessionId=request.sessionId)
 
     @_serve("executeStatement")
     def executeStatement(self, request: Any, context: Any, strategy: str) -> Any:
         self.sim._execute(request.sessionId, request.queryId)
-        return pb.ExecuteStatementResponse(sessionId=request.sessionId)
+        return _reply(pb.ExecuteStatementResponse, sessionId=request.sessionId)
 
     @_serve("executeStatementV2")
     def executeStatementV2(self, request: Any, context: Any, strategy: str) -> Any:
         self.sim._execute(request.sessionId, request.queryId)
-        return pb.ExecuteStatementResponse(sessionId=request.sessionId)
+        return _reply(pb.ExecuteStatementResponse, sessionId=request.sessionId)
 
     @_serve("getResultMetadata")
     def getResultMetadata(self, request: Any, context: Any, strategy: str) -> Any:
         md = self.sim._metadata(request.sessionId, request.queryId)
-        return pb.GetResultMetadataResponse(resultMetaData=md, sessionId=request.sessionId)
+        return _reply(pb.GetResultMetadataResponse, resultMetaData=md, sessionId=request.sessionId)
 
     @_serve("getNextResultBatch")
     def getNextResultBatch(self, request: Any, context: Any, strategy: str) -> Any:
         batches, _ = self.sim._next_batches(request.sessionId, request.queryId, 1)
-        return pb.GetNextResultBatchResponse(resultBatch=batches[0] if batches else b"",
+        return _reply(pb.GetNextResultBatchResponse, resultBatch=batches[0] if batches else b"",
                                              sessionId=request.sessionId)
 
     @_serve("getNextResultBatchV2")
     def getNextResultBatchV2(self, request: Any, context: Any, strategy: str) -> Any:
         batches, done = self.sim._next_batches(request.sessionId, request.queryId, 4)
-        return pb.GetNextResultBatchV2Response(resultBatches=batches, endOfStream=done,
+        return _reply(pb.GetNextResultBatchV2Response, resultBatches=batches, endOfStream=done,
                                                sessionId=request.sessionId)
 
     @_serve("clear")
     def clear(self, request: Any, context: Any, strategy: str) -> Any:
         self.sim._close_query(request.sessionId, request.queryId)
-        return pb.ClearResponse(sessionId=request.sessionId)
+        return _reply(pb.ClearResponse, sessionId=request.sessionId)
 
     @_serve("clearOrCancelQuery")
     def clearOrCancelQuery(self, request: Any, context: Any, strategy: str) -> Any:
         self.sim._close_query(request.sessionId, request.queryId)
-        return pb.ClearOrCancelQueryResponse(sessionId=request.sessionId)
+        return _reply(pb.ClearOrCancelQueryResponse, sessionId=request.sessionId)
 
     @_serve("cancelQuery")
     def cancelQuery(self, request: Any, context: Any, strategy: str) -> Any:
         self.sim._close_query(request.sessionId, request.queryId)
-        return pb.CancelQueryResponse(sessionId=request.sessionId)
+        return _reply(pb.CancelQueryResponse, sessionId=request.sessionId)
 
     @_serve("status")
     def status(self, request: Any, context: Any, strategy: str) -> Any:
         done, rows = self.sim._status(request.sessionId, request.queryId)
-        return pb.StatusResponse(status=done, rowCount=rows, sessionId=request.sessionId)
+        return _reply(pb.StatusResponse, status=done, rowCount=rows, sessionId=request.sessionId)
 
     @_serve("explain")
     def explain(self, request: Any, context: Any, strategy: str) -> Any:
         self.sim._status(request.sessionId, request.queryId)
-        return pb.ExplainResponse(explain="simulated plan", sessionId=request.sessionId)
+        return _reply(pb.ExplainResponse, explain="simulated plan", sessionId=request.sessionId)
 
     @_serve("explainAnalyze")
     def explainAnalyze(self, request: Any, context: Any, strategy: str) -> Any:
         self.sim._status(request.sessionId, request.queryId)
-        return pb.ExplainAnalyzeResponse(explainAnalyze="{}", sessionId=request.sessionId)
+        return _reply(pb.ExplainAnalyzeResponse, explainAnalyze="{}", sessionId=request.sessionId)
 
     @_serve("getSchemaNames")
     def getSchemaNames(self, request: Any, context: Any, strategy: str) -> Any:
-        return pb.GetSchemaNamesResponse(schemas=["default"], sessionId=request.sessionId)
+        return _reply(pb.GetSchemaNamesResponse, schemas=["default"], sessionId=request.sessionId)
 
     @_serve("getSchemaNamesV2")
     def getSchemaNamesV2(self, request: Any, context: Any, strategy: str) -> Any:
-        return pb.GetSchemaNamesResponse(schemas=["default"], sessionId=request.sessionId)
+        return _reply(pb.GetSchemaNamesResponse, schemas=["default"], sessionId=request.sessionId)
 
     @_serve("getTables")
     def getTables(self, request: Any, context: Any, strategy: str) -> Any:
-        return pb.GetTablesResponse(tables=["sample"], sessionId=request.sessionId)
+        return _reply(pb.GetTablesResponse, tables=["sample"], sessionId=request.sessionId)
 
     @_serve("getTablesV2")
     def getTablesV2(self, request: Any, context: Any, strategy: str) -> Any:
-        return pb.GetTablesResponse(tables=["sample"], sessionId=request.sessionId)
+        return _reply(pb.GetTablesResponse, tables=["sample"], sessionId=request.sessionId)
 
     @_serve("getColumns")
     def getColumns(self, request: Any, context: Any, strategy: str) -> Any:
-        return pb.GetColumnsResponse(fieldInfo=_columns(request.table), sessionId=request.sessionId)
+        return _reply(pb.GetColumnsResponse, fieldInfo=_columns(request.table), sessionId=request.sessionId)
 
     @_serve("getColumnsV2")
     def getColumnsV2(self, request: Any, context: Any, strategy: str) -> Any:
-        return pb.GetColumnsResponse(fieldInfo=_columns(request.table), sessionId=request.sessionId)
+        return _reply(pb.GetColumnsResponse, fieldInfo=_columns(request.table), sessionId=request.sessionId)
 
     @_serve("getCataloges")
     def getCataloges(self, request: Any, context: Any, strategy: str) -> Any:
-        return pb.GetCatalogesResponse(catalogResponses=[pb.CatalogResponse(name="sim", isDefault=True)])
+        return _reply(pb.GetCatalogesResponse,
+                      catalogResponses=[pb.CatalogResponse(name="sim", isDefault=True)])
 
     @_serve("dryRun")
     def dryRun(self, request: Any, context: Any, strategy: str) -> Any:
-        return pb.DryRunResponse(dryrunValue="{}")
+        return _reply(pb.DryRunResponse, dryrunValue="{}")
 
     @_serve("healthCheck")
     def healthCheck(self, request: Any, context: Any, strategy: str) -> Any:
-        return pb.HealthCheckResponse()
+        return _reply(pb.HealthCheckResponse)
 
 
 def _columns(table: str) -> List[Any]:
