@@ -34,7 +34,8 @@ NOT_ON_PROMETHEUS: dict[str, str] = {}
 NOT_ON_OTEL: dict[str, str] = {}
 #: OpenTelemetry attributes a data point carries besides the ones mapped from its labels.
 OTEL_EXTRA_ATTRIBUTES: dict[str, tuple[str, ...]] = {
-    M.QUERY_DURATION.prom_name: ("db.system.name", "server.address", "server.port"),
+    M.QUERY_DURATION.prom_name: ("db.system.name", "server.address", "server.port",
+                                 "e6data.query.outcome"),
     M.RPC_DURATION.prom_name: ("rpc.system.name", "server.address", "server.port"),
 }
 
@@ -306,7 +307,8 @@ def _query_error_types() -> str:
     pairs = [f"`{outcome}` → `{etype}`" for outcome, etype in ERROR_TYPES.items()]
     ok = [o for o in M.QUERY_OUTCOMES if o not in ERROR_TYPES]
     return (f"`error.type` is derived from `outcome` ({', '.join(pairs)}; absent for "
-            f"{_code(ok)})")
+            f"{_code(ok)}); a query that waited for an auto-resume carries "
+            "`e6data.query.outcome` = `resumed`")
 
 
 def _notes() -> dict[str, str]:

@@ -393,6 +393,9 @@ def test_resume_reaches_opentelemetry_as_metrics_and_log_records(sim: Simulator)
         status = {dict(p.attributes)["status"]: p.value
                   for p in got["e6data.cluster.status"].data.data_points}
         assert status["active"] == 1 and status["suspended"] == 0
+        waited = [dict(p.attributes) for p in got["db.client.operation.duration"].data.data_points
+                  if dict(p.attributes).get("e6data.query.outcome") == "resumed"]
+        assert len(waited) == 1 and "error.type" not in waited[0]
         cm = {dict(p.attributes)["strategy"]: p.value
               for p in got["e6data.strategy.cluster_manager.active"].data.data_points}
         assert cm == {"blue": 1, "green": 0}

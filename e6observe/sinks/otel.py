@@ -259,6 +259,8 @@ class OtelSink:
             attrs = {"db.system.name": DB_SYSTEM, "e6data.strategy": strategy, **server}
             if outcome in ERROR_TYPES:
                 attrs["error.type"] = ERROR_TYPES[outcome]
+            elif outcome == "resumed":  # ok, after waiting for the connector's auto-resume
+                attrs["e6data.query.outcome"] = outcome
             return attrs
         if spec is M.RPC_DURATION:
             method, strategy, code = labels
