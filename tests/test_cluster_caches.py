@@ -210,3 +210,26 @@ def test_rejected_value_is_reported_before_the_connectors_recursion(
     assert sample(scrape(), "e6data_strategy_rejected_total", reason=reason) >= 1
     assert status_doc()["strategy_rejected"][reason] >= 1
     assert _safe.internal_errors() == {}
+
+
+@pytest.mark.matrix
+def test_cluster_manager_cache_pending_and_clear_are_scoped_events(rec: Recorder) -> None:
+    """The ClusterService responses of today's proto carry no new_strategy, so the cluster
+    manager never sets a pending colour or clears its cache by itself; strategy.py's own
+    functions do it here, as a future release's cluster manager would."""
+    from e6data_python_connector import strategy as sm
+
+    sm._set_active_strategy("blue")
+    sm._set_pending_strategy("green")
+    sm._clear_strategy_cache()
+    sm._set_active_strategy("green")
+    got = [(e.kind, e.scope, e.from_strategy, e.to_strategy) for e in rec.ring.snapshot()
+           if e.scope == "cluster_manager"]
+    assert got == [("detected", "cluster_manager", "", "blue"),
+                   ("announced", "cluster_manager", "", "green"),
+                   ("cache_cleared", "cluster_manager", "blue", ""),
+                   ("applied", "cluster_manager", "blue", "green")]
+    # the process cache and its counters are not touched
+    assert rec.active is None and rec.pending is None and counters(rec, M.SWITCHES) == {}
+    assert counters(rec, M.SCOPED_SWITCHES) == {("blue", "green", "cluster_manager"): 1}
+    assert rec.cluster_manager_active == "green"
