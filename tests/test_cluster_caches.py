@@ -191,7 +191,8 @@ def test_rejected_reasons_are_bounded() -> None:
 
 @pytest.mark.matrix
 @pytest.mark.parametrize("value,reason", [("purple", "unknown"), (" green ", "padded"),
-                                          ("g" * 10_240, "oversized")])
+                                          ("g" * 10_240, "oversized")],
+                         ids=["purple", "padded", "10kB"])
 def test_rejected_value_is_reported_before_the_connectors_recursion(
         sim: Simulator, rec: Recorder, value: str, reason: str) -> None:
     sim.announce("green")
@@ -203,7 +204,11 @@ def test_rejected_value_is_reported_before_the_connectors_recursion(
         conn.cursor().execute("SELECT 1")
     got = counters(rec, M.STRATEGY_REJECTED)
     assert list(got) == [(reason,)] and got[(reason,)] >= 1
-    (ev,) = events(rec, "strategy_rejected")  # one event, however deep the recursion went
+    # every refusal counted; the event at most once per reason per 5 s, however deep the
+    # recursion went (a slow machine may take longer than that to reach the limit)
+    evs = events(rec, "strategy_rejected")
+    assert 1 <= len(evs) <= 3 and len(evs) < got[(reason,)]
+    ev = evs[0]
     assert ev.reason == reason
     assert value.strip() not in json.dumps(ev.to_dict()) or value.strip() == "green"
     assert "strategy_rejected" in seen
