@@ -330,8 +330,15 @@ class Recorder:
             for s in M.STRATEGIES:
                 self.families[M.QUERY_DURATION.prom_name].histogram(s, outcome)
         self.families[M.SWITCH_DRAIN.prom_name].histogram()
-        for outcome in M.RESUME_OUTCOMES:
+        for outcome in M.RESUME_OUTCOMES:  # at 0 from start-up: increase() sees the first
             self.families[M.CLUSTER_RESUMES.prom_name].counter(outcome)
+            self.families[M.CLUSTER_RESUME_DURATION.prom_name].histogram(outcome)
+        scoped = self.families[M.SCOPED_SWITCHES.prom_name]
+        for scope in M.SWITCH_SCOPES[1:]:
+            scoped.counter("blue", "green", scope)
+            scoped.counter("green", "blue", scope)
+        for reason in M.REJECTED_REASONS:
+            self.families[M.STRATEGY_REJECTED.prom_name].counter(reason)
 
     def family(self, spec: M.MetricSpec) -> Family:
         return self.families[spec.prom_name]
