@@ -210,6 +210,25 @@ def alerts(cfg: Config = DEFAULT) -> List[Alert]:
             f"{cfg.probe_window} (threshold {_num(cfg.probe_success_ratio * 100)}%).",
             Threshold("<", cfg.probe_success_ratio, "%", 100),
         ),
+        Alert(
+            "E6dataClusterResumeSlow",
+            f"{Q.resumes_slower_than(_num(cfg.resume_slow_seconds), sel, cfg.resume_window, client)}"
+            f" > 0",
+            cfg.resume_slow_for, "warning",
+            "An e6data cluster took long to auto-resume.",
+            f"Client{clients} waited more than {_num(cfg.resume_slow_seconds)}s for the "
+            f"connector's auto-resume of a suspended cluster {{{{ $value | humanize }}}} time(s) "
+            f"in the last {cfg.resume_window}: its queries waited that long.",
+        ),
+        Alert(
+            "E6dataClusterResumeFailed",
+            f"{Q.resumes_failed(sel, cfg.resume_window, client + ', outcome')} > 0",
+            cfg.resume_failed_for, "critical",
+            "The e6data connector could not resume a suspended cluster.",
+            f"Client{clients} had {{{{ $value | humanize }}}} auto-resume(s) end "
+            f"{{{{ $labels.outcome }}}} in the last {cfg.resume_window}: its queries fail with "
+            "503 until the cluster is resumed.",
+        ),
     ]
 
 

@@ -179,6 +179,38 @@ def blue_green_overview(cfg: Config = DEFAULT) -> dash.Dashboard:
         "(outcome=\"switch_interrupted\"), per client.",
         [target(Q.interrupted(SEL, RATE), CLIENT_LEGEND)], span=12, bars=True))
 
+    d = d.with_row(dash.Row("Auto-resume and the connector's other caches"))
+    d = d.with_panel(ts(
+        "Cluster resumes", "Auto-resumes of a suspended cluster by outcome (ok, failed, "
+        "timeout); one per cluster resume, however many threads waited for it.",
+        [target(Q.resumes(SEL, RATE), "{{outcome}}")], span=6, bars=True))
+    d = d.with_panel(ts(
+        "Resume duration", "Seconds from the 503 the connector acted on to the cluster answering "
+        f"active, per client (mean) and over the range (alert above "
+        f"{alerts._num(cfg.resume_slow_seconds)}s).",
+        refs([(Q.resume_mean(SEL, RATE), "mean " + CLIENT_LEGEND),
+              (Q.resume_quantile(0.95, SEL, "$__range"), "p95 (range)")]), unit="s", span=6))
+    d = d.with_panel(ts(
+        "Last seen cluster status", "The cluster status each client's connector last saw: 1 "
+        "active, 2 suspended, 3 resuming, 4 failed, 5 other.",
+        [target(Q.cluster_status(SEL), CLIENT_LEGEND)], span=6))
+    d = d.with_panel(ts(
+        "Queries that waited for a resume", "Queries that ran ok after waiting for an "
+        "auto-resume (outcome=\"resumed\"): slow because the cluster was suspended.",
+        [target(Q.resumed_queries(SEL, RATE), "{{strategy}}")], span=6, bars=True))
+    d = d.with_panel(ts(
+        "Switches outside the process cache", "Switches of the cluster manager's own cache "
+        "(scope cluster_manager) and of single OAuth connections (scope connection).",
+        [target(Q.scoped_switches(SEL, RATE), "{{from}} → {{to}} ({{scope}})")], span=8,
+        bars=True))
+    d = d.with_panel(ts(
+        "Caches split", "1 while the cluster manager's cache names another colour than the "
+        "process cache.", [target(Q.cache_split(SEL), CLIENT_LEGEND)], span=8))
+    d = d.with_panel(ts(
+        "Refused strategy values", "Announced strategy values the connector refused, by reason "
+        "(a login that keeps getting one recurses until RecursionError).",
+        [target(Q.rejected(SEL, RATE), "{{reason}}")], span=8, bars=True))
+
     d = d.with_row(dash.Row("Queries by strategy"))
     d = d.with_panel(ts(
         "Query rate", "Queries finished per second, by the strategy they ran on.",

@@ -49,9 +49,9 @@ TRACER_RECHECK_SECONDS = 1.0
 
 
 def _hook_modules() -> list[Any]:
-    from .hooks import aio, channel, cursor, strategy_cache
+    from .hooks import aio, channel, cluster, cursor, strategy_cache
 
-    mods: list[Any] = [strategy_cache, channel, cursor, aio]
+    mods: list[Any] = [strategy_cache, channel, cursor, aio, cluster]
     if importlib.util.find_spec("e6observe.hooks.pool") is not None:
         try:
             from .hooks import pool

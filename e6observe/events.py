@@ -14,19 +14,22 @@ import time
 from collections import deque
 from typing import Any, Iterator, Optional
 
-from .metrics import EVENT_KINDS
+from .metrics import CLUSTER_EVENT_KINDS, EVENT_KINDS
 
 
 class Event:
     """One strategy event. Field names follow ``proto/e6observe/v1/events.proto``."""
 
     __slots__ = ("seq", "kind", "time_unix", "pid", "from_strategy", "to_strategy", "cause",
-                 "drain_seconds", "pinned_queries", "strategy", "method", "attempt", "reason")
+                 "drain_seconds", "pinned_queries", "strategy", "method", "attempt", "reason",
+                 "scope", "outcome", "duration_seconds", "cluster_status")
 
     def __init__(self, seq: int, kind: str, *, from_strategy: str = "", to_strategy: str = "",
                  cause: str = "", drain_seconds: Optional[float] = None, pinned_queries: int = 0,
                  strategy: str = "", method: str = "", attempt: int = 0, reason: str = "",
-                 time_unix: Optional[float] = None, pid: Optional[int] = None) -> None:
+                 time_unix: Optional[float] = None, pid: Optional[int] = None,
+                 scope: str = "", outcome: str = "", duration_seconds: Optional[float] = None,
+                 cluster_status: str = "") -> None:
         if kind not in EVENT_KINDS:
             raise ValueError(f"unknown event kind {kind!r}")
         self.seq = seq
@@ -42,17 +45,25 @@ class Event:
         self.method = method
         self.attempt = attempt
         self.reason = reason
+        self.scope = scope
+        self.outcome = outcome
+        self.duration_seconds = duration_seconds
+        self.cluster_status = cluster_status
 
     @property
     def name(self) -> str:
-        """The OpenTelemetry event name, ``e6data.strategy.<kind>``."""
+        """The OpenTelemetry event name: ``e6data.strategy.<kind>``, or ``e6data.cluster.<kind>``
+        for the auto-resume kinds."""
+        if self.kind in CLUSTER_EVENT_KINDS:
+            return "e6data.cluster." + self.kind
         return "e6data.strategy." + self.kind
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict with the proto field names; empty fields are left out."""
         out: dict[str, Any] = {"seq": self.seq, "kind": self.kind, "time_unix": self.time_unix,
                                "pid": self.pid}
-        for key in ("from_strategy", "to_strategy", "cause", "strategy", "method", "reason"):
+        for key in ("from_strategy", "to_strategy", "cause", "strategy", "method", "reason",
+                    "scope", "outcome", "cluster_status"):
             value = getattr(self, key)
             if value:
                 out[key] = value
@@ -62,6 +73,8 @@ class Event:
             out["pinned_queries"] = self.pinned_queries
         if self.attempt:
             out["attempt"] = self.attempt
+        if self.duration_seconds is not None:
+            out["duration_seconds"] = self.duration_seconds
         return out
 
     def __repr__(self) -> str:

@@ -22,8 +22,8 @@ from .config import OPTION_NAMES
 
 logger = logging.getLogger("e6observe")
 
-#: The connector versions e6observe supports (2.3.9: per-process cache; 3.1: not yet seen).
-_INSTRUMENTS = ("e6data-python-connector >= 2.3.9, < 3.1",)
+#: The connector versions e6observe supports (2.3.10+: see docs/configuration.md; 3.1: not yet seen).
+_INSTRUMENTS = ("e6data-python-connector >= 2.3.10, < 3.1",)
 #: BaseInstrumentor's own keyword arguments, not e6observe options.
 _BASE_KWARGS = frozenset({"skip_dep_check", "raise_exception_on_conflict"})
 

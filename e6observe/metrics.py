@@ -24,8 +24,27 @@ STRATEGY_LABELS = STRATEGIES + ("none", "invalid")
 SWITCH_CAUSES = ("announced", "mismatch", "observed")
 #: How a query ended. ``switch_interrupted``: it failed because a switch landed mid-flight (a 456
 #: on a query that was already admitted under the old colour).
-QUERY_OUTCOMES = ("ok", "error", "switch_interrupted")
-EVENT_KINDS = ("detected", "announced", "applied", "mismatch", "cache_cleared", "retry")
+QUERY_OUTCOMES = ("ok", "error", "switch_interrupted", "resumed")
+EVENT_KINDS = ("detected", "announced", "applied", "mismatch", "cache_cleared", "retry",
+               "suspended_seen", "resume_started", "resume_finished", "strategy_rejected")
+#: Event kinds about the cluster rather than the strategy: OpenTelemetry name ``e6data.cluster.*``.
+CLUSTER_EVENT_KINDS = ("suspended_seen", "resume_started", "resume_finished")
+#: Which cache a switch, pending strategy or cache clear happened in. ``process``: the
+#: connector's process-wide cache (``e6data_grpc``; the async API's process-level view);
+#: ``cluster_manager``: the separate cache of ``strategy.py`` that only the auto-resume cluster
+#: manager reads and writes; ``connection``: one connection re-routed by itself (OAuth, after a
+#: 456), the process cache left on the old colour.
+SWITCH_SCOPES = ("process", "cluster_manager", "connection")
+#: How an auto-resume ended: ``ok`` (the cluster answered active), ``failed`` (an error, a
+#: ``failed`` status, a refused resume), ``timeout`` (the connector's resume timeout ran out).
+RESUME_OUTCOMES = ("ok", "failed", "timeout")
+#: The cluster status the connector last saw (ClusterService ``status``, or a 503 from the
+#: engine: ``suspended``). ``other``: any status string outside this set.
+CLUSTER_STATUSES = ("unknown", "active", "suspended", "resuming", "failed", "other")
+#: Why the connector refused a strategy value a server announced (``new_strategy``), bounded:
+#: ``unknown`` (not blue/green, e.g. ``purple``), ``padded`` (a colour with whitespace around
+#: it), ``oversized`` (longer than 64 characters), ``not_text`` (not a string).
+REJECTED_REASONS = ("unknown", "padded", "oversized", "not_text")
 
 # Bucket boundaries. OpenTelemetry's recommended boundaries for db.client.operation.duration
 # (seconds), and the same family for RPCs, with one finer low bucket because RPCs against a
@@ -33,6 +52,8 @@ EVENT_KINDS = ("detected", "announced", "applied", "mismatch", "cache_cleared", 
 DB_DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0)
 RPC_DURATION_BUCKETS = (0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0)
 DRAIN_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+#: Auto-resume waits: a suspended cluster takes from seconds to several minutes to resume.
+RESUME_BUCKETS = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 180.0, 300.0, 600.0)
 POOL_TIME_BUCKETS = (0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0)
 
 
@@ -93,6 +114,22 @@ STRATEGY_PENDING = _g("e6data_strategy_pending", "e6data.strategy.pending", "1",
 SWITCHES = _c("e6data_strategy_switches", "e6data.strategy.switches", "{switch}",
               "Blue/green switches this process's connector went through.", "from", "to", "cause",
               otel_labels=("e6data.strategy.from", "e6data.strategy.to", "e6data.switch.cause"))
+#: Switches outside the process-wide cache (scope ``cluster_manager`` or ``connection``, see
+#: SWITCH_SCOPES): kept apart so that ``e6data_strategy_switches_total`` still counts one
+#: deployment once per process.
+SCOPED_SWITCHES = _c("e6data_strategy_scoped_switches", "e6data.strategy.scoped_switches",
+                     "{switch}", "Blue/green switches in the cluster manager's own cache or of "
+                     "single connections (OAuth re-routes), by scope.", "from", "to", "scope",
+                     otel_labels=("e6data.strategy.from", "e6data.strategy.to",
+                                  "e6data.strategy.scope"))
+CLUSTER_MANAGER_ACTIVE = _g("e6data_strategy_cluster_manager_active",
+                            "e6data.strategy.cluster_manager.active", "1",
+                            "1 for the strategy the auto-resume cluster manager's own cache "
+                            "holds, else 0 (all 0 before it was used).", "strategy",
+                            otel_labels=("e6data.strategy",))
+CACHE_SPLIT = _g("e6data_strategy_cache_split", "e6data.strategy.cache_split", "1",
+                 "1 while the cluster manager's cache and the process cache name different "
+                 "colours, else 0.")
 SWITCH_DRAIN = _h("e6data_strategy_switch_drain_seconds", "e6data.strategy.switch.drain_time", "s",
                   "Seconds from announcement to the applied switch (queries draining).",
                   DRAIN_BUCKETS)
@@ -128,6 +165,23 @@ EVENTS_DROPPED = _c("e6observe_events_dropped", "e6observe.events.dropped", "{ev
 BUILD_INFO = MetricSpec("e6observe_build_info", None, "gauge", "1",
                         "Always 1; labels name the e6observe and connector versions.",
                         ("version", "connector_version"))
+
+# --- auto-resume and rejected strategy values (hooks/cluster.py) ------------------------------
+CLUSTER_RESUMES = _c("e6data_cluster_resumes", "e6data.cluster.resumes", "{resume}",
+                     "Auto-resumes of a suspended cluster the connector went through, by outcome.",
+                     "outcome", otel_labels=("e6data.cluster.resume.outcome",))
+CLUSTER_RESUME_DURATION = _h("e6data_cluster_resume_duration_seconds",
+                             "e6data.cluster.resume.duration", "s",
+                             "Seconds from the first 503 the connector acted on to the cluster "
+                             "answering active (or the connector giving up).", RESUME_BUCKETS,
+                             "outcome", otel_labels=("e6data.cluster.resume.outcome",))
+CLUSTER_STATUS = _g("e6data_cluster_status", "e6data.cluster.status", "1",
+                    "1 for the cluster status the connector last saw, else 0.", "status",
+                    otel_labels=("e6data.cluster.status",))
+STRATEGY_REJECTED = _c("e6data_strategy_rejected", "e6data.strategy.rejected", "{value}",
+                       "Strategy values announced by the server that the connector refused, by "
+                       "why (each refusal; a login that keeps getting one recurses).", "reason",
+                       otel_labels=("e6data.strategy.rejected.reason",))
 
 # --- watcher: cache health, heartbeat --------------------------------------------------------
 WATCHER_LAST_RUN = _g("e6observe_watcher_last_run_timestamp_seconds",

@@ -30,7 +30,7 @@ import signal
 import sys
 import threading
 import time
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from . import _argtypes as A
 from . import metrics as M
@@ -244,6 +244,19 @@ class ProbeCollector:
         return out
 
 
+def register_otel(prober: Prober, meter: Any,
+                  enabled: Callable[[], bool] = lambda: True) -> list[Any]:
+    """``e6data.probe.success`` as an OpenTelemetry observable gauge on ``meter`` (no point
+    before the first probe). Duration and counts reach OpenTelemetry through the recorder."""
+    from .runtime import otel_observable
+
+    def cb() -> list[tuple[float, dict[str, Any]]]:
+        v = prober.last_success
+        return [] if v is None else [(float(v), {})]
+
+    return [otel_observable(meter, M.PROBE_SUCCESS, "gauge", cb, "probe.otel", enabled)]
+
+
 # -- command line ---------------------------------------------------------------------------------
 _SECONDS = A.number(0.05, 3600, what="a number of seconds")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -331,15 +344,27 @@ class EndpointFailed(RuntimeError):
 class _Instrumentation:
     """The prober process's own e6observe: recorder, endpoint, the probe collector on it."""
 
-    def __init__(self, recorder: Any, registry: Any, mounted: Any) -> None:
+    def __init__(self, recorder: Any, registry: Any, mounted: Any,
+                 options: Any = None) -> None:
         self.recorder = recorder
         self.registry = registry
         self.mounted = mounted
+        self.options = options
         self._collector: Optional[ProbeCollector] = None
 
-    def attach(self, prober: Prober) -> None:
+    def attach(self, prober: Prober, meter_provider: Any = None) -> None:
         self._collector = ProbeCollector(prober)
         self.registry.register(self._collector)
+        if self.options is not None and getattr(self.options, "otel", False):
+            with contain("probe.otel"):
+                from opentelemetry import metrics as otel_metrics
+
+                from ._version import __version__
+
+                provider = (meter_provider or getattr(self.options, "meter_provider", None)
+                            or otel_metrics.get_meter_provider())
+                register_otel(prober, provider.get_meter("e6observe", __version__),
+                              enabled=lambda: self._collector is not None)
 
     def close(self) -> None:
         from e6observe import _api
@@ -385,4 +410,5 @@ def start_instrumentation(args: argparse.Namespace) -> tuple[_Instrumentation, s
         raise EndpointFailed(f"{what}; {fix}")
     # instrument() may mount the status routes itself; mount() is a no-op if it did.
     mounted = status.mount_instrumentation(inst)
-    return _Instrumentation(recorder, sink.registry, mounted), server.url
+    return _Instrumentation(recorder, sink.registry, mounted,
+                            getattr(inst, "options", None)), server.url

@@ -40,6 +40,8 @@ GRPC_CODES = frozenset({
     "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED",
     "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED"})
 RETRY_REASONS = frozenset({"mismatch", "access_denied", "resume", "other"})
+#: The auto-resume cluster manager's ClusterService methods, as labelled (hooks/cluster.py).
+CLUSTER_RPC_METHODS = frozenset({"cluster.status", "cluster.resume", "cluster.suspend"})
 
 #: Raw values a histogram child takes on its ``pending`` list before the observing thread folds
 #: them into the bucket counts itself (readers fold whatever is pending first). Bounds the list.
@@ -263,6 +265,20 @@ class Family:
         return list(self.children.items())
 
 
+class ResumeEpisode:
+    """One resume of the cluster, shared by every connector call waiting for it."""
+
+    __slots__ = ("started", "real", "done")
+
+    def __init__(self) -> None:
+        self.started = time.time()
+        #: The cluster was seen suspended or resuming while it was open (a resume, not a wait
+        #: on a cluster that was active already).
+        self.real = False
+        #: Its ``ok`` was counted.
+        self.done = False
+
+
 class Recorder:
     """The process's single store of e6observe observations and blue/green state."""
 
@@ -283,6 +299,14 @@ class Recorder:
         #: and popped when it ends (both single C calls, atomic under the GIL: no lock).
         self.in_flight_tokens: dict[str, list[None]] = {s: [] for s in M.STRATEGY_LABELS}
         self._state_lock = threading.Lock()
+        # The cluster as auto-resume sees it, and the cluster manager's own strategy cache.
+        self.cluster_status = "unknown"
+        self.cluster_status_time = 0.0
+        self.cluster_manager_active: Optional[str] = None
+        self.last_resume: Optional[tuple[str, float]] = None  # (outcome, seconds)
+        self._resume: Optional[ResumeEpisode] = None
+        self._resumers = 0
+        self._rejected_at: dict[str, float] = {}
         # Event fan-out to subscribers, off the caller's thread.
         self._subscribers: list[Callable[[Event], None]] = []
         self._queue: deque[Event] = deque()
@@ -306,6 +330,15 @@ class Recorder:
             for s in M.STRATEGIES:
                 self.families[M.QUERY_DURATION.prom_name].histogram(s, outcome)
         self.families[M.SWITCH_DRAIN.prom_name].histogram()
+        for outcome in M.RESUME_OUTCOMES:  # at 0 from start-up: increase() sees the first
+            self.families[M.CLUSTER_RESUMES.prom_name].counter(outcome)
+            self.families[M.CLUSTER_RESUME_DURATION.prom_name].histogram(outcome)
+        scoped = self.families[M.SCOPED_SWITCHES.prom_name]
+        for scope in M.SWITCH_SCOPES[1:]:
+            scoped.counter("blue", "green", scope)
+            scoped.counter("green", "blue", scope)
+        for reason in M.REJECTED_REASONS:
+            self.families[M.STRATEGY_REJECTED.prom_name].counter(reason)
 
     def family(self, spec: M.MetricSpec) -> Family:
         return self.families[spec.prom_name]
@@ -353,14 +386,21 @@ class Recorder:
             tokens.clear()
 
     # -- strategy events ----------------------------------------------------------------------
-    def detected(self, strategy: str) -> None:
-        """The first strategy this process learned (not a switch)."""
+    def detected(self, strategy: str, scope: str = "process") -> None:
+        """The first strategy this process (or, with ``scope``, that cache) learned."""
+        if scope != "process":
+            self._scoped_colour(scope, strategy)
+            self._emit("detected", to_strategy=strategy, strategy=strategy, scope=scope)
+            return
         with self._state_lock:
             self.active = strategy
         self._emit("detected", to_strategy=strategy, strategy=strategy)
 
-    def announced(self, to: str) -> None:
+    def announced(self, to: str, scope: str = "process") -> None:
         """The server announced ``to``; the connector will apply it once queries drain."""
+        if scope != "process":
+            self._emit("announced", to_strategy=to, strategy=to, scope=scope)
+            return
         with self._state_lock:
             if self.pending == to:
                 return
@@ -369,8 +409,19 @@ class Recorder:
             frm = self.active or "none"
         self._emit("announced", from_strategy=frm, to_strategy=to, strategy=frm)
 
-    def applied(self, frm: str, to: str, cause: str, pinned_queries: int = 0) -> None:
-        """A switch from ``frm`` to ``to``: counted once, visible on /metrics immediately."""
+    def applied(self, frm: str, to: str, cause: str, pinned_queries: int = 0,
+                scope: str = "process") -> None:
+        """A switch from ``frm`` to ``to``: counted once, visible on /metrics immediately.
+
+        ``scope`` other than ``process``: a switch of the cluster manager's own cache or of one
+        connection, counted in ``e6data_strategy_scoped_switches_total`` only (the process
+        state and ``e6data_strategy_switches_total`` are left alone)."""
+        if scope != "process":
+            self._scoped_colour(scope, to)
+            self.families[M.SCOPED_SWITCHES.prom_name].counter(frm, to, scope).inc()
+            self._emit("applied", from_strategy=frm, to_strategy=to, cause=cause, strategy=to,
+                       scope=scope)
+            return
         now = time.time()
         with self._state_lock:
             drain = (now - self.pending_since) if (self.pending_since is not None
@@ -389,7 +440,11 @@ class Recorder:
         self.families[M.MISMATCHES.prom_name].counter(strategy, method).inc()
         self._emit("mismatch", strategy=strategy, method=method)
 
-    def cache_cleared(self, was: str) -> None:
+    def cache_cleared(self, was: str, scope: str = "process") -> None:
+        if scope != "process":
+            self._scoped_colour(scope, None)
+            self._emit("cache_cleared", from_strategy=was, strategy=was, scope=scope)
+            return
         with self._state_lock:
             self.pending = None
             self.pending_since = None
@@ -399,6 +454,96 @@ class Recorder:
         reason = reason if reason in RETRY_REASONS else "other"
         self.families[M.RETRIES.prom_name].counter(reason).inc()
         self._emit("retry", attempt=attempt, reason=reason, strategy=self.active or "none")
+
+    def _scoped_colour(self, scope: str, colour: Optional[str]) -> None:
+        if scope == "cluster_manager":
+            self.cluster_manager_active = colour if colour in M.STRATEGIES else None
+
+    # -- auto-resume (hooks/cluster.py) -------------------------------------------------------
+    def cluster_status_seen(self, status: object, method: str = "", engine: bool = False) -> None:
+        """The connector saw the cluster's status: a ClusterService ``status`` answer, or
+        (``engine=True``) a ``status: 503`` from an engine RPC ``method``, read as "suspended"
+        unless a resume is already under way. ``suspended_seen`` is emitted once per suspension."""
+        label = status if status in M.CLUSTER_STATUSES else "other"
+        with self._state_lock:
+            prev = self.cluster_status
+            if engine and prev in ("suspended", "resuming"):
+                return
+            self.cluster_status = label
+            self.cluster_status_time = time.time()
+            ep = self._resume
+            start = ep is not None and not ep.real and label in ("suspended", "resuming")
+            if start:
+                ep.real = True  # type: ignore[union-attr]
+        if label == "suspended" and prev not in ("suspended", "resuming"):
+            self._emit("suspended_seen", method=method, cluster_status=label,
+                       strategy=self.active or "none")
+        if start:
+            self._emit("resume_started", cluster_status=label, strategy=self.active or "none")
+
+    def resume_begin(self) -> ResumeEpisode:
+        """A connector call that resumes the cluster (or waits for another one to) begins.
+
+        Calls that overlap share one episode: one resume of the cluster is counted once
+        whatever the number of threads or connections waiting for it. An episode becomes a
+        resume (``resume_started``) when the cluster is seen suspended or resuming."""
+        with self._state_lock:
+            self._resumers += 1
+            ep = self._resume
+            if ep is None:
+                ep = self._resume = ResumeEpisode()
+            start = not ep.real and self.cluster_status in ("suspended", "resuming")
+            if start:
+                ep.real = True
+        if start:
+            self._emit("resume_started", cluster_status=self.cluster_status,
+                       strategy=self.active or "none")
+        return ep
+
+    def resume_end(self, ep: ResumeEpisode, outcome: str) -> Optional[float]:
+        """A call begun by :meth:`resume_begin` ended with ``outcome`` (ok, failed, timeout).
+
+        Counted: the first ``ok`` of an episode that saw the cluster suspended or resuming (a
+        call that found it active already waited for another one's resume), and every failure
+        or timeout. Returns the duration counted, or None when nothing was counted."""
+        outcome = outcome if outcome in M.RESUME_OUTCOMES else "failed"
+        now = time.time()
+        with self._state_lock:
+            self._resumers -= 1
+            count = (ep.real and not ep.done) if outcome == "ok" else True
+            if outcome == "ok" and count:
+                ep.done = True
+            if self._resume is ep and (ep.done or outcome != "ok" or self._resumers <= 0):
+                self._resume = None
+            seconds = max(0.0, now - ep.started)
+            if count:
+                self.last_resume = (outcome, seconds)
+                if outcome == "ok":
+                    self.cluster_status, self.cluster_status_time = "active", now
+        if not count:
+            return None
+        self.families[M.CLUSTER_RESUMES.prom_name].counter(outcome).inc()
+        self.families[M.CLUSTER_RESUME_DURATION.prom_name].histogram(outcome).observe(seconds)
+        self._emit("resume_finished", outcome=outcome, duration_seconds=seconds,
+                   cluster_status=self.cluster_status, strategy=self.active or "none")
+        return seconds
+
+    def resuming(self) -> bool:
+        """True while a resume episode that saw the cluster suspended is open."""
+        ep = self._resume
+        return ep is not None and ep.real and not ep.done
+
+    def strategy_rejected(self, reason: str, min_interval: float = 5.0) -> None:
+        """The connector refused an announced strategy value: counted each time; the event at
+        most once per ``reason`` per ``min_interval`` seconds (a refusing login recurses)."""
+        reason = reason if reason in M.REJECTED_REASONS else "unknown"
+        self.families[M.STRATEGY_REJECTED.prom_name].counter(reason).inc()
+        now = time.monotonic()
+        last = self._rejected_at.get(reason)
+        if last is not None and now - last < min_interval:
+            return
+        self._rejected_at[reason] = now
+        self._emit("strategy_rejected", reason=reason, strategy=self.active or "none")
 
     def _emit(self, kind: str, **fields: object) -> Event:
         ev = Event(0, kind, **fields)  # type: ignore[arg-type]  # seq: taken by ring.append

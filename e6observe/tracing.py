@@ -136,7 +136,7 @@ def query_summary(text: object, op: Optional[str] = None) -> Optional[str]:
 
 def error_type(outcome: str) -> Optional[str]:
     """The ``error.type`` of a query outcome (None for ``ok``): one mapping for span and metric."""
-    return ERROR_TYPES.get(outcome, "_OTHER") if outcome != "ok" else None
+    return None if outcome in ("ok", "resumed") else ERROR_TYPES.get(outcome, "_OTHER")
 
 
 def _status_code(exc: Optional[BaseException]) -> Optional[str]:
@@ -233,6 +233,23 @@ class QueryTracer:
             code = _status_code(exc)
             if code is not None:
                 span.set_attribute("db.response.status_code", code)
+            span.set_status(self._error_status)
+        span.end()
+
+    def child_span(self, parent: Any, name: str) -> Any:
+        """Start an INTERNAL span under ``parent`` (the query's span), e.g. the auto-resume
+        wait ``e6data.cluster.resume``."""
+        from opentelemetry import trace
+
+        return self._tracer.start_span(name, context=trace.set_span_in_context(parent),
+                                       kind=trace.SpanKind.INTERNAL)
+
+    def end_child_span(self, span: Any, attributes: dict[str, Any],
+                       exc: Optional[BaseException] = None) -> None:
+        for k, v in attributes.items():
+            span.set_attribute(k, v)
+        if exc is not None:
+            span.set_attribute("error.type", ERROR_TYPES["error"])  # as a failed query's
             span.set_status(self._error_status)
         span.end()
 

@@ -369,12 +369,13 @@ class Watcher:
     # -- export -------------------------------------------------------------------------------
     def collectors(self, runtime_metrics: Any = True) -> list[Any]:
         """Prometheus collectors to register in the sink's registry: watcher gauges, process
-        runtime (unless ``runtime_metrics`` is False), connection pools."""
+        runtime (unless ``runtime_metrics`` is False), connection pools, the cluster."""
+        from .hooks.cluster import ClusterCollector
         from .hooks.pool import PoolCollector
         from .runtime import RuntimeCollector
 
         runtime = [RuntimeCollector()] if runtime_metrics is not False else []
-        return [WatcherCollector(self), *runtime, PoolCollector()]
+        return [WatcherCollector(self), *runtime, PoolCollector(), ClusterCollector(self.recorder)]
 
     def register_otel(self, meter: Any, runtime_metrics: Any = True) -> list[Any]:
         """Register the watcher's, runtime and pool observable instruments on ``meter``.
@@ -383,14 +384,15 @@ class Watcher:
         an instrument). ``runtime_metrics``: True, False (no runtime instruments) or "auto"
         (silent while OpenTelemetry's system-metrics instrumentation is active)."""
         from . import runtime
-        from .hooks import pool
+        from .hooks import cluster, pool
 
         enabled = self._otel_is_enabled
         rt: list[Any] = []
         if runtime_metrics is not False:
             rt = runtime.register_otel(meter, enabled=runtime.runtime_enabled(
                 enabled, auto=runtime_metrics == "auto"))
-        return _register_watcher_otel(self, meter) + rt + pool.register_otel(meter, enabled=enabled)
+        return (_register_watcher_otel(self, meter) + rt + pool.register_otel(meter, enabled=enabled)
+                + cluster.register_otel(meter, self.recorder, enabled=enabled))
 
     def _otel_is_enabled(self) -> bool:
         return self._otel_enabled

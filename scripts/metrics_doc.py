@@ -31,13 +31,11 @@ OUTPUT = Path("docs") / "metrics.md"
 #: render, and why. (Verified by tests/test_docs.py.)
 NOT_ON_PROMETHEUS: dict[str, str] = {}
 #: Metrics with an OpenTelemetry name in the table that no OpenTelemetry instrument reports.
-NOT_ON_OTEL: dict[str, str] = {
-    M.PROBE_SUCCESS.prom_name: "the prober exposes it on `/metrics` only; no OpenTelemetry "
-                               "instrument reports it.",
-}
+NOT_ON_OTEL: dict[str, str] = {}
 #: OpenTelemetry attributes a data point carries besides the ones mapped from its labels.
 OTEL_EXTRA_ATTRIBUTES: dict[str, tuple[str, ...]] = {
-    M.QUERY_DURATION.prom_name: ("db.system.name", "server.address", "server.port"),
+    M.QUERY_DURATION.prom_name: ("db.system.name", "server.address", "server.port",
+                                 "e6data.query.outcome"),
     M.RPC_DURATION.prom_name: ("rpc.system.name", "server.address", "server.port", "error.type"),
 }
 
@@ -62,7 +60,7 @@ def labels() -> dict[str, Label]:
     """Every label name of the table, with its value set."""
     from e6observe.hooks.pool import MAX_POOL_NAMES, OTHER
     from e6observe.probe import RESULTS
-    from e6observe.recorder import GRPC_CODES, RETRY_REASONS, RPC_METHODS
+    from e6observe.recorder import CLUSTER_RPC_METHODS, GRPC_CODES, RETRY_REASONS, RPC_METHODS
 
     strategy_text = (
         "The colour a value applies to, normalised by `norm_strategy`: `blue` or `green`; `none` "
@@ -76,7 +74,7 @@ def labels() -> dict[str, Label]:
         codes = tuple(c.name for c in grpc.StatusCode if c.name in GRPC_CODES)
     except ImportError:  # pragma: no cover - grpcio is a dependency
         codes = tuple(sorted(GRPC_CODES))
-    methods = tuple(sorted(RPC_METHODS)) + ("other",)
+    methods = tuple(sorted(RPC_METHODS)) + ("other",) + tuple(sorted(CLUSTER_RPC_METHODS))
 
     out: dict[str, Label] = {
         "strategy": Label(strategy_text, M.STRATEGY_LABELS),
@@ -92,14 +90,42 @@ def labels() -> dict[str, Label]:
                         "cleared, other colour learned)",
             "observed": "the watcher saw the connector's cache change with no hook reporting why",
         }, "cause"),
-        "outcome": _with_meanings(M.QUERY_OUTCOMES, {
-            "ok": "the query ran to its clear/close without an error",
-            "error": "the query failed",
-            "switch_interrupted": "the query failed with a 456 because a switch landed while it "
-                                  "ran under the old colour",
+        "outcome": _with_meanings(M.QUERY_OUTCOMES + ("failed", "timeout"), {
+            "ok": "queries: the query ran to its clear/close without an error; resumes: the "
+                  "cluster answered active",
+            "error": "queries: the query failed",
+            "switch_interrupted": "queries: the query failed with a 456 because a switch landed "
+                                  "while it ran under the old colour",
+            "resumed": "queries: the query ran without an error after waiting for the "
+                       "connector's auto-resume of a suspended cluster",
+            "failed": "resumes (`e6data_cluster_resume*`): the resume failed (an RPC error, a "
+                      "`failed` status, a refused resume)",
+            "timeout": "resumes: the connector's resume budget "
+                       "(`grpc_auto_resume_timeout_seconds`, async `auto_resume_timeout`) ran out",
         }, "outcome"),
+        "scope": _with_meanings(M.SWITCH_SCOPES[1:], {
+            "cluster_manager": "the auto-resume cluster manager's own cache (`strategy.py`), "
+                               "never synchronised with the process cache",
+            "connection": "one connection re-routed by itself (OAuth, after a 456); the process "
+                          "cache stays on the old colour",
+        }, "scope"),
+        "status": _with_meanings(M.CLUSTER_STATUSES, {
+            "unknown": "no status seen yet",
+            "active": "ClusterService answered `active` (or a resume finished ok)",
+            "suspended": "ClusterService answered `suspended`, or an engine RPC failed with "
+                         "`status: 503`",
+            "resuming": "ClusterService answered `resuming`",
+            "failed": "ClusterService answered `failed`",
+            "other": "any other status string",
+        }, "status"),
         "kind": _with_meanings(M.EVENT_KINDS, {
-            "detected": "the first strategy this process learned (not a switch)",
+            "detected": "the first strategy this process (or, with a scope, that cache) learned "
+                        "(not a switch)",
+            "suspended_seen": "the connector saw the cluster suspended (once per suspension)",
+            "resume_started": "the connector's auto-resume found the cluster suspended and waits",
+            "resume_finished": "the auto-resume ended (ok, failed, timeout), with its duration",
+            "strategy_rejected": "the connector refused an announced strategy value (at most one "
+                                 "event per reason per 5 s; every refusal is counted)",
             "announced": "the server announced a switch; the connector applies it once queries "
                          "drain",
             "applied": "a switch took effect in this process (counted in "
@@ -114,12 +140,18 @@ def labels() -> dict[str, Label]:
             f"connector this file was generated with ({_connector_version()}):", methods),
         "code": Label("The gRPC status code name, normalised by `norm_code`; anything unknown is "
                       "`UNKNOWN`. A 456 strategy mismatch arrives as `UNKNOWN`.", codes),
-        "reason": _with_meanings(tuple(sorted(RETRY_REASONS)), {
-            "mismatch": "the replayed call had failed with a `status: 456` mismatch",
-            "access_denied": "the replayed call had failed `INTERNAL` with `Access denied` (an "
-                             "expired or unknown session; the connector logs in again)",
-            "resume": "accepted by the recorder; no hook of this version reports it",
-            "other": "any other error",
+        "reason": _with_meanings(tuple(sorted(RETRY_REASONS)) + M.REJECTED_REASONS, {
+            "mismatch": "retries: the replayed call had failed with a `status: 456` mismatch",
+            "access_denied": "retries: the replayed call had failed `INTERNAL` with `Access "
+                             "denied` (an expired or unknown session; the connector logs in again)",
+            "resume": "retries: the connector resumed the suspended cluster and replays the "
+                      "login (sync) or the prepare (OAuth, async)",
+            "other": "retries: any other error",
+            "unknown": "refused strategy values (`e6data_strategy_rejected_total`): not blue or "
+                       "green (e.g. `purple`)",
+            "padded": "refused strategy values: a colour with whitespace around it",
+            "oversized": "refused strategy values: longer than 64 characters",
+            "not_text": "refused strategy values: not a string",
         }, "reason"),
         "component": Label(
             "The part of e6observe that contained a failure, e.g. `sink.prometheus`, "
@@ -281,7 +313,8 @@ def _query_error_types() -> str:
     pairs = [f"`{outcome}` → `{etype}`" for outcome, etype in ERROR_TYPES.items()]
     ok = [o for o in M.QUERY_OUTCOMES if o not in ERROR_TYPES]
     return (f"`error.type` is derived from `outcome` ({', '.join(pairs)}; absent for "
-            f"{_code(ok)})")
+            f"{_code(ok)}); a query that waited for an auto-resume carries "
+            "`e6data.query.outcome` = `resumed`")
 
 
 def _notes() -> dict[str, str]:

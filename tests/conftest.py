@@ -27,6 +27,20 @@ def connector_version() -> tuple[int, ...]:
 HAS_AIO = sys.version_info >= (3, 11) and connector_version() >= (3, 0, 0)
 
 
+def login_errors_surface() -> bool:
+    """True where a failed login reaches the caller: 2.3.9, 2.3.10 and 3.x. Releases 2.3.11 to
+    2.3.15 swallow it in ``get_session_id`` (an empty session id follows)."""
+    v = connector_version()
+    return v >= (3, 0, 0) or v < (2, 3, 11)
+
+
+def resumes_inside_the_login_loop() -> bool:
+    """True where ``get_session_id`` resumes inside its strategy loop (2.3.11+): after the
+    resume it goes on to the next colour, and a refused resume is tried again by the outer
+    handler. 2.3.9 and 2.3.10 resume once, in the outer handler, and log in again from scratch."""
+    return connector_version() >= (2, 3, 11)
+
+
 def reset_connector_cache() -> None:
     cache = e6data_grpc._local_strategy_cache
     with e6data_grpc._strategy_lock:
@@ -36,6 +50,16 @@ def reset_connector_cache() -> None:
         cache["last_check_time"] = 0
         cache["last_transition_time"] = 0
         cache["session_invalidated"] = False
+    # The cluster manager's own cache (strategy.py, written by auto-resume) - a plain dict
+    # from 2.3.9 on; a Manager proxy before.
+    try:
+        from e6data_python_connector import strategy as cache_b
+    except ImportError:  # pragma: no cover - connector without blue/green
+        return
+    b = getattr(cache_b, "_local_strategy_cache", None)
+    if isinstance(b, dict):
+        for key in ("active_strategy", "pending_strategy"):
+            dict.__setitem__(b, key, None)
 
 
 @pytest.fixture(autouse=True)

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import subproc
-from conftest import PASSWORD, USER, connector_version
+from conftest import PASSWORD, USER, login_errors_surface
 
 from e6observe import cli
 from e6observe._connopts import (
@@ -104,9 +104,9 @@ def test_refused_login_is_not_ready(sim: Simulator, creds_env: None,
     assert code == 1
     last = out.strip().splitlines()[-1]
     assert last.startswith("NOT READY: connect failed")
-    if connector_version() >= (3, 0, 0):
+    if login_errors_surface():
         assert "Access denied" in last
-    else:  # 2.3.x swallows the server's error in get_session_id and returns no session
+    else:  # 2.3.11-2.3.15 swallow the server's error in get_session_id and returns no session
         assert "authentication failed: the cluster gave no session" in last
     assert "✗" in out and "skipped: needs connect" in out
     assert PASSWORD not in out
@@ -118,9 +118,9 @@ def test_stopped_simulator_is_not_ready(sim: Simulator, creds_env: None,
     code, doc = json_check(sim, capsys)
     assert code == 1
     assert doc["ready"] is False and doc["failed_step"] == "connect"
-    if connector_version() >= (3, 0, 0):
+    if login_errors_surface():
         assert "UNAVAILABLE" in doc["reason"]
-    else:  # 2.3.x swallows the connection error in get_session_id
+    else:  # 2.3.11-2.3.15 swallow the connection error in get_session_id
         assert doc["reason"].startswith("authentication failed: the cluster gave no session")
     assert [s["status"] for s in doc["steps"]] == ["fail"] + ["skip"] * 5
 
@@ -202,7 +202,7 @@ def test_wrong_password_in_file_is_not_ready(tmp_path: Path, capsys: pytest.Capt
     with Simulator(port=0, users={USER: PASSWORD}) as strict:
         code, out = run_check(strict, capsys, "--credentials-file", str(f))
     assert code == 1
-    if connector_version() >= (3, 0, 0):
+    if login_errors_surface():
         assert "invalid credentials" in out
     else:
         assert "authentication failed: the cluster gave no session" in out

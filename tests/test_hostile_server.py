@@ -30,7 +30,13 @@ from hypothesis import strategies as st
 from e6observe import _safe
 from e6observe import metrics as M
 from e6observe.hooks import channel, cursor, is_mismatch, retry_reason, strategy_cache
-from e6observe.recorder import GRPC_CODES, RETRY_REASONS, RPC_METHODS, Recorder
+from e6observe.recorder import (
+    CLUSTER_RPC_METHODS,
+    GRPC_CODES,
+    RETRY_REASONS,
+    RPC_METHODS,
+    Recorder,
+)
 from e6observe.sim import Simulator
 
 pytestmark = pytest.mark.timeout(300)
@@ -38,9 +44,11 @@ pytestmark = pytest.mark.timeout(300)
 #: Label name -> every value it may take, whatever a server sends.
 ALLOWED: dict[str, frozenset[str]] = {
     "strategy": frozenset(M.STRATEGY_LABELS), "from": frozenset(M.STRATEGY_LABELS),
-    "to": frozenset(M.STRATEGY_LABELS), "method": RPC_METHODS | {"other"},
+    "to": frozenset(M.STRATEGY_LABELS), "method": RPC_METHODS | CLUSTER_RPC_METHODS | {"other"},
     "code": GRPC_CODES, "cause": frozenset(M.SWITCH_CAUSES), "kind": frozenset(M.EVENT_KINDS),
-    "outcome": frozenset(M.QUERY_OUTCOMES), "reason": RETRY_REASONS,
+    "outcome": frozenset(M.QUERY_OUTCOMES + M.RESUME_OUTCOMES),
+    "reason": RETRY_REASONS | frozenset(M.REJECTED_REASONS),
+    "scope": frozenset(M.SWITCH_SCOPES), "status": frozenset(M.CLUSTER_STATUSES),
 }
 _EVENT_STRATEGY_FIELDS = ("from_strategy", "to_strategy", "strategy")
 

@@ -177,11 +177,14 @@ def test_query_cut_by_a_switch_is_switch_interrupted(sim: Simulator, rec: Record
         await cur.execute("SELECT * FROM sample")
         assert rec.state()["in_flight"]["blue"] == 1
         sim.flip(announce=False)
-        import grpc
+        from e6observe.hooks import is_mismatch
 
-        with pytest.raises(grpc.RpcError) as info:
+        # 3.0.2 raises the 456 itself. 3.0.0 raises IncompleteResultError from it in the batch
+        # fetch (what the hook sees), and fetchall re-raises that object "from" itself, which
+        # drops the 456 from the chain the application gets.
+        with pytest.raises(Exception) as info:
             await cur.fetchall()
-        assert info.value.details() == "status: 456"
+        assert is_mismatch(info.value) or type(info.value).__name__ == "IncompleteResultError"
         assert rec.state()["in_flight"]["blue"] == 0
         try:
             await conn.close()

@@ -87,7 +87,7 @@ def test_instrumentor_declares_the_supported_connector_versions() -> None:
     from e6observe.instrumentor import E6dataInstrumentor
 
     assert list(E6dataInstrumentor().instrumentation_dependencies()) == [
-        "e6data-python-connector >= 2.3.9, < 3.1"]
+        "e6data-python-connector >= 2.3.10, < 3.1"]
     from importlib.metadata import entry_points
 
     eps = entry_points()

@@ -150,3 +150,32 @@ def test_probe_arguments_refuse_bad_values() -> None:
     args = parser.parse_args(["probe", "--host", "h", "--port", "50051", "--interval", "2"])
     assert isinstance(args, argparse.Namespace) and args.interval == 2.0
     assert args.metrics_addr == "127.0.0.1"  # loopback unless told otherwise
+
+
+def test_probe_success_is_exported_to_opentelemetry(sim: Simulator, rec: Recorder) -> None:
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    from e6observe.probe import register_otel
+
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    p = Prober(opts_for(sim), rec, interval=1.0)
+    register_otel(p, provider.get_meter("test"))
+
+    def points() -> list[float]:
+        data = reader.get_metrics_data()
+        return [dp.value for rm in (data.resource_metrics if data else [])
+                for sm in rm.scope_metrics for m in sm.metrics
+                if m.name == M.PROBE_SUCCESS.otel_name for dp in m.data.data_points]
+
+    assert points() == []  # no value before the first probe
+    try:
+        p.probe_once()
+        assert points() == [1.0]
+        sim.stop()  # the cluster goes away: the next probe fails
+        p.probe_once()
+        assert points() == [0.0]
+    finally:
+        p.stop()
+    provider.shutdown()

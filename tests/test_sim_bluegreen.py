@@ -26,7 +26,9 @@ from e6data_python_connector.server import e6x_engine_pb2 as pb
 from e6data_python_connector.server import e6x_engine_pb2_grpc as pb_grpc
 
 from e6observe.sim import MISMATCH_DETAILS, Simulator
-from e6observe.sim.server import ENGINE_METHODS
+from e6observe.sim.server import ENGINE_METHODS, _Engine
+
+_SERVED = frozenset(n for n in vars(_Engine) if n in ENGINE_METHODS)
 
 Connect = Callable[..., Any]
 
@@ -82,9 +84,11 @@ def raw(sim: Simulator) -> Any:
 # ---------------------------------------------------------------------------------------------
 # the protocol, seen from a bare client
 
+# Methods the simulator serves (older stubs also have RPCs it answers UNIMPLEMENTED, such as
+# 2.3.9's getNextResultRow and dryRunV2).
 _STAMPED = [m for m in ENGINE_METHODS
-            if "new_strategy" in pb.DESCRIPTOR.services_by_name["QueryEngineService"]
-            .methods_by_name[m].output_type.fields_by_name]
+            if m in _SERVED and "new_strategy" in pb.DESCRIPTOR.services_by_name[
+                "QueryEngineService"].methods_by_name[m].output_type.fields_by_name]
 
 
 def _request_fields(raw: RawClient, method: str) -> Dict[str, Any]:

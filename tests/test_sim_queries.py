@@ -14,7 +14,7 @@ from typing import Any, Callable, List
 
 import grpc
 import pytest
-from conftest import PASSWORD, USER, connector_version
+from conftest import PASSWORD, USER, connector_version, login_errors_surface
 from e6data_python_connector.server import e6x_engine_pb2 as pb
 from e6data_python_connector.server import e6x_engine_pb2_grpc as pb_grpc
 
@@ -232,15 +232,15 @@ def test_users_dict_restricts_logins() -> None:
 
 @pytest.mark.matrix
 def test_refuse_sessions_blocks_new_logins_only(sim: Simulator, connect: Connect) -> None:
-    """3.x surfaces the refused login; 2.3.x swallows the authenticate error, sends an empty
-    session id, and surfaces the engine's answer to that instead."""
+    """3.x, 2.3.9 and 2.3.10 surface the refused login; 2.3.11-2.3.15 swallow the authenticate
+    error, send an empty session id, and surface the engine's answer to that instead."""
     old = connect().cursor()
     old.execute("SELECT 1")
     old.fetchall()
     sim.refuse_sessions(True)
     with pytest.raises(grpc.RpcError) as ei:
         connect().cursor().execute("SELECT 1")
-    want = "login refused" if connector_version() >= (3, 0, 0) else "unknown session"
+    want = "login refused" if login_errors_surface() else "unknown session"
     assert rpc_error(ei).details() == "Access denied: " + want
     assert sim.counters()["refused_logins"] >= 1
     old.execute("SELECT 2")  # an existing session keeps working

@@ -290,7 +290,8 @@ def test_mirrored_counters_and_gauges_read_the_recorder(rig: Rig) -> None:
                    ("rpc.method", "QueryEngineService/prepareStatement")): 1}
     events = {dict(a)["e6data.event.kind"]: p.value for a, p in points(got["e6data.strategy.events"]).items()}
     assert events == {"detected": 1, "announced": 1, "applied": 2, "mismatch": 1,
-                      "cache_cleared": 0, "retry": 1}
+                      "cache_cleared": 0, "retry": 1, "suspended_seen": 0, "resume_started": 0,
+                      "resume_finished": 0, "strategy_rejected": 0}
     assert got["e6data.strategy.last_switch_time"].data.data_points[0].value == rec.last_switch_time
     in_flight = {dict(a)["e6data.strategy"]: p.value
                  for a, p in points(got["e6data.client.queries_in_flight"]).items()}

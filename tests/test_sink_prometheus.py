@@ -90,7 +90,9 @@ def test_every_exposed_name_labels_and_help_come_from_the_metric_table(
             assert set(s.labels) - {"le"} == set(spec.labels), (s.name, s.labels)
     expected = {M.STRATEGY_ACTIVE, M.STRATEGY_PENDING, M.SWITCHES, M.SWITCH_DRAIN, M.LAST_SWITCH,
                 M.MISMATCHES, M.RPC_DURATION, M.QUERY_DURATION, M.QUERIES_IN_FLIGHT, M.EVENTS,
-                M.RETRIES, M.INTERNAL_ERRORS, M.EVENTS_DROPPED, M.BUILD_INFO}
+                M.RETRIES, M.INTERNAL_ERRORS, M.EVENTS_DROPPED, M.BUILD_INFO,
+                M.SCOPED_SWITCHES, M.CLUSTER_RESUMES, M.CLUSTER_RESUME_DURATION,
+                M.STRATEGY_REJECTED}
     assert seen_families == {m.prom_name for m in expected}
 
 

@@ -46,6 +46,7 @@ from ..recorder import Recorder, norm_code, norm_method, norm_strategy
 from ..tracing import db_namespace
 from . import HookContext, Patches, is_mismatch
 from .channel import MARK, _strategy_from, _Timer
+from .cluster import QUERY_SPAN, RESUMED
 from .cursor import ATTR, QueryState, end_failed, finish, mark_fetched
 
 _COMPONENT = "hook.aio"
@@ -304,12 +305,16 @@ def _make_execute(orig: Callable[..., Any], ctx: HookContext) -> Callable[..., A
                 span_token = attach_span(span)  # this task's context: its RPCs are children
         except Exception as exc:
             record_internal_error(_COMPONENT, exc)
+        resumed0 = RESUMED.get()
+        span_token = QUERY_SPAN.set(span) if span is not None else None
         t0 = perf()
         try:
             result = await orig(self, *args, **kwargs)
         except BaseException as exc:
             detach(span_token)
             try:
+                if span_token is not None:
+                    QUERY_SPAN.reset(span_token)
                 admitted = self.__dict__.get("_route") is not None
                 s = _route_strategy(self) if admitted else (
                     conn.__dict__.get("_strategy") if conn is not None else None)
@@ -322,10 +327,13 @@ def _make_execute(orig: Callable[..., Any], ctx: HookContext) -> Callable[..., A
             raise
         detach(span_token)
         try:
+            if span_token is not None:
+                QUERY_SPAN.reset(span_token)
             strategy = norm_strategy(_route_strategy(self))
             rec.query_started(strategy)
             route = self.__dict__.get("_route")
-            self.__dict__[ATTR] = QueryState(t0, strategy, span, getattr(route, "query_id", None))
+            self.__dict__[ATTR] = QueryState(t0, strategy, span, getattr(route, "query_id", None),
+                                             RESUMED.get() is not resumed0)
         except Exception as exc:
             record_internal_error(_COMPONENT, exc)
         return result

@@ -36,6 +36,9 @@ from .._safe import record_internal_error
 from ..recorder import FOLD_AT, Histogram, Recorder, norm_code, norm_method, norm_strategy
 from . import MISMATCH_TEXT, HookContext, Patches
 
+#: What a suspended cluster answers (``UNAVAILABLE``); the connector's auto-resume acts on it.
+SUSPENDED_TEXT = "status: 503"
+
 #: Attribute set on an instrumented stub: the installation's token.
 MARK = "_e6observe_token"
 _COMPONENT = "hook.channel"
@@ -113,6 +116,8 @@ class _Timer:
             cname = norm_code(code)
             if cname == "UNKNOWN" and isinstance(details, str) and MISMATCH_TEXT in details:
                 rec.mismatch(strategy, self.method)
+            elif cname == "UNAVAILABLE" and isinstance(details, str) and SUSPENDED_TEXT in details:
+                rec.cluster_status_seen("suspended", self.method, engine=True)
             if _suppressed():
                 return
             rec.rpc_histogram(self.method, strategy, cname).observe(seconds)

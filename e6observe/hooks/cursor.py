@@ -37,6 +37,7 @@ from ..recorder import COLOURS, FOLD_AT, norm_strategy
 from ..tracing import db_namespace
 from . import HookContext, Patches, is_mismatch, retry_reason
 from . import channel as _channel
+from .cluster import QUERY_SPAN, RESUMED
 
 ATTR = "_e6observe_query"
 _COMPONENT = "hook.cursor"
@@ -48,14 +49,17 @@ _patches = Patches()
 class QueryState:
     """One query in flight on a cursor."""
 
-    __slots__ = ("t0", "strategy", "fetch_end", "span", "query_id")
+    __slots__ = ("t0", "strategy", "fetch_end", "span", "query_id", "resumed")
 
-    def __init__(self, t0: float, strategy: str, span: Any, query_id: Any) -> None:
+    def __init__(self, t0: float, strategy: str, span: Any, query_id: Any,
+                 resumed: bool = False) -> None:
         self.t0 = t0
         self.strategy = strategy
         self.fetch_end: Optional[float] = None
         self.span = span
         self.query_id = query_id
+        #: Its execute waited for the connector's auto-resume: outcome ``resumed`` if it ends ok.
+        self.resumed = resumed
 
 
 def _cache() -> dict[str, Any]:
@@ -87,6 +91,8 @@ def finish(ctx: HookContext, q: QueryState, outcome: str, exc: Optional[BaseExce
            end: Optional[float] = None) -> None:
     """Record the end of one query (duration, outcome, in-flight, span). Contained."""
     try:
+        if outcome == "ok" and q.resumed:
+            outcome = "resumed"
         seconds = (time.perf_counter() if end is None else end) - q.t0
         tracer = ctx.tracer
         exemplar = tracer.exemplar(q.span) if (tracer is not None and q.span is not None) else None
@@ -116,6 +122,7 @@ def _make_execute(orig: Callable[..., Any], ctx: HookContext) -> Callable[..., A
     tokens = rec.in_flight_tokens
     mark = _channel.MARK
     suppressed = ctx.suppressed
+    resumed_get = RESUMED.get
 
     def execute(self: Any, *args: Any, **kwargs: Any) -> Any:
         if not ctx.live or suppressed():
@@ -144,12 +151,16 @@ def _make_execute(orig: Callable[..., Any], ctx: HookContext) -> Callable[..., A
                 span_token = attach_span(span)
         except Exception as exc:
             record_internal_error(_COMPONENT, exc)
+        resumed0 = resumed_get()
+        span_token = QUERY_SPAN.set(span) if span is not None else None
         t0 = perf()
         try:
             result = orig(self, *args, **kwargs)
         except BaseException as exc:
             detach(span_token)
             try:
+                if span_token is not None:
+                    QUERY_SPAN.reset(span_token)
                 qid = d.get("_query_id")
                 admitted = qid is not None and qid != before
                 strategy = _pinned_strategy(qid if admitted else None)
@@ -162,6 +173,8 @@ def _make_execute(orig: Callable[..., Any], ctx: HookContext) -> Callable[..., A
         if span_token is not None:
             detach(span_token)
         try:
+            if span_token is not None:
+                QUERY_SPAN.reset(span_token)
             qid = d.get("_query_id")
             # _pinned_strategy(qid), inlined for the usual case (a colour, pinned by id)
             cache = g._local_strategy_cache
@@ -170,7 +183,7 @@ def _make_execute(orig: Callable[..., Any], ctx: HookContext) -> Callable[..., A
             colour = COLOURS.get(s) if type(s) is str else None
             strategy = colour if colour is not None else _pinned_strategy(qid, cache)
             tokens[strategy].append(None)  # rec.query_started(strategy), inlined
-            d[ATTR] = QueryState(t0, strategy, span, qid)
+            d[ATTR] = QueryState(t0, strategy, span, qid, resumed_get() is not resumed0)
         except Exception as exc:
             record_internal_error(_COMPONENT, exc)
         return result
@@ -277,7 +290,7 @@ def _make_clear(orig: Callable[..., Any], ctx: HookContext) -> Callable[..., Any
             raise
         if q is not None and d.get(ATTR) is q:
             del d[ATTR]
-            if q.span is not None:
+            if q.span is not None or q.resumed:
                 finish(ctx, q, "ok")
             else:  # finish(ctx, q, "ok") for an untraced query, inlined (once per query)
                 try:

@@ -17,6 +17,8 @@ import re
 from dataclasses import dataclass, fields, replace
 from typing import Any, Tuple
 
+from e6observe import metrics as M
+
 _DURATION = re.compile(r"^(?:\d+(?:ms|[smhdwy]))+$")
 _LABEL = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 
@@ -120,6 +122,13 @@ class Config:
     probe_success_ratio: float = 0.5
     probe_window: str = "5m"
     probe_for: str = "5m"
+    #: E6dataClusterResumeSlow: an auto-resume took longer than this (seconds; one of the
+    #: resume histogram's bucket boundaries) within ``resume_window``.
+    resume_slow_seconds: float = 120.0
+    resume_window: str = "15m"
+    resume_slow_for: str = "0m"
+    #: E6dataClusterResumeFailed: auto-resumes that failed or timed out within ``resume_window``.
+    resume_failed_for: str = "0m"
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -140,6 +149,10 @@ class Config:
                 raise ConfigError(f"{name} must be in (0, 1]: {getattr(self, name)!r}")
         if self.flapping_threshold < 2:
             raise ConfigError("flapping_threshold must be at least 2 (one switch is not flapping)")
+        if float(self.resume_slow_seconds) not in M.RESUME_BUCKETS:
+            raise ConfigError(f"resume_slow_seconds must be a bucket boundary of "
+                              f"{M.CLUSTER_RESUME_DURATION.prom_name} {M.RESUME_BUCKETS}: "
+                              f"{self.resume_slow_seconds!r}")
         if "{" in self.selector or "}" in self.selector:
             raise ConfigError(f"selector takes label matchers without braces: {self.selector!r}")
 

@@ -121,7 +121,8 @@ def query_rate(sel: str, window: str, by: str = "strategy") -> str:
 
 
 def query_failures(sel: str, window: str, by: str = "strategy, outcome") -> str:
-    count = series(M.QUERY_DURATION, "_count", sel, 'outcome!="ok"')
+    # ``resumed``: the query succeeded after waiting for an auto-resume (not a failure).
+    count = series(M.QUERY_DURATION, "_count", sel, 'outcome!~"ok|resumed"')
     return f"sum by ({by}) (rate({count}[{window}]))"
 
 
@@ -139,6 +140,60 @@ def query_latency(q: float, sel: str, window: str, by: str = "strategy") -> str:
 
 def queries_in_flight(sel: str, by: str = "strategy") -> str:
     return f"sum by ({by}) ({gauge(M.QUERIES_IN_FLIGHT, sel)})"
+
+
+# --- auto-resume and the connector's other caches ----------------------------------------------
+def resumes(sel: str, window: str, by: str = "outcome") -> str:
+    return f"sum by ({by}) (increase({counter(M.CLUSTER_RESUMES, sel)}[{window}]))"
+
+
+def resumes_failed(sel: str, window: str, by: str) -> str:
+    failed = counter(M.CLUSTER_RESUMES, sel, 'outcome=~"failed|timeout"')
+    return f"sum by ({by}) (increase({failed}[{window}]))"
+
+
+def resume_mean(sel: str, window: str, by: str = CLIENT) -> str:
+    s = series(M.CLUSTER_RESUME_DURATION, "_sum", sel)
+    c = series(M.CLUSTER_RESUME_DURATION, "_count", sel)
+    return (f"sum by ({by}) (increase({s}[{window}])) / sum by ({by}) (increase({c}[{window}]))"
+            f" > 0")
+
+
+def resume_quantile(q: float, sel: str, window: str) -> str:
+    bucket = series(M.CLUSTER_RESUME_DURATION, "_bucket", sel)
+    return f"histogram_quantile({q}, sum by (le) (increase({bucket}[{window}])))"
+
+
+def resumes_slower_than(seconds: str, sel: str, window: str, by: str) -> str:
+    """Resumes that ended ok after more than ``seconds`` (a bucket boundary) in ``window``."""
+    count = series(M.CLUSTER_RESUME_DURATION, "_count", sel, 'outcome="ok"')
+    under = series(M.CLUSTER_RESUME_DURATION, "_bucket", sel, 'outcome="ok"', f'le="{seconds}"')
+    return (f"sum by ({by}) (increase({count}[{window}])) - "
+            f"sum by ({by}) (increase({under}[{window}]))")
+
+
+def cluster_status(sel: str, by: str = CLIENT) -> str:
+    """Per client: the last seen status as a code (value mappings name it)."""
+    codes = (("active", 1), ("suspended", 2), ("resuming", 3), ("failed", 4), ("other", 5))
+    terms = [f"{k} * " + gauge(M.CLUSTER_STATUS, sel, 'status="' + s + '"') for s, k in codes]
+    return f"max by ({by}) ({' or '.join(terms)})"
+
+
+def resumed_queries(sel: str, window: str, by: str = "strategy") -> str:
+    count = series(M.QUERY_DURATION, "_count", sel, 'outcome="resumed"')
+    return f"sum by ({by}) (increase({count}[{window}]))"
+
+
+def scoped_switches(sel: str, window: str, by: str = "from, to, scope") -> str:
+    return f"sum by ({by}) (increase({counter(M.SCOPED_SWITCHES, sel)}[{window}]))"
+
+
+def cache_split(sel: str, by: str = CLIENT) -> str:
+    return f"max by ({by}) ({gauge(M.CACHE_SPLIT, sel)})"
+
+
+def rejected(sel: str, window: str, by: str = "reason") -> str:
+    return f"sum by ({by}) (increase({counter(M.STRATEGY_REJECTED, sel)}[{window}]))"
 
 
 # --- RPCs and runtime --------------------------------------------------------------------------

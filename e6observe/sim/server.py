@@ -55,6 +55,10 @@ ENGINE_METHODS = tuple(m.name for m in pb.DESCRIPTOR.services_by_name["QueryEngi
 CLUSTER_METHODS = ("cluster.status", "cluster.resume", "cluster.suspend")
 #: Longest drain wait complete() accepts, in seconds.
 MAX_DRAIN_WAIT_S = 300.0
+#: Longest simulated resume, and the longest a ClusterService ``status`` call is held while the
+#: cluster resumes, in seconds.
+MAX_RESUME_S = 300.0
+MAX_STATUS_HOLD_S = 30.0
 
 
 def _check_bindable(host: str, port: int) -> None:
@@ -112,6 +116,7 @@ class _Counters:
     queries: int = 0
     faults_injected: int = 0
     restarts: int = 0
+    resumes: int = 0
     rpcs: Dict[str, int] = field(default_factory=dict)
     rpcs_by_strategy: Dict[str, int] = field(default_factory=dict)
     mismatches: Dict[str, int] = field(default_factory=dict)
@@ -180,6 +185,9 @@ class Simulator:
         self._override: Optional[str] = None
         self._refuse = False
         self._suspended = False
+        self._resume_s = 0.0
+        self._resume_fails = False
+        self._resuming_until: Optional[float] = None
         self._latency_s = self._validate_ms(latency_ms)
         self._method_latency_s: Dict[str, float] = {}
         self._faults: Dict[str, Deque[_Fault]] = {}
@@ -440,6 +448,63 @@ class Simulator:
         """Resume a suspended cluster."""
         with self._lock:
             self._suspended = False
+            self._resuming_until = None
+
+    def set_resume(self, seconds: float = 0.0, fails: bool = False) -> None:
+        """How ``ClusterService.resume`` behaves on a suspended cluster. ``seconds`` (0 to 300):
+        the cluster answers ``resuming`` and goes on failing engine RPCs with 503 for that long,
+        then is active; a ``status`` call made meanwhile is held until the cluster is active
+        (at most 30 s, and no longer than the call's deadline), so that the connector, which
+        polls every 5 s (1 s async), sees the simulated wait rather than its poll interval.
+        ``fails``: the resume is refused: ``status`` answers ``failed`` and the cluster stays
+        suspended."""
+        v = float(seconds)
+        if not (0.0 <= v <= MAX_RESUME_S):
+            raise ValueError(f"resume seconds must be within 0..{MAX_RESUME_S:g}")
+        with self._lock:
+            self._resume_s = v
+            self._resume_fails = bool(fails)
+
+    def _resume_requested(self) -> str:
+        """``ClusterService.resume``: the status it answers."""
+        with self._lock:
+            if not self._suspended:
+                return "active"
+            if self._resume_fails:
+                return "failed"
+            if self._resuming_until is None:
+                self._c.resumes += 1
+                if self._resume_s <= 0:
+                    self._suspended = False
+                    return "active"
+                self._resuming_until = time.monotonic() + self._resume_s
+            return "resuming"
+
+    def _cluster_status(self, time_remaining: Optional[float]) -> str:
+        """``ClusterService.status``; holds the call while the cluster resumes (see
+        :meth:`set_resume`)."""
+        with self._lock:
+            until = self._resuming_until
+            fails = self._resume_fails
+        if until is not None:
+            hold = min(until - time.monotonic(), MAX_STATUS_HOLD_S)
+            if time_remaining is not None:
+                hold = min(hold, max(0.0, time_remaining - 0.05))
+            if hold > 0:
+                self._stopping.wait(hold)
+        with self._lock:
+            self._finish_resume()
+            if not self._suspended:
+                return "active"
+            if fails:
+                return "failed"
+            return "resuming" if self._resuming_until is not None else "suspended"
+
+    def _finish_resume(self) -> None:  # caller holds the lock
+        until = self._resuming_until
+        if until is not None and time.monotonic() >= until:
+            self._suspended = False
+            self._resuming_until = None
 
     @property
     def suspended(self) -> bool:
@@ -480,6 +545,8 @@ class Simulator:
                 "refused_logins": c.refused_logins,
                 "faults_injected": c.faults_injected,
                 "restarts": c.restarts,
+                "resumes": c.resumes,
+                "suspended": self._suspended,
             }
 
     def open_queries(self, strategy: Optional[str] = None) -> int:
@@ -517,6 +584,8 @@ class Simulator:
                     q.popleft()
                 self._c.faults_injected += 1
                 raise _Abort(fault.code, fault.details)
+            if self._resuming_until is not None:
+                self._finish_resume()
             if self._suspended and not method.startswith("cluster."):
                 raise _Abort(grpc.StatusCode.UNAVAILABLE, SUSPENDED_DETAILS)
             if header is None:
@@ -657,6 +726,14 @@ class Simulator:
 _Handler = Callable[..., Any]
 
 
+def _reply(cls: Any, **fields: Any) -> Any:
+    """A response message with the fields the installed connector's stubs have: older releases
+    (2.3.9 and before) lack some (``AuthenticateResponse.engineIP``, ``ClearResponse.sessionId``
+    ...), and the simulator serves with whatever stubs the process has."""
+    known = cls.DESCRIPTOR.fields_by_name
+    return cls(**{k: v for k, v in fields.items() if k in known})
+
+
 def _serve(method: str) -> Callable[[_Handler], _Handler]:
     """Decorator: run the gate for ``method``, turn _Abort into a status, stamp the response."""
 
@@ -690,110 +767,113 @@ class _Engine(pb_grpc.QueryEngineServiceServicer):  # type: ignore[misc]
     def authenticate(self, request: Any, context: Any, strategy: str) -> Any:
         sid = self.sim._bearer_session(context) or self.sim._authenticate(request.user,
                                                                          request.password)
-        return pb.AuthenticateResponse(sessionId=sid, engineIP="127.0.0.1")
+        return _reply(pb.AuthenticateResponse, sessionId=sid, engineIP="127.0.0.1")
 
     @_serve("prepareStatement")
     def prepareStatement(self, request: Any, context: Any, strategy: str) -> Any:
         qid = self.sim._prepare(request.sessionId, request.queryString, strategy)
-        return pb.PrepareStatementResponse(engineIP="127.0.0.1", queryId=qid, sessionId=request.sessionId)
+        return _reply(pb.PrepareStatementResponse, engineIP="127.0.0.1", queryId=qid,
+                      sessionId=request.sessionId)
 
     @_serve("prepareStatementV2")
     def prepareStatementV2(self, request: Any, context: Any, strategy: str) -> Any:
         qid = self.sim._prepare(request.sessionId, request.queryString, strategy)
-        return pb.PrepareStatementResponse(engineIP="127.0.0.1", queryId=qid, sessionId=request.sessionId)
+        return _reply(pb.PrepareStatementResponse, engineIP="127.0.0.1", queryId=qid,
+                      sessionId=request.sessionId)
 
     @_serve("executeStatement")
     def executeStatement(self, request: Any, context: Any, strategy: str) -> Any:
         self.sim._execute(request.sessionId, request.queryId)
-        return pb.ExecuteStatementResponse(sessionId=request.sessionId)
+        return _reply(pb.ExecuteStatementResponse, sessionId=request.sessionId)
 
     @_serve("executeStatementV2")
     def executeStatementV2(self, request: Any, context: Any, strategy: str) -> Any:
         self.sim._execute(request.sessionId, request.queryId)
-        return pb.ExecuteStatementResponse(sessionId=request.sessionId)
+        return _reply(pb.ExecuteStatementResponse, sessionId=request.sessionId)
 
     @_serve("getResultMetadata")
     def getResultMetadata(self, request: Any, context: Any, strategy: str) -> Any:
         md = self.sim._metadata(request.sessionId, request.queryId)
-        return pb.GetResultMetadataResponse(resultMetaData=md, sessionId=request.sessionId)
+        return _reply(pb.GetResultMetadataResponse, resultMetaData=md, sessionId=request.sessionId)
 
     @_serve("getNextResultBatch")
     def getNextResultBatch(self, request: Any, context: Any, strategy: str) -> Any:
         batches, _ = self.sim._next_batches(request.sessionId, request.queryId, 1)
-        return pb.GetNextResultBatchResponse(resultBatch=batches[0] if batches else b"",
+        return _reply(pb.GetNextResultBatchResponse, resultBatch=batches[0] if batches else b"",
                                              sessionId=request.sessionId)
 
     @_serve("getNextResultBatchV2")
     def getNextResultBatchV2(self, request: Any, context: Any, strategy: str) -> Any:
         batches, done = self.sim._next_batches(request.sessionId, request.queryId, 4)
-        return pb.GetNextResultBatchV2Response(resultBatches=batches, endOfStream=done,
+        return _reply(pb.GetNextResultBatchV2Response, resultBatches=batches, endOfStream=done,
                                                sessionId=request.sessionId)
 
     @_serve("clear")
     def clear(self, request: Any, context: Any, strategy: str) -> Any:
         self.sim._close_query(request.sessionId, request.queryId)
-        return pb.ClearResponse(sessionId=request.sessionId)
+        return _reply(pb.ClearResponse, sessionId=request.sessionId)
 
     @_serve("clearOrCancelQuery")
     def clearOrCancelQuery(self, request: Any, context: Any, strategy: str) -> Any:
         self.sim._close_query(request.sessionId, request.queryId)
-        return pb.ClearOrCancelQueryResponse(sessionId=request.sessionId)
+        return _reply(pb.ClearOrCancelQueryResponse, sessionId=request.sessionId)
 
     @_serve("cancelQuery")
     def cancelQuery(self, request: Any, context: Any, strategy: str) -> Any:
         self.sim._close_query(request.sessionId, request.queryId)
-        return pb.CancelQueryResponse(sessionId=request.sessionId)
+        return _reply(pb.CancelQueryResponse, sessionId=request.sessionId)
 
     @_serve("status")
     def status(self, request: Any, context: Any, strategy: str) -> Any:
         done, rows = self.sim._status(request.sessionId, request.queryId)
-        return pb.StatusResponse(status=done, rowCount=rows, sessionId=request.sessionId)
+        return _reply(pb.StatusResponse, status=done, rowCount=rows, sessionId=request.sessionId)
 
     @_serve("explain")
     def explain(self, request: Any, context: Any, strategy: str) -> Any:
         self.sim._status(request.sessionId, request.queryId)
-        return pb.ExplainResponse(explain="simulated plan", sessionId=request.sessionId)
+        return _reply(pb.ExplainResponse, explain="simulated plan", sessionId=request.sessionId)
 
     @_serve("explainAnalyze")
     def explainAnalyze(self, request: Any, context: Any, strategy: str) -> Any:
         self.sim._status(request.sessionId, request.queryId)
-        return pb.ExplainAnalyzeResponse(explainAnalyze="{}", sessionId=request.sessionId)
+        return _reply(pb.ExplainAnalyzeResponse, explainAnalyze="{}", sessionId=request.sessionId)
 
     @_serve("getSchemaNames")
     def getSchemaNames(self, request: Any, context: Any, strategy: str) -> Any:
-        return pb.GetSchemaNamesResponse(schemas=["default"], sessionId=request.sessionId)
+        return _reply(pb.GetSchemaNamesResponse, schemas=["default"], sessionId=request.sessionId)
 
     @_serve("getSchemaNamesV2")
     def getSchemaNamesV2(self, request: Any, context: Any, strategy: str) -> Any:
-        return pb.GetSchemaNamesResponse(schemas=["default"], sessionId=request.sessionId)
+        return _reply(pb.GetSchemaNamesResponse, schemas=["default"], sessionId=request.sessionId)
 
     @_serve("getTables")
     def getTables(self, request: Any, context: Any, strategy: str) -> Any:
-        return pb.GetTablesResponse(tables=["sample"], sessionId=request.sessionId)
+        return _reply(pb.GetTablesResponse, tables=["sample"], sessionId=request.sessionId)
 
     @_serve("getTablesV2")
     def getTablesV2(self, request: Any, context: Any, strategy: str) -> Any:
-        return pb.GetTablesResponse(tables=["sample"], sessionId=request.sessionId)
+        return _reply(pb.GetTablesResponse, tables=["sample"], sessionId=request.sessionId)
 
     @_serve("getColumns")
     def getColumns(self, request: Any, context: Any, strategy: str) -> Any:
-        return pb.GetColumnsResponse(fieldInfo=_columns(request.table), sessionId=request.sessionId)
+        return _reply(pb.GetColumnsResponse, fieldInfo=_columns(request.table), sessionId=request.sessionId)
 
     @_serve("getColumnsV2")
     def getColumnsV2(self, request: Any, context: Any, strategy: str) -> Any:
-        return pb.GetColumnsResponse(fieldInfo=_columns(request.table), sessionId=request.sessionId)
+        return _reply(pb.GetColumnsResponse, fieldInfo=_columns(request.table), sessionId=request.sessionId)
 
     @_serve("getCataloges")
     def getCataloges(self, request: Any, context: Any, strategy: str) -> Any:
-        return pb.GetCatalogesResponse(catalogResponses=[pb.CatalogResponse(name="sim", isDefault=True)])
+        return _reply(pb.GetCatalogesResponse,
+                      catalogResponses=[pb.CatalogResponse(name="sim", isDefault=True)])
 
     @_serve("dryRun")
     def dryRun(self, request: Any, context: Any, strategy: str) -> Any:
-        return pb.DryRunResponse(dryrunValue="{}")
+        return _reply(pb.DryRunResponse, dryrunValue="{}")
 
     @_serve("healthCheck")
     def healthCheck(self, request: Any, context: Any, strategy: str) -> Any:
-        return pb.HealthCheckResponse()
+        return _reply(pb.HealthCheckResponse)
 
 
 def _columns(table: str) -> List[Any]:
@@ -816,12 +896,12 @@ class _Cluster(cluster_pb2_grpc.ClusterServiceServicer):  # type: ignore[misc]
 
     def status(self, request: Any, context: Any) -> Any:
         self._run("cluster.status", context)
-        return cluster_pb2.ClusterStatusResponse(status="suspended" if self.sim.suspended else "active")
+        return cluster_pb2.ClusterStatusResponse(
+            status=self.sim._cluster_status(context.time_remaining()))
 
     def resume(self, request: Any, context: Any) -> Any:
         self._run("cluster.resume", context)
-        self.sim.resume()
-        return cluster_pb2.ResumeResponse(status="active")
+        return cluster_pb2.ResumeResponse(status=self.sim._resume_requested())
 
     def suspend(self, request: Any, context: Any) -> Any:
         self._run("cluster.suspend", context)

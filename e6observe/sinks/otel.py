@@ -66,7 +66,8 @@ DB_SYSTEM = "e6data"
 #: ``error.type`` per query outcome - the mapping the query spans use too.
 ERROR_TYPES = _tracing_error_types
 
-_SEVERITY = {"mismatch": "WARN", "retry": "WARN"}
+_SEVERITY = {"mismatch": "WARN", "retry": "WARN", "suspended_seen": "WARN",
+             "strategy_rejected": "WARN"}
 
 
 def _rpc_method_names() -> dict[str, str]:
@@ -78,6 +79,8 @@ def _rpc_method_names() -> dict[str, str]:
         for svc in pb.DESCRIPTOR.services_by_name.values():
             for m in svc.methods:
                 out.setdefault(m.name, f"{svc.full_name}/{m.name}")
+        for m in ("status", "resume", "suspend"):  # the cluster manager's ClusterService
+            out["cluster." + m] = "ClusterService/" + m
         return out
     except Exception:  # pragma: no cover - connector missing or changed
         return {}
@@ -258,6 +261,8 @@ class OtelSink:
             etype = error_type(outcome)
             if etype is not None:
                 attrs["error.type"] = etype
+            elif outcome == "resumed":  # ok, after waiting for the connector's auto-resume
+                attrs["e6data.query.outcome"] = outcome
             return attrs
         if spec is M.RPC_DURATION:
             method, strategy, code = labels
@@ -551,6 +556,16 @@ def event_attributes(ev: Event, rpc_names: Optional[dict[str, str]] = None) -> d
     if ev.kind == "retry":
         attrs["e6data.retry.attempt"] = ev.attempt
         attrs["e6data.retry.reason"] = ev.reason
+    if ev.scope:
+        attrs["e6data.strategy.scope"] = ev.scope
+    if ev.cluster_status:
+        attrs["e6data.cluster.status"] = ev.cluster_status
+    if ev.kind == "resume_finished":
+        attrs["e6data.cluster.resume.outcome"] = ev.outcome
+        if ev.duration_seconds is not None:
+            attrs["e6data.cluster.resume.duration"] = ev.duration_seconds
+    if ev.kind == "strategy_rejected":
+        attrs["e6data.strategy.rejected.reason"] = ev.reason
     return attrs
 
 
@@ -567,6 +582,15 @@ def _body(ev: Event) -> str:
         return f"strategy mismatch (456) on {ev.method} with {ev.strategy}"
     if ev.kind == "cache_cleared":
         return f"strategy cache cleared (was {ev.from_strategy})"
+    if ev.kind == "suspended_seen":
+        return f"cluster suspended (503 on {ev.method or 'ClusterService/status'})"
+    if ev.kind == "resume_started":
+        return f"cluster resume started (status {ev.cluster_status})"
+    if ev.kind == "resume_finished":
+        took = f" after {ev.duration_seconds:.3f} s" if ev.duration_seconds is not None else ""
+        return f"cluster resume {ev.outcome}{took}"
+    if ev.kind == "strategy_rejected":
+        return f"strategy value refused by the connector ({ev.reason})"
     return f"retry attempt {ev.attempt} ({ev.reason})"
 
 
@@ -574,6 +598,8 @@ def _log_record(ev: Event, rpc_names: dict[str, str]) -> Any:
     from opentelemetry._logs import LogRecord, SeverityNumber
 
     severity = _SEVERITY.get(ev.kind, "INFO")
+    if ev.kind == "resume_finished" and ev.outcome != "ok":
+        severity = "WARN"
     attrs = event_attributes(ev, rpc_names)
     kwargs: dict[str, Any] = dict(
         timestamp=int(ev.time_unix * 1e9), severity_text=severity,

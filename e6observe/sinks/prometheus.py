@@ -37,8 +37,10 @@ from .._safe import contain, internal_errors
 #: Recorder families rendered by this sink (pool, probe and runtime metrics belong to the
 #: collectors their owners register into ``PrometheusSink.registry``).
 COUNTERS: tuple[M.MetricSpec, ...] = (M.SWITCHES, M.MISMATCHES, M.EVENTS, M.RETRIES,
-                                      M.EVENTS_DROPPED)
-HISTOGRAMS: tuple[M.MetricSpec, ...] = (M.SWITCH_DRAIN, M.RPC_DURATION, M.QUERY_DURATION)
+                                      M.EVENTS_DROPPED, M.SCOPED_SWITCHES, M.CLUSTER_RESUMES,
+                                      M.STRATEGY_REJECTED)
+HISTOGRAMS: tuple[M.MetricSpec, ...] = (M.SWITCH_DRAIN, M.RPC_DURATION, M.QUERY_DURATION,
+                                        M.CLUSTER_RESUME_DURATION)
 #: Every family name this collector renders itself (per-process collectors may not reuse them).
 CORE_NAMES = frozenset(s.prom_name for s in COUNTERS + HISTOGRAMS + (
     M.STRATEGY_ACTIVE, M.STRATEGY_PENDING, M.QUERIES_IN_FLIGHT, M.LAST_SWITCH, M.INTERNAL_ERRORS,

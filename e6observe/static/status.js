@@ -106,8 +106,19 @@
       case "mismatch": return "456 mismatch: sent " + strategyName(ev.strategy) + " on " + (ev.method || "?");
       case "cache_cleared": return "strategy cache cleared (was " + strategyName(ev.from_strategy || ev.strategy) + ")";
       case "retry": return "retry #" + (ev.attempt || "?") + " (" + (ev.reason || "?") + ")";
+      case "suspended_seen": return "cluster suspended (503 on " + (ev.method || "status") + ")";
+      case "resume_started": return "cluster resume started";
+      case "resume_finished": return "cluster resume " + (ev.outcome || "?") +
+        (ev.duration_seconds !== undefined ? " after " + fmtSeconds(ev.duration_seconds) : "");
+      case "strategy_rejected": return "strategy value refused (" + (ev.reason || "?") + ")";
       default: return String(ev.kind);
     }
+  }
+
+  // Events about the cluster manager's own cache or one connection (issue 14) are not the
+  // process's colour: they stay out of the switch timeline and the colour strip.
+  function processScope(ev) {
+    return !ev.scope || ev.scope === "process";
   }
 
   function renderEvents() {
@@ -116,13 +127,14 @@
     list.replaceChildren(...evs.map((ev) => {
       const li = el("li", null, "ev ev-" + ev.kind);
       li.dataset.seq = ev.seq;
-      li.append(el("span", fmtTime(ev.time_unix), "t"), el("span", ev.kind, "k"), el("span", describe(ev), "d"));
+      const scope = processScope(ev) ? "" : " [" + ev.scope + "]";
+      li.append(el("span", fmtTime(ev.time_unix), "t"), el("span", ev.kind, "k"), el("span", describe(ev) + scope, "d"));
       return li;
     }));
   }
 
   function renderTimeline() {
-    const applied = sortedEvents().filter((e) => e.kind === "applied");
+    const applied = sortedEvents().filter((e) => e.kind === "applied" && processScope(e));
     const body = $("switches").tBodies[0];
     body.replaceChildren(...applied.slice().reverse().map((ev) => {
       const tr = el("tr", null, "switch");
@@ -221,6 +233,16 @@
     const errs = snap.internal_errors || {};
     const errTotal = Object.values(errs).reduce((a, b) => a + b, 0);
     $("internal-errors").textContent = errTotal ? errTotal + " (" + Object.entries(errs).map(([k, v]) => k + " " + v).join(", ") + ")" : "0";
+
+    const cl = snap.cluster || {};
+    const resumes = cl.resumes || {};
+    $("cluster").textContent = (cl.status || "unknown") + (cl.resuming ? ", resuming" : "") +
+      "; resumes " + ["ok", "failed", "timeout"].map((o) => o + " " + (resumes[o] || 0)).join(", ") +
+      (cl.last_resume_outcome ? "; last " + cl.last_resume_outcome + " in " + fmtSeconds(cl.last_resume_seconds) : "");
+    const ca = snap.caches || {};
+    $("caches").textContent = "process " + (ca.process || "none") + ", cluster manager " +
+      (ca.cluster_manager || "none") + (ca.split ? " (split)" : "");
+    $("caches").dataset.split = ca.split ? "yes" : "no";
 
     for (const ev of snap.recent_events || []) addEvent(ev);
     state.snapSeq = (snap.events || {}).emitted || 0;

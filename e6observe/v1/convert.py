@@ -52,9 +52,12 @@ def event_to_proto(ev: Event, source: Optional[pb.Source] = None) -> pb.Strategy
         seq=ev.seq, kind=cast(Any, kind_to_proto(ev.kind)), time_unix=ev.time_unix, pid=ev.pid,
         from_strategy=ev.from_strategy, to_strategy=ev.to_strategy, cause=ev.cause,
         pinned_queries=ev.pinned_queries, strategy=ev.strategy, method=ev.method,
-        attempt=ev.attempt, reason=ev.reason)
+        attempt=ev.attempt, reason=ev.reason, scope=ev.scope, outcome=ev.outcome,
+        cluster_status=ev.cluster_status)
     if ev.drain_seconds is not None:
         msg.drain_seconds = ev.drain_seconds
+    if ev.duration_seconds is not None:
+        msg.duration_seconds = ev.duration_seconds
     if source is not None:
         msg.source.CopyFrom(source)
     return msg
@@ -67,7 +70,10 @@ def event_from_proto(msg: pb.StrategyEvent) -> Event:
         to_strategy=msg.to_strategy, cause=msg.cause,
         drain_seconds=msg.drain_seconds if msg.HasField("drain_seconds") else None,
         pinned_queries=msg.pinned_queries, strategy=msg.strategy, method=msg.method,
-        attempt=msg.attempt, reason=msg.reason, time_unix=msg.time_unix, pid=msg.pid)
+        attempt=msg.attempt, reason=msg.reason, time_unix=msg.time_unix, pid=msg.pid,
+        scope=msg.scope, outcome=msg.outcome,
+        duration_seconds=msg.duration_seconds if msg.HasField("duration_seconds") else None,
+        cluster_status=msg.cluster_status)
 
 
 def program_name() -> str:
@@ -214,7 +220,32 @@ def status_snapshot(recorder: Any, *, source: Optional[pb.Source] = None,
         internal_errors = _ie()
     for component, n in internal_errors.items():
         snap.internal_errors[component] = int(n)
+    _cluster_and_caches(recorder, snap)
     return snap
+
+
+def _cluster_and_caches(recorder: Any, snap: pb.StatusSnapshot) -> None:
+    """The auto-resume and second-cache parts of the snapshot (hooks/cluster.py)."""
+    cl = snap.cluster
+    cl.status = getattr(recorder, "cluster_status", "unknown")
+    cl.status_unix = getattr(recorder, "cluster_status_time", 0.0)
+    for (outcome,), child in sorted(recorder.family(M.CLUSTER_RESUMES).items()):
+        cl.resumes[outcome] = int(child.value)
+    cl.resuming = bool(recorder.resuming())
+    last = getattr(recorder, "last_resume", None)
+    if last is not None:
+        cl.last_resume_outcome, cl.last_resume_seconds = last[0], float(last[1])
+    process = recorder.state()["active"] or "none"
+    cm = getattr(recorder, "cluster_manager_active", None) or "none"
+    snap.caches.process = process
+    snap.caches.cluster_manager = cm
+    snap.caches.split = process in M.STRATEGIES and cm in M.STRATEGIES and process != cm
+    for (frm, to, scope), child in sorted(recorder.family(M.SCOPED_SWITCHES).items()):
+        if child.value:
+            snap.scoped_switches.add(from_strategy=frm, to_strategy=to, scope=scope,
+                                     count=int(child.value))
+    for (reason,), child in sorted(recorder.family(M.STRATEGY_REJECTED).items()):
+        snap.strategy_rejected[reason] = int(child.value)
 
 
 _INT64_TYPES = frozenset({FieldDescriptor.TYPE_INT64, FieldDescriptor.TYPE_UINT64,

@@ -14,41 +14,55 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x65\x36observe/v1/events.proto\x12\x0c\x65\x36observe.v1\"\xa9\x01\n\x06Source\x12\x14\n\x0cservice_name\x18\x01 \x01(\t\x12\x1b\n\x13service_instance_id\x18\x02 \x01(\t\x12\x11\n\thost_name\x18\x03 \x01(\t\x12\x0b\n\x03pid\x18\x04 \x01(\r\x12\x19\n\x11\x65\x36observe_version\x18\x05 \x01(\t\x12\x19\n\x11\x63onnector_version\x18\x06 \x01(\t\x12\x16\n\x0epython_version\x18\x07 \x01(\t\"\xcd\x02\n\rStrategyEvent\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12%\n\x04kind\x18\x02 \x01(\x0e\x32\x17.e6observe.v1.EventKind\x12\x11\n\ttime_unix\x18\x03 \x01(\x01\x12\x0b\n\x03pid\x18\x04 \x01(\r\x12\x15\n\rfrom_strategy\x18\x05 \x01(\t\x12\x13\n\x0bto_strategy\x18\x06 \x01(\t\x12\r\n\x05\x63\x61use\x18\x07 \x01(\t\x12\x1a\n\rdrain_seconds\x18\x08 \x01(\x01H\x00\x88\x01\x01\x12\x16\n\x0epinned_queries\x18\t \x01(\r\x12\x10\n\x08strategy\x18\n \x01(\t\x12\x0e\n\x06method\x18\x0b \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x0c \x01(\r\x12\x0e\n\x06reason\x18\r \x01(\t\x12$\n\x06source\x18\x0e \x01(\x0b\x32\x14.e6observe.v1.SourceB\x10\n\x0e_drain_seconds\"W\n\x0bSwitchCount\x12\x15\n\rfrom_strategy\x18\x01 \x01(\t\x12\x13\n\x0bto_strategy\x18\x02 \x01(\t\x12\r\n\x05\x63\x61use\x18\x03 \x01(\t\x12\r\n\x05\x63ount\x18\x04 \x01(\x04\"\x93\x01\n\x0eLatencySummary\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x10\n\x08strategy\x18\x02 \x01(\t\x12\r\n\x05\x63ount\x18\x03 \x01(\x04\x12\x13\n\x0bsum_seconds\x18\x04 \x01(\x01\x12\x13\n\x0bp50_seconds\x18\x05 \x01(\x01\x12\x13\n\x0bp90_seconds\x18\x06 \x01(\x01\x12\x13\n\x0bp99_seconds\x18\x07 \x01(\x01\"F\n\x0bMemoryStats\x12\x11\n\trss_bytes\x18\x01 \x01(\x04\x12\x11\n\tvms_bytes\x18\x02 \x01(\x04\x12\x11\n\tuss_bytes\x18\x03 \x01(\x04\"Q\n\rWatcherStatus\x12\x0f\n\x07running\x18\x01 \x01(\x08\x12\x15\n\rlast_run_unix\x18\x02 \x01(\x01\x12\x18\n\x10interval_seconds\x18\x03 \x01(\x01\"\xb1\x01\n\x0f\x45ventAccounting\x12\x0f\n\x07\x65mitted\x18\x01 \x01(\x04\x12\x0f\n\x07in_ring\x18\x02 \x01(\x04\x12\x0f\n\x07\x65victed\x18\x03 \x01(\x04\x12;\n\x07\x64ropped\x18\x04 \x03(\x0b\x32*.e6observe.v1.EventAccounting.DroppedEntry\x1a.\n\x0c\x44roppedEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"\xd9\x05\n\x0eStatusSnapshot\x12\x11\n\ttime_unix\x18\x01 \x01(\x01\x12$\n\x06source\x18\x02 \x01(\x0b\x32\x14.e6observe.v1.Source\x12\x0e\n\x06\x61\x63tive\x18\x03 \x01(\t\x12\x0f\n\x07pending\x18\x04 \x01(\t\x12\x1b\n\x13pending_age_seconds\x18\x05 \x01(\x01\x12\x18\n\x10last_switch_unix\x18\x06 \x01(\x01\x12\x14\n\x0cswitch_count\x18\x07 \x01(\x04\x12+\n\x08switches\x18\x08 \x03(\x0b\x32\x19.e6observe.v1.SwitchCount\x12\x16\n\x0emismatch_count\x18\t \x01(\x04\x12=\n\tin_flight\x18\n \x03(\x0b\x32*.e6observe.v1.StatusSnapshot.InFlightEntry\x12-\n\x07latency\x18\x0b \x03(\x0b\x32\x1c.e6observe.v1.LatencySummary\x12)\n\x06memory\x18\x0c \x01(\x0b\x32\x19.e6observe.v1.MemoryStats\x12,\n\x07watcher\x18\r \x01(\x0b\x32\x1b.e6observe.v1.WatcherStatus\x12\x32\n\rrecent_events\x18\x0e \x03(\x0b\x32\x1b.e6observe.v1.StrategyEvent\x12-\n\x06\x65vents\x18\x0f \x01(\x0b\x32\x1d.e6observe.v1.EventAccounting\x12I\n\x0finternal_errors\x18\x10 \x03(\x0b\x32\x30.e6observe.v1.StatusSnapshot.InternalErrorsEntry\x1a/\n\rInFlightEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\r:\x02\x38\x01\x1a\x35\n\x13InternalErrorsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01*\xbf\x01\n\tEventKind\x12\x1a\n\x16\x45VENT_KIND_UNSPECIFIED\x10\x00\x12\x17\n\x13\x45VENT_KIND_DETECTED\x10\x01\x12\x18\n\x14\x45VENT_KIND_ANNOUNCED\x10\x02\x12\x16\n\x12\x45VENT_KIND_APPLIED\x10\x03\x12\x17\n\x13\x45VENT_KIND_MISMATCH\x10\x04\x12\x1c\n\x18\x45VENT_KIND_CACHE_CLEARED\x10\x05\x12\x14\n\x10\x45VENT_KIND_RETRY\x10\x06\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x65\x36observe/v1/events.proto\x12\x0c\x65\x36observe.v1\"\xa9\x01\n\x06Source\x12\x14\n\x0cservice_name\x18\x01 \x01(\t\x12\x1b\n\x13service_instance_id\x18\x02 \x01(\t\x12\x11\n\thost_name\x18\x03 \x01(\t\x12\x0b\n\x03pid\x18\x04 \x01(\r\x12\x19\n\x11\x65\x36observe_version\x18\x05 \x01(\t\x12\x19\n\x11\x63onnector_version\x18\x06 \x01(\t\x12\x16\n\x0epython_version\x18\x07 \x01(\t\"\xb9\x03\n\rStrategyEvent\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12%\n\x04kind\x18\x02 \x01(\x0e\x32\x17.e6observe.v1.EventKind\x12\x11\n\ttime_unix\x18\x03 \x01(\x01\x12\x0b\n\x03pid\x18\x04 \x01(\r\x12\x15\n\rfrom_strategy\x18\x05 \x01(\t\x12\x13\n\x0bto_strategy\x18\x06 \x01(\t\x12\r\n\x05\x63\x61use\x18\x07 \x01(\t\x12\x1a\n\rdrain_seconds\x18\x08 \x01(\x01H\x00\x88\x01\x01\x12\x16\n\x0epinned_queries\x18\t \x01(\r\x12\x10\n\x08strategy\x18\n \x01(\t\x12\x0e\n\x06method\x18\x0b \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x0c \x01(\r\x12\x0e\n\x06reason\x18\r \x01(\t\x12$\n\x06source\x18\x0e \x01(\x0b\x32\x14.e6observe.v1.Source\x12\r\n\x05scope\x18\x0f \x01(\t\x12\x0f\n\x07outcome\x18\x10 \x01(\t\x12\x1d\n\x10\x64uration_seconds\x18\x11 \x01(\x01H\x01\x88\x01\x01\x12\x16\n\x0e\x63luster_status\x18\x12 \x01(\tB\x10\n\x0e_drain_secondsB\x13\n\x11_duration_seconds\"W\n\x0bSwitchCount\x12\x15\n\rfrom_strategy\x18\x01 \x01(\t\x12\x13\n\x0bto_strategy\x18\x02 \x01(\t\x12\r\n\x05\x63\x61use\x18\x03 \x01(\t\x12\r\n\x05\x63ount\x18\x04 \x01(\x04\"]\n\x11ScopedSwitchCount\x12\x15\n\rfrom_strategy\x18\x01 \x01(\t\x12\x13\n\x0bto_strategy\x18\x02 \x01(\t\x12\r\n\x05scope\x18\x03 \x01(\t\x12\r\n\x05\x63ount\x18\x04 \x01(\x04\"\xe9\x01\n\x0c\x43lusterState\x12\x0e\n\x06status\x18\x01 \x01(\t\x12\x13\n\x0bstatus_unix\x18\x02 \x01(\x01\x12\x38\n\x07resumes\x18\x03 \x03(\x0b\x32\'.e6observe.v1.ClusterState.ResumesEntry\x12\x10\n\x08resuming\x18\x04 \x01(\x08\x12\x1b\n\x13last_resume_outcome\x18\x05 \x01(\t\x12\x1b\n\x13last_resume_seconds\x18\x06 \x01(\x01\x1a.\n\x0cResumesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"I\n\x0eStrategyCaches\x12\x0f\n\x07process\x18\x01 \x01(\t\x12\x17\n\x0f\x63luster_manager\x18\x02 \x01(\t\x12\r\n\x05split\x18\x03 \x01(\x08\"\x93\x01\n\x0eLatencySummary\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x10\n\x08strategy\x18\x02 \x01(\t\x12\r\n\x05\x63ount\x18\x03 \x01(\x04\x12\x13\n\x0bsum_seconds\x18\x04 \x01(\x01\x12\x13\n\x0bp50_seconds\x18\x05 \x01(\x01\x12\x13\n\x0bp90_seconds\x18\x06 \x01(\x01\x12\x13\n\x0bp99_seconds\x18\x07 \x01(\x01\"F\n\x0bMemoryStats\x12\x11\n\trss_bytes\x18\x01 \x01(\x04\x12\x11\n\tvms_bytes\x18\x02 \x01(\x04\x12\x11\n\tuss_bytes\x18\x03 \x01(\x04\"Q\n\rWatcherStatus\x12\x0f\n\x07running\x18\x01 \x01(\x08\x12\x15\n\rlast_run_unix\x18\x02 \x01(\x01\x12\x18\n\x10interval_seconds\x18\x03 \x01(\x01\"\xb1\x01\n\x0f\x45ventAccounting\x12\x0f\n\x07\x65mitted\x18\x01 \x01(\x04\x12\x0f\n\x07in_ring\x18\x02 \x01(\x04\x12\x0f\n\x07\x65victed\x18\x03 \x01(\x04\x12;\n\x07\x64ropped\x18\x04 \x03(\x0b\x32*.e6observe.v1.EventAccounting.DroppedEntry\x1a.\n\x0c\x44roppedEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"\xf6\x07\n\x0eStatusSnapshot\x12\x11\n\ttime_unix\x18\x01 \x01(\x01\x12$\n\x06source\x18\x02 \x01(\x0b\x32\x14.e6observe.v1.Source\x12\x0e\n\x06\x61\x63tive\x18\x03 \x01(\t\x12\x0f\n\x07pending\x18\x04 \x01(\t\x12\x1b\n\x13pending_age_seconds\x18\x05 \x01(\x01\x12\x18\n\x10last_switch_unix\x18\x06 \x01(\x01\x12\x14\n\x0cswitch_count\x18\x07 \x01(\x04\x12+\n\x08switches\x18\x08 \x03(\x0b\x32\x19.e6observe.v1.SwitchCount\x12\x16\n\x0emismatch_count\x18\t \x01(\x04\x12=\n\tin_flight\x18\n \x03(\x0b\x32*.e6observe.v1.StatusSnapshot.InFlightEntry\x12-\n\x07latency\x18\x0b \x03(\x0b\x32\x1c.e6observe.v1.LatencySummary\x12)\n\x06memory\x18\x0c \x01(\x0b\x32\x19.e6observe.v1.MemoryStats\x12,\n\x07watcher\x18\r \x01(\x0b\x32\x1b.e6observe.v1.WatcherStatus\x12\x32\n\rrecent_events\x18\x0e \x03(\x0b\x32\x1b.e6observe.v1.StrategyEvent\x12-\n\x06\x65vents\x18\x0f \x01(\x0b\x32\x1d.e6observe.v1.EventAccounting\x12I\n\x0finternal_errors\x18\x10 \x03(\x0b\x32\x30.e6observe.v1.StatusSnapshot.InternalErrorsEntry\x12+\n\x07\x63luster\x18\x11 \x01(\x0b\x32\x1a.e6observe.v1.ClusterState\x12,\n\x06\x63\x61\x63hes\x18\x12 \x01(\x0b\x32\x1c.e6observe.v1.StrategyCaches\x12\x38\n\x0fscoped_switches\x18\x13 \x03(\x0b\x32\x1f.e6observe.v1.ScopedSwitchCount\x12M\n\x11strategy_rejected\x18\x14 \x03(\x0b\x32\x32.e6observe.v1.StatusSnapshot.StrategyRejectedEntry\x1a/\n\rInFlightEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\r:\x02\x38\x01\x1a\x35\n\x13InternalErrorsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x1a\x37\n\x15StrategyRejectedEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01*\xbf\x02\n\tEventKind\x12\x1a\n\x16\x45VENT_KIND_UNSPECIFIED\x10\x00\x12\x17\n\x13\x45VENT_KIND_DETECTED\x10\x01\x12\x18\n\x14\x45VENT_KIND_ANNOUNCED\x10\x02\x12\x16\n\x12\x45VENT_KIND_APPLIED\x10\x03\x12\x17\n\x13\x45VENT_KIND_MISMATCH\x10\x04\x12\x1c\n\x18\x45VENT_KIND_CACHE_CLEARED\x10\x05\x12\x14\n\x10\x45VENT_KIND_RETRY\x10\x06\x12\x1d\n\x19\x45VENT_KIND_SUSPENDED_SEEN\x10\x07\x12\x1d\n\x19\x45VENT_KIND_RESUME_STARTED\x10\x08\x12\x1e\n\x1a\x45VENT_KIND_RESUME_FINISHED\x10\t\x12 \n\x1c\x45VENT_KIND_STRATEGY_REJECTED\x10\nb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'e6observe.v1.events_pb2', _globals)
 if _descriptor._USE_C_DESCRIPTORS == False:
   DESCRIPTOR._options = None
+  _globals['_CLUSTERSTATE_RESUMESENTRY']._options = None
+  _globals['_CLUSTERSTATE_RESUMESENTRY']._serialized_options = b'8\001'
   _globals['_EVENTACCOUNTING_DROPPEDENTRY']._options = None
   _globals['_EVENTACCOUNTING_DROPPEDENTRY']._serialized_options = b'8\001'
   _globals['_STATUSSNAPSHOT_INFLIGHTENTRY']._options = None
   _globals['_STATUSSNAPSHOT_INFLIGHTENTRY']._serialized_options = b'8\001'
   _globals['_STATUSSNAPSHOT_INTERNALERRORSENTRY']._options = None
   _globals['_STATUSSNAPSHOT_INTERNALERRORSENTRY']._serialized_options = b'8\001'
-  _globals['_EVENTKIND']._serialized_start=1858
-  _globals['_EVENTKIND']._serialized_end=2049
+  _globals['_STATUSSNAPSHOT_STRATEGYREJECTEDENTRY']._options = None
+  _globals['_STATUSSNAPSHOT_STRATEGYREJECTEDENTRY']._serialized_options = b'8\001'
+  _globals['_EVENTKIND']._serialized_start=2657
+  _globals['_EVENTKIND']._serialized_end=2976
   _globals['_SOURCE']._serialized_start=44
   _globals['_SOURCE']._serialized_end=213
   _globals['_STRATEGYEVENT']._serialized_start=216
-  _globals['_STRATEGYEVENT']._serialized_end=549
-  _globals['_SWITCHCOUNT']._serialized_start=551
-  _globals['_SWITCHCOUNT']._serialized_end=638
-  _globals['_LATENCYSUMMARY']._serialized_start=641
-  _globals['_LATENCYSUMMARY']._serialized_end=788
-  _globals['_MEMORYSTATS']._serialized_start=790
-  _globals['_MEMORYSTATS']._serialized_end=860
-  _globals['_WATCHERSTATUS']._serialized_start=862
-  _globals['_WATCHERSTATUS']._serialized_end=943
-  _globals['_EVENTACCOUNTING']._serialized_start=946
-  _globals['_EVENTACCOUNTING']._serialized_end=1123
-  _globals['_EVENTACCOUNTING_DROPPEDENTRY']._serialized_start=1077
-  _globals['_EVENTACCOUNTING_DROPPEDENTRY']._serialized_end=1123
-  _globals['_STATUSSNAPSHOT']._serialized_start=1126
-  _globals['_STATUSSNAPSHOT']._serialized_end=1855
-  _globals['_STATUSSNAPSHOT_INFLIGHTENTRY']._serialized_start=1753
-  _globals['_STATUSSNAPSHOT_INFLIGHTENTRY']._serialized_end=1800
-  _globals['_STATUSSNAPSHOT_INTERNALERRORSENTRY']._serialized_start=1802
-  _globals['_STATUSSNAPSHOT_INTERNALERRORSENTRY']._serialized_end=1855
+  _globals['_STRATEGYEVENT']._serialized_end=657
+  _globals['_SWITCHCOUNT']._serialized_start=659
+  _globals['_SWITCHCOUNT']._serialized_end=746
+  _globals['_SCOPEDSWITCHCOUNT']._serialized_start=748
+  _globals['_SCOPEDSWITCHCOUNT']._serialized_end=841
+  _globals['_CLUSTERSTATE']._serialized_start=844
+  _globals['_CLUSTERSTATE']._serialized_end=1077
+  _globals['_CLUSTERSTATE_RESUMESENTRY']._serialized_start=1031
+  _globals['_CLUSTERSTATE_RESUMESENTRY']._serialized_end=1077
+  _globals['_STRATEGYCACHES']._serialized_start=1079
+  _globals['_STRATEGYCACHES']._serialized_end=1152
+  _globals['_LATENCYSUMMARY']._serialized_start=1155
+  _globals['_LATENCYSUMMARY']._serialized_end=1302
+  _globals['_MEMORYSTATS']._serialized_start=1304
+  _globals['_MEMORYSTATS']._serialized_end=1374
+  _globals['_WATCHERSTATUS']._serialized_start=1376
+  _globals['_WATCHERSTATUS']._serialized_end=1457
+  _globals['_EVENTACCOUNTING']._serialized_start=1460
+  _globals['_EVENTACCOUNTING']._serialized_end=1637
+  _globals['_EVENTACCOUNTING_DROPPEDENTRY']._serialized_start=1591
+  _globals['_EVENTACCOUNTING_DROPPEDENTRY']._serialized_end=1637
+  _globals['_STATUSSNAPSHOT']._serialized_start=1640
+  _globals['_STATUSSNAPSHOT']._serialized_end=2654
+  _globals['_STATUSSNAPSHOT_INFLIGHTENTRY']._serialized_start=2495
+  _globals['_STATUSSNAPSHOT_INFLIGHTENTRY']._serialized_end=2542
+  _globals['_STATUSSNAPSHOT_INTERNALERRORSENTRY']._serialized_start=2544
+  _globals['_STATUSSNAPSHOT_INTERNALERRORSENTRY']._serialized_end=2597
+  _globals['_STATUSSNAPSHOT_STRATEGYREJECTEDENTRY']._serialized_start=2599
+  _globals['_STATUSSNAPSHOT_STRATEGYREJECTEDENTRY']._serialized_end=2654
 # @@protoc_insertion_point(module_scope)

@@ -238,6 +238,17 @@ def _flip_abrupt_mid_query(sim: Simulator, app: App, stack: Stack) -> None:
     wait_for(f"app A to follow to {to}", lambda: app.active() == to, 20, 0.2)
 
 
+def _suspend_and_resume(sim: Simulator, stack: Stack) -> None:
+    """Suspend the cluster; A's workers get 503s, reconnect, and the connector resumes it."""
+    before = sim.counters()["resumes"]
+    sim.set_resume(0.5)
+    sim.suspend()
+    stack.note("cluster suspended")
+    wait_for("the connector to resume the cluster",
+             lambda: sim.counters()["resumes"] > before and not sim.suspended, 30, 0.2)
+    stack.note("cluster resumed")
+
+
 def _wait_alerts(stack: Stack, names: tuple[str, ...], timeout: float) -> None:
     wait_for(f"alerts {names} at Alertmanager",
              lambda: all(n in stack.poll_alertmanager() for n in names), timeout, 0.5)
@@ -294,6 +305,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         _wait_alerts(st, ("E6dataStrategySwitched", "E6dataStrategySplitBrain"), 60)
         _flip_abrupt_mid_query(sim, a, st)  # green -> blue
         time.sleep(2)
+        _suspend_and_resume(sim, st)  # auto-resume (issue 14): the resume panels have data
         _flip_announced(sim, a, st, must_drain=False)  # blue -> green
         _flip_abrupt_mid_query(sim, a, st)  # green -> blue
         _wait_alerts(st, ("E6dataStrategyFlapping",), 30)

@@ -154,11 +154,20 @@ def chromium() -> Iterator[Chromium]:
 
 @pytest.fixture
 def prober_url(sim: Simulator) -> Iterator[str]:
+    yield from _prober(sim)
+
+
+@pytest.fixture
+def resuming_prober_url(sim: Simulator) -> Iterator[str]:
+    yield from _prober(sim, "--auto-resume")
+
+
+def _prober(sim: Simulator, *extra: str) -> Iterator[str]:
     env = dict(os.environ, E6DATA_USERNAME=USER, E6DATA_PASSWORD=PASSWORD)
     env.pop("OTEL_SERVICE_NAME", None)
     proc = subprocess.Popen(
         [sys.executable, "-m", "e6observe", "probe", "--host", sim.host, "--port", str(sim.port),
-         "--interval", str(INTERVAL), "--metrics-port", "0"],
+         "--interval", str(INTERVAL), "--metrics-port", "0", *extra],
         cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     found: list[str] = []
     ready = threading.Event()
@@ -230,3 +239,25 @@ def test_page_renders_and_shows_a_flip(sim: Simulator, prober_url: str, chromium
     assert PASSWORD not in text
     assert chromium.page_errors() == []
     assert (ARTIFACTS / "status-page-after-flip.png").stat().st_size > 10_000
+
+
+def test_page_shows_an_auto_resume(sim: Simulator, resuming_prober_url: str,
+                                   chromium: Chromium) -> None:
+    """Issue 14: the prober's connector (``--auto-resume``) resumes the suspended cluster; the
+    page shows it."""
+    chromium.open(resuming_prober_url + "/")
+    assert wait_js(chromium, "document.getElementById('active').dataset.strategy === 'blue'", 30)
+    sim.set_resume(0.3)
+    sim.suspend()
+    assert wait_js(chromium, "document.getElementById('cluster').textContent.includes('ok 1')", 30)
+    text = chromium.js("document.getElementById('cluster').textContent")
+    assert text.startswith("active;") and "failed 0" in text and "last ok in" in text, text
+    assert wait_js(chromium, "Array.from(document.querySelectorAll('#events li .k'))"
+                             ".some((n) => n.textContent === 'resume_finished')", 10)
+    kinds = chromium.js("Array.from(document.querySelectorAll('#events li .k'))"
+                        ".map((n) => n.textContent)")
+    assert {"suspended_seen", "resume_started", "resume_finished"} <= set(kinds)
+    assert chromium.js("document.getElementById('caches').textContent").startswith(
+        "process blue, cluster manager blue")
+    # the cluster manager's own detection stays out of the colour timeline
+    assert chromium.js("document.getElementById('switches').tBodies[0].rows.length") == 0
