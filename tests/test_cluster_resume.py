@@ -388,7 +388,7 @@ def test_resume_reaches_opentelemetry_as_metrics_and_log_records(sim: Simulator)
         data = reader.get_metrics_data()
         got = {m.name: m for rm in data.resource_metrics for sm in rm.scope_metrics
                for m in sm.metrics}
-        resumes = {dict(p.attributes)["outcome"]: p.value
+        resumes = {dict(p.attributes)["e6data.cluster.resume.outcome"]: p.value
                    for p in got["e6data.cluster.resumes"].data.data_points}
         assert resumes == {"ok": 1, "failed": 0, "timeout": 0}
         (dur,) = [p for p in got["e6data.cluster.resume.duration"].data.data_points]
@@ -396,13 +396,13 @@ def test_resume_reaches_opentelemetry_as_metrics_and_log_records(sim: Simulator)
         rpc = {dict(p.attributes)["rpc.method"]
                for p in got["rpc.client.call.duration"].data.data_points}
         assert {"ClusterService/status", "ClusterService/resume"} <= rpc
-        status = {dict(p.attributes)["status"]: p.value
+        status = {dict(p.attributes)["e6data.cluster.status"]: p.value
                   for p in got["e6data.cluster.status"].data.data_points}
         assert status["active"] == 1 and status["suspended"] == 0
         waited = [dict(p.attributes) for p in got["db.client.operation.duration"].data.data_points
                   if dict(p.attributes).get("e6data.query.outcome") == "resumed"]
         assert len(waited) == 1 and "error.type" not in waited[0]
-        cm = {dict(p.attributes)["strategy"]: p.value
+        cm = {dict(p.attributes)["e6data.strategy"]: p.value
               for p in got["e6data.strategy.cluster_manager.active"].data.data_points}
         assert cm == {"blue": 1, "green": 0}
     finally:
