@@ -154,6 +154,13 @@ def _kind(k: Any) -> str:
     return str(k or "").replace("EVENT_KIND_", "").lower()
 
 
+def process_scope(ev: dict[str, Any]) -> bool:
+    """True for an event about the process's own strategy cache. Events of the cluster manager's
+    cache or of one connection (``scope`` ``cluster_manager`` / ``connection``) are not the
+    process's colour: they stay out of the timeline, the switch table and the switch count."""
+    return str(ev.get("scope") or "process") == "process"
+
+
 def _ticks(start: float, end: float, most: int = 7) -> list[float]:
     """Round clock times between ``start`` and ``end`` for an axis (at most ``most``)."""
     span = max(end - start, 1.0)
@@ -196,7 +203,7 @@ def timeline_svg(events: Sequence[dict[str, Any]], active: str, start: float, en
     """Which colour was active when (a bar per interval, from ``since``: when this process
     began to be watched), a mark at each switch, a time axis."""
     switches = [e for e in events if _kind(e.get("kind")) in ("applied", "detected")
-                and float(e.get("time_unix") or 0) > 0]
+                and process_scope(e) and float(e.get("time_unix") or 0) > 0]
     switches.sort(key=lambda e: float(e["time_unix"]))
     segs: list[tuple[float, float, str]] = []
     if switches:
@@ -333,7 +340,40 @@ def _describe(ev: dict[str, Any]) -> str:
         return f"strategy cache cleared (was {_strategy(ev.get('from_strategy') or ev.get('strategy'))})"
     if k == "retry":
         return f"retry #{ev.get('attempt') or '?'} ({ev.get('reason') or '?'})"
+    if k == "suspended_seen":
+        return f"cluster suspended (503 on {ev.get('method') or 'status'})"
+    if k == "resume_started":
+        return "cluster resume started"
+    if k == "resume_finished":
+        took = ev.get("duration_seconds")
+        return f"cluster resume {ev.get('outcome') or '?'}" + (
+            f" after {fmt_seconds(float(took))}" if took is not None else "")
+    if k == "strategy_rejected":
+        return f"strategy value refused ({ev.get('reason') or '?'})"
     return k
+
+
+def describe(ev: dict[str, Any]) -> str:
+    """An event's line in the event list; a scoped event says its scope (`` [connection]``)."""
+    return _describe(ev) + ("" if process_scope(ev) else f" [{ev.get('scope')}]")
+
+
+def cluster_text(cl: dict[str, Any]) -> str:
+    """The ``cluster`` tile: the last status seen, resumes by outcome, the last resume."""
+    resumes = cl.get("resumes") or {}
+    text = (str(cl.get("status") or "unknown") + (", resuming" if cl.get("resuming") else "")
+            + "; resumes " + ", ".join(f"{o} {int(resumes.get(o) or 0)}"
+                                       for o in ("ok", "failed", "timeout")))
+    if cl.get("last_resume_outcome"):
+        text += (f"; last {cl['last_resume_outcome']} in "
+                 f"{fmt_seconds(float(cl.get('last_resume_seconds') or 0))}")
+    return text
+
+
+def caches_text(ca: dict[str, Any]) -> str:
+    """The ``caches`` tile: the process cache and the cluster manager's cache side by side."""
+    return (f"process {ca.get('process') or 'none'}, cluster manager "
+            f"{ca.get('cluster_manager') or 'none'}" + (" (split)" if ca.get("split") else ""))
 
 
 def source_line(src: dict[str, Any]) -> str:
@@ -355,12 +395,14 @@ def render(doc: dict[str, Any], history: Iterable[tuple[float, Any]] = (),
     active_s = "" if active == "none" else _strategy(active)
     pending = doc.get("pending") or ""
     inflight = doc.get("in_flight") or {}
-    applied = [e for e in events if _kind(e.get("kind")) == "applied"]
+    applied = [e for e in events if _kind(e.get("kind")) == "applied" and process_scope(e)]
     last_seq = max([int(e.get("seq") or 0) for e in events] + [0])
     acc = doc.get("events") or {}
     mem = doc.get("memory") or None
     w = doc.get("watcher") or None
     errs = doc.get("internal_errors") or {}
+    caches = doc.get("caches") or {}
+    cluster, split = cluster_text(doc.get("cluster") or {}), "yes" if caches.get("split") else "no"
 
     if w:
         age = now - float(w.get("last_run_unix") or 0) if w.get("last_run_unix") else math.inf
@@ -422,7 +464,7 @@ def render(doc: dict[str, Any], history: Iterable[tuple[float, Any]] = (),
     ev_items = "".join(
         f'<li class="ev ev-{_e(_kind(e.get("kind")))}" data-seq="{int(e.get("seq") or 0)}">'
         f'<span class="t">{_e(clock_ms(float(e.get("time_unix") or 0)))}</span>'
-        f'<span class="k">{_e(_kind(e.get("kind")))}</span><span class="d">{_e(_describe(e))}</span></li>'
+        f'<span class="k">{_e(_kind(e.get("kind")))}</span><span class="d">{_e(describe(e))}</span></li>'
         for e in list(reversed(events))[:PAGE_EVENTS])
 
     return f"""<!doctype html>
@@ -470,6 +512,8 @@ def render(doc: dict[str, Any], history: Iterable[tuple[float, Any]] = (),
         <dt>watcher</dt><dd id="watcher" data-health="{w_health}">{_e(w_text)}</dd>
         <dt>events</dt><dd id="events-accounting">{accounting}</dd>
         <dt>internal errors</dt><dd id="internal-errors">{_e(errors)}</dd>
+        <dt>cluster (auto-resume)</dt><dd id="cluster">{_e(cluster)}</dd>
+        <dt>strategy caches</dt><dd id="caches" data-split="{split}">{_e(caches_text(caches))}</dd>
       </dl>
     </div>
     <div>
@@ -485,4 +529,5 @@ Data from <code>/status</code> and <code>/events</code> on this endpoint.</foote
 """
 
 
-__all__ = ["LatencyHistory", "render", "timeline_svg", "latency_svg", "window"]
+__all__ = ["LatencyHistory", "render", "timeline_svg", "latency_svg", "window", "describe",
+           "cluster_text", "caches_text", "process_scope"]

@@ -66,6 +66,48 @@ def test_the_timeline_has_a_time_axis_and_a_bar_per_colour() -> None:
     assert svg.count('class="switch-mark"') == 4
 
 
+def test_cluster_and_caches_tiles_are_served_and_scoped_switches_stay_off_the_timeline() -> None:
+    """Issue 14's tiles and events in the server-rendered page: the cluster (auto-resume) and
+    strategy-caches lines, the new event kinds described, and a switch of the cluster manager's
+    own cache listed as an event with its scope but kept out of the timeline, the switch table
+    and the switch count."""
+    doc = _doc()
+    doc["cluster"] = {"status": "active", "resuming": True, "resumes": {"ok": 2, "failed": 1},
+                      "last_resume_outcome": "ok", "last_resume_seconds": 0.6}
+    doc["caches"] = {"process": "green", "cluster_manager": "blue", "split": True}
+    doc["recent_events"] += [
+        _event(5, "suspended_seen", T0 + 52, method="cluster.status", cluster_status="suspended"),
+        _event(6, "resume_started", T0 + 53),
+        _event(7, "resume_finished", T0 + 54, outcome="ok", duration_seconds=0.6),
+        _event(8, "applied", T0 + 55, from_strategy="green", to_strategy="blue",
+               cause="mismatch", scope="cluster_manager"),
+        _event(9, "detected", T0 + 56, to_strategy="blue", strategy="blue", scope="connection"),
+        _event(10, "strategy_rejected", T0 + 57, reason="padded"),
+    ]
+    page = status_page.render(doc, since=T0)
+    assert ('<dd id="cluster">active, resuming; resumes ok 2, failed 1, timeout 0; '
+            'last ok in 600.0 ms</dd>') in page
+    assert ('<dd id="caches" data-split="yes">process green, cluster manager blue (split)</dd>'
+            in page)
+    # the scoped switch and detection: listed with their scope, nowhere else
+    assert "green → blue (mismatch) [cluster_manager]</span>" in page
+    assert "detected blue [connection]</span>" in page
+    svg = re.search(r'<svg id="timeline-chart".*?</svg>', page).group(0)
+    assert re.findall(r'<rect class="seg s-(\w+)"', svg) == ["blue", "green", "blue", "green"]
+    assert svg.count('class="switch-mark"') == 4
+    assert page.count('<tr class="switch"') == 3
+    assert 'data-seq="8"><td>' not in page  # no switch-table row for the scoped switch
+    assert 'id="switch-count" class="big">3<' in page
+    # the auto-resume and refusal events are described, not only named
+    for text in ("cluster suspended (503 on cluster.status)", "cluster resume started",
+                 "cluster resume ok after 600.0 ms", "strategy value refused (padded)"):
+        assert f'<span class="d">{text}</span>' in page, text
+    # before any resume or cache: the tiles say so rather than staying empty
+    page = status_page.render(_doc(cluster={}, caches={}), since=T0)
+    assert '<dd id="cluster">unknown; resumes ok 0, failed 0, timeout 0</dd>' in page
+    assert '<dd id="caches" data-split="no">process none, cluster manager none</dd>' in page
+
+
 def test_values_are_escaped() -> None:
     doc = _doc()
     doc["source"]["service_name"] = "<script>x</script>"

@@ -115,8 +115,9 @@
     }
   }
 
-  // Events about the cluster manager's own cache or one connection (issue 14) are not the
-  // process's colour: they stay out of the switch timeline and the colour strip.
+  // Events about the cluster manager's own cache or one connection are not the process's
+  // colour: they stay out of the switch table, the switch count and the active/pending tiles
+  // (the server leaves them out of the timeline chart the same way: status_page.process_scope).
   function processScope(ev) {
     return !ev.scope || ev.scope === "process";
   }
@@ -151,13 +152,14 @@
 
   }
 
-  // The tiles agree with the timeline: events newer than the last snapshot are counted in.
+  // The tiles agree with the timeline: events newer than the last snapshot are counted in
+  // (process-scoped switches only, as the snapshot's switch_count).
   function renderCounts() {
     if (!state.snap) return;
     let switches = state.snap.switch_count || 0, mismatches = state.snap.mismatch_count || 0;
     for (const ev of state.events.values()) {
       if (ev.seq <= state.snapSeq) continue;
-      if (ev.kind === "applied") switches++;
+      if (ev.kind === "applied" && processScope(ev)) switches++;
       else if (ev.kind === "mismatch") mismatches++;
     }
     $("switch-count").textContent = switches;
@@ -295,11 +297,13 @@
       let ev;
       try { ev = JSON.parse(m.data); } catch (e) { return; }
       if (!addEvent(ev)) return;
-      if (ev.kind === "applied" || ev.kind === "detected") {
+      // another cache's colour (cluster manager, one connection) is not the active tile's
+      const own = processScope(ev);
+      if (own && (ev.kind === "applied" || ev.kind === "detected")) {
         // show the switch at once; the snapshot that follows fills in the rest
         setStrategy($("active"), ev.to_strategy, "none");
         if (ev.kind === "applied") setStrategy($("pending"), "", "none");
-      } else if (ev.kind === "announced") {
+      } else if (own && ev.kind === "announced") {
         setStrategy($("pending"), ev.to_strategy, "none");
       }
       renderTimeline();
