@@ -1,7 +1,8 @@
 """A regression guard for the hot path that is not a timing: e6observe's Python-level calls.
 
-``sys.setprofile`` counts every Python function e6observe enters (the simulator's own code is left
-out) on the querying thread while the real connector runs one query, and the tests fail when a
+``sys.setprofile`` (``benchmarks/callcount.py``) counts every Python function e6observe enters
+(the simulator's own code is left out) on the querying thread while the real connector runs one
+query, and the tests fail when a
 count grows beyond the figure recorded here (and in BENCHMARKS.md, "Call counts"). A count that
 grows is a hot-path change that needs a reason; lower the figure when a change removes calls.
 
@@ -33,9 +34,8 @@ from conftest import HAS_AIO, PASSWORD, USER
 import e6observe
 from e6observe.sim import Simulator
 
-PKG = os.path.dirname(os.path.abspath(e6observe.__file__ or ""))
-SIM = os.path.join(PKG, "sim") + os.sep
-_GEN = 0x20 | 0x80 | 0x200  # CO_GENERATOR | CO_COROUTINE | CO_ASYNC_GENERATOR
+sys.path.append(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+from callcount import CallCounter  # noqa: E402
 
 #: Today's counts (BENCHMARKS.md, "Call counts"). A test fails when a count exceeds its figure.
 CALLS_PER_QUERY = {"prometheus": 14, "otel-metrics": 15, "otel-traced": 25}
@@ -48,45 +48,6 @@ AIO_CALLS_PER_BATCH = 5
 BATCH_ROWS = 100
 WARMUP = 20
 SAMPLES = 40
-
-
-class CallCounter:
-    """Counts e6observe function entries on this thread while active (``with counter:``)."""
-
-    def __init__(self) -> None:
-        self.calls: collections.Counter[str] = collections.Counter()
-        self._seen: set[int] = set()
-        self._frames: list[Any] = []  # keeps resumed coroutine frames alive: ids stay unique
-        self._prev: Any = None
-
-    def _profile(self, frame: Any, event: str, arg: Any) -> None:
-        if event != "call":
-            return
-        code = frame.f_code
-        f = code.co_filename
-        if not f.startswith(PKG) or f.startswith(SIM):
-            return
-        if code.co_flags & _GEN:  # a resumed coroutine/generator is not a new call
-            if id(frame) in self._seen:
-                return
-            self._seen.add(id(frame))
-            self._frames.append(frame)
-        self.calls[f"{os.path.relpath(f, PKG)}:{code.co_name}"] += 1
-
-    def total(self) -> int:
-        return sum(self.calls.values())
-
-    def __enter__(self) -> CallCounter:
-        self.calls.clear()
-        self._seen.clear()
-        self._frames.clear()
-        self._prev = sys.getprofile()
-        sys.setprofile(self._profile)
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        sys.setprofile(self._prev)
-        self._frames.clear()
 
 
 def typical(run: Callable[[], Any], n: int = SAMPLES) -> tuple[int, collections.Counter[str]]:
