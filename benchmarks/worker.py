@@ -249,7 +249,7 @@ class Worker:
 
         async def run() -> dict[str, Any]:
             if pool and self._aio_pool is None:
-                p = aio.AsyncConnectionPool(min_size=4, max_size=16, max_overflow=0,
+                p = aio.AsyncConnectionPool(min_size=16, max_size=16, max_overflow=0,
                                             host=self.host, port=self.port, username=USER,
                                             password=PASSWORD)
                 await p.open()
@@ -305,7 +305,7 @@ class Worker:
         from e6data_python_connector.connection_pool import ConnectionPool
 
         if self._conn_pool is None:
-            self._conn_pool = ConnectionPool(min_size=2, max_size=threads, max_overflow=0,
+            self._conn_pool = ConnectionPool(min_size=threads, max_size=threads, max_overflow=0,
                                              host=self.host, port=self.port, username=USER,
                                              password=PASSWORD)
         pool = self._conn_pool
