@@ -62,12 +62,13 @@ TARGETS = {
     "startup_ms_max": 50.0,
     "startup_rss_mib_max": 3.0,
     "uninstrument_ms_max": 50.0,
+    "mp_merge_ms_max": 50.0,
 }
 #: Rows per result batch of the simulator the runner starts (``Simulator``'s default).
 SIM_BATCH_ROWS = 256
 #: Every phase, in the order a run takes them.
 PHASES = ("latency", "throughput", "render", "switch", "watcher", "rss", "series", "fresh-rss",
-          "large", "async", "pool", "startup", "hotpath")
+          "large", "async", "pool", "startup", "multiproc", "hotpath")
 #: Modes the path phases (large, async, pool) compare: the baseline, the A/A control, e6observe.
 PATH_MODES = ("bare", "bare-ctl", "e6o-full")
 
@@ -696,6 +697,20 @@ class Bench:
             self.result["startup"] = json.load(f)
         os.unlink(path)
 
+    def phase_multiproc(self) -> None:
+        """Multi-process mode (benchmarks/multiproc.py): the merge of ``--mp-workers`` real
+        workers' state files and a worker's write cost per flush. The path workers are stopped
+        meanwhile."""
+        for w in self.workers.values():
+            w.pause()
+        path = self.a.out + ".multiproc.tmp"
+        argv = [self.py, os.path.join(HERE, "multiproc.py"), "--json", path,
+                "--workers", str(self.a.mp_workers), "--queries", str(self.a.mp_queries)]
+        subprocess.run(argv, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+        with open(path) as f:
+            self.result["multiproc"] = json.load(f)
+        os.unlink(path)
+
     # -- results ------------------------------------------------------------------------------
     def finish(self) -> None:
         for m in self.workers:
@@ -882,6 +897,14 @@ def evaluate_path_targets(r: dict[str, Any]) -> list[dict[str, Any]]:
                 met = tp["median"] >= T["async_throughput_ratio_min"] if phase == "async" else None
                 add(f"{label} ({name}): throughput e6o-full/bare{_aa(tp_v)}", round(tp["median"], 4),
                     f">= {T['async_throughput_ratio_min']}" if phase == "async" else "(context)", met)
+    mp = r.get("multiproc")
+    if mp:
+        for k, label in (("cold_merge_ms", "first scrape"), ("changed_merge_ms", "every file changed")):
+            add(f"multi-process: merge of {mp['workers']} workers' files, {label} (median ms)",
+                round(mp[k]["median"], 2), f"<= {T['mp_merge_ms_max']}",
+                mp[k]["median"] <= T["mp_merge_ms_max"])
+        add("multi-process: a worker's state write per flush (median ms)",
+            round(mp["write_ms"]["median"], 3), "(reported)", None)
     st = r.get("startup", {}).get("configs", {})
     for cfg, e in st.items():
         add(f"start ({cfg}): import e6observe + instrument(), ms beyond the connector's import",
@@ -1104,6 +1127,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                     help="seconds per async/pool round (default 1.0)")
     ap.add_argument("--async-tasks", type=int, default=64, help="concurrent async queries")
     ap.add_argument("--pool-threads", type=int, default=16, help="threads sharing the pool")
+    ap.add_argument("--mp-workers", type=int, help="workers in the multi-process merge (32)")
+    ap.add_argument("--mp-queries", type=int, help="queries per multi-process worker (200)")
     ap.add_argument("--startup-rounds", type=int,
                     help="fresh processes per start-up configuration (default 8)")
     ap.add_argument("--out", default=os.path.join(HERE, "results", "latest.json"))
@@ -1117,7 +1142,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         "distinct": (10_000, 100, 100_000), "switch_reps": (20, 2, 20), "oob_reps": (6, 2, 6),
         "render_n": (200, 8, 200), "watcher_seconds": (5.0, 0.5, 10.0),
         "large_rows": (100_000, 3_000, 100_000), "path_rounds": (8, 1, 8),
-        "path_seconds": (1.0, 0.3, 1.0), "startup_rounds": (8, 1, 8)}
+        "path_seconds": (1.0, 0.3, 1.0), "startup_rounds": (8, 1, 8),
+        "mp_workers": (32, 3, 32), "mp_queries": (200, 20, 200)}
     idx = 1 if a.quick else 2 if a.long else 0
     for k, v in preset.items():
         if getattr(a, k) is None:
@@ -1154,7 +1180,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                "render": b.phase_render, "switch": b.phase_switch,
                "watcher": b.phase_watcher_cpu, "rss": b.phase_rss, "series": b.phase_series,
                "fresh-rss": b.phase_rss_fresh, "large": b.phase_large, "async": b.phase_async,
-               "pool": b.phase_pool, "startup": b.phase_startup, "hotpath": b.phase_hotpath}
+               "pool": b.phase_pool, "startup": b.phase_startup,
+               "multiproc": b.phase_multiproc, "hotpath": b.phase_hotpath}
         for name in PHASES:
             if name in a.skip:
                 continue
