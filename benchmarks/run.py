@@ -624,6 +624,9 @@ class Bench:
         for name, per in raw.items():
             ms = {m: [median(r["lat_ns"]) / 1e6 for r in res] for m, res in per.items()}
             out["variants"][name] = self._vs_bare(ms, "median_ms")
+            cpu = {m: [r["process_cpu_ns"] / 1e6 for r in res] for m, res in per.items()}
+            for m, e in self._vs_bare(cpu, "process_cpu_ms").items():
+                out["variants"][name][m]["cpu"] = e
         out["seconds"] = time.perf_counter() - t0
         if "e6o-full" in self.workers:
             cc = self.run_on("e6o-full", "call_count", rows=rows)
@@ -675,11 +678,13 @@ class Bench:
             qps = {m: [r["queries"] / r["elapsed"] for r in res] for m, res in per.items()}
             med = {m: [median(r["lat_ns"]) / 1e6 if r["lat_ns"] else float("nan") for r in res]
                    for m, res in per.items()}
+            cpu = {m: [r["process_cpu_ns"] / 1e3 for r in res] for m, res in per.items()}
             lat = self._vs_bare(med, "median_ms")
             tp = self._vs_bare(qps, "qps")
+            cp = self._vs_bare(cpu, "process_cpu_us_per_query")
             v: dict[str, Any] = {}
             for m in per:
-                v[m] = {"latency": lat[m], "throughput": tp[m],
+                v[m] = {"latency": lat[m], "throughput": tp[m], "cpu": cp[m],
                         "errors": sum(r["errors"] for r in per[m])}
             out["variants"][name] = v
             self.log(f"{what} {name}: " + "  ".join(
@@ -874,6 +879,12 @@ def evaluate_path_targets(r: dict[str, Any]) -> list[dict[str, Any]]:
             add(f"large result {lg['rows']}x10 {name}: e6o-full added median (%){_aa(v)}",
                 round(full, 2), f"<= {T['large_added_median_pct_max']}",
                 full <= T["large_added_median_pct_max"])
+    for name, v in lg.get("variants", {}).items():
+        cpu = v.get("e6o-full", {}).get("cpu", {}).get("added_pct")
+        if cpu is not None:
+            aa = {m: e["cpu"] for m, e in v.items() if "cpu" in e}
+            add(f"large result {name}: e6o-full added process CPU per query (%){_aa(aa)}",
+                round(cpu, 2), "(context: CPU, less sensitive to other load than wall time)", None)
     cc = lg.get("call_count")
     if cc:
         add(f"large result: e6observe Python calls per row (fetchall of {cc['rows']} rows: "
@@ -892,6 +903,10 @@ def evaluate_path_targets(r: dict[str, Any]) -> list[dict[str, Any]]:
             if added is not None:
                 add(f"{label} ({name}): e6o-full added median latency (%){_aa(lat_v)}",
                     round(added, 2), f"<= {lim}", added <= lim)
+            cpu = full.get("cpu", {}).get("added_pct")
+            if cpu is not None:
+                add(f"{label} ({name}): e6o-full added process CPU per query (%)"
+                    f"{_aa({m: e['cpu'] for m, e in v.items()})}", round(cpu, 2), "(context)", None)
             tp = full["throughput"].get("ratio_to_bare")
             if tp:
                 met = tp["median"] >= T["async_throughput_ratio_min"] if phase == "async" else None

@@ -166,7 +166,7 @@ class Worker:
         out = []
         got = 0
         clock = time.perf_counter_ns
-        th0 = time.thread_time_ns()
+        th0, pr0 = time.thread_time_ns(), time.process_time_ns()
         for _ in range(reps):
             t = clock()
             cur.execute(sql)
@@ -184,7 +184,8 @@ class Worker:
         self.queries += reps
         if got != rows:
             raise RuntimeError(f"fetched {got} rows, expected {rows}")
-        return {"lat_ns": out, "thread_cpu_ns": (time.thread_time_ns() - th0) / reps}
+        return {"lat_ns": out, "thread_cpu_ns": (time.thread_time_ns() - th0) / reps,
+                "process_cpu_ns": (time.process_time_ns() - pr0) / reps}
 
     def _run_async(self, coro: Any) -> Any:
         import asyncio
@@ -233,9 +234,10 @@ class Worker:
                 raise RuntimeError(f"fetched {got} rows, expected {rows}")
             return {"lat_ns": out}
 
-        th0 = time.thread_time_ns()
+        th0, pr0 = time.thread_time_ns(), time.process_time_ns()
         res: dict[str, Any] = self._run_async(run())
         res["thread_cpu_ns"] = (time.thread_time_ns() - th0) / reps
+        res["process_cpu_ns"] = (time.process_time_ns() - pr0) / reps
         self.queries += reps
         return res
 
@@ -288,12 +290,14 @@ class Worker:
 
             ts = [asyncio.ensure_future(one(i)) for i in range(tasks)]
             await asyncio.sleep(0)
+            pr0 = time.process_time_ns()
             t0 = time.perf_counter()
             deadline[0] = t0 + seconds
             go.set()
             await asyncio.gather(*ts)
             return {"queries": len(lat), "errors": errors[0], "lat_ns": lat,
-                    "elapsed": time.perf_counter() - t0}
+                    "elapsed": time.perf_counter() - t0,
+                    "process_cpu_ns": (time.process_time_ns() - pr0) / max(1, len(lat))}
 
         res: dict[str, Any] = self._run_async(run())
         self.queries += res["queries"]
@@ -335,6 +339,7 @@ class Worker:
         ts = [threading.Thread(target=loop, args=(i,), daemon=True) for i in range(threads)]
         for t in ts:
             t.start()
+        pr0 = time.process_time_ns()
         t0 = time.perf_counter()
         deadline_box[0] = t0 + seconds
         start.set()
@@ -343,7 +348,8 @@ class Worker:
         elapsed = time.perf_counter() - t0
         flat = [x for per in lat for x in per]
         self.queries += len(flat)
-        return {"queries": len(flat), "errors": sum(errors), "lat_ns": flat, "elapsed": elapsed}
+        return {"queries": len(flat), "errors": sum(errors), "lat_ns": flat, "elapsed": elapsed,
+                "process_cpu_ns": (time.process_time_ns() - pr0) / max(1, len(flat))}
 
     def cmd_call_count(self, rows: int) -> dict[str, Any]:
         """e6observe's Python-level calls (``sys.setprofile``, this thread) in one ``SELECT 1``
