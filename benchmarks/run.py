@@ -40,7 +40,14 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
-from modes import E6O_MODES, MODES, WATCHER_INTERVAL_S, e6observe_available  # noqa: E402
+from modes import (  # noqa: E402
+    DEFAULT_MODES,
+    E6O_MODES,
+    MODES,
+    OTLP_MODES,
+    WATCHER_INTERVAL_S,
+    e6observe_available,
+)
 from stats import distribution, linear_slope, median, percentile, spread  # noqa: E402
 
 SCHEMA = 1
@@ -63,6 +70,8 @@ TARGETS = {
     "startup_rss_mib_max": 3.0,
     "uninstrument_ms_max": 50.0,
     "mp_merge_ms_max": 50.0,
+    "otlp_added_median_pct_max": 2.0,
+    "otlp_fraction_of_otel_max": 0.1,
 }
 #: Rows per result batch of the simulator the runner starts (``Simulator``'s default).
 SIM_BATCH_ROWS = 256
@@ -187,6 +196,12 @@ class Bench:
                         cpus=sim_cpus)
         self.port = int(self.sim.read()["port"])
         self.log(f"simulator on 127.0.0.1:{self.port}")
+        self.otlp: Optional[Proc] = None
+        if any(m in OTLP_MODES for m in self.a.modes):
+            # The receiver shares the simulator's CPU: the workers' CPU stays theirs.
+            self.otlp = Proc("otlp", [self.py, os.path.join(HERE, "otlprecv.py")], cpus=sim_cpus)
+            os.environ["E6O_BENCH_OTLP"] = f"127.0.0.1:{int(self.otlp.read()['port'])}"
+            self.log(f"OTLP receiver on {os.environ['E6O_BENCH_OTLP']}")
         why = e6observe_available()
         modes = [m for m in self.a.modes if not (why and m in E6O_MODES)]
         self.result["skipped_modes"] = {m: why for m in self.a.modes if m not in modes}
@@ -220,6 +235,14 @@ class Bench:
             w.close()
         if self.sim is not None:
             self.sim.close()
+        otlp = getattr(self, "otlp", None)
+        if otlp is not None:
+            # After the workers' shutdown flushed their batches: what the receiver got.
+            try:
+                self.result["otlp_received"] = otlp.call("counts")
+            except Exception as exc:
+                self.result["otlp_received"] = {"error": str(exc)}
+            otlp.close()
 
     def sim_call(self, cmd: str, **kw: Any) -> Any:
         assert self.sim is not None
@@ -851,6 +874,18 @@ def evaluate_targets(r: dict[str, Any]) -> list[dict[str, Any]]:
     if rd:
         add("/metrics render, median ms (in process)", round(rd["median"], 3),
             f"<= {T['render_ms_max']}", rd["median"] <= T["render_ms_max"])
+    otlp = lat.get("e6o-otlp", {}).get("added_median_pct")
+    ref = lat.get("otel-otlp", {}).get("added_median_pct")
+    if otlp is not None:
+        aa = lat.get("bare-ctl", {}).get("ratio_to_bare")
+        aa_s = f"; A/A {aa['median']:.3f} IQR {aa['spread']['q1']:.3f}-{aa['spread']['q3']:.3f}" if aa else ""
+        add(f"OTLP on: e6o-otlp added median latency (%){aa_s}", round(otlp, 2),
+            f"<= {T['otlp_added_median_pct_max']}", otlp <= T["otlp_added_median_pct_max"])
+        if ref:
+            frac = otlp / ref if ref > 0 else None
+            add(f"OTLP on: e6o-otlp added / otel-otlp added (otel-otlp +{ref:.2f} %)",
+                None if frac is None else round(frac, 3), f"< {T['otlp_fraction_of_otel_max']}",
+                None if frac is None else frac < T["otlp_fraction_of_otel_max"])
     out.extend(evaluate_path_targets(r))
     return out
 
@@ -1112,7 +1147,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     ap.add_argument("--quick", action="store_true", help="smoke run: every phase, tiny sizes")
     ap.add_argument("--long", action="store_true",
                     help="memory over 1 M RPCs per mode and 100 k distinct queries")
-    ap.add_argument("--modes", default=",".join(MODES), help="comma-separated; default: all")
+    ap.add_argument("--modes", default=",".join(DEFAULT_MODES),
+                    help=f"comma-separated from {','.join(MODES)}; default: {','.join(DEFAULT_MODES)}")
     ap.add_argument("--rounds", type=int, help="latency rounds (default 40)")
     ap.add_argument("--queries", type=int, help="queries per mode per round (default 250)")
     ap.add_argument("--warmup", type=int, help="untimed queries per worker at start (default 300)")
