@@ -15,7 +15,10 @@
   ``BatchSpanProcessor``, logs through a ``BatchLogRecordProcessor``) sending to the local OTLP
   receiver the runner starts (``otlprecv.py``), plus the Prometheus endpoint and the watcher;
 * ``otel-otlp``  - ``GrpcInstrumentorClient`` with the same span exporter and processor: the
-  reference for "OTLP on".
+  reference for "OTLP on";
+* ``e6o-mp``     - e6observe in multi-process mode (``multiprocess_dir``, a fresh directory per
+  worker; ``otel=False``): what a gunicorn worker pays per query, its state file written at
+  every watcher flush.
 
 The OTLP modes read the receiver's address from ``E6O_BENCH_OTLP`` (``127.0.0.1:port``).
 
@@ -30,12 +33,13 @@ from __future__ import annotations
 import importlib
 from typing import Any, Callable, Optional
 
-MODES = ("bare", "bare-ctl", "e6o-full", "e6o-prom", "otel-grpc", "e6o-otlp", "otel-otlp")
+MODES = ("bare", "bare-ctl", "e6o-full", "e6o-prom", "otel-grpc", "e6o-otlp", "otel-otlp",
+         "e6o-mp")
 #: The modes a run takes unless ``--modes`` says otherwise (the OTLP ones need ``--otlp``-style
 #: opt-in: ``--modes bare,bare-ctl,e6o-otlp,otel-otlp``).
 DEFAULT_MODES = ("bare", "bare-ctl", "e6o-full", "e6o-prom", "otel-grpc")
 #: Modes that run e6observe (and so have a /metrics endpoint and a watcher).
-E6O_MODES = ("e6o-full", "e6o-prom", "e6o-otlp")
+E6O_MODES = ("e6o-full", "e6o-prom", "e6o-otlp", "e6o-mp")
 #: Modes exporting over OTLP to the runner's receiver.
 OTLP_MODES = ("e6o-otlp", "otel-otlp")
 #: OpenTelemetry metric reader interval used by ``e6o-full`` (ms).
@@ -160,7 +164,14 @@ class Mode:
             self._teardown.append(inst.uninstrument)
         elif self.name in E6O_MODES:
             kwargs: dict[str, Any] = {"prometheus_port": 0, "watcher_interval": WATCHER_INTERVAL_S}
-            if self.name == "e6o-full":
+            if self.name == "e6o-mp":
+                import shutil
+                import tempfile
+
+                d = tempfile.mkdtemp(prefix="e6o-bench-mp-")
+                kwargs.update(otel=False, multiprocess_dir=d)
+                self._teardown.append(lambda: shutil.rmtree(d, ignore_errors=True))
+            elif self.name == "e6o-full":
                 from opentelemetry.sdk._logs import LoggerProvider
                 from opentelemetry.sdk.metrics import MeterProvider
                 from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
