@@ -70,6 +70,7 @@ TARGETS = {
     "startup_rss_mib_max": 3.0,
     "uninstrument_ms_max": 50.0,
     "mp_merge_ms_max": 50.0,
+    "mp_added_median_pct_max": 1.0,
     "otlp_added_median_pct_max": 2.0,
     "otlp_fraction_of_otel_max": 0.1,
 }
@@ -886,6 +887,12 @@ def evaluate_targets(r: dict[str, Any]) -> list[dict[str, Any]]:
             add(f"OTLP on: e6o-otlp added / otel-otlp added (otel-otlp +{ref:.2f} %)",
                 None if frac is None else round(frac, 3), f"< {T['otlp_fraction_of_otel_max']}",
                 None if frac is None else frac < T["otlp_fraction_of_otel_max"])
+    mpl = lat.get("e6o-mp", {}).get("added_median_pct")
+    if mpl is not None:
+        aa = lat.get("bare-ctl", {}).get("ratio_to_bare")
+        aa_s = f"; A/A {aa['median']:.3f} IQR {aa['spread']['q1']:.3f}-{aa['spread']['q3']:.3f}" if aa else ""
+        add(f"multi-process worker: e6o-mp added median latency (%){aa_s}", round(mpl, 2),
+            f"<= {T['mp_added_median_pct_max']}", mpl <= T["mp_added_median_pct_max"])
     out.extend(evaluate_path_targets(r))
     return out
 
