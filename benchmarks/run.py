@@ -1099,7 +1099,7 @@ def plot_paths(r: dict[str, Any], path: str) -> Optional[str]:
     ax1.axhline(1.0, color="g", ls="--", lw=0.8, label="target (1 %)")
     ax1.set_ylabel("added median time vs bare, same round (%)")
     ax1.set_title("large results, async, pool: per-round overhead (A/A = second bare process)")
-    ax1.tick_params(axis="x", labelsize=7)
+    ax1.tick_params(axis="x", labelsize=7, labelrotation=35)
     ax1.grid(alpha=0.3)
     ax1.legend(fontsize=8)
     if tp_rows:
@@ -1109,7 +1109,7 @@ def plot_paths(r: dict[str, Any], path: str) -> Optional[str]:
         ax2.axhline(0.99, color="g", ls="--", lw=0.8, label="async target (0.99)")
         ax2.set_ylabel("throughput ratio to bare, same round")
         ax2.set_title("throughput")
-        ax2.tick_params(axis="x", labelsize=7)
+        ax2.tick_params(axis="x", labelsize=7, labelrotation=35)
         ax2.grid(alpha=0.3)
         ax2.legend(fontsize=8)
     m = r.get("machine", {})
