@@ -9,7 +9,18 @@
   ``LoggerProvider``, processor that drops them) and the watcher thread;
 * ``e6o-prom``   - e6observe with the Prometheus endpoint only (``otel=False``), watcher on;
 * ``otel-grpc``  - opentelemetry-instrumentation-grpc's ``GrpcInstrumentorClient`` with an SDK
-  ``TracerProvider`` whose only span processor counts ended spans and exports nothing.
+  ``TracerProvider`` whose only span processor counts ended spans and exports nothing;
+* ``e6o-otlp``   - e6observe with OTLP on (issue 17): the SDK with the real OTLP/gRPC exporters
+  (metrics every second through a ``PeriodicExportingMetricReader``, spans through a
+  ``BatchSpanProcessor``, logs through a ``BatchLogRecordProcessor``) sending to the local OTLP
+  receiver the runner starts (``otlprecv.py``), plus the Prometheus endpoint and the watcher;
+* ``otel-otlp``  - ``GrpcInstrumentorClient`` with the same span exporter and processor: the
+  reference for "OTLP on";
+* ``e6o-mp``     - e6observe in multi-process mode (``multiprocess_dir``, a fresh directory per
+  worker; ``otel=False``): what a gunicorn worker pays per query, its state file written at
+  every watcher flush.
+
+The OTLP modes read the receiver's address from ``E6O_BENCH_OTLP`` (``127.0.0.1:port``).
 
 The OpenTelemetry reference is given its cheapest sensible configuration (no exporter, no
 batching thread), so "e6observe adds less than a fifth of what OpenTelemetry adds" is measured
@@ -22,9 +33,15 @@ from __future__ import annotations
 import importlib
 from typing import Any, Callable, Optional
 
-MODES = ("bare", "bare-ctl", "e6o-full", "e6o-prom", "otel-grpc")
+MODES = ("bare", "bare-ctl", "e6o-full", "e6o-prom", "otel-grpc", "e6o-otlp", "otel-otlp",
+         "e6o-mp")
+#: The modes a run takes unless ``--modes`` says otherwise (the OTLP ones need ``--otlp``-style
+#: opt-in: ``--modes bare,bare-ctl,e6o-otlp,otel-otlp``).
+DEFAULT_MODES = ("bare", "bare-ctl", "e6o-full", "e6o-prom", "otel-grpc")
 #: Modes that run e6observe (and so have a /metrics endpoint and a watcher).
-E6O_MODES = ("e6o-full", "e6o-prom")
+E6O_MODES = ("e6o-full", "e6o-prom", "e6o-otlp", "e6o-mp")
+#: Modes exporting over OTLP to the runner's receiver.
+OTLP_MODES = ("e6o-otlp", "otel-otlp")
 #: OpenTelemetry metric reader interval used by ``e6o-full`` (ms).
 OTEL_EXPORT_INTERVAL_MS = 1000
 #: Watcher interval used by the e6observe modes (s); the out-of-band switch test expects it.
@@ -127,7 +144,9 @@ class Mode:
 
     def install(self) -> None:
         """Install the mode's instrumentation. Must run before the first connection is made."""
-        if self.name == "otel-grpc":
+        if self.name in OTLP_MODES:
+            self._install_otlp()
+        elif self.name == "otel-grpc":
             from opentelemetry import trace
             from opentelemetry.instrumentation.grpc import GrpcInstrumentorClient
             from opentelemetry.sdk.trace import TracerProvider
@@ -145,7 +164,14 @@ class Mode:
             self._teardown.append(inst.uninstrument)
         elif self.name in E6O_MODES:
             kwargs: dict[str, Any] = {"prometheus_port": 0, "watcher_interval": WATCHER_INTERVAL_S}
-            if self.name == "e6o-full":
+            if self.name == "e6o-mp":
+                import shutil
+                import tempfile
+
+                d = tempfile.mkdtemp(prefix="e6o-bench-mp-")
+                kwargs.update(otel=False, multiprocess_dir=d)
+                self._teardown.append(lambda: shutil.rmtree(d, ignore_errors=True))
+            elif self.name == "e6o-full":
                 from opentelemetry.sdk._logs import LoggerProvider
                 from opentelemetry.sdk.metrics import MeterProvider
                 from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
@@ -173,6 +199,53 @@ class Mode:
             e6observe.instrument(**kwargs)
             self._teardown.insert(0, e6observe.uninstrument)
             self.prometheus_port = _find_prometheus_port()
+
+    def _install_otlp(self) -> None:
+        import os
+
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+        ep = os.environ.get("E6O_BENCH_OTLP")
+        if not ep:
+            raise RuntimeError("E6O_BENCH_OTLP is not set (the runner starts the receiver)")
+        tp = TracerProvider()
+        tp.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=ep, insecure=True)))
+        self.span_processor = _counting_span_processor()
+        tp.add_span_processor(self.span_processor)
+        self._teardown.append(tp.shutdown)
+        if self.name == "otel-otlp":
+            from opentelemetry import trace
+            from opentelemetry.instrumentation.grpc import GrpcInstrumentorClient
+
+            trace.set_tracer_provider(tp)  # the interceptor reads the global provider
+            inst = GrpcInstrumentorClient()
+            inst.instrument(tracer_provider=tp)
+            self._teardown.insert(0, inst.uninstrument)
+            return
+        from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
+        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+        from opentelemetry.sdk._logs import LoggerProvider
+        from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+
+        reader = PeriodicExportingMetricReader(OTLPMetricExporter(endpoint=ep, insecure=True),
+                                               export_interval_millis=OTEL_EXPORT_INTERVAL_MS)
+        mp = MeterProvider(metric_readers=[reader])
+        lp = LoggerProvider()
+        lp.add_log_record_processor(BatchLogRecordProcessor(OTLPLogExporter(endpoint=ep, insecure=True)))
+        self._teardown += [mp.shutdown, lp.shutdown]
+        import psutil
+
+        self.rss_before_agent = psutil.Process().memory_info().rss
+        import e6observe
+
+        e6observe.instrument(prometheus_port=0, watcher_interval=WATCHER_INTERVAL_S, otel=True,
+                             meter_provider=mp, tracer_provider=tp, logger_provider=lp)
+        self._teardown.insert(0, e6observe.uninstrument)
+        self.prometheus_port = _find_prometheus_port()
 
     def uninstall(self) -> None:
         for fn in self._teardown:

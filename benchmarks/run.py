@@ -40,7 +40,14 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
-from modes import E6O_MODES, MODES, WATCHER_INTERVAL_S, e6observe_available  # noqa: E402
+from modes import (  # noqa: E402
+    DEFAULT_MODES,
+    E6O_MODES,
+    MODES,
+    OTLP_MODES,
+    WATCHER_INTERVAL_S,
+    e6observe_available,
+)
 from stats import distribution, linear_slope, median, percentile, spread  # noqa: E402
 
 SCHEMA = 1
@@ -53,7 +60,27 @@ TARGETS = {
     "added_rss_mib_max": 5.0,
     "rss_growth_mib_per_1m_rpcs_max": 1.0,
     "render_ms_max": 5.0,
+    # issue 17: the other paths users run
+    "large_added_median_pct_max": 1.0,
+    "large_calls_per_row_max": 0.0,
+    "async_throughput_ratio_min": 0.99,
+    "async_added_median_pct_max": 1.0,
+    "pool_added_median_pct_max": 1.0,
+    "startup_ms_max": 50.0,
+    "startup_rss_mib_max": 3.0,
+    "uninstrument_ms_max": 50.0,
+    "mp_merge_ms_max": 50.0,
+    "mp_added_median_pct_max": 1.0,
+    "otlp_added_median_pct_max": 2.0,
+    "otlp_fraction_of_otel_max": 0.1,
 }
+#: Rows per result batch of the simulator the runner starts (``Simulator``'s default).
+SIM_BATCH_ROWS = 256
+#: Every phase, in the order a run takes them.
+PHASES = ("latency", "throughput", "render", "switch", "watcher", "rss", "series", "fresh-rss",
+          "large", "async", "pool", "startup", "multiproc", "hotpath")
+#: Modes the path phases (large, async, pool) compare: the baseline, the A/A control, e6observe.
+PATH_MODES = ("bare", "bare-ctl", "e6o-full")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -170,6 +197,12 @@ class Bench:
                         cpus=sim_cpus)
         self.port = int(self.sim.read()["port"])
         self.log(f"simulator on 127.0.0.1:{self.port}")
+        self.otlp: Optional[Proc] = None
+        if any(m in OTLP_MODES for m in self.a.modes):
+            # The receiver shares the simulator's CPU: the workers' CPU stays theirs.
+            self.otlp = Proc("otlp", [self.py, os.path.join(HERE, "otlprecv.py")], cpus=sim_cpus)
+            os.environ["E6O_BENCH_OTLP"] = f"127.0.0.1:{int(self.otlp.read()['port'])}"
+            self.log(f"OTLP receiver on {os.environ['E6O_BENCH_OTLP']}")
         why = e6observe_available()
         modes = [m for m in self.a.modes if not (why and m in E6O_MODES)]
         self.result["skipped_modes"] = {m: why for m in self.a.modes if m not in modes}
@@ -203,6 +236,14 @@ class Bench:
             w.close()
         if self.sim is not None:
             self.sim.close()
+        otlp = getattr(self, "otlp", None)
+        if otlp is not None:
+            # After the workers' shutdown flushed their batches: what the receiver got.
+            try:
+                self.result["otlp_received"] = otlp.call("counts")
+            except Exception as exc:
+                self.result["otlp_received"] = {"error": str(exc)}
+            otlp.close()
 
     def sim_call(self, cmd: str, **kw: Any) -> Any:
         assert self.sim is not None
@@ -552,6 +593,153 @@ class Bench:
             self.result["hotpath_ns"] = json.load(f)
         os.unlink(path)
 
+    # -- the other paths users run (issue 17) --------------------------------------------------
+    def _path_modes(self) -> list[str]:
+        return [m for m in PATH_MODES if m in self.workers]
+
+    def _alternate(self, variants: Sequence[tuple[str, str, dict[str, Any]]], rounds: int,
+                   what: str) -> dict[str, dict[str, list[Any]]]:
+        """Alternating rounds: each round runs every variant ``(name, command, kwargs)`` once on
+        every path mode, the modes in a fresh random order per variant. Replies by variant and
+        mode, one per round."""
+        modes = self._path_modes()
+        out: dict[str, dict[str, list[Any]]] = {v: {m: [] for m in modes} for v, _, _ in variants}
+        for r in range(rounds):
+            for name, cmd, kw in variants:
+                order = modes[:]
+                self.rng.shuffle(order)
+                for m in order:
+                    out[name][m].append(self.run_on(m, cmd, **kw))
+            self.log(f"{what} round {r + 1}/{rounds}")
+        return out
+
+    @staticmethod
+    def _vs_bare(per_round: dict[str, list[float]], key: str) -> dict[str, Any]:
+        """Per mode: the median of ``per_round`` values and, per round, the ratio to bare."""
+        out: dict[str, Any] = {}
+        base = per_round.get("bare")
+        for m, vals in per_round.items():
+            e: dict[str, Any] = {key: median(vals), f"round_{key}": vals}
+            if base is not None and m != "bare":
+                ratios = [x / b for x, b in zip(vals, base)]
+                e["ratio_to_bare"] = {"median": median(ratios), "spread": spread(ratios),
+                                      "per_round": ratios}
+                e["added_pct"] = (median(ratios) - 1.0) * 100.0
+            out[m] = e
+        return out
+
+    def phase_large(self) -> None:
+        """Large results: ``--large-rows`` rows x 10 columns, fetchall and fetchmany(1000), sync
+        and async; per-query wall time, ratios to bare per round; e6observe's calls per fetch."""
+        rows = self.a.large_rows
+        variants: list[tuple[str, str, dict[str, Any]]] = [
+            ("sync_fetchall", "large", {"rows": rows, "style": "fetchall"}),
+            ("sync_fetchmany", "large", {"rows": rows, "style": "fetchmany"})]
+        if self._aio_ok():
+            variants += [("async_fetchall", "large_aio", {"rows": rows, "style": "fetchall"}),
+                         ("async_fetchmany", "large_aio", {"rows": rows, "style": "fetchmany"})]
+        for _, cmd, kw in variants:  # warm-up: the simulator builds the result once
+            for m in self._path_modes():
+                self.run_on(m, cmd, **kw)
+        t0 = time.perf_counter()
+        raw = self._alternate(variants, self.a.path_rounds, "large")
+        out: dict[str, Any] = {"rows": rows, "columns": 10, "batch_rows": SIM_BATCH_ROWS,
+                               "rounds": self.a.path_rounds, "variants": {}}
+        for name, per in raw.items():
+            ms = {m: [median(r["lat_ns"]) / 1e6 for r in res] for m, res in per.items()}
+            out["variants"][name] = self._vs_bare(ms, "median_ms")
+            cpu = {m: [r["process_cpu_ns"] / 1e6 for r in res] for m, res in per.items()}
+            for m, e in self._vs_bare(cpu, "process_cpu_ms").items():
+                out["variants"][name][m]["cpu"] = e
+        out["seconds"] = time.perf_counter() - t0
+        if "e6o-full" in self.workers:
+            cc = self.run_on("e6o-full", "call_count", rows=rows)
+            batches = -(-rows // SIM_BATCH_ROWS)
+            extra = cc["large_fetchall"] - cc["select1"]
+            # The 1-row query fetches one batch (and the empty one that ends it); the large one
+            # ``batches`` (and the empty one): what grows with the result is per batch.
+            per_batch = extra / max(1, batches - 1)
+            # A per-row Python call would make the fetch cost at least one call per row; the
+            # whole fetch costs far fewer calls than it has rows, all of them per batch (the
+            # guard test shows 10 and 100 rows in one batch cost the same calls).
+            cc.update(batches=batches, rows=rows, calls_per_extra_batch=per_batch,
+                      calls_over_rows=cc["large_fetchall"] / rows,
+                      calls_per_row=cc["large_fetchall"] // rows)
+            out["call_count"] = cc
+            self.log(f"large: e6observe calls per {rows}-row fetchall {cc['large_fetchall']} "
+                     f"(SELECT 1: {cc['select1']}; {per_batch:.2f} per extra batch)")
+        self.result["large"] = out
+
+    def _aio_ok(self) -> bool:
+        return sys.version_info >= (3, 11)
+
+    def phase_async(self) -> None:
+        """64 concurrent queries on one event loop: own connections, and an async pool."""
+        if not self._aio_ok():
+            self.result["async"] = {"skipped": "the async API needs Python 3.11+"}
+            return
+        kw = {"tasks": self.a.async_tasks, "seconds": self.a.path_seconds}
+        variants = [("connections", "aio_concurrent", dict(kw)),
+                    ("pool", "aio_concurrent", dict(kw, pool=True))]
+        for _, cmd, k in variants:  # warm-up: connections opened, untimed
+            for m in self._path_modes():
+                self.run_on(m, cmd, **dict(k, seconds=0.2))
+        self.result["async"] = self._throughput_phase(variants, "async")
+
+    def phase_pool(self) -> None:
+        """``ConnectionPool`` shared by ``--pool-threads`` threads."""
+        k = {"threads": self.a.pool_threads, "seconds": self.a.path_seconds}
+        for m in self._path_modes():
+            self.run_on(m, "pool_threads", **dict(k, seconds=0.2))
+        self.result["pool"] = self._throughput_phase([("threads", "pool_threads", k)], "pool")
+
+    def _throughput_phase(self, variants: Sequence[tuple[str, str, dict[str, Any]]],
+                          what: str) -> dict[str, Any]:
+        raw = self._alternate(variants, self.a.path_rounds, what)
+        out: dict[str, Any] = {"rounds": self.a.path_rounds, "seconds_per_round": self.a.path_seconds,
+                               "variants": {}}
+        for name, per in raw.items():
+            qps = {m: [r["queries"] / r["elapsed"] for r in res] for m, res in per.items()}
+            med = {m: [median(r["lat_ns"]) / 1e6 if r["lat_ns"] else float("nan") for r in res]
+                   for m, res in per.items()}
+            cpu = {m: [r["process_cpu_ns"] / 1e3 for r in res] for m, res in per.items()}
+            lat = self._vs_bare(med, "median_ms")
+            tp = self._vs_bare(qps, "qps")
+            cp = self._vs_bare(cpu, "process_cpu_us_per_query")
+            v: dict[str, Any] = {}
+            for m in per:
+                v[m] = {"latency": lat[m], "throughput": tp[m], "cpu": cp[m],
+                        "errors": sum(r["errors"] for r in per[m])}
+            out["variants"][name] = v
+            self.log(f"{what} {name}: " + "  ".join(
+                f"{m} {tp[m]['qps']:.0f}/s {lat[m]['median_ms']:.3f} ms" for m in per))
+        return out
+
+    def phase_startup(self) -> None:
+        """``import e6observe; instrument()`` and ``uninstrument()`` in fresh processes
+        (benchmarks/startup.py), against the connector's own import."""
+        path = self.a.out + ".startup.tmp"
+        argv = [self.py, os.path.join(HERE, "startup.py"), "--json", path,
+                "--rounds", str(self.a.startup_rounds)]
+        subprocess.run(argv, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+        with open(path) as f:
+            self.result["startup"] = json.load(f)
+        os.unlink(path)
+
+    def phase_multiproc(self) -> None:
+        """Multi-process mode (benchmarks/multiproc.py): the merge of ``--mp-workers`` real
+        workers' state files and a worker's write cost per flush. The path workers are stopped
+        meanwhile."""
+        for w in self.workers.values():
+            w.pause()
+        path = self.a.out + ".multiproc.tmp"
+        argv = [self.py, os.path.join(HERE, "multiproc.py"), "--json", path,
+                "--workers", str(self.a.mp_workers), "--queries", str(self.a.mp_queries)]
+        subprocess.run(argv, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+        with open(path) as f:
+            self.result["multiproc"] = json.load(f)
+        os.unlink(path)
+
     # -- results ------------------------------------------------------------------------------
     def finish(self) -> None:
         for m in self.workers:
@@ -687,6 +875,104 @@ def evaluate_targets(r: dict[str, Any]) -> list[dict[str, Any]]:
     if rd:
         add("/metrics render, median ms (in process)", round(rd["median"], 3),
             f"<= {T['render_ms_max']}", rd["median"] <= T["render_ms_max"])
+    otlp = lat.get("e6o-otlp", {}).get("added_median_pct")
+    ref = lat.get("otel-otlp", {}).get("added_median_pct")
+    if otlp is not None:
+        aa = lat.get("bare-ctl", {}).get("ratio_to_bare")
+        aa_s = f"; A/A {aa['median']:.3f} IQR {aa['spread']['q1']:.3f}-{aa['spread']['q3']:.3f}" if aa else ""
+        add(f"OTLP on: e6o-otlp added median latency (%){aa_s}", round(otlp, 2),
+            f"<= {T['otlp_added_median_pct_max']}", otlp <= T["otlp_added_median_pct_max"])
+        if ref:
+            frac = otlp / ref if ref > 0 else None
+            add(f"OTLP on: e6o-otlp added / otel-otlp added (otel-otlp +{ref:.2f} %)",
+                None if frac is None else round(frac, 3), f"< {T['otlp_fraction_of_otel_max']}",
+                None if frac is None else frac < T["otlp_fraction_of_otel_max"])
+    mpl = lat.get("e6o-mp", {}).get("added_median_pct")
+    if mpl is not None:
+        aa = lat.get("bare-ctl", {}).get("ratio_to_bare")
+        aa_s = f"; A/A {aa['median']:.3f} IQR {aa['spread']['q1']:.3f}-{aa['spread']['q3']:.3f}" if aa else ""
+        add(f"multi-process worker: e6o-mp added median latency (%){aa_s}", round(mpl, 2),
+            f"<= {T['mp_added_median_pct_max']}", mpl <= T["mp_added_median_pct_max"])
+    out.extend(evaluate_path_targets(r))
+    return out
+
+
+def _aa(entry: dict[str, Any]) -> str:
+    """The A/A control's ratio for a path entry: median [min-max] over rounds."""
+    rt = entry.get("bare-ctl", {}).get("ratio_to_bare")
+    if not rt:
+        return ""
+    sp = rt["spread"]
+    return f"; A/A {rt['median']:.3f} [{sp['min']:.3f}-{sp['max']:.3f}]"
+
+
+def evaluate_path_targets(r: dict[str, Any]) -> list[dict[str, Any]]:
+    """Targets of the path phases (issue 17): large results, async, pools, start and stop."""
+    T = TARGETS
+    out: list[dict[str, Any]] = []
+
+    def add(name: str, value: Any, limit: str, met: Optional[bool]) -> None:
+        out.append({"target": name, "value": value, "limit": limit, "met": met})
+
+    lg = r.get("large", {})
+    for name, v in lg.get("variants", {}).items():
+        full = v.get("e6o-full", {}).get("added_pct")
+        if full is not None:
+            add(f"large result {lg['rows']}x10 {name}: e6o-full added median (%){_aa(v)}",
+                round(full, 2), f"<= {T['large_added_median_pct_max']}",
+                full <= T["large_added_median_pct_max"])
+    for name, v in lg.get("variants", {}).items():
+        cpu = v.get("e6o-full", {}).get("cpu", {}).get("added_pct")
+        if cpu is not None:
+            aa = {m: e["cpu"] for m, e in v.items() if "cpu" in e}
+            add(f"large result {name}: e6o-full added process CPU per query (%){_aa(aa)}",
+                round(cpu, 2), "(context: CPU, less sensitive to other load than wall time)", None)
+    cc = lg.get("call_count")
+    if cc:
+        add(f"large result: e6observe Python calls per row (fetchall of {cc['rows']} rows: "
+            f"{cc['large_fetchall']} calls in all, {cc['calls_per_extra_batch']:.2f} per batch)",
+            cc["calls_per_row"], f"<= {T['large_calls_per_row_max']}",
+            cc["calls_per_row"] <= T["large_calls_per_row_max"])
+    for phase, label in (("async", "async 64 tasks"), ("pool", "ConnectionPool")):
+        for name, v in r.get(phase, {}).get("variants", {}).items():
+            full = v.get("e6o-full")
+            if not full:
+                continue
+            lat_v = {m: e["latency"] for m, e in v.items()}
+            tp_v = {m: e["throughput"] for m, e in v.items()}
+            added = full["latency"].get("added_pct")
+            lim = T["async_added_median_pct_max" if phase == "async" else "pool_added_median_pct_max"]
+            if added is not None:
+                add(f"{label} ({name}): e6o-full added median latency (%){_aa(lat_v)}",
+                    round(added, 2), f"<= {lim}", added <= lim)
+            cpu = full.get("cpu", {}).get("added_pct")
+            if cpu is not None:
+                add(f"{label} ({name}): e6o-full added process CPU per query (%)"
+                    f"{_aa({m: e['cpu'] for m, e in v.items()})}", round(cpu, 2), "(context)", None)
+            tp = full["throughput"].get("ratio_to_bare")
+            if tp:
+                met = tp["median"] >= T["async_throughput_ratio_min"] if phase == "async" else None
+                add(f"{label} ({name}): throughput e6o-full/bare{_aa(tp_v)}", round(tp["median"], 4),
+                    f">= {T['async_throughput_ratio_min']}" if phase == "async" else "(context)", met)
+    mp = r.get("multiproc")
+    if mp:
+        for k, label in (("cold_merge_ms", "first scrape"), ("changed_merge_ms", "every file changed")):
+            add(f"multi-process: merge of {mp['workers']} workers' files, {label} (median ms)",
+                round(mp[k]["median"], 2), f"<= {T['mp_merge_ms_max']}",
+                mp[k]["median"] <= T["mp_merge_ms_max"])
+        add("multi-process: a worker's state write per flush (median ms)",
+            round(mp["write_ms"]["median"], 3), "(reported)", None)
+    st = r.get("startup", {}).get("configs", {})
+    for cfg, e in st.items():
+        add(f"start ({cfg}): import e6observe + instrument(), ms beyond the connector's import",
+            round(e["instrument_ms"]["median"], 1), f"<= {T['startup_ms_max']}",
+            e["instrument_ms"]["median"] <= T["startup_ms_max"])
+        add(f"start ({cfg}): RSS added by import + instrument(), MiB",
+            round(e["rss_added_mib"]["median"], 2), f"<= {T['startup_rss_mib_max']}",
+            e["rss_added_mib"]["median"] <= T["startup_rss_mib_max"])
+        add(f"stop ({cfg}): uninstrument() with the endpoint running, ms (worst of rounds)",
+            round(e["uninstrument_ms"]["max"], 1), f"<= {T['uninstrument_ms_max']}",
+            e["uninstrument_ms"]["max"] <= T["uninstrument_ms_max"])
     return out
 
 
@@ -777,6 +1063,65 @@ def plot(r: dict[str, Any], raw: dict[str, list[float]], path: str) -> Optional[
     return None
 
 
+def plot_paths(r: dict[str, Any], path: str) -> Optional[str]:
+    """The path phases (large, async, pool): per-round added median time (%) of e6o-full and of
+    the A/A control (bare-ctl) against bare, per path; throughput ratios of async and pool."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except Exception as exc:
+        return f"matplotlib unavailable ({exc})"
+    lat_rows: list[tuple[str, list[float]]] = []
+    tp_rows: list[tuple[str, list[float]]] = []
+    for name, v in r.get("large", {}).get("variants", {}).items():
+        for m, tag in (("bare-ctl", "A/A"), ("e6o-full", "e6o")):
+            rt = v.get(m, {}).get("ratio_to_bare")
+            if rt:
+                lat_rows.append((f"large {name}\n{tag}", [(x - 1) * 100 for x in rt["per_round"]]))
+    for phase in ("async", "pool"):
+        for name, v in r.get(phase, {}).get("variants", {}).items():
+            for m, tag in (("bare-ctl", "A/A"), ("e6o-full", "e6o")):
+                e = v.get(m, {})
+                lr = e.get("latency", {}).get("ratio_to_bare")
+                tr = e.get("throughput", {}).get("ratio_to_bare")
+                if lr:
+                    lat_rows.append((f"{phase} {name}\n{tag}", [(x - 1) * 100 for x in lr["per_round"]]))
+                if tr:
+                    tp_rows.append((f"{phase} {name}\n{tag}", tr["per_round"]))
+    if not lat_rows:
+        return "no path data"
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(17, 5.6), gridspec_kw={"width_ratios": [3, 1]})
+    kw = {"tick_labels" if _mpl_has_tick_labels(plt) else "labels": [n for n, _ in lat_rows]}
+    ax1.boxplot([d for _, d in lat_rows], **kw)
+    ax1.axhline(0, color="k", lw=0.8)
+    ax1.axhline(1.0, color="g", ls="--", lw=0.8, label="target (1 %)")
+    ax1.set_ylabel("added median time vs bare, same round (%)")
+    ax1.set_title("large results, async, pool: per-round overhead (A/A = second bare process)")
+    ax1.tick_params(axis="x", labelsize=7, labelrotation=35)
+    ax1.grid(alpha=0.3)
+    ax1.legend(fontsize=8)
+    if tp_rows:
+        kw = {"tick_labels" if _mpl_has_tick_labels(plt) else "labels": [n for n, _ in tp_rows]}
+        ax2.boxplot([d for _, d in tp_rows], **kw)
+        ax2.axhline(1.0, color="k", lw=0.8)
+        ax2.axhline(0.99, color="g", ls="--", lw=0.8, label="async target (0.99)")
+        ax2.set_ylabel("throughput ratio to bare, same round")
+        ax2.set_title("throughput")
+        ax2.tick_params(axis="x", labelsize=7, labelrotation=35)
+        ax2.grid(alpha=0.3)
+        ax2.legend(fontsize=8)
+    m = r.get("machine", {})
+    fig.suptitle(f"e6observe paths - {m.get('cpu')} x{m.get('cores')}, load "
+                 f"{m.get('load_avg_start', [0])[0]:.1f} at start", fontsize=10)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return None
+
+
 def _mpl_has_tick_labels(plt: Any) -> bool:
     import matplotlib
 
@@ -809,7 +1154,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     ap.add_argument("--quick", action="store_true", help="smoke run: every phase, tiny sizes")
     ap.add_argument("--long", action="store_true",
                     help="memory over 1 M RPCs per mode and 100 k distinct queries")
-    ap.add_argument("--modes", default=",".join(MODES), help="comma-separated; default: all")
+    ap.add_argument("--modes", default=",".join(DEFAULT_MODES),
+                    help=f"comma-separated from {','.join(MODES)}; default: {','.join(DEFAULT_MODES)}")
     ap.add_argument("--rounds", type=int, help="latency rounds (default 40)")
     ap.add_argument("--queries", type=int, help="queries per mode per round (default 250)")
     ap.add_argument("--warmup", type=int, help="untimed queries per worker at start (default 300)")
@@ -829,8 +1175,20 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     ap.add_argument("--pin", action=argparse.BooleanOptionalAction, default=None,
                     help="pin the simulator to the first CPU and every worker to the second "
                          "(default: on with 2+ CPUs and sched_setaffinity)")
-    ap.add_argument("--skip", default="", help="phases to skip: latency,throughput,render,"
-                                               "switch,watcher,rss,series,fresh-rss,hotpath")
+    ap.add_argument("--skip", default="", help="phases to skip: " + ",".join(PHASES))
+    ap.add_argument("--only", default="", help="run only these phases (comma-separated), e.g. "
+                                               "large,async,pool,startup")
+    ap.add_argument("--large-rows", type=int, help="rows of the large result (default 100000)")
+    ap.add_argument("--path-rounds", type=int,
+                    help="alternating rounds of the large/async/pool phases (default 8)")
+    ap.add_argument("--path-seconds", type=float,
+                    help="seconds per async/pool round (default 1.0)")
+    ap.add_argument("--async-tasks", type=int, default=64, help="concurrent async queries")
+    ap.add_argument("--pool-threads", type=int, default=16, help="threads sharing the pool")
+    ap.add_argument("--mp-workers", type=int, help="workers in the multi-process merge (32)")
+    ap.add_argument("--mp-queries", type=int, help="queries per multi-process worker (200)")
+    ap.add_argument("--startup-rounds", type=int,
+                    help="fresh processes per start-up configuration (default 8)")
     ap.add_argument("--out", default=os.path.join(HERE, "results", "latest.json"))
     ap.add_argument("--plot", default=os.path.join(HERE, "results", "latest.png"))
     a = ap.parse_args(argv)
@@ -840,7 +1198,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         "rounds": (40, 1, 40), "queries": (250, 50, 250), "warmup": (300, 20, 300),
         "tp_rounds": (6, 1, 6), "tp_seconds": (1.0, 0.3, 1.0), "rpcs": (120_000, 600, 1_000_000),
         "distinct": (10_000, 100, 100_000), "switch_reps": (20, 2, 20), "oob_reps": (6, 2, 6),
-        "render_n": (200, 8, 200), "watcher_seconds": (5.0, 0.5, 10.0)}
+        "render_n": (200, 8, 200), "watcher_seconds": (5.0, 0.5, 10.0),
+        "large_rows": (100_000, 3_000, 100_000), "path_rounds": (8, 1, 8),
+        "path_seconds": (1.0, 0.3, 1.0), "startup_rounds": (8, 1, 8),
+        "mp_workers": (32, 3, 32), "mp_queries": (200, 20, 200)}
     idx = 1 if a.quick else 2 if a.long else 0
     for k, v in preset.items():
         if getattr(a, k) is None:
@@ -854,6 +1215,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     a.threads = [int(x) for x in a.threads.split(",") if x]
     a.rss_modes = [m.strip() for m in a.rss_modes.split(",") if m.strip()]
     a.skip = {s.strip() for s in a.skip.split(",") if s.strip()}
+    only = {s.strip() for s in a.only.split(",") if s.strip()}
+    bad = sorted((a.skip | only) - set(PHASES))
+    if bad:
+        ap.error(f"unknown phases {bad}; choose from {list(PHASES)}")
+    if only:
+        a.skip |= set(PHASES) - only
     return a
 
 
@@ -867,15 +1234,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     t0 = time.perf_counter()
     try:
         b.start()
-        for name, fn in (("latency", b.phase_latency), ("throughput", b.phase_throughput),
-                         ("render", b.phase_render), ("switch", b.phase_switch),
-                         ("watcher", b.phase_watcher_cpu), ("rss", b.phase_rss),
-                         ("series", b.phase_series), ("fresh-rss", b.phase_rss_fresh),
-                         ("hotpath", b.phase_hotpath)):
+        fns = {"latency": b.phase_latency, "throughput": b.phase_throughput,
+               "render": b.phase_render, "switch": b.phase_switch,
+               "watcher": b.phase_watcher_cpu, "rss": b.phase_rss, "series": b.phase_series,
+               "fresh-rss": b.phase_rss_fresh, "large": b.phase_large, "async": b.phase_async,
+               "pool": b.phase_pool, "startup": b.phase_startup,
+               "multiproc": b.phase_multiproc, "hotpath": b.phase_hotpath}
+        for name in PHASES:
             if name in a.skip:
                 continue
             b.log(f"phase {name}")
-            fn()
+            fns[name]()
         b.finish()
     finally:
         b.stop()
@@ -885,8 +1254,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     with open(a.out, "w") as f:
         json.dump(b.result, f, indent=1)
     note = plot(b.result, b.raw_lat, a.plot) if "latency" in b.result and a.plot else None
+    if a.plot and any(k in b.result for k in ("large", "async", "pool")):
+        ppath = os.path.splitext(a.plot)[0] + "-paths.png"
+        pnote = plot_paths(b.result, ppath)
+        print(f"wrote {ppath}" if not pnote else f"paths plot skipped: {pnote}")
     for line in summary_lines(b.result):
         print(line)
+    if "latency" not in b.result:
+        note = "no latency phase"
     print(f"wrote {a.out}" + (f" and {a.plot}" if not note else f" (plot skipped: {note})"))
     return 0
 

@@ -45,6 +45,15 @@ class Worker:
         # ``grpc.*_channel`` at call time, so OpenTelemetry's gRPC hook still applies).
         import e6data_python_connector.e6data_grpc  # noqa: F401
 
+        #: The async API, imported up front like the sync one (3.11+ and connector 3.x only).
+        self.aio: Any = None
+        if sys.version_info >= (3, 11):
+            try:
+                from e6data_python_connector import aio
+
+                self.aio = aio
+            except Exception:
+                self.aio = None
         self.rss_start = self.proc.memory_info().rss
         self.mode.install()
         self.rss_installed = self.proc.memory_info().rss
@@ -52,6 +61,10 @@ class Worker:
         self.cur = self.conn.cursor()
         self._pool: list[tuple[Any, Any]] = []
         self.queries = 0
+        self._loop: Any = None
+        self._aio_conns: list[Any] = []
+        self._aio_pool: Any = None
+        self._conn_pool: Any = None
 
     def _connect(self) -> Any:
         from e6data_python_connector import e6data_grpc
@@ -144,6 +157,219 @@ class Worker:
         self.queries += sum(counts)
         return {"queries": sum(counts), "errors": sum(errors), "elapsed": elapsed}
 
+    # -- the other paths users run (issue 17): large results, async, pools ------------------
+    def cmd_large(self, rows: int, style: str, reps: int = 1) -> dict[str, Any]:
+        """Wall time (ns) of ``reps`` queries returning ``rows`` rows x 10 columns, fetched with
+        ``fetchall()`` or a ``fetchmany(1000)`` loop (``style``), sync API."""
+        sql = f"SELECT * FROM wide LIMIT {rows}"
+        cur = self.cur
+        out = []
+        got = 0
+        clock = time.perf_counter_ns
+        th0, pr0 = time.thread_time_ns(), time.process_time_ns()
+        for _ in range(reps):
+            t = clock()
+            cur.execute(sql)
+            if style == "fetchall":
+                got = len(cur.fetchall())
+            else:
+                got = 0
+                while True:
+                    part = cur.fetchmany(1000)
+                    if not part:
+                        break
+                    got += len(part)
+            cur.clear()
+            out.append(clock() - t)
+        self.queries += reps
+        if got != rows:
+            raise RuntimeError(f"fetched {got} rows, expected {rows}")
+        return {"lat_ns": out, "thread_cpu_ns": (time.thread_time_ns() - th0) / reps,
+                "process_cpu_ns": (time.process_time_ns() - pr0) / reps}
+
+    def _run_async(self, coro: Any) -> Any:
+        import asyncio
+
+        if self._loop is None:
+            self._loop = asyncio.new_event_loop()
+        return self._loop.run_until_complete(coro)
+
+    def _need_aio(self) -> Any:
+        if self.aio is None:
+            raise RuntimeError("the connector's async API is unavailable (Python 3.11+, "
+                               "e6data-python-connector[async] 3.x)")
+        return self.aio
+
+    async def _aio_connect(self) -> Any:
+        aio = self._need_aio()
+        return await aio.connect(host=self.host, port=self.port, username=USER, password=PASSWORD)
+
+    def cmd_large_aio(self, rows: int, style: str, reps: int = 1) -> dict[str, Any]:
+        """:meth:`cmd_large` through the async API (one ``AsyncConnection``)."""
+        sql = f"SELECT * FROM wide LIMIT {rows}"
+
+        async def run() -> dict[str, Any]:
+            if not self._aio_conns:
+                self._aio_conns.append(await self._aio_connect())
+            conn = self._aio_conns[0]
+            out = []
+            got = 0
+            clock = time.perf_counter_ns
+            for _ in range(reps):
+                t = clock()
+                cur = conn.cursor()
+                await cur.execute(sql)
+                if style == "fetchall":
+                    got = len(await cur.fetchall())
+                else:
+                    got = 0
+                    while True:
+                        part = await cur.fetchmany(1000)
+                        if not part:
+                            break
+                        got += len(part)
+                await cur.close()
+                out.append(clock() - t)
+            if got != rows:
+                raise RuntimeError(f"fetched {got} rows, expected {rows}")
+            return {"lat_ns": out}
+
+        th0, pr0 = time.thread_time_ns(), time.process_time_ns()
+        res: dict[str, Any] = self._run_async(run())
+        res["thread_cpu_ns"] = (time.thread_time_ns() - th0) / reps
+        res["process_cpu_ns"] = (time.process_time_ns() - pr0) / reps
+        self.queries += reps
+        return res
+
+    def cmd_aio_concurrent(self, tasks: int, seconds: float, pool: bool = False) -> dict[str, Any]:
+        """``tasks`` concurrent query loops on one event loop for ``seconds``: each task on its
+        own ``AsyncConnection`` or, with ``pool``, leasing from one ``AsyncConnectionPool``
+        (16 connections for the 64 tasks). Queries completed and per-query latencies (ns)."""
+        import asyncio
+
+        aio = self._need_aio()
+
+        async def run() -> dict[str, Any]:
+            if pool and self._aio_pool is None:
+                p = aio.AsyncConnectionPool(min_size=16, max_size=16, max_overflow=0,
+                                            host=self.host, port=self.port, username=USER,
+                                            password=PASSWORD)
+                await p.open()
+                self._aio_pool = p
+            while not pool and len(self._aio_conns) < tasks:
+                self._aio_conns.append(await self._aio_connect())
+            lat: list[int] = []
+            errors = [0]
+            clock = time.perf_counter_ns
+            go = asyncio.Event()
+            deadline = [0.0]
+
+            async def one(i: int) -> None:
+                await go.wait()
+                while time.perf_counter() < deadline[0]:
+                    t = clock()
+                    try:
+                        if pool:
+                            lease = await self._aio_pool.get_connection()
+                            try:
+                                cur = lease.cursor()
+                                await cur.execute(QUERY)
+                                await cur.fetchall()
+                                await cur.close()
+                            finally:
+                                await self._aio_pool.return_connection(lease)
+                        else:
+                            cur = self._aio_conns[i].cursor()
+                            await cur.execute(QUERY)
+                            await cur.fetchall()
+                            await cur.close()
+                    except Exception:
+                        errors[0] += 1
+                        continue
+                    lat.append(clock() - t)
+
+            ts = [asyncio.ensure_future(one(i)) for i in range(tasks)]
+            await asyncio.sleep(0)
+            pr0 = time.process_time_ns()
+            t0 = time.perf_counter()
+            deadline[0] = t0 + seconds
+            go.set()
+            await asyncio.gather(*ts)
+            return {"queries": len(lat), "errors": errors[0], "lat_ns": lat,
+                    "elapsed": time.perf_counter() - t0,
+                    "process_cpu_ns": (time.process_time_ns() - pr0) / max(1, len(lat))}
+
+        res: dict[str, Any] = self._run_async(run())
+        self.queries += res["queries"]
+        return res
+
+    def cmd_pool_threads(self, threads: int, seconds: float) -> dict[str, Any]:
+        """``threads`` threads sharing one ``ConnectionPool`` (max_size = threads): each loop
+        leases a connection, runs one query on its cursor and returns it."""
+        from e6data_python_connector.connection_pool import ConnectionPool
+
+        if self._conn_pool is None:
+            self._conn_pool = ConnectionPool(min_size=threads, max_size=threads, max_overflow=0,
+                                             host=self.host, port=self.port, username=USER,
+                                             password=PASSWORD)
+        pool = self._conn_pool
+        start = threading.Event()
+        lat: list[list[int]] = [[] for _ in range(threads)]
+        errors = [0] * threads
+        deadline_box = [0.0]
+        clock = time.perf_counter_ns
+
+        def loop(i: int) -> None:
+            start.wait()
+            deadline = deadline_box[0]
+            mine = lat[i]
+            while time.perf_counter() < deadline:
+                t = clock()
+                try:
+                    with pool.get_connection_context() as pc:
+                        cur = pc.cursor()
+                        cur.execute(QUERY)
+                        cur.fetchall()
+                        cur.clear()
+                except Exception:
+                    errors[i] += 1
+                    continue
+                mine.append(clock() - t)
+
+        ts = [threading.Thread(target=loop, args=(i,), daemon=True) for i in range(threads)]
+        for t in ts:
+            t.start()
+        pr0 = time.process_time_ns()
+        t0 = time.perf_counter()
+        deadline_box[0] = t0 + seconds
+        start.set()
+        for t in ts:
+            t.join()
+        elapsed = time.perf_counter() - t0
+        flat = [x for per in lat for x in per]
+        self.queries += len(flat)
+        return {"queries": len(flat), "errors": sum(errors), "lat_ns": flat, "elapsed": elapsed,
+                "process_cpu_ns": (time.process_time_ns() - pr0) / max(1, len(flat))}
+
+    def cmd_call_count(self, rows: int) -> dict[str, Any]:
+        """e6observe's Python-level calls (``sys.setprofile``, this thread) in one ``SELECT 1``
+        query and in one ``rows``-row large query (fetchall and fetchmany(1000)), untimed."""
+        from callcount import CallCounter
+
+        c = CallCounter()
+        out: dict[str, Any] = {}
+        self._query()
+        with c:
+            self._query()
+        out["select1"] = c.total()
+        for style in ("fetchall", "fetchmany"):
+            self.cmd_large(rows, style)
+            with c:
+                self.cmd_large(rows, style)
+            out[f"large_{style}"] = c.total()
+            out[f"large_{style}_by_function"] = dict(c.calls.most_common())
+        return out
+
     def cmd_switch(self, flag_path: str) -> dict[str, Any]:
         """Run one query during which the connector applies an announced switch.
 
@@ -178,6 +404,23 @@ class Worker:
             sys.setprofile(None)
             mm.close()
         return {"t0": state["t0"], "from": before, "to": state["to"]}
+
+    def close_extra(self) -> None:
+        """Close the async connections, the async pool and the thread pool (at quit)."""
+        try:
+            if self._loop is not None:
+                async def close() -> None:
+                    for c in self._aio_conns:
+                        await c.close()
+                    if self._aio_pool is not None:
+                        await self._aio_pool.close_all()
+
+                self._loop.run_until_complete(close())
+                self._loop.close()
+            if self._conn_pool is not None:
+                self._conn_pool.close_all()
+        except Exception:
+            pass
 
     def cmd_oob_switch(self, to: str) -> dict[str, Any]:
         """Change the active strategy behind every hook's back (``dict.__setitem__``)."""
@@ -281,6 +524,7 @@ def main() -> int:
         msg = json.loads(line)
         cmd = msg.pop("cmd")
         if cmd == "quit":
+            w.close_extra()
             w.mode.uninstall()
             reply({"ok": True})
             break

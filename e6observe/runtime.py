@@ -15,6 +15,10 @@ Unique memory (USS) is the expensive one: psutil's ``memory_full_info`` walks
 ``/proc/<pid>/smaps`` (about 0.75 ms here). On Linux 4.14+ the kernel's pre-summed
 ``/proc/self/smaps_rollup`` gives the same figure (Private_Clean + Private_Dirty +
 Private_Hugetlb) in a little over half the time; psutil is the fallback elsewhere.
+
+On Linux the other figures come from one read of ``/proc/self/stat`` and a listing of
+``/proc/self/fd``, so psutil is not even imported there (it is about 0.9 MiB of RSS and 6 to
+12 ms of start-up): it is imported on first use, on other systems or when ``/proc`` is missing.
 """
 
 from __future__ import annotations
@@ -29,17 +33,59 @@ from typing import Any, Callable, Iterable, Iterator, Optional
 from . import metrics as M
 from ._safe import contain
 
-try:
-    import psutil
-except ImportError:  # pragma: no cover - psutil is a declared dependency
-    psutil = None
-
 _ROLLUP = "/proc/self/smaps_rollup"
 _PRIVATE_KEYS = (b"Private_Clean:", b"Private_Dirty:", b"Private_Hugetlb:")
 #: How long one reading serves the OpenTelemetry callbacks of the same collection.
 SHARED_READING_SECONDS = 0.25
 #: Longest a unique-memory (USS) figure is reused; the other figures are read on every call.
 USS_MAX_AGE = 5.0
+_STAT = "/proc/self/stat"
+_FD_DIR = "/proc/self/fd"
+
+
+def _psutil() -> Any:
+    """The psutil module, imported on first use (None if it is not installed)."""
+    try:
+        import psutil
+    except ImportError:  # pragma: no cover - psutil is a declared dependency
+        return None
+    return psutil
+
+
+def _page_and_tick() -> tuple[int, int]:
+    try:
+        return os.sysconf("SC_PAGE_SIZE"), os.sysconf("SC_CLK_TCK")
+    except (AttributeError, OSError, ValueError):  # pragma: no cover - not POSIX
+        return 0, 0
+
+
+_PAGE, _TICK = _page_and_tick()
+
+
+def read_proc_stat(st: ProcessStats, path: str = _STAT, fd_dir: str = _FD_DIR) -> bool:
+    """Fill rss, vms, CPU times, threads and fds from Linux ``/proc``; False if unavailable."""
+    if not _PAGE or not _TICK:
+        return False
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError:
+        return False
+    # Fields after the command name, which is in parentheses and may hold spaces or ")".
+    rest = data[data.rfind(b")") + 2:].split()
+    if len(rest) < 22:
+        return False
+    try:
+        st.cpu_user = int(rest[11]) / _TICK  # field 14, utime
+        st.cpu_system = int(rest[12]) / _TICK  # field 15, stime
+        st.threads = int(rest[17])  # field 20, num_threads
+        st.vms = int(rest[20])  # field 23, vsize (bytes)
+        st.rss = int(rest[21]) * _PAGE  # field 24, rss (pages)
+    except ValueError:
+        return False
+    with contain("runtime.fds"):
+        st.fds = len(os.listdir(fd_dir))
+    return True
 
 
 def uss_from_smaps_rollup(path: str = _ROLLUP) -> Optional[int]:
@@ -106,10 +152,18 @@ class ProcessReader:
         pid = os.getpid()
         if self._proc is None or pid != self._pid:
             # After a fork the cached psutil.Process still names the parent.
-            self._proc = psutil.Process(pid) if psutil is not None else None
+            ps = _psutil()
+            self._proc = ps.Process(pid) if ps is not None else None
             self._pid = pid
             self._rollup_ok = None
         return self._proc
+
+    def _follow_fork(self) -> None:
+        pid = os.getpid()
+        if pid != self._pid:
+            self._proc = None
+            self._pid = pid
+            self._rollup_ok = None
 
     def _uss(self, proc: Any) -> Optional[int]:
         if self.uss_source == "off":
@@ -120,15 +174,22 @@ class ProcessReader:
             if value is not None or self.uss_source == "rollup":
                 return value
         if proc is None:
+            proc = self._process()
+        if proc is None:
             return None
         try:
             return int(proc.memory_full_info().uss)
-        except (AttributeError, OSError, psutil.Error):
+        except Exception:  # psutil.Error, OSError, AttributeError: no figure
             return None
 
     def read(self) -> ProcessStats:
         """Read everything available now. Missing sources leave fields at None."""
         st = ProcessStats()
+        self._follow_fork()
+        if read_proc_stat(st):  # Linux: no psutil needed
+            with contain("runtime.uss"):
+                st.uss = self._uss_cached(None)
+            return st
         proc = self._process()
         if proc is not None:
             with proc.oneshot():  # one /proc/<pid>/stat read for several fields

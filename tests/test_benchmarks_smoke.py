@@ -108,3 +108,38 @@ def test_machine_and_plot(result: dict[str, Any]) -> None:
         assert "plot skipped" in result["_stdout"]
     else:
         assert result["_png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_path_phases_ran_with_ratios_from_their_own_rounds(result: dict[str, Any]) -> None:
+    """Large results, async, pool: every variant ran on bare, bare-ctl and e6o-full, without
+    errors, and each ratio is the mode's round figure over bare's of the same round."""
+    lg = result["large"]
+    assert set(lg["variants"]) == {"sync_fetchall", "sync_fetchmany", "async_fetchall",
+                                   "async_fetchmany"}
+    for v in lg["variants"].values():
+        assert set(v) == {"bare", "bare-ctl", "e6o-full"}
+        full, bare = v["e6o-full"], v["bare"]
+        want = [x / b for x, b in zip(full["round_median_ms"], bare["round_median_ms"])]
+        assert full["ratio_to_bare"]["per_round"] == pytest.approx(want)
+    cc = lg["call_count"]
+    # The whole fetch costs fewer e6observe calls than it has rows, all per batch: no per-row call.
+    assert cc["calls_per_row"] == 0 and 0 < cc["large_fetchall"] < cc["rows"]
+    for phase in ("async", "pool"):
+        for v in result[phase]["variants"].values():
+            for m in ("bare", "bare-ctl", "e6o-full"):
+                assert v[m]["errors"] == 0 and v[m]["throughput"]["qps"] > 0
+
+
+def test_startup_and_multiprocess_reported(result: dict[str, Any]) -> None:
+    st = result["startup"]["configs"]
+    assert set(st) == {"default", "prometheus"}
+    for e in st.values():
+        assert e["instrument_ms"]["n"] == result["startup"]["rounds"]
+        assert e["rss_added_mib"]["median"] > 0 and e["uninstrument_ms"]["median"] > 0
+    mp = result["multiproc"]
+    # One state file per live worker, every one merged into the scrape.
+    assert mp["state_files"] == mp["workers"] and mp["series_in_merged_scrape"] > 0
+    assert mp["write_ms"]["n"] > 0
+    names = [t["target"] for t in result["targets"]]
+    assert any(n.startswith("multi-process: merge of") for n in names)
+    assert any(n.startswith("large result: e6observe Python calls per row") for n in names)

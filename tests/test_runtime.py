@@ -243,3 +243,34 @@ def test_uss_is_reused_within_its_max_age_and_reread_after() -> None:
         assert cached.read().rss >= len(block)  # the other figures are always read anew
     finally:
         del block
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="Linux /proc")
+def test_proc_stat_reading_agrees_with_psutil_and_leaves_psutil_unimported(tmp_path: Any) -> None:
+    from e6observe.runtime import read_proc_stat
+
+    st = ProcessStats()
+    assert read_proc_stat(st)
+    me = psutil.Process()
+    mi = me.memory_info()
+    assert abs(st.rss - mi.rss) < 4 * 2**20  # type: ignore[operator]
+    assert st.vms is not None and abs(st.vms - mi.vms) < 16 * 2**20
+    assert st.threads == me.num_threads()
+    assert st.fds is not None and abs(st.fds - me.num_fds()) <= 1  # the listing's own fd
+    ct = me.cpu_times()
+    assert st.cpu_user is not None and abs(st.cpu_user - ct.user) < 0.5
+    # A command name with spaces and parentheses does not shift the fields.
+    fields = ["S"] + [str(i) for i in range(4, 53)]  # field k holds the number k
+    (tmp_path / "stat").write_text("77 (we ird) (x) " + " ".join(fields) + "\n")
+    odd = ProcessStats()
+    assert read_proc_stat(odd, path=str(tmp_path / "stat"), fd_dir=str(tmp_path))
+    assert (odd.threads, odd.vms) == (20, 23)
+    assert odd.rss == 24 * os.sysconf("SC_PAGE_SIZE") and odd.fds == 1
+    (tmp_path / "short").write_text("77 (x) S 1 2 3\n")
+    assert not read_proc_stat(ProcessStats(), path=str(tmp_path / "short"))
+    code = ("import sys, e6observe.runtime as r; st = r.ProcessReader().read(); "
+            "print('psutil' in sys.modules, st.rss > 0, st.uss is not None)")
+    import subprocess
+
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.split() == ["False", "True", "True"], out.stderr[-2000:]

@@ -19,6 +19,7 @@ from e6data_python_connector.server import e6x_engine_pb2 as pb
 from e6data_python_connector.server import e6x_engine_pb2_grpc as pb_grpc
 
 from e6observe.sim import SAMPLE_ROWS, Simulator, sample_row
+from e6observe.sim.results import wide_row
 
 Connect = Callable[..., Any]
 
@@ -449,3 +450,14 @@ def test_stop_interrupts_a_sleeping_query() -> None:
     t.join(10)
     assert not t.is_alive()  # the query did not hold the server for 30 s
     conn.close()
+
+
+def test_wide_rows_reach_the_connector_decoded(connect: Callable[..., Any]) -> None:
+    cur = connect().cursor()
+    cur.execute("SELECT * FROM wide LIMIT 600")
+    rows = cur.fetchall()
+    cur.clear()
+    assert len(rows) == 600 and len(rows[0]) == 10
+    assert rows[0][0] == 1 and rows[599][0] == 600
+    assert rows[99][2] is None and rows[98][2] == wide_row(98)[2]
+    assert rows[5][3] == "label-005" and rows[5][5] is False and rows[6][5] is True

@@ -102,3 +102,20 @@ def test_result_cache_is_bounded() -> None:
 def test_batch_rows_must_be_positive() -> None:
     with pytest.raises(ValueError):
         R.ResultCache(0)
+
+
+def test_wide_result_has_ten_columns_in_batches_and_is_capped() -> None:
+    cache = R.ResultCache(batch_rows=1000)
+    res = R.plan("SELECT * FROM wide LIMIT 2500", cache)
+    assert res.row_count == 2500
+    assert R.chunk_rows(res.batches) == [1000, 1000, 500]
+    rowcount, fields = get_query_columns_info(io.BytesIO(res.metadata))
+    assert rowcount == 2500 and [f.get_field_type() for f in fields][:6] == [
+        "LONG", "INTEGER", "DOUBLE", "STRING", "DATETIME", "BOOLEAN"] and len(fields) == 10
+    assert R.plan("select * from WIDE limit 2500;", cache) is res  # built once, reused
+    assert R.plan(f"SELECT * FROM wide LIMIT {R.WIDE_MAX_ROWS + 5}", R.ResultCache(50_000)).row_count == \
+        R.WIDE_MAX_ROWS
+    for n in (10, 20, 30):  # only the latest two sizes stay built
+        cache.wide(n)
+    assert sorted(cache._wide) == [20, 30]
+

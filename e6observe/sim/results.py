@@ -35,6 +35,9 @@ SAMPLE_EPOCH = _dt.datetime(2024, 1, 1, tzinfo=_dt.timezone.utc)
 
 _US = 1_000_000
 
+#: Largest ``wide`` result the simulator builds (rows); keeps one result's memory bounded.
+WIDE_MAX_ROWS = 200_000
+
 
 @dataclass(frozen=True)
 class Column:
@@ -74,6 +77,39 @@ def sample_row(i: int) -> Tuple[Any, ...]:
         None if i % 17 == 2 else created.date(),
         None if i % 19 == 4 else i % 2 == 0,
         None if i % 5 == 0 else "ünïcödé ✓" if i % 5 == 1 else f"note {i}",
+    )
+
+
+#: Columns of the ``wide`` table (large-result benchmarks): ten columns of five types.
+WIDE_COLUMNS: Tuple[Column, ...] = (
+    Column("id", "LONG"),
+    Column("k", "INTEGER"),
+    Column("amount", "DOUBLE"),
+    Column("label", "STRING"),
+    Column("ts", "DATETIME"),
+    Column("flag", "BOOLEAN"),
+    Column("ref", "LONG"),
+    Column("ratio", "DOUBLE"),
+    Column("code", "STRING"),
+    Column("day", "DATE"),
+)
+
+
+def wide_row(i: int) -> Tuple[Any, ...]:
+    """Row ``i`` (0-based) of the ``wide`` table; every hundredth row carries nulls."""
+    ts = SAMPLE_EPOCH + _dt.timedelta(seconds=60 * i)
+    null = i % 100 == 99
+    return (
+        i + 1,
+        (i * 7919) % 100_000 - 50_000,
+        None if null else i * 0.5 + 0.25,
+        f"label-{i % 1000:03d}",
+        None if null else ts,
+        i % 3 == 0,
+        (i * 31) % 1_000_003,
+        i / (i + 1),
+        None if null else f"c{i % 97}",
+        ts.date(),
     )
 
 
@@ -176,6 +212,8 @@ class ResultCache:
         self.batch_rows = batch_rows
         self._lock = threading.Lock()
         self._cache: dict[Tuple[str, int], Result] = {}
+        #: large ``wide`` results, kept apart and only the latest two (each up to ~10 MB)
+        self._wide: dict[int, Result] = {}
 
     def _get(self, key: Tuple[str, int], build: Callable[[], Result]) -> Result:
         r = self._cache.get(key)
@@ -206,10 +244,29 @@ class ResultCache:
     def count(self) -> Result:
         return self.scalar(SAMPLE_ROWS, "count")
 
+    def wide(self, limit: int) -> Result:
+        """The first ``limit`` rows (at most :data:`WIDE_MAX_ROWS`) of the ``wide`` table."""
+        n = max(0, min(limit, WIDE_MAX_ROWS))
+        with self._lock:
+            r = self._wide.get(n)
+        if r is not None:
+            return r
+        step = self.batch_rows
+        batches = []
+        for k in range(0, n, step):
+            batches.append(encode_chunk(WIDE_COLUMNS, [wide_row(i) for i in range(k, min(n, k + step))]))
+        r = Result(encode_metadata(WIDE_COLUMNS, n), tuple(batches), n)
+        with self._lock:
+            while len(self._wide) >= 2:
+                self._wide.pop(next(iter(self._wide)))
+            self._wide[n] = r
+        return r
+
 
 _WS = re.compile(r"\s+")
 _SCALAR = re.compile(r"^select (-?\d{1,18})(?: as (\w{1,64}))?$")
 _SAMPLE = re.compile(r"^select \* from sample(?: limit (\d{1,9}))?$")
+_WIDE = re.compile(r"^select \* from wide limit (\d{1,9})$")
 _COUNT = re.compile(r"^select count\(\*\) from sample$")
 _SLEEP = re.compile(r"^select sleep\((\d{1,5}(?:\.\d{1,6})?)\)$")
 _FAIL = re.compile(r"^select fail\(\)$")
@@ -229,6 +286,8 @@ def plan(sql: str, cache: ResultCache) -> Result:
     * ``SELECT <integer> [AS name]`` - one LONG column (named ``name`` or the literal), one row;
     * ``SELECT * FROM sample [LIMIT n]`` - the 1000-row sample table (see :func:`sample_row`);
     * ``SELECT COUNT(*) FROM sample`` - one LONG column ``count`` = 1000;
+    * ``SELECT * FROM wide LIMIT n`` - ``n`` rows (at most 200 000) of ten columns
+      (see :func:`wide_row`), for large-result benchmarks;
     * ``SELECT sleep(x)`` - ``executeStatement`` takes ``x`` seconds (at most 30), result 1;
     * ``SELECT fail()`` - ``executeStatement`` fails with ``INTERNAL`` ``simulated query failure``.
 
@@ -243,6 +302,9 @@ def plan(sql: str, cache: ResultCache) -> Result:
         return cache.sample(SAMPLE_ROWS if m.group(1) is None else int(m.group(1)))
     if _COUNT.match(s):
         return cache.count()
+    m = _WIDE.match(s)
+    if m:
+        return cache.wide(int(m.group(1)))
     m = _SLEEP.match(s)
     if m:
         base = cache.scalar(1, "sleep")
