@@ -29,6 +29,23 @@ def _never() -> bool:
     return False
 
 
+def _always() -> bool:
+    return True
+
+
+def context_getter() -> Callable[[], Any]:
+    """The API's current-context getter as a C call (``ContextVar.get``), for the hooks' fast
+    path: an empty context (the common case) cannot suppress, so ``get() and suppressed()``
+    skips the Python-level check. Where the API keeps no context variable: a getter that is
+    always truthy, so the full check runs."""
+    try:
+        from opentelemetry import context as c
+    except Exception:  # pragma: no cover - no API: nothing can suppress
+        return _always
+    var = getattr(getattr(c, "_RUNTIME_CONTEXT", None), "_current_context", None)
+    return var.get if isinstance(var, contextvars.ContextVar) else _always
+
+
 def suppression_check() -> Callable[[], bool]:
     """A cheap ``() -> bool``: True inside ``suppress_instrumentation()``. Never raises."""
     try:

@@ -139,6 +139,28 @@ def test_query_span_is_the_parent_of_grpc_instrumentation_client_spans(
     assert all(s.context.trace_id == query.context.trace_id for s in in_query)
 
 
+def test_the_query_span_is_current_only_while_the_query_runs(
+        rig: Rig, sim: Simulator, connect: Callable[..., Any]) -> None:
+    """The span is made current around execute, fetch and clear, and the caller's context is
+    restored after each: nothing of e6observe stays attached (a leaked span would parent the
+    application's next spans and turn every later RPC's suppression check into a full one)."""
+    from opentelemetry import context, trace
+
+    rig.start()
+    before = dict(context.get_current())
+    conn = connect()
+    cur = conn.cursor()
+    for _ in range(2):
+        cur.execute("SELECT 1")
+        assert dict(context.get_current()) == before
+        cur.fetchall()
+        assert dict(context.get_current()) == before
+        cur.clear()
+        assert dict(context.get_current()) == before
+    assert not trace.get_current_span().get_span_context().is_valid
+    assert len(rig.spans.get_finished_spans()) == 2
+
+
 def test_span_name_is_the_low_cardinality_summary_never_the_text(
         rig: Rig, sim: Simulator, connect: Callable[..., Any]) -> None:
     rig.start()

@@ -94,7 +94,7 @@ class HookContext:
     """
 
     __slots__ = ("recorder", "options", "tracer", "live", "token", "tls", "retrace", "track",
-                 "timers", "suppressed")
+                 "timers", "suppressed", "context_now")
 
     def __init__(self, recorder: Recorder, options: Any = None, tracer: Any = None) -> None:
         self.recorder = recorder
@@ -113,6 +113,9 @@ class HookContext:
         self.timers: dict[str, Any] = {}
         #: True inside OpenTelemetry's ``suppress_instrumentation()``: no span, no measurement.
         self.suppressed = _suppression_check()
+        #: The OpenTelemetry context as one C call: empty (falsy) means nothing is suppressed,
+        #: so the hot paths test ``context_now() and suppressed()``.
+        self.context_now = _context_getter()
 
     def current_tracer(self) -> Any:
         """The query tracer, looking (rate-limited) for a late global provider if none yet."""
@@ -120,6 +123,12 @@ class HookContext:
         if tracer is None and self.retrace is not None:
             tracer = self.retrace()
         return tracer
+
+
+def _context_getter() -> Any:
+    from .._otelctx import context_getter
+
+    return context_getter()
 
 
 def _suppression_check() -> Any:

@@ -161,6 +161,8 @@ def _never() -> bool:
 
 #: True inside OpenTelemetry's ``suppress_instrumentation()`` (set by :func:`install`).
 _suppressed: Callable[[], bool] = _never
+#: The OpenTelemetry context getter (a C call, falsy when empty), set with ``_suppressed``.
+_ctx_now: Callable[[], Any] = _never
 
 
 def _timed_aio_call(mc: Any, timer: _Timer, interp: _AioInterpreter) -> Callable[..., Any]:
@@ -171,7 +173,7 @@ def _timed_aio_call(mc: Any, timer: _Timer, interp: _AioInterpreter) -> Callable
     codes = _common.CYGRPC_STATUS_CODE_TO_STATUS_CODE
 
     def timed(request: Any, *args: Any, **kwargs: Any) -> Any:
-        if _suppressed():  # inside suppress_instrumentation(): not measured
+        if _ctx_now() and _suppressed():  # inside suppress_instrumentation(): not measured
             return mc(request, *args, **kwargs)
         s = _strategy_from(args, kwargs)
         t0 = perf()
@@ -282,7 +284,7 @@ def _make_execute(orig: Callable[..., Any], ctx: HookContext) -> Callable[..., A
     rec = ctx.recorder
 
     async def execute(self: Any, *args: Any, **kwargs: Any) -> Any:
-        if not ctx.live or ctx.suppressed():
+        if not ctx.live or (ctx.context_now() and ctx.suppressed()):
             return await orig(self, *args, **kwargs)
         span = None
         span_token = None
@@ -306,15 +308,16 @@ def _make_execute(orig: Callable[..., Any], ctx: HookContext) -> Callable[..., A
         except Exception as exc:
             record_internal_error(_COMPONENT, exc)
         resumed0 = RESUMED.get()
-        span_token = QUERY_SPAN.set(span) if span is not None else None
+        qs_token = QUERY_SPAN.set(span) if span is not None else None
         t0 = perf()
         try:
             result = await orig(self, *args, **kwargs)
         except BaseException as exc:
-            detach(span_token)
+            if span_token is not None:
+                detach(span_token)
             try:
-                if span_token is not None:
-                    QUERY_SPAN.reset(span_token)
+                if qs_token is not None:
+                    QUERY_SPAN.reset(qs_token)
                 admitted = self.__dict__.get("_route") is not None
                 s = _route_strategy(self) if admitted else (
                     conn.__dict__.get("_strategy") if conn is not None else None)
@@ -325,10 +328,11 @@ def _make_execute(orig: Callable[..., Any], ctx: HookContext) -> Callable[..., A
             except Exception as e:
                 record_internal_error(_COMPONENT, e)
             raise
-        detach(span_token)
+        if span_token is not None:
+            detach(span_token)
         try:
-            if span_token is not None:
-                QUERY_SPAN.reset(span_token)
+            if qs_token is not None:
+                QUERY_SPAN.reset(qs_token)
             strategy = norm_strategy(_route_strategy(self))
             rec.query_started(strategy)
             route = self.__dict__.get("_route")
@@ -349,10 +353,12 @@ def _make_next_batch(orig: Callable[..., Any], ctx: HookContext) -> Callable[...
         try:
             rows = await orig(self, *args, **kwargs)
         except BaseException as exc:
-            detach(token)
+            if token is not None:
+                detach(token)
             end_failed(ctx, self, exc, _outcome)
             raise
-        detach(token)
+        if token is not None:
+            detach(token)
         if rows is None:
             mark_fetched(ctx, self)
         return rows
@@ -368,12 +374,14 @@ def _make_clear(orig: Callable[..., Any], ctx: HookContext, outcome_ok: str) -> 
         try:
             result = await orig(self, *args, **kwargs)
         except BaseException as exc:
-            detach(token)
+            if token is not None:
+                detach(token)
             if q is not None and self.__dict__.get(ATTR) is q:
                 del self.__dict__[ATTR]
                 finish(ctx, q, _outcome(exc), exc)
             raise
-        detach(token)
+        if token is not None:
+            detach(token)
         if q is not None and self.__dict__.get(ATTR) is q:
             del self.__dict__[ATTR]
             finish(ctx, q, outcome_ok)
@@ -394,13 +402,14 @@ def install(recorder: Recorder, options: object = None, tracer: object = None,
     """Install the async hooks: now if the application has imported the connector's async API,
     else when it does (a process that never uses it never loads those modules). False
     (nothing done) when the async API is unavailable."""
-    global _watch, _suppressed
+    global _watch, _suppressed, _ctx_now
     if _ctx is not None or _watch is not None:
         return True
     if sys.version_info < (3, 11):
         return False
     ctx = ctx or HookContext(recorder, options, tracer)
     _suppressed = ctx.suppressed
+    _ctx_now = ctx.context_now
     if ASYNC_MODULE in sys.modules:
         return _install_now(recorder, ctx)
     try:

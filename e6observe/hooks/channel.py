@@ -61,6 +61,9 @@ def _never() -> bool:
 #: True inside OpenTelemetry's ``suppress_instrumentation()`` (set by :func:`install`): the
 #: call's duration is not recorded (a 456 is still reported: it moves the strategy state).
 _suppressed: Callable[[], bool] = _never
+#: The OpenTelemetry context getter (a C call; falsy when empty): ``_ctx_now() and
+#: _suppressed()`` calls no Python function in the common case.
+_ctx_now: Callable[[], Any] = _never
 
 
 def _strategy_from(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -161,7 +164,7 @@ def _timed_call(mc: Any, timer: _Timer) -> Callable[..., Any]:
                 timer.failed_exc(exc, _perf() - t0, s)
                 raise
             dt = _perf() - t0
-            if _suppressed():
+            if _ctx_now() and _suppressed():
                 return response
             try:
                 h = timer.ok[s]
@@ -184,14 +187,14 @@ def _timed_call(mc: Any, timer: _Timer) -> Callable[..., Any]:
             except _RpcError as exc:
                 timer.failed_exc(exc, _perf() - t0, s)
                 raise
-            if not _suppressed():
+            if not (_ctx_now() and _suppressed()):
                 timer.observe_ok(s, _perf() - t0)
             return response
 
         wrapper = timed_any
 
     def timed_future(request: Any, *args: Any, **kwargs: Any) -> Any:
-        if _suppressed():
+        if _ctx_now() and _suppressed():
             return mc.future(request, *args, **kwargs)
         s = _strategy_from(args, kwargs)
         t0 = _perf()
@@ -311,7 +314,7 @@ def _make_create_client(orig: Callable[..., Any], ctx: HookContext) -> Callable[
 def install(recorder: Recorder, options: object = None, tracer: object = None,
             ctx: Optional[HookContext] = None) -> bool:
     """Wrap ``Connection._create_client`` so every new stub is timed."""
-    global _ctx, _suppressed
+    global _ctx, _suppressed, _ctx_now
     if _ctx is not None:
         return True
     from e6data_python_connector import e6data_grpc as g
@@ -323,6 +326,7 @@ def install(recorder: Recorder, options: object = None, tracer: object = None,
     _patches.replace(g.Connection, "_create_client", _make_create_client(orig, ctx))
     _ctx = ctx
     _suppressed = ctx.suppressed
+    _ctx_now = ctx.context_now
     return True
 
 

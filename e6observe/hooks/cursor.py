@@ -122,10 +122,11 @@ def _make_execute(orig: Callable[..., Any], ctx: HookContext) -> Callable[..., A
     tokens = rec.in_flight_tokens
     mark = _channel.MARK
     suppressed = ctx.suppressed
+    context_now = ctx.context_now
     resumed_get = RESUMED.get
 
     def execute(self: Any, *args: Any, **kwargs: Any) -> Any:
-        if not ctx.live or suppressed():
+        if not ctx.live or (context_now() and suppressed()):
             return orig(self, *args, **kwargs)
         span = None
         span_token = None
@@ -152,15 +153,16 @@ def _make_execute(orig: Callable[..., Any], ctx: HookContext) -> Callable[..., A
         except Exception as exc:
             record_internal_error(_COMPONENT, exc)
         resumed0 = resumed_get()
-        span_token = QUERY_SPAN.set(span) if span is not None else None
+        qs_token = QUERY_SPAN.set(span) if span is not None else None
         t0 = perf()
         try:
             result = orig(self, *args, **kwargs)
         except BaseException as exc:
-            detach(span_token)
+            if span_token is not None:
+                detach(span_token)
             try:
-                if span_token is not None:
-                    QUERY_SPAN.reset(span_token)
+                if qs_token is not None:
+                    QUERY_SPAN.reset(qs_token)
                 qid = d.get("_query_id")
                 admitted = qid is not None and qid != before
                 strategy = _pinned_strategy(qid if admitted else None)
@@ -173,8 +175,8 @@ def _make_execute(orig: Callable[..., Any], ctx: HookContext) -> Callable[..., A
         if span_token is not None:
             detach(span_token)
         try:
-            if span_token is not None:
-                QUERY_SPAN.reset(span_token)
+            if qs_token is not None:
+                QUERY_SPAN.reset(qs_token)
             qid = d.get("_query_id")
             # _pinned_strategy(qid), inlined for the usual case (a colour, pinned by id)
             cache = g._local_strategy_cache
