@@ -4,10 +4,10 @@
     python -m dashboards.build --check    # exit 1 and name the files that differ
 
 Dashboards are built with Grafana's ``grafana-foundation-sdk`` (Python >= 3.11); the rule file
-with :mod:`dashboards.alerts`. Both are written to ``dashboards/`` and copied into the Helm
+with :mod:`e6observe.mixin.alerts`. Both are written to ``dashboards/`` and copied into the Helm
 chart (``helm/e6observe/files/``), because Helm reads only files inside a chart.
 ``scripts/regen-dashboards`` runs this module with an interpreter that has the SDK. Copies for
-the wheel go to ``e6observe/mixin/`` (see :data:`PACKAGE_SOURCES`; ``e6observe export``).
+the wheel go to ``e6observe/mixin/files/`` (see :data:`PACKAGE_SOURCES`; ``e6observe export``).
 """
 
 from __future__ import annotations
@@ -28,10 +28,9 @@ from grafana_foundation_sdk.models import heatmap as heatmap_model
 from grafana_foundation_sdk.models import prometheus as prom_model
 
 from e6observe import metrics as M
-
-from . import alerts
-from . import queries as Q
-from .config import DEFAULT, Config
+from e6observe.mixin import alerts
+from e6observe.mixin import queries as Q
+from e6observe.mixin.config import DEFAULT, Config
 
 ROOT = Path(__file__).resolve().parent.parent
 TAGS = ["e6data", "e6observe", "blue-green"]
@@ -357,13 +356,11 @@ THRESHOLDS = "e6observe.thresholds.yaml"
 
 
 #: The copies shipped in the wheel for ``e6observe export``: the generated files, their promtool
-#: tests and runbook, and the plain-Python rule generator (config, queries, alerts) so that
-#: export can regenerate the rules with other settings. Byte-equal to the originals.
+#: tests and runbook, byte-equal to the originals. The rule generator itself (config, queries,
+#: alerts) lives in the package, ``e6observe/mixin/``, so export can regenerate the rules with
+#: other settings; this module imports it from there (one source).
 PACKAGE = Path("e6observe/mixin")
 PACKAGE_SOURCES = {
-    PACKAGE / "config.py": Path("dashboards/config.py"),
-    PACKAGE / "queries.py": Path("dashboards/queries.py"),
-    PACKAGE / "alerts.py": Path("dashboards/alerts.py"),
     PACKAGE / "files/rules/tests/e6observe.rules.test.yaml":
         Path("dashboards/rules/tests/e6observe.rules.test.yaml"),
     PACKAGE / "files/docs/runbook.md": Path("docs/runbook.md"),

@@ -21,8 +21,8 @@ if str(ROOT) not in sys.path:  # dashboards/ is a source tree, not an installed 
 
 from test_metric_contract import metric_names  # noqa: E402
 
-from dashboards import alerts as A  # noqa: E402
-from dashboards.config import DEFAULT, Config, ConfigError, duration_seconds  # noqa: E402
+from e6observe.mixin import alerts as A  # noqa: E402
+from e6observe.mixin.config import DEFAULT, Config, ConfigError, duration_seconds  # noqa: E402
 
 RULES = ROOT / "dashboards" / "rules" / "e6observe.rules.yaml"
 RULE_TESTS = ROOT / "dashboards" / "rules" / "tests" / "e6observe.rules.test.yaml"

@@ -27,9 +27,6 @@ COPIES = {
     "files/rules/tests/e6observe.rules.test.yaml": "dashboards/rules/tests/e6observe.rules.test.yaml",
     "files/docs/runbook.md": "docs/runbook.md",
     "files/docs/alerts.md": "docs/alerts.md",
-    "config.py": "dashboards/config.py",
-    "queries.py": "dashboards/queries.py",
-    "alerts.py": "dashboards/alerts.py",
 }
 
 pytestmark = pytest.mark.timeout(120)
@@ -48,9 +45,14 @@ def test_the_packaged_copies_are_byte_equal_to_the_originals(copy: str) -> None:
         f"e6observe/mixin/{copy} drifted from {COPIES[copy]}: run ./run regen")
 
 
+#: The rule generator: sources in the package (dashboards/build.py imports them), not copies.
+SOURCES = {"__init__.py", "config.py", "queries.py", "alerts.py"}
+
+
 def test_every_shipped_file_is_listed() -> None:
     shipped = {str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*")
-               if p.is_file() and "__pycache__" not in p.parts and p.name != "__init__.py"}
+               if p.is_file() and "__pycache__" not in p.parts and str(p.relative_to(PACKAGE))
+               not in SOURCES}
     assert shipped == set(COPIES)
 
 

@@ -6,7 +6,7 @@ One module-scoped setup (about a minute) shared by every assertion:
 * two instrumented application processes (``tests/live/e6app.py``) scraped by Prometheus every
   second: **A** runs a steady workload (worker threads and a ``ConnectionPool``), **B** runs
   one query and then stays idle, like a real process with no traffic;
-* Debian's ``prometheus`` (rules generated from ``dashboards.alerts`` with shortened windows)
+* Debian's ``prometheus`` (rules generated from ``e6observe.mixin.alerts`` with shortened windows)
   sending to Debian's ``prometheus-alertmanager``, each on a free loopback port with a temp dir;
 * four flips: announced (A drains and follows; idle B stays on blue: split brain), abrupt with a
   long query in flight (it fails mid-switch, 456s, retries), announced, abrupt (A flaps).
@@ -43,8 +43,8 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # dashboards/ is a source tree, not an installed package
     sys.path.insert(0, str(ROOT))
 
-from dashboards.alerts import render_rules  # noqa: E402
-from dashboards.config import DEFAULT  # noqa: E402
+from e6observe.mixin.alerts import render_rules  # noqa: E402
+from e6observe.mixin.config import DEFAULT  # noqa: E402
 
 pytestmark = [pytest.mark.live, pytest.mark.timeout(300)]
 
