@@ -24,14 +24,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import sys
-import tempfile
 from dataclasses import fields
 from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Optional
+
+from ._files import write_atomic
 
 DASHBOARDS = ("e6data-blue-green-overview.json", "e6data-client-runtime.json")
 RULES = "e6observe.rules.yaml"
@@ -163,18 +163,7 @@ def _write(path: Path, data: bytes, force: bool) -> str:
         if not force:
             raise ExportError(f"{path} exists and differs; use --force to replace it")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    write_atomic(str(path), data, "." + path.name + ".")
     return "wrote"
 
 

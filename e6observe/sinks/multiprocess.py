@@ -49,13 +49,13 @@ import os
 import secrets
 import stat
 import sys
-import tempfile
 import threading
 import time
 import weakref
 from typing import Any, Optional
 
 from .. import metrics as M
+from .._files import write_atomic
 from .._safe import contain, internal_errors, record_internal_error
 from .prometheus import (
     CORE_NAMES,
@@ -207,32 +207,9 @@ def _minus(state: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
 
 
 def _write_atomic(path: str, data: bytes) -> None:
-    """Replace ``path`` with ``data`` all at once, or leave it as it was and raise ``OSError``.
-
-    The temp file is made by ``mkstemp`` in the same directory (unpredictable name, ``O_EXCL``,
-    no symlink followed); short writes are continued and the size checked before the rename.
-    """
-    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, dir=os.path.dirname(path))
-    try:
-        try:
-            view = memoryview(data)
-            while view:
-                n = os.write(fd, view)
-                if n <= 0:  # pragma: no cover - os.write raises rather than returning 0
-                    raise OSError(errno.EIO, "short write")
-                view = view[n:]
-            if os.fstat(fd).st_size != len(data):
-                raise OSError(errno.EIO, f"wrote {os.fstat(fd).st_size} of {len(data)} bytes")
-            os.fchmod(fd, 0o644)  # readable by scrapers, as prometheus_client's files are
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    """Replace ``path`` with ``data`` all at once, or leave it as it was and raise ``OSError``
+    (:func:`e6observe._files.write_atomic`, temp files named ``TMP_PREFIX...``)."""
+    write_atomic(path, data, TMP_PREFIX)
 
 
 # -- the writer (every process) --------------------------------------------------------------
