@@ -6,7 +6,9 @@ test starts from an empty cache so that tests do not see each other's switches.
 
 from __future__ import annotations
 
+import json
 import sys
+import urllib.request
 from typing import Any, Callable, Iterator
 
 import pytest
@@ -131,3 +133,27 @@ def sink_options(**kw: Any) -> Any:
                 multiprocess_dir=None)
     base.update(kw)
     return SimpleNamespace(**base)
+
+
+def endpoint() -> str:
+    """The URL of the running ``instrument(prometheus_port=...)`` endpoint."""
+    from e6observe import _api
+
+    active = _api._active
+    assert active is not None
+    for component, obj, _ in active.sinks:
+        if component == "sink.prometheus":
+            return str(obj.server.url)
+    raise AssertionError("no metrics endpoint")
+
+
+def scrape() -> str:
+    """``/metrics`` of the running endpoint, as text."""
+    with urllib.request.urlopen(endpoint() + "/metrics", timeout=10) as r:
+        return str(r.read().decode())
+
+
+def status_doc() -> Any:
+    """``/status`` of the running endpoint, parsed."""
+    with urllib.request.urlopen(endpoint() + "/status", timeout=10) as r:
+        return json.loads(r.read().decode())

@@ -7,15 +7,14 @@ from __future__ import annotations
 import inspect
 import json
 import re
-import urllib.request
 from typing import Any, Iterator
 
 import pytest
-from conftest import PASSWORD, USER
+from conftest import PASSWORD, USER, scrape, status_doc
 from e6data_python_connector import e6data_grpc
 
 import e6observe
-from e6observe import _api, _safe
+from e6observe import _safe
 from e6observe import metrics as M
 from e6observe.hooks.cluster import rejected_reason
 from e6observe.recorder import Recorder
@@ -32,25 +31,6 @@ def rec() -> Iterator[Recorder]:
     assert r is not None
     yield r
     e6observe.uninstrument()
-
-
-def endpoint() -> str:
-    active = _api._active
-    assert active is not None
-    for component, obj, _ in active.sinks:
-        if component == "sink.prometheus":
-            return str(obj.server.url)
-    raise AssertionError("no metrics endpoint")
-
-
-def scrape() -> str:
-    with urllib.request.urlopen(endpoint() + "/metrics", timeout=10) as r:
-        return str(r.read().decode())
-
-
-def status_doc() -> Any:
-    with urllib.request.urlopen(endpoint() + "/status", timeout=10) as r:
-        return json.loads(r.read().decode())
 
 
 def sample(text: str, name: str, **labels: str) -> float:

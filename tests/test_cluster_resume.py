@@ -9,23 +9,29 @@ recorder's ring, which is what ``/events`` streams), ``/status`` and the spans.
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 import threading
 import time
-import urllib.request
 from typing import Any, Callable, Iterator
 
 import grpc
 import pytest
-from conftest import PASSWORD, USER, login_errors_surface, resumes_inside_the_login_loop
+from conftest import (
+    PASSWORD,
+    USER,
+    endpoint,
+    login_errors_surface,
+    resumes_inside_the_login_loop,
+    scrape,
+    status_doc,
+)
 from e6data_python_connector import e6data_grpc
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 import e6observe
-from e6observe import _api, _safe
+from e6observe import _safe
 from e6observe import metrics as M
 from e6observe.recorder import Recorder
 from e6observe.sim import Simulator
@@ -55,25 +61,6 @@ def plain() -> Iterator[Recorder]:
     assert rec is not None
     yield rec
     e6observe.uninstrument()
-
-
-def endpoint() -> str:
-    active = _api._active
-    assert active is not None
-    for component, obj, _ in active.sinks:
-        if component == "sink.prometheus":
-            return str(obj.server.url)
-    raise AssertionError("no metrics endpoint")
-
-
-def scrape() -> str:
-    with urllib.request.urlopen(endpoint() + "/metrics", timeout=10) as r:
-        return str(r.read().decode())
-
-
-def status_doc() -> Any:
-    with urllib.request.urlopen(endpoint() + "/status", timeout=10) as r:
-        return json.loads(r.read().decode())
 
 
 def sample(text: str, name: str, **labels: str) -> float:
