@@ -280,7 +280,7 @@ class RuntimeCollector:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
         out: list[Any] = []
-        for spec in M.RUNTIME_PROMETHEUS:
+        for spec in M.of("runtime"):
             cls = CounterMetricFamily if spec.kind == "counter" else GaugeMetricFamily
             out.append(cls(spec.prom_name, spec.help))
         return out
@@ -411,15 +411,15 @@ def register_otel(meter: Any, reader: Optional[ProcessReader] = None,
 
     c = "runtime.otel"
     return [
-        otel_observable(meter, M.PROCESS_RSS, "updown", one("rss"), c, enabled),
-        otel_observable(meter, M.PROCESS_VMS, "updown", one("vms"), c, enabled),
-        otel_observable(meter, M.PROCESS_USS, "updown", one("uss"), c, enabled),
-        otel_observable(meter, M.PROCESS_FDS, "updown", one("fds"), c, enabled),
-        otel_observable(meter, M.PROCESS_THREADS, "updown", one("threads"), c, enabled),
-        otel_observable(meter, M.PROCESS_CPU, "counter", cpu, c, enabled),
-        otel_observable(meter, M.GC_COLLECTIONS, "counter", gc_field(1), c, enabled),
-        otel_observable(meter, M.GC_COLLECTED, "counter", gc_field(2), c, enabled),
-        otel_observable(meter, M.GC_UNCOLLECTABLE, "counter", gc_field(3), c, enabled),
+        otel_observable(meter, M.PROCESS_RSS, M.PROCESS_RSS.otel_kind, one("rss"), c, enabled),
+        otel_observable(meter, M.PROCESS_VMS, M.PROCESS_VMS.otel_kind, one("vms"), c, enabled),
+        otel_observable(meter, M.PROCESS_USS, M.PROCESS_USS.otel_kind, one("uss"), c, enabled),
+        otel_observable(meter, M.PROCESS_FDS, M.PROCESS_FDS.otel_kind, one("fds"), c, enabled),
+        otel_observable(meter, M.PROCESS_THREADS, M.PROCESS_THREADS.otel_kind, one("threads"), c, enabled),
+        otel_observable(meter, M.PROCESS_CPU, M.PROCESS_CPU.otel_kind, cpu, c, enabled),
+        otel_observable(meter, M.GC_COLLECTIONS, M.GC_COLLECTIONS.otel_kind, gc_field(1), c, enabled),
+        otel_observable(meter, M.GC_COLLECTED, M.GC_COLLECTED.otel_kind, gc_field(2), c, enabled),
+        otel_observable(meter, M.GC_UNCOLLECTABLE, M.GC_UNCOLLECTABLE.otel_kind, gc_field(3), c, enabled),
     ]
 
 

@@ -479,13 +479,8 @@ def _live_multiprocess_flushes() -> list[Callable[[], Any]]:
     return [s.flush for s in list(live) if getattr(s, "multiprocess", False)]
 
 
-#: Every gauge the watcher exports, in exposition order.
-WATCHER_GAUGES = (M.WATCHER_LAST_RUN, M.PENDING_AGE, M.CACHE_AGE, M.QUERY_MAP_ENTRIES,
-                  M.SESSION_INVALIDATED, M.CONNECTIONS_OPEN, M.QUERY_MAP_INHERITED,
-                  M.STRATEGY_LOCK_HELD_AT_FORK)
-#: Of those, the ones that count things (OpenTelemetry up-down counters, not gauges).
-_COUNTS = frozenset({M.QUERY_MAP_ENTRIES.prom_name, M.CONNECTIONS_OPEN.prom_name,
-                     M.QUERY_MAP_INHERITED.prom_name})
+#: Every gauge the watcher exports, in exposition order: the table's ``source="watcher"``.
+WATCHER_GAUGES = M.of("watcher")
 
 
 class WatcherCollector:
@@ -531,7 +526,7 @@ def _register_watcher_otel(watcher: Watcher, meter: Any) -> list[Any]:
             return [] if v is None else [(v, {})]
         return cb
 
-    return [otel_observable(meter, spec, "updown" if spec.prom_name in _COUNTS else "gauge",
+    return [otel_observable(meter, spec, spec.otel_kind,
                             cb_for(spec.prom_name), "watcher.otel", watcher._otel_is_enabled)
             for spec in WATCHER_GAUGES if spec.otel_name]
 

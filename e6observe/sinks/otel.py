@@ -87,6 +87,23 @@ def _rpc_method_names() -> dict[str, str]:
 
 
 # -- the instruments of one meter provider --------------------------------------------------
+#: The sink's method observing each ``source="state"`` entry of the metric table.
+STATE_OBSERVERS = {M.STRATEGY_ACTIVE: "_observe_active", M.STRATEGY_PENDING: "_observe_pending",
+                   M.LAST_SWITCH: "_observe_last_switch",
+                   M.QUERIES_IN_FLIGHT: "_observe_in_flight"}
+#: Counters this sink observes: the recorder's (the probe's too: it has its own recorder) and
+#: e6observe's internal errors. Runtime counters are the runtime reader's.
+_COUNTER_SOURCES = ("recorder", "internal", "probe")
+_FACTORY = {"counter": "create_observable_counter", "gauge": "create_observable_gauge",
+            "updown": "create_observable_up_down_counter"}
+
+
+def _observable(meter: Any, spec: M.MetricSpec, callback: Any) -> Any:
+    """An observable instrument of ``spec``'s ``otel_kind``."""
+    return getattr(meter, _FACTORY[spec.otel_kind])(
+        spec.otel_name, callbacks=[callback], unit=spec.unit, description=spec.help)
+
+
 class _Binding:
     """The instruments created on one meter provider, and the sink that currently feeds them."""
 
@@ -96,28 +113,19 @@ class _Binding:
         self.histograms: dict[str, Any] = {}
         # Registered first, so its callback (which drains the histogram buffers) runs before
         # the other callbacks and, above all, before the synchronous histograms are collected.
-        meter.create_observable_gauge(
-            M.STRATEGY_ACTIVE.otel_name, callbacks=[self._cb("_observe_active")],
-            unit=M.STRATEGY_ACTIVE.unit, description=M.STRATEGY_ACTIVE.help)
-        for spec in M.ALL:
+        _observable(meter, M.STRATEGY_ACTIVE, self._cb(STATE_OBSERVERS[M.STRATEGY_ACTIVE]))
+        for spec in M.ALL:  # every histogram is kept in the recorder (recorder, pool, probe)
             if spec.kind == "histogram" and spec.otel_name:
                 self.histograms[spec.prom_name] = meter.create_histogram(
                     spec.otel_name, unit=spec.unit, description=spec.help,
                     explicit_bucket_boundaries_advisory=list(spec.buckets))
         # (e6data.strategy.pending.age and the other cache-health gauges are the watcher's.)
-        gauges = [(M.STRATEGY_PENDING, "_observe_pending"), (M.LAST_SWITCH, "_observe_last_switch")]
-        for spec, fn in gauges:
-            meter.create_observable_gauge(spec.otel_name, callbacks=[self._cb(fn)],
-                                          unit=spec.unit, description=spec.help)
-        meter.create_observable_up_down_counter(
-            M.QUERIES_IN_FLIGHT.otel_name, callbacks=[self._cb("_observe_in_flight")],
-            unit=M.QUERIES_IN_FLIGHT.unit, description=M.QUERIES_IN_FLIGHT.help)
+        for spec in M.of("state"):
+            if spec is not M.STRATEGY_ACTIVE and spec.otel_name:
+                _observable(meter, spec, self._cb(STATE_OBSERVERS[spec]))
         for spec in M.ALL:
-            if (spec.kind == "counter" and spec.otel_name
-                    and spec.otel_name.startswith(("e6data.", "e6observe."))):
-                meter.create_observable_counter(
-                    spec.otel_name, callbacks=[self._cb("_observe_counter", spec)],
-                    unit=spec.unit, description=spec.help)
+            if spec.kind == "counter" and spec.otel_name and spec.source in _COUNTER_SOURCES:
+                _observable(meter, spec, self._cb("_observe_counter", spec))
 
     def _cb(self, method: str, *args: Any) -> Callable[[Any], Iterator[Any]]:
         # The method is looked up on the bound sink at each collection: the instrument outlives

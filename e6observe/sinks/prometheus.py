@@ -34,17 +34,14 @@ from prometheus_client.utils import floatToGoString
 from .. import metrics as M
 from .._safe import contain, internal_errors
 
-#: Recorder families rendered by this sink (pool, probe and runtime metrics belong to the
-#: collectors their owners register into ``PrometheusSink.registry``).
-COUNTERS: tuple[M.MetricSpec, ...] = (M.SWITCHES, M.MISMATCHES, M.EVENTS, M.RETRIES,
-                                      M.EVENTS_DROPPED, M.SCOPED_SWITCHES, M.CLUSTER_RESUMES,
-                                      M.STRATEGY_REJECTED)
-HISTOGRAMS: tuple[M.MetricSpec, ...] = (M.SWITCH_DRAIN, M.RPC_DURATION, M.QUERY_DURATION,
-                                        M.CLUSTER_RESUME_DURATION)
+#: Recorder families rendered by this sink: the table's ``source="recorder"`` entries (pool,
+#: probe and runtime metrics belong to the readers their owners register into
+#: ``PrometheusSink.registry``).
+COUNTERS: tuple[M.MetricSpec, ...] = M.COUNTERS
+HISTOGRAMS: tuple[M.MetricSpec, ...] = M.HISTOGRAMS
 #: Every family name this collector renders itself (per-process collectors may not reuse them).
-CORE_NAMES = frozenset(s.prom_name for s in COUNTERS + HISTOGRAMS + (
-    M.STRATEGY_ACTIVE, M.STRATEGY_PENDING, M.QUERIES_IN_FLIGHT, M.LAST_SWITCH, M.INTERNAL_ERRORS,
-    M.BUILD_INFO))
+CORE_NAMES = frozenset(s.prom_name for s in M.ALL
+                       if s.source in ("recorder", "state", "internal", "build"))
 
 Labels = tuple[str, ...]
 #: bucket index -> (trace_id, span_id, value, unix time)
