@@ -245,7 +245,7 @@ def otel_attributes(m: M.MetricSpec) -> tuple[str, ...]:
 
 
 def multiprocess_behaviour(m: M.MetricSpec) -> str:
-    from e6observe.sinks.prometheus import COUNTERS, HISTOGRAMS
+    from e6observe.sinks.scrape import COUNTERS, HISTOGRAMS
 
     if group_of(m) == "prober":
         return "not applicable (the prober is one process)"

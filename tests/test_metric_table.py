@@ -150,13 +150,11 @@ def test_every_entry_names_a_source_and_an_instrument_kind() -> None:
 
 
 def test_the_sinks_render_what_the_table_says() -> None:
-    from e6observe.sinks import prometheus
+    from e6observe.sinks import scrape
 
-    assert prometheus.COUNTERS == tuple(s for s in M.ALL if s.source == "recorder" and s.kind == "counter")
-    assert prometheus.HISTOGRAMS == tuple(
-        s for s in M.ALL if s.source == "recorder" and s.kind == "histogram"
-    )
-    assert M.SWITCHES in prometheus.COUNTERS and M.RPC_DURATION in prometheus.HISTOGRAMS
+    assert scrape.COUNTERS == tuple(s for s in M.ALL if s.source == "recorder" and s.kind == "counter")
+    assert scrape.HISTOGRAMS == tuple(s for s in M.ALL if s.source == "recorder" and s.kind == "histogram")
+    assert M.SWITCHES in scrape.COUNTERS and M.RPC_DURATION in scrape.HISTOGRAMS
 
 
 def test_every_entry_is_exported_by_prometheus_and_opentelemetry(instrumented: Callable[..., Any]) -> None:

@@ -20,7 +20,8 @@ from e6observe import _safe
 from e6observe import metrics as M
 from e6observe.recorder import Recorder
 from e6observe.server import MetricsServerError
-from e6observe.sinks.prometheus import PrometheusSink, build_labels
+from e6observe.sinks.prometheus import PrometheusSink
+from e6observe.sinks.scrape import build_labels
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 

@@ -57,7 +57,7 @@ from typing import Any, Optional
 from .. import metrics as M
 from .._files import write_atomic
 from .._safe import contain, internal_errors, record_internal_error
-from .prometheus import (
+from .scrape import (
     CORE_NAMES,
     COUNTERS,
     HISTOGRAMS,
