@@ -163,7 +163,10 @@ class _Instrumentation:
             self.status = status.mount_instrumentation(self)
 
     def _wire_watcher(self) -> None:
-        """Export the watcher's own readings (watcher, runtime, pools) through both sinks."""
+        """Export the per-process readers (watcher, runtime, pools, cluster) through both sinks;
+        the watcher publishes the multi-process state once per interval."""
+        from . import readers
+
         by_name = {component: obj for component, obj, _ in self.sinks}
         watcher = by_name.get("watcher")
         if watcher is None:
@@ -171,8 +174,10 @@ class _Instrumentation:
         prom = by_name.get("sink.prometheus")
         if prom is not None:
             with contain("watcher.export.prometheus"):
-                for collector in watcher.collectors(self.options.runtime_metrics):
+                for collector in readers.prometheus_collectors(watcher, self.options.runtime_metrics):
                     prom.add_process_collector(collector)
+                if prom.multiprocess:
+                    watcher.add_flush(prom.flush)
         if "sink.otel" in by_name:
             with contain("watcher.export.otel"):
                 from opentelemetry import metrics as otel_metrics
@@ -188,7 +193,7 @@ class _Instrumentation:
                 if not isinstance(provider, no_op):
                     from ._otelctx import meter
 
-                    watcher.register_otel(meter(provider), self.options.runtime_metrics)
+                    readers.register_otel(meter(provider), watcher, self.options.runtime_metrics)
 
     # -- stop ---------------------------------------------------------------------------------
     def stop(self) -> None:

@@ -128,13 +128,13 @@ def _after_fork_in_child() -> None:
 
 
 def _reset_own_locks() -> None:
-    from . import _safe, recorder, watcher
+    from . import _safe, connections, recorder
 
     _safe._lock = threading.Lock()
     with _safe._lock:
         _safe._errors.clear()  # per-process counts, like every other metric
     recorder._current_lock = threading.Lock()
-    watcher._connections_lock = threading.Lock()
+    connections.reset_after_fork()
     global _register_lock
     _register_lock = threading.Lock()
 

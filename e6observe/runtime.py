@@ -28,10 +28,11 @@ import os
 import sys
 import threading
 import time
-from typing import Any, Callable, Iterable, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 from . import metrics as M
 from ._safe import contain
+from .readings import otel_observable
 
 _ROLLUP = "/proc/self/smaps_rollup"
 _PRIVATE_KEYS = (b"Private_Clean:", b"Private_Dirty:", b"Private_Hugetlb:")
@@ -328,35 +329,6 @@ class RuntimeCollector:
 
 # --- OpenTelemetry -----------------------------------------------------------------------------
 
-#: Instrument factory per semantic convention: counts and sizes are up-down counters, totals
-#: are counters, timestamps/ages are gauges.
-OTEL_KIND = {"counter": "create_observable_counter", "gauge": "create_observable_gauge",
-             "updown": "create_observable_up_down_counter"}
-
-
-def otel_observable(meter: Any, spec: M.MetricSpec, kind: str,
-                    callback: Callable[[], Iterable[tuple[float, dict[str, Any]]]],
-                    component: str, enabled: Callable[[], bool] = lambda: True) -> Any:
-    """Create one observable instrument for ``spec`` whose callback is contained.
-
-    ``callback()`` returns ``(value, attributes)`` pairs. ``enabled()`` false makes the callback
-    report nothing: OpenTelemetry has no way to remove an instrument, so a stopped component
-    silences its callbacks instead.
-    """
-    from opentelemetry.metrics import Observation
-
-    def _cb(options: Any) -> list[Any]:
-        if not enabled():
-            return []
-        obs: list[Any] = []
-        with contain(component):
-            obs = [Observation(v, attrs) for v, attrs in callback()]
-        return obs
-
-    factory = getattr(meter, OTEL_KIND[kind])
-    return factory(spec.otel_name, callbacks=[_cb], unit=spec.unit, description=spec.help)
-
-
 _SYSTEM_METRICS = "opentelemetry.instrumentation.system_metrics"
 
 
@@ -411,15 +383,15 @@ def register_otel(meter: Any, reader: Optional[ProcessReader] = None,
 
     c = "runtime.otel"
     return [
-        otel_observable(meter, M.PROCESS_RSS, M.PROCESS_RSS.otel_kind, one("rss"), c, enabled),
-        otel_observable(meter, M.PROCESS_VMS, M.PROCESS_VMS.otel_kind, one("vms"), c, enabled),
-        otel_observable(meter, M.PROCESS_USS, M.PROCESS_USS.otel_kind, one("uss"), c, enabled),
-        otel_observable(meter, M.PROCESS_FDS, M.PROCESS_FDS.otel_kind, one("fds"), c, enabled),
-        otel_observable(meter, M.PROCESS_THREADS, M.PROCESS_THREADS.otel_kind, one("threads"), c, enabled),
-        otel_observable(meter, M.PROCESS_CPU, M.PROCESS_CPU.otel_kind, cpu, c, enabled),
-        otel_observable(meter, M.GC_COLLECTIONS, M.GC_COLLECTIONS.otel_kind, gc_field(1), c, enabled),
-        otel_observable(meter, M.GC_COLLECTED, M.GC_COLLECTED.otel_kind, gc_field(2), c, enabled),
-        otel_observable(meter, M.GC_UNCOLLECTABLE, M.GC_UNCOLLECTABLE.otel_kind, gc_field(3), c, enabled),
+        otel_observable(meter, M.PROCESS_RSS, None, one("rss"), c, enabled),
+        otel_observable(meter, M.PROCESS_VMS, None, one("vms"), c, enabled),
+        otel_observable(meter, M.PROCESS_USS, None, one("uss"), c, enabled),
+        otel_observable(meter, M.PROCESS_FDS, None, one("fds"), c, enabled),
+        otel_observable(meter, M.PROCESS_THREADS, None, one("threads"), c, enabled),
+        otel_observable(meter, M.PROCESS_CPU, None, cpu, c, enabled),
+        otel_observable(meter, M.GC_COLLECTIONS, None, gc_field(1), c, enabled),
+        otel_observable(meter, M.GC_COLLECTED, None, gc_field(2), c, enabled),
+        otel_observable(meter, M.GC_UNCOLLECTABLE, None, gc_field(3), c, enabled),
     ]
 
 

@@ -28,16 +28,16 @@ colour is not counted again either. Polling cannot see a flip that is undone wit
 from __future__ import annotations
 
 import math
-import sys
 import threading
 import time
-import weakref
 from collections import deque
 from types import SimpleNamespace
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Optional
 
 from . import metrics as M
 from ._safe import contain
+from .connections import open_connections
+from .hooks import strategy_cache
 from .recorder import Recorder, norm_strategy
 
 #: Thread name; tests and ``uninstrument()`` look for it.
@@ -45,30 +45,6 @@ THREAD_NAME = "e6observe-watcher"
 DEFAULT_INTERVAL = 1.0
 MIN_INTERVAL = 0.01
 MAX_INTERVAL = 86400.0
-
-# Connections whose channel state the open-connections gauge reads. Filled by
-# :func:`track_connection` (the channel and pool hooks call it); weak, so tracking never keeps
-# a connection alive.
-_connections: weakref.WeakSet[Any] = weakref.WeakSet()
-_connections_lock = threading.Lock()
-
-
-def track_connection(conn: Any) -> None:
-    """Count ``conn`` (a connector ``Connection`` or ``AsyncConnection``) in the open-connections
-    gauge while it has an open channel. Cheap, idempotent, never raises."""
-    try:
-        with _connections_lock:
-            _connections.add(conn)
-    except TypeError:  # not weak-referenceable: nothing to track
-        pass
-
-
-def open_connections() -> int:
-    """Tracked connector connections whose gRPC channel is open right now."""
-    with _connections_lock:
-        conns = list(_connections)
-    return sum(1 for c in conns if getattr(c, "_channel", None) is not None)
-
 
 def _connector_cache() -> Optional[Any]:
     """The connector's live cache A, or None when the connector is not importable.
@@ -300,15 +276,13 @@ class Watcher:
         self.reports.append((self.iterations + 1, kind, frm, to))
 
     def add_flush(self, fn: Callable[[], Any]) -> None:
-        """Call ``fn()`` once per iteration (contained), e.g. a multi-process sink's
-        ``flush``. When none is added, the watcher flushes every live multi-process
-        ``PrometheusSink`` by itself."""
+        """Call ``fn()`` once per iteration (contained): ``instrument()`` adds the multi-process
+        Prometheus sink's ``flush``."""
         if fn not in self._flushers:
             self._flushers.append(fn)
 
     def _flush(self) -> None:
-        fns = list(self._flushers) or _live_multiprocess_flushes()
-        for fn in fns:
+        for fn in list(self._flushers):
             with contain("watcher.multiprocess"):
                 fn()
 
@@ -366,35 +340,10 @@ class Watcher:
         run = self._run_seconds
         return self._cpu_seconds / run if run > 0 else 0.0
 
-    # -- export -------------------------------------------------------------------------------
-    def collectors(self, runtime_metrics: Any = True) -> list[Any]:
-        """Prometheus collectors to register in the sink's registry: watcher gauges, process
-        runtime (unless ``runtime_metrics`` is False), connection pools, the cluster."""
-        from .hooks.cluster import ClusterCollector
-        from .hooks.pool import PoolCollector
-        from .runtime import RuntimeCollector
-
-        runtime = [RuntimeCollector()] if runtime_metrics is not False else []
-        return [WatcherCollector(self), *runtime, PoolCollector(), ClusterCollector(self.recorder)]
-
-    def register_otel(self, meter: Any, runtime_metrics: Any = True) -> list[Any]:
-        """Register the watcher's, runtime and pool observable instruments on ``meter``.
-
-        The callbacks report nothing once the watcher is stopped (OpenTelemetry cannot remove
-        an instrument). ``runtime_metrics``: True, False (no runtime instruments) or "auto"
-        (silent while OpenTelemetry's system-metrics instrumentation is active)."""
-        from . import runtime
-        from .hooks import cluster, pool
-
-        enabled = self._otel_is_enabled
-        rt: list[Any] = []
-        if runtime_metrics is not False:
-            rt = runtime.register_otel(meter, enabled=runtime.runtime_enabled(
-                enabled, auto=runtime_metrics == "auto"))
-        return (_register_watcher_otel(self, meter) + rt + pool.register_otel(meter, enabled=enabled)
-                + cluster.register_otel(meter, self.recorder, enabled=enabled))
-
-    def _otel_is_enabled(self) -> bool:
+    # -- export ---------------------------------------------------------------------------------
+    def exporting(self) -> bool:
+        """True while started: the OpenTelemetry callbacks of the per-process readers report
+        nothing otherwise (an instrument cannot be removed). See ``e6observe.readers``."""
         return self._otel_enabled
 
 
@@ -432,20 +381,8 @@ def measure_cpu(duration: float = 10.0, interval: float = DEFAULT_INTERVAL,
 
 
 def _strategy_hook_known() -> tuple[bool, Optional[str]]:
-    """(is the strategy-cache hook installed, the colour it last saw cache A hold)."""
-    mod = sys.modules.get("e6observe.hooks.strategy_cache")
-    if mod is None:
-        return False, None
-    getter = getattr(mod, "known_strategy", None)
-    if callable(getter):
-        cache = mod.installed_cache()
-        return cache is not None, getter()
-    cache = mod.installed_cache()
-    interp = getattr(cache, "_e6observe", None) if cache is not None else None
-    if interp is None:
-        return False, None
-    known = getattr(interp, "known", None)
-    return True, known if known in M.STRATEGIES else None
+    """(is the strategy-cache hook reporting, the colour it last saw cache A hold)."""
+    return strategy_cache.reporting(), strategy_cache.known_strategy()
 
 
 def _tell_strategy_hook(to: str) -> None:
@@ -455,82 +392,9 @@ def _tell_strategy_hook(to: str) -> None:
     next ordinary write of ``to`` would make the hook count the switch the watcher has already
     counted.
     """
-    mod = sys.modules.get("e6observe.hooks.strategy_cache")
-    if mod is None:
-        return
     with contain("watcher.hook_sync"):
-        note = getattr(mod, "note_observed", None)
-        if callable(note):
-            note(to)
-            return
-        cache = mod.installed_cache()
-        interp = getattr(cache, "_e6observe", None) if cache is not None else None
-        if interp is not None and hasattr(interp, "known"):
-            with interp._lock:
-                interp.known = to
+        strategy_cache.note_observed(to)
 
 
-def _live_multiprocess_flushes() -> list[Callable[[], Any]]:
-    """``flush`` of every live multi-process PrometheusSink (none if the sink is not loaded)."""
-    mod = sys.modules.get("e6observe.sinks.prometheus")
-    live = getattr(mod, "_LIVE", None) if mod is not None else None
-    if not live:
-        return []
-    return [s.flush for s in list(live) if getattr(s, "multiprocess", False)]
-
-
-#: Every gauge the watcher exports, in exposition order: the table's ``source="watcher"``.
-WATCHER_GAUGES = M.of("watcher")
-
-
-class WatcherCollector:
-    """Prometheus collector for the watcher's heartbeat and the connector cache's health."""
-
-    def __init__(self, watcher: Watcher) -> None:
-        self.watcher = watcher
-
-    def describe(self) -> list[Any]:
-        return []  # registering must not read the connector's cache
-
-    def collect(self) -> Iterator[Any]:
-        from prometheus_client.core import GaugeMetricFamily
-
-        out: list[Any] = []
-        with contain("watcher.collect"):
-            values = self.watcher.readings()
-            for spec in WATCHER_GAUGES:
-                value = values.get(spec.prom_name)
-                if value is not None:
-                    out.append(GaugeMetricFamily(spec.prom_name, spec.help, value=value))
-        return iter(out)
-
-
-def _register_watcher_otel(watcher: Watcher, meter: Any) -> list[Any]:
-    from .runtime import otel_observable
-
-    shared: dict[str, Any] = {"at": 0.0, "values": {}}
-    shared_lock = threading.Lock()
-
-    def values() -> dict[str, float]:
-        # The callbacks of one collection share one reading.
-        now = time.monotonic()
-        with shared_lock:
-            if now - shared["at"] > 0.25:
-                shared["values"] = watcher.readings()
-                shared["at"] = now
-            return shared["values"]  # type: ignore[no-any-return]
-
-    def cb_for(name: str) -> Callable[[], list[tuple[float, dict[str, Any]]]]:
-        def cb() -> list[tuple[float, dict[str, Any]]]:
-            v = values().get(name)
-            return [] if v is None else [(v, {})]
-        return cb
-
-    return [otel_observable(meter, spec, spec.otel_kind,
-                            cb_for(spec.prom_name), "watcher.otel", watcher._otel_is_enabled)
-            for spec in WATCHER_GAUGES if spec.otel_name]
-
-
-__all__ = ["Watcher", "WatcherCollector", "CacheReading", "track_connection", "open_connections",
-           "running_watchers", "cpu_seconds", "measure_cpu",
+__all__ = ["Watcher", "CacheReading", "running_watchers", "cpu_seconds", "measure_cpu",
            "validate_interval", "THREAD_NAME", "DEFAULT_INTERVAL"]

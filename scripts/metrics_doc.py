@@ -214,18 +214,10 @@ GROUPS: tuple[tuple[str, str], ...] = (
 
 
 def group_of(m: M.MetricSpec) -> str:
-    from e6observe.watcher import WATCHER_GAUGES
-
-    name = m.prom_name
-    if name.startswith("e6data_probe"):
-        return "prober"
-    if name.startswith("e6data_pool_"):
-        return "pools"
-    if name.startswith(("process_", "python_")):
-        return "runtime"
-    if m in WATCHER_GAUGES:
-        return "watcher"
-    if name.startswith("e6observe_"):
+    by_source = {"probe": "prober", "pool": "pools", "runtime": "runtime", "watcher": "watcher"}
+    if m.source in by_source:
+        return by_source[m.source]
+    if m.prom_name.startswith("e6observe_"):
         return "self"
     return "switches"
 

@@ -17,10 +17,12 @@ from e6data_python_connector import e6data_grpc
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from e6observe import _safe
+from e6observe import _safe, readers
 from e6observe import metrics as M
+from e6observe.connections import track_connection
+from e6observe.readers import WatcherCollector
 from e6observe.recorder import Recorder
-from e6observe.watcher import THREAD_NAME, Watcher, WatcherCollector, track_connection
+from e6observe.watcher import THREAD_NAME, Watcher
 
 FAST = 0.05
 
@@ -436,7 +438,7 @@ def test_collectors_and_otel_registration(make_watcher: Callable[..., Watcher]) 
 
     w = make_watcher(Recorder())
     reg = CollectorRegistry()
-    for c in w.collectors():
+    for c in readers.prometheus_collectors(w):
         reg.register(c)
     text = generate_latest(reg).decode()
     assert "e6observe_watcher_last_run_timestamp_seconds" in text
@@ -445,7 +447,7 @@ def test_collectors_and_otel_registration(make_watcher: Callable[..., Watcher]) 
     reader = InMemoryMetricReader()
     provider = MeterProvider(metric_readers=[reader])
     try:
-        w.register_otel(provider.get_meter("e6observe"))
+        readers.register_otel(provider.get_meter("e6observe"), w)
 
         def names() -> set[str]:
             data = reader.get_metrics_data()

@@ -107,7 +107,7 @@ class HookContext:
         self.tls = threading.local()
         #: While no tracer exists: a cheap callable that may find one set up later (or None).
         self.retrace: Optional[Any] = None
-        #: ``watcher.track_connection`` (open-connections gauge), or a no-op without a watcher.
+        #: ``connections.track_connection`` (open-connections gauge).
         self.track: Any = _track_connection_fn()
         #: Per-method timing state shared by every stub of this installation (channel hook).
         self.timers: dict[str, Any] = {}
@@ -139,7 +139,7 @@ def _suppression_check() -> Any:
 
 def _track_connection_fn() -> Any:
     try:
-        from ..watcher import track_connection
+        from ..connections import track_connection
 
         return track_connection
     except Exception:

@@ -180,7 +180,7 @@ def _timed_create(original: Callable[..., Any]) -> Callable[..., Any]:
             info = _info(self, "sync")
             if info.create_hist is not None:
                 info.create_hist.observe(time.perf_counter() - t0)
-            from ..watcher import track_connection
+            from ..connections import track_connection
 
             track_connection(getattr(pooled, "connection", None))
         return pooled

@@ -188,6 +188,21 @@ def note_observed(to: str) -> None:
             interp.known = to
 
 
+def reporting() -> bool:
+    """True while the hook is installed and reporting cache A's writes (for the watcher)."""
+    inst = _installed
+    return inst is not None and inst[2]._e6observe is not None
+
+
+def known_strategy() -> Optional[str]:
+    """The colour this hook last saw cache A hold (None before the first, or not installed): the
+    watcher's reference for "a switch nobody reported"."""
+    inst = _installed
+    interp = inst[2]._e6observe if inst is not None else None
+    known = interp.known if interp is not None else None
+    return known if known in _COLOURS else None
+
+
 def installed_cache() -> Optional[ObservedCache]:
     """The cache object installed in the connector, or None (for tests and the watcher)."""
     return _installed[2] if _installed is not None else None
