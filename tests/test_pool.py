@@ -12,9 +12,10 @@ from conftest import PASSWORD, USER
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from e6observe import _safe
+from e6observe import _safe, readers
 from e6observe import metrics as M
 from e6observe.hooks import pool as P
+from e6observe.readings import ReadingsCollector, register_otel
 from e6observe.recorder import Recorder
 
 # The connector's pools (connection_pool.py) arrived in 2.3.10; on 2.3.9 there is nothing to hook.
@@ -55,9 +56,11 @@ def counts(rec: Recorder, spec: M.MetricSpec) -> dict[str, int]:
     return {k[0]: h.count for k, h in rec.family(spec).items()}  # type: ignore[attr-defined]
 
 
-def scrape() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+def scrape(rec: Recorder) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """What instrument() exports for the pools: their reader (``e6observe.readers``)."""
     reg = CollectorRegistry()
-    reg.register(P.PoolCollector())
+    reg.register(ReadingsCollector(readers.POOL, readers.pool_reader(rec, "hook.pool.collect"),
+                                   "hook.pool.collect"))
     out = {}
     for fam in text_string_to_metric_families(generate_latest(reg).decode()):
         for s in fam.samples:
@@ -101,7 +104,7 @@ def test_sync_pool_counts_and_timings(rec: Recorder, make_pool: Callable[..., An
     cur.execute("SELECT 1")
     assert cur.fetchall() == [[1]]
     cur.clear()
-    s = scrape()
+    s = scrape(rec)
     assert s[("e6data_pool_connections", (("pool", "pool-1"), ("state", "used")))] == 1
     assert s[("e6data_pool_connections", (("pool", "pool-1"), ("state", "idle")))] == 1
     assert s[("e6data_pool_max_connections", (("pool", "pool-1"),))] == 4
@@ -231,7 +234,8 @@ def test_otel_pool_instruments(rec: Recorder, make_pool: Callable[..., Any]) -> 
     reader = InMemoryMetricReader()
     provider = MeterProvider(metric_readers=[reader])
     try:
-        P.register_otel(provider.get_meter("t"))
+        register_otel(provider.get_meter("t"), readers.POOL,
+                      readers.pool_reader(rec, "hook.pool.otel"), "hook.pool.otel")
         data = reader.get_metrics_data()
         pts = {m.name: m.data.data_points for rm in data.resource_metrics
                for sm in rm.scope_metrics for m in sm.metrics}

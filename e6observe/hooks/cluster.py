@@ -45,12 +45,12 @@ from __future__ import annotations
 import contextvars
 import sys
 import time
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Optional
 
 import grpc
 
 from .. import metrics as M
-from .._safe import contain, record_internal_error
+from .._safe import record_internal_error
 from ..recorder import Recorder, norm_strategy
 from . import HookContext, Patches, when_imported
 from .channel import _strategy_from, _Timer
@@ -435,48 +435,6 @@ def gauge_values(rec: Recorder) -> dict[str, list[tuple[float, dict[str, str]]]]
                                              for s in M.STRATEGIES],
         M.CACHE_SPLIT.prom_name: [(split, {})],
     }
-
-
-GAUGES = (M.CLUSTER_STATUS, M.CLUSTER_MANAGER_ACTIVE, M.CACHE_SPLIT)
-
-
-class ClusterCollector:
-    """Prometheus collector for the cluster gauges (read from the recorder at scrape time)."""
-
-    def __init__(self, recorder: Recorder) -> None:
-        self.recorder = recorder
-
-    def describe(self) -> list[Any]:
-        return []
-
-    def collect(self) -> Iterator[Any]:
-        from prometheus_client.core import GaugeMetricFamily
-
-        out: list[Any] = []
-        with contain("hook.cluster.collect"):
-            values = gauge_values(self.recorder)
-            for spec in GAUGES:
-                fam = GaugeMetricFamily(spec.prom_name, spec.help, labels=spec.labels)
-                for value, labels in values[spec.prom_name]:
-                    fam.add_metric([labels[n] for n in spec.labels], value)
-                out.append(fam)
-        return iter(out)
-
-
-def register_otel(meter: Any, recorder: Recorder,
-                  enabled: Callable[[], bool] = lambda: True) -> list[Any]:
-    """The cluster gauges as OpenTelemetry observable gauges on ``meter``."""
-    from ..runtime import otel_observable
-
-    def cb_for(spec: M.MetricSpec) -> Callable[[], list[tuple[float, dict[str, Any]]]]:
-        def cb() -> list[tuple[float, dict[str, Any]]]:
-            names = spec.otel_labels or spec.labels
-            return [(v, {names[spec.labels.index(k)]: x for k, x in labels.items()})
-                    for v, labels in gauge_values(recorder)[spec.prom_name]]
-        return cb
-
-    return [otel_observable(meter, spec, "gauge", cb_for(spec), "hook.cluster.otel", enabled)
-            for spec in GAUGES if spec.otel_name]
 
 
 # -- install -----------------------------------------------------------------------------------

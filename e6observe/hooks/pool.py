@@ -29,7 +29,7 @@ import re
 import threading
 import time
 import weakref
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Optional
 
 from .. import metrics as M
 from .._safe import contain, record_internal_error
@@ -342,75 +342,5 @@ def read_pools() -> dict[str, dict[str, int]]:
     return out
 
 
-class PoolCollector:
-    """Prometheus collector: pool connection counts, maximum and pending requests at scrape
-    time, and the wait/create time histograms the wrappers record into the installed recorder."""
-
-    def describe(self) -> list[Any]:
-        return []
-
-    def collect(self) -> Iterator[Any]:
-        from prometheus_client.core import GaugeMetricFamily
-
-        out: list[Any] = []
-        with contain("hook.pool.collect"):
-            pools = read_pools()
-            if not pools:
-                return iter(out)
-            count = GaugeMetricFamily(M.POOL_CONNECTIONS.prom_name, M.POOL_CONNECTIONS.help,
-                                      labels=list(M.POOL_CONNECTIONS.labels))
-            mx = GaugeMetricFamily(M.POOL_MAX.prom_name, M.POOL_MAX.help,
-                                   labels=list(M.POOL_MAX.labels))
-            pending = GaugeMetricFamily(M.POOL_PENDING.prom_name, M.POOL_PENDING.help,
-                                        labels=list(M.POOL_PENDING.labels))
-            for name in sorted(pools):
-                row = pools[name]
-                count.add_metric([name, "idle"], row["idle"])
-                count.add_metric([name, "used"], row["used"])
-                mx.add_metric([name], row["max"])
-                pending.add_metric([name], row["pending"])
-            out = [count, mx, pending]
-        with contain("hook.pool.collect"):
-            out.extend(_timing_families())
-        return iter(out)
-
-
-def _timing_families() -> list[Any]:
-    """``e6data_pool_wait_time_seconds`` / ``e6data_pool_create_time_seconds`` of every pool
-    the installed recorder has timed (none when not installed)."""
-    from ..sinks.prometheus import histogram_family
-
-    st = _state
-    if st is None:
-        return []
-    rec = st[0]
-    return [histogram_family(spec, {labels: list(h.snapshot()[:2])
-                                    for labels, h in rec.family(spec).items()})
-            for spec in (M.POOL_WAIT_TIME, M.POOL_CREATE_TIME)]
-
-
-def register_otel(meter: Any, enabled: Callable[[], bool] = lambda: True) -> list[Any]:
-    """``db.client.connection.count`` / ``.max`` / ``.pending_requests`` observable up-down
-    counters (attribute ``db.client.connection.pool.name``, and ``db.client.connection.state``
-    on the count)."""
-    from ..runtime import otel_observable
-
-    def count() -> list[tuple[float, dict[str, Any]]]:
-        return [(row[state], {"db.client.connection.pool.name": name,
-                              "db.client.connection.state": state})
-                for name, row in read_pools().items() for state in ("idle", "used")]
-
-    def field(key: str) -> Callable[[], list[tuple[float, dict[str, Any]]]]:
-        def cb() -> list[tuple[float, dict[str, Any]]]:
-            return [(row[key], {"db.client.connection.pool.name": name})
-                    for name, row in read_pools().items()]
-        return cb
-
-    return [otel_observable(meter, M.POOL_CONNECTIONS, "updown", count, "hook.pool.otel", enabled),
-            otel_observable(meter, M.POOL_MAX, "updown", field("max"), "hook.pool.otel", enabled),
-            otel_observable(meter, M.POOL_PENDING, "updown", field("pending"), "hook.pool.otel",
-                            enabled)]
-
-
 __all__ = ["install", "uninstall", "installed", "name_pool", "pool_names", "read_pools",
-           "PoolCollector", "register_otel", "MAX_POOL_NAMES"]
+           "MAX_POOL_NAMES"]
