@@ -488,11 +488,12 @@ def _renderer() -> Optional[Callable[[], bytes]]:
 
 
 def _watcher_self_cpu() -> Optional[float]:
-    """CPU seconds the running watcher(s) measured on themselves (``time.thread_time``)."""
+    """CPU seconds the running watcher measured on itself (``time.thread_time``)."""
     try:
-        from e6observe import watcher
+        from watchercost import cpu_seconds
 
-        return float(watcher.cpu_seconds())
+        w = live_sink("watcher")
+        return None if w is None else float(cpu_seconds([w]))
     except Exception:
         return None
 

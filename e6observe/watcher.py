@@ -27,24 +27,24 @@ colour is not counted again either. Polling cannot see a flip that is undone wit
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 from collections import deque
-from types import SimpleNamespace
 from typing import Any, Callable, Optional
 
 from . import metrics as M
 from ._safe import contain
+from .config import Options
 from .connections import open_connections
 from .hooks import strategy_cache
 from .recorder import Recorder, norm_strategy
 
 #: Thread name; tests and ``uninstrument()`` look for it.
 THREAD_NAME = "e6observe-watcher"
-DEFAULT_INTERVAL = 1.0
+DEFAULT_INTERVAL = Options.watcher_interval
+#: The thread waits at least this long between iterations, whatever the interval (a watcher
+#: spinning faster than 100 Hz would only burn CPU).
 MIN_INTERVAL = 0.01
-MAX_INTERVAL = 86400.0
 
 def _connector_cache() -> Optional[Any]:
     """The connector's live cache A, or None when the connector is not importable.
@@ -56,22 +56,6 @@ def _connector_cache() -> Optional[Any]:
     except Exception:
         return None
     return getattr(e6data_grpc, "_local_strategy_cache", None)
-
-
-def validate_interval(value: Any) -> float:
-    """``watcher_interval`` in seconds: a finite number in (0, 86400], or ValueError saying why.
-
-    The same range ``e6observe.config`` accepts; values below ``MIN_INTERVAL`` are raised to it
-    when the thread waits (a watcher spinning faster than 100 Hz would only burn CPU).
-    """
-    try:
-        f = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"watcher_interval must be a number of seconds, not {value!r}") from None
-    if not math.isfinite(f) or not 0 < f <= MAX_INTERVAL:
-        raise ValueError(f"watcher_interval must be > 0 and <= {MAX_INTERVAL:g} seconds, "
-                         f"not {value!r}")
-    return f
 
 
 class CacheReading:
@@ -95,15 +79,16 @@ class CacheReading:
 class Watcher:
     """Background thread reading the connector's strategy cache every ``watcher_interval``.
 
-    ``options`` is an ``e6observe.config.Options`` (or anything with ``watcher_interval``;
-    None = defaults). ``start()`` and ``stop()`` are idempotent and may be called in any order.
+    ``options``: the validated :class:`~e6observe.config.Options` (None: the defaults); the
+    watcher reads ``watcher_interval``. ``start()`` and ``stop()`` are idempotent and may be
+    called in any order.
     """
 
-    def __init__(self, recorder: Recorder, options: Any = None) -> None:
+    def __init__(self, recorder: Recorder, options: Optional[Options] = None) -> None:
         self.recorder = recorder
-        self.options = options
-        self.interval = validate_interval(getattr(options, "watcher_interval", DEFAULT_INTERVAL)
-                                          if options is not None else DEFAULT_INTERVAL)
+        self.options = options if options is not None else Options()
+        #: Seconds between iterations (validated once, by ``Options``).
+        self.interval = float(self.options.watcher_interval)
         self._lock = threading.Lock()
         self._stop_event = threading.Event()
         self._thread: Optional[threading.Thread] = None
@@ -334,6 +319,11 @@ class Watcher:
         """CPU seconds the watcher thread has used since it started (``time.thread_time``)."""
         return self._cpu_seconds
 
+    @property
+    def wall_seconds(self) -> float:
+        """Wall-clock seconds the watcher thread has run since it started."""
+        return self._run_seconds
+
     def cpu_seconds_per_second(self) -> float:
         """The watcher thread's CPU use per wall-clock second since start (0 before the first
         iteration). For the benchmark: start a watcher at the default interval, wait, read."""
@@ -345,39 +335,6 @@ class Watcher:
         """True while started: the OpenTelemetry callbacks of the per-process readers report
         nothing otherwise (an instrument cannot be removed). See ``e6observe.readers``."""
         return self._otel_enabled
-
-
-def running_watchers() -> list[Watcher]:
-    """The watchers started (and not stopped) in this process."""
-    from . import _fork
-
-    return [w for w in list(_fork._watchers) if isinstance(w, Watcher)]
-
-
-def cpu_seconds() -> float:
-    """CPU seconds used so far by this process's running watcher thread(s), as each measures
-    itself with ``time.thread_time`` (for benchmarks: sample twice, divide by the wall time)."""
-    return sum(w.cpu_seconds for w in running_watchers())
-
-
-def measure_cpu(duration: float = 10.0, interval: float = DEFAULT_INTERVAL,
-                recorder: Optional[Recorder] = None) -> dict[str, float]:
-    """Run a stand-alone watcher for ``duration`` seconds at ``interval`` and report its cost:
-    ``cpu_seconds``, ``wall_seconds``, ``cpu_per_second``, ``iterations``, ``interval``.
-
-    With no ``recorder`` a fresh one is used (nothing is reported anywhere). The watcher reads
-    the connector's cache as it finds it, like the real one.
-    """
-    w = Watcher(recorder if recorder is not None else Recorder(),
-                SimpleNamespace(watcher_interval=interval))
-    w.start()
-    try:
-        time.sleep(duration)
-    finally:
-        w.stop()
-    return {"cpu_seconds": w.cpu_seconds, "wall_seconds": w._run_seconds,
-            "cpu_per_second": w.cpu_seconds_per_second(), "iterations": float(w.iterations),
-            "interval": w.interval}
 
 
 def _strategy_hook_known() -> tuple[bool, Optional[str]]:
@@ -396,5 +353,4 @@ def _tell_strategy_hook(to: str) -> None:
         strategy_cache.note_observed(to)
 
 
-__all__ = ["Watcher", "CacheReading", "running_watchers", "cpu_seconds", "measure_cpu",
-           "validate_interval", "THREAD_NAME", "DEFAULT_INTERVAL"]
+__all__ = ["Watcher", "CacheReading", "THREAD_NAME", "DEFAULT_INTERVAL"]

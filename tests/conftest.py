@@ -126,13 +126,13 @@ def openssl(*args: str, cwd: Any) -> None:
 
 def sink_options(**kw: Any) -> Any:
     """The options a PrometheusSink reads, at their defaults, with ``kw`` on top."""
-    from types import SimpleNamespace
+    from e6observe.config import Options
 
     base = dict(prometheus_port=None, prometheus_addr="127.0.0.1", registry=None,
                 tls_certfile=None, tls_keyfile=None, tls_client_cafile=None, basic_auth=None,
                 multiprocess_dir=None)
     base.update(kw)
-    return SimpleNamespace(**base)
+    return Options(**base)
 
 
 def endpoint() -> str:

@@ -25,6 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 import e6observe
 from e6observe import _safe
 from e6observe import metrics as M
+from e6observe.config import Options
 from e6observe.recorder import Recorder
 
 pytestmark = pytest.mark.timeout(90)
@@ -193,7 +194,7 @@ def test_the_probe_entries_are_exported_by_the_probe(sim: Any) -> None:
         rec,
         interval=1.0,
     )
-    sink = OtelSink(rec, type("O", (), {"meter_provider": provider, "logger_provider": None})())
+    sink = OtelSink(rec, Options(meter_provider=provider))
     sink.start()
     try:
         register_otel(prober, provider.get_meter("test"))

@@ -62,8 +62,8 @@ def rig() -> Iterator[Rig]:
     logs = InMemoryLogs()
     lp = LoggerProvider()
     lp.add_log_record_processor(SimpleLogRecordProcessor(logs))
-    sink = OtelSink(rec, SimpleNamespace(meter_provider=mp, logger_provider=lp,
-                                         server_address="db.example", server_port=443))
+    rec.server = ("db.example", 443)  # what the channel hook sets from the first connection
+    sink = OtelSink(rec, SimpleNamespace(meter_provider=mp, logger_provider=lp))
     sink.start()
     r = Rig(rec=rec, sink=sink, reader=reader, logs=logs, mp=mp, lp=lp)
     try:

@@ -19,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from e6observe import _safe, readers
 from e6observe import metrics as M
+from e6observe.config import ConfigError, Options
 from e6observe.connections import track_connection
 from e6observe.readers import WatcherCollector
 from e6observe.recorder import Recorder
@@ -104,13 +105,15 @@ def scrape(*collectors: Any) -> dict[str, float]:
 
 @pytest.mark.parametrize("bad", [0, -1, float("nan"), float("inf"), "soon", None, 86401])
 def test_bad_interval_is_a_clear_error(bad: Any) -> None:
-    with pytest.raises(ValueError, match="watcher_interval"):
-        Watcher(Recorder(), opts(bad))
+    # Validated once, by the options every component takes.
+    with pytest.raises(ConfigError, match="watcher_interval"):
+        Options.resolve({"watcher_interval": bad}, environ={})
 
 
 def test_defaults_to_one_second() -> None:
     assert Watcher(Recorder()).interval == 1.0
-    assert Watcher(Recorder(), SimpleNamespace()).interval == 1.0
+    assert Watcher(Recorder(), Options()).interval == 1.0
+    assert Watcher(Recorder(), Options.resolve({}, environ={})).interval == 1.0
 
 
 @pytest.mark.matrix
@@ -501,21 +504,3 @@ def test_instrument_runs_the_watcher_and_uninstrument_leaves_no_thread(
     alive = [t.name for t in threading.enumerate() if t.name.startswith("e6observe")
              and not t.name.startswith("e6observe-sim") and t.is_alive()]
     assert alive == []
-
-
-def test_benchmark_helpers_measure_the_watchers_own_cpu() -> None:
-    from e6observe import watcher
-
-    res = watcher.measure_cpu(duration=0.3, interval=0.01)
-    assert res["interval"] == 0.01 and res["iterations"] >= 5
-    assert res["wall_seconds"] > 0 and 0 <= res["cpu_per_second"] <= 1.0
-    assert res["cpu_seconds"] == pytest.approx(res["cpu_per_second"] * res["wall_seconds"])
-    assert watcher.running_watchers() == [] and watcher.cpu_seconds() == 0.0
-    w = Watcher(Recorder(), opts(0.01)).start()
-    try:
-        assert wait_for(lambda: w.iterations >= 5)
-        assert watcher.running_watchers() == [w]
-        first = watcher.cpu_seconds()
-        assert 0 <= first <= w.cpu_seconds  # the thread's own, monotonic figure
-    finally:
-        w.stop()

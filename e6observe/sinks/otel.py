@@ -50,6 +50,7 @@ from typing import Any, Callable, Iterable, Iterator, Optional
 from .. import metrics as M
 from .._otelctx import meter as _meter
 from .._safe import contain
+from ..config import Options
 from ..events import Event
 from ..tracing import ERROR_TYPES as _tracing_error_types
 from ..tracing import error_type
@@ -166,17 +167,17 @@ def _is_noop_or_proxy(provider: Any) -> tuple[bool, bool]:
 class OtelSink:
     """Exports a :class:`~e6observe.recorder.Recorder` through OpenTelemetry.
 
-    ``options`` may carry ``meter_provider`` and ``logger_provider`` (else the global ones) and
-    ``server_address`` / ``server_port`` (the cluster endpoint, for the ``server.*`` attributes
-    of ``db.client.operation.duration``; else ``recorder.server`` if a hook set it to
-    ``(host, port)``). One sink per recorder.
+    ``options``: the validated :class:`~e6observe.config.Options` (None: the defaults); the sink
+    reads ``meter_provider`` and ``logger_provider`` (None: the global ones). The ``server.*``
+    attributes of ``db.client.operation.duration`` come from ``recorder.server`` (the cluster
+    endpoint a hook saw first). One sink per recorder.
     """
 
-    def __init__(self, recorder: Any, options: Any = None) -> None:
+    def __init__(self, recorder: Any, options: Optional[Options] = None) -> None:
         self.recorder = recorder
-        self.options = options
-        self._meter_provider = getattr(options, "meter_provider", None)
-        self._logger_provider = getattr(options, "logger_provider", None)
+        self.options = options if options is not None else Options()
+        self._meter_provider = self.options.meter_provider
+        self._logger_provider = self.options.logger_provider
         self._binding: Optional[_Binding] = None
         self._logger: Any = None
         self._log_provider_used: Any = None
@@ -246,12 +247,10 @@ class OtelSink:
 
     # -- metrics: histograms ----------------------------------------------------------------
     def _server_attrs(self) -> dict[str, Any]:
-        host = getattr(self.options, "server_address", None)
-        port = getattr(self.options, "server_port", None)
-        if host is None:
-            server = getattr(self.recorder, "server", None)
-            if isinstance(server, tuple) and len(server) == 2:
-                host, port = server
+        host = port = None
+        server = getattr(self.recorder, "server", None)
+        if isinstance(server, tuple) and len(server) == 2:
+            host, port = server
         out: dict[str, Any] = {}
         if isinstance(host, str) and host:
             out["server.address"] = host

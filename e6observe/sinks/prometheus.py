@@ -18,6 +18,7 @@ from typing import Any, Iterable, Optional
 from prometheus_client.core import CollectorRegistry, Metric
 
 from .._safe import contain
+from ..config import Options
 from .scrape import RecorderCollector
 
 # The renderers the pool hook and the probe import from here.
@@ -48,30 +49,25 @@ class _Without:
         return [f for f in self.inner.collect() if f.name not in self.names]
 
 
-def _opt(options: Any, name: str, default: Any = None) -> Any:
-    return getattr(options, name, default) if options is not None else default
-
-
 class PrometheusSink:
     """The Prometheus side of e6observe: own registry, collector, optional HTTP endpoint.
 
-    ``options`` is an ``e6observe.config.Options`` (any object with the attributes
-    ``prometheus_port``, ``prometheus_addr``, ``registry``, ``tls_certfile``, ``tls_keyfile``,
-    ``tls_client_cafile``, ``basic_auth``, ``multiprocess_dir``; missing ones take defaults).
-    Other components register their own collectors into :attr:`registry`.
+    ``options``: the validated :class:`~e6observe.config.Options` (None: the defaults, with
+    ``multiprocess_dir`` from ``$PROMETHEUS_MULTIPROC_DIR``); the sink reads the endpoint's
+    (``prometheus_*``, ``tls_*``, ``basic_auth``, ``http_*``), ``registry`` and
+    ``multiprocess_dir``. Other components register their own collectors into :attr:`registry`.
     """
 
-    def __init__(self, recorder: Any, options: Any = None) -> None:
+    def __init__(self, recorder: Any, options: Optional[Options] = None) -> None:
         self.recorder = recorder
+        if options is None:
+            options = Options(multiprocess_dir=os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None)
         self.options = options
-        reg = _opt(options, "registry")
+        reg = options.registry
         #: The registry /metrics serves. Never prometheus_client's global REGISTRY unless the
         #: user passed it explicitly.
         self.registry: CollectorRegistry = reg if reg is not None else CollectorRegistry()
-        if options is not None and hasattr(options, "multiprocess_dir"):
-            mp_dir = options.multiprocess_dir
-        else:
-            mp_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+        mp_dir = options.multiprocess_dir
         self.multiprocess_dir: Optional[str] = mp_dir or None
         self.writer: Any = None
         if self.multiprocess_dir:
@@ -143,7 +139,8 @@ class PrometheusSink:
         an error, and :meth:`flush` retries so another worker takes over when the serving one
         exits.
         """
-        port = _opt(self.options, "prometheus_port")
+        o = self.options
+        port = o.prometheus_port
         if port is None:
             return self
         from ..server import MetricsServer, MetricsServerError
@@ -152,15 +149,10 @@ class PrometheusSink:
             if self.server is not None and self.server.running:
                 return self
             srv = MetricsServer(
-                self.registry, addr=_opt(self.options, "prometheus_addr") or "127.0.0.1",
-                port=int(port), certfile=_opt(self.options, "tls_certfile"),
-                keyfile=_opt(self.options, "tls_keyfile"),
-                client_cafile=_opt(self.options, "tls_client_cafile"),
-                basic_auth=_opt(self.options, "basic_auth"),
-                **{k: v for k, v in (
-                    ("max_head_bytes", _opt(self.options, "http_max_head_bytes")),
-                    ("head_timeout", _opt(self.options, "http_head_timeout")),
-                    ("write_timeout", _opt(self.options, "http_write_timeout"))) if v is not None})
+                self.registry, addr=o.prometheus_addr or "127.0.0.1", port=int(port),
+                certfile=o.tls_certfile, keyfile=o.tls_keyfile, client_cafile=o.tls_client_cafile,
+                basic_auth=o.basic_auth, max_head_bytes=o.http_max_head_bytes,
+                head_timeout=o.http_head_timeout, write_timeout=o.http_write_timeout)
             self.server = srv
             try:
                 srv.start()
