@@ -32,12 +32,10 @@ from typing import Any, Callable, Iterator, Optional
 
 from . import metrics as M
 from ._safe import contain
-from .readings import otel_observable
+from .readings import SHARED_READING_SECONDS, otel_observable
 
 _ROLLUP = "/proc/self/smaps_rollup"
 _PRIVATE_KEYS = (b"Private_Clean:", b"Private_Dirty:", b"Private_Hugetlb:")
-#: How long one reading serves the OpenTelemetry callbacks of the same collection.
-SHARED_READING_SECONDS = 0.25
 #: Longest a unique-memory (USS) figure is reused; the other figures are read on every call.
 USS_MAX_AGE = 5.0
 _STAT = "/proc/self/stat"

@@ -52,6 +52,7 @@ from .._otelctx import meter as _meter
 from .._safe import contain
 from ..config import Options
 from ..events import Event
+from ..readings import OTEL_FACTORY
 from ..tracing import ERROR_TYPES as _tracing_error_types
 from ..tracing import error_type
 from . import _otel_sdk as _sdk
@@ -93,13 +94,11 @@ STATE_OBSERVERS = {M.STRATEGY_ACTIVE: "_observe_active", M.STRATEGY_PENDING: "_o
 #: Counters this sink observes: the recorder's (the probe's too: it has its own recorder) and
 #: e6observe's internal errors. Runtime counters are the runtime reader's.
 _COUNTER_SOURCES = ("recorder", "internal", "probe")
-_FACTORY = {"counter": "create_observable_counter", "gauge": "create_observable_gauge",
-            "updown": "create_observable_up_down_counter"}
 
 
 def _observable(meter: Any, spec: M.MetricSpec, callback: Any) -> Any:
     """An observable instrument of ``spec``'s ``otel_kind``."""
-    return getattr(meter, _FACTORY[spec.otel_kind])(
+    return getattr(meter, OTEL_FACTORY[spec.otel_kind])(
         spec.otel_name, callbacks=[callback], unit=spec.unit, description=spec.help)
 
 
