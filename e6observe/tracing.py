@@ -185,10 +185,10 @@ class QueryTracer:
         self._error_status = Status(StatusCode.ERROR)
         self._record_text = record_query_text
         # Span events carry the attributes the event log records carry (one set of names).
-        from .sinks.otel import _rpc_method_names, event_attributes
+        from ._otelattrs import event_attributes, rpc_method_names
 
         self._event_attributes = event_attributes
-        self._rpc_names = _rpc_method_names()
+        self._rpc_names = rpc_method_names()
         self._recorder = recorder
         self._in_flight: set[Any] = set()
         # Serialises "add a span event" against "end the span", so no event lands on an ended

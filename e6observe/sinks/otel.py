@@ -48,6 +48,7 @@ import weakref
 from typing import Any, Callable, Iterable, Iterator, Optional
 
 from .. import metrics as M
+from .._otelattrs import event_attributes, rpc_method_names
 from .._otelctx import meter as _meter
 from .._safe import contain
 from ..config import Options
@@ -68,22 +69,6 @@ ERROR_TYPES = _tracing_error_types
 
 _SEVERITY = {"mismatch": "WARN", "retry": "WARN", "suspended_seen": "WARN",
              "strategy_rejected": "WARN"}
-
-
-def _rpc_method_names() -> dict[str, str]:
-    """Short method name -> fully-qualified ``Service/method`` (``rpc.method``)."""
-    try:
-        from e6data_python_connector.server import e6x_engine_pb2 as pb
-
-        out: dict[str, str] = {}
-        for svc in pb.DESCRIPTOR.services_by_name.values():
-            for m in svc.methods:
-                out.setdefault(m.name, f"{svc.full_name}/{m.name}")
-        for m in ("status", "resume", "suspend"):  # the cluster manager's ClusterService
-            out["cluster." + m] = "ClusterService/" + m
-        return out
-    except Exception:  # pragma: no cover - connector missing or changed
-        return {}
 
 
 # -- the instruments of one meter provider --------------------------------------------------
@@ -188,7 +173,7 @@ class OtelSink:
         self.bulk_points = 0
         self.replayed_values = 0
         self.primed_values = 0
-        self._rpc_names = _rpc_method_names()
+        self._rpc_names = rpc_method_names()
         #: Events this sink has handled (emitted as log records, or failed and counted).
         self.events_handled = 0
 
@@ -395,38 +380,6 @@ def _logger(provider: Any) -> Any:
         return provider.get_logger(SCOPE, __version__)
 
 
-def event_attributes(ev: Event, rpc_names: Optional[dict[str, str]] = None) -> dict[str, Any]:
-    """The log-record attributes of ``ev`` (only the fields its kind sets)."""
-    attrs: dict[str, Any] = {"e6data.event.seq": ev.seq, "e6data.event.kind": ev.kind}
-    if ev.strategy:
-        attrs["e6data.strategy"] = ev.strategy
-    if ev.from_strategy:
-        attrs["e6data.strategy.from"] = ev.from_strategy
-    if ev.to_strategy:
-        attrs["e6data.strategy.to"] = ev.to_strategy
-    if ev.kind == "applied":
-        attrs["e6data.switch.cause"] = ev.cause
-        attrs["e6data.switch.pinned_queries"] = ev.pinned_queries
-        if ev.drain_seconds is not None:
-            attrs["e6data.switch.drain_time"] = ev.drain_seconds
-    if ev.method:
-        attrs["rpc.method"] = (rpc_names or {}).get(ev.method, "_OTHER")
-    if ev.kind == "retry":
-        attrs["e6data.retry.attempt"] = ev.attempt
-        attrs["e6data.retry.reason"] = ev.reason
-    if ev.scope:
-        attrs["e6data.strategy.scope"] = ev.scope
-    if ev.cluster_status:
-        attrs["e6data.cluster.status"] = ev.cluster_status
-    if ev.kind == "resume_finished":
-        attrs["e6data.cluster.resume.outcome"] = ev.outcome
-        if ev.duration_seconds is not None:
-            attrs["e6data.cluster.resume.duration"] = ev.duration_seconds
-    if ev.kind == "strategy_rejected":
-        attrs["e6data.strategy.rejected.reason"] = ev.reason
-    return attrs
-
-
 def _body(ev: Event) -> str:
     if ev.kind == "applied":
         drain = f", drained {ev.drain_seconds:.3f} s" if ev.drain_seconds is not None else ""
@@ -470,4 +423,4 @@ def _log_record(ev: Event, rpc_names: dict[str, str]) -> Any:
         return LogRecord(**kwargs)
 
 
-__all__ = ["OtelSink", "event_attributes"]
+__all__ = ["OtelSink"]

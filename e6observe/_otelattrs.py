@@ -1,0 +1,64 @@
+"""OpenTelemetry attribute vocabulary shared by the OTel sink's log records and the query spans.
+
+* :func:`rpc_method_names` - the connector's short RPC method names mapped to the fully
+  qualified ``Service/method`` that ``rpc.method`` carries;
+* :func:`event_attributes` - the attributes of a strategy event, the same on the event's log
+  record (``sinks/otel.py``) and on the span event of the queries in flight (``tracing.py``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from .events import Event
+
+
+def rpc_method_names() -> dict[str, str]:
+    """Short method name -> fully-qualified ``Service/method`` (``rpc.method``)."""
+    try:
+        from e6data_python_connector.server import e6x_engine_pb2 as pb
+
+        out: dict[str, str] = {}
+        for svc in pb.DESCRIPTOR.services_by_name.values():
+            for m in svc.methods:
+                out.setdefault(m.name, f"{svc.full_name}/{m.name}")
+        for m in ("status", "resume", "suspend"):  # the cluster manager's ClusterService
+            out["cluster." + m] = "ClusterService/" + m
+        return out
+    except Exception:  # pragma: no cover - connector missing or changed
+        return {}
+
+
+def event_attributes(ev: Event, rpc_names: Optional[dict[str, str]] = None) -> dict[str, Any]:
+    """The log-record attributes of ``ev`` (only the fields its kind sets)."""
+    attrs: dict[str, Any] = {"e6data.event.seq": ev.seq, "e6data.event.kind": ev.kind}
+    if ev.strategy:
+        attrs["e6data.strategy"] = ev.strategy
+    if ev.from_strategy:
+        attrs["e6data.strategy.from"] = ev.from_strategy
+    if ev.to_strategy:
+        attrs["e6data.strategy.to"] = ev.to_strategy
+    if ev.kind == "applied":
+        attrs["e6data.switch.cause"] = ev.cause
+        attrs["e6data.switch.pinned_queries"] = ev.pinned_queries
+        if ev.drain_seconds is not None:
+            attrs["e6data.switch.drain_time"] = ev.drain_seconds
+    if ev.method:
+        attrs["rpc.method"] = (rpc_names or {}).get(ev.method, "_OTHER")
+    if ev.kind == "retry":
+        attrs["e6data.retry.attempt"] = ev.attempt
+        attrs["e6data.retry.reason"] = ev.reason
+    if ev.scope:
+        attrs["e6data.strategy.scope"] = ev.scope
+    if ev.cluster_status:
+        attrs["e6data.cluster.status"] = ev.cluster_status
+    if ev.kind == "resume_finished":
+        attrs["e6data.cluster.resume.outcome"] = ev.outcome
+        if ev.duration_seconds is not None:
+            attrs["e6data.cluster.resume.duration"] = ev.duration_seconds
+    if ev.kind == "strategy_rejected":
+        attrs["e6data.strategy.rejected.reason"] = ev.reason
+    return attrs
+
+
+__all__ = ["rpc_method_names", "event_attributes"]
