@@ -46,6 +46,7 @@ DEFAULT_INTERVAL = Options.watcher_interval
 #: spinning faster than 100 Hz would only burn CPU).
 MIN_INTERVAL = 0.01
 
+
 def _connector_cache() -> Optional[Any]:
     """The connector's live cache A, or None when the connector is not importable.
 
@@ -296,8 +297,9 @@ class Watcher:
         return CacheReading(cache) if cache is not None else None
 
     def readings(self) -> dict[str, float]:
-        """Every watcher gauge by Prometheus name, read now. Cache-age is left out until the
-        connector has learned a strategy (there is no age to report)."""
+        """Every watcher gauge by Prometheus name, read now (``readers.watcher_reader`` keys
+        them by the table's specs for the sinks). Cache-age is left out until the connector has
+        learned a strategy (there is no age to report)."""
         from . import _fork
 
         now = time.time()
