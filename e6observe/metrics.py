@@ -259,7 +259,8 @@ QUERY_MAP_INHERITED = _g("e6data_strategy_query_map_inherited_entries",
 STRATEGY_LOCK_HELD_AT_FORK = _g("e6data_strategy_lock_held_at_fork",
                                 "e6data.strategy.lock_held_at_fork", "1",
                                 "1 if the connector's strategy lock was held by another thread "
-                                "when this process was forked: its queries will block.", source="watcher")
+                                "when this process was forked: its queries will block.",
+                                source="watcher")
 
 # --- runtime (psutil / gc), named after prometheus_client's process and gc collectors --------
 PROCESS_RSS = _g("process_resident_memory_bytes", "process.memory.usage", "By",
