@@ -61,8 +61,8 @@ def cluster_reader(recorder: Any) -> Reader:
 
 def pool_reader(recorder: Any, component: str) -> Reader:
     """Every pool's connections (idle/used), maximum and waiting callers by pool name (none while
-    no pool exists), and the wait/create histograms the pool hook records into ``recorder``
-    (while it is installed). The two parts fail apart, each counted under ``component``."""
+    no pool exists), and the wait/create histograms the pool hook records into ``recorder`` (none
+    before it has seen a pool). The two parts fail apart, each counted under ``component``."""
 
     def read() -> Readings:
         from .hooks import pool
@@ -78,11 +78,10 @@ def pool_reader(recorder: Any, component: str) -> Reader:
                 out[M.POOL_MAX] = [((n,), pools[n]["max"]) for n in names]
                 out[M.POOL_PENDING] = [((n,), pools[n]["pending"]) for n in names]
         with contain(component):
-            if pool.installed():
-                for spec in (M.POOL_WAIT_TIME, M.POOL_CREATE_TIME):
-                    out[spec] = [
-                        (labels, list(h.snapshot()[:2])) for labels, h in recorder.family(spec).items()
-                    ]
+            for spec in (M.POOL_WAIT_TIME, M.POOL_CREATE_TIME):
+                rows = [(labels, list(h.snapshot()[:2])) for labels, h in recorder.family(spec).items()]
+                if rows:  # the pool hook binds a pool's series when it first sees the pool
+                    out[spec] = rows
         return out
 
     return read

@@ -341,7 +341,8 @@ class Watcher:
 
 def _strategy_hook_known() -> tuple[bool, Optional[str]]:
     """(is the strategy-cache hook reporting, the colour it last saw cache A hold)."""
-    return strategy_cache.reporting(), strategy_cache.known_strategy()
+    known = strategy_cache.known_strategy()
+    return strategy_cache.reporting(), known if known in M.STRATEGIES else None
 
 
 def _tell_strategy_hook(to: str) -> None:

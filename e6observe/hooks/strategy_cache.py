@@ -190,17 +190,16 @@ def note_observed(to: str) -> None:
 
 def reporting() -> bool:
     """True while the hook is installed and reporting cache A's writes (for the watcher)."""
-    inst = _installed
-    return inst is not None and inst[2]._e6observe is not None
+    cache = installed_cache()
+    return cache is not None and cache._e6observe is not None
 
 
 def known_strategy() -> Optional[str]:
-    """The colour this hook last saw cache A hold (None before the first, or not installed): the
-    watcher's reference for "a switch nobody reported"."""
-    inst = _installed
-    interp = inst[2]._e6observe if inst is not None else None
-    known = interp.known if interp is not None else None
-    return known if known in _COLOURS else None
+    """The strategy label this hook last saw cache A hold (None before the first, or not
+    installed): the watcher's reference for "a switch nobody reported"."""
+    cache = installed_cache()
+    interp = cache._e6observe if cache is not None else None
+    return interp.known if interp is not None else None
 
 
 def installed_cache() -> Optional[ObservedCache]:
