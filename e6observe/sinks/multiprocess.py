@@ -58,7 +58,6 @@ from .. import metrics as M
 from .._files import write_atomic
 from .._safe import contain, internal_errors, record_internal_error
 from .scrape import (
-    CORE_NAMES,
     COUNTERS,
     HISTOGRAMS,
     ProcessState,
@@ -152,8 +151,9 @@ def check_directory(path: str) -> None:
 
 _COUNTER_NAMES = {s.prom_name: len(s.labels) for s in COUNTERS}
 _HIST_NAMES = {s.prom_name: (len(s.labels), len(s.buckets) + 1) for s in HISTOGRAMS}
-#: Per-process families a state file may carry: any table name that is not the sink's own.
-_PROCESS_NAMES = frozenset(m.prom_name for m in M.ALL) - CORE_NAMES
+#: Per-process families a state file may carry: the table's per-process readings (watcher,
+#: cluster, pool, runtime), never a family the merge renders itself.
+_PROCESS_NAMES = frozenset(m.prom_name for m in M.ALL if m.source in M.READING_SOURCES)
 
 
 # -- one process's state as a JSON document --------------------------------------------------

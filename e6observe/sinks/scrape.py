@@ -37,9 +37,6 @@ from .._safe import contain, internal_errors
 #: ``PrometheusSink.registry``).
 COUNTERS: tuple[M.MetricSpec, ...] = M.COUNTERS
 HISTOGRAMS: tuple[M.MetricSpec, ...] = M.HISTOGRAMS
-#: Every family name this collector renders itself (per-process collectors may not reuse them).
-CORE_NAMES = frozenset(s.prom_name for s in M.ALL
-                       if s.source in ("recorder", "state", "internal", "build"))
 
 Labels = tuple[str, ...]
 #: bucket index -> (trace_id, span_id, value, unix time)
@@ -283,5 +280,4 @@ class RecorderCollector:
 
 
 __all__ = ["View", "ProcessState", "view_of", "render", "describe_families", "histogram_family",
-           "counter_family", "build_labels", "RecorderCollector", "COUNTERS", "HISTOGRAMS",
-           "CORE_NAMES"]
+           "counter_family", "build_labels", "RecorderCollector", "COUNTERS", "HISTOGRAMS"]
