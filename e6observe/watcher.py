@@ -36,6 +36,7 @@ from collections import deque
 from types import SimpleNamespace
 from typing import Any, Callable, Iterator, Optional
 
+from . import _fork, _forkhazards
 from . import metrics as M
 from ._safe import contain
 from .recorder import Recorder, norm_strategy
@@ -61,6 +62,11 @@ def track_connection(conn: Any) -> None:
             _connections.add(conn)
     except TypeError:  # not weak-referenceable: nothing to track
         pass
+
+
+def _renew_connections_lock_after_fork() -> None:
+    global _connections_lock
+    _connections_lock = threading.Lock()
 
 
 def open_connections() -> int:
@@ -116,6 +122,10 @@ class CacheReading:
         self.session_invalidated = bool(get("session_invalidated"))
 
 
+#: Watchers started and not stopped (weak: a watcher dropped without stop() is not kept alive).
+_started: weakref.WeakSet[Watcher] = weakref.WeakSet()
+
+
 class Watcher:
     """Background thread reading the connector's strategy cache every ``watcher_interval``.
 
@@ -162,9 +172,13 @@ class Watcher:
             self._otel_enabled = True
             self._stop_event = threading.Event()
             self._spawn()
-        from . import _fork
-
-        _fork.watch(self)
+        _started.add(self)
+        # In a forked child: the module's lock, this watcher's store, the connector's inherited
+        # state, then this thread again (after the sinks).
+        _fork.register("locks", _renew_connections_lock_after_fork, "fork.watcher")
+        _fork.register("stores", self._reset_recorder_after_fork, "fork.recorder")
+        _forkhazards.install()
+        _fork.register("threads", self._after_fork_in_child, "fork.watcher")
         return self
 
     def _spawn(self) -> None:
@@ -183,15 +197,18 @@ class Watcher:
             self._stop_event.set()
         if t is not None and t.is_alive() and t is not threading.current_thread():
             t.join(timeout)
-        from . import _fork
-
-        _fork.unwatch(self)
+        _started.discard(self)
+        _fork.unregister("stores", self._reset_recorder_after_fork)
+        _fork.unregister("threads", self._after_fork_in_child)
 
     @property
     def running(self) -> bool:
         """True while the watcher thread is alive."""
         t = self._thread
         return t is not None and t.is_alive()
+
+    def _reset_recorder_after_fork(self) -> None:
+        self.recorder.reset_after_fork()  # once per fork, whoever else reset it
 
     def _after_fork_in_child(self) -> None:
         """Called in a forked child: threads do not survive fork, so start a fresh one.
@@ -339,8 +356,6 @@ class Watcher:
     def readings(self) -> dict[str, float]:
         """Every watcher gauge by Prometheus name, read now. Cache-age is left out until the
         connector has learned a strategy (there is no age to report)."""
-        from . import _fork
-
         now = time.time()
         out: dict[str, float] = {M.WATCHER_LAST_RUN.prom_name: self.last_run,
                                  M.CONNECTIONS_OPEN.prom_name: float(open_connections())}
@@ -351,7 +366,7 @@ class Watcher:
                 out[M.CACHE_AGE.prom_name] = max(0.0, now - r.last_check_time)
             out[M.QUERY_MAP_ENTRIES.prom_name] = float(r.query_map_entries)
             out[M.SESSION_INVALIDATED.prom_name] = 1.0 if r.session_invalidated else 0.0
-        out.update(_fork.readings())
+        out.update(_forkhazards.readings())
         return out
 
     # -- cost ---------------------------------------------------------------------------------
@@ -400,9 +415,7 @@ class Watcher:
 
 def running_watchers() -> list[Watcher]:
     """The watchers started (and not stopped) in this process."""
-    from . import _fork
-
-    return [w for w in list(_fork._watchers) if isinstance(w, Watcher)]
+    return list(_started)
 
 
 def cpu_seconds() -> float:

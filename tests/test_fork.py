@@ -6,6 +6,7 @@ Each test forks; the child reports what it sees as JSON through a pipe and leave
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import select
@@ -20,7 +21,7 @@ import pytest
 from conftest import PASSWORD, USER
 from e6data_python_connector import e6data_grpc
 
-from e6observe import _fork, _safe
+from e6observe import _fork, _forkhazards, _safe
 from e6observe import metrics as M
 from e6observe.recorder import Recorder, set_recorder
 from e6observe.watcher import THREAD_NAME, Watcher
@@ -158,7 +159,7 @@ def test_child_gets_a_running_watcher_fresh_counts_and_sees_inherited_queries(
         out["stuck"] = (cache["active_strategy"], cache["pending_strategy"])
         out["pending_reported"] = wait_for(lambda: rec.pending == "green")
         out["pending_age"] = w.pending_age()
-        out["released"] = _fork.release_inherited_queries()
+        out["released"] = _forkhazards.release_inherited_queries()
         query(c2)
         out["after_release"] = cache["active_strategy"]
         out["switch_seen"] = wait_for(lambda: rec.switch_total() == 1)
@@ -208,13 +209,13 @@ def test_strategy_lock_held_at_fork_is_visible_and_repairable_in_the_child(
 
     def child() -> dict[str, Any]:
         out: dict[str, Any] = {}
-        out["flag"] = _fork.lock_held_at_fork()
+        out["flag"] = _forkhazards.lock_held_at_fork()
         out["gauge"] = w.readings()[M.STRATEGY_LOCK_HELD_AT_FORK.prom_name]
         it0 = w.iterations
         # The watcher never takes the connector's lock, so it keeps running.
         out["watcher_runs"] = wait_for(lambda: w.iterations >= it0 + 2)
         out["blocked"] = not e6data_grpc._strategy_lock.acquire(timeout=0.2)
-        out["repaired"] = _fork.repair_strategy_lock()
+        out["repaired"] = _forkhazards.repair_strategy_lock()
         ok = e6data_grpc._strategy_lock.acquire(timeout=1)
         out["usable"] = ok
         if ok:
@@ -231,7 +232,7 @@ def test_strategy_lock_held_at_fork_is_visible_and_repairable_in_the_child(
                    "repaired": True, "usable": True, "gauge_after": 0.0}
     # The parent's lock is its own, untouched and free.
     assert e6data_grpc._strategy_lock is lock and not lock.locked()
-    assert not _fork.lock_held_at_fork() and _fork.repair_strategy_lock() is False
+    assert not _forkhazards.lock_held_at_fork() and _forkhazards.repair_strategy_lock() is False
 
 
 def test_fork_when_not_instrumented_starts_nothing() -> None:
@@ -244,23 +245,55 @@ def test_fork_when_not_instrumented_starts_nothing() -> None:
     assert got["threads"] == [] and got["gen"] >= 1
 
 
-def test_child_callbacks_run_contained(instrumented: tuple[Recorder, Watcher]) -> None:
-    seen: list[int] = []
+def test_resets_run_in_phase_order_once_each_contained() -> None:
+    ran: list[str] = []
 
-    def good() -> None:
-        seen.append(os.getpid())
+    def make(tag: str) -> Callable[[], None]:
+        def reset() -> None:
+            ran.append(tag)
+        return reset
+
+    fns = {phase: make(phase) for phase in _fork.PHASES}
 
     def bad() -> None:
         raise RuntimeError("injected")
 
-    _fork.on_fork_child(bad)
-    _fork.on_fork_child(good)
-    _fork.on_fork_child(good)  # once only
+    # Registered in reverse phase order, twice each: the phase decides the order, not the call.
+    for phase in reversed(_fork.PHASES):
+        _fork.register(phase, fns[phase], "fork.test")
+    _fork.register("stores", bad, "fork.test.bad")
+    for phase in _fork.PHASES:
+        _fork.register(phase, fns[phase], "fork.test")
     try:
-        got = in_child(lambda: {"seen": len(seen), "errors": _safe.internal_errors(),
-                                "watcher": THREAD_NAME in e6observe_threads()})
+        got = in_child(lambda: {"ran": list(ran), "errors": _safe.internal_errors()})
     finally:
-        _fork.remove_fork_child(bad)
-        _fork.remove_fork_child(good)
-    assert got["seen"] == 1 and got["errors"].get("fork.callback") == 1 and got["watcher"]
-    assert seen == []  # not in the parent
+        for phase in _fork.PHASES:
+            _fork.unregister(phase, fns[phase])
+        _fork.unregister("stores", bad)
+    assert got["ran"] == list(_fork.PHASES)
+    # The failing reset is counted under its component; the ones after it still ran.
+    assert got["errors"].get("fork.test.bad") == 1
+    assert ran == []  # not in the parent
+    assert all(fns[p] not in _fork.registered(p) for p in _fork.PHASES)
+
+
+def test_registry_is_idempotent_holds_methods_weakly_and_refuses_unknown_phases() -> None:
+    class Component:
+        def reset_after_fork(self) -> None:
+            pass
+
+    c = Component()
+    before = len(_fork.registered("sinks"))
+    _fork.register("sinks", c.reset_after_fork)
+    _fork.register("sinks", c.reset_after_fork)  # an equal bound method: the same reset
+    assert len(_fork.registered("sinks")) == before + 1
+    other = Component()
+    _fork.register("sinks", other.reset_after_fork)
+    assert len(_fork.registered("sinks")) == before + 2
+    _fork.unregister("sinks", other.reset_after_fork)
+    assert len(_fork.registered("sinks")) == before + 1
+    del c
+    gc.collect()
+    assert len(_fork.registered("sinks")) == before  # the registry kept nothing alive
+    with pytest.raises(ValueError, match="unknown fork phase"):
+        _fork.register("later", lambda: None)
