@@ -7,6 +7,7 @@ Each test forks; the child reports what it sees as JSON through a pipe and leave
 from __future__ import annotations
 
 import gc
+import importlib
 import json
 import os
 import select
@@ -297,3 +298,148 @@ def test_registry_is_idempotent_holds_methods_weakly_and_refuses_unknown_phases(
     assert len(_fork.registered("sinks")) == before  # the registry kept nothing alive
     with pytest.raises(ValueError, match="unknown fork phase"):
         _fork.register("later", lambda: None)
+
+
+def _lock_of(path: str) -> Any:
+    """The lock (or condition) at ``path`` now: ``module:attr.attr`` or ``@name.attr.attr`` for
+    an object of ``_HELD_OBJECTS``. Looked up afresh: a reset replaces the object."""
+    if path.startswith("@"):
+        name, *attrs = path[1:].split(".")
+        obj: Any = _HELD_OBJECTS[name]
+    else:
+        mod, _, rest = path.partition(":")
+        obj = importlib.import_module(mod)
+        attrs = rest.split(".")
+    for a in attrs:
+        obj = getattr(obj, a)
+    return obj
+
+
+_HELD_OBJECTS: dict[str, Any] = {}
+
+
+@pytest.mark.matrix
+def test_each_component_resets_its_own_state_in_a_real_fork(
+        sim: Any, connect: Callable[..., Any], tmp_path: Any) -> None:
+    """Every lock a parent thread holds at the fork is a fresh, free one in the child; stores
+    start from zero, sinks re-key, the watcher runs again; the parent keeps all of its own."""
+    cp = pytest.importorskip("e6data_python_connector.connection_pool")
+    from conftest import sink_options
+
+    from e6observe.hooks import pool as P
+    from e6observe.sinks.prometheus import PrometheusSink
+
+    _safe.reset_for_tests()
+    rec = Recorder()
+    set_recorder(rec)
+    P.install(rec)
+    sink = PrometheusSink(rec, sink_options(prometheus_port=0, multiprocess_dir=str(tmp_path)))
+    sink.start()
+    w = Watcher(rec, SimpleNamespace(watcher_interval=0.05)).start()
+    pool = cp.ConnectionPool(host=sim.host, port=sim.port, username=USER, password=PASSWORD,
+                             min_size=1, max_size=1, max_overflow=0, timeout=20)
+    held_conn = pool.get_connection()
+    waiter = threading.Thread(target=lambda: pool.return_connection(pool.get_connection()),
+                              daemon=True)
+    hold, release = threading.Event(), threading.Event()
+    holder: threading.Thread | None = None
+    try:
+        query(connect())
+        assert wait_for(lambda: rec.active == "blue")
+        rec.rpc_histogram("prepareStatement", "blue", "OK").observe(0.001)
+        _safe.record_internal_error("test.parent")
+        waiter.start()  # blocks in get_connection: the pool's pending count is 1 at the fork
+        assert wait_for(lambda: P.read_pools()["pool-1"]["pending"] == 1)
+        info = next(iter(P._pools.values()))
+        fam = rec.family(M.SWITCHES)
+        _HELD_OBJECTS.update(rec=rec, watcher=w, sink=sink, info=info, fam=fam,
+                             counter=fam.items()[0][1],
+                             hist=rec.rpc_histogram("prepareStatement", "blue", "OK"))
+        paths = ["e6observe._fork:_lock", "e6observe._safe:_lock",
+                 "e6observe.recorder:_current_lock", "e6observe.watcher:_connections_lock",
+                 "e6observe.hooks.pool:_pools_lock", "e6observe.hooks.pool:_state_lock",
+                 "@info.lock", "@rec._state_lock", "@rec._wake", "@rec.ring._lock", "@fam._lock",
+                 "@counter._lock", "@hist._lock", "@watcher._lock", "@sink._lock",
+                 "@sink.writer._lock", "@sink.collector._lock"]
+        locks = [_lock_of(p) for p in paths]
+
+        def hold_all() -> None:
+            # All or none, retried: never waiting while holding, so the parent's own threads
+            # (watcher flush, scrape) that take some of these in another order cannot deadlock.
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                got = [lk for lk in locks if lk.acquire(blocking=False)]
+                if len(got) == len(locks):
+                    break
+                for lk in got:
+                    lk.release()
+                time.sleep(0.001)
+            else:
+                return
+            hold.set()
+            release.wait(30)
+            for lk in reversed(locks):
+                lk.release()
+
+        holder = threading.Thread(target=hold_all, daemon=True)
+        holder.start()
+        assert hold.wait(10)
+        parent_id = sink.writer.id
+
+        def child() -> dict[str, Any]:
+            free = {}
+            for p in paths:
+                lk = _lock_of(p)
+                free[p] = lk.acquire(timeout=0.5)
+                if free[p]:
+                    lk.release()
+            if not all(free.values()):
+                return {"free": free}  # the rest would block on a lock that stays held
+            it0 = w.iterations
+            return {
+                "free": free,
+                "rpc_count": rec.rpc_histogram("prepareStatement", "blue", "OK").count,
+                "switch_children_zero": all(c.value == 0 for _, c in fam.items()),
+                "events": len(rec.ring), "emitted": rec.ring.emitted,
+                "errors": _safe.internal_errors(), "active": rec.active,
+                "pending": P.read_pools()["pool-1"]["pending"],
+                "server": sink.server is not None,
+                "writer": [sink.writer.pid, sink.writer.id != parent_id,
+                           os.path.exists(sink.writer.path)],
+                "watcher_runs": wait_for(lambda: w.iterations >= it0 + 2),
+                "threads": e6observe_threads(),
+                "pid": os.getpid(), "generation": _fork.fork_generation,
+            }
+
+        got = in_child(child, timeout=30)  # a lock left held hangs the child's fork handler
+        release.set()
+        holder.join(10)
+    finally:
+        release.set()
+        pool.return_connection(held_conn)
+        waiter.join(20)
+        w.stop()
+        sink.close()
+        pool.close_all()
+        P.uninstall()
+        P._reset_names_for_tests()
+        set_recorder(None)
+        rec.stop()
+        _HELD_OBJECTS.clear()
+    assert got["free"] == {p: True for p in paths}
+    # Stores start from zero; the blue/green state is kept.
+    assert got["rpc_count"] == 0 and got["switch_children_zero"]
+    assert got["events"] == 0 and got["emitted"] == 0 and got["errors"] == {}
+    assert got["active"] == "blue"
+    # Pools: the parent's waiter is not the child's.
+    assert got["pending"] == 0
+    # The sink dropped the parent's listening socket and writes its own state file.
+    assert got["server"] is False
+    assert got["writer"] == [got["pid"], True, True]
+    # The watcher runs again, once.
+    assert got["watcher_runs"] and got["threads"].count(THREAD_NAME) == 1
+    assert got["generation"] == _fork.fork_generation + 1
+    # The parent keeps its own.
+    assert rec.rpc_histogram("prepareStatement", "blue", "OK").count == 1
+    assert _safe.internal_errors() == {"test.parent": 1}
+    assert [e.kind for e in rec.ring] == ["detected"]
