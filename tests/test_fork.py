@@ -443,3 +443,69 @@ def test_each_component_resets_its_own_state_in_a_real_fork(
     assert rec.rpc_histogram("prepareStatement", "blue", "OK").count == 1
     assert _safe.internal_errors() == {"test.parent": 1}
     assert [e.kind for e in rec.ring] == ["detected"]
+
+
+_CYCLES = r"""
+import json, os, sys, threading, time
+calls = []
+real = os.register_at_fork
+def counting(**kw):
+    calls.append(getattr(kw.get("after_in_child"), "__module__", ""))
+    return real(**kw)
+os.register_at_fork = counting
+import e6observe
+from e6observe import _fork
+from e6observe.watcher import running_watchers
+opts = dict(prometheus_port=0, multiprocess_dir=sys.argv[1], watcher_interval=0.05)
+counts = []
+for _ in range(3):
+    e6observe.instrument(**opts)
+    counts.append({p: len(_fork.registered(p)) for p in _fork.PHASES})
+    e6observe.uninstrument()
+after = {p: len(_fork.registered(p)) for p in _fork.PHASES}
+e6observe.instrument(**opts)
+r, w = os.pipe()
+pid = os.fork()
+if pid == 0:
+    ws = running_watchers()
+    it0 = ws[0].iterations if ws else 0
+    deadline = time.monotonic() + 10
+    while ws and ws[0].iterations < it0 + 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    out = {"watchers": len(ws), "runs": bool(ws) and ws[0].iterations >= it0 + 2,
+           "threads": [t.name for t in threading.enumerate() if t.name.startswith("e6observe")],
+           "generation": _fork.fork_generation}
+    os.write(w, json.dumps(out).encode())
+    os._exit(0)
+os.close(w)
+data = b""
+while True:
+    chunk = os.read(r, 65536)
+    if not chunk:
+        break
+    data += chunk
+os.waitpid(pid, 0)
+e6observe.uninstrument()
+print(json.dumps({"calls": calls, "counts": counts, "after": after, "child": json.loads(data)}))
+"""
+
+
+def test_instrument_cycles_keep_one_handler_and_one_reset_per_component(tmp_path: Any) -> None:
+    """A fresh process: three instrument/uninstrument cycles register one at-fork handler for
+    the package, the same resets each time, none of a stopped watcher; a fork after that
+    restarts exactly one watcher."""
+    import sys
+
+    from subproc import run
+
+    proc = run([sys.executable, "-c", _CYCLES, str(tmp_path)], capture_output=True, text=True,
+               timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert [m for m in got["calls"] if m.startswith("e6observe")] == ["e6observe._fork"]
+    assert got["counts"][0] == got["counts"][1] == got["counts"][2]
+    assert got["counts"][0]["threads"] == 1 and got["after"]["threads"] == 0
+    assert all(got["counts"][0][p] >= 1 for p in _fork.PHASES)
+    child = got["child"]
+    assert child["watchers"] == 1 and child["runs"] and child["generation"] == 1
+    assert child["threads"].count(THREAD_NAME) == 1
