@@ -450,7 +450,7 @@ import json, os, sys, threading, time
 calls = []
 real = os.register_at_fork
 def counting(**kw):
-    calls.append(getattr(kw.get("after_in_child"), "__module__", ""))
+    calls.append(getattr(kw.get("after_in_child"), "__module__", None) or "")
     return real(**kw)
 os.register_at_fork = counting
 import e6observe
