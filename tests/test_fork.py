@@ -509,3 +509,40 @@ def test_instrument_cycles_keep_one_handler_and_one_reset_per_component(tmp_path
     child = got["child"]
     assert child["watchers"] == 1 and child["runs"] and child["generation"] == 1
     assert child["threads"].count(THREAD_NAME) == 1
+
+
+def test_a_store_nobody_resets_keeps_the_parents_counts_out_of_the_childs_file(
+        tmp_path: Any) -> None:
+    """A sink over a recorder that no component resets (not the current one, no watcher): the
+    child's recorder still holds the parent's counts, and the sink's own fork reset (phase
+    ``sinks``) takes them as its baseline, so one scrape counts them once."""
+    from conftest import sink_options
+    from prometheus_client import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from e6observe.sinks.prometheus import PrometheusSink
+
+    rec = Recorder()  # never set_recorder(): only the sink knows it
+    sink = PrometheusSink(rec, sink_options(multiprocess_dir=str(tmp_path)))
+
+    def switches() -> float:
+        text = generate_latest(sink.registry).decode()
+        return sum(s.value for fam in text_string_to_metric_families(text)
+                   for s in fam.samples if s.name == M.SWITCHES.prom_name + "_total")
+
+    try:
+        for frm, to in (("blue", "green"), ("green", "blue"), ("blue", "green")):
+            rec.applied(frm, to, "announced")
+        assert switches() == 3
+
+        def child() -> dict[str, Any]:
+            rec.applied("green", "blue", "announced")
+            sink.flush()
+            return {"in_store": rec.switch_total(), "baseline": sink.writer._baseline is not None}
+
+        got = in_child(child)
+        assert got == {"in_store": 4.0, "baseline": True}
+        assert switches() == 4  # 3 (parent) + 1 (child), the parent's not twice
+    finally:
+        sink.close()
+        rec.stop()
