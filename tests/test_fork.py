@@ -349,8 +349,8 @@ def test_each_component_resets_its_own_state_in_a_real_fork(
         rec.rpc_histogram("prepareStatement", "blue", "OK").observe(0.001)
         _safe.record_internal_error("test.parent")
         waiter.start()  # blocks in get_connection: the pool's pending count is 1 at the fork
-        assert wait_for(lambda: P.read_pools()["pool-1"]["pending"] == 1)
-        info = next(iter(P._pools.values()))
+        info = P._pools[pool]  # named pool-<n>: n counts this process's pools so far
+        assert wait_for(lambda: P.read_pools()[info.name]["pending"] == 1)
         fam = rec.family(M.SWITCHES)
         _HELD_OBJECTS.update(rec=rec, watcher=w, sink=sink, info=info, fam=fam,
                              counter=fam.items()[0][1],
@@ -402,7 +402,7 @@ def test_each_component_resets_its_own_state_in_a_real_fork(
                 "switch_children_zero": all(c.value == 0 for _, c in fam.items()),
                 "events": len(rec.ring), "emitted": rec.ring.emitted,
                 "errors": _safe.internal_errors(), "active": rec.active,
-                "pending": P.read_pools()["pool-1"]["pending"],
+                "pending": P.read_pools()[info.name]["pending"],
                 "server": sink.server is not None,
                 "writer": [sink.writer.pid, sink.writer.id != parent_id,
                            os.path.exists(sink.writer.path)],
