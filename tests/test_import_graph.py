@@ -23,6 +23,7 @@ import of a module's parent packages is not an edge: a module depends on its pac
 from __future__ import annotations
 
 import ast
+import functools
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
@@ -186,15 +187,20 @@ def describe(found: list[list[str]], edges: list[Edge]) -> str:
     return "\n".join(lines)
 
 
+@functools.lru_cache(maxsize=1)
+def _package_edges() -> tuple[Edge, ...]:
+    return tuple(import_edges(PACKAGE_DIR))
+
+
 def test_no_import_circle_among_the_package_modules() -> None:
-    edges = import_edges(PACKAGE_DIR)
+    edges = list(_package_edges())
     found = cycles(edges)
     assert not found, "import circles in e6observe:\n" + describe(found, edges)
 
 
 def test_the_walk_sees_the_whole_package() -> None:
     # Not vacuous: every module file is a node, and known edges of each kind are found.
-    edges = import_edges(PACKAGE_DIR)
+    edges = list(_package_edges())
     modules = package_modules(PACKAGE_DIR)
     assert len(modules) == len(list(PACKAGE_DIR.rglob("*.py")))
     pairs = {(e.source, e.target, e.kind) for e in edges}
@@ -204,7 +210,7 @@ def test_the_walk_sees_the_whole_package() -> None:
 
 def test_fork_registry_is_a_leaf() -> None:
     # Components register their resets with _fork; _fork knows none of them.
-    edges = import_edges(PACKAGE_DIR)
+    edges = list(_package_edges())
     assert {e.target for e in edges if e.source == "e6observe._fork"} == {"e6observe._safe"}
     assert {e.target for e in edges if e.source == "e6observe._safe"} == set()
 
