@@ -49,6 +49,15 @@ def internal_errors() -> dict[str, int]:
         return dict(_errors)
 
 
+def reset_after_fork() -> None:
+    """In a forked child: a fresh lock (a parent thread may have held this one), and counts of
+    this process's own failures only, like every other metric. What was logged stays logged."""
+    global _lock
+    _lock = threading.Lock()
+    with _lock:
+        _errors.clear()
+
+
 def reset_for_tests() -> None:
     with _lock:
         _errors.clear()

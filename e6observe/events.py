@@ -94,6 +94,15 @@ class EventRing:
         self.emitted = 0
         self.evicted = 0
 
+    def reset(self) -> None:
+        """Empty, with fresh accounting, a fresh lock and seqs from 1 (a forked child's ring:
+        the parent's events and its lock, possibly held at the fork, are the parent's)."""
+        self._lock = threading.Lock()
+        self._events.clear()
+        self._seq = itertools.count(1)
+        self.emitted = 0
+        self.evicted = 0
+
     def next_seq(self) -> int:
         return next(self._seq)
 

@@ -23,6 +23,7 @@ from bisect import bisect_left
 from collections import deque
 from typing import Callable, Optional
 
+from . import _fork
 from . import metrics as M
 from ._safe import contain, record_internal_error
 from .events import Event, EventRing
@@ -229,6 +230,11 @@ class Counter:
         with self._lock:
             self.value += amount
 
+    def reset(self) -> None:
+        """Zero, with a fresh lock (a forked child's fresh store)."""
+        self._lock = threading.Lock()
+        self.value = 0.0
+
 
 class Family:
     """All children of one metric, keyed by label-value tuple (values already normalised)."""
@@ -263,6 +269,13 @@ class Family:
 
     def items(self) -> list[tuple[tuple[str, ...], object]]:
         return list(self.children.items())
+
+    def reset_after_fork(self) -> None:
+        """Every child zeroed, fresh locks. Children stay the same objects (hooks may hold
+        pre-bound ones); only their values reset."""
+        self._lock = threading.Lock()
+        for _, child in self.items():
+            child.reset()  # type: ignore[attr-defined]
 
 
 class ResumeEpisode:
@@ -314,6 +327,9 @@ class Recorder:
         self._wake = threading.Condition(threading.Lock())
         self._dispatcher: Optional[threading.Thread] = None
         self._stopping = False
+        #: The fork generation this store was last reset in (once per fork, however many
+        #: owners registered its reset).
+        self._fork_generation = _fork.fork_generation
         self._zero_init()
 
     # -- set-up ---------------------------------------------------------------------------
@@ -384,6 +400,28 @@ class Recorder:
         """No query in flight (a forked child's fresh store): emptied in place."""
         for tokens in list(self.in_flight_tokens.values()):
             tokens.clear()
+
+    def reset_after_fork(self) -> None:
+        """In a forked child: a fresh per-process store. New locks, zeroed counters and
+        histograms, an empty event ring, no query in flight, a running dispatcher if there are
+        subscribers (the parent's did not survive the fork; its condition may have been held);
+        the blue/green state is kept. Once per fork: later calls in the same child do nothing.
+        """
+        if self._fork_generation == _fork.fork_generation:
+            return
+        self._fork_generation = _fork.fork_generation
+        self._state_lock = threading.Lock()
+        self.reset_in_flight()
+        self.created = time.time()
+        for fam in list(self.families.values()):
+            fam.reset_after_fork()
+        self.ring.reset()
+        self._queue.clear()
+        self._wake = threading.Condition(threading.Lock())
+        self._dispatcher = None
+        self._stopping = False
+        if self._subscribers:
+            self._start_dispatcher()
 
     # -- strategy events ----------------------------------------------------------------------
     def detected(self, strategy: str, scope: str = "process") -> None:
@@ -642,8 +680,21 @@ def get_recorder() -> Optional[Recorder]:
 
 def set_recorder(rec: Optional[Recorder]) -> None:
     global _current
+    _fork.register("locks", _renew_lock_after_fork, "fork.recorder")
+    _fork.register("stores", _reset_current_after_fork, "fork.recorder")
     with _current_lock:
         _current = rec
+
+
+def _renew_lock_after_fork() -> None:
+    global _current_lock
+    _current_lock = threading.Lock()
+
+
+def _reset_current_after_fork() -> None:
+    rec = _current
+    if rec is not None:
+        rec.reset_after_fork()
 
 
 __all__ = ["Recorder", "Histogram", "Counter", "Family", "get_recorder", "set_recorder",

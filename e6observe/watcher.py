@@ -29,9 +29,11 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 from collections import deque
 from typing import Any, Callable, Optional
 
+from . import _fork, _forkhazards, connections
 from . import metrics as M
 from ._safe import contain
 from .config import Options
@@ -75,6 +77,10 @@ class CacheReading:
         # len() of a dict is one atomic read; iterating it unlocked is not safe.
         self.query_map_entries = len(qmap) if qmap is not None else 0
         self.session_invalidated = bool(get("session_invalidated"))
+
+
+#: Watchers started and not stopped (weak: a watcher dropped without stop() is not kept alive).
+_started: weakref.WeakSet[Watcher] = weakref.WeakSet()
 
 
 class Watcher:
@@ -124,9 +130,13 @@ class Watcher:
             self._otel_enabled = True
             self._stop_event = threading.Event()
             self._spawn()
-        from . import _fork
-
-        _fork.watch(self)
+        _started.add(self)
+        # In a forked child: the module's lock, this watcher's store, the connector's inherited
+        # state, then this thread again (after the sinks).
+        _fork.register("locks", connections.reset_after_fork, "fork.connections")
+        _fork.register("stores", self._reset_recorder_after_fork, "fork.recorder")
+        _forkhazards.install()
+        _fork.register("threads", self._after_fork_in_child, "fork.watcher")
         return self
 
     def _spawn(self) -> None:
@@ -145,15 +155,18 @@ class Watcher:
             self._stop_event.set()
         if t is not None and t.is_alive() and t is not threading.current_thread():
             t.join(timeout)
-        from . import _fork
-
-        _fork.unwatch(self)
+        _started.discard(self)
+        _fork.unregister("stores", self._reset_recorder_after_fork)
+        _fork.unregister("threads", self._after_fork_in_child)
 
     @property
     def running(self) -> bool:
         """True while the watcher thread is alive."""
         t = self._thread
         return t is not None and t.is_alive()
+
+    def _reset_recorder_after_fork(self) -> None:
+        self.recorder.reset_after_fork()  # once per fork, whoever else reset it
 
     def _after_fork_in_child(self) -> None:
         """Called in a forked child: threads do not survive fork, so start a fresh one.
@@ -300,8 +313,6 @@ class Watcher:
         """Every watcher gauge by Prometheus name, read now (``readers.watcher_reader`` keys
         them by the table's specs for the sinks). Cache-age is left out until the connector has
         learned a strategy (there is no age to report)."""
-        from . import _fork
-
         now = time.time()
         out: dict[str, float] = {M.WATCHER_LAST_RUN.prom_name: self.last_run,
                                  M.CONNECTIONS_OPEN.prom_name: float(open_connections())}
@@ -312,7 +323,7 @@ class Watcher:
                 out[M.CACHE_AGE.prom_name] = max(0.0, now - r.last_check_time)
             out[M.QUERY_MAP_ENTRIES.prom_name] = float(r.query_map_entries)
             out[M.SESSION_INVALIDATED.prom_name] = 1.0 if r.session_invalidated else 0.0
-        out.update(_fork.readings())
+        out.update(_forkhazards.readings())
         return out
 
     # -- cost ---------------------------------------------------------------------------------
@@ -337,6 +348,11 @@ class Watcher:
         """True while started: the OpenTelemetry callbacks of the per-process readers report
         nothing otherwise (an instrument cannot be removed). See ``e6observe.readers``."""
         return self._otel_enabled
+
+
+def running_watchers() -> list[Watcher]:
+    """The watchers started (and not stopped) in this process."""
+    return list(_started)
 
 
 def _strategy_hook_known() -> tuple[bool, Optional[str]]:

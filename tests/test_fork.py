@@ -6,6 +6,8 @@ Each test forks; the child reports what it sees as JSON through a pipe and leave
 
 from __future__ import annotations
 
+import gc
+import importlib
 import json
 import os
 import select
@@ -20,7 +22,7 @@ import pytest
 from conftest import PASSWORD, USER
 from e6data_python_connector import e6data_grpc
 
-from e6observe import _fork, _safe
+from e6observe import _fork, _forkhazards, _safe
 from e6observe import metrics as M
 from e6observe.recorder import Recorder, set_recorder
 from e6observe.watcher import THREAD_NAME, Watcher
@@ -158,7 +160,7 @@ def test_child_gets_a_running_watcher_fresh_counts_and_sees_inherited_queries(
         out["stuck"] = (cache["active_strategy"], cache["pending_strategy"])
         out["pending_reported"] = wait_for(lambda: rec.pending == "green")
         out["pending_age"] = w.pending_age()
-        out["released"] = _fork.release_inherited_queries()
+        out["released"] = _forkhazards.release_inherited_queries()
         query(c2)
         out["after_release"] = cache["active_strategy"]
         out["switch_seen"] = wait_for(lambda: rec.switch_total() == 1)
@@ -208,13 +210,13 @@ def test_strategy_lock_held_at_fork_is_visible_and_repairable_in_the_child(
 
     def child() -> dict[str, Any]:
         out: dict[str, Any] = {}
-        out["flag"] = _fork.lock_held_at_fork()
+        out["flag"] = _forkhazards.lock_held_at_fork()
         out["gauge"] = w.readings()[M.STRATEGY_LOCK_HELD_AT_FORK.prom_name]
         it0 = w.iterations
         # The watcher never takes the connector's lock, so it keeps running.
         out["watcher_runs"] = wait_for(lambda: w.iterations >= it0 + 2)
         out["blocked"] = not e6data_grpc._strategy_lock.acquire(timeout=0.2)
-        out["repaired"] = _fork.repair_strategy_lock()
+        out["repaired"] = _forkhazards.repair_strategy_lock()
         ok = e6data_grpc._strategy_lock.acquire(timeout=1)
         out["usable"] = ok
         if ok:
@@ -231,7 +233,7 @@ def test_strategy_lock_held_at_fork_is_visible_and_repairable_in_the_child(
                    "repaired": True, "usable": True, "gauge_after": 0.0}
     # The parent's lock is its own, untouched and free.
     assert e6data_grpc._strategy_lock is lock and not lock.locked()
-    assert not _fork.lock_held_at_fork() and _fork.repair_strategy_lock() is False
+    assert not _forkhazards.lock_held_at_fork() and _forkhazards.repair_strategy_lock() is False
 
 
 def test_fork_when_not_instrumented_starts_nothing() -> None:
@@ -244,23 +246,303 @@ def test_fork_when_not_instrumented_starts_nothing() -> None:
     assert got["threads"] == [] and got["gen"] >= 1
 
 
-def test_child_callbacks_run_contained(instrumented: tuple[Recorder, Watcher]) -> None:
-    seen: list[int] = []
+def test_resets_run_in_phase_order_once_each_contained() -> None:
+    ran: list[str] = []
 
-    def good() -> None:
-        seen.append(os.getpid())
+    def make(tag: str) -> Callable[[], None]:
+        def reset() -> None:
+            ran.append(tag)
+        return reset
+
+    fns = {phase: make(phase) for phase in _fork.PHASES}
 
     def bad() -> None:
         raise RuntimeError("injected")
 
-    _fork.on_fork_child(bad)
-    _fork.on_fork_child(good)
-    _fork.on_fork_child(good)  # once only
+    # Registered in reverse phase order, twice each: the phase decides the order, not the call.
+    for phase in reversed(_fork.PHASES):
+        _fork.register(phase, fns[phase], "fork.test")
+    _fork.register("stores", bad, "fork.test.bad")
+    for phase in _fork.PHASES:
+        _fork.register(phase, fns[phase], "fork.test")
     try:
-        got = in_child(lambda: {"seen": len(seen), "errors": _safe.internal_errors(),
-                                "watcher": THREAD_NAME in e6observe_threads()})
+        got = in_child(lambda: {"ran": list(ran), "errors": _safe.internal_errors()})
     finally:
-        _fork.remove_fork_child(bad)
-        _fork.remove_fork_child(good)
-    assert got["seen"] == 1 and got["errors"].get("fork.callback") == 1 and got["watcher"]
-    assert seen == []  # not in the parent
+        for phase in _fork.PHASES:
+            _fork.unregister(phase, fns[phase])
+        _fork.unregister("stores", bad)
+    assert got["ran"] == list(_fork.PHASES)
+    # The failing reset is counted under its component; the ones after it still ran.
+    assert got["errors"].get("fork.test.bad") == 1
+    assert ran == []  # not in the parent
+    assert all(fns[p] not in _fork.registered(p) for p in _fork.PHASES)
+
+
+def test_registry_is_idempotent_holds_methods_weakly_and_refuses_unknown_phases() -> None:
+    class Component:
+        def reset_after_fork(self) -> None:
+            pass
+
+    c = Component()
+    before = len(_fork.registered("sinks"))
+    _fork.register("sinks", c.reset_after_fork)
+    _fork.register("sinks", c.reset_after_fork)  # an equal bound method: the same reset
+    assert len(_fork.registered("sinks")) == before + 1
+    other = Component()
+    _fork.register("sinks", other.reset_after_fork)
+    assert len(_fork.registered("sinks")) == before + 2
+    _fork.unregister("sinks", other.reset_after_fork)
+    assert len(_fork.registered("sinks")) == before + 1
+    del c
+    gc.collect()
+    assert len(_fork.registered("sinks")) == before  # the registry kept nothing alive
+    with pytest.raises(ValueError, match="unknown fork phase"):
+        _fork.register("later", lambda: None)
+
+
+def _lock_of(path: str) -> Any:
+    """The lock (or condition) at ``path`` now: ``module:attr.attr`` or ``@name.attr.attr`` for
+    an object of ``_HELD_OBJECTS``. Looked up afresh: a reset replaces the object."""
+    if path.startswith("@"):
+        name, *attrs = path[1:].split(".")
+        obj: Any = _HELD_OBJECTS[name]
+    else:
+        mod, _, rest = path.partition(":")
+        obj = importlib.import_module(mod)
+        attrs = rest.split(".")
+    for a in attrs:
+        obj = getattr(obj, a)
+    return obj
+
+
+_HELD_OBJECTS: dict[str, Any] = {}
+
+
+@pytest.mark.matrix
+def test_each_component_resets_its_own_state_in_a_real_fork(
+        sim: Any, connect: Callable[..., Any], tmp_path: Any) -> None:
+    """Every lock a parent thread holds at the fork is a fresh, free one in the child; stores
+    start from zero, sinks re-key, the watcher runs again; the parent keeps all of its own."""
+    cp = pytest.importorskip("e6data_python_connector.connection_pool")
+    from conftest import sink_options
+
+    from e6observe.hooks import pool as P
+    from e6observe.sinks.prometheus import PrometheusSink
+
+    _safe.reset_for_tests()
+    rec = Recorder()
+    set_recorder(rec)
+    P.install(rec)
+    sink = PrometheusSink(rec, sink_options(prometheus_port=0, multiprocess_dir=str(tmp_path)))
+    sink.start()
+    w = Watcher(rec, SimpleNamespace(watcher_interval=0.05)).start()
+    pool = cp.ConnectionPool(host=sim.host, port=sim.port, username=USER, password=PASSWORD,
+                             min_size=1, max_size=1, max_overflow=0, timeout=20)
+    held_conn = pool.get_connection()
+    waiter = threading.Thread(target=lambda: pool.return_connection(pool.get_connection()),
+                              daemon=True)
+    hold, release = threading.Event(), threading.Event()
+    holder: threading.Thread | None = None
+    try:
+        query(connect())
+        assert wait_for(lambda: rec.active == "blue")
+        rec.rpc_histogram("prepareStatement", "blue", "OK").observe(0.001)
+        _safe.record_internal_error("test.parent")
+        waiter.start()  # blocks in get_connection: the pool's pending count is 1 at the fork
+        info = P._pools[pool]  # named pool-<n>: n counts this process's pools so far
+        assert wait_for(lambda: P.read_pools()[info.name]["pending"] == 1)
+        fam = rec.family(M.SWITCHES)
+        _HELD_OBJECTS.update(rec=rec, watcher=w, sink=sink, info=info, fam=fam,
+                             counter=fam.items()[0][1],
+                             hist=rec.rpc_histogram("prepareStatement", "blue", "OK"))
+        paths = ["e6observe._fork:_lock", "e6observe._safe:_lock",
+                 "e6observe.recorder:_current_lock", "e6observe.connections:_lock",
+                 "e6observe.hooks.pool:_pools_lock", "e6observe.hooks.pool:_state_lock",
+                 "@info.lock", "@rec._state_lock", "@rec._wake", "@rec.ring._lock", "@fam._lock",
+                 "@counter._lock", "@hist._lock", "@watcher._lock", "@sink._lock",
+                 "@sink.writer._lock", "@sink.collector._lock"]
+        locks = [_lock_of(p) for p in paths]
+
+        def hold_all() -> None:
+            # All or none, retried: never waiting while holding, so the parent's own threads
+            # (watcher flush, scrape) that take some of these in another order cannot deadlock.
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                got = [lk for lk in locks if lk.acquire(blocking=False)]
+                if len(got) == len(locks):
+                    break
+                for lk in got:
+                    lk.release()
+                time.sleep(0.001)
+            else:
+                return
+            hold.set()
+            release.wait(30)
+            for lk in reversed(locks):
+                lk.release()
+
+        holder = threading.Thread(target=hold_all, daemon=True)
+        holder.start()
+        assert hold.wait(10)
+        parent_id = sink.writer.id
+
+        def child() -> dict[str, Any]:
+            free = {}
+            for p in paths:
+                lk = _lock_of(p)
+                free[p] = lk.acquire(timeout=0.5)
+                if free[p]:
+                    lk.release()
+            if not all(free.values()):
+                return {"free": free}  # the rest would block on a lock that stays held
+            it0 = w.iterations
+            return {
+                "free": free,
+                "rpc_count": rec.rpc_histogram("prepareStatement", "blue", "OK").count,
+                "switch_children_zero": all(c.value == 0 for _, c in fam.items()),
+                "events": len(rec.ring), "emitted": rec.ring.emitted,
+                "errors": _safe.internal_errors(), "active": rec.active,
+                "pending": P.read_pools()[info.name]["pending"],
+                "server": sink.server is not None,
+                "writer": [sink.writer.pid, sink.writer.id != parent_id,
+                           os.path.exists(sink.writer.path)],
+                "watcher_runs": wait_for(lambda: w.iterations >= it0 + 2),
+                "threads": e6observe_threads(),
+                "pid": os.getpid(), "generation": _fork.fork_generation,
+            }
+
+        got = in_child(child, timeout=30)  # a lock left held hangs the child's fork handler
+        release.set()
+        holder.join(10)
+    finally:
+        release.set()
+        pool.return_connection(held_conn)
+        waiter.join(20)
+        w.stop()
+        sink.close()
+        pool.close_all()
+        P.uninstall()
+        P._reset_names_for_tests()
+        set_recorder(None)
+        rec.stop()
+        _HELD_OBJECTS.clear()
+    assert got["free"] == {p: True for p in paths}
+    # Stores start from zero; the blue/green state is kept.
+    assert got["rpc_count"] == 0 and got["switch_children_zero"]
+    assert got["events"] == 0 and got["emitted"] == 0 and got["errors"] == {}
+    assert got["active"] == "blue"
+    # Pools: the parent's waiter is not the child's.
+    assert got["pending"] == 0
+    # The sink dropped the parent's listening socket and writes its own state file.
+    assert got["server"] is False
+    assert got["writer"] == [got["pid"], True, True]
+    # The watcher runs again, once.
+    assert got["watcher_runs"] and got["threads"].count(THREAD_NAME) == 1
+    assert got["generation"] == _fork.fork_generation + 1
+    # The parent keeps its own.
+    assert rec.rpc_histogram("prepareStatement", "blue", "OK").count == 1
+    assert _safe.internal_errors() == {"test.parent": 1}
+    assert [e.kind for e in rec.ring] == ["detected"]
+
+
+_CYCLES = r"""
+import json, os, sys, threading, time
+calls = []
+real = os.register_at_fork
+def counting(**kw):
+    calls.append(getattr(kw.get("after_in_child"), "__module__", None) or "")
+    return real(**kw)
+os.register_at_fork = counting
+import e6observe
+from e6observe import _fork
+from e6observe.watcher import running_watchers
+opts = dict(prometheus_port=0, multiprocess_dir=sys.argv[1], watcher_interval=0.05)
+counts = []
+for _ in range(3):
+    e6observe.instrument(**opts)
+    counts.append({p: len(_fork.registered(p)) for p in _fork.PHASES})
+    e6observe.uninstrument()
+after = {p: len(_fork.registered(p)) for p in _fork.PHASES}
+e6observe.instrument(**opts)
+r, w = os.pipe()
+pid = os.fork()
+if pid == 0:
+    ws = running_watchers()
+    it0 = ws[0].iterations if ws else 0
+    deadline = time.monotonic() + 10
+    while ws and ws[0].iterations < it0 + 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    out = {"watchers": len(ws), "runs": bool(ws) and ws[0].iterations >= it0 + 2,
+           "threads": [t.name for t in threading.enumerate() if t.name.startswith("e6observe")],
+           "generation": _fork.fork_generation}
+    os.write(w, json.dumps(out).encode())
+    os._exit(0)
+os.close(w)
+data = b""
+while True:
+    chunk = os.read(r, 65536)
+    if not chunk:
+        break
+    data += chunk
+os.waitpid(pid, 0)
+e6observe.uninstrument()
+print(json.dumps({"calls": calls, "counts": counts, "after": after, "child": json.loads(data)}))
+"""
+
+
+def test_instrument_cycles_keep_one_handler_and_one_reset_per_component(tmp_path: Any) -> None:
+    """A fresh process: three instrument/uninstrument cycles register one at-fork handler for
+    the package, the same resets each time, none of a stopped watcher; a fork after that
+    restarts exactly one watcher."""
+    import sys
+
+    from subproc import run
+
+    proc = run([sys.executable, "-c", _CYCLES, str(tmp_path)], capture_output=True, text=True,
+               timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert [m for m in got["calls"] if m.startswith("e6observe")] == ["e6observe._fork"]
+    assert got["counts"][0] == got["counts"][1] == got["counts"][2]
+    assert got["counts"][0]["threads"] == 1 and got["after"]["threads"] == 0
+    assert all(got["counts"][0][p] >= 1 for p in _fork.PHASES)
+    child = got["child"]
+    assert child["watchers"] == 1 and child["runs"] and child["generation"] == 1
+    assert child["threads"].count(THREAD_NAME) == 1
+
+
+def test_a_store_nobody_resets_keeps_the_parents_counts_out_of_the_childs_file(
+        tmp_path: Any) -> None:
+    """A sink over a recorder that no component resets (not the current one, no watcher): the
+    child's recorder still holds the parent's counts, and the sink's own fork reset (phase
+    ``sinks``) takes them as its baseline, so one scrape counts them once."""
+    from conftest import sink_options
+    from prometheus_client import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from e6observe.sinks.prometheus import PrometheusSink
+
+    rec = Recorder()  # never set_recorder(): only the sink knows it
+    sink = PrometheusSink(rec, sink_options(multiprocess_dir=str(tmp_path)))
+
+    def switches() -> float:
+        text = generate_latest(sink.registry).decode()
+        return sum(s.value for fam in text_string_to_metric_families(text)
+                   for s in fam.samples if s.name == M.SWITCHES.prom_name + "_total")
+
+    try:
+        for frm, to in (("blue", "green"), ("green", "blue"), ("blue", "green")):
+            rec.applied(frm, to, "announced")
+        assert switches() == 3
+
+        def child() -> dict[str, Any]:
+            rec.applied("green", "blue", "announced")
+            sink.flush()
+            return {"in_store": rec.switch_total(), "baseline": sink.writer._baseline is not None}
+
+        got = in_child(child)
+        assert got == {"in_store": 4.0, "baseline": True}
+        assert switches() == 4  # 3 (parent) + 1 (child), the parent's not twice
+    finally:
+        sink.close()
+        rec.stop()

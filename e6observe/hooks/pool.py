@@ -31,6 +31,7 @@ import time
 import weakref
 from typing import Any, Callable, Optional
 
+from .. import _fork
 from .. import metrics as M
 from .._safe import contain, record_internal_error
 
@@ -88,6 +89,7 @@ def _info(pool: Any, kind: str) -> _PoolInfo:
             info = _PoolInfo(name, kind)
             _bind(info)
             _pools[pool] = info
+    _fork.register("locks", reset_after_fork, "fork.pool")  # once a pool is known
     return info
 
 
@@ -210,6 +212,7 @@ def _import_class(module: str, name: str) -> Optional[type]:
 def install(recorder: Any, options: Any = None) -> None:
     """Patch the pool classes (idempotent). Pools created earlier are picked up when used."""
     global _state
+    _fork.register("locks", reset_after_fork, "fork.pool")
     with _state_lock:
         if _state is not None:
             return
@@ -290,7 +293,7 @@ def installed() -> bool:
     return _state is not None
 
 
-def _after_fork_in_child() -> None:
+def reset_after_fork() -> None:
     """Fresh locks in a forked child; the parent's waiters are not this process's."""
     global _pools_lock, _state_lock
     _pools_lock = threading.Lock()

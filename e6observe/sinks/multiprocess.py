@@ -187,6 +187,13 @@ def collect_process_samples(collectors: list[Any]) -> list[list[Any]]:
     return out
 
 
+def _counts_anything(state: dict[str, Any]) -> bool:
+    """True if a :func:`raw_state` document has a count above zero (a baseline worth applying)."""
+    return (any(r[-1] for rows in state["c"].values() for r in rows)
+            or any(r[2] or any(r[1]) for rows in state["h"].values() for r in rows)
+            or any(state["e"].values()))
+
+
 def _minus(state: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
     """``state - base`` per series, clamped at 0: a forked child's own counts only."""
     bc = {(n, tuple(r[:-1])): r[-1] for n, rows in base["c"].items() for r in rows}
@@ -313,8 +320,10 @@ class ProcessStateWriter:
         self._lock = threading.Lock()
         self._last_body = None
         self._new_identity()
-        # Whatever the parent had counted is the parent's to report.
-        self._baseline = raw_state(self.recorder)
+        # Whatever the parent had counted is the parent's to report. A recorder reset for this
+        # child (the fork registry resets stores before sinks) counts nothing yet: no baseline.
+        base = raw_state(self.recorder)
+        self._baseline = base if _counts_anything(base) else None
         _install_exit_hooks()
         self._resubscribe(self.recorder)
         self.write()

@@ -17,6 +17,7 @@ from typing import Any, Iterable, Optional
 
 from prometheus_client.core import CollectorRegistry, Metric
 
+from .. import _fork
 from .._safe import contain
 from ..config import Options
 from .scrape import RecorderCollector
@@ -222,10 +223,9 @@ class PrometheusSink:
                 self.writer.close()
 
 
-# Sinks alive in this process, for the fork handler. A plain set: close() removes a sink, and a
+# Sinks alive in this process, for the fork reset. A plain set: close() removes a sink, and a
 # sink that is never closed is the instrumentation's own (it lives as long as the process).
 _LIVE: set[PrometheusSink] = set()
-_fork_hook_installed = False
 
 
 def _after_fork_in_child() -> None:
@@ -234,12 +234,9 @@ def _after_fork_in_child() -> None:
 
 
 def _track(sink: PrometheusSink) -> None:
-    global _fork_hook_installed
     _LIVE.add(sink)
-    # Registered on first use rather than at import (nothing happens at import); fork handlers
-    # cannot be unregistered, so it is registered once and iterates the live sinks.
-    if not _fork_hook_installed and hasattr(os, "register_at_fork"):
-        os.register_at_fork(after_in_child=_after_fork_in_child)
-        _fork_hook_installed = True
+    # Registered on first use rather than at import (nothing happens at import), in the sinks
+    # phase: after the stores it reads were reset, before the threads restart.
+    _fork.register("sinks", _after_fork_in_child, "fork.sink.prometheus")
 
 __all__ = ["PrometheusSink"]
