@@ -158,7 +158,7 @@ class _Instrumentation:
         """The live status page, ``/status`` and ``/events`` beside ``/metrics`` (same address,
         TLS and auth), when the endpoint runs."""
         with contain("status"):
-            from . import status
+            from .endpoint import status
 
             self.status = status.mount_instrumentation(self)
 
@@ -232,9 +232,9 @@ def _optional_class(module: str, cls_name: str, component: str) -> Optional[type
 
 def _port_taken(opts: Options, exc: OSError) -> None:
     """One clear message for a /metrics port that cannot be bound; counted; nothing raised.
-    The wording is :mod:`e6observe._endpoint`'s, which the commands share."""
-    from ._endpoint import RECORD_ATTR, cannot_serve
-    from .server import MetricsServerTLSError
+    The wording is :mod:`e6observe.endpoint.failure`'s, which the commands share."""
+    from .endpoint.failure import RECORD_ATTR, cannot_serve
+    from .endpoint.server import MetricsServerTLSError
 
     component = "sink.prometheus"
     fix = ("check tls_certfile / tls_keyfile / tls_client_cafile (E6OBSERVE_TLS_*)"

@@ -484,7 +484,8 @@ class Rig:
         from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
         import e6observe
-        from e6observe import _api, status
+        from e6observe import _api
+        from e6observe.endpoint import status
 
         try:
             from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter as InMemoryLogs

@@ -656,8 +656,9 @@ class Soak:
 
     # -- main --------------------------------------------------------------------------------
     def run(self) -> Report:
-        from e6observe import _api, _safe, status
+        from e6observe import _api, _safe
         from e6observe._api import instrument, uninstrument  # e6observe.instrument, typed
+        from e6observe.endpoint import status
 
         opts = self.opts
         report = Report(options=asdict(opts))

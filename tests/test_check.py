@@ -13,7 +13,7 @@ import subproc
 from conftest import PASSWORD, USER, login_errors_surface
 
 from e6observe import cli
-from e6observe._connopts import (
+from e6observe.cli._connopts import (
     Credentials,
     UsageError,
     describe_error,

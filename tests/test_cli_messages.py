@@ -19,7 +19,7 @@ import pytest
 
 import e6observe
 from e6observe import cli
-from e6observe.probe import _LogFormat
+from e6observe.cli.probe import _LogFormat
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -22,7 +22,7 @@ import pytest
 import subproc
 
 from e6observe import cli
-from e6observe.demo import DEMO_PASSWORD
+from e6observe.cli.demo import DEMO_PASSWORD
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -238,7 +238,7 @@ def test_a_bad_environment_option_is_one_line_exit_2(monkeypatch: pytest.MonkeyP
 def test_the_summary_says_why_the_connectors_counts_differ_from_the_clusters() -> None:
     """The issue's run: the cluster made 3 announced and 2 abrupt deployments, the connector saw
     announced 1, mismatch 4."""
-    from e6observe.demo import Deployer, explain
+    from e6observe.cli.demo import Deployer, explain
 
     dep = Deployer(sim=None, every=10.0, abrupt_every=3)
     dep.announced, dep.abrupt = 3, 2
@@ -263,7 +263,7 @@ def test_the_summary_says_why_the_connectors_counts_differ_from_the_clusters() -
 
 
 def test_failed_queries_are_counted_by_cause() -> None:
-    from e6observe.demo import FAILURE_CAUSES, failure_cause
+    from e6observe.cli.demo import FAILURE_CAUSES, failure_cause
 
     class Rpc(Exception):
         def code(self) -> object:

@@ -25,10 +25,10 @@ import pytest
 from conftest import openssl
 from prometheus_client import CollectorRegistry, Counter
 
-from e6observe import server as server_mod
-from e6observe import status
+from e6observe.endpoint import server as server_mod
+from e6observe.endpoint import status
+from e6observe.endpoint.server import MetricsServer
 from e6observe.recorder import Recorder
-from e6observe.server import MetricsServer
 
 AUTH = "scraper:canary-Pa55w0rd-attack"
 
@@ -401,7 +401,7 @@ if os.name != "posix":  # pragma: no cover
 def test_retrying_a_taken_port_leaks_no_descriptors(registry: CollectorRegistry) -> None:
     """Multi-process workers retry the port every watcher interval: each failed start must give
     back what it opened (the listening socket, the wake-up socket pair)."""
-    from e6observe.server import MetricsServerError
+    from e6observe.endpoint.server import MetricsServerError
 
     taken = MetricsServer(registry, port=0).start()
     try:

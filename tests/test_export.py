@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from e6observe import export
+from e6observe.cli import export
 from e6observe.cli import main as cli
 
 ROOT = Path(__file__).resolve().parent.parent

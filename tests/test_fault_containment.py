@@ -94,7 +94,7 @@ FAULTS: dict[str, tuple[str, ...]] = {
     "e6observe.tracing:QueryTracer._on_event": ("event.subscriber",),
     "e6observe.sinks.otel:OtelSink._on_event": ("event.subscriber",),
     "e6observe.sinks.otel:_log_record": ("sink.otel.logs",),
-    "e6observe.status:_Notifier.__call__": ("event.subscriber",),
+    "e6observe.endpoint.status:_Notifier.__call__": ("event.subscriber",),
     # OpenTelemetry metric collection
     "e6observe.sinks.otel:OtelSink._drain": ("sink.otel.metrics",),
     "e6observe.sinks.otel:OtelSink._observe_counter": ("sink.otel.metrics",),
@@ -104,14 +104,14 @@ FAULTS: dict[str, tuple[str, ...]] = {
     "e6observe.recorder:Recorder.state": ("sink.prometheus", "server", "sink.otel.metrics"),
     "e6observe.watcher:Watcher.readings": ("watcher.collect", "watcher.otel"),
     # the status page's JSON
-    "e6observe.status:build_status": ("server",),
+    "e6observe.endpoint.status:build_status": ("server",),
     # the watcher thread's iteration
     "e6observe.watcher:Watcher.run_once": ("watcher",),
 }
 #: Faults whose code runs once per scenario (the first strategy learned, one announcement...).
 ONCE = {"e6observe.recorder:Recorder.detected", "e6observe.recorder:Recorder.announced",
         "e6observe.sinks.otel:OtelSink._drain", "e6observe.recorder:Recorder.state",
-        "e6observe.watcher:Watcher.readings", "e6observe.status:build_status",
+        "e6observe.watcher:Watcher.readings", "e6observe.endpoint.status:build_status",
         "e6observe.hooks.strategy_cache:_Interpreter._on_pending"}
 
 # Faults run together in groups whose components are disjoint, so every count is still
@@ -123,10 +123,10 @@ GROUPS: list[list[str]] = [
      "e6observe.sinks.otel:_log_record", "e6observe.sinks.otel:OtelSink._drain",
      "e6observe.sinks.prometheus:_histogram_rows", "e6observe.watcher:Watcher.run_once"],
     ["e6observe.recorder:Histogram.observe", "e6observe.recorder:Recorder.announced",
-     "e6observe.sinks.otel:OtelSink._on_event", "e6observe.status:build_status",
+     "e6observe.sinks.otel:OtelSink._on_event", "e6observe.endpoint.status:build_status",
      "e6observe.watcher:Watcher.readings"],
     ["e6observe.recorder:Recorder.mismatch", "e6observe.recorder:Recorder.query_finished",
-     "e6observe.recorder:Recorder.applied", "e6observe.status:_Notifier.__call__",
+     "e6observe.recorder:Recorder.applied", "e6observe.endpoint.status:_Notifier.__call__",
      "e6observe.sinks.otel:OtelSink._observe_counter",
      "e6observe.sinks.prometheus:counter_family"],
     ["e6observe.events:EventRing.append", "e6observe.recorder:Recorder.state"],

@@ -189,7 +189,7 @@ def test_a_shared_directory_degrades_to_the_single_process_endpoint(
         assert "can be written by other users" in lines[0] and "0777" in lines[0]
         assert "prometheus_port" not in lines[0]  # not the port's fault
         assert os.listdir(d) == []  # nothing written into it
-        from e6observe.server import MetricsServer
+        from e6observe.endpoint.server import MetricsServer
 
         assert isinstance(sink.server, MetricsServer)
         import attacks

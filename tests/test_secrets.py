@@ -203,7 +203,7 @@ def test_demo_screen_and_logs(caplog: pytest.LogCaptureFixture,
                               capfd: pytest.CaptureFixture[str]) -> None:
     """The demo in this process (live view as on a terminal), its Python logs at DEBUG and the
     process's stdout/stderr: the simulator user's password it logs in with never shows."""
-    from e6observe import demo
+    from e6observe.cli import demo
 
     for name in _LOGGERS:
         caplog.set_level(logging.DEBUG, logger=name)

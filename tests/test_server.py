@@ -19,7 +19,7 @@ from conftest import openssl
 from prometheus_client import CollectorRegistry, Counter
 
 from e6observe import _safe
-from e6observe.server import MetricsServer, MetricsServerError
+from e6observe.endpoint.server import MetricsServer, MetricsServerError
 
 PASSWORD = "canary-Pa55w0rd-7f3e"
 

@@ -18,8 +18,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from e6observe import _safe
 from e6observe import metrics as M
+from e6observe.endpoint.server import MetricsServerError
 from e6observe.recorder import Recorder
-from e6observe.server import MetricsServerError
 from e6observe.sinks.prometheus import PrometheusSink, build_labels
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]

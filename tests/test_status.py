@@ -14,11 +14,11 @@ import pytest
 from google.protobuf import json_format
 from prometheus_client import CollectorRegistry
 
-from e6observe import status
+from e6observe.endpoint import status
+from e6observe.endpoint.server import MetricsServer
 from e6observe.events import Event, EventRing
 from e6observe.recorder import Recorder
 from e6observe.runtime import ProcessReader
-from e6observe.server import MetricsServer
 from e6observe.v1 import events_pb2 as pb
 from e6observe.watcher import Watcher
 

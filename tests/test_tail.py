@@ -15,9 +15,11 @@ import pytest
 from conftest import openssl
 from prometheus_client import CollectorRegistry
 
-from e6observe import cli, client, status
+from e6observe import cli
+from e6observe.cli import remote
+from e6observe.endpoint import status
+from e6observe.endpoint.server import MetricsServer
 from e6observe.recorder import Recorder
-from e6observe.server import MetricsServer
 
 # Python 3.9 and connector 2.3.15 too (the legacy run of ./run test).
 pytestmark = pytest.mark.matrix
@@ -48,7 +50,7 @@ def free_port() -> int:
 def run(argv: list[str]) -> tuple[int, str, str]:
     args = cli.build_parser().parse_args(argv)
     out, err = io.StringIO(), io.StringIO()
-    runner = client.run_status if argv[0] == "status" else client.run_tail
+    runner = remote.run_status if argv[0] == "status" else remote.run_tail
     code = runner(args, out=out, err=err)
     return code, out.getvalue(), err.getvalue()
 
@@ -198,7 +200,7 @@ def test_tail_resumes_after_the_endpoint_restarts(rec: Recorder) -> None:
 
 
 def test_format_event_neutralises_hostile_text() -> None:
-    line = client.format_event({"kind": "EVENT_KIND_MISMATCH", "seq": 1, "pid": 1,
+    line = remote.format_event({"kind": "EVENT_KIND_MISMATCH", "seq": 1, "pid": 1,
                                 "strategy": "blue\x1b[2J\nEVIL", "method": "x" * 500})
     assert "\x1b" not in line and "\n" not in line
     assert len(line) < 250

@@ -110,7 +110,7 @@ class Limits:
 
 def connector_version() -> str:
     """The installed connector's version, or ``unknown``."""
-    from ._version import connector_version as read
+    from .._version import connector_version as read
 
     return read() or "unknown"
 

@@ -14,8 +14,8 @@ import sys
 import threading
 from typing import Any, List, Optional, Sequence, Tuple
 
-from .. import _argtypes as A
-from .server import Simulator
+from ..sim.server import Simulator
+from . import _argtypes as A
 
 PROG = "e6observe sim"
 

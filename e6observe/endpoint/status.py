@@ -42,9 +42,9 @@ from importlib import resources
 from typing import Any, Callable, Iterable, Iterator, Optional
 from urllib.parse import parse_qs
 
-from ._safe import contain
-from .events import Event
-from .recorder import Recorder
+from .._safe import contain
+from ..events import Event
+from ..recorder import Recorder
 
 #: Events included in a snapshot's ``recent_events`` by default, and at most (``?events=N``).
 DEFAULT_RECENT_EVENTS = 100
@@ -85,7 +85,7 @@ def event_json(ev: Event, source: Any = None) -> dict[str, Any]:
     """``ev`` as the proto3 JSON of ``StrategyEvent`` (proto field names, ``kind`` as the enum
     name, e.g. ``EVENT_KIND_APPLIED``): what ``json_format.ParseDict`` reads back. ``source``
     (a ``Source`` message) is attached for events leaving the process, as the schema asks."""
-    from .v1.convert import event_to_proto, to_json_dict
+    from ..v1.convert import event_to_proto, to_json_dict
 
     return to_json_dict(event_to_proto(ev, source))
 
@@ -98,7 +98,7 @@ def build_status(recorder: Recorder, watcher: Any = None, process_reader: Any = 
     ``e6observe.runtime.ProcessReader``) are optional; without them the ``watcher`` and
     ``memory`` parts are zero. A failure reading either is contained and leaves its part zero.
     """
-    from .v1.convert import source_info, status_snapshot, to_json_dict
+    from ..v1.convert import source_info, status_snapshot, to_json_dict
 
     memory: Optional[dict[str, int]] = None
     if process_reader is not None:
@@ -370,7 +370,7 @@ class EventStreamApp:
             self.open_streams += 1
         try:
             yield f"retry: {RETRY_MS}\n: e6observe event stream\n\n".encode()
-            from .v1.convert import source_info
+            from ..v1.convert import source_info
 
             src = source_info()
             cursor = _Cursor(since)
@@ -520,7 +520,7 @@ def mount_instrumentation(inst: Any) -> Optional[Mounted]:
         return None
     reader = None
     with contain("status.memory"):
-        from .runtime import ProcessReader
+        from ..runtime import ProcessReader
 
         reader = ProcessReader()
     return mount(server, inst.recorder, watcher=watcher, process_reader=reader)
