@@ -6,7 +6,7 @@ exposure rules (loopback by default, TLS and basic auth when configured):
 * ``/`` — the status page, rendered on the server with its state at the time of the request
   (:mod:`e6observe.status_page`: tiles, a timeline with a time axis, latency per colour over the
   last minutes, switches, events), so it is useful without JavaScript and in a first screenshot.
-  Its script and style are shipped in ``e6observe/static`` (no CDN); the script reads
+  Its script and style are shipped in ``e6observe/endpoint/static`` (no CDN); the script reads
   ``/status``, follows ``/events`` and keeps the page up to date while it is open;
 * ``/status`` — a JSON :func:`build_status` document whose field names are those of
   ``e6observe.v1.StatusSnapshot`` (proto/e6observe/v1/events.proto);
@@ -403,11 +403,11 @@ class EventStreamApp:
 
 
 def _read_static(name: str) -> bytes:
-    return resources.files("e6observe").joinpath("static", name).read_bytes()
+    return resources.files("e6observe.endpoint").joinpath("static", name).read_bytes()
 
 
 class StaticApp:
-    """Serves one file shipped in ``e6observe/static`` (read once, at first request)."""
+    """Serves one file shipped in ``e6observe/endpoint/static`` (read once, at first request)."""
 
     def __init__(self, name: str, content_type: str) -> None:
         self.name = name
