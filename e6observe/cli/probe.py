@@ -44,6 +44,7 @@ from ._connopts import (
     add_connection_arguments,
     call_with_deadline,
     describe_error,
+    first_scalar,
     options_from_args,
 )
 
@@ -55,13 +56,6 @@ DEFAULT_INTERVAL = 15.0
 DEFAULT_METRICS_PORT = 9464
 #: How often a failing prober repeats its log line (the first failure and recovery always log).
 LOG_REPEAT_SECONDS = 60.0
-
-
-def _first_scalar(rows: Any) -> Any:
-    v = rows
-    while isinstance(v, (list, tuple)) and v:
-        v = v[0]
-    return v
 
 
 class ProbeResult:
@@ -124,7 +118,7 @@ class Prober:
             # Always clear: an uncleared query id would pin this process's connector to the
             # old strategy and hold up the very flip the prober is there to see.
             cur.clear()
-            value = _first_scalar(rows)
+            value = first_scalar(rows)
             if value != 1:
                 raise RuntimeError(f"{PROBE_QUERY} returned {value!r}, expected 1")
         finally:
