@@ -8,7 +8,7 @@ still run):
 2. create the :class:`~e6observe.recorder.Recorder` and make it the live one;
 3. query spans, if a tracer provider is given or a recording one is set globally;
 4. hooks on the connector: strategy cache, channel, cursor, async API;
-5. sinks, each if its module exists: Prometheus, OpenTelemetry; then the watcher thread.
+5. sinks: Prometheus, OpenTelemetry; then the watcher thread.
 
 It imports the connector (a declared dependency) itself, so it is correct whether it runs
 before or after the application imports the connector. Connections opened earlier are covered
@@ -25,7 +25,6 @@ from several threads.
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import logging
 import threading
 import time
@@ -52,13 +51,12 @@ def _hook_modules() -> list[Any]:
     from .hooks import aio, channel, cluster, cursor, strategy_cache
 
     mods: list[Any] = [strategy_cache, channel, cursor, aio, cluster]
-    if importlib.util.find_spec("e6observe.hooks.pool") is not None:
-        try:
-            from .hooks import pool
+    try:
+        from .hooks import pool
 
-            mods.append(pool)
-        except Exception as exc:
-            record_internal_error("hook.install.pool", exc)
+        mods.append(pool)
+    except Exception as exc:
+        record_internal_error("hook.install.pool", exc)
     return mods
 
 
@@ -214,13 +212,7 @@ class _Instrumentation:
 
 
 def _optional_class(module: str, cls_name: str, component: str) -> Optional[type]:
-    """The class if its module exists (skipped quietly when not built); import errors counted."""
-    try:
-        if importlib.util.find_spec(module) is None:
-            logger.debug("e6observe: %s not available (%s missing)", component, module)
-            return None
-    except (ImportError, ValueError):
-        return None
+    """The class; an import error (e.g. an optional exporter package missing) is counted."""
     try:
         mod = importlib.import_module(module)
         cls = getattr(mod, cls_name)

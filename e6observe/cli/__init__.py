@@ -43,10 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
     for name, (module, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
-        try:
-            mod = importlib.import_module(module)
-        except ImportError:  # a command whose module is not built yet
-            continue
+        mod = importlib.import_module(module)
         adder = getattr(mod, "add_arguments_" + name, None) or mod.add_arguments
         adder(p)
     return parser
