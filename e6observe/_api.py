@@ -30,7 +30,6 @@ import threading
 import time
 from typing import Any, Optional
 
-from . import _safe
 from ._safe import contain, record_internal_error
 from .config import ConfigError, Options
 from .recorder import Recorder, get_recorder, set_recorder
@@ -235,12 +234,7 @@ def _port_taken(opts: Options, exc: OSError) -> None:
     what = cannot_serve(opts.prometheus_addr, opts.prometheus_port, exc)
     logger.warning("e6observe: %s; instrumentation continues without it (metrics are still "
                    "collected); %s", what, fix, extra={RECORD_ATTR: what})
-    try:  # counted like any contained failure, without a second (generic) log line
-        with _safe._lock:
-            _safe._logged.add((component, type(exc).__name__))
-    except Exception:
-        pass
-    record_internal_error(component, exc)
+    record_internal_error(component, exc, reported=True)
 
 
 def _in_decode_worker() -> bool:
