@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sys
 import urllib.request
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Optional
 
 import pytest
 from e6data_python_connector import e6data_grpc
@@ -104,11 +104,43 @@ def connect(sim: Simulator) -> Iterator[Callable[..., Any]]:
             pass
 
 
+#: Markers of the tests bare ``pytest`` leaves out (pyproject.toml describes them).
+NOT_QUICK = ("slow", "live")
+
+
+def pytest_addoption(parser: Any) -> None:
+    parser.addoption("--all", action="store_true", dest="e6observe_all",
+                     help="run the slow and live tests too (./run test and CI do); bare `pytest` "
+                          "leaves them out, naming tests or a -m expression selects as asked")
+
+
+def quick_run(config: Any) -> bool:
+    """True for bare ``pytest``: no --all, no -m, no test named (the default testpaths)."""
+    if config.getoption("e6observe_all") or config.option.markexpr:
+        return False
+    source = getattr(config, "args_source", None)
+    if source is not None:
+        return bool(source == pytest.Config.ArgsSource.TESTPATHS)
+    return list(config.args) == list(config.getini("testpaths"))  # pragma: no cover - pytest < 7.2
+
+
 def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:
     skip_aio = pytest.mark.skip(reason="the connector's async API needs Python 3.11+ and connector 3.x")
     for item in items:
         if "aio" in item.keywords and not HAS_AIO:
             item.add_marker(skip_aio)
+    if quick_run(config):
+        left = [i for i in items if any(m in i.keywords for m in NOT_QUICK)]
+        if left:
+            config.hook.pytest_deselected(items=left)
+            items[:] = [i for i in items if not any(m in i.keywords for m in NOT_QUICK)]
+
+
+def pytest_report_header(config: Any) -> Optional[str]:
+    if quick_run(config):
+        return ("e6observe: the quick set - slow and live tests left out; all of them: "
+                "pytest --all (./run test, CI)")
+    return None
 
 
 def openssl(*args: str, cwd: Any) -> None:

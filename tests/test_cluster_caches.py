@@ -173,6 +173,7 @@ def test_rejected_reasons_are_bounded() -> None:
 @pytest.mark.parametrize("value,reason", [("purple", "unknown"), (" green ", "padded"),
                                           ("g" * 10_240, "oversized")],
                          ids=["purple", "padded", "10kB"])
+@pytest.mark.slow
 def test_rejected_value_is_reported_before_the_connectors_recursion(
         sim: Simulator, rec: Recorder, value: str, reason: str) -> None:
     sim.announce("green")

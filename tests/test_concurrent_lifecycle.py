@@ -59,6 +59,7 @@ def the_queries(i: int) -> list[str]:
 
 
 @pytest.mark.matrix
+@pytest.mark.slow
 def test_queries_in_16_threads_while_instrument_and_uninstrument_cycle(
         sim: Simulator, connect: Callable[..., Any]) -> None:
     original = identity_snapshot()

@@ -79,6 +79,7 @@ def switches_total(url: str) -> float:
                re.finditer(r"^e6data_strategy_switches_total\{[^}]*\} (\S+)$", body, re.M))
 
 
+@pytest.mark.slow
 def test_demo_switches_show_on_metrics_during_the_run() -> None:
     demo = Demo("--duration", "12", "--flip-every", "4", "--threads", "2",
                 "--metrics-port", "0")
@@ -114,6 +115,7 @@ def test_demo_switches_show_on_metrics_during_the_run() -> None:
 
 
 @pytest.mark.matrix
+@pytest.mark.slow
 def test_demo_ends_cleanly_on_sigterm() -> None:
     demo = Demo("--duration", "0", "--flip-every", "1", "--threads", "2", "--metrics-port", "0")
     try:
@@ -160,6 +162,7 @@ def run_on_terminal(columns: int, *args: str) -> tuple[int, str]:
     return rc, b"".join(chunks).decode(errors="replace")
 
 
+@pytest.mark.slow
 def test_demo_redraws_in_place_on_an_80_column_terminal() -> None:
     rc, screen = run_on_terminal(80, "--duration", "3", "--flip-every", "1", "--threads", "1",
                                  "--metrics-port", "0")
@@ -179,6 +182,7 @@ def test_demo_redraws_in_place_on_an_80_column_terminal() -> None:
     assert deploy and all(re.search(r"\d+ announced, \d+ abrupt$", line) for line in deploy)
 
 
+@pytest.mark.slow
 def test_demo_uses_a_wide_terminal() -> None:
     rc, screen = run_on_terminal(132, "--duration", "2", "--threads", "1", "--metrics-port", "0")
     assert rc == 0, screen

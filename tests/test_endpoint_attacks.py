@@ -178,6 +178,7 @@ def _slowloris_variant(port: int, ctx: Any, auth: Optional[str],
     return results, opened
 
 
+@pytest.mark.slow
 def test_scrapes_get_through_slowloris_plain_auth_tls_and_instrument(
         serve: Callable[..., MetricsServer], certs: dict[str, str]) -> None:
     """Issue 12 (2): 64 trickling connections; >= 95 % of scrapes succeed in every mode."""

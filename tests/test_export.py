@@ -148,7 +148,7 @@ def _panel_queries(d: dict[str, Any]) -> list[str]:
     return out
 
 
-@pytest.mark.slow_build
+@pytest.mark.slow
 def test_the_built_wheel_exports_without_a_checkout(tmp_path: Path) -> None:
     """pip install <wheel> into a fresh venv (no checkout on the path), export, promtool."""
     wheel_dir = tmp_path / "wheel"

@@ -255,6 +255,7 @@ def _mp_attack(*args: str, timeout: float) -> dict[str, Any]:
 
 @pytest.mark.skipif(not IS_ROOT, reason="mounting a small tmpfs needs root")
 @pytest.mark.skipif(shutil.which("mount") is None, reason="no mount(8)")
+@pytest.mark.slow
 def test_merged_counters_never_decrease_on_a_nearly_full_filesystem() -> None:
     out = _mp_attack("fullfs", "--scrapes", "40", timeout=120)
     assert out["scrapes"] >= 36, out
@@ -264,6 +265,7 @@ def test_merged_counters_never_decrease_on_a_nearly_full_filesystem() -> None:
 
 @pytest.mark.skipif(not IS_ROOT, reason="switching to user nobody needs root")
 @pytest.mark.parametrize("sticky", [False, True])
+@pytest.mark.slow
 def test_nobody_planting_symlinks_writes_nothing_outside_the_directory(sticky: bool) -> None:
     import pwd
 

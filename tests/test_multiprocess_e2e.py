@@ -152,6 +152,7 @@ def by_pid(samples: list[Any], **labels: str) -> dict[int, float]:
             if all(s.labels.get(k) == v for k, v in labels.items())}
 
 
+@pytest.mark.slow
 def test_four_gunicorn_workers_one_scrape(app: App, sim: Any) -> None:
     master = app.proc.pid
     # Every worker serves queries on blue.

@@ -199,6 +199,7 @@ def test_sanitized_text_never_keeps_a_literal() -> None:
 
 
 @pytest.mark.matrix
+@pytest.mark.slow
 def test_demo_screen_and_logs(caplog: pytest.LogCaptureFixture,
                               capfd: pytest.CaptureFixture[str]) -> None:
     """The demo in this process (live view as on a terminal), its Python logs at DEBUG and the

@@ -331,6 +331,7 @@ def _run_threads(sim: Simulator, flips: int, think: float, drain: float
 
 
 @pytest.mark.matrix
+@pytest.mark.slow
 def test_eight_threads_across_five_announced_flips_follow_the_cluster(sim: Simulator) -> None:
     """With a little think time between queries the connector drains and flips gracefully.
 
@@ -350,6 +351,7 @@ def test_eight_threads_across_five_announced_flips_follow_the_cluster(sim: Simul
 
 
 @pytest.mark.matrix
+@pytest.mark.slow
 def test_eight_threads_back_to_back_never_drain_and_cut_over_with_456s(sim: Simulator) -> None:
     """Without think time query_strategy_map is never empty, so the connector never applies
     the announced switch; the drain wait expires, the cut-over fails in-flight queries with 456
