@@ -13,6 +13,7 @@ from typing import Any, Callable, Iterator, Optional
 
 import pytest
 from e6data_python_connector import e6data_grpc
+from helpers import need_binary
 
 from e6observe.sim import Simulator
 
@@ -150,6 +151,7 @@ def openssl(*args: str, cwd: Any) -> None:
     handlers; see tests/subproc.py)."""
     import subproc
 
+    need_binary("openssl", install="apt-get install openssl (the TLS tests make their certificates with it)")
     proc = subproc.run(["openssl", *args], cwd=cwd, capture_output=True, text=True, timeout=30)
     if proc.returncode != 0:
         raise AssertionError(f"openssl {' '.join(args[:2])} exited {proc.returncode}: "

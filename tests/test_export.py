@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import need_binary
 
 from e6observe.cli import export
 from e6observe.cli import main as cli
@@ -33,9 +33,7 @@ pytestmark = pytest.mark.timeout(120)
 
 
 def promtool(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    exe = shutil.which("promtool")
-    if exe is None:  # pragma: no cover - ./run test installs prometheus
-        pytest.fail("promtool not installed (apt-get install prometheus)")
+    exe = need_binary("promtool", install="apt-get install prometheus (./run test does this as root)")
     return subprocess.run([exe, *args], capture_output=True, text=True, timeout=60, cwd=cwd)
 
 

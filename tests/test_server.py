@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import shutil
 import socket
 import ssl
 import threading
@@ -16,6 +15,7 @@ from typing import Any, Callable, Iterator
 import pytest
 import requests
 from conftest import openssl
+from helpers import need_binary
 from prometheus_client import CollectorRegistry, Counter
 
 from e6observe import _safe
@@ -54,8 +54,7 @@ def _openssl(*args: str, cwd: Path) -> None:
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """A throwaway CA, a server certificate for 127.0.0.1 and a client certificate."""
-    if shutil.which("openssl") is None:
-        pytest.fail("the TLS tests generate certificates with the openssl CLI; install openssl")
+    need_binary("openssl", install="apt-get install openssl (the TLS tests make their certificates with it)")
     d = tmp_path_factory.mktemp("certs")
     ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
     _openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-import shutil
 import socket
 import threading
 import time
@@ -13,6 +12,7 @@ from typing import Any, Callable, Iterator
 
 import pytest
 from conftest import openssl
+from helpers import need_binary
 from prometheus_client import CollectorRegistry
 
 from e6observe import cli
@@ -223,8 +223,7 @@ def test_tail_gives_up_when_the_endpoint_stays_gone(rec: Recorder) -> None:
 @pytest.fixture(scope="module")
 def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
     """A self-signed certificate for 127.0.0.1 and its key (the certificate is its own CA)."""
-    if shutil.which("openssl") is None:
-        pytest.fail("the TLS test generates a certificate with the openssl CLI; install openssl")
+    need_binary("openssl", install="apt-get install openssl (the TLS tests make their certificates with it)")
     d: Path = tmp_path_factory.mktemp("tls")
     openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
             "-nodes", "-keyout", "key.pem", "-out", "cert.pem", "-days", "2", "-subj",

@@ -23,7 +23,6 @@ import math
 import os
 import queue
 import re
-import shutil
 import socket
 import subprocess
 import sys
@@ -35,6 +34,7 @@ from typing import Any, Callable, Iterator, Optional
 
 import pytest
 import requests
+from helpers import need_binary
 
 from e6observe.metrics import exposed_series_names
 from e6observe.sim import Simulator
@@ -193,12 +193,8 @@ class Stack:
 
 
 def _binary(*names: str) -> str:
-    for n in names:
-        path = shutil.which(n)
-        if path:
-            return path
-    pytest.fail(f"{names[0]} not found: apt-get install prometheus prometheus-alertmanager "
-                "(./run test installs them when run as root)")
+    return need_binary(*names, install="apt-get install prometheus prometheus-alertmanager "
+                                       "(./run test installs them when run as root)")
 
 
 def _poll(fn: Callable[[], bool], timeout: float) -> bool:
