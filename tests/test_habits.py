@@ -3,12 +3,15 @@ fails in CI."""
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import conftest
 import helpers
 import pytest
+import yaml
 
 MISSING = "e6observe-no-such-binary"
 
@@ -79,3 +82,33 @@ def test_bare_pytest_leaves_out_slow_and_live_tests_and_says_so(config: Any, kep
     )
     header = conftest.pytest_report_header(config)
     assert (header is not None) == (kept == ["quick", "plain"])
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _lint_commands() -> list[str]:
+    """The commands of ./run's lint function, without the .venv/bin/ prefix."""
+    text = (ROOT / "run").read_text(encoding="utf-8")
+    body = text[text.index("\nlint() {") : text.index("\n}\n", text.index("\nlint() {"))]
+    found = re.findall(
+        r"^\s+(?:\.venv/bin/)?((?:ruff|mypy|bash scripts/regen)\b[^|]*?)\s*(?:\|\||\||$)", body, re.M
+    )
+    return [" ".join(c.replace("--output-format concise", "").split()) for c in found]
+
+
+def test_pre_commit_runs_the_lint_commands_without_network() -> None:
+    config = yaml.safe_load((ROOT / ".pre-commit-config.yaml").read_text(encoding="utf-8"))
+    hooks = [h for repo in config["repos"] for h in repo["hooks"]]
+    # Local hooks on tools already installed: pre-commit has nothing to fetch.
+    assert [repo["repo"] for repo in config["repos"]] == ["local"]
+    assert {h["language"] for h in hooks} == {"unsupported"}
+    assert all(h["entry"].startswith((".venv/bin/", "bash scripts/")) for h in hooks)
+    entries = [
+        " ".join(h["entry"].replace(".venv/bin/", "").replace("--force-exclude", "").split()) for h in hooks
+    ]
+    lint = _lint_commands()
+    assert len(lint) == 4, lint  # ruff check, ruff format --check, mypy, regen --check
+    for command in lint:
+        # ruff runs on the files pre-commit passes instead of on ".".
+        assert command.removesuffix(" .") in entries, (command, entries)
