@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import subproc
-from conftest import PASSWORD, USER, login_errors_surface
+from helpers import PASSWORD, USER, login_errors_surface
 
 from e6observe import cli
 from e6observe.cli._connopts import (

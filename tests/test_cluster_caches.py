@@ -10,8 +10,8 @@ import re
 from typing import Any, Iterator
 
 import pytest
-from conftest import PASSWORD, USER, scrape, status_doc
 from e6data_python_connector import e6data_grpc
+from helpers import PASSWORD, USER, scrape, status_doc
 
 import e6observe
 from e6observe import _safe

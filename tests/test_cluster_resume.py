@@ -16,7 +16,8 @@ from typing import Any, Callable, Iterator
 
 import grpc
 import pytest
-from conftest import (
+from e6data_python_connector import e6data_grpc
+from helpers import (
     PASSWORD,
     USER,
     endpoint,
@@ -25,7 +26,6 @@ from conftest import (
     scrape,
     status_doc,
 )
-from e6data_python_connector import e6data_grpc
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter

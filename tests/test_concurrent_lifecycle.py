@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterator
 import grpc
 import pytest
 from chaos import e6observe_threads, identity_changes, identity_snapshot, query, wait_until
-from conftest import HAS_AIO
+from helpers import HAS_AIO
 
 import e6observe
 from e6observe import _safe

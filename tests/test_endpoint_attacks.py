@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterator, Optional
 
 import attacks
 import pytest
-from conftest import openssl
+from helpers import openssl
 from prometheus_client import CollectorRegistry, Counter
 
 from e6observe.endpoint import server as server_mod

@@ -18,8 +18,8 @@ from typing import Any, Callable, Iterator
 
 import pytest
 from chaos import Rig, http_get, scenario
-from conftest import PASSWORD, USER, reset_connector_cache
 from e6data_python_connector import e6data_grpc
+from helpers import PASSWORD, USER, reset_connector_cache
 
 from e6observe import _safe
 from e6observe.sim import Simulator

@@ -17,8 +17,8 @@ from types import SimpleNamespace
 from typing import Any, Callable, Iterator
 
 import pytest
-from conftest import PASSWORD, USER
 from e6data_python_connector import e6data_grpc
+from helpers import PASSWORD, USER
 
 from e6observe import _fork, _safe
 from e6observe import metrics as M

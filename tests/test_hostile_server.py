@@ -22,8 +22,8 @@ from typing import Any, Callable, Optional
 import grpc
 import pytest
 from chaos import Rig, counter_values, outcome, query
-from conftest import PASSWORD, USER, reset_connector_cache
 from e6data_python_connector import e6data_grpc
+from helpers import PASSWORD, USER, reset_connector_cache
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 

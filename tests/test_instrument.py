@@ -348,7 +348,7 @@ def test_rpc_errors_pass_through_as_the_connectors_own_type(
 
 def test_v2_results_prefetch_futures_and_a_failed_fetch_end_the_query(
         sim: Simulator, connect: Callable[..., Any], instrument: Callable[..., Recorder]) -> None:
-    from conftest import connector_version
+    from helpers import connector_version
 
     if connector_version() < (3, 0, 1):
         pytest.skip("v2 results arrived in connector 3.0.1")

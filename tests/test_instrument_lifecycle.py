@@ -13,8 +13,8 @@ from typing import Any, Callable, Iterator
 
 import pytest
 import subproc
-from conftest import HAS_AIO
 from e6data_python_connector import e6data_grpc
+from helpers import HAS_AIO
 from prometheus_client import CollectorRegistry
 
 import e6observe

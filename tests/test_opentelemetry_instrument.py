@@ -119,7 +119,7 @@ def test_instrumentor_api_passes_options_and_uninstruments() -> None:
 
 @pytest.mark.skipif(sys.version_info < (3, 10), reason="helper processes are told apart by sys.orig_argv")
 def test_decode_workers_and_multiprocessing_helpers_stay_inert() -> None:
-    from conftest import connector_version
+    from helpers import connector_version
 
     if connector_version() < (3, 0, 1):
         pytest.skip("v2 results (decode worker processes) arrived in connector 3.0.1")

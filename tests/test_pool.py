@@ -8,7 +8,7 @@ import time
 from typing import Any, Callable, Iterator
 
 import pytest
-from conftest import PASSWORD, USER
+from helpers import PASSWORD, USER
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 

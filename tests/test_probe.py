@@ -6,7 +6,7 @@ import argparse
 from typing import Iterator
 
 import pytest
-from conftest import PASSWORD, USER
+from helpers import PASSWORD, USER
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 

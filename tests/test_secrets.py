@@ -26,8 +26,8 @@ from typing import Any, Callable, Optional
 
 import pytest
 from chaos import Rig, counter_values, outcome, query
-from conftest import USER
 from e6data_python_connector import e6data_grpc
+from helpers import USER
 
 import e6observe
 from e6observe import _api, _safe, tracing

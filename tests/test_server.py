@@ -14,8 +14,7 @@ from typing import Any, Callable, Iterator
 
 import pytest
 import requests
-from conftest import openssl
-from helpers import need_binary
+from helpers import need_binary, openssl
 from prometheus_client import CollectorRegistry, Counter
 
 from e6observe import _safe

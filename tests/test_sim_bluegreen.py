@@ -20,10 +20,10 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import grpc
 import pytest
-from conftest import PASSWORD, USER
 from e6data_python_connector import e6data_grpc
 from e6data_python_connector.server import e6x_engine_pb2 as pb
 from e6data_python_connector.server import e6x_engine_pb2_grpc as pb_grpc
+from helpers import PASSWORD, USER
 
 from e6observe.sim import MISMATCH_DETAILS, Simulator
 from e6observe.sim.server import ENGINE_METHODS, _Engine

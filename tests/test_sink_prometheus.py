@@ -11,7 +11,7 @@ from typing import Any, Optional
 
 import pytest
 import requests
-from conftest import sink_options as opts
+from helpers import sink_options as opts
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 from prometheus_client.parser import text_string_to_metric_families

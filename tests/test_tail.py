@@ -11,8 +11,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pytest
-from conftest import openssl
-from helpers import need_binary
+from helpers import need_binary, openssl
 from prometheus_client import CollectorRegistry
 
 from e6observe import cli

@@ -23,8 +23,7 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 
 import pytest
-from conftest import PASSWORD, USER
-from helpers import need_binary
+from helpers import PASSWORD, USER, need_binary
 
 from e6observe.sim import Simulator
 
