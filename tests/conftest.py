@@ -14,6 +14,7 @@ import pytest
 from e6data_python_connector import e6data_grpc
 from helpers import HAS_AIO, PASSWORD, USER, reset_connector_cache
 
+from e6observe.recorder import Recorder
 from e6observe.sim import Simulator
 
 
@@ -33,6 +34,14 @@ def sim() -> Iterator[Simulator]:
         yield s
     finally:
         s.stop()
+
+
+@pytest.fixture
+def rec() -> Iterator[Recorder]:
+    """A fresh recorder, stopped at teardown (files that need another kind define their own)."""
+    r = Recorder()
+    yield r
+    r.stop()
 
 
 @pytest.fixture

@@ -213,14 +213,15 @@ def test_faults_are_contained_counted_and_logged_once(
 
 def _wait_for_watcher(rig: Rig) -> bool:
     """Wait (bounded) for a few watcher iterations, so a broken iteration is hit repeatedly."""
-    from chaos import sink, wait_until
+    from chaos import sink
+    from helpers import wait_for
 
     watcher = sink("watcher")
     if watcher is None:
         return False
     start = _safe.internal_errors().get("watcher", 0)
     first = watcher.iterations
-    return wait_until(lambda: watcher.iterations >= first + 3
+    return wait_for(lambda: watcher.iterations >= first + 3
                       or _safe.internal_errors().get("watcher", 0) >= start + 3, timeout=10)
 
 

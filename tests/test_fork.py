@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterator
 
 import pytest
 from e6data_python_connector import e6data_grpc
-from helpers import PASSWORD, USER
+from helpers import PASSWORD, USER, wait_for
 
 from e6observe import _fork, _safe
 from e6observe import metrics as M
@@ -86,15 +86,6 @@ def in_child(fn: Callable[..., Any], on_signal: Callable[[], None] | None = None
     out = json.loads(b"".join(chunks))
     assert out["ok"], out.get("tb")
     return out["value"]
-
-
-def wait_for(cond: Callable[[], bool], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.005)
-    return cond()
 
 
 def query(conn: Any, sql: str = "SELECT 1", clear: bool = True) -> Any:

@@ -12,6 +12,7 @@ import threading
 import time
 from typing import Any, Callable, Iterator
 
+import helpers
 import pytest
 from e6data_python_connector import e6data_grpc
 
@@ -58,12 +59,10 @@ def client_active() -> Any:
 
 
 def wait_for(pred: Callable[[], bool], timeout: float = 15.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            cache = dict(e6data_grpc._local_strategy_cache)
-            raise AssertionError(f"timed out waiting for {what}; connector cache: {cache}")
-        time.sleep(0.005)
+    """helpers.wait_for, with the connector's cache in the message of a timeout."""
+    if not helpers.wait_for(pred, timeout):
+        cache = dict(e6data_grpc._local_strategy_cache)
+        raise AssertionError(f"timed out waiting for {what}; connector cache: {cache}")
 
 
 class Workload:

@@ -32,13 +32,6 @@ IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 
 
 @pytest.fixture
-def rec() -> Iterator[Recorder]:
-    r = Recorder()
-    yield r
-    r.stop()
-
-
-@pytest.fixture
 def d(tmp_path: Path) -> Path:
     p = tmp_path / "mp"
     p.mkdir(mode=0o700)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from typing import Iterator
 
 import pytest
 from helpers import PASSWORD, USER
@@ -18,13 +17,6 @@ from e6observe.sim import Simulator
 
 # Python 3.9 and connector 2.3.15 too (the legacy run of ./run test).
 pytestmark = pytest.mark.matrix
-
-
-@pytest.fixture
-def rec() -> Iterator[Recorder]:
-    r = Recorder()
-    yield r
-    r.stop()
 
 
 def opts_for(sim: Simulator, password: str = PASSWORD) -> ConnectionOptions:

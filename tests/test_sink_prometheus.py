@@ -39,13 +39,6 @@ def val(samples: Samples, name: str, **labels: str) -> Optional[float]:
 
 
 @pytest.fixture
-def rec() -> Any:
-    r = Recorder()
-    yield r
-    r.stop()
-
-
-@pytest.fixture
 def sink(rec: Recorder) -> Any:
     s = PrometheusSink(rec, opts())
     yield s

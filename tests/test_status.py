@@ -27,13 +27,6 @@ pytestmark = pytest.mark.matrix
 
 
 @pytest.fixture
-def rec() -> Iterator[Recorder]:
-    r = Recorder()
-    yield r
-    r.stop()
-
-
-@pytest.fixture
 def served(rec: Recorder) -> Iterator[tuple[MetricsServer, status.Mounted]]:
     srv = MetricsServer(CollectorRegistry(), port=0).start()
     mounted = status.mount(srv, rec, process_reader=ProcessReader())

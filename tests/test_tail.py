@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import io
 import json
-import socket
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import pytest
-from helpers import need_binary, openssl
+from helpers import free_port, need_binary, openssl, wait_for
 from prometheus_client import CollectorRegistry
 
 from e6observe import cli
@@ -25,25 +24,12 @@ pytestmark = pytest.mark.matrix
 
 
 @pytest.fixture
-def rec() -> Iterator[Recorder]:
-    r = Recorder()
-    yield r
-    r.stop()
-
-
-@pytest.fixture
 def endpoint(rec: Recorder) -> Iterator[MetricsServer]:
     srv = MetricsServer(CollectorRegistry(), port=0).start()
     mounted = status.mount(srv, rec)
     yield srv
     mounted.unmount()
     srv.close()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def run(argv: list[str]) -> tuple[int, str, str]:
@@ -66,13 +52,6 @@ class TailThread:
         self.thread.join(timeout)
         assert not self.thread.is_alive(), "tail did not finish"
         return self.result[0]  # type: ignore[no-any-return]
-
-
-def wait_for(cond: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "condition not met"
-        time.sleep(0.01)
 
 
 def open_streams(srv: MetricsServer) -> int:
@@ -142,7 +121,7 @@ def test_url_with_credentials_is_refused() -> None:
 def test_tail_prints_switches_as_they_happen(rec: Recorder, endpoint: MetricsServer) -> None:
     rec.detected("blue")  # before tail started: not replayed by default
     t = TailThread(["tail", "--url", endpoint.url, "--count", "2"])
-    wait_for(lambda: open_streams(endpoint) == 1)
+    assert wait_for(lambda: open_streams(endpoint) == 1)
     rec.mismatch("blue", "prepareStatement")  # not a switch event: filtered out
     rec.announced("green")
     rec.applied("blue", "green", "announced", pinned_queries=1)
@@ -178,9 +157,9 @@ def test_tail_resumes_after_the_endpoint_restarts(rec: Recorder) -> None:
     mounted = status.mount(srv, rec)
     t = TailThread(["tail", "--url", srv.url, "--count", "2", "--reconnect-seconds", "20"])
     try:
-        wait_for(lambda: mounted.stream.open_streams == 1)
+        assert wait_for(lambda: mounted.stream.open_streams == 1)
         rec.applied("blue", "green", "mismatch")
-        wait_for(lambda: rec.ring.emitted == 1)
+        assert wait_for(lambda: rec.ring.emitted == 1)
         time.sleep(0.3)  # let the first event reach tail before the endpoint goes away
         mounted.unmount()
         srv.close()
@@ -209,7 +188,7 @@ def test_tail_gives_up_when_the_endpoint_stays_gone(rec: Recorder) -> None:
     srv = MetricsServer(CollectorRegistry(), port=0).start()
     mounted = status.mount(srv, rec)
     t = TailThread(["tail", "--url", srv.url, "--reconnect-seconds", "0.5"])
-    wait_for(lambda: mounted.stream.open_streams == 1)
+    assert wait_for(lambda: mounted.stream.open_streams == 1)
     mounted.unmount()
     srv.close()
     code, out, err = t.join()

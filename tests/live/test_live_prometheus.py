@@ -23,7 +23,6 @@ import math
 import os
 import queue
 import re
-import socket
 import subprocess
 import sys
 import threading
@@ -34,7 +33,8 @@ from typing import Any, Callable, Iterator, Optional
 
 import pytest
 import requests
-from helpers import need_binary
+from helpers import free_port, need_binary
+from helpers import wait_for as poll
 
 from e6observe.metrics import exposed_series_names
 from e6observe.sim import Simulator
@@ -56,12 +56,6 @@ RATE_WINDOW = "10s"  # what Grafana's $__rate_interval would be at a 1 s scrape 
 LIVE_CONFIG = DEFAULT.with_(switch_window="30s", flapping_window="1m", flapping_for="0m",
                             split_brain_for="5s")
 REQUIRED_ALERTS = ("E6dataStrategySwitched", "E6dataStrategyFlapping", "E6dataStrategySplitBrain")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_for(what: str, fn: Callable[[], Any], timeout: float, interval: float = 0.25) -> Any:
@@ -197,22 +191,13 @@ def _binary(*names: str) -> str:
                                        "(./run test installs them when run as root)")
 
 
-def _poll(fn: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if fn():
-            return True
-        time.sleep(0.2)
-    return False
-
-
 def _flip_announced(sim: Simulator, app: App, stack: Stack, must_drain: bool) -> None:
     """Announce a switch; complete it once A has applied it (a graceful drain), or after two
     seconds if A cannot: a query id the connector leaked when an abrupt switch cut a query off
     stays in its query map and keeps the switch pending. A then follows through the 456 path."""
     target = sim.announce()
     stack.note(f"announced {target}")
-    applied = _poll(lambda: app.active() == target, 20 if must_drain else 2)
+    applied = poll(lambda: app.active() == target, 20 if must_drain else 2, 0.2)
     if must_drain and not applied:
         metrics = requests.get(f"http://{app.instance}/metrics", timeout=5).text
         raise AssertionError(
