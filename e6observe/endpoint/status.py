@@ -276,10 +276,6 @@ class _SlotHeld:
             self.app._release(self)
 
 
-class _Full(Exception):
-    """Every stream slot is taken by a stream younger than ``evict_after``."""
-
-
 class EventStreamApp:
     """``GET /events``: server-sent events from the recorder's ring (see the module docstring)."""
 
