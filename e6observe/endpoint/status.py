@@ -4,7 +4,7 @@ Mounted on the metrics endpoint (``server.MetricsServer``) by :func:`mount`, so 
 exposure rules (loopback by default, TLS and basic auth when configured):
 
 * ``/`` — the status page, rendered on the server with its state at the time of the request
-  (:mod:`e6observe.status_page`: tiles, a timeline with a time axis, latency per colour over the
+  (:mod:`e6observe.endpoint.status_page`: tiles, a timeline with a time axis, latency per colour over the
   last minutes, switches, events), so it is useful without JavaScript and in a first screenshot.
   Its script and style are shipped in ``e6observe/endpoint/static`` (no CDN); the script reads
   ``/status``, follows ``/events`` and keeps the page up to date while it is open;
