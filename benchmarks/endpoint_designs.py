@@ -33,9 +33,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))
 import attacks  # noqa: E402
 
-from e6observe import server as server_mod  # noqa: E402
+from e6observe.endpoint import server as server_mod  # noqa: E402
+from e6observe.endpoint.server import MetricsServer  # noqa: E402
 from e6observe.recorder import Recorder  # noqa: E402
-from e6observe.server import MetricsServer  # noqa: E402
 from e6observe.sinks.prometheus import PrometheusSink  # noqa: E402
 
 

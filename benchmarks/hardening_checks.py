@@ -74,7 +74,7 @@ def main() -> int:
         os.unlink(cert)
 
     import e6observe
-    from e6observe import server
+    from e6observe.endpoint import server
 
     ro = tempfile.mkdtemp(prefix="e6o-ro-")
     subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", ro], check=True)

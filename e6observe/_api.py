@@ -8,7 +8,7 @@ still run):
 2. create the :class:`~e6observe.recorder.Recorder` and make it the live one;
 3. query spans, if a tracer provider is given or a recording one is set globally;
 4. hooks on the connector: strategy cache, channel, cursor, async API;
-5. sinks, each if its module exists: Prometheus, OpenTelemetry; then the watcher thread.
+5. sinks: Prometheus, OpenTelemetry; then the watcher thread.
 
 It imports the connector (a declared dependency) itself, so it is correct whether it runs
 before or after the application imports the connector. Connections opened earlier are covered
@@ -25,13 +25,11 @@ from several threads.
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import logging
 import threading
 import time
 from typing import Any, Optional
 
-from . import _safe
 from ._safe import contain, record_internal_error
 from .config import ConfigError, Options
 from .recorder import Recorder, get_recorder, set_recorder
@@ -52,13 +50,12 @@ def _hook_modules() -> list[Any]:
     from .hooks import aio, channel, cluster, cursor, strategy_cache
 
     mods: list[Any] = [strategy_cache, channel, cursor, aio, cluster]
-    if importlib.util.find_spec("e6observe.hooks.pool") is not None:
-        try:
-            from .hooks import pool
+    try:
+        from .hooks import pool
 
-            mods.append(pool)
-        except Exception as exc:
-            record_internal_error("hook.install.pool", exc)
+        mods.append(pool)
+    except Exception as exc:
+        record_internal_error("hook.install.pool", exc)
     return mods
 
 
@@ -158,7 +155,7 @@ class _Instrumentation:
         """The live status page, ``/status`` and ``/events`` beside ``/metrics`` (same address,
         TLS and auth), when the endpoint runs."""
         with contain("status"):
-            from . import status
+            from .endpoint import status
 
             self.status = status.mount_instrumentation(self)
 
@@ -219,13 +216,7 @@ class _Instrumentation:
 
 
 def _optional_class(module: str, cls_name: str, component: str) -> Optional[type]:
-    """The class if its module exists (skipped quietly when not built); import errors counted."""
-    try:
-        if importlib.util.find_spec(module) is None:
-            logger.debug("e6observe: %s not available (%s missing)", component, module)
-            return None
-    except (ImportError, ValueError):
-        return None
+    """The class; an import error (e.g. an optional exporter package missing) is counted."""
     try:
         mod = importlib.import_module(module)
         cls = getattr(mod, cls_name)
@@ -237,9 +228,9 @@ def _optional_class(module: str, cls_name: str, component: str) -> Optional[type
 
 def _port_taken(opts: Options, exc: OSError) -> None:
     """One clear message for a /metrics port that cannot be bound; counted; nothing raised.
-    The wording is :mod:`e6observe._endpoint`'s, which the commands share."""
-    from ._endpoint import RECORD_ATTR, cannot_serve
-    from .server import MetricsServerTLSError
+    The wording is :mod:`e6observe.endpoint.failure`'s, which the commands share."""
+    from .endpoint.failure import RECORD_ATTR, cannot_serve
+    from .endpoint.server import MetricsServerTLSError
 
     component = "sink.prometheus"
     fix = ("check tls_certfile / tls_keyfile / tls_client_cafile (E6OBSERVE_TLS_*)"
@@ -248,12 +239,7 @@ def _port_taken(opts: Options, exc: OSError) -> None:
     what = cannot_serve(opts.prometheus_addr, opts.prometheus_port, exc)
     logger.warning("e6observe: %s; instrumentation continues without it (metrics are still "
                    "collected); %s", what, fix, extra={RECORD_ATTR: what})
-    try:  # counted like any contained failure, without a second (generic) log line
-        with _safe._lock:
-            _safe._logged.add((component, type(exc).__name__))
-    except Exception:
-        pass
-    record_internal_error(component, exc)
+    record_internal_error(component, exc, reported=True)
 
 
 def _in_decode_worker() -> bool:

@@ -21,8 +21,13 @@ _lock = threading.Lock()
 _listeners: list[Callable[[str], None]] = []
 
 
-def record_internal_error(component: str, exc: Optional[BaseException] = None) -> None:
+def record_internal_error(component: str, exc: Optional[BaseException] = None, *,
+                          reported: bool = False) -> None:
     """Count one contained failure in ``component``; log it the first time its kind is seen.
+
+    ``reported=True``: the caller has logged its own, clearer message for this failure (a
+    taken port, an unusable directory); it is counted, and the generic line is never added for
+    this component and kind.
 
     Never raises. Safe to call while the connector's strategy lock is held: the log record is
     emitted by the ``e6observe`` logger only, which reads no connector state.
@@ -34,7 +39,7 @@ def record_internal_error(component: str, exc: Optional[BaseException] = None) -
             first = (component, kind) not in _logged
             if first:
                 _logged.add((component, kind))
-        if first:
+        if first and not reported:
             # Exception text can carry server-provided strings; type and component only.
             logger.warning("e6observe: contained a %s in %s; further ones are only counted "
                            "(e6observe_internal_errors_total{component=%r})", kind, component,

@@ -58,8 +58,8 @@ def _with_meanings(values: Sequence[str], meanings: Mapping[str, str], name: str
 
 def labels() -> dict[str, Label]:
     """Every label name of the table, with its value set."""
+    from e6observe.cli.probe import RESULTS
     from e6observe.hooks.pool import MAX_POOL_NAMES, OTHER
-    from e6observe.probe import RESULTS
     from e6observe.recorder import CLUSTER_RPC_METHODS, GRPC_CODES, RETRY_REASONS, RPC_METHODS
 
     strategy_text = (

@@ -260,11 +260,6 @@ def identity_changes(before: dict[str, Any], after: dict[str, Any]) -> list[str]
     return problems
 
 
-def e6observe_threads() -> list[str]:
-    return sorted(t.name for t in threading.enumerate()
-                  if t.name.startswith("e6observe-") and not t.name.startswith("e6observe-sim"))
-
-
 # -- reading the recorder and the exposition ---------------------------------------------------------
 def counter_values(rec: Any, spec: Any) -> dict[tuple[str, ...], float]:
     """Non-zero children of one counter family."""
@@ -354,17 +349,6 @@ def rss_bytes() -> int:
     import psutil
 
     return int(psutil.Process().memory_info().rss)
-
-
-def wait_until(pred: Callable[[], bool], timeout: float, interval: float = 0.01) -> bool:
-    """Poll ``pred`` until it is true or ``timeout`` seconds passed; returns the last value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if pred():
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(interval)
 
 
 # -- the simulator in its own process -------------------------------------------------------------
@@ -484,7 +468,8 @@ class Rig:
         from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
         import e6observe
-        from e6observe import _api, status
+        from e6observe import _api
+        from e6observe.endpoint import status
 
         try:
             from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter as InMemoryLogs

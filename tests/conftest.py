@@ -1,4 +1,6 @@
-"""Shared fixtures: a running simulator, real connector connections, clean connector state.
+"""Shared fixtures: a running simulator, real connector connections, clean connector state; and
+the suite's hooks (the quick default of bare ``pytest``, the async tests' skip). The helper
+functions the tests share are in helpers.py.
 
 The connector keeps module-level blue/green state (``e6data_grpc._local_strategy_cache``); every
 test starts from an empty cache so that tests do not see each other's switches.
@@ -6,62 +8,14 @@ test starts from an empty cache so that tests do not see each other's switches.
 
 from __future__ import annotations
 
-import json
-import sys
-import urllib.request
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Optional
 
 import pytest
 from e6data_python_connector import e6data_grpc
+from helpers import HAS_AIO, PASSWORD, USER, reset_connector_cache
 
+from e6observe.recorder import Recorder
 from e6observe.sim import Simulator
-
-USER = "tester@example.com"
-PASSWORD = "sim-password"
-
-
-def connector_version() -> tuple[int, ...]:
-    from importlib.metadata import version
-
-    return tuple(int(p) for p in version("e6data-python-connector").split(".")[:3])
-
-
-HAS_AIO = sys.version_info >= (3, 11) and connector_version() >= (3, 0, 0)
-
-
-def login_errors_surface() -> bool:
-    """True where a failed login reaches the caller: 2.3.9, 2.3.10 and 3.x. Releases 2.3.11 to
-    2.3.15 swallow it in ``get_session_id`` (an empty session id follows)."""
-    v = connector_version()
-    return v >= (3, 0, 0) or v < (2, 3, 11)
-
-
-def resumes_inside_the_login_loop() -> bool:
-    """True where ``get_session_id`` resumes inside its strategy loop (2.3.11+): after the
-    resume it goes on to the next colour, and a refused resume is tried again by the outer
-    handler. 2.3.9 and 2.3.10 resume once, in the outer handler, and log in again from scratch."""
-    return connector_version() >= (2, 3, 11)
-
-
-def reset_connector_cache() -> None:
-    cache = e6data_grpc._local_strategy_cache
-    with e6data_grpc._strategy_lock:
-        cache["active_strategy"] = None
-        cache["pending_strategy"] = None
-        cache["query_strategy_map"] = {}
-        cache["last_check_time"] = 0
-        cache["last_transition_time"] = 0
-        cache["session_invalidated"] = False
-    # The cluster manager's own cache (strategy.py, written by auto-resume) - a plain dict
-    # from 2.3.9 on; a Manager proxy before.
-    try:
-        from e6data_python_connector import strategy as cache_b
-    except ImportError:  # pragma: no cover - connector without blue/green
-        return
-    b = getattr(cache_b, "_local_strategy_cache", None)
-    if isinstance(b, dict):
-        for key in ("active_strategy", "pending_strategy"):
-            dict.__setitem__(b, key, None)
 
 
 @pytest.fixture(autouse=True)
@@ -80,6 +34,14 @@ def sim() -> Iterator[Simulator]:
         yield s
     finally:
         s.stop()
+
+
+@pytest.fixture
+def rec() -> Iterator[Recorder]:
+    """A fresh recorder, stopped at teardown (files that need another kind define their own)."""
+    r = Recorder()
+    yield r
+    r.stop()
 
 
 @pytest.fixture
@@ -104,56 +66,40 @@ def connect(sim: Simulator) -> Iterator[Callable[..., Any]]:
             pass
 
 
+#: Markers of the tests bare ``pytest`` leaves out (pyproject.toml describes them).
+NOT_QUICK = ("slow", "live")
+
+
+def pytest_addoption(parser: Any) -> None:
+    parser.addoption("--all", action="store_true", dest="e6observe_all",
+                     help="run the slow and live tests too (./run test and CI do); bare `pytest` "
+                          "leaves them out, naming tests or a -m expression selects as asked")
+
+
+def quick_run(config: Any) -> bool:
+    """True for bare ``pytest``: no --all, no -m, no test named (the default testpaths)."""
+    if config.getoption("e6observe_all") or config.option.markexpr:
+        return False
+    source = getattr(config, "args_source", None)
+    if source is not None:
+        return bool(source == pytest.Config.ArgsSource.TESTPATHS)
+    return list(config.args) == list(config.getini("testpaths"))  # pragma: no cover - pytest < 7.2
+
+
 def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:
     skip_aio = pytest.mark.skip(reason="the connector's async API needs Python 3.11+ and connector 3.x")
     for item in items:
         if "aio" in item.keywords and not HAS_AIO:
             item.add_marker(skip_aio)
+    if quick_run(config):
+        left = [i for i in items if any(m in i.keywords for m in NOT_QUICK)]
+        if left:
+            config.hook.pytest_deselected(items=left)
+            items[:] = [i for i in items if not any(m in i.keywords for m in NOT_QUICK)]
 
 
-def openssl(*args: str, cwd: Any) -> None:
-    """Run the openssl CLI (test certificates); a failure keeps openssl's own stderr in the
-    message. Started through tests/subproc.py: openssl run from this process (which runs gRPC)
-    by a plain fork() on Python 3.9 could die with SIGABRT before it started (grpcio's fork
-    handlers; see tests/subproc.py)."""
-    import subproc
-
-    proc = subproc.run(["openssl", *args], cwd=cwd, capture_output=True, text=True, timeout=30)
-    if proc.returncode != 0:
-        raise AssertionError(f"openssl {' '.join(args[:2])} exited {proc.returncode}: "
-                             f"{proc.stderr.strip()[-2000:]}")
-
-
-def sink_options(**kw: Any) -> Any:
-    """The options a PrometheusSink reads, at their defaults, with ``kw`` on top."""
-    from e6observe.config import Options
-
-    base = dict(prometheus_port=None, prometheus_addr="127.0.0.1", registry=None,
-                tls_certfile=None, tls_keyfile=None, tls_client_cafile=None, basic_auth=None,
-                multiprocess_dir=None)
-    base.update(kw)
-    return Options(**base)
-
-
-def endpoint() -> str:
-    """The URL of the running ``instrument(prometheus_port=...)`` endpoint."""
-    from e6observe import _api
-
-    active = _api._active
-    assert active is not None
-    for component, obj, _ in active.sinks:
-        if component == "sink.prometheus":
-            return str(obj.server.url)
-    raise AssertionError("no metrics endpoint")
-
-
-def scrape() -> str:
-    """``/metrics`` of the running endpoint, as text."""
-    with urllib.request.urlopen(endpoint() + "/metrics", timeout=10) as r:
-        return str(r.read().decode())
-
-
-def status_doc() -> Any:
-    """``/status`` of the running endpoint, parsed."""
-    with urllib.request.urlopen(endpoint() + "/status", timeout=10) as r:
-        return json.loads(r.read().decode())
+def pytest_report_header(config: Any) -> Optional[str]:
+    if quick_run(config):
+        return ("e6observe: the quick set - slow and live tests left out; all of them: "
+                "pytest --all (./run test, CI)")
+    return None

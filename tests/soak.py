@@ -40,7 +40,11 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Optional
 
-from tests import chaos  # run as ``python -m tests.soak`` from the repository root
+# Run as ``python -m tests.soak`` from the repository root. The test helpers import one another
+# by module name, as under pytest (which puts tests/ on the path).
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import chaos  # noqa: E402
+from helpers import wait_for  # noqa: E402
 
 MIB = 1024 * 1024
 USER = "soak-{}@example.com"
@@ -384,7 +388,7 @@ class Chaos(threading.Thread):
     # -- waits ------------------------------------------------------------------------------
     def follow(self) -> bool:
         """Wait until the connector holds the simulator's colour (it learns through traffic)."""
-        ok = chaos.wait_until(lambda: cache_active() == self.colour, self.FOLLOW_TIMEOUT, 0.01)
+        ok = wait_for(lambda: cache_active() == self.colour, self.FOLLOW_TIMEOUT, 0.01)
         if not ok:
             self.follow_timeouts += 1
         return ok
@@ -401,7 +405,7 @@ class Chaos(threading.Thread):
         deadline = time.monotonic() + self.SETTLE_TIMEOUT
         workers = self.soak.workers
         while time.monotonic() < deadline:
-            if not chaos.wait_until(lambda: cache_active() == self.colour,
+            if not wait_for(lambda: cache_active() == self.colour,
                                     max(0.0, deadline - time.monotonic()), 0.01):
                 break
             m0 = int(sim.counters()["mismatches_total"])
@@ -410,7 +414,7 @@ class Chaos(threading.Thread):
             def each_did_one(marks: list[int] = marks) -> bool:
                 return all(w.done >= m + 1 or not w.is_alive() for w, m in zip(workers, marks))
 
-            if not chaos.wait_until(each_did_one, max(0.0, deadline - time.monotonic()), 0.01):
+            if not wait_for(each_did_one, max(0.0, deadline - time.monotonic()), 0.01):
                 break
             if int(sim.counters()["mismatches_total"]) == m0 and cache_active() == self.colour:
                 return True
@@ -422,7 +426,7 @@ class Chaos(threading.Thread):
         sim = self.soak.sim
         before = int(sim.counters()["faults_injected"])
         sim.inject_fault(method, code, details, count)
-        if not chaos.wait_until(lambda: int(sim.counters()["faults_injected"]) - before >= count,
+        if not wait_for(lambda: int(sim.counters()["faults_injected"]) - before >= count,
                                 self.CONSUME_TIMEOUT, 0.05):
             sim.clear_faults()
         return int(sim.counters()["faults_injected"]) - before
@@ -434,7 +438,7 @@ class Chaos(threading.Thread):
         to = sim.announce()
         # The connector applies an announced colour once its queries drained (or when a
         # connection logs in while it is pending); give it most of the half period.
-        applied = chaos.wait_until(lambda: cache_active() == to,
+        applied = wait_for(lambda: cache_active() == to,
                                    self.soak.opts.switch_every * 0.4, 0.01)
         if applied:
             self.applied_before_retire += 1
@@ -470,7 +474,7 @@ class Chaos(threading.Thread):
         self.soak.sim.restart()
         took = time.monotonic() - t
         ok0 = self.soak.completed()
-        back = chaos.wait_until(lambda: self.soak.completed() > ok0, 30.0, 0.05)
+        back = wait_for(lambda: self.soak.completed() > ok0, 30.0, 0.05)
         return {"settled": settled, "restart_seconds": round(took, 3), "recovered": back}
 
 
@@ -656,8 +660,9 @@ class Soak:
 
     # -- main --------------------------------------------------------------------------------
     def run(self) -> Report:
-        from e6observe import _api, _safe, status
+        from e6observe import _api, _safe
         from e6observe._api import instrument, uninstrument  # e6observe.instrument, typed
+        from e6observe.endpoint import status
 
         opts = self.opts
         report = Report(options=asdict(opts))
@@ -825,7 +830,7 @@ class Soak:
         dropped = {k[0]: int(v) for k, v in chaos.counter_values(rec, M.EVENTS_DROPPED).items()}
         # every event reached the subscriber or was counted as dropped (the dispatcher may still
         # be delivering its last batch)
-        chaos.wait_until(lambda: tap.received + dropped.get("dispatch", 0) >= ring.emitted, 10.0)
+        wait_for(lambda: tap.received + dropped.get("dispatch", 0) >= ring.emitted, 10.0)
         prom_events = sum(v for _, v in samples(parsed, M.EVENTS.prom_name + "_total"))
         prom_dropped = {lab["sink"]: int(v)
                         for lab, v in samples(parsed, M.EVENTS_DROPPED.prom_name + "_total")}
@@ -833,7 +838,7 @@ class Soak:
         st = json.loads(body_s).get("events", {}) if code_s == 200 else {}
         # The stream has sent everything once every id arrived (or it stopped); an event evicted
         # before the stream read it never arrives, and then this waits the bound out.
-        chaos.wait_until(lambda: follower.received >= ring.emitted or not follower.is_alive(), 15.0)
+        wait_for(lambda: follower.received >= ring.emitted or not follower.is_alive(), 15.0)
         missing, beyond = follower.missing(emitted), follower.beyond(emitted)
         f["events"] = {"emitted": emitted, "kept": kept, "evicted": evicted, "capacity": ring.capacity,
                        "dropped": dropped, "by_kind": dict(tap.kinds),

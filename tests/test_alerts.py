@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import yaml
+from helpers import need_binary
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # dashboards/ is a source tree, not an installed package
@@ -31,9 +32,7 @@ ALERTS_DOC = ROOT / "docs" / "alerts.md"
 
 
 def promtool(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
-    exe = shutil.which("promtool")
-    if exe is None:
-        pytest.fail("promtool not found: apt-get install prometheus (./run test does this as root)")
+    exe = need_binary("promtool", install="apt-get install prometheus (./run test does this as root)")
     return subprocess.run([exe, *args], capture_output=True, text=True, timeout=120, cwd=cwd)
 
 

@@ -6,7 +6,7 @@ import argparse
 
 import pytest
 
-from e6observe import _argtypes as A
+from e6observe.cli import _argtypes as A
 
 
 @pytest.mark.matrix

@@ -22,6 +22,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 MODES = ("bare", "bare-ctl", "e6o-full", "e6o-prom", "otel-grpc")
+# One benchmark run (--quick) for the whole file: tens of seconds.
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")

@@ -29,7 +29,7 @@ import sys
 from typing import Any, Callable, Iterator
 
 import pytest
-from conftest import HAS_AIO, PASSWORD, USER
+from helpers import HAS_AIO, PASSWORD, USER
 
 import e6observe
 from e6observe.sim import Simulator

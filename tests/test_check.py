@@ -10,13 +10,14 @@ from typing import Any
 
 import pytest
 import subproc
-from conftest import PASSWORD, USER, login_errors_surface
+from helpers import PASSWORD, USER, login_errors_surface
 
 from e6observe import cli
-from e6observe._connopts import (
+from e6observe.cli._connopts import (
     Credentials,
     UsageError,
     describe_error,
+    first_scalar,
     load_credentials,
     parse_credentials_file,
 )
@@ -235,3 +236,14 @@ def test_ssl_cert_without_secure_is_usage_error(sim: Simulator, creds_env: None,
     cert.write_text("-----BEGIN CERTIFICATE-----\n")
     code, out = run_check(sim, capsys, "--ssl-cert", str(cert))
     assert code == 2 and "--ssl-cert needs --secure" in out
+
+
+def test_first_scalar_reads_the_first_value_whatever_the_nesting() -> None:
+    # check and probe read SELECT 1 through it: the connector's fetchone is [[v]], fetchall
+    # [(v, ...), ...]; an empty result stays what it is (the step then reports it).
+    assert first_scalar([[1]]) == 1
+    assert first_scalar([(7, 8), (9, 10)]) == 7
+    assert first_scalar(((("x",),),)) == "x"
+    assert first_scalar([]) == []
+    assert first_scalar(None) is None
+    assert first_scalar([[]]) == []

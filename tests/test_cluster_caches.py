@@ -10,8 +10,8 @@ import re
 from typing import Any, Iterator
 
 import pytest
-from conftest import PASSWORD, USER, scrape, status_doc
 from e6data_python_connector import e6data_grpc
+from helpers import PASSWORD, USER, scrape, status_doc
 
 import e6observe
 from e6observe import _safe
@@ -173,6 +173,7 @@ def test_rejected_reasons_are_bounded() -> None:
 @pytest.mark.parametrize("value,reason", [("purple", "unknown"), (" green ", "padded"),
                                           ("g" * 10_240, "oversized")],
                          ids=["purple", "padded", "10kB"])
+@pytest.mark.slow
 def test_rejected_value_is_reported_before_the_connectors_recursion(
         sim: Simulator, rec: Recorder, value: str, reason: str) -> None:
     sim.announce("green")

@@ -16,7 +16,8 @@ from typing import Any, Callable, Iterator
 
 import grpc
 import pytest
-from conftest import (
+from e6data_python_connector import e6data_grpc
+from helpers import (
     PASSWORD,
     USER,
     endpoint,
@@ -24,8 +25,8 @@ from conftest import (
     resumes_inside_the_login_loop,
     scrape,
     status_doc,
+    wait_for,
 )
-from e6data_python_connector import e6data_grpc
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -84,14 +85,6 @@ def hists(rec: Recorder, spec: M.MetricSpec) -> dict[tuple[str, ...], int]:
     return {k: h.count for k, h in rec.family(spec).items() if h.count}  # type: ignore[attr-defined]
 
 
-def wait_for(pred: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
-
-
 class App:
     """An application: ``threads`` threads running queries, each reconnecting after an error
     (a session opened before a suspension gets the 503 itself: only a new login resumes)."""
@@ -143,9 +136,9 @@ class App:
 def suspend_and_wait(sim: Simulator, ok_before: Callable[[], int], n: int) -> None:
     """Suspend; wait until the simulator counted the n-th resume, is active, and queries run."""
     sim.suspend()
-    wait_for(lambda: sim.counters()["resumes"] == n and not sim.suspended, f"resume {n}")
+    wait_for(lambda: sim.counters()["resumes"] == n and not sim.suspended, 20, what=f"resume {n}")
     done = ok_before()
-    wait_for(lambda: ok_before() > done + 5, f"queries after resume {n}")
+    wait_for(lambda: ok_before() > done + 5, 20, what=f"queries after resume {n}")
 
 
 def check_two_resumes(rec: Recorder) -> None:
@@ -195,7 +188,7 @@ def check_two_resumes(rec: Recorder) -> None:
 def test_two_suspensions_under_load_are_two_resumes(sim: Simulator, plain: Recorder) -> None:
     sim.set_resume(RESUME_S)
     with App(sim) as app:
-        wait_for(lambda: app.ok > 10, "queries")
+        wait_for(lambda: app.ok > 10, 20, what="queries")
         for n in (1, 2):
             suspend_and_wait(sim, lambda: app.ok, n)
     check_two_resumes(plain)

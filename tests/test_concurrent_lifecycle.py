@@ -17,8 +17,8 @@ from typing import Any, Callable, Iterator
 
 import grpc
 import pytest
-from chaos import e6observe_threads, identity_changes, identity_snapshot, query, wait_until
-from conftest import HAS_AIO
+from chaos import identity_changes, identity_snapshot, query
+from helpers import HAS_AIO, e6observe_threads, wait_for
 
 import e6observe
 from e6observe import _safe
@@ -59,6 +59,7 @@ def the_queries(i: int) -> list[str]:
 
 
 @pytest.mark.matrix
+@pytest.mark.slow
 def test_queries_in_16_threads_while_instrument_and_uninstrument_cycle(
         sim: Simulator, connect: Callable[..., Any]) -> None:
     original = identity_snapshot()
@@ -92,7 +93,7 @@ def test_queries_in_16_threads_while_instrument_and_uninstrument_cycle(
     def progress() -> bool:
         """Every thread finishes at least one more round from now on (within the deadline)."""
         mark = list(done)
-        return wait_until(lambda: all(d > m for d, m in zip(done, mark)) or bool(failures),
+        return wait_for(lambda: all(d > m for d, m in zip(done, mark)) or bool(failures),
                           DEADLINE_S)
 
     from opentelemetry.sdk.trace import TracerProvider

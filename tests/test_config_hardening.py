@@ -13,7 +13,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from e6observe.config import ConfigError, Options
-from e6observe.server import MetricsServer
+from e6observe.endpoint.server import MetricsServer
 
 SECRET = "canary-Pa55w0rd-blank"
 

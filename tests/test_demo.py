@@ -22,7 +22,7 @@ import pytest
 import subproc
 
 from e6observe import cli
-from e6observe.demo import DEMO_PASSWORD
+from e6observe.cli.demo import DEMO_PASSWORD
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -79,6 +79,7 @@ def switches_total(url: str) -> float:
                re.finditer(r"^e6data_strategy_switches_total\{[^}]*\} (\S+)$", body, re.M))
 
 
+@pytest.mark.slow
 def test_demo_switches_show_on_metrics_during_the_run() -> None:
     demo = Demo("--duration", "12", "--flip-every", "4", "--threads", "2",
                 "--metrics-port", "0")
@@ -114,6 +115,7 @@ def test_demo_switches_show_on_metrics_during_the_run() -> None:
 
 
 @pytest.mark.matrix
+@pytest.mark.slow
 def test_demo_ends_cleanly_on_sigterm() -> None:
     demo = Demo("--duration", "0", "--flip-every", "1", "--threads", "2", "--metrics-port", "0")
     try:
@@ -160,6 +162,7 @@ def run_on_terminal(columns: int, *args: str) -> tuple[int, str]:
     return rc, b"".join(chunks).decode(errors="replace")
 
 
+@pytest.mark.slow
 def test_demo_redraws_in_place_on_an_80_column_terminal() -> None:
     rc, screen = run_on_terminal(80, "--duration", "3", "--flip-every", "1", "--threads", "1",
                                  "--metrics-port", "0")
@@ -179,6 +182,7 @@ def test_demo_redraws_in_place_on_an_80_column_terminal() -> None:
     assert deploy and all(re.search(r"\d+ announced, \d+ abrupt$", line) for line in deploy)
 
 
+@pytest.mark.slow
 def test_demo_uses_a_wide_terminal() -> None:
     rc, screen = run_on_terminal(132, "--duration", "2", "--threads", "1", "--metrics-port", "0")
     assert rc == 0, screen
@@ -238,7 +242,7 @@ def test_a_bad_environment_option_is_one_line_exit_2(monkeypatch: pytest.MonkeyP
 def test_the_summary_says_why_the_connectors_counts_differ_from_the_clusters() -> None:
     """The issue's run: the cluster made 3 announced and 2 abrupt deployments, the connector saw
     announced 1, mismatch 4."""
-    from e6observe.demo import Deployer, explain
+    from e6observe.cli.demo import Deployer, explain
 
     dep = Deployer(sim=None, every=10.0, abrupt_every=3)
     dep.announced, dep.abrupt = 3, 2
@@ -263,7 +267,7 @@ def test_the_summary_says_why_the_connectors_counts_differ_from_the_clusters() -
 
 
 def test_failed_queries_are_counted_by_cause() -> None:
-    from e6observe.demo import FAILURE_CAUSES, failure_cause
+    from e6observe.cli.demo import FAILURE_CAUSES, failure_cause
 
     class Rpc(Exception):
         def code(self) -> object:

@@ -23,7 +23,7 @@ from types import ModuleType
 from typing import Any, Iterator
 
 import pytest
-from conftest import PASSWORD, USER
+from helpers import PASSWORD, USER
 
 from e6observe import metrics as M
 from e6observe.config import ENV_OPTION_NAMES, ENV_PREFIX, OPTION_NAMES, Options

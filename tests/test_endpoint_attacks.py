@@ -22,13 +22,13 @@ from typing import Any, Callable, Iterator, Optional
 
 import attacks
 import pytest
-from conftest import openssl
+from helpers import openssl, wait_for
 from prometheus_client import CollectorRegistry, Counter
 
-from e6observe import server as server_mod
-from e6observe import status
+from e6observe.endpoint import server as server_mod
+from e6observe.endpoint import status
+from e6observe.endpoint.server import MetricsServer
 from e6observe.recorder import Recorder
-from e6observe.server import MetricsServer
 
 AUTH = "scraper:canary-Pa55w0rd-attack"
 
@@ -178,6 +178,7 @@ def _slowloris_variant(port: int, ctx: Any, auth: Optional[str],
     return results, opened
 
 
+@pytest.mark.slow
 def test_scrapes_get_through_slowloris_plain_auth_tls_and_instrument(
         serve: Callable[..., MetricsServer], certs: dict[str, str]) -> None:
     """Issue 12 (2): 64 trickling connections; >= 95 % of scrapes succeed in every mode."""
@@ -260,13 +261,6 @@ def test_the_listen_backlog_holds_a_burst() -> None:
 
 
 # -- event streams ------------------------------------------------------------------------------
-@pytest.fixture
-def rec() -> Iterator[Recorder]:
-    r = Recorder()
-    yield r
-    r.stop()
-
-
 def _open_stream(port: int, rcvbuf: Optional[int] = None) -> socket.socket:
     s = socket.socket()
     if rcvbuf:
@@ -277,15 +271,6 @@ def _open_stream(port: int, rcvbuf: Optional[int] = None) -> socket.socket:
     return s
 
 
-def _wait(cond: Callable[[], bool], seconds: float) -> bool:
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        if cond():
-            return True
-        time.sleep(0.02)
-    return cond()
-
-
 def test_clients_that_never_read_cannot_hold_the_stream_slots(rec: Recorder) -> None:
     srv = MetricsServer(CollectorRegistry(), port=0).start()
     app = status.EventStreamApp(rec, evict_after=0.3)  # the default 16 slots
@@ -293,7 +278,7 @@ def test_clients_that_never_read_cannot_hold_the_stream_slots(rec: Recorder) -> 
     srv.add_route("/events", app)
     idle = [_open_stream(srv.port) for _ in range(status.MAX_STREAMS)]  # they never read
     try:
-        assert _wait(lambda: app.open_streams == status.MAX_STREAMS, 10)
+        assert wait_for(lambda: app.open_streams == status.MAX_STREAMS, 10)
         time.sleep(0.35)
         fresh = _open_stream(srv.port)
         fresh.settimeout(5)
@@ -315,12 +300,12 @@ def test_a_stream_whose_client_does_not_read_is_dropped_after_the_write_deadline
     srv.add_route("/events", app)
     s = _open_stream(srv.port, rcvbuf=4096)  # never reads
     try:
-        assert _wait(lambda: app.open_streams == 1, 10)
+        assert wait_for(lambda: app.open_streams == 1, 10)
         for i in range(3000):  # far more than a small socket buffer holds
             rec.detected("green" if i % 2 else "blue")
             if app.open_streams == 0:
                 break
-        assert _wait(lambda: app.open_streams == 0, 15)
+        assert wait_for(lambda: app.open_streams == 0, 15)
     finally:
         s.close()
         app.close()
@@ -390,7 +375,7 @@ def test_no_thread_outlives_an_attack_by_more_than_the_head_deadline(
     srv = serve(head_timeout=0.5)
     with attacks.Slowloris(srv.port, connections=20, interval=0.2, max_seconds=1.0):
         time.sleep(1.0)
-    assert _wait(lambda: not [t for t in threading.enumerate()
+    assert wait_for(lambda: not [t for t in threading.enumerate()
                               if t.name == "e6observe-http-conn"], 10)
 
 
@@ -401,7 +386,7 @@ if os.name != "posix":  # pragma: no cover
 def test_retrying_a_taken_port_leaks_no_descriptors(registry: CollectorRegistry) -> None:
     """Multi-process workers retry the port every watcher interval: each failed start must give
     back what it opened (the listening socket, the wake-up socket pair)."""
-    from e6observe.server import MetricsServerError
+    from e6observe.endpoint.server import MetricsServerError
 
     taken = MetricsServer(registry, port=0).start()
     try:

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from e6observe import status
+from e6observe.endpoint import status
 from e6observe.events import Event, EventRing
 from e6observe.recorder import Recorder
 

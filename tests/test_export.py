@@ -5,15 +5,15 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import need_binary
 
-from e6observe import export
+from e6observe.cli import export
 from e6observe.cli import main as cli
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,9 +33,7 @@ pytestmark = pytest.mark.timeout(120)
 
 
 def promtool(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    exe = shutil.which("promtool")
-    if exe is None:  # pragma: no cover - ./run test installs prometheus
-        pytest.fail("promtool not installed (apt-get install prometheus)")
+    exe = need_binary("promtool", install="apt-get install prometheus (./run test does this as root)")
     return subprocess.run([exe, *args], capture_output=True, text=True, timeout=60, cwd=cwd)
 
 
@@ -148,7 +146,7 @@ def _panel_queries(d: dict[str, Any]) -> list[str]:
     return out
 
 
-@pytest.mark.slow_build
+@pytest.mark.slow
 def test_the_built_wheel_exports_without_a_checkout(tmp_path: Path) -> None:
     """pip install <wheel> into a fresh venv (no checkout on the path), export, promtool."""
     wheel_dir = tmp_path / "wheel"

@@ -18,8 +18,8 @@ from typing import Any, Callable, Iterator
 
 import pytest
 from chaos import Rig, http_get, scenario
-from conftest import PASSWORD, USER, reset_connector_cache
 from e6data_python_connector import e6data_grpc
+from helpers import PASSWORD, USER, reset_connector_cache
 
 from e6observe import _safe
 from e6observe.sim import Simulator
@@ -94,7 +94,7 @@ FAULTS: dict[str, tuple[str, ...]] = {
     "e6observe.tracing:QueryTracer._on_event": ("event.subscriber",),
     "e6observe.sinks.otel:OtelSink._on_event": ("event.subscriber",),
     "e6observe.sinks.otel:_log_record": ("sink.otel.logs",),
-    "e6observe.status:_Notifier.__call__": ("event.subscriber",),
+    "e6observe.endpoint.status:_Notifier.__call__": ("event.subscriber",),
     # OpenTelemetry metric collection
     "e6observe.sinks.otel:OtelSink._drain": ("sink.otel.metrics",),
     "e6observe.sinks.otel:OtelSink._observe_counter": ("sink.otel.metrics",),
@@ -104,14 +104,14 @@ FAULTS: dict[str, tuple[str, ...]] = {
     "e6observe.recorder:Recorder.state": ("sink.prometheus", "server", "sink.otel.metrics"),
     "e6observe.watcher:Watcher.readings": ("watcher.collect", "watcher.otel"),
     # the status page's JSON
-    "e6observe.status:build_status": ("server",),
+    "e6observe.endpoint.status:build_status": ("server",),
     # the watcher thread's iteration
     "e6observe.watcher:Watcher.run_once": ("watcher",),
 }
 #: Faults whose code runs once per scenario (the first strategy learned, one announcement...).
 ONCE = {"e6observe.recorder:Recorder.detected", "e6observe.recorder:Recorder.announced",
         "e6observe.sinks.otel:OtelSink._drain", "e6observe.recorder:Recorder.state",
-        "e6observe.watcher:Watcher.readings", "e6observe.status:build_status",
+        "e6observe.watcher:Watcher.readings", "e6observe.endpoint.status:build_status",
         "e6observe.hooks.strategy_cache:_Interpreter._on_pending"}
 
 # Faults run together in groups whose components are disjoint, so every count is still
@@ -123,10 +123,10 @@ GROUPS: list[list[str]] = [
      "e6observe.sinks.otel:_log_record", "e6observe.sinks.otel:OtelSink._drain",
      "e6observe.sinks.scrape:_histogram_rows", "e6observe.watcher:Watcher.run_once"],
     ["e6observe.recorder:Histogram.observe", "e6observe.recorder:Recorder.announced",
-     "e6observe.sinks.otel:OtelSink._on_event", "e6observe.status:build_status",
+     "e6observe.sinks.otel:OtelSink._on_event", "e6observe.endpoint.status:build_status",
      "e6observe.watcher:Watcher.readings"],
     ["e6observe.recorder:Recorder.mismatch", "e6observe.recorder:Recorder.query_finished",
-     "e6observe.recorder:Recorder.applied", "e6observe.status:_Notifier.__call__",
+     "e6observe.recorder:Recorder.applied", "e6observe.endpoint.status:_Notifier.__call__",
      "e6observe.sinks.otel:OtelSink._observe_counter",
      "e6observe.sinks.scrape:counter_family"],
     ["e6observe.events:EventRing.append", "e6observe.recorder:Recorder.state"],
@@ -213,14 +213,15 @@ def test_faults_are_contained_counted_and_logged_once(
 
 def _wait_for_watcher(rig: Rig) -> bool:
     """Wait (bounded) for a few watcher iterations, so a broken iteration is hit repeatedly."""
-    from chaos import sink, wait_until
+    from chaos import sink
+    from helpers import wait_for
 
     watcher = sink("watcher")
     if watcher is None:
         return False
     start = _safe.internal_errors().get("watcher", 0)
     first = watcher.iterations
-    return wait_until(lambda: watcher.iterations >= first + 3
+    return wait_for(lambda: watcher.iterations >= first + 3
                       or _safe.internal_errors().get("watcher", 0) >= start + 3, timeout=10)
 
 

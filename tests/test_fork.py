@@ -19,8 +19,8 @@ from types import SimpleNamespace
 from typing import Any, Callable, Iterator
 
 import pytest
-from conftest import PASSWORD, USER
 from e6data_python_connector import e6data_grpc
+from helpers import PASSWORD, USER, wait_for
 
 from e6observe import _fork, _forkhazards, _safe
 from e6observe import metrics as M
@@ -88,15 +88,6 @@ def in_child(fn: Callable[..., Any], on_signal: Callable[[], None] | None = None
     out = json.loads(b"".join(chunks))
     assert out["ok"], out.get("tb")
     return out["value"]
-
-
-def wait_for(cond: Callable[[], bool], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.005)
-    return cond()
 
 
 def query(conn: Any, sql: str = "SELECT 1", clear: bool = True) -> Any:
@@ -324,7 +315,7 @@ def test_each_component_resets_its_own_state_in_a_real_fork(
     """Every lock a parent thread holds at the fork is a fresh, free one in the child; stores
     start from zero, sinks re-key, the watcher runs again; the parent keeps all of its own."""
     cp = pytest.importorskip("e6data_python_connector.connection_pool")
-    from conftest import sink_options
+    from helpers import sink_options
 
     from e6observe.hooks import pool as P
     from e6observe.sinks.prometheus import PrometheusSink
@@ -516,7 +507,7 @@ def test_a_store_nobody_resets_keeps_the_parents_counts_out_of_the_childs_file(
     """A sink over a recorder that no component resets (not the current one, no watcher): the
     child's recorder still holds the parent's counts, and the sink's own fork reset (phase
     ``sinks``) takes them as its baseline, so one scrape counts them once."""
-    from conftest import sink_options
+    from helpers import sink_options
     from prometheus_client import generate_latest
     from prometheus_client.parser import text_string_to_metric_families
 

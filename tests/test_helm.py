@@ -200,12 +200,13 @@ if __name__ == "__main__":
 # =============================================================================================
 import pytest  # noqa: E402
 import yaml  # noqa: E402
+from helpers import unavailable  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def report() -> dict[str, Any]:
     if not TOOLS_PY.exists():
-        pytest.fail(".venv-tools is missing: ./run test builds it from scripts/tools-venv.txt "
+        unavailable(".venv-tools is missing: ./run test builds it from scripts/tools-venv.txt "
                     "(Python 3.12 venv; helm-sdkpy needs >= 3.12)")
     env = dict(os.environ, PYTHONPATH="")
     r = subprocess.run([str(TOOLS_PY), str(Path(__file__))], capture_output=True, text=True,
@@ -260,7 +261,7 @@ def test_lint_with_values_is_clean_and_every_object_validates(report: dict[str, 
 def test_the_validators_catch_what_they_claim_to() -> None:
     # The same checks as the report, run on broken objects: they must fail.
     if not TOOLS_PY.exists():
-        pytest.fail(".venv-tools is missing (see the report fixture)")
+        unavailable(".venv-tools is missing: ./run test builds it from scripts/tools-venv.txt")
     r = subprocess.run([str(TOOLS_PY), str(Path(__file__)), "--selftest"], capture_output=True,
                        text=True, timeout=120, cwd=ROOT)
     assert r.returncode == 0, r.stderr[-2000:]

@@ -11,9 +11,9 @@ from typing import Any, Callable, Iterator
 
 import grpc
 import pytest
-from conftest import connector_version
 from e6data_python_connector import e6data_grpc as g
 from e6data_python_connector.server import e6x_engine_pb2 as pb
+from helpers import connector_version
 
 from e6observe import _safe
 from e6observe import metrics as M

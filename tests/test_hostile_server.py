@@ -22,8 +22,8 @@ from typing import Any, Callable, Optional
 import grpc
 import pytest
 from chaos import Rig, counter_values, outcome, query
-from conftest import PASSWORD, USER, reset_connector_cache
 from e6data_python_connector import e6data_grpc
+from helpers import PASSWORD, USER, reset_connector_cache
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
@@ -166,6 +166,7 @@ def new_strategy_script(raw: str) -> Callable[[Simulator], list[tuple[Any, ...]]
 
 @pytest.mark.matrix
 @pytest.mark.parametrize("raw", list(HOSTILE_STRATEGIES.values()), ids=list(HOSTILE_STRATEGIES))
+@pytest.mark.slow
 def test_hostile_new_strategy(raw: str) -> None:
     bare, seen, rig, outputs, errors = run_twice(new_strategy_script(raw))
     assert seen == bare  # the application's view, step by step, and the connector's cache
@@ -251,6 +252,7 @@ def details_script(method: str, code: grpc.StatusCode, details: str
 @pytest.mark.matrix
 @pytest.mark.parametrize("method,code,details", NEAR_MISSES,
                          ids=[f"{m}-{c.name}-{d[:14]!r}" for m, c, d in NEAR_MISSES])
+@pytest.mark.slow
 def test_error_details_that_almost_say_456(method: str, code: grpc.StatusCode, details: str) -> None:
     bare, seen, rig, outputs, errors = run_twice(details_script(method, code, details))
     assert seen == bare

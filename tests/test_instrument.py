@@ -12,6 +12,7 @@ import threading
 import time
 from typing import Any, Callable, Iterator
 
+import helpers
 import pytest
 from e6data_python_connector import e6data_grpc
 
@@ -58,12 +59,10 @@ def client_active() -> Any:
 
 
 def wait_for(pred: Callable[[], bool], timeout: float = 15.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            cache = dict(e6data_grpc._local_strategy_cache)
-            raise AssertionError(f"timed out waiting for {what}; connector cache: {cache}")
-        time.sleep(0.005)
+    """helpers.wait_for, with the connector's cache in the message of a timeout."""
+    if not helpers.wait_for(pred, timeout):
+        cache = dict(e6data_grpc._local_strategy_cache)
+        raise AssertionError(f"timed out waiting for {what}; connector cache: {cache}")
 
 
 class Workload:
@@ -348,7 +347,7 @@ def test_rpc_errors_pass_through_as_the_connectors_own_type(
 
 def test_v2_results_prefetch_futures_and_a_failed_fetch_end_the_query(
         sim: Simulator, connect: Callable[..., Any], instrument: Callable[..., Recorder]) -> None:
-    from conftest import connector_version
+    from helpers import connector_version
 
     if connector_version() < (3, 0, 1):
         pytest.skip("v2 results arrived in connector 3.0.1")

@@ -12,7 +12,7 @@ import time
 from typing import Any, Awaitable, Callable, Iterator
 
 import pytest
-from conftest import PASSWORD, USER
+from helpers import PASSWORD, USER
 
 import e6observe
 from e6observe import _safe

@@ -13,8 +13,8 @@ from typing import Any, Callable, Iterator
 
 import pytest
 import subproc
-from conftest import HAS_AIO
 from e6data_python_connector import e6data_grpc
+from helpers import HAS_AIO, e6observe_threads
 from prometheus_client import CollectorRegistry
 
 import e6observe
@@ -77,11 +77,6 @@ def query(conn: Any, sql: str = "SELECT 1") -> Any:
     rows = cur.fetchall()
     cur.clear()
     return rows
-
-
-def e6observe_threads() -> list[str]:
-    return sorted(t.name for t in threading.enumerate() if t.name.startswith("e6observe")
-                  and not t.name.startswith("e6observe-sim"))
 
 
 @pytest.mark.matrix

@@ -11,12 +11,12 @@ The probe's entries are exported by the ``e6observe probe`` command's own collec
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pytest
 from conftest import PASSWORD, USER
+from helpers import wait_for
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from prometheus_client import CollectorRegistry, generate_latest
@@ -79,15 +79,6 @@ def record_every_recorder_family(rec: Recorder) -> None:
 
 def missing_on_prometheus(names: set[str], specs: Any) -> list[str]:
     return [s.prom_name for s in specs if not set(s.exposed_names) <= names]
-
-
-def wait_for(cond: Callable[[], bool], timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.05)
-    return cond()
 
 
 @pytest.fixture
@@ -161,10 +152,10 @@ def test_the_sinks_render_what_the_table_says() -> None:
 def test_every_entry_is_exported_by_prometheus_and_opentelemetry(instrumented: Callable[..., Any]) -> None:
     _, registry, reader = instrumented()
     specs = [s for s in M.ALL if s.source != "probe"]
-    wait_for(lambda: not missing_on_prometheus(sample_names(registry), specs))
+    wait_for(lambda: not missing_on_prometheus(sample_names(registry), specs), timeout=20.0)
     assert missing_on_prometheus(sample_names(registry), specs) == []
     want = {s.otel_name for s in specs if s.otel_name}
-    wait_for(lambda: want <= otel_names(reader))
+    wait_for(lambda: want <= otel_names(reader), timeout=20.0)
     assert sorted(want - otel_names(reader)) == []
 
 
@@ -175,15 +166,15 @@ def test_every_entry_is_exported_by_the_multiprocess_merge(
     specs = [s for s in M.ALL if s.source != "probe"]
     # Per-process readings reach the merged scrape through this process's state file, which
     # the watcher publishes once per interval.
-    wait_for(lambda: not missing_on_prometheus(sample_names(registry), specs))
+    wait_for(lambda: not missing_on_prometheus(sample_names(registry), specs), timeout=20.0)
     assert missing_on_prometheus(sample_names(registry), specs) == []
     text = generate_latest(registry).decode()
     assert 'process_threads{pid="' in text  # a reading, merged: labelled with its process
 
 
 def test_the_probe_entries_are_exported_by_the_probe(sim: Any) -> None:
-    from e6observe._connopts import ConnectionOptions, Credentials
-    from e6observe.probe import ProbeCollector, Prober, register_otel
+    from e6observe.cli._connopts import ConnectionOptions, Credentials
+    from e6observe.cli.probe import ProbeCollector, Prober, register_otel
     from e6observe.sinks.otel import OtelSink
 
     rec = Recorder()

@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 import pytest
 import requests
-from conftest import sink_options as opts
+from helpers import sink_options as opts
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.parser import text_string_to_metric_families

@@ -32,13 +32,6 @@ IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 
 
 @pytest.fixture
-def rec() -> Iterator[Recorder]:
-    r = Recorder()
-    yield r
-    r.stop()
-
-
-@pytest.fixture
 def d(tmp_path: Path) -> Path:
     p = tmp_path / "mp"
     p.mkdir(mode=0o700)
@@ -189,7 +182,7 @@ def test_a_shared_directory_degrades_to_the_single_process_endpoint(
         assert "can be written by other users" in lines[0] and "0777" in lines[0]
         assert "prometheus_port" not in lines[0]  # not the port's fault
         assert os.listdir(d) == []  # nothing written into it
-        from e6observe.server import MetricsServer
+        from e6observe.endpoint.server import MetricsServer
 
         assert isinstance(sink.server, MetricsServer)
         import attacks
@@ -255,6 +248,7 @@ def _mp_attack(*args: str, timeout: float) -> dict[str, Any]:
 
 @pytest.mark.skipif(not IS_ROOT, reason="mounting a small tmpfs needs root")
 @pytest.mark.skipif(shutil.which("mount") is None, reason="no mount(8)")
+@pytest.mark.slow
 def test_merged_counters_never_decrease_on_a_nearly_full_filesystem() -> None:
     out = _mp_attack("fullfs", "--scrapes", "40", timeout=120)
     assert out["scrapes"] >= 36, out
@@ -264,6 +258,7 @@ def test_merged_counters_never_decrease_on_a_nearly_full_filesystem() -> None:
 
 @pytest.mark.skipif(not IS_ROOT, reason="switching to user nobody needs root")
 @pytest.mark.parametrize("sticky", [False, True])
+@pytest.mark.slow
 def test_nobody_planting_symlinks_writes_nothing_outside_the_directory(sticky: bool) -> None:
     import pwd
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
 import pytest
+from helpers import free_port, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
 APPS = Path(__file__).parent / "apps"
@@ -37,27 +37,12 @@ pytestmark = [
 import gunicorn  # noqa: E402, F401  (a test dependency: missing, this module fails, never skips)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def get(url: str, timeout: float = 10.0) -> tuple[int, bytes]:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as r:
             return r.status, r.read()
     except urllib.error.HTTPError as e:
         return e.code, e.read()
-
-
-def wait_for(cond: Callable[[], bool], timeout: float, step: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(step)
-    return cond()
 
 
 class App:
@@ -114,7 +99,7 @@ def app(sim: Any, tmp_path: Path) -> Iterator[App]:
             env=env, stdout=logf, stderr=subprocess.STDOUT, cwd=str(APPS))
     a = App(proc, app_port, metrics_port, log)
     try:
-        up = wait_for(lambda: proc.poll() is not None or _answers(a), timeout=60)
+        up = wait_for(lambda: proc.poll() is not None or _answers(a), timeout=60, interval=0.05)
         assert up and proc.poll() is None, log.read_text()[-3000:]
         yield a
     finally:
@@ -152,6 +137,7 @@ def by_pid(samples: list[Any], **labels: str) -> dict[int, float]:
             if all(s.labels.get(k) == v for k, v in labels.items())}
 
 
+@pytest.mark.slow
 def test_four_gunicorn_workers_one_scrape(app: App, sim: Any) -> None:
     master = app.proc.pid
     # Every worker serves queries on blue.
@@ -174,7 +160,8 @@ def test_four_gunicorn_workers_one_scrape(app: App, sim: Any) -> None:
         return sum(x.value for x in s.get("e6data_strategy_switches_total", []))
 
     expected = sum(own_counts.values())
-    assert wait_for(lambda: scraped_total() == expected, timeout=10), (scraped_total(), own_counts)
+    assert wait_for(lambda: scraped_total() == expected, timeout=10, interval=0.05), (
+        scraped_total(), own_counts)
     s1 = app.scrape()
     assert sum(x.value for x in s1["e6data_strategy_switches_total"]) == expected
     # Every worker, by pid, is on green: the switches came from every one of them.
@@ -194,7 +181,7 @@ def test_four_gunicorn_workers_one_scrape(app: App, sim: Any) -> None:
         beats = by_pid(app.scrape()["e6observe_watcher_last_run_timestamp_seconds"])
         return all(beats.get(p, 0) > beats1[p] for p in workers)
 
-    assert wait_for(advanced, timeout=10 * INTERVAL + 5)
+    assert wait_for(advanced, timeout=10 * INTERVAL + 5, interval=0.05)
     print(f"workers={sorted(workers)} own switches={own_counts} scraped total={expected} "
           f"master={master} green={sorted(green)}")
     # The master counted no switch of its own: the workers' counts are theirs alone.

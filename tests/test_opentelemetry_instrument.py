@@ -8,24 +8,18 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import subproc
+from helpers import free_port
 
 pytestmark = [pytest.mark.matrix, pytest.mark.timeout(120)]
 ROOT = Path(__file__).resolve().parents[1]
 APP = ROOT / "tests" / "apps" / "otel_workload.py"
 OTEL_INSTRUMENT = Path(sys.executable).with_name("opentelemetry-instrument")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def run_app(**env_extra: str) -> dict[str, Any]:
@@ -119,7 +113,7 @@ def test_instrumentor_api_passes_options_and_uninstruments() -> None:
 
 @pytest.mark.skipif(sys.version_info < (3, 10), reason="helper processes are told apart by sys.orig_argv")
 def test_decode_workers_and_multiprocessing_helpers_stay_inert() -> None:
-    from conftest import connector_version
+    from helpers import connector_version
 
     if connector_version() < (3, 0, 1):
         pytest.skip("v2 results (decode worker processes) arrived in connector 3.0.1")

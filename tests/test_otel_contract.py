@@ -301,14 +301,14 @@ def test_histogram_hand_off_exact_with_and_without_sdk_internals(
 
 # -- the async API (connector 3.x, Python 3.11+) -------------------------------------------------
 def _has_aio() -> bool:
-    from conftest import HAS_AIO
+    from helpers import HAS_AIO
 
     return bool(HAS_AIO)
 
 
 async def _aio_query(sim: Simulator, sql: str, catalog: str | None = None) -> Any:
-    from conftest import PASSWORD, USER
     from e6data_python_connector import aio
+    from helpers import PASSWORD, USER
 
     conn = await aio.connect(host=sim.host, port=sim.port, username=USER, password=PASSWORD,
                              catalog=catalog, database="sales" if catalog else None)

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from typing import Any, Callable, Iterator
 
 import pytest
-from conftest import PASSWORD, USER
+from helpers import PASSWORD, USER, wait_for
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -66,15 +65,6 @@ def scrape(rec: Recorder) -> dict[tuple[str, tuple[tuple[str, str], ...]], float
         for s in fam.samples:
             out[(s.name, tuple(sorted(s.labels.items())))] = s.value
     return out
-
-
-def wait_for(cond: Callable[[], bool], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.005)
-    return cond()
 
 
 @pytest.mark.matrix

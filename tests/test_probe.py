@@ -3,28 +3,20 @@
 from __future__ import annotations
 
 import argparse
-from typing import Iterator
 
 import pytest
-from conftest import PASSWORD, USER
+from helpers import PASSWORD, USER
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from e6observe import metrics as M
-from e6observe._connopts import ConnectionOptions, Credentials
-from e6observe.probe import ProbeCollector, Prober
+from e6observe.cli._connopts import ConnectionOptions, Credentials
+from e6observe.cli.probe import ProbeCollector, Prober
 from e6observe.recorder import Recorder
 from e6observe.sim import Simulator
 
 # Python 3.9 and connector 2.3.15 too (the legacy run of ./run test).
 pytestmark = pytest.mark.matrix
-
-
-@pytest.fixture
-def rec() -> Iterator[Recorder]:
-    r = Recorder()
-    yield r
-    r.stop()
 
 
 def opts_for(sim: Simulator, password: str = PASSWORD) -> ConnectionOptions:
@@ -156,7 +148,7 @@ def test_probe_success_is_exported_to_opentelemetry(sim: Simulator, rec: Recorde
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
-    from e6observe.probe import register_otel
+    from e6observe.cli.probe import register_otel
 
     reader = InMemoryMetricReader()
     provider = MeterProvider(metric_readers=[reader])

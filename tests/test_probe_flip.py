@@ -17,7 +17,7 @@ from typing import Iterator, Optional
 
 import pytest
 import subproc
-from conftest import PASSWORD, USER
+from helpers import PASSWORD, USER
 from prometheus_client.parser import text_string_to_metric_families
 
 from e6observe.sim import Simulator

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from typing import Iterator
 
 import pytest
+from helpers import need_binary
 from prometheus_client import CollectorRegistry, Gauge, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily
 
@@ -16,9 +16,7 @@ pytestmark = [pytest.mark.timeout(60), pytest.mark.minversions]
 
 
 def promtool_check(text: str) -> subprocess.CompletedProcess[str]:
-    promtool = shutil.which("promtool")
-    if promtool is None:  # pragma: no cover - ./run test installs prometheus (promtool)
-        pytest.fail("promtool not installed (apt-get install prometheus)")
+    promtool = need_binary("promtool", install="apt-get install prometheus (./run test does this as root)")
     return subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True,
                           text=True, timeout=30)
 

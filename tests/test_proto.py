@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import subproc
 from google.protobuf import json_format
+from helpers import unavailable
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -23,9 +24,18 @@ ROOT = Path(__file__).resolve().parents[1]
 GENERATED = ("e6observe/v1/events_pb2.py", "e6observe/v1/events_pb2.pyi")
 
 
+def protoc_python() -> str:
+    """The pinned generator's Python (``scripts/regen-proto --setup`` makes it)."""
+    py = os.environ.get("E6OBSERVE_PROTOC_PYTHON") or str(ROOT / ".venv-protoc" / "bin" / "python")
+    if not os.path.exists(py):
+        unavailable(f"{py} is missing; run: scripts/regen-proto --setup (./run test does)")
+    return py
+
+
 def test_committed_code_matches_a_fresh_generation(tmp_path: Path) -> None:
     """Fails when events.proto changed and scripts/regen-proto was not run (or the pinned
     generator changed). Needs the pinned grpcio-tools: ``scripts/regen-proto --setup``."""
+    protoc_python()
     proc = subproc.run(["bash", str(ROOT / "scripts" / "regen-proto"), "--out", str(tmp_path)],
                        capture_output=True, text=True, timeout=120)
     if proc.returncode != 0:
@@ -38,9 +48,7 @@ def test_committed_code_matches_a_fresh_generation(tmp_path: Path) -> None:
 
 def test_committed_code_runs_on_protobuf_4(tmp_path: Path) -> None:
     """The oldest protobuf major e6observe allows: the generator's venv has protobuf 4.x."""
-    py = os.environ.get("E6OBSERVE_PROTOC_PYTHON") or str(ROOT / ".venv-protoc" / "bin" / "python")
-    if not os.path.exists(py):
-        pytest.fail(f"{py} is missing; run: scripts/regen-proto --setup")
+    py = protoc_python()
     pkg = tmp_path / "e6observe" / "v1"
     pkg.mkdir(parents=True)
     (tmp_path / "e6observe" / "__init__.py").write_text("")

@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from e6observe._connopts import MASK, Credentials, describe_error, redact
+from e6observe.cli._connopts import MASK, Credentials, describe_error, redact
 
 #: Messages the connector, gRPC and the simulator really produce on the commands' paths.
 MESSAGES = [

@@ -26,8 +26,8 @@ from typing import Any, Callable, Optional
 
 import pytest
 from chaos import Rig, counter_values, outcome, query
-from conftest import USER
 from e6data_python_connector import e6data_grpc
+from helpers import USER
 
 import e6observe
 from e6observe import _api, _safe, tracing
@@ -199,11 +199,12 @@ def test_sanitized_text_never_keeps_a_literal() -> None:
 
 
 @pytest.mark.matrix
+@pytest.mark.slow
 def test_demo_screen_and_logs(caplog: pytest.LogCaptureFixture,
                               capfd: pytest.CaptureFixture[str]) -> None:
     """The demo in this process (live view as on a terminal), its Python logs at DEBUG and the
     process's stdout/stderr: the simulator user's password it logs in with never shows."""
-    from e6observe import demo
+    from e6observe.cli import demo
 
     for name in _LOGGERS:
         caplog.set_level(logging.DEBUG, logger=name)

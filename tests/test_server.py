@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import shutil
 import socket
 import ssl
 import threading
@@ -15,11 +14,11 @@ from typing import Any, Callable, Iterator
 
 import pytest
 import requests
-from conftest import openssl
+from helpers import need_binary, openssl
 from prometheus_client import CollectorRegistry, Counter
 
 from e6observe import _safe
-from e6observe.server import MetricsServer, MetricsServerError
+from e6observe.endpoint.server import MetricsServer, MetricsServerError
 
 PASSWORD = "canary-Pa55w0rd-7f3e"
 
@@ -54,8 +53,7 @@ def _openssl(*args: str, cwd: Path) -> None:
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """A throwaway CA, a server certificate for 127.0.0.1 and a client certificate."""
-    if shutil.which("openssl") is None:
-        pytest.fail("the TLS tests generate certificates with the openssl CLI; install openssl")
+    need_binary("openssl", install="apt-get install openssl (the TLS tests make their certificates with it)")
     d = tmp_path_factory.mktemp("certs")
     ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
     _openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",

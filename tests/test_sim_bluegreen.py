@@ -20,10 +20,10 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import grpc
 import pytest
-from conftest import PASSWORD, USER
 from e6data_python_connector import e6data_grpc
 from e6data_python_connector.server import e6x_engine_pb2 as pb
 from e6data_python_connector.server import e6x_engine_pb2_grpc as pb_grpc
+from helpers import PASSWORD, USER
 
 from e6observe.sim import MISMATCH_DETAILS, Simulator
 from e6observe.sim.server import ENGINE_METHODS, _Engine
@@ -331,6 +331,7 @@ def _run_threads(sim: Simulator, flips: int, think: float, drain: float
 
 
 @pytest.mark.matrix
+@pytest.mark.slow
 def test_eight_threads_across_five_announced_flips_follow_the_cluster(sim: Simulator) -> None:
     """With a little think time between queries the connector drains and flips gracefully.
 
@@ -350,6 +351,7 @@ def test_eight_threads_across_five_announced_flips_follow_the_cluster(sim: Simul
 
 
 @pytest.mark.matrix
+@pytest.mark.slow
 def test_eight_threads_back_to_back_never_drain_and_cut_over_with_456s(sim: Simulator) -> None:
     """Without think time query_strategy_map is never empty, so the connector never applies
     the announced switch; the drain wait expires, the cut-over fails in-flight queries with 456

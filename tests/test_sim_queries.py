@@ -14,9 +14,9 @@ from typing import Any, Callable, List
 
 import grpc
 import pytest
-from conftest import PASSWORD, USER, connector_version, login_errors_surface
 from e6data_python_connector.server import e6x_engine_pb2 as pb
 from e6data_python_connector.server import e6x_engine_pb2_grpc as pb_grpc
+from helpers import PASSWORD, USER, connector_version, login_errors_surface
 
 from e6observe.sim import SAMPLE_ROWS, Simulator, sample_row
 from e6observe.sim.results import wide_row

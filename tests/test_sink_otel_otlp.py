@@ -83,6 +83,7 @@ def endpoint(request: Any) -> Iterator[str]:
         s.close()
 
 
+@pytest.mark.slow
 def test_unreachable_otlp_endpoint(endpoint: str, sim: Any, connect: Callable[..., Any]) -> None:
     _safe.reset_for_tests()
     CountingLogExporter.received = CountingLogExporter.calls = 0

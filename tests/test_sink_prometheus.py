@@ -11,15 +11,15 @@ from typing import Any, Optional
 
 import pytest
 import requests
-from conftest import sink_options as opts
+from helpers import sink_options as opts
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 from prometheus_client.parser import text_string_to_metric_families
 
 from e6observe import _safe
 from e6observe import metrics as M
+from e6observe.endpoint.server import MetricsServerError
 from e6observe.recorder import Recorder
-from e6observe.server import MetricsServerError
 from e6observe.sinks.prometheus import PrometheusSink
 from e6observe.sinks.scrape import build_labels
 
@@ -37,13 +37,6 @@ def scrape(registry: Any) -> Samples:
 
 def val(samples: Samples, name: str, **labels: str) -> Optional[float]:
     return samples.get((name, frozenset(labels.items())))
-
-
-@pytest.fixture
-def rec() -> Any:
-    r = Recorder()
-    yield r
-    r.stop()
 
 
 @pytest.fixture

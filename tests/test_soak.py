@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 
-pytestmark = pytest.mark.timeout(400)
+pytestmark = [pytest.mark.timeout(400), pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -14,23 +14,16 @@ import pytest
 from google.protobuf import json_format
 from prometheus_client import CollectorRegistry
 
-from e6observe import status
+from e6observe.endpoint import status
+from e6observe.endpoint.server import MetricsServer
 from e6observe.events import Event, EventRing
 from e6observe.recorder import Recorder
 from e6observe.runtime import ProcessReader
-from e6observe.server import MetricsServer
 from e6observe.v1 import events_pb2 as pb
 from e6observe.watcher import Watcher
 
 # Python 3.9 and connector 2.3.15 too (the legacy run of ./run test).
 pytestmark = pytest.mark.matrix
-
-
-@pytest.fixture
-def rec() -> Iterator[Recorder]:
-    r = Recorder()
-    yield r
-    r.stop()
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from e6observe import metrics as M
-from e6observe import status, status_page
+from e6observe.endpoint import status, status_page
 from e6observe.events import Event
 from e6observe.recorder import Recorder
 from e6observe.v1.convert import program_name, source_info

@@ -4,30 +4,23 @@ from __future__ import annotations
 
 import io
 import json
-import shutil
-import socket
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import pytest
-from conftest import openssl
+from helpers import free_port, need_binary, openssl, wait_for
 from prometheus_client import CollectorRegistry
 
-from e6observe import cli, client, status
+from e6observe import cli
+from e6observe.cli import remote
+from e6observe.endpoint import status
+from e6observe.endpoint.server import MetricsServer
 from e6observe.recorder import Recorder
-from e6observe.server import MetricsServer
 
 # Python 3.9 and connector 2.3.15 too (the legacy run of ./run test).
 pytestmark = pytest.mark.matrix
-
-
-@pytest.fixture
-def rec() -> Iterator[Recorder]:
-    r = Recorder()
-    yield r
-    r.stop()
 
 
 @pytest.fixture
@@ -39,16 +32,10 @@ def endpoint(rec: Recorder) -> Iterator[MetricsServer]:
     srv.close()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def run(argv: list[str]) -> tuple[int, str, str]:
     args = cli.build_parser().parse_args(argv)
     out, err = io.StringIO(), io.StringIO()
-    runner = client.run_status if argv[0] == "status" else client.run_tail
+    runner = remote.run_status if argv[0] == "status" else remote.run_tail
     code = runner(args, out=out, err=err)
     return code, out.getvalue(), err.getvalue()
 
@@ -65,13 +52,6 @@ class TailThread:
         self.thread.join(timeout)
         assert not self.thread.is_alive(), "tail did not finish"
         return self.result[0]  # type: ignore[no-any-return]
-
-
-def wait_for(cond: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "condition not met"
-        time.sleep(0.01)
 
 
 def open_streams(srv: MetricsServer) -> int:
@@ -141,7 +121,7 @@ def test_url_with_credentials_is_refused() -> None:
 def test_tail_prints_switches_as_they_happen(rec: Recorder, endpoint: MetricsServer) -> None:
     rec.detected("blue")  # before tail started: not replayed by default
     t = TailThread(["tail", "--url", endpoint.url, "--count", "2"])
-    wait_for(lambda: open_streams(endpoint) == 1)
+    assert wait_for(lambda: open_streams(endpoint) == 1)
     rec.mismatch("blue", "prepareStatement")  # not a switch event: filtered out
     rec.announced("green")
     rec.applied("blue", "green", "announced", pinned_queries=1)
@@ -177,9 +157,9 @@ def test_tail_resumes_after_the_endpoint_restarts(rec: Recorder) -> None:
     mounted = status.mount(srv, rec)
     t = TailThread(["tail", "--url", srv.url, "--count", "2", "--reconnect-seconds", "20"])
     try:
-        wait_for(lambda: mounted.stream.open_streams == 1)
+        assert wait_for(lambda: mounted.stream.open_streams == 1)
         rec.applied("blue", "green", "mismatch")
-        wait_for(lambda: rec.ring.emitted == 1)
+        assert wait_for(lambda: rec.ring.emitted == 1)
         time.sleep(0.3)  # let the first event reach tail before the endpoint goes away
         mounted.unmount()
         srv.close()
@@ -198,7 +178,7 @@ def test_tail_resumes_after_the_endpoint_restarts(rec: Recorder) -> None:
 
 
 def test_format_event_neutralises_hostile_text() -> None:
-    line = client.format_event({"kind": "EVENT_KIND_MISMATCH", "seq": 1, "pid": 1,
+    line = remote.format_event({"kind": "EVENT_KIND_MISMATCH", "seq": 1, "pid": 1,
                                 "strategy": "blue\x1b[2J\nEVIL", "method": "x" * 500})
     assert "\x1b" not in line and "\n" not in line
     assert len(line) < 250
@@ -208,7 +188,7 @@ def test_tail_gives_up_when_the_endpoint_stays_gone(rec: Recorder) -> None:
     srv = MetricsServer(CollectorRegistry(), port=0).start()
     mounted = status.mount(srv, rec)
     t = TailThread(["tail", "--url", srv.url, "--reconnect-seconds", "0.5"])
-    wait_for(lambda: mounted.stream.open_streams == 1)
+    assert wait_for(lambda: mounted.stream.open_streams == 1)
     mounted.unmount()
     srv.close()
     code, out, err = t.join()
@@ -221,8 +201,7 @@ def test_tail_gives_up_when_the_endpoint_stays_gone(rec: Recorder) -> None:
 @pytest.fixture(scope="module")
 def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
     """A self-signed certificate for 127.0.0.1 and its key (the certificate is its own CA)."""
-    if shutil.which("openssl") is None:
-        pytest.fail("the TLS test generates a certificate with the openssl CLI; install openssl")
+    need_binary("openssl", install="apt-get install openssl (the TLS tests make their certificates with it)")
     d: Path = tmp_path_factory.mktemp("tls")
     openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
             "-nodes", "-keyout", "key.pem", "-out", "cert.pem", "-days", "2", "-subj",

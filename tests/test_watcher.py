@@ -14,6 +14,7 @@ from typing import Any, Callable, Iterator
 
 import pytest
 from e6data_python_connector import e6data_grpc
+from helpers import wait_for
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -75,15 +76,6 @@ def bypass_write(key: str, value: Any) -> None:
 
 def switches(rec: Recorder) -> dict[tuple[str, ...], float]:
     return {k: c.value for k, c in rec.family(M.SWITCHES).items() if c.value}  # type: ignore[attr-defined]
-
-
-def wait_for(cond: Callable[[], bool], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.002)
-    return cond()
 
 
 def watcher_threads() -> list[threading.Thread]:

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import os
 import sys
-import time
-from typing import Callable
 
 import pytest
+from helpers import wait_for
 
 from e6observe.config import Options
 from e6observe.recorder import Recorder
@@ -16,15 +15,6 @@ from e6observe.watcher import Watcher
 
 sys.path.append(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
 from watchercost import cpu_seconds, measure_cpu  # noqa: E402
-
-
-def wait_for(cond: Callable[[], bool], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(0.005)
-    return cond()
 
 
 def test_benchmark_helpers_measure_the_watchers_own_cpu() -> None:

@@ -108,12 +108,7 @@ def report_unusable(exc: UnusableDirectory) -> None:
 
     _safe.logger.warning("e6observe: %s. Multi-process mode is off: /metrics serves this "
                          "process's metrics only", exc.strerror or exc)
-    try:
-        with _safe._lock:
-            _safe._logged.add(("sink.multiprocess", type(exc).__name__))
-    except Exception:  # pragma: no cover
-        pass
-    record_internal_error("sink.multiprocess", exc)
+    record_internal_error("sink.multiprocess", exc, reported=True)
 
 
 def check_directory(path: str) -> None:

@@ -134,7 +134,7 @@ class PrometheusSink:
     def start(self) -> PrometheusSink:
         """Start the HTTP endpoint if ``prometheus_port`` is set.
 
-        Raises ``e6observe.server.MetricsServerError`` (an ``OSError`` naming the address) when
+        Raises ``e6observe.endpoint.server.MetricsServerError`` (an ``OSError`` naming the address) when
         the port cannot be bound; ``instrument()`` turns that into one log line and a count. In
         multi-process mode a taken port is the normal case for all workers but one: it is not
         an error, and :meth:`flush` retries so another worker takes over when the serving one
@@ -144,7 +144,7 @@ class PrometheusSink:
         port = o.prometheus_port
         if port is None:
             return self
-        from ..server import MetricsServer, MetricsServerError
+        from ..endpoint.server import MetricsServer, MetricsServerError
 
         with self._lock:
             if self.server is not None and self.server.running:

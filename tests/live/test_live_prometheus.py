@@ -23,8 +23,6 @@ import math
 import os
 import queue
 import re
-import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -35,6 +33,8 @@ from typing import Any, Callable, Iterator, Optional
 
 import pytest
 import requests
+from helpers import free_port, need_binary
+from helpers import wait_for as poll
 
 from e6observe.metrics import exposed_series_names
 from e6observe.sim import Simulator
@@ -58,13 +58,10 @@ LIVE_CONFIG = DEFAULT.with_(switch_window="30s", flapping_window="1m", flapping_
 REQUIRED_ALERTS = ("E6dataStrategySwitched", "E6dataStrategyFlapping", "E6dataStrategySplitBrain")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_for(what: str, fn: Callable[[], Any], timeout: float, interval: float = 0.25) -> Any:
+def wait_for_answer(what: str, fn: Callable[[], Any], timeout: float, interval: float = 0.25) -> Any:
+    """Poll ``fn`` until it answers something truthy and return that answer (request errors
+    while a server starts are retried); a timeout names ``what`` and the last answer.
+    helpers.wait_for is the one for plain conditions."""
     deadline = time.monotonic() + timeout
     last: Any = None
     while time.monotonic() < deadline:
@@ -140,7 +137,7 @@ class Server:
         self.name, self.url = name, f"http://127.0.0.1:{port}"
         self._log = log.open("w")
         self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT)
-        wait_for(f"{name} ready", self._ready, 30)
+        wait_for_answer(f"{name} ready", self._ready, 30)
 
     def _ready(self) -> bool:
         if self.proc.poll() is not None:
@@ -193,21 +190,8 @@ class Stack:
 
 
 def _binary(*names: str) -> str:
-    for n in names:
-        path = shutil.which(n)
-        if path:
-            return path
-    pytest.fail(f"{names[0]} not found: apt-get install prometheus prometheus-alertmanager "
-                "(./run test installs them when run as root)")
-
-
-def _poll(fn: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if fn():
-            return True
-        time.sleep(0.2)
-    return False
+    return need_binary(*names, install="apt-get install prometheus prometheus-alertmanager "
+                                       "(./run test installs them when run as root)")
 
 
 def _flip_announced(sim: Simulator, app: App, stack: Stack, must_drain: bool) -> None:
@@ -216,7 +200,7 @@ def _flip_announced(sim: Simulator, app: App, stack: Stack, must_drain: bool) ->
     stays in its query map and keeps the switch pending. A then follows through the 456 path."""
     target = sim.announce()
     stack.note(f"announced {target}")
-    applied = _poll(lambda: app.active() == target, 20 if must_drain else 2)
+    applied = poll(lambda: app.active() == target, 20 if must_drain else 2, 0.2)
     if must_drain and not applied:
         metrics = requests.get(f"http://{app.instance}/metrics", timeout=5).text
         raise AssertionError(
@@ -224,7 +208,7 @@ def _flip_announced(sim: Simulator, app: App, stack: Stack, must_drain: bool) ->
             + " ".join(line for line in metrics.splitlines() if line.startswith("e6data_strategy")))
     stack.note(f"A applied {target}" if applied else f"A still pending {target}")
     sim.complete(drain_wait=5 if applied else 0)
-    wait_for(f"app A to follow to {target}", lambda: app.active() == target, 20, 0.2)
+    wait_for_answer(f"app A to follow to {target}", lambda: app.active() == target, 20, 0.2)
     stack.note(f"cluster completed {target}")
 
 
@@ -235,7 +219,7 @@ def _flip_abrupt_mid_query(sim: Simulator, app: App, stack: Stack) -> None:
     to = sim.flip(announce=False)
     outcome = app.expect("long", timeout=20)["long"]
     stack.note(f"abrupt flip to {to}; the long query across it: {outcome}")
-    wait_for(f"app A to follow to {to}", lambda: app.active() == to, 20, 0.2)
+    wait_for_answer(f"app A to follow to {to}", lambda: app.active() == to, 20, 0.2)
 
 
 def _suspend_and_resume(sim: Simulator, stack: Stack) -> None:
@@ -244,13 +228,13 @@ def _suspend_and_resume(sim: Simulator, stack: Stack) -> None:
     sim.set_resume(0.5)
     sim.suspend()
     stack.note("cluster suspended")
-    wait_for("the connector to resume the cluster",
+    wait_for_answer("the connector to resume the cluster",
              lambda: sim.counters()["resumes"] > before and not sim.suspended, 30, 0.2)
     stack.note("cluster resumed")
 
 
 def _wait_alerts(stack: Stack, names: tuple[str, ...], timeout: float) -> None:
-    wait_for(f"alerts {names} at Alertmanager",
+    wait_for_answer(f"alerts {names} at Alertmanager",
              lambda: all(n in stack.poll_alertmanager() for n in names), timeout, 0.5)
     stack.note(f"alertmanager has {', '.join(names)}")
 
@@ -296,7 +280,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         started.append(prom)
 
         st = Stack(prom=prom, am=am, a=a, b=b, start=time.time())
-        wait_for("both apps scraped", lambda: len(st.query(
+        wait_for_answer("both apps scraped", lambda: len(st.query(
             f'up{{job="{JOB}"}} == 1', time.time(), time.time())) == 2, 30)
         st.note("both targets up")
         time.sleep(4)  # a few samples on blue before anything happens

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Iterator, Optional
 
 import pytest
-from conftest import PASSWORD, USER
+from helpers import PASSWORD, USER, need_binary
 
 from e6observe.sim import Simulator
 
@@ -44,10 +44,8 @@ class Chromium:
              "--disable-default-apps", "--remote-debugging-pipe", "--window-size=1280,1100")
 
     def __init__(self) -> None:
-        exe = shutil.which("chromium") or shutil.which("chromium-browser")
-        if exe is None:
-            pytest.fail("chromium is not installed (apt-get install chromium; ./run test does it "
-                        "as root)")
+        exe = need_binary("chromium", "chromium-browser",
+                          install="apt-get install chromium (./run test does this as root)")
         self.profile = tempfile.mkdtemp(prefix="e6observe-chromium-")
         to_child_r, self._to_child = os.pipe()
         self._from_child, from_child_w = os.pipe()

@@ -25,10 +25,10 @@ import time
 from collections import deque
 from typing import Any, Optional, TextIO
 
+from .. import metrics as M
+from ..endpoint.failure import EXIT_STATUS as ENDPOINT_EXIT
+from ..endpoint.failure import catch_endpoint_failure
 from . import _argtypes as A
-from . import metrics as M
-from ._endpoint import EXIT_STATUS as ENDPOINT_EXIT
-from ._endpoint import catch_endpoint_failure
 
 DEMO_USER = "demo@e6observe.invalid"
 #: The simulator accepts only this; it must never reach the screen, /metrics or any log.
@@ -318,7 +318,7 @@ class View:
         are only as fine as the buckets (``db.client.operation.duration``'s recommended ones);
         the mean is exact.
         """
-        from .v1.convert import histogram_quantile, merged_histogram
+        from ..v1.convert import histogram_quantile, merged_histogram
 
         children = self.rec.family(M.QUERY_DURATION).items()
         out = {}
@@ -473,7 +473,7 @@ def _err(msg: str) -> None:
 
 def _metrics_url() -> Optional[str]:
     """The /metrics URL of the live instrumentation's Prometheus endpoint, if it serves one."""
-    from . import _api
+    from .. import _api
 
     inst = getattr(_api, "_active", None)
     for component, obj, _ in getattr(inst, "sinks", ()):
@@ -510,8 +510,8 @@ class _Signals:
 def run(args: argparse.Namespace, out: Optional[TextIO] = None,
         tty: Optional[bool] = None) -> int:
     """Run the demo; returns the exit code (0 on a normal end or a signal)."""
-    from . import _api
-    from .sim import Simulator
+    from .. import _api
+    from ..sim import Simulator
 
     out = out or sys.stdout
     tty = out.isatty() if tty is None else tty

@@ -32,8 +32,11 @@ import threading
 import time
 from typing import Any, Callable, Optional
 
+from .. import metrics as M
+from .._safe import contain
+from ..endpoint.failure import EXIT_STATUS as ENDPOINT_EXIT
+from ..endpoint.failure import catch_endpoint_failure
 from . import _argtypes as A
-from . import metrics as M
 from ._connopts import (
     ConnectionOptions,
     DeadlineExceeded,
@@ -41,11 +44,9 @@ from ._connopts import (
     add_connection_arguments,
     call_with_deadline,
     describe_error,
+    first_scalar,
     options_from_args,
 )
-from ._endpoint import EXIT_STATUS as ENDPOINT_EXIT
-from ._endpoint import catch_endpoint_failure
-from ._safe import contain
 
 log = logging.getLogger("e6observe.probe")
 
@@ -55,13 +56,6 @@ DEFAULT_INTERVAL = 15.0
 DEFAULT_METRICS_PORT = 9464
 #: How often a failing prober repeats its log line (the first failure and recovery always log).
 LOG_REPEAT_SECONDS = 60.0
-
-
-def _first_scalar(rows: Any) -> Any:
-    v = rows
-    while isinstance(v, (list, tuple)) and v:
-        v = v[0]
-    return v
 
 
 class ProbeResult:
@@ -124,7 +118,7 @@ class Prober:
             # Always clear: an uncleared query id would pin this process's connector to the
             # old strategy and hold up the very flip the prober is there to see.
             cur.clear()
-            value = _first_scalar(rows)
+            value = first_scalar(rows)
             if value != 1:
                 raise RuntimeError(f"{PROBE_QUERY} returned {value!r}, expected 1")
         finally:
@@ -228,7 +222,7 @@ class ProbeCollector:
     def collect(self) -> list[Any]:
         from prometheus_client.core import GaugeMetricFamily
 
-        from .sinks.prometheus import counter_family, histogram_family
+        from ..sinks.prometheus import counter_family, histogram_family
 
         out: list[Any] = []
         with contain("probe.collector"):
@@ -248,7 +242,7 @@ def register_otel(prober: Prober, meter: Any,
                   enabled: Callable[[], bool] = lambda: True) -> list[Any]:
     """``e6data.probe.success`` as an OpenTelemetry observable gauge on ``meter`` (no point
     before the first probe). Duration and counts reach OpenTelemetry through the recorder."""
-    from .runtime import otel_observable
+    from ..runtime import otel_observable
 
     def cb() -> list[tuple[float, dict[str, Any]]]:
         v = prober.last_success
@@ -359,7 +353,7 @@ class _Instrumentation:
             with contain("probe.otel"):
                 from opentelemetry import metrics as otel_metrics
 
-                from ._version import __version__
+                from .._version import __version__
 
                 provider = (meter_provider or getattr(self.options, "meter_provider", None)
                             or otel_metrics.get_meter_provider())
@@ -367,7 +361,7 @@ class _Instrumentation:
                               enabled=lambda: self._collector is not None)
 
     def close(self) -> None:
-        from e6observe import _api
+        from .. import _api
 
         with contain("probe"):
             if self._collector is not None:
@@ -381,7 +375,8 @@ class _Instrumentation:
 def start_instrumentation(args: argparse.Namespace) -> tuple[_Instrumentation, str]:
     """``e6observe.instrument()`` this process with the endpoint the arguments ask for, and the
     status routes on it. Raises :class:`EndpointFailed` when the endpoint did not start."""
-    from e6observe import _api, status
+    from .. import _api
+    from ..endpoint import status
 
     # The prober's telemetry is about the cluster, not about an application: name it so
     # (OpenTelemetry resource, the status page's source) unless the deployment did.

@@ -21,8 +21,8 @@ import time
 from collections import deque
 from typing import Any, Iterable, Optional, Sequence
 
-from . import metrics as M
-from ._safe import contain
+from .. import metrics as M
+from .._safe import contain
 
 #: Seconds between latency samples, and samples kept (10 minutes).
 SAMPLE_SECONDS = 2.0
@@ -72,7 +72,7 @@ class LatencyHistory:
 
     def sample(self, now: Optional[float] = None) -> None:
         """Take one reading (the thread calls this; tests may too)."""
-        from .v1.convert import histogram_quantile, merged_histogram
+        from ..v1.convert import histogram_quantile, merged_histogram
 
         with contain("status.history"):
             now = time.time() if now is None else now

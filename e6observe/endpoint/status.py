@@ -4,9 +4,9 @@ Mounted on the metrics endpoint (``server.MetricsServer``) by :func:`mount`, so 
 exposure rules (loopback by default, TLS and basic auth when configured):
 
 * ``/`` — the status page, rendered on the server with its state at the time of the request
-  (:mod:`e6observe.status_page`: tiles, a timeline with a time axis, latency per colour over the
+  (:mod:`e6observe.endpoint.status_page`: tiles, a timeline with a time axis, latency per colour over the
   last minutes, switches, events), so it is useful without JavaScript and in a first screenshot.
-  Its script and style are shipped in ``e6observe/static`` (no CDN); the script reads
+  Its script and style are shipped in ``e6observe/endpoint/static`` (no CDN); the script reads
   ``/status``, follows ``/events`` and keeps the page up to date while it is open;
 * ``/status`` — a JSON :func:`build_status` document whose field names are those of
   ``e6observe.v1.StatusSnapshot`` (proto/e6observe/v1/events.proto);
@@ -42,9 +42,9 @@ from importlib import resources
 from typing import Any, Callable, Iterable, Iterator, Optional
 from urllib.parse import parse_qs
 
-from ._safe import contain
-from .events import Event
-from .recorder import Recorder
+from .._safe import contain
+from ..events import Event
+from ..recorder import Recorder
 
 #: Events included in a snapshot's ``recent_events`` by default, and at most (``?events=N``).
 DEFAULT_RECENT_EVENTS = 100
@@ -85,7 +85,7 @@ def event_json(ev: Event, source: Any = None) -> dict[str, Any]:
     """``ev`` as the proto3 JSON of ``StrategyEvent`` (proto field names, ``kind`` as the enum
     name, e.g. ``EVENT_KIND_APPLIED``): what ``json_format.ParseDict`` reads back. ``source``
     (a ``Source`` message) is attached for events leaving the process, as the schema asks."""
-    from .v1.convert import event_to_proto, to_json_dict
+    from ..v1.convert import event_to_proto, to_json_dict
 
     return to_json_dict(event_to_proto(ev, source))
 
@@ -98,7 +98,7 @@ def build_status(recorder: Recorder, watcher: Any = None, process_reader: Any = 
     ``e6observe.runtime.ProcessReader``) are optional; without them the ``watcher`` and
     ``memory`` parts are zero. A failure reading either is contained and leaves its part zero.
     """
-    from .v1.convert import source_info, status_snapshot, to_json_dict
+    from ..v1.convert import source_info, status_snapshot, to_json_dict
 
     memory: Optional[dict[str, int]] = None
     if process_reader is not None:
@@ -276,10 +276,6 @@ class _SlotHeld:
             self.app._release(self)
 
 
-class _Full(Exception):
-    """Every stream slot is taken by a stream younger than ``evict_after``."""
-
-
 class EventStreamApp:
     """``GET /events``: server-sent events from the recorder's ring (see the module docstring)."""
 
@@ -370,7 +366,7 @@ class EventStreamApp:
             self.open_streams += 1
         try:
             yield f"retry: {RETRY_MS}\n: e6observe event stream\n\n".encode()
-            from .v1.convert import source_info
+            from ..v1.convert import source_info
 
             src = source_info()
             cursor = _Cursor(since)
@@ -403,11 +399,11 @@ class EventStreamApp:
 
 
 def _read_static(name: str) -> bytes:
-    return resources.files("e6observe").joinpath("static", name).read_bytes()
+    return resources.files("e6observe.endpoint").joinpath("static", name).read_bytes()
 
 
 class StaticApp:
-    """Serves one file shipped in ``e6observe/static`` (read once, at first request)."""
+    """Serves one file shipped in ``e6observe/endpoint/static`` (read once, at first request)."""
 
     def __init__(self, name: str, content_type: str) -> None:
         self.name = name
@@ -520,7 +516,7 @@ def mount_instrumentation(inst: Any) -> Optional[Mounted]:
         return None
     reader = None
     with contain("status.memory"):
-        from .runtime import ProcessReader
+        from ..runtime import ProcessReader
 
         reader = ProcessReader()
     return mount(server, inst.recorder, watcher=watcher, process_reader=reader)

@@ -29,6 +29,7 @@ from ._connopts import (
     add_connection_arguments,
     call_with_deadline,
     describe_error,
+    first_scalar,
     options_from_args,
 )
 
@@ -110,17 +111,9 @@ class Limits:
 
 def connector_version() -> str:
     """The installed connector's version, or ``unknown``."""
-    from ._version import connector_version as read
+    from .._version import connector_version as read
 
     return read() or "unknown"
-
-
-def _first_scalar(rows: Any) -> Any:
-    """The first value of a result, whatever the nesting (the connector's fetchone is [[v]])."""
-    v = rows
-    while isinstance(v, (list, tuple)) and v:
-        v = v[0]
-    return v
 
 
 class _NoSession(Exception):
@@ -171,7 +164,7 @@ class _Session:
         # Clear explicitly: an uncleared query id stays in the connector's query map and would
         # hold up a graceful blue/green flip of this process.
         cur.clear()
-        return _first_scalar(rows), time.perf_counter() - t0
+        return first_scalar(rows), time.perf_counter() - t0
 
     def close_all(self, timeout: float = 2.0) -> None:
         """Close every connection opened; bounded, errors ignored (closing cancels hung RPCs)."""

@@ -10,17 +10,17 @@ import importlib
 import sys
 from typing import Any, Optional, Sequence
 
-from ._version import __version__
+from .._version import __version__
 
 #: subcommand -> (module, one-line help)
 COMMANDS = {
-    "demo": ("e6observe.demo", "run the simulator, an instrumented workload and a live view"),
-    "sim": ("e6observe.sim.cli", "serve the blue/green e6data cluster simulator"),
-    "probe": ("e6observe.probe", "standalone prober: query a cluster on an interval, export metrics"),
-    "check": ("e6observe.check", "readiness check of a cluster: READY / NOT READY"),
-    "status": ("e6observe.client", "print the current strategy state of an e6observe endpoint"),
-    "tail": ("e6observe.client", "print switch events from an e6observe endpoint as they happen"),
-    "export": ("e6observe.export", "write the Grafana dashboards, alert rules and promtool tests"),
+    "demo": ("e6observe.cli.demo", "run the simulator, an instrumented workload and a live view"),
+    "sim": ("e6observe.cli.sim", "serve the blue/green e6data cluster simulator"),
+    "probe": ("e6observe.cli.probe", "standalone prober: query a cluster on an interval, export metrics"),
+    "check": ("e6observe.cli.check", "readiness check of a cluster: READY / NOT READY"),
+    "status": ("e6observe.cli.remote", "print the current strategy state of an e6observe endpoint"),
+    "tail": ("e6observe.cli.remote", "print switch events from an e6observe endpoint as they happen"),
+    "export": ("e6observe.cli.export", "write the Grafana dashboards, alert rules and promtool tests"),
 }
 
 
@@ -43,10 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
     for name, (module, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
-        try:
-            mod = importlib.import_module(module)
-        except ImportError:  # a command whose module is not built yet
-            continue
+        mod = importlib.import_module(module)
         adder = getattr(mod, "add_arguments_" + name, None) or mod.add_arguments
         adder(p)
     return parser
@@ -64,7 +61,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     mod = importlib.import_module(COMMANDS[args.command][0])
     runner = getattr(mod, "run_" + args.command, None) or mod.run
-    from .config import ConfigError
+    from ..config import ConfigError
 
     try:
         return int(runner(args) or 0)

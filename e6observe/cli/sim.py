@@ -14,8 +14,7 @@ import sys
 import threading
 from typing import Any, List, Optional, Sequence, Tuple
 
-from .. import _argtypes as A
-from .server import Simulator
+from . import _argtypes as A
 
 PROG = "e6observe sim"
 
@@ -73,6 +72,10 @@ def run(args: argparse.Namespace) -> int:
     if args.latency_ms > 600_000:
         sys.stderr.write(f"{PROG}: error: --latency-ms must be <= 600000\n")
         return 2
+    # Imported here: building the parser of every command must not need the simulator's
+    # dependencies (the connector's generated code).
+    from ..sim.server import Simulator
+
     sim = Simulator(port=args.port, host=args.host, latency_ms=args.latency_ms, batch_rows=args.batch_rows)
     try:
         sim.start()

@@ -31,7 +31,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from ._files import write_atomic
+from .._files import write_atomic
 
 DASHBOARDS = ("e6data-blue-green-overview.json", "e6data-client-runtime.json")
 RULES = "e6observe.rules.yaml"
@@ -55,14 +55,14 @@ def shipped(*parts: str) -> bytes:
 
 # -- settings -----------------------------------------------------------------------------------
 def _settable() -> dict[str, Any]:
-    from .mixin.config import Config
+    from ..mixin.config import Config
 
     return {f.name: f for f in fields(Config)
             if f.name not in ("selector", "cluster_label", "namespace_label", "runbook_url")}
 
 
 def _parse_setting(text: str) -> tuple[str, Any]:
-    from .mixin.config import DEFAULT
+    from ..mixin.config import DEFAULT
 
     name, sep, raw = text.partition("=")
     name = name.strip()
@@ -87,7 +87,7 @@ def _parse_setting(text: str) -> tuple[str, Any]:
 
 def config_from(args: argparse.Namespace) -> Any:
     """The mixin ``Config`` the options describe (validated by Config itself)."""
-    from .mixin.config import DEFAULT, ConfigError
+    from ..mixin.config import DEFAULT, ConfigError
 
     changes: dict[str, Any] = dict(_parse_setting(s) for s in (args.set or ()))
     changes.update(selector=args.selector, cluster_label=args.cluster_label,
@@ -120,7 +120,7 @@ def _walk_queries(node: Any, fix: Callable[[str, str], str], key: str = "") -> A
 
 def rewrite_dashboard(text: str, cfg: Any) -> str:
     """A shipped dashboard with ``cfg``'s cluster/namespace label names and selector."""
-    from .mixin.config import DEFAULT
+    from ..mixin.config import DEFAULT
 
     renames = [(_label_pattern(old), new) for old, new in
                ((DEFAULT.cluster_label, cfg.cluster_label),
@@ -169,7 +169,7 @@ def _write(path: Path, data: bytes, force: bool) -> str:
 
 def files_for(cfg: Any) -> tuple[dict[str, bytes], list[str]]:
     """``{relative path: content}`` to write for ``cfg``, and notes for the user."""
-    from .mixin.config import DEFAULT
+    from ..mixin.config import DEFAULT
 
     notes: list[str] = []
     out: dict[str, bytes] = {}
@@ -182,7 +182,7 @@ def files_for(cfg: Any) -> tuple[dict[str, bytes], list[str]]:
     rules = shipped("rules", RULES)
     if cfg != DEFAULT:
         try:
-            from .mixin import alerts
+            from ..mixin import alerts
         except ImportError as exc:  # PyYAML
             raise ExportError(f"settings other than the defaults need PyYAML ({exc}): "
                               "pip install 'e6observe[export]'") from None
@@ -233,7 +233,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         if args.list_settings:
-            from .mixin.config import DEFAULT
+            from ..mixin.config import DEFAULT
 
             for name in _settable():
                 print(f"{name} = {getattr(DEFAULT, name)!r}")

@@ -5,7 +5,9 @@ host/port/TLS arguments. Credentials come from the environment (``E6DATA_USERNAM
 ``E6DATA_PASSWORD``, the names the connector's configuration guide uses) or from a file — never
 from the command line, where they would show in ``ps``, shell history and pod specs — and they
 are never printed: :class:`Credentials` hides the password from ``repr`` and :func:`redact`
-scrubs it from any text a command is about to show.
+scrubs it from any text a command is about to show. Also what both do with what they connect:
+run a call with a deadline (:func:`call_with_deadline`), read a result's first value
+(:func:`first_scalar`), describe a failure (:func:`describe_error`).
 """
 
 from __future__ import annotations
@@ -245,6 +247,14 @@ def describe_error(exc: BaseException, credentials: Optional[Credentials] = None
         text = f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
     text = " ".join(redact(text, credentials).split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def first_scalar(rows: Any) -> Any:
+    """The first value of a result, whatever the nesting (the connector's fetchone is [[v]])."""
+    v = rows
+    while isinstance(v, (list, tuple)) and v:
+        v = v[0]
+    return v
 
 
 class DeadlineExceeded(Exception):

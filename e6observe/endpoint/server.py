@@ -51,7 +51,7 @@ from socketserver import TCPServer, _SocketWriter  # type: ignore[attr-defined]
 from typing import Any, Callable, Iterable, Iterator, Optional
 from wsgiref.simple_server import ServerHandler, WSGIRequestHandler, WSGIServer
 
-from ._safe import record_internal_error
+from .._safe import record_internal_error
 
 logger = logging.getLogger("e6observe")
 

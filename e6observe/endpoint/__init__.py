@@ -1,0 +1,11 @@
+"""The HTTP endpoint beside the application: ``/metrics`` and the status routes.
+
+* :mod:`.server` - the bounded WSGI server (heads read by us, evicting the oldest unfinished
+  head, TLS, basic auth) that ``instrument()`` and the commands start;
+* :mod:`.status` - ``/status`` (JSON), ``/events`` (server-sent events) and ``/`` (the page),
+  mounted on that server;
+* :mod:`.status_page` - the page's server-side rendering and its latency history;
+* :mod:`.failure` - the one wording of an endpoint that cannot start.
+
+Importing this package starts nothing.
+"""
