@@ -69,20 +69,6 @@ def retry_reason(exc: Optional[BaseException]) -> str:
     return "other"
 
 
-def connector_version() -> tuple[int, ...]:
-    """The installed connector's version as a tuple (``()`` if unknown)."""
-    from .._version import connector_version as read
-
-    text = read()
-    if not text:
-        return ()
-    parts = []
-    for p in text.split(".")[:3]:
-        digits = "".join(ch for ch in p if ch.isdigit())
-        parts.append(int(digits or 0))
-    return tuple(parts)
-
-
 _MISSING = object()
 
 
@@ -258,4 +244,4 @@ class Patches:
 
 __all__ = ["HookContext", "Patches", "when_imported", "MISMATCH_TEXT", "ACCESS_DENIED_TEXT",
            "is_mismatch", "retry_reason",
-           "rpc_error_details", "connector_version"]
+           "rpc_error_details"]

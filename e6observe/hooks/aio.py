@@ -40,6 +40,7 @@ import time
 import weakref
 from typing import Any, Callable, Optional
 
+from .._colours import COLOURS
 from .._otelctx import attach_span, detach
 from .._safe import record_internal_error
 from ..recorder import Recorder, norm_code, norm_method, norm_strategy
@@ -50,7 +51,6 @@ from .cluster import QUERY_SPAN, RESUMED
 from .cursor import ATTR, QueryState, end_failed, finish, mark_fetched
 
 _COMPONENT = "hook.aio"
-_COLOURS = ("blue", "green")
 _MISSING = object()
 
 _ctx: Optional[HookContext] = None
@@ -83,7 +83,7 @@ class _AioInterpreter:
 
     def confirmed(self, strategy: Any) -> None:
         """An RPC succeeded under ``strategy``: the first such is the detection."""
-        if strategy not in _COLOURS:
+        if strategy not in COLOURS:
             return
         with self._lock:
             if self.known is not None:
@@ -92,7 +92,7 @@ class _AioInterpreter:
         self.rec.detected(strategy)
 
     def on_strategy(self, conn: Any, old: Any, new: Any) -> None:
-        if old is _MISSING or new not in _COLOURS:
+        if old is _MISSING or new not in COLOURS:
             return  # the constructor's initial guess, or nothing usable
         exc = sys.exc_info()[1]
         toggled = exc is not None and is_mismatch(exc)
@@ -115,7 +115,7 @@ class _AioInterpreter:
         self.rec.applied(ref, new, cause, pinned_queries=pinned)
 
     def on_pending(self, conn: Any, old: Any, new: Any) -> None:
-        if new not in _COLOURS or new == self.known or new == conn.__dict__.get("_strategy"):
+        if new not in COLOURS or new == self.known or new == conn.__dict__.get("_strategy"):
             return
         self.rec.announced(new)
 

@@ -50,6 +50,7 @@ from typing import Any, Callable, Iterator, Optional
 import grpc
 
 from .. import metrics as M
+from .._colours import COLOURS
 from .._safe import contain, record_internal_error
 from ..recorder import Recorder, norm_strategy
 from . import HookContext, Patches, when_imported
@@ -57,7 +58,6 @@ from .channel import _strategy_from, _Timer
 from .strategy_cache import ObservedCache
 
 _COMPONENT = "hook.cluster"
-_COLOURS = ("blue", "green")
 #: Longest strategy value the connector could mean; longer ones are "oversized".
 MAX_STRATEGY_CHARS = 64
 #: Set (to a fresh object) by every ``resume()`` call that returned true: the cursor hooks
@@ -82,9 +82,9 @@ def rejected_reason(value: object) -> Optional[str]:
     if len(value) > MAX_STRATEGY_CHARS:
         return "oversized"
     low = value.lower()
-    if low in _COLOURS:
+    if low in COLOURS:
         return None
-    return "padded" if low.strip() in _COLOURS else "unknown"
+    return "padded" if low.strip() in COLOURS else "unknown"
 
 
 # -- the cluster manager's channel -----------------------------------------------------------
@@ -348,7 +348,7 @@ def _install_cache_b(rec: Recorder) -> None:
     ours = original if isinstance(original, ObservedCache) else ObservedCache(original)
     interp = _ScopedInterpreter(rec, "cluster_manager")
     active = dict.get(ours, "active_strategy")
-    if active in _COLOURS:  # known already: the gauge shows it (no event: nothing happened)
+    if active in COLOURS:  # known already: the gauge shows it (no event: nothing happened)
         interp.known = active
         rec._scoped_colour("cluster_manager", active)
     ours._e6observe = interp
@@ -389,11 +389,11 @@ class _RouteWatch:
         old = d.get("_oauth_resume_strategy")
         d["_oauth_resume_strategy"] = value
         ctx = self.ctx
-        if not ctx.live or value == old or value not in _COLOURS:
+        if not ctx.live or value == old or value not in COLOURS:
             return
         try:
             rec = ctx.recorder
-            frm = old if old in _COLOURS else (rec.active or "none")
+            frm = old if old in COLOURS else (rec.active or "none")
             if frm != value:
                 rec.applied(frm, value, "mismatch", scope="connection")
         except Exception as exc:
@@ -427,7 +427,7 @@ def gauge_values(rec: Recorder) -> dict[str, list[tuple[float, dict[str, str]]]]
     status = rec.cluster_status
     cm = rec.cluster_manager_active
     active = rec.active
-    split = 1.0 if (cm in _COLOURS and active in _COLOURS and cm != active) else 0.0
+    split = 1.0 if (cm in COLOURS and active in COLOURS and cm != active) else 0.0
     return {
         M.CLUSTER_STATUS.prom_name: [(1.0 if s == status else 0.0, {"status": s})
                                      for s in M.CLUSTER_STATUSES],

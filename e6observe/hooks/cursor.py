@@ -31,9 +31,10 @@ import sys
 import time
 from typing import Any, Callable, Optional
 
+from .._colours import LABEL
 from .._otelctx import attach_span, detach
 from .._safe import record_internal_error
-from ..recorder import COLOURS, FOLD_AT, norm_strategy
+from ..recorder import FOLD_AT, norm_strategy
 from ..tracing import db_namespace
 from . import HookContext, Patches, is_mismatch, retry_reason
 from . import channel as _channel
@@ -182,7 +183,7 @@ def _make_execute(orig: Callable[..., Any], ctx: HookContext) -> Callable[..., A
             cache = g._local_strategy_cache
             qmap = cache.get("query_strategy_map")
             s = qmap.get(qid) if (qid and type(qmap) is dict) else None
-            colour = COLOURS.get(s) if type(s) is str else None
+            colour = LABEL.get(s) if type(s) is str else None
             strategy = colour if colour is not None else _pinned_strategy(qid, cache)
             tokens[strategy].append(None)  # rec.query_started(strategy), inlined
             d[ATTR] = QueryState(t0, strategy, span, qid, resumed_get() is not resumed0)

@@ -40,13 +40,13 @@ from __future__ import annotations
 import threading
 from typing import Any, Optional
 
+from .._colours import COLOURS
 from .._safe import record_internal_error
 from ..recorder import Recorder, norm_strategy
 
 _ACTIVE = "active_strategy"
 _PENDING = "pending_strategy"
 _QUERY_MAP = "query_strategy_map"
-_COLOURS = ("blue", "green")
 
 
 class _Interpreter:
@@ -152,11 +152,11 @@ def install(recorder: Recorder, options: object = None, tracer: object = None,
             return False
         # What the connector already knows when we arrive is reported as learned now.
         active = dict.get(ours, _ACTIVE)
-        if active in _COLOURS:
+        if active in COLOURS:
             interp.known = active
             recorder.detected(active)
         pending = dict.get(ours, _PENDING)
-        if pending in _COLOURS and pending != active:
+        if pending in COLOURS and pending != active:
             recorder.announced(pending)
         ours._e6observe = interp
     _installed = (g, original, ours)
@@ -183,7 +183,7 @@ def note_observed(to: str) -> None:
     it the colour this hook knows, so the connector's next write of ``to`` is not counted again."""
     inst = _installed
     interp = inst[2]._e6observe if inst is not None else None
-    if interp is not None and to in _COLOURS:
+    if interp is not None and to in COLOURS:
         with interp._lock:
             interp.known = to
 
