@@ -48,18 +48,11 @@ _active: Optional[_Instrumentation] = None
 TRACER_RECHECK_SECONDS = 1.0
 
 
-def _hook_modules() -> list[Any]:
-    from .hooks import aio, channel, cluster, cursor, strategy_cache
+def _hooks() -> list[Any]:
+    """Every hook, in install order (uninstall runs it backwards)."""
+    from .hooks import aio, channel, cluster, cursor, pool, strategy_cache
 
-    mods: list[Any] = [strategy_cache, channel, cursor, aio, cluster]
-    if importlib.util.find_spec("e6observe.hooks.pool") is not None:
-        try:
-            from .hooks import pool
-
-            mods.append(pool)
-        except Exception as exc:
-            record_internal_error("hook.install.pool", exc)
-    return mods
+    return [m.HOOK for m in (strategy_cache, channel, cursor, aio, cluster, pool)]
 
 
 class _Instrumentation:
@@ -86,16 +79,13 @@ class _Instrumentation:
         self.ctx = ctx = HookContext(rec, self.options, self.tracer)
         if self.tracer is None and self.options.otel and self.options.tracer_provider is None:
             ctx.retrace = self._retrace
-        for mod in _hook_modules():
-            name = mod.__name__.rsplit(".", 1)[-1]
-            with contain(f"hook.install.{name}"):
-                if name == "pool":  # the pool hook's own signature: install(recorder, options)
-                    mod.install(rec, self.options)
-                    self.hooks.append(mod)
-                elif mod.install(rec, self.options, self.tracer, ctx=ctx):
-                    self.hooks.append(mod)
+        for hook in _hooks():
+            with contain(f"hook.install.{hook.name}"):
+                if hook.install(ctx):
+                    self.hooks.append(hook)
                 else:
-                    logger.debug("e6observe: hook %s not applicable to this connector/Python", name)
+                    logger.debug("e6observe: hook %s not applicable to this connector/Python",
+                                 hook.name)
         self._start_sinks()
 
     def _make_tracer(self) -> Any:
@@ -203,9 +193,9 @@ class _Instrumentation:
         if self.tracer is not None:
             with contain("tracing"):
                 self.tracer.close()
-        for mod in reversed(self.hooks):
-            with contain("hook.uninstall." + mod.__name__.rsplit(".", 1)[-1]):
-                mod.uninstall()
+        for hook in reversed(self.hooks):
+            with contain("hook.uninstall." + hook.name):
+                hook.uninstall()
         self.hooks.clear()
         with contain("recorder"):
             self.recorder.stop()
@@ -323,8 +313,8 @@ def instrument_connection(conn: Any) -> bool:
     from .hooks import aio, channel
 
     if type(conn).__name__ == "AsyncConnection":
-        return aio.wrap_connection(conn)
-    return channel.wrap_connection(conn)
+        return aio.HOOK.wrap_connection(conn)
+    return channel.HOOK.wrap_connection(conn)
 
 
 def is_instrumented() -> bool:

@@ -36,15 +36,12 @@ from .._otelctx import attach_span, detach
 from .._safe import record_internal_error
 from ..recorder import FOLD_AT, norm_strategy
 from ..tracing import db_namespace
-from . import HookContext, Patches, is_mismatch, retry_reason
+from . import Hook, HookContext, is_mismatch, outcome_of, retry_reason
 from . import channel as _channel
 from .cluster import QUERY_SPAN, RESUMED
 
 ATTR = "_e6observe_query"
 _COMPONENT = "hook.cursor"
-
-_ctx: Optional[HookContext] = None
-_patches = Patches()
 
 
 class QueryState:
@@ -92,9 +89,9 @@ def finish(ctx: HookContext, q: QueryState, outcome: str, exc: Optional[BaseExce
            end: Optional[float] = None) -> None:
     """Record the end of one query (duration, outcome, in-flight, span). Contained."""
     try:
+        seconds = (time.perf_counter() if end is None else end) - q.t0
         if outcome == "ok" and q.resumed:
             outcome = "resumed"
-        seconds = (time.perf_counter() if end is None else end) - q.t0
         tracer = ctx.tracer
         exemplar = tracer.exemplar(q.span) if (tracer is not None and q.span is not None) else None
         ctx.recorder.query_finished(q.strategy, outcome, seconds, exemplar)
@@ -102,11 +99,6 @@ def finish(ctx: HookContext, q: QueryState, outcome: str, exc: Optional[BaseExce
             tracer.finish(q.span, q.strategy, outcome, exc)
     except Exception as e:
         record_internal_error(_COMPONENT, e)
-
-
-def outcome_of(exc: BaseException) -> str:
-    """``switch_interrupted`` for a 456 on an admitted query, else ``error``."""
-    return "switch_interrupted" if is_mismatch(exc) else "error"
 
 
 def _operation(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -140,7 +132,7 @@ def _make_execute(orig: Callable[..., Any], ctx: HookContext) -> Callable[..., A
             conn = self.connection
             client = getattr(conn, "_client", None)
             if client is not None and getattr(client, mark, None) is not token:
-                _channel.wrap_connection(conn)
+                _channel.HOOK.wrap_connection(conn)
             tls.attempt = 0
             before = d.get("_query_id")
             tracer = ctx.tracer
@@ -268,8 +260,7 @@ def _make_clear(orig: Callable[..., Any], ctx: HookContext) -> Callable[..., Any
     perf = time.perf_counter
     rec = ctx.recorder
     tokens = rec.in_flight_tokens
-    #: strategy label -> its query-duration child for outcome ``ok`` (the common end).
-    ok: dict[str, Any] = {}
+    ok = ctx.query_ok
     fold_at = FOLD_AT
 
     def clear(self: Any, *args: Any, **kwargs: Any) -> Any:
@@ -295,7 +286,7 @@ def _make_clear(orig: Callable[..., Any], ctx: HookContext) -> Callable[..., Any
             del d[ATTR]
             if q.span is not None or q.resumed:
                 finish(ctx, q, "ok")
-            else:  # finish(ctx, q, "ok") for an untraced query, inlined (once per query)
+            else:  # finish(ctx, q, "ok") for an untraced query, inlined (sync: no extra call)
                 try:
                     seconds = perf() - q.t0
                     strategy = q.strategy
@@ -364,43 +355,34 @@ def _make_reauth(orig: Callable[..., Any], ctx: HookContext) -> Callable[..., An
     return get_re_authenticate_session_id
 
 
-def install(recorder: Any, options: object = None, tracer: object = None,
-            ctx: Optional[HookContext] = None) -> bool:
-    """Patch ``Cursor.execute/clear/cancel/fetch_batch`` and the re-auth used by retries."""
-    global _ctx
-    if _ctx is not None:
+class CursorHook(Hook):
+    """Patches ``Cursor.execute/clear/cancel/fetch_batch`` and the re-auth used by retries."""
+
+    name = "cursor"
+
+    def apply(self, ctx: HookContext) -> bool:
+        from e6data_python_connector import e6data_grpc as g
+
+        cur = g.Cursor
+        p = self.patches
+        p.replace(cur, "execute", _make_execute(cur.__dict__["execute"], ctx))
+        p.replace(cur, "clear", _make_clear(cur.__dict__["clear"], ctx))
+        if "cancel" in cur.__dict__:
+            p.replace(cur, "cancel", _make_cancel(cur.__dict__["cancel"], ctx))
+        # fetch_batch is the one v1 fetch path (fetchone/fetchmany/fetchall/fetchall_buffer all
+        # reach it); 3.0.1+ v2 results go through _next_result_chunk.
+        for name in ("fetch_batch", "_next_result_chunk"):
+            if name in cur.__dict__:
+                p.replace(cur, name, _make_fetch(cur.__dict__[name], ctx))
+        # The result-contract paths (OAuth / v2) can fail in fetchall/fetchmany before any batch
+        # is requested ("Connection is closed." after a flip): those end the query too.
+        for name in ("_fetch_all", "fetchmany"):
+            if name in cur.__dict__:
+                p.replace(cur, name, _make_fetch_failure(cur.__dict__[name], ctx))
+        reauth = g.Connection.__dict__.get("get_re_authenticate_session_id")
+        if reauth is not None:
+            p.replace(g.Connection, "get_re_authenticate_session_id", _make_reauth(reauth, ctx))
         return True
-    from e6data_python_connector import e6data_grpc as g
-
-    ctx = ctx or HookContext(recorder, options, tracer)
-    cur = g.Cursor
-    p = _patches
-    p.replace(cur, "execute", _make_execute(cur.__dict__["execute"], ctx))
-    p.replace(cur, "clear", _make_clear(cur.__dict__["clear"], ctx))
-    if "cancel" in cur.__dict__:
-        p.replace(cur, "cancel", _make_cancel(cur.__dict__["cancel"], ctx))
-    # fetch_batch is the one v1 fetch path (fetchone/fetchmany/fetchall/fetchall_buffer all
-    # reach it); 3.0.1+ v2 results go through _next_result_chunk.
-    for name in ("fetch_batch", "_next_result_chunk"):
-        if name in cur.__dict__:
-            p.replace(cur, name, _make_fetch(cur.__dict__[name], ctx))
-    # The result-contract paths (OAuth / v2) can fail in fetchall/fetchmany before any batch is
-    # requested ("Connection is closed." after a flip): those end the query too.
-    for name in ("_fetch_all", "fetchmany"):
-        if name in cur.__dict__:
-            p.replace(cur, name, _make_fetch_failure(cur.__dict__[name], ctx))
-    reauth = g.Connection.__dict__.get("get_re_authenticate_session_id")
-    if reauth is not None:
-        p.replace(g.Connection, "get_re_authenticate_session_id", _make_reauth(reauth, ctx))
-    _ctx = ctx
-    return True
 
 
-def uninstall() -> None:
-    """Restore every patched attribute (the original function objects)."""
-    global _ctx
-    if _ctx is None:
-        return
-    _ctx.live = False
-    _ctx = None
-    _patches.restore()
+HOOK = CursorHook()
