@@ -31,6 +31,13 @@ mismatch. Queries: ``AsyncCursor.execute`` / ``_clear`` (clear and close) / ``_n
 ``cancel``, with the same semantics as the sync cursor hook; the pinned colour is the query's
 route. A 456 toggle-and-retry inside ``_rpc`` is reported as ``retry(1, "mismatch")``.
 
+The hot path (64 concurrent queries saturate one event loop, so every Python call shows): the
+RPC wrapper parses the ``strategy`` header inline and hands the call's own Cython object a
+``functools.partial`` of :func:`~e6observe.hooks.stubs.aio_call_done` (one Python call when the
+RPC ends, which observes inline); the cursor wrappers inline the route's colour, the in-flight
+count and the end of the fetch; ``clear`` ends an untraced query in one call
+(:func:`~e6observe.hooks.cursor.finish`). The strategy descriptors define no ``__get__``, so the
+connector's reads of ``_strategy`` are plain instance-dict reads (only writes run Python).
 """
 
 from __future__ import annotations
@@ -42,24 +49,15 @@ import weakref
 from functools import partial
 from typing import Any, Callable, Optional
 
-from .._colours import COLOURS
+from .._colours import COLOURS, LABEL
 from .._otelctx import attach_span, detach
 from .._safe import record_internal_error
 from ..recorder import Recorder, norm_strategy
 from ..tracing import db_namespace
 from . import Hook, HookContext, is_mismatch, outcome_of
 from .cluster import QUERY_SPAN, RESUMED
-from .cursor import ATTR, QueryState, end_failed, finish, mark_fetched
-from .stubs import (
-    MARK,
-    Timer,
-    aio_call_done,
-    aio_status_codes,
-    mark_wrapper,
-    strategy_from,
-    unwrap_all,
-    wrap_stub,
-)
+from .cursor import ATTR, QueryState, end_failed, finish
+from .stubs import MARK, Timer, aio_call_done, aio_status_codes, mark_wrapper, unwrap_all, wrap_stub
 
 _COMPONENT = "hook.aio"
 _MISSING = object()
@@ -129,21 +127,18 @@ class _AioInterpreter:
 
 
 class _Watched:
-    """Class-level data descriptor: instance storage as before, changes reported."""
+    """Class-level data descriptor: instance storage as before, changes reported.
+
+    It has ``__set__`` and no ``__get__``: a read finds the value in the instance ``__dict__``
+    without running Python (the connector reads ``_strategy`` on every RPC); only a write does.
+    (Read before the constructor has assigned it, the attribute gives this descriptor instead
+    of raising AttributeError; the connector assigns both first thing.)"""
 
     __slots__ = ("name", "report")
 
     def __init__(self, name: str, report: Callable[[Any, Any, Any], None]) -> None:
         self.name = name
         self.report = report
-
-    def __get__(self, obj: Any, objtype: Any = None) -> Any:
-        if obj is None:
-            return self
-        try:
-            return obj.__dict__[self.name]
-        except KeyError:
-            raise AttributeError(self.name) from None
 
     def __set__(self, obj: Any, value: Any) -> None:
         d = obj.__dict__
@@ -180,11 +175,33 @@ def _timed_aio_call(mc: Any, timer: Timer, interp: _AioInterpreter) -> Callable[
     def timed(request: Any, *args: Any, **kwargs: Any) -> Any:
         if _ctx_now() and _suppressed():  # inside suppress_instrumentation(): not measured
             return mc(request, *args, **kwargs)
-        s = strategy_from(args, kwargs)
+        s = None  # stubs.strategy_from(args, kwargs), inlined
+        md = kwargs.get("metadata") if kwargs else None
+        if md is None and len(args) > 1:
+            md = args[1]
+        if md:
+            try:
+                for k, v in md:
+                    if k == "strategy":
+                        s = v
+                        break
+            except Exception:
+                s = None
         t0 = _perf()
         call = mc(request, *args, **kwargs)
         try:
-            call.add_done_callback(partial(aio_call_done, timer, interp, s, t0, codes, _COMPONENT))
+            cy = call._cython_call
+        except AttributeError:  # not grpc's own call object: its public method
+            cy = None
+        try:
+            if cy is not None:
+                # What grpc's Call.add_done_callback does (partial(cb, call) on the Cython
+                # call), without its Python frame.
+                cy.add_done_callback(
+                    partial(aio_call_done, timer, interp, s, t0, codes, _COMPONENT, call))
+            else:
+                call.add_done_callback(
+                    partial(aio_call_done, timer, interp, s, t0, codes, _COMPONENT))
         except Exception as exc:
             record_internal_error(_COMPONENT, exc)
         return call
@@ -212,6 +229,7 @@ def _make_initialize(orig: Callable[..., Any], ctx: HookContext,
 def _make_execute(orig: Callable[..., Any], ctx: HookContext) -> Callable[..., Any]:
     perf = time.perf_counter
     rec = ctx.recorder
+    tokens = rec.in_flight_tokens
     token = ctx.token
     context_now = ctx.context_now
     suppressed = ctx.suppressed
@@ -232,7 +250,9 @@ def _make_execute(orig: Callable[..., Any], ctx: HookContext) -> Callable[..., A
             client = conn.__dict__.get("_client") if conn is not None else None
             if client is not None and getattr(client, MARK, None) is not token:
                 HOOK.wrap_connection(conn)
-            tracer = ctx.current_tracer()
+            tracer = ctx.tracer  # ctx.current_tracer(), inlined
+            if tracer is None and ctx.retrace is not None:
+                tracer = ctx.retrace()
             if tracer is not None:
                 query = args[0] if args else kwargs.get("operation")
                 config = conn.__dict__.get("_config", {})
@@ -270,8 +290,11 @@ def _make_execute(orig: Callable[..., Any], ctx: HookContext) -> Callable[..., A
                 QUERY_SPAN.reset(qs_token)
             route = d.get("_route")
             s = getattr(route, "strategy", None)
-            strategy = norm_strategy(s if isinstance(s, str) else None)
-            rec.query_started(strategy)
+            # norm_strategy(s) for a str (else None), inlined for the usual case (a colour)
+            colour = LABEL.get(s) if type(s) is str else None
+            strategy = colour if colour is not None else norm_strategy(
+                s if isinstance(s, str) else None)
+            tokens[strategy].append(None)  # rec.query_started(strategy), inlined
             d[ATTR] = QueryState(t0, strategy, span, getattr(route, "query_id", None),
                                  resumed_get() is not resumed0)
         except Exception as exc:
@@ -283,6 +306,8 @@ def _make_execute(orig: Callable[..., Any], ctx: HookContext) -> Callable[..., A
 
 
 def _make_next_batch(orig: Callable[..., Any], ctx: HookContext) -> Callable[..., Any]:
+    perf = time.perf_counter
+
     async def _next_batch(self: Any, *args: Any, **kwargs: Any) -> Any:
         q = self.__dict__.get(ATTR)
         token = attach_span(q.span) if q is not None and q.span is not None else None
@@ -295,8 +320,10 @@ def _make_next_batch(orig: Callable[..., Any], ctx: HookContext) -> Callable[...
             raise
         if token is not None:
             detach(token)
-        if rows is None:
-            mark_fetched(ctx, self)
+        if rows is None and ctx.live:  # cursor.mark_fetched(ctx, self), inlined
+            q = self.__dict__.get(ATTR)
+            if q is not None and q.fetch_end is None:
+                q.fetch_end = perf()
         return rows
 
     _next_batch.__wrapped__ = orig  # type: ignore[attr-defined]

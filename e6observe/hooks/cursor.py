@@ -90,6 +90,22 @@ def finish(ctx: HookContext, q: QueryState, outcome: str, exc: Optional[BaseExce
     """Record the end of one query (duration, outcome, in-flight, span). Contained."""
     try:
         seconds = (time.perf_counter() if end is None else end) - q.t0
+        if outcome == "ok" and q.span is None and not q.resumed:
+            # The common end, untraced: rec.query_finished(q.strategy, "ok", seconds), inlined.
+            strategy = q.strategy
+            rec = ctx.recorder
+            try:
+                rec.in_flight_tokens[strategy].pop()
+            except (KeyError, IndexError):  # started before a fork reset, or unseen
+                pass
+            h = ctx.query_ok.get(strategy)
+            if h is None:
+                h = ctx.query_ok[strategy] = rec.query_histogram(strategy, "ok")
+            p = h.pending
+            p.append(seconds)
+            if len(p) >= FOLD_AT:
+                h.fold()
+            return
         if outcome == "ok" and q.resumed:
             outcome = "resumed"
         tracer = ctx.tracer
