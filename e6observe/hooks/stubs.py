@@ -19,6 +19,8 @@ import time
 import weakref
 from typing import Any, Callable, Optional
 
+import grpc
+
 from .._safe import record_internal_error
 from ..recorder import FOLD_AT, Histogram, Recorder, norm_code, norm_method, norm_strategy
 from . import MISMATCH_TEXT, HookContext
@@ -34,6 +36,7 @@ _COMPONENT = "hook.channel"
 #: hostile server could cause it) values are normalised on every call instead.
 CACHE_LIMIT = 8
 _perf = time.perf_counter
+_OK = grpc.StatusCode.OK
 
 
 def _never() -> bool:
@@ -199,7 +202,7 @@ def aio_call_done(timer: Timer, interp: Any, s: Any, t0: float, codes: dict[Any,
             return
         status = cy._status
         code = codes.get(status.code())
-        if code is not None and code.name == "OK":
+        if code is _OK:  # an identity test: ``code.name`` would be two Python calls (enum)
             h = timer.ok.get(s)
             if h is None:
                 h = timer.ok_child(s)
