@@ -422,14 +422,8 @@ class AioHook(Hook):
             record_internal_error(_COMPONENT, exc)
             return False
 
-    def process_strategy(self) -> Optional[str]:
-        """The async API's process-level colour (None before the first successful RPC)."""
-        interp = self.interp
-        return interp.known if interp is not None else None
-
 
 HOOK = AioHook()
 wrap_connection = HOOK.wrap_connection
-process_strategy = HOOK.process_strategy
 
-__all__ = ["HOOK", "AioHook", "wrap_connection", "available", "process_strategy"]
+__all__ = ["HOOK", "AioHook", "wrap_connection", "available"]

@@ -125,46 +125,48 @@ def pool_names() -> list[str]:
 
 # --- wrappers ----------------------------------------------------------------------------------
 
+def _wait_begins(pool: Any, kind: str) -> Optional[_PoolInfo]:
+    """A caller enters ``get_connection``: one more pending request. Contained."""
+    info: Optional[_PoolInfo] = None
+    with contain("hook.pool"):
+        info = _info(pool, kind)
+        with info.lock:
+            info.pending += 1
+    return info
+
+
+def _wait_ends(info: Optional[_PoolInfo], t0: float) -> None:
+    """The caller leaves ``get_connection`` (with a connection, an error or a timeout: a caller
+    that gave up still waited). Contained."""
+    if info is not None:
+        with contain("hook.pool"):
+            with info.lock:
+                info.pending -= 1
+            if info.wait_hist is not None:
+                info.wait_hist.observe(time.perf_counter() - t0)
+
+
 def _timed_get(original: Callable[..., Any], kind: str) -> Callable[..., Any]:
     @functools.wraps(original)
     def get_connection(self: Any, *args: Any, **kwargs: Any) -> Any:
-        info: Optional[_PoolInfo] = None
-        with contain("hook.pool"):
-            info = _info(self, kind)
-            with info.lock:
-                info.pending += 1
+        info = _wait_begins(self, kind)
         t0 = time.perf_counter()
         try:
             return original(self, *args, **kwargs)
         finally:
-            # Timeouts count too: a caller that gave up still waited.
-            if info is not None:
-                with contain("hook.pool"):
-                    with info.lock:
-                        info.pending -= 1
-                    if info.wait_hist is not None:
-                        info.wait_hist.observe(time.perf_counter() - t0)
+            _wait_ends(info, t0)
     return get_connection
 
 
 def _timed_get_async(original: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(original)
     async def get_connection(self: Any, *args: Any, **kwargs: Any) -> Any:
-        info: Optional[_PoolInfo] = None
-        with contain("hook.pool"):
-            info = _info(self, "aio")
-            with info.lock:
-                info.pending += 1
+        info = _wait_begins(self, "aio")
         t0 = time.perf_counter()
         try:
             return await original(self, *args, **kwargs)
         finally:
-            if info is not None:
-                with contain("hook.pool"):
-                    with info.lock:
-                        info.pending -= 1
-                    if info.wait_hist is not None:
-                        info.wait_hist.observe(time.perf_counter() - t0)
+            _wait_ends(info, t0)
     return get_connection
 
 
