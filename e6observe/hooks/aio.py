@@ -56,7 +56,7 @@ from ..recorder import Recorder, norm_strategy
 from ..tracing import db_namespace
 from . import Hook, HookContext, is_mismatch, outcome_of
 from .cluster import QUERY_SPAN, RESUMED
-from .cursor import ATTR, QueryState, end_failed, finish
+from .cursor import ATTR, QueryState, end_failed, execute_failed, finish
 from .stubs import MARK, Timer, aio_call_done, aio_status_codes, mark_wrapper, unwrap_all, wrap_stub
 
 _COMPONENT = "hook.aio"
@@ -277,9 +277,7 @@ def _make_execute(orig: Callable[..., Any], ctx: HookContext) -> Callable[..., A
                 s = getattr(route, "strategy", None) if admitted else (
                     conn.__dict__.get("_strategy") if conn is not None else None)
                 strategy = norm_strategy(s if (not admitted or isinstance(s, str)) else None)
-                outcome = "switch_interrupted" if admitted and is_mismatch(exc) else "error"
-                rec.query_started(strategy)
-                finish(ctx, QueryState(t0, strategy, span, None), outcome, exc)
+                execute_failed(ctx, t0, strategy, span, None, admitted, exc)
             except Exception as e:
                 record_internal_error(_COMPONENT, e)
             raise

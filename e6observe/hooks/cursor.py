@@ -36,7 +36,7 @@ from .._otelctx import attach_span, detach
 from .._safe import record_internal_error
 from ..recorder import FOLD_AT, norm_strategy
 from ..tracing import db_namespace
-from . import Hook, HookContext, is_mismatch, outcome_of, retry_reason
+from . import Hook, HookContext, outcome_of, retry_reason
 from . import channel as _channel
 from .cluster import QUERY_SPAN, RESUMED
 
@@ -117,6 +117,16 @@ def finish(ctx: HookContext, q: QueryState, outcome: str, exc: Optional[BaseExce
         record_internal_error(_COMPONENT, e)
 
 
+def execute_failed(ctx: HookContext, t0: float, strategy: str, span: Any, query_id: Any,
+                   admitted: bool, exc: BaseException) -> None:
+    """An ``execute`` raised (sync or async): the query starts and ends at once, as
+    ``switch_interrupted`` for a 456 once it was admitted (a switch landed mid-flight), else
+    ``error``."""
+    outcome = outcome_of(exc) if admitted else "error"
+    ctx.recorder.query_started(strategy)
+    finish(ctx, QueryState(t0, strategy, span, query_id), outcome, exc)
+
+
 def _operation(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     return args[0] if args else kwargs.get("operation")
 
@@ -174,10 +184,8 @@ def _make_execute(orig: Callable[..., Any], ctx: HookContext) -> Callable[..., A
                     QUERY_SPAN.reset(qs_token)
                 qid = d.get("_query_id")
                 admitted = qid is not None and qid != before
-                strategy = _pinned_strategy(qid if admitted else None)
-                outcome = "switch_interrupted" if admitted and is_mismatch(exc) else "error"
-                rec.query_started(strategy)
-                finish(ctx, QueryState(t0, strategy, span, qid), outcome, exc)
+                execute_failed(ctx, t0, _pinned_strategy(qid if admitted else None), span, qid,
+                               admitted, exc)
             except Exception as e:
                 record_internal_error(_COMPONENT, e)
             raise
