@@ -55,6 +55,7 @@ def main() -> int:
 
     import e6observe
     from e6observe.hooks import aio as hook
+    from e6observe.hooks.stubs import mark_wrapper
 
     full = hook._timed_aio_call
 
@@ -62,9 +63,7 @@ def main() -> int:
         def timed(request: Any, *args: Any, **kwargs: Any) -> Any:
             return mc(request, *args, **kwargs)
 
-        timed.__wrapped__ = mc  # type: ignore[attr-defined]
-        timed.__name__ = timer.method
-        return timed
+        return mark_wrapper(timed, mc, timer.method)
 
     variants = ["bare", "full", "rpc-passthrough", "no-descriptors", "no-cursor-wrappers"]
     saved: dict[tuple[Any, str], Any] = {}

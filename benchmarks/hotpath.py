@@ -51,7 +51,7 @@ def measure() -> dict[str, Any]:
     from e6data_python_connector import e6data_grpc as g
 
     from e6observe.config import Options
-    from e6observe.hooks import HookContext, channel, cursor, strategy_cache
+    from e6observe.hooks import HookContext, channel, cursor, strategy_cache, stubs
     from e6observe.recorder import Recorder
 
     opts = Options.resolve({})
@@ -80,10 +80,10 @@ def measure() -> dict[str, Any]:
     rpc_any.future = rpc_any  # type: ignore[attr-defined]
     rpc = Rpc()
     req = object()
-    timed = channel._timed_call(rpc, channel._Timer(rec, "prepareStatement"))
+    timed = channel._timed_call(rpc, stubs.Timer(rec, "prepareStatement"))
     base = best_ns(lambda: rpc(req, metadata=metadata))
     out["rpc_wrapper"] = best_ns(lambda: timed(req, metadata=metadata)) - base
-    timed_any = channel._timed_call(rpc_any, channel._Timer(rec, "prepareStatement"))
+    timed_any = channel._timed_call(rpc_any, stubs.Timer(rec, "prepareStatement"))
     base = best_ns(lambda: rpc_any(req, metadata=metadata))
     out["rpc_wrapper_other_signature"] = best_ns(lambda: timed_any(req, metadata=metadata)) - base
 

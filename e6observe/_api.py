@@ -30,6 +30,7 @@ import threading
 import time
 from typing import Any, Optional
 
+from . import _fork
 from ._safe import contain, record_internal_error
 from .config import ConfigError, Options
 from .recorder import Recorder, get_recorder, set_recorder
@@ -46,17 +47,18 @@ _active: Optional[_Instrumentation] = None
 TRACER_RECHECK_SECONDS = 1.0
 
 
-def _hook_modules() -> list[Any]:
+def _hooks() -> list[Any]:
+    """Every hook, in install order (uninstall runs it backwards)."""
     from .hooks import aio, channel, cluster, cursor, strategy_cache
 
-    mods: list[Any] = [strategy_cache, channel, cursor, aio, cluster]
+    hooks: list[Any] = [m.HOOK for m in (strategy_cache, channel, cursor, aio, cluster)]
     try:
         from .hooks import pool
 
-        mods.append(pool)
+        hooks.append(pool.HOOK)
     except Exception as exc:
         record_internal_error("hook.install.pool", exc)
-    return mods
+    return hooks
 
 
 class _Instrumentation:
@@ -83,16 +85,13 @@ class _Instrumentation:
         self.ctx = ctx = HookContext(rec, self.options, self.tracer)
         if self.tracer is None and self.options.otel and self.options.tracer_provider is None:
             ctx.retrace = self._retrace
-        for mod in _hook_modules():
-            name = mod.__name__.rsplit(".", 1)[-1]
-            with contain(f"hook.install.{name}"):
-                if name == "pool":  # the pool hook's own signature: install(recorder, options)
-                    mod.install(rec, self.options)
-                    self.hooks.append(mod)
-                elif mod.install(rec, self.options, self.tracer, ctx=ctx):
-                    self.hooks.append(mod)
+        for hook in _hooks():
+            with contain(f"hook.install.{hook.name}"):
+                if hook.install(ctx):
+                    self.hooks.append(hook)
                 else:
-                    logger.debug("e6observe: hook %s not applicable to this connector/Python", name)
+                    logger.debug("e6observe: hook %s not applicable to this connector/Python",
+                                 hook.name)
         self._start_sinks()
 
     def _make_tracer(self) -> Any:
@@ -205,9 +204,9 @@ class _Instrumentation:
         if self.tracer is not None:
             with contain("tracing"):
                 self.tracer.close()
-        for mod in reversed(self.hooks):
-            with contain("hook.uninstall." + mod.__name__.rsplit(".", 1)[-1]):
-                mod.uninstall()
+        for hook in reversed(self.hooks):
+            with contain("hook.uninstall." + hook.name):
+                hook.uninstall()
         self.hooks.clear()
         with contain("recorder"):
             self.recorder.stop()
@@ -265,6 +264,7 @@ def instrument(**options: Any) -> Optional[Recorder]:
     """
     global _active
     opts = Options.resolve(options)
+    _fork.register("locks", _reset_after_fork, "fork.api")
     with _lock:
         if _active is not None:
             logger.warning("e6observe.instrument() called while already instrumented: ignored "
@@ -282,6 +282,13 @@ def instrument(**options: Any) -> Optional[Recorder]:
             raise
         _active = inst
         return inst.recorder
+
+
+def _reset_after_fork() -> None:
+    """A fresh lock in a forked child: a thread of the parent may have been inside
+    ``instrument()`` or ``uninstrument()`` at the fork, and the child's would then hang."""
+    global _lock
+    _lock = threading.RLock()
 
 
 def uninstrument() -> bool:
@@ -314,8 +321,8 @@ def instrument_connection(conn: Any) -> bool:
     from .hooks import aio, channel
 
     if type(conn).__name__ == "AsyncConnection":
-        return aio.wrap_connection(conn)
-    return channel.wrap_connection(conn)
+        return aio.HOOK.wrap_connection(conn)
+    return channel.HOOK.wrap_connection(conn)
 
 
 def is_instrumented() -> bool:

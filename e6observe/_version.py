@@ -25,6 +25,15 @@ def connector_version() -> str:
     return _connector
 
 
+def connector_version_info() -> tuple[int, ...]:
+    """:func:`connector_version` as a tuple of its first three numeric parts (``3, 0, 2``;
+    ``()`` if unknown): what version comparisons use."""
+    text = connector_version()
+    if not text:
+        return ()
+    return tuple(int("".join(ch for ch in p if ch.isdigit()) or 0) for p in text.split(".")[:3])
+
+
 def _from_dist_info() -> str:
     try:
         import e6data_python_connector as pkg

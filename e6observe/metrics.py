@@ -17,8 +17,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
+from ._colours import COLOURS
+
 #: Every label value e6observe emits comes from a bounded set. These are the sets.
-STRATEGIES = ("blue", "green")
+STRATEGIES = COLOURS
 #: ``none``: no strategy known yet; ``invalid``: anything a server sent that is not blue/green.
 STRATEGY_LABELS = STRATEGIES + ("none", "invalid")
 #: Why a switch happened. ``announced``: the server sent ``new_strategy`` and the client flipped

@@ -25,6 +25,7 @@ from typing import Callable, Optional
 
 from . import _fork
 from . import metrics as M
+from ._colours import LABEL
 from ._safe import contain, record_internal_error
 from .events import Event, EventRing
 
@@ -49,14 +50,10 @@ CLUSTER_RPC_METHODS = frozenset({"cluster.status", "cluster.resume", "cluster.su
 FOLD_AT = 256
 
 
-#: The values the connector itself writes, each its own label: the usual case is one lookup.
-COLOURS = {"blue": "blue", "green": "green"}
-
-
 def norm_strategy(value: object) -> str:
     """Map anything to a bounded label: blue, green, none (unset) or invalid."""
     if type(value) is str:
-        label = COLOURS.get(value)
+        label = LABEL.get(value)  # the values the connector writes: one lookup
         if label is not None:
             return label
     if value is None or value == "" or value == b"":

@@ -194,12 +194,9 @@ def labels() -> dict[str, Label]:
 
 
 def _connector_version() -> str:
-    try:
-        from importlib.metadata import version
+    from e6observe._version import connector_version
 
-        return "e6data-python-connector " + version("e6data-python-connector")
-    except Exception:  # pragma: no cover - the connector is a dependency
-        return "e6data-python-connector, version unknown"
+    return "e6data-python-connector " + (connector_version() or "(version unknown)")
 
 
 # -- groups -------------------------------------------------------------------------------------

@@ -23,9 +23,9 @@ PASSWORD = "sim-password"
 
 # -- the connector under test --------------------------------------------------------------------
 def connector_version() -> tuple[int, ...]:
-    from importlib.metadata import version
+    from e6observe._version import connector_version_info
 
-    return tuple(int(p) for p in version("e6data-python-connector").split(".")[:3])
+    return connector_version_info()
 
 
 HAS_AIO = sys.version_info >= (3, 11) and connector_version() >= (3, 0, 0)

@@ -45,8 +45,8 @@ CALLS_PER_QUERY = {"prometheus": 14, "otel-metrics": 15, "otel-traced": 52}
 CALLS_PER_BATCH = 2  # the channel's timed RPC wrapper and the fetch_batch wrapper
 CALLS_PER_ROW = 0
 CALLS_PER_FETCHMANY = 1
-AIO_CALLS_PER_QUERY = 43
-AIO_CALLS_PER_BATCH = 5
+AIO_CALLS_PER_QUERY = 18
+AIO_CALLS_PER_BATCH = 3
 
 BATCH_ROWS = 100
 WARMUP = 20

@@ -194,7 +194,7 @@ def test_async_stub_wrapped_while_uninstrument_runs_is_left_unwrapped(
     from e6observe.hooks import aio
 
     e6observe.instrument(otel=False)
-    ctx, interp = aio._ctx, aio._interp
+    ctx, interp = aio.HOOK.ctx, aio.HOOK.interp
     assert ctx is not None and interp is not None
     real = aio._timed_aio_call
     calls: list[bool] = []
@@ -209,7 +209,7 @@ def test_async_stub_wrapped_while_uninstrument_runs_is_left_unwrapped(
     async def wrap() -> tuple[bool, list[str]]:
         async with grpc.aio.insecure_channel("127.0.0.1:9") as ch:
             stub = e6x_engine_pb2_grpc.QueryEngineServiceStub(ch)
-            wrapped = aio.wrap_stub(stub, ctx, interp)
+            wrapped = aio.HOOK.wrap_stub(stub, ctx, interp)
             left = [n for n, v in vars(stub).items()
                     if getattr(v, "__wrapped__", None) is not None] + \
                 (["marked"] if hasattr(stub, aio.MARK) else [])

@@ -84,7 +84,7 @@ FAULTS: dict[str, tuple[str, ...]] = {
     "e6observe.hooks.strategy_cache:_Interpreter._on_pending": ("hook.strategy_cache",),
     "e6observe.hooks.strategy_cache:_pinned": ("hook.strategy_cache",),
     "e6observe.hooks.channel:wrap_stub": ("hook.channel",),
-    "e6observe.hooks.channel:norm_code": ("hook.channel",),
+    "e6observe.hooks.stubs:norm_code": ("hook.channel",),
     "e6observe.hooks.cursor:_pinned_strategy": ("hook.cursor",),
     "e6observe.hooks.cursor:retry_reason": ("hook.cursor",),
     # query spans
@@ -132,7 +132,7 @@ GROUPS: list[list[str]] = [
     ["e6observe.events:EventRing.append", "e6observe.recorder:Recorder.state"],
     ["e6observe.hooks.channel:wrap_stub", "e6observe.recorder:Recorder.retry",
      "e6observe.recorder:Recorder.cache_cleared"],
-    ["e6observe.hooks.channel:norm_code", "e6observe.hooks.cursor:_pinned_strategy",
+    ["e6observe.hooks.stubs:norm_code", "e6observe.hooks.cursor:_pinned_strategy",
      "e6observe.hooks.strategy_cache:_Interpreter._on_active"],
     ["e6observe.hooks.cursor:retry_reason",
      "e6observe.hooks.strategy_cache:_Interpreter._on_pending"],

@@ -317,13 +317,14 @@ def test_each_component_resets_its_own_state_in_a_real_fork(
     cp = pytest.importorskip("e6data_python_connector.connection_pool")
     from helpers import sink_options
 
+    from e6observe.hooks import HookContext
     from e6observe.hooks import pool as P
     from e6observe.sinks.prometheus import PrometheusSink
 
     _safe.reset_for_tests()
     rec = Recorder()
     set_recorder(rec)
-    P.install(rec)
+    P.HOOK.install(HookContext(rec))
     sink = PrometheusSink(rec, sink_options(prometheus_port=0, multiprocess_dir=str(tmp_path)))
     sink.start()
     w = Watcher(rec, SimpleNamespace(watcher_interval=0.05)).start()
@@ -343,12 +344,12 @@ def test_each_component_resets_its_own_state_in_a_real_fork(
         info = P._pools[pool]  # named pool-<n>: n counts this process's pools so far
         assert wait_for(lambda: P.read_pools()[info.name]["pending"] == 1)
         fam = rec.family(M.SWITCHES)
-        _HELD_OBJECTS.update(rec=rec, watcher=w, sink=sink, info=info, fam=fam,
+        _HELD_OBJECTS.update(rec=rec, watcher=w, sink=sink, info=info, fam=fam, pool_hook=P.HOOK,
                              counter=fam.items()[0][1],
                              hist=rec.rpc_histogram("prepareStatement", "blue", "OK"))
         paths = ["e6observe._fork:_lock", "e6observe._safe:_lock",
                  "e6observe.recorder:_current_lock", "e6observe.connections:_lock",
-                 "e6observe.hooks.pool:_pools_lock", "e6observe.hooks.pool:_state_lock",
+                 "e6observe.hooks.pool:_pools_lock", "@pool_hook._lock",
                  "@info.lock", "@rec._state_lock", "@rec._wake", "@rec.ring._lock", "@fam._lock",
                  "@counter._lock", "@hist._lock", "@watcher._lock", "@sink._lock",
                  "@sink.writer._lock", "@sink.collector._lock"]
@@ -412,7 +413,7 @@ def test_each_component_resets_its_own_state_in_a_real_fork(
         w.stop()
         sink.close()
         pool.close_all()
-        P.uninstall()
+        P.HOOK.uninstall()
         P._reset_names_for_tests()
         set_recorder(None)
         rec.stop()

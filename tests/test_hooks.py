@@ -30,9 +30,9 @@ def rec() -> Iterator[Recorder]:
     """A recorder with only the strategy-cache hook installed."""
     _safe.reset_for_tests()
     r = Recorder()
-    assert sc.install(r)
+    assert sc.HOOK.install(HookContext(r))
     yield r
-    sc.uninstall()
+    sc.HOOK.uninstall()
 
 
 def events(r: Recorder) -> list[tuple[Any, ...]]:
@@ -138,22 +138,22 @@ def test_state_present_at_install_is_reported(sim: Simulator) -> None:
     g._set_pending_strategy("blue")
     r = Recorder()
     try:
-        assert sc.install(r)
+        assert sc.HOOK.install(HookContext(r))
         assert events(r) == [("detected", "green"), ("announced", "blue")]
         assert r.active == "green" and r.pending == "blue"
     finally:
-        sc.uninstall()
+        sc.HOOK.uninstall()
 
 
 @pytest.mark.matrix
 def test_uninstall_puts_back_the_original_dict_with_current_contents() -> None:
     original = g._local_strategy_cache
     r = Recorder()
-    assert sc.install(r)
+    assert sc.HOOK.install(HookContext(r))
     ours = g._local_strategy_cache
     assert ours is not original and isinstance(ours, sc.ObservedCache)
     g._set_active_strategy("green")
-    sc.uninstall()
+    sc.HOOK.uninstall()
     assert g._local_strategy_cache is original and original["active_strategy"] == "green"
     g._set_active_strategy("blue")  # a stale reference to ours no longer reports
     ours["active_strategy"] = "green"
@@ -240,9 +240,9 @@ def chan(sim: Simulator) -> Iterator[tuple[Recorder, HookContext]]:
     _safe.reset_for_tests()
     r = Recorder()
     ctx = HookContext(r)
-    assert channel.install(r, ctx=ctx)
+    assert channel.HOOK.install(ctx)
     yield r, ctx
-    channel.uninstall()
+    channel.HOOK.uninstall()
 
 
 def rpc_counts(r: Recorder) -> dict[tuple[str, ...], int]:
@@ -261,7 +261,7 @@ def test_every_new_stub_is_timed_and_unwrapped_on_uninstall(
     conn.get_re_authenticate_session_id()  # builds a new stub: wrapped as well
     assert conn._client is not stub and hasattr(conn._client, channel.MARK)
     assert rpc_counts(r) == {("authenticate", "blue", "OK"): 2}
-    channel.uninstall()
+    channel.HOOK.uninstall()
     assert stub.authenticate is mc and not hasattr(stub, channel.MARK)
     assert isinstance(conn._client.authenticate, grpc.UnaryUnaryMultiCallable)
 
@@ -297,11 +297,11 @@ def cur_hooks(sim: Simulator) -> Iterator[Recorder]:
     _safe.reset_for_tests()
     r = Recorder()
     ctx = HookContext(r)
-    assert sc.install(r) and channel.install(r, ctx=ctx) and cursor.install(r, ctx=ctx)
+    assert sc.HOOK.install(HookContext(r)) and channel.HOOK.install(ctx) and cursor.HOOK.install(ctx)
     yield r
-    cursor.uninstall()
-    channel.uninstall()
-    sc.uninstall()
+    cursor.HOOK.uninstall()
+    channel.HOOK.uninstall()
+    sc.HOOK.uninstall()
 
 
 def query_counts(r: Recorder) -> dict[tuple[str, ...], int]:
@@ -349,9 +349,9 @@ def test_cursor_hooks_restore_by_identity(sim: Simulator) -> None:
     before = dict(vars(g.Cursor)), dict(vars(g.Connection))
     r = Recorder()
     ctx = HookContext(r)
-    cursor.install(r, ctx=ctx)
+    cursor.HOOK.install(ctx)
     assert g.Cursor.__dict__["execute"] is not before[0]["execute"]
-    cursor.uninstall()
+    cursor.HOOK.uninstall()
     after = dict(vars(g.Cursor)), dict(vars(g.Connection))
     for b, a in zip(before, after):
         assert set(a) == set(b) and all(a[k] is b[k] for k in b)

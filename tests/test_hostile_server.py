@@ -29,7 +29,7 @@ from hypothesis import strategies as st
 
 from e6observe import _safe
 from e6observe import metrics as M
-from e6observe.hooks import channel, cursor, is_mismatch, retry_reason, strategy_cache
+from e6observe.hooks import channel, cursor, is_mismatch, retry_reason, strategy_cache, stubs
 from e6observe.recorder import (
     CLUSTER_RPC_METHODS,
     GRPC_CODES,
@@ -361,7 +361,7 @@ def test_fuzzed_rpc_results_through_the_channel_wrapper(code: Any, details: Any,
 
     other.with_call = other  # type: ignore[attr-defined]
     mc: Any = Documented() if documented else other
-    timed = channel._timed_call(mc, channel._Timer(rec, "prepareStatement"))
+    timed = channel._timed_call(mc, stubs.Timer(rec, "prepareStatement"))
     assert timed.__code__.co_name == ("timed" if documented else "timed_any")
     md = [("plannerip", "127.0.0.1"), ("strategy", header)]
     if odd_metadata is not None and not fail:
@@ -369,7 +369,7 @@ def test_fuzzed_rpc_results_through_the_channel_wrapper(code: Any, details: Any,
         assert timed(object(), 1.0, odd_metadata) is response
         assert _safe.internal_errors() == {}
         rec = Recorder()
-        timed = channel._timed_call(mc, channel._Timer(rec, "prepareStatement"))
+        timed = channel._timed_call(mc, stubs.Timer(rec, "prepareStatement"))
     if fail:
         with pytest.raises(FakeRpcError) as ei:
             timed(object(), metadata=md)

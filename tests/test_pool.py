@@ -13,6 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from e6observe import _safe, readers
 from e6observe import metrics as M
+from e6observe.hooks import HookContext
 from e6observe.hooks import pool as P
 from e6observe.readings import ReadingsCollector, register_otel
 from e6observe.recorder import Recorder
@@ -26,9 +27,9 @@ pytest.importorskip("e6data_python_connector.connection_pool",
 def rec() -> Iterator[Recorder]:
     P._reset_names_for_tests()
     r = Recorder()
-    P.install(r)
+    P.HOOK.install(HookContext(r))
     yield r
-    P.uninstall()
+    P.HOOK.uninstall()
     P._reset_names_for_tests()
 
 
@@ -73,13 +74,13 @@ def test_install_uninstall_restore_originals_by_identity() -> None:
 
     before = {a: ConnectionPool.__dict__[a] for a in ("__init__", "get_connection",
                                                      "_create_connection")}
-    P.install(Recorder())
-    P.install(Recorder())  # idempotent
+    P.HOOK.install(HookContext(Recorder()))
+    P.HOOK.install(HookContext(Recorder()))  # idempotent
     try:
         assert all(ConnectionPool.__dict__[a] is not f for a, f in before.items())
     finally:
-        P.uninstall()
-    P.uninstall()
+        P.HOOK.uninstall()
+    P.HOOK.uninstall()
     assert all(ConnectionPool.__dict__[a] is f for a, f in before.items())
 
 
@@ -158,13 +159,13 @@ def test_pool_created_before_install_is_picked_up_when_used(make_pool: Callable[
     pool = make_pool(min_size=1)
     assert P.read_pools() == {}
     rec = Recorder()
-    P.install(rec)
+    P.HOOK.install(HookContext(rec))
     try:
         pool.return_connection(pool.get_connection())
         assert "pool-1" in P.read_pools()
         assert counts(rec, M.POOL_WAIT_TIME) == {"pool-1": 1}
     finally:
-        P.uninstall()
+        P.HOOK.uninstall()
         P._reset_names_for_tests()
 
 
@@ -192,9 +193,9 @@ def test_uninstalled_wrappers_stop_recording(make_pool: Callable[..., Any]) -> N
     P._reset_names_for_tests()
     original = ConnectionPool.__dict__["get_connection"]
     rec = Recorder()
-    P.install(rec)
+    P.HOOK.install(HookContext(rec))
     wrapped = ConnectionPool.get_connection
-    P.uninstall()
+    P.HOOK.uninstall()
     assert ConnectionPool.__dict__["get_connection"] is original
     pool = make_pool(min_size=1)
     pool.return_connection(wrapped(pool))  # a reference kept from before uninstall

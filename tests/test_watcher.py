@@ -50,13 +50,13 @@ def make_watcher() -> Iterator[Callable[..., Watcher]]:
 @pytest.fixture
 def hooks() -> Iterator[Callable[[Recorder], None]]:
     """Install the strategy-cache hook (the hooks engineer's) for one test."""
-    from e6observe.hooks import strategy_cache
+    from e6observe.hooks import HookContext, strategy_cache
 
     def _install(rec: Recorder) -> None:
-        assert strategy_cache.install(rec)
+        assert strategy_cache.HOOK.install(HookContext(rec))
 
     yield _install
-    strategy_cache.uninstall()
+    strategy_cache.HOOK.uninstall()
 
 
 def query(conn: Any, sql: str = "SELECT 1", clear: bool = True) -> Any:

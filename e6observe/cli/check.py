@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, TextIO
 
+from .._colours import COLOURS
 from . import _argtypes as A
 from ._connopts import (
     ConnectionOptions,
@@ -259,7 +260,7 @@ class Checker:
         # Cache A, the strategy this process's connector routes queries to.
         strategy = e6data_grpc._get_active_strategy()
         step.value = strategy if isinstance(strategy, str) and len(strategy) <= 16 else repr(strategy)[:20]
-        if isinstance(strategy, str) and strategy.lower() in ("blue", "green"):
+        if isinstance(strategy, str) and strategy.lower() in COLOURS:
             step.status = "pass"
             step.summary = f"active strategy: {strategy.lower()}"
         else:

@@ -147,7 +147,7 @@ def fmt_ago(unix: float, now: float) -> str:
 
 
 def _strategy(s: Any) -> str:
-    return s if s in ("blue", "green") else (str(s) if s else "none")
+    return s if s in M.STRATEGIES else (str(s) if s else "none")
 
 
 def _kind(k: Any) -> str:

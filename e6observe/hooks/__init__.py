@@ -1,10 +1,17 @@
 """Hooks on the e6data connector: each module patches one surface and can undo it exactly.
 
-Every hook module provides ``install(recorder, options, tracer=None)`` and ``uninstall()``.
-``install`` keeps the original of every attribute it replaces and ``uninstall`` puts that very
-object back (tests compare identities). Hook code never raises into the application: its own
-failures go through :func:`e6observe._safe.record_internal_error`, and the connector's exceptions
-pass through as the same object (the connector inspects the private ``_InactiveRpcError``).
+The protocol (:class:`Hook`): every hook module holds one hook object, ``HOOK``, with its
+context (:class:`HookContext`, shared by the hooks of one ``instrument()``), its
+:class:`Patches`, and its deferred installs (:meth:`Hook.defer`: patch a module of the connector
+once the application imports it). ``HOOK.install(ctx)`` applies it (False: not applicable to this
+connector or Python) and ``HOOK.uninstall()`` undoes it: the original of every attribute it
+replaced is put back, the very object (tests compare identities). A hook module defines its
+subclass's ``apply(ctx)`` (what to patch, through ``self.patches`` and ``self.defer``) and, if it
+changes more than attributes, ``removed(ctx)``.
+
+Hook code never raises into the application: its own failures go through
+:func:`e6observe._safe.record_internal_error`, and the connector's exceptions pass through as the
+same object (the connector inspects the private ``_InactiveRpcError``).
 
 Shared helpers for recognising the connector's two recovery errors live here.
 """
@@ -13,8 +20,10 @@ from __future__ import annotations
 
 import sys
 import threading
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
+from .. import _fork
+from .._safe import record_internal_error
 from ..recorder import Recorder
 
 #: The text of a strategy-mismatch error (``StatusCode.UNKNOWN``). Sync password paths test it as
@@ -50,6 +59,12 @@ def is_mismatch(exc: Optional[BaseException]) -> bool:
     return False
 
 
+def outcome_of(exc: BaseException) -> str:
+    """How a query that was admitted ends on ``exc``: ``switch_interrupted`` for a 456 (a switch
+    landed while it ran), else ``error``. Sync and async cursor hooks share it."""
+    return "switch_interrupted" if is_mismatch(exc) else "error"
+
+
 def retry_reason(exc: Optional[BaseException]) -> str:
     """The recorder's retry reason for the error that made the connector replay an operation.
 
@@ -69,20 +84,6 @@ def retry_reason(exc: Optional[BaseException]) -> str:
     return "other"
 
 
-def connector_version() -> tuple[int, ...]:
-    """The installed connector's version as a tuple (``()`` if unknown)."""
-    from .._version import connector_version as read
-
-    text = read()
-    if not text:
-        return ()
-    parts = []
-    for p in text.split(".")[:3]:
-        digits = "".join(ch for ch in p if ch.isdigit())
-        parts.append(int(digits or 0))
-    return tuple(parts)
-
-
 _MISSING = object()
 
 
@@ -94,7 +95,7 @@ class HookContext:
     """
 
     __slots__ = ("recorder", "options", "tracer", "live", "token", "tls", "retrace", "track",
-                 "timers", "suppressed", "context_now")
+                 "timers", "query_ok", "suppressed", "context_now")
 
     def __init__(self, recorder: Recorder, options: Any = None, tracer: Any = None) -> None:
         self.recorder = recorder
@@ -111,6 +112,9 @@ class HookContext:
         self.track: Any = _track_connection_fn()
         #: Per-method timing state shared by every stub of this installation (channel hook).
         self.timers: dict[str, Any] = {}
+        #: Strategy label -> its query-duration child for outcome ``ok`` (the common end of a
+        #: query; sync and async cursor hooks).
+        self.query_ok: dict[str, Any] = {}
         #: True inside OpenTelemetry's ``suppress_instrumentation()``: no span, no measurement.
         self.suppressed = _suppression_check()
         #: The OpenTelemetry context as one C call: empty (falsy) means nothing is suppressed,
@@ -188,8 +192,6 @@ class _ImportWatch:
         try:
             self.callback()
         except Exception as exc:
-            from .._safe import record_internal_error
-
             record_internal_error("hook.deferred", exc)
 
 
@@ -241,21 +243,149 @@ class Patches:
         self._items.append((owner, name, original, new))
         return current
 
-    def restore(self) -> None:
-        """Undo every replacement, newest first. One another tool wrapped over is left alone."""
+    def restore(self) -> int:
+        """Undo every replacement, newest first. One another tool wrapped over is left alone
+        (dropping it would drop their wrapper; ours sees its context no longer live): returns
+        how many were left so."""
         items, self._items = self._items, []
+        left = 0
         for owner, name, original, new in reversed(items):
             if owner.__dict__.get(name, _MISSING) is not new:
+                left += 1
                 continue
             if original is _MISSING:
                 delattr(owner, name)
             else:
                 setattr(owner, name, original)
+        return left
+
+    def patched(self, owner: Any) -> bool:
+        """True if some attribute of ``owner`` is replaced (and not restored)."""
+        return any(o is owner for o, *_ in self._items)
 
     def __len__(self) -> int:
         return len(self._items)
 
 
-__all__ = ["HookContext", "Patches", "when_imported", "MISMATCH_TEXT", "ACCESS_DENIED_TEXT",
-           "is_mismatch", "retry_reason",
-           "rpc_error_details", "connector_version"]
+#: Every hook object (one per module in ``hooks/``), for :func:`reset_after_fork`.
+_HOOKS: list[Hook] = []
+
+
+def reset_after_fork() -> None:
+    """Fresh locks for every hook in a forked child."""
+    for hook in list(_HOOKS):
+        hook.reset_after_fork()
+
+
+class Hook:
+    """One hook on the connector: the protocol every module in ``hooks/`` follows.
+
+    ``install(ctx)``, ``uninstall()`` and a deferred install's callback run under the hook's
+    (re-entrant) lock, so an uninstall never interleaves with a late install. A subclass defines
+    ``name`` (its failures are counted as ``hook.<name>``), :meth:`apply` and, when it changes
+    more than class or module attributes, :meth:`removed`.
+    """
+
+    name = "hook"
+
+    def __init__(self) -> None:
+        #: The installation's context while installed (None otherwise).
+        self.ctx: Optional[HookContext] = None
+        self.patches = Patches()
+        self._watches: list[_ImportWatch] = []
+        self._lock = threading.RLock()
+        _HOOKS.append(self)
+
+    def reset_after_fork(self) -> None:
+        """A fresh lock in a forked child (a thread of the parent may have held this one)."""
+        self._lock = threading.RLock()
+
+    @property
+    def component(self) -> str:
+        return "hook." + self.name
+
+    def installed(self) -> bool:
+        return self.ctx is not None
+
+    def apply(self, ctx: HookContext) -> bool:
+        """Patch the connector for ``ctx`` (through ``self.patches`` and :meth:`defer`). False:
+        nothing applies to this connector or Python (what was patched so far is undone)."""
+        raise NotImplementedError
+
+    def removed(self, ctx: HookContext) -> None:
+        """After the patches are restored: undo what is not an attribute (stubs, caches)."""
+
+    def install(self, ctx: HookContext) -> bool:
+        """Apply the hook (idempotent: True at once while installed). False if not applicable."""
+        _fork.register("locks", reset_after_fork, "fork.hooks")  # once, whichever hook is first
+        with self._lock:
+            if self.ctx is not None:
+                return True
+            self.ctx = ctx
+            try:
+                ok = self.apply(ctx)
+            except BaseException:
+                self._undo(ctx)
+                raise
+            if not ok:
+                self._undo(ctx)
+            return ok
+
+    def uninstall(self) -> None:
+        """Stop waiting for modules, put back every original, undo the rest (idempotent)."""
+        with self._lock:
+            ctx = self.ctx
+            if ctx is None:
+                return
+            ctx.live = False
+            self._undo(ctx)
+
+    def _undo(self, ctx: HookContext) -> None:
+        for watch in self._watches:
+            watch.cancel()
+        self._watches.clear()
+        self.ctx = None
+        for _ in range(self.patches.restore()):
+            # Someone wrapped over ours: theirs stays; ours passes through (ctx not live).
+            record_internal_error(self.component + ".uninstall")
+        try:
+            self.removed(ctx)
+        except Exception as exc:
+            record_internal_error(self.component, exc)
+
+    def defer(self, ctx: HookContext, module: str, apply: Callable[[], bool]) -> bool:
+        """Run ``apply()`` once ``module`` (a connector module the application may never import)
+        has been imported, while this installation is live: now if it is imported (its result
+        is returned), else right after its import in the importing thread (True is returned).
+        False when the module does not exist (nothing to wait for)."""
+        if module in sys.modules:
+            return apply()
+        try:
+            import importlib.util
+
+            if importlib.util.find_spec(module) is None:
+                return False
+        except (ImportError, ValueError):
+            return False
+
+        def late() -> None:
+            # Looked at before the lock too: a stale watch (its installation gone) must not wait
+            # for a newer install(), which may itself be waiting for this very import.
+            if self.ctx is not ctx or not ctx.live:
+                return
+            with self._lock:
+                if self.ctx is not ctx or not ctx.live:
+                    return  # uninstalled meanwhile
+                try:
+                    apply()
+                except Exception as exc:
+                    record_internal_error(self.component + ".deferred", exc)
+
+        watch = when_imported(module, late)  # may run late() at once (imported meanwhile)
+        if watch is not None:
+            self._watches.append(watch)
+        return True
+
+
+__all__ = ["Hook", "HookContext", "reset_after_fork", "Patches", "when_imported", "MISMATCH_TEXT",
+           "ACCESS_DENIED_TEXT", "is_mismatch", "outcome_of", "retry_reason", "rpc_error_details"]

@@ -30,6 +30,14 @@ between). The callback reads the finished call's status and observes the duratio
 mismatch. Queries: ``AsyncCursor.execute`` / ``_clear`` (clear and close) / ``_next_batch`` /
 ``cancel``, with the same semantics as the sync cursor hook; the pinned colour is the query's
 route. A 456 toggle-and-retry inside ``_rpc`` is reported as ``retry(1, "mismatch")``.
+
+The hot path (64 concurrent queries saturate one event loop, so every Python call shows): the
+RPC wrapper parses the ``strategy`` header inline and hands the call's own Cython object a
+``functools.partial`` of :func:`~e6observe.hooks.stubs.aio_call_done` (one Python call when the
+RPC ends, which observes inline); the cursor wrappers inline the route's colour, the in-flight
+count and the end of the fetch; ``clear`` ends an untraced query in one call
+(:func:`~e6observe.hooks.cursor.finish`). The strategy descriptors define no ``__get__``, so the
+connector's reads of ``_strategy`` are plain instance-dict reads (only writes run Python).
 """
 
 from __future__ import annotations
@@ -38,25 +46,23 @@ import sys
 import threading
 import time
 import weakref
+from functools import partial
 from typing import Any, Callable, Optional
 
+from .._colours import COLOURS, LABEL
 from .._otelctx import attach_span, detach
 from .._safe import record_internal_error
-from ..recorder import Recorder, norm_code, norm_method, norm_strategy
+from ..recorder import Recorder, norm_strategy
 from ..tracing import db_namespace
-from . import HookContext, Patches, is_mismatch
-from .channel import MARK, _strategy_from, _Timer
+from . import Hook, HookContext, is_mismatch, outcome_of
 from .cluster import QUERY_SPAN, RESUMED
-from .cursor import ATTR, QueryState, end_failed, finish, mark_fetched
+from .cursor import ATTR, QueryState, end_failed, execute_failed, finish
+from .stubs import MARK, Timer, aio_call_done, aio_status_codes, mark_wrapper, unwrap_all, wrap_stub
 
 _COMPONENT = "hook.aio"
-_COLOURS = ("blue", "green")
 _MISSING = object()
-
-_ctx: Optional[HookContext] = None
-_interp: Optional[_AioInterpreter] = None
-_patches = Patches()
-_stubs: weakref.WeakSet[Any] = weakref.WeakSet()
+#: The connector module whose import installs the hooks when instrument() ran first.
+ASYNC_MODULE = "e6data_python_connector.async_connection"
 
 
 def available() -> bool:
@@ -83,7 +89,7 @@ class _AioInterpreter:
 
     def confirmed(self, strategy: Any) -> None:
         """An RPC succeeded under ``strategy``: the first such is the detection."""
-        if strategy not in _COLOURS:
+        if strategy not in COLOURS:
             return
         with self._lock:
             if self.known is not None:
@@ -92,7 +98,7 @@ class _AioInterpreter:
         self.rec.detected(strategy)
 
     def on_strategy(self, conn: Any, old: Any, new: Any) -> None:
-        if old is _MISSING or new not in _COLOURS:
+        if old is _MISSING or new not in COLOURS:
             return  # the constructor's initial guess, or nothing usable
         exc = sys.exc_info()[1]
         toggled = exc is not None and is_mismatch(exc)
@@ -115,27 +121,24 @@ class _AioInterpreter:
         self.rec.applied(ref, new, cause, pinned_queries=pinned)
 
     def on_pending(self, conn: Any, old: Any, new: Any) -> None:
-        if new not in _COLOURS or new == self.known or new == conn.__dict__.get("_strategy"):
+        if new not in COLOURS or new == self.known or new == conn.__dict__.get("_strategy"):
             return
         self.rec.announced(new)
 
 
 class _Watched:
-    """Class-level data descriptor: instance storage as before, changes reported."""
+    """Class-level data descriptor: instance storage as before, changes reported.
+
+    It has ``__set__`` and no ``__get__``: a read finds the value in the instance ``__dict__``
+    without running Python (the connector reads ``_strategy`` on every RPC); only a write does.
+    (Read before the constructor has assigned it, the attribute gives this descriptor instead
+    of raising AttributeError; the connector assigns both first thing.)"""
 
     __slots__ = ("name", "report")
 
     def __init__(self, name: str, report: Callable[[Any, Any, Any], None]) -> None:
         self.name = name
         self.report = report
-
-    def __get__(self, obj: Any, objtype: Any = None) -> Any:
-        if obj is None:
-            return self
-        try:
-            return obj.__dict__[self.name]
-        except KeyError:
-            raise AttributeError(self.name) from None
 
     def __set__(self, obj: Any, value: Any) -> None:
         d = obj.__dict__
@@ -159,97 +162,51 @@ def _never() -> bool:
     return False
 
 
-#: True inside OpenTelemetry's ``suppress_instrumentation()`` (set by :func:`install`).
+#: Hot-path copies of the installed context's suppression check and context getter (see
+#: ``channel.py``), set by :class:`AioHook`.
 _suppressed: Callable[[], bool] = _never
-#: The OpenTelemetry context getter (a C call, falsy when empty), set with ``_suppressed``.
 _ctx_now: Callable[[], Any] = _never
+_perf = time.perf_counter
 
 
-def _timed_aio_call(mc: Any, timer: _Timer, interp: _AioInterpreter) -> Callable[..., Any]:
-    from grpc import _common
-
-    perf = time.perf_counter
-    ok = timer.ok
-    codes = _common.CYGRPC_STATUS_CODE_TO_STATUS_CODE
+def _timed_aio_call(mc: Any, timer: Timer, interp: _AioInterpreter) -> Callable[..., Any]:
+    codes = aio_status_codes()
 
     def timed(request: Any, *args: Any, **kwargs: Any) -> Any:
         if _ctx_now() and _suppressed():  # inside suppress_instrumentation(): not measured
             return mc(request, *args, **kwargs)
-        s = _strategy_from(args, kwargs)
-        t0 = perf()
+        s = None  # stubs.strategy_from(args, kwargs), inlined
+        md = kwargs.get("metadata") if kwargs else None
+        if md is None and len(args) > 1:
+            md = args[1]
+        if md:
+            try:
+                for k, v in md:
+                    if k == "strategy":
+                        s = v
+                        break
+            except Exception:
+                s = None
+        t0 = _perf()
         call = mc(request, *args, **kwargs)
         try:
-            def done(c: Any) -> None:
-                dt = perf() - t0
-                try:
-                    cy = c._cython_call
-                    if cy.is_locally_cancelled():
-                        timer.failed("CANCELLED", None, dt, s)
-                        return
-                    status = cy._status
-                    code = codes.get(status.code())
-                    if code is not None and code.name == "OK":
-                        h = ok.get(s)
-                        if h is None:
-                            h = timer.ok_child(s)
-                        h.observe(dt)
-                        if interp.known is None:
-                            interp.confirmed(s)
-                    else:
-                        timer.failed(code, status.details(), dt, s)
-                except Exception as exc:
-                    record_internal_error(_COMPONENT, exc)
-
-            call.add_done_callback(done)
+            cy = call._cython_call
+        except AttributeError:  # not grpc's own call object: its public method
+            cy = None
+        try:
+            if cy is not None:
+                # What grpc's Call.add_done_callback does (partial(cb, call) on the Cython
+                # call), without its Python frame.
+                cy.add_done_callback(
+                    partial(aio_call_done, timer, interp, s, t0, codes, _COMPONENT, call))
+            else:
+                call.add_done_callback(
+                    partial(aio_call_done, timer, interp, s, t0, codes, _COMPONENT))
         except Exception as exc:
             record_internal_error(_COMPONENT, exc)
         return call
 
-    timed.__wrapped__ = mc  # type: ignore[attr-defined]
-    timed.__name__ = timer.method
-    return timed
-
-
-def wrap_stub(stub: Any, ctx: HookContext, interp: _AioInterpreter) -> bool:
-    """Replace the unary multi-callables of one ``grpc.aio`` stub (idempotent)."""
-    import grpc.aio
-
-    if stub is None or getattr(stub, MARK, None) is ctx.token:
-        return False
-    attrs = vars(stub)
-    for name, mc in list(attrs.items()):
-        if isinstance(mc, grpc.aio.UnaryUnaryMultiCallable):
-            attrs[name] = _timed_aio_call(mc, _Timer(ctx.recorder, norm_method(name)), interp)
-    attrs[MARK] = ctx.token
-    _stubs.add(stub)
-    if not ctx.live:
-        # uninstall() ran while we were wrapping (it clears ``live`` before it unwraps what is
-        # in _stubs, and we added to _stubs before looking): it may have missed this stub.
-        _unwrap_stub(stub)
-        return False
-    return True
-
-
-def _unwrap_stub(stub: Any) -> None:
-    attrs = vars(stub)
-    for name, value in list(attrs.items()):
-        original = getattr(value, "__wrapped__", None)
-        if original is not None and getattr(value, "__name__", None) == norm_method(name):
-            attrs[name] = original
-    attrs.pop(MARK, None)
-
-
-def wrap_connection(conn: Any) -> bool:
-    """Instrument the stub of an already-open ``AsyncConnection``. True if it changed."""
-    ctx, interp = _ctx, _interp
-    if ctx is None or interp is None or not ctx.live:
-        return False
-    try:
-        ctx.track(conn)
-        return wrap_stub(conn.__dict__.get("_client"), ctx, interp)
-    except Exception as exc:
-        record_internal_error(_COMPONENT, exc)
-        return False
+    return mark_wrapper(timed, mc, timer.method)
 
 
 def _make_initialize(orig: Callable[..., Any], ctx: HookContext,
@@ -258,7 +215,7 @@ def _make_initialize(orig: Callable[..., Any], ctx: HookContext,
         result = await orig(self, *args, **kwargs)
         if ctx.live:
             try:
-                wrap_stub(self.__dict__.get("_client"), ctx, interp)
+                HOOK.wrap_stub(self.__dict__.get("_client"), ctx, interp)
                 ctx.track(self)
             except Exception as exc:
                 record_internal_error(_COMPONENT, exc)
@@ -269,36 +226,33 @@ def _make_initialize(orig: Callable[..., Any], ctx: HookContext,
 
 
 # --- queries --------------------------------------------------------------------------------
-def _route_strategy(cursor: Any) -> Optional[str]:
-    route = cursor.__dict__.get("_route")
-    s = getattr(route, "strategy", None)
-    return s if isinstance(s, str) else None
-
-
-def _outcome(exc: BaseException) -> str:
-    return "switch_interrupted" if is_mismatch(exc) else "error"
-
-
 def _make_execute(orig: Callable[..., Any], ctx: HookContext) -> Callable[..., Any]:
     perf = time.perf_counter
     rec = ctx.recorder
+    tokens = rec.in_flight_tokens
+    token = ctx.token
+    context_now = ctx.context_now
+    suppressed = ctx.suppressed
+    resumed_get = RESUMED.get
 
     async def execute(self: Any, *args: Any, **kwargs: Any) -> Any:
-        if not ctx.live or (ctx.context_now() and ctx.suppressed()):
+        if not ctx.live or (context_now() and suppressed()):
             return await orig(self, *args, **kwargs)
         span = None
         span_token = None
         conn = None
+        d = self.__dict__
         try:
-            d = self.__dict__
             prev = d.pop(ATTR, None)
             if prev is not None:
                 finish(ctx, prev, "ok", end=prev.fetch_end)
             conn = d.get("_connection")
             client = conn.__dict__.get("_client") if conn is not None else None
-            if client is not None and getattr(client, MARK, None) is not ctx.token:
-                wrap_connection(conn)
-            tracer = ctx.current_tracer()
+            if client is not None and getattr(client, MARK, None) is not token:
+                HOOK.wrap_connection(conn)
+            tracer = ctx.tracer  # ctx.current_tracer(), inlined
+            if tracer is None and ctx.retrace is not None:
+                tracer = ctx.retrace()
             if tracer is not None:
                 query = args[0] if args else kwargs.get("operation")
                 config = conn.__dict__.get("_config", {})
@@ -307,7 +261,7 @@ def _make_execute(orig: Callable[..., Any], ctx: HookContext) -> Callable[..., A
                 span_token = attach_span(span)  # this task's context: its RPCs are children
         except Exception as exc:
             record_internal_error(_COMPONENT, exc)
-        resumed0 = RESUMED.get()
+        resumed0 = resumed_get()
         qs_token = QUERY_SPAN.set(span) if span is not None else None
         t0 = perf()
         try:
@@ -318,13 +272,12 @@ def _make_execute(orig: Callable[..., Any], ctx: HookContext) -> Callable[..., A
             try:
                 if qs_token is not None:
                     QUERY_SPAN.reset(qs_token)
-                admitted = self.__dict__.get("_route") is not None
-                s = _route_strategy(self) if admitted else (
+                route = d.get("_route")
+                admitted = route is not None
+                s = getattr(route, "strategy", None) if admitted else (
                     conn.__dict__.get("_strategy") if conn is not None else None)
-                strategy = norm_strategy(s)
-                outcome = "switch_interrupted" if admitted and is_mismatch(exc) else "error"
-                rec.query_started(strategy)
-                finish(ctx, QueryState(t0, strategy, span, None), outcome, exc)
+                strategy = norm_strategy(s if (not admitted or isinstance(s, str)) else None)
+                execute_failed(ctx, t0, strategy, span, None, admitted, exc)
             except Exception as e:
                 record_internal_error(_COMPONENT, e)
             raise
@@ -333,11 +286,15 @@ def _make_execute(orig: Callable[..., Any], ctx: HookContext) -> Callable[..., A
         try:
             if qs_token is not None:
                 QUERY_SPAN.reset(qs_token)
-            strategy = norm_strategy(_route_strategy(self))
-            rec.query_started(strategy)
-            route = self.__dict__.get("_route")
-            self.__dict__[ATTR] = QueryState(t0, strategy, span, getattr(route, "query_id", None),
-                                             RESUMED.get() is not resumed0)
+            route = d.get("_route")
+            s = getattr(route, "strategy", None)
+            # norm_strategy(s) for a str (else None), inlined for the usual case (a colour)
+            colour = LABEL.get(s) if type(s) is str else None
+            strategy = colour if colour is not None else norm_strategy(
+                s if isinstance(s, str) else None)
+            tokens[strategy].append(None)  # rec.query_started(strategy), inlined
+            d[ATTR] = QueryState(t0, strategy, span, getattr(route, "query_id", None),
+                                 resumed_get() is not resumed0)
         except Exception as exc:
             record_internal_error(_COMPONENT, exc)
         return result
@@ -347,6 +304,8 @@ def _make_execute(orig: Callable[..., Any], ctx: HookContext) -> Callable[..., A
 
 
 def _make_next_batch(orig: Callable[..., Any], ctx: HookContext) -> Callable[..., Any]:
+    perf = time.perf_counter
+
     async def _next_batch(self: Any, *args: Any, **kwargs: Any) -> Any:
         q = self.__dict__.get(ATTR)
         token = attach_span(q.span) if q is not None and q.span is not None else None
@@ -355,12 +314,14 @@ def _make_next_batch(orig: Callable[..., Any], ctx: HookContext) -> Callable[...
         except BaseException as exc:
             if token is not None:
                 detach(token)
-            end_failed(ctx, self, exc, _outcome)
+            end_failed(ctx, self, exc, outcome_of)
             raise
         if token is not None:
             detach(token)
-        if rows is None:
-            mark_fetched(ctx, self)
+        if rows is None and ctx.live:  # cursor.mark_fetched(ctx, self), inlined
+            q = self.__dict__.get(ATTR)
+            if q is not None and q.fetch_end is None:
+                q.fetch_end = perf()
         return rows
 
     _next_batch.__wrapped__ = orig  # type: ignore[attr-defined]
@@ -378,7 +339,7 @@ def _make_clear(orig: Callable[..., Any], ctx: HookContext, outcome_ok: str) -> 
                 detach(token)
             if q is not None and self.__dict__.get(ATTR) is q:
                 del self.__dict__[ATTR]
-                finish(ctx, q, _outcome(exc), exc)
+                finish(ctx, q, outcome_of(exc), exc)
             raise
         if token is not None:
             detach(token)
@@ -391,119 +352,76 @@ def _make_clear(orig: Callable[..., Any], ctx: HookContext, outcome_ok: str) -> 
     return _clear
 
 
-#: The connector module whose import installs the hooks when instrument() ran first.
-ASYNC_MODULE = "e6data_python_connector.async_connection"
-_watch: Any = None  # the pending import watch (see install)
-_late_lock = threading.Lock()
+class AioHook(Hook):
+    """The async API's hooks: installed now if the application has imported the connector's
+    async API, else when it does (a process that never uses it never loads those modules)."""
 
+    name = "aio"
 
-def install(recorder: Recorder, options: object = None, tracer: object = None,
-            ctx: Optional[HookContext] = None) -> bool:
-    """Install the async hooks: now if the application has imported the connector's async API,
-    else when it does (a process that never uses it never loads those modules). False
-    (nothing done) when the async API is unavailable."""
-    global _watch, _suppressed, _ctx_now
-    if _ctx is not None or _watch is not None:
-        return True
-    if sys.version_info < (3, 11):
-        return False
-    ctx = ctx or HookContext(recorder, options, tracer)
-    _suppressed = ctx.suppressed
-    _ctx_now = ctx.context_now
-    if ASYNC_MODULE in sys.modules:
-        return _install_now(recorder, ctx)
-    try:
-        import importlib.util
+    def __init__(self) -> None:
+        super().__init__()
+        self.interp: Optional[_AioInterpreter] = None
+        self.stubs: weakref.WeakSet[Any] = weakref.WeakSet()
 
-        if importlib.util.find_spec(ASYNC_MODULE) is None:  # connector without the async API
+    def apply(self, ctx: HookContext) -> bool:
+        global _suppressed, _ctx_now
+        if sys.version_info < (3, 11):
             return False
-    except (ImportError, ValueError):
-        return False
-    from . import when_imported
+        _suppressed = ctx.suppressed
+        _ctx_now = ctx.context_now
+        return self.defer(ctx, ASYNC_MODULE, lambda: self._apply_now(ctx))
 
-    def install_late() -> None:
-        global _watch
-        with _late_lock:
-            if _watch is None or not ctx.live:  # uninstalled meanwhile
-                return
-            _watch = None
-            try:
-                _install_now(recorder, ctx)
-            except Exception as exc:
-                record_internal_error("hook.install.aio", exc)
+    def _apply_now(self, ctx: HookContext) -> bool:
+        if self.interp is not None or not available():
+            return self.interp is not None
+        from e6data_python_connector.async_connection import AsyncConnection
+        from e6data_python_connector.async_cursor import AsyncCursor
 
-    # Not under the lock: if another thread imported the module meanwhile, when_imported runs
-    # install_late at once, and install_late takes the lock.
-    with _late_lock:
-        _watch = _Waiting()
-    watch = when_imported(ASYNC_MODULE, install_late)
-    with _late_lock:
-        if isinstance(_watch, _Waiting):
-            _watch = watch
-        elif watch is not None:  # uninstalled meanwhile
-            watch.cancel()
-    return True
-
-
-class _Waiting:
-    """Stands for the watch while it is being set up."""
-
-    def cancel(self) -> None:
-        return None
-
-
-def _install_now(recorder: Recorder, ctx: HookContext) -> bool:
-    global _ctx, _interp
-    if _ctx is not None:
+        for name in ("_strategy", "_pending_strategy"):
+            if name in AsyncConnection.__dict__:  # a future version made it a class attribute
+                return False
+        interp = _AioInterpreter(ctx.recorder)
+        p = self.patches
+        p.replace(AsyncConnection, "_strategy", _Watched("_strategy", interp.on_strategy))
+        p.replace(AsyncConnection, "_pending_strategy",
+                  _Watched("_pending_strategy", interp.on_pending))
+        p.replace(AsyncConnection, "_initialize",
+                  _make_initialize(AsyncConnection.__dict__["_initialize"], ctx, interp))
+        p.replace(AsyncCursor, "execute", _make_execute(AsyncCursor.__dict__["execute"], ctx))
+        p.replace(AsyncCursor, "_clear", _make_clear(AsyncCursor.__dict__["_clear"], ctx, "ok"))
+        p.replace(AsyncCursor, "_next_batch",
+                  _make_next_batch(AsyncCursor.__dict__["_next_batch"], ctx))
+        if "cancel" in AsyncCursor.__dict__:
+            p.replace(AsyncCursor, "cancel",
+                      _make_clear(AsyncCursor.__dict__["cancel"], ctx, "error"))
+        self.interp = interp
         return True
-    if not available():
-        return False
-    from e6data_python_connector.async_connection import AsyncConnection
-    from e6data_python_connector.async_cursor import AsyncCursor
 
-    interp = _AioInterpreter(recorder)
-    p = _patches
-    for name in ("_strategy", "_pending_strategy"):
-        if name in AsyncConnection.__dict__:  # a future version made it a class attribute
+    def removed(self, ctx: HookContext) -> None:
+        self.interp = None
+        unwrap_all(self.stubs, _COMPONENT)
+
+    def wrap_stub(self, stub: Any, ctx: HookContext, interp: _AioInterpreter) -> bool:
+        """Replace the unary multi-callables of one ``grpc.aio`` stub (idempotent)."""
+        import grpc.aio
+
+        return wrap_stub(stub, ctx, grpc.aio.UnaryUnaryMultiCallable,
+                         lambda mc, timer: _timed_aio_call(mc, timer, interp), self.stubs)
+
+    def wrap_connection(self, conn: Any) -> bool:
+        """Instrument the stub of an already-open ``AsyncConnection``. True if it changed."""
+        ctx, interp = self.ctx, self.interp
+        if ctx is None or interp is None or not ctx.live:
             return False
-    p.replace(AsyncConnection, "_strategy", _Watched("_strategy", interp.on_strategy))
-    p.replace(AsyncConnection, "_pending_strategy", _Watched("_pending_strategy", interp.on_pending))
-    p.replace(AsyncConnection, "_initialize",
-              _make_initialize(AsyncConnection.__dict__["_initialize"], ctx, interp))
-    p.replace(AsyncCursor, "execute", _make_execute(AsyncCursor.__dict__["execute"], ctx))
-    p.replace(AsyncCursor, "_clear", _make_clear(AsyncCursor.__dict__["_clear"], ctx, "ok"))
-    p.replace(AsyncCursor, "_next_batch", _make_next_batch(AsyncCursor.__dict__["_next_batch"], ctx))
-    if "cancel" in AsyncCursor.__dict__:
-        p.replace(AsyncCursor, "cancel", _make_clear(AsyncCursor.__dict__["cancel"], ctx, "error"))
-    _ctx, _interp = ctx, interp
-    return True
-
-
-def uninstall() -> None:
-    """Stop waiting for the async API; remove the descriptors and wrappers; unwrap every live
-    async stub."""
-    global _ctx, _interp, _watch
-    with _late_lock:  # no late install from now on
-        if _watch is not None:
-            _watch.cancel()
-            _watch = None
-    if _ctx is None:
-        return
-    _ctx.live = False
-    _ctx = _interp = None
-    _patches.restore()
-    for stub in list(_stubs):
         try:
-            _unwrap_stub(stub)
+            ctx.track(conn)
+            return self.wrap_stub(conn.__dict__.get("_client"), ctx, interp)
         except Exception as exc:
             record_internal_error(_COMPONENT, exc)
-    _stubs.clear()
+            return False
 
 
-def process_strategy() -> Optional[str]:
-    """The async API's process-level colour (None before the first successful RPC)."""
-    return _interp.known if _interp is not None else None
+HOOK = AioHook()
+wrap_connection = HOOK.wrap_connection
 
-
-__all__ = ["install", "uninstall", "wrap_connection", "available", "process_strategy",
-           "norm_code"]
+__all__ = ["HOOK", "AioHook", "wrap_connection", "available"]

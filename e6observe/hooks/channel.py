@@ -28,115 +28,34 @@ from __future__ import annotations
 
 import time
 import weakref
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 import grpc
 
 from .._safe import record_internal_error
-from ..recorder import FOLD_AT, Histogram, Recorder, norm_code, norm_method, norm_strategy
-from . import MISMATCH_TEXT, HookContext, Patches
+from ..recorder import FOLD_AT
+from . import Hook, HookContext
+from .stubs import MARK, Timer, mark_wrapper, strategy_from, unwrap_all, wrap_stub
 
-#: What a suspended cluster answers (``UNAVAILABLE``); the connector's auto-resume acts on it.
-SUSPENDED_TEXT = "status: 503"
-
-#: Attribute set on an instrumented stub: the installation's token.
-MARK = "_e6observe_token"
 _COMPONENT = "hook.channel"
-#: Distinct raw strategy values whose histogram child is cached per method; beyond this (only a
-#: hostile server could cause it) values are normalised on every call instead.
-_CACHE_LIMIT = 8
-
-_ctx: Optional[HookContext] = None
-_patches = Patches()
 _perf = time.perf_counter
 _fold_at = FOLD_AT
 _RpcError = grpc.RpcError
-_stubs: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
 def _never() -> bool:
     return False
 
 
-#: True inside OpenTelemetry's ``suppress_instrumentation()`` (set by :func:`install`): the
-#: call's duration is not recorded (a 456 is still reported: it moves the strategy state).
+#: Hot-path copies of the installed context's suppression check (True inside OpenTelemetry's
+#: ``suppress_instrumentation()``: the call's duration is not recorded; a 456 is still reported)
+#: and of its context getter (a C call; falsy when empty): ``_ctx_now() and _suppressed()`` calls
+#: no Python function in the common case. Set by :class:`ChannelHook`'s ``apply``.
 _suppressed: Callable[[], bool] = _never
-#: The OpenTelemetry context getter (a C call; falsy when empty): ``_ctx_now() and
-#: _suppressed()`` calls no Python function in the common case.
 _ctx_now: Callable[[], Any] = _never
 
 
-def _strategy_from(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    """The ``strategy`` header value of a call, or None. Never raises."""
-    md = kwargs.get("metadata") if kwargs else None
-    if md is None and len(args) > 1:
-        md = args[1]  # (request, timeout, metadata, ...) passed positionally
-    if md:
-        try:
-            for k, v in md:
-                if k == "strategy":
-                    return v
-        except Exception:
-            return None
-    return None
-
-
-class _Timer:
-    """Per (stub method) state shared by the call and future wrappers."""
-
-    __slots__ = ("rec", "method", "ok")
-
-    def __init__(self, rec: Recorder, method: str) -> None:
-        self.rec = rec
-        self.method = method
-        #: raw strategy header value -> the OK child for it.
-        self.ok: dict[Any, Histogram] = {}
-
-    def ok_child(self, s: Any) -> Histogram:
-        h = self.rec.rpc_histogram(self.method, norm_strategy(s), "OK")
-        if len(self.ok) < _CACHE_LIMIT and (s is None or isinstance(s, str)):
-            self.ok[s] = h
-        return h
-
-    def observe_ok(self, s: Any, seconds: float) -> None:
-        """An OK call (what the fast path inlines). Contained."""
-        try:
-            self.ok[s].observe(seconds)
-        except Exception:
-            self.ok_slow(s, seconds)
-
-    def ok_slow(self, s: Any, seconds: float) -> None:
-        """An OK call whose child is not cached yet (first call per header value). Contained."""
-        try:
-            self.ok_child(s).observe(seconds)
-        except Exception as exc:
-            record_internal_error(_COMPONENT, exc)
-
-    def failed(self, code: Any, details: Any, seconds: float, s: Any) -> None:
-        try:
-            rec = self.rec
-            strategy = norm_strategy(s)
-            cname = norm_code(code)
-            if cname == "UNKNOWN" and isinstance(details, str) and MISMATCH_TEXT in details:
-                rec.mismatch(strategy, self.method)
-            elif cname == "UNAVAILABLE" and isinstance(details, str) and SUSPENDED_TEXT in details:
-                rec.cluster_status_seen("suspended", self.method, engine=True)
-            if _suppressed():
-                return
-            rec.rpc_histogram(self.method, strategy, cname).observe(seconds)
-        except Exception as exc:
-            record_internal_error(_COMPONENT, exc)
-
-    def failed_exc(self, exc: BaseException, seconds: float, s: Any) -> None:
-        try:
-            code = exc.code()  # type: ignore[attr-defined]
-            details = exc.details()  # type: ignore[attr-defined]
-        except Exception:
-            code, details = None, None
-        self.failed(code, details, seconds, s)
-
-
-def _timed_call(mc: Any, timer: _Timer) -> Callable[..., Any]:
+def _timed_call(mc: Any, timer: Timer) -> Callable[..., Any]:
     # The closures below capture only ``mc`` and ``timer`` (two cells): a wrapper is built for
     # every method of every connection's stub, so what each one holds is kept small. The clock,
     # the error class and the fold threshold are module globals (as fast to load in 3.11+).
@@ -180,7 +99,7 @@ def _timed_call(mc: Any, timer: _Timer) -> Callable[..., Any]:
     else:
         def timed_any(request: Any, *args: Any, **kwargs: Any) -> Any:
             # Any call shape (a multi-callable whose signature is not grpc's documented one).
-            s = _strategy_from(args, kwargs)
+            s = strategy_from(args, kwargs)
             t0 = _perf()
             try:
                 response = mc(request, *args, **kwargs)
@@ -196,7 +115,7 @@ def _timed_call(mc: Any, timer: _Timer) -> Callable[..., Any]:
     def timed_future(request: Any, *args: Any, **kwargs: Any) -> Any:
         if _ctx_now() and _suppressed():
             return mc.future(request, *args, **kwargs)
-        s = _strategy_from(args, kwargs)
+        s = strategy_from(args, kwargs)
         t0 = _perf()
         fut = mc.future(request, *args, **kwargs)
         try:
@@ -218,9 +137,7 @@ def _timed_call(mc: Any, timer: _Timer) -> Callable[..., Any]:
 
     wrapper.future = timed_future  # type: ignore[attr-defined]
     wrapper.with_call = mc.with_call  # type: ignore[attr-defined]
-    wrapper.__wrapped__ = mc  # type: ignore[attr-defined]
-    wrapper.__name__ = timer.method
-    return wrapper
+    return mark_wrapper(wrapper, mc, timer.method)
 
 
 #: grpc.UnaryUnaryMultiCallable.__call__'s documented parameters, in order.
@@ -247,49 +164,50 @@ def _documented_signature(mc: Any) -> bool:
     return ok
 
 
-def wrap_stub(stub: Any, ctx: HookContext) -> bool:
-    """Replace the unary multi-callables of one stub by timing wrappers (idempotent)."""
-    if stub is None or getattr(stub, MARK, None) is ctx.token:
-        return False
-    attrs = vars(stub)
-    for name, mc in list(attrs.items()):
-        if isinstance(mc, grpc.UnaryUnaryMultiCallable):
-            method = norm_method(name)
-            timer = ctx.timers.get(method)
-            if timer is None:  # one per method, shared by every connection's stub
-                timer = ctx.timers.setdefault(method, _Timer(ctx.recorder, method))
-            attrs[name] = _timed_call(mc, timer)
-    attrs[MARK] = ctx.token
-    _stubs.add(stub)
-    if not ctx.live:
-        # uninstall() ran while we were wrapping (it sets ``live`` before it unwraps what is in
-        # _stubs, and we added to _stubs before looking): it may have missed this stub.
-        unwrap_stub(stub)
-        return False
-    return True
+class ChannelHook(Hook):
+    """Wraps ``Connection._create_client`` so every new stub is timed; remembers the stubs it
+    wrapped (weakly) so that uninstall unwraps them."""
+
+    name = "channel"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stubs: weakref.WeakSet[Any] = weakref.WeakSet()
+
+    def apply(self, ctx: HookContext) -> bool:
+        global _suppressed, _ctx_now
+        from e6data_python_connector import e6data_grpc as g
+
+        orig = g.Connection.__dict__.get("_create_client")
+        if orig is None:
+            return False
+        self.patches.replace(g.Connection, "_create_client", _make_create_client(orig, ctx))
+        _suppressed = ctx.suppressed
+        _ctx_now = ctx.context_now
+        return True
+
+    def removed(self, ctx: HookContext) -> None:
+        unwrap_all(self.stubs, _COMPONENT)
+
+    def wrap_stub(self, stub: Any, ctx: HookContext) -> bool:
+        """Replace the unary multi-callables of one stub by timing wrappers (idempotent)."""
+        return wrap_stub(stub, ctx, grpc.UnaryUnaryMultiCallable, _timed_call, self.stubs)
+
+    def wrap_connection(self, conn: Any) -> bool:
+        """Instrument the current stub of an already-open sync connection. True if it changed."""
+        ctx = self.ctx
+        if ctx is None or not ctx.live:
+            return False
+        try:
+            ctx.track(conn)
+            return self.wrap_stub(getattr(conn, "_client", None), ctx)
+        except Exception as exc:
+            record_internal_error(_COMPONENT, exc)
+            return False
 
 
-def unwrap_stub(stub: Any) -> None:
-    """Put the original multi-callables back on ``stub``."""
-    attrs = vars(stub)
-    for name, value in list(attrs.items()):
-        original = getattr(value, "__wrapped__", None)
-        if original is not None and callable(getattr(value, "future", None)):
-            attrs[name] = original
-    attrs.pop(MARK, None)
-
-
-def wrap_connection(conn: Any) -> bool:
-    """Instrument the current stub of an already-open sync connection. True if it changed."""
-    ctx = _ctx
-    if ctx is None or not ctx.live:
-        return False
-    try:
-        ctx.track(conn)
-        return wrap_stub(getattr(conn, "_client", None), ctx)
-    except Exception as exc:
-        record_internal_error(_COMPONENT, exc)
-        return False
+HOOK = ChannelHook()
+wrap_connection = HOOK.wrap_connection
 
 
 def _make_create_client(orig: Callable[..., Any], ctx: HookContext) -> Callable[..., Any]:
@@ -297,7 +215,7 @@ def _make_create_client(orig: Callable[..., Any], ctx: HookContext) -> Callable[
         result = orig(self, *args, **kwargs)
         if ctx.live:
             try:
-                wrap_stub(self.__dict__.get("_client"), ctx)
+                HOOK.wrap_stub(self.__dict__.get("_client"), ctx)
                 ctx.track(self)
                 rec = ctx.recorder
                 if getattr(rec, "server", None) is None:
@@ -311,36 +229,4 @@ def _make_create_client(orig: Callable[..., Any], ctx: HookContext) -> Callable[
     return _create_client
 
 
-def install(recorder: Recorder, options: object = None, tracer: object = None,
-            ctx: Optional[HookContext] = None) -> bool:
-    """Wrap ``Connection._create_client`` so every new stub is timed."""
-    global _ctx, _suppressed, _ctx_now
-    if _ctx is not None:
-        return True
-    from e6data_python_connector import e6data_grpc as g
-
-    ctx = ctx or HookContext(recorder, options, tracer)
-    orig = g.Connection.__dict__.get("_create_client")
-    if orig is None:
-        return False
-    _patches.replace(g.Connection, "_create_client", _make_create_client(orig, ctx))
-    _ctx = ctx
-    _suppressed = ctx.suppressed
-    _ctx_now = ctx.context_now
-    return True
-
-
-def uninstall() -> None:
-    """Restore ``_create_client`` and the original multi-callables of every live stub."""
-    global _ctx
-    if _ctx is None:
-        return
-    _ctx.live = False
-    _ctx = None
-    _patches.restore()
-    for stub in list(_stubs):
-        try:
-            unwrap_stub(stub)
-        except Exception as exc:
-            record_internal_error(_COMPONENT, exc)
-    _stubs.clear()
+__all__ = ["HOOK", "ChannelHook", "MARK", "wrap_connection"]

@@ -45,19 +45,20 @@ from __future__ import annotations
 import contextvars
 import sys
 import time
+from functools import partial
 from typing import Any, Callable, Optional
 
 import grpc
 
 from .. import metrics as M
+from .._colours import COLOURS
 from .._safe import record_internal_error
 from ..recorder import Recorder, norm_strategy
-from . import HookContext, Patches, when_imported
-from .channel import _strategy_from, _Timer
+from . import Hook, HookContext
 from .strategy_cache import ObservedCache
+from .stubs import Timer, aio_call_done, aio_status_codes, strategy_from, timer_for
 
 _COMPONENT = "hook.cluster"
-_COLOURS = ("blue", "green")
 #: Longest strategy value the connector could mean; longer ones are "oversized".
 MAX_STRATEGY_CHARS = 64
 #: Set (to a fresh object) by every ``resume()`` call that returned true: the cursor hooks
@@ -69,11 +70,6 @@ QUERY_SPAN: contextvars.ContextVar[Any] = contextvars.ContextVar("e6observe_quer
                                                                  default=None)
 ASYNC_MODULE = "e6data_python_connector.async_cluster_manager"
 
-_ctx: Optional[HookContext] = None
-_patches = Patches()
-_cache_b: Optional[tuple[Any, dict[str, Any], ObservedCache]] = None
-_watch: Any = None
-
 
 def rejected_reason(value: object) -> Optional[str]:
     """Why the connector refuses ``value`` as a strategy (None if it accepts it)."""
@@ -82,18 +78,14 @@ def rejected_reason(value: object) -> Optional[str]:
     if len(value) > MAX_STRATEGY_CHARS:
         return "oversized"
     low = value.lower()
-    if low in _COLOURS:
+    if low in COLOURS:
         return None
-    return "padded" if low.strip() in _COLOURS else "unknown"
+    return "padded" if low.strip() in COLOURS else "unknown"
 
 
 # -- the cluster manager's channel -----------------------------------------------------------
-def _timer(ctx: HookContext, name: str) -> _Timer:
-    method = "cluster." + name
-    timer = ctx.timers.get(method)
-    if timer is None:
-        timer = ctx.timers.setdefault(method, _Timer(ctx.recorder, method))
-    return timer  # type: ignore[no-any-return]
+def _timer(ctx: HookContext, name: str) -> Timer:
+    return timer_for(ctx, "cluster." + name)
 
 
 def _seen_status(rec: Recorder, response: Any) -> None:
@@ -102,13 +94,13 @@ def _seen_status(rec: Recorder, response: Any) -> None:
         rec.cluster_status_seen(status)
 
 
-def _timed_sync(mc: Any, timer: _Timer, ctx: HookContext, observe: bool) -> Callable[..., Any]:
+def _timed_sync(mc: Any, timer: Timer, ctx: HookContext, observe: bool) -> Callable[..., Any]:
     perf = time.perf_counter
 
     def call(request: Any, *args: Any, **kwargs: Any) -> Any:
         if not ctx.live:
             return mc(request, *args, **kwargs)
-        s = _strategy_from(args, kwargs)
+        s = strategy_from(args, kwargs)
         t0 = perf()
         try:
             response = mc(request, *args, **kwargs)
@@ -127,37 +119,17 @@ def _timed_sync(mc: Any, timer: _Timer, ctx: HookContext, observe: bool) -> Call
     return call
 
 
-def _timed_aio(mc: Any, timer: _Timer, ctx: HookContext) -> Callable[..., Any]:
-    from grpc import _common
-
-    perf = time.perf_counter
-    codes = _common.CYGRPC_STATUS_CODE_TO_STATUS_CODE
+def _timed_aio(mc: Any, timer: Timer, ctx: HookContext) -> Callable[..., Any]:
+    codes = aio_status_codes()
 
     def call(request: Any, *args: Any, **kwargs: Any) -> Any:
-        s = _strategy_from(args, kwargs)
-        t0 = perf()
+        s = strategy_from(args, kwargs)
+        t0 = time.perf_counter()
         c = mc(request, *args, **kwargs)
         if not ctx.live:
             return c
         try:
-            def done(finished: Any) -> None:
-                # As the aio hook does: the finished call's status, read without awaiting.
-                dt = perf() - t0
-                try:
-                    cy = finished._cython_call
-                    if cy.is_locally_cancelled():
-                        timer.failed("CANCELLED", None, dt, s)
-                        return
-                    status = cy._status
-                    code = codes.get(status.code())
-                    if code is not None and code.name == "OK":
-                        timer.observe_ok(s, dt)
-                    else:
-                        timer.failed(code, status.details(), dt, s)
-                except Exception as exc:
-                    record_internal_error(_COMPONENT, exc)
-
-            c.add_done_callback(done)
+            c.add_done_callback(partial(aio_call_done, timer, None, s, t0, codes, _COMPONENT))
         except Exception as exc:
             record_internal_error(_COMPONENT, exc)
         return c
@@ -338,30 +310,26 @@ class _ScopedInterpreter:
             record_internal_error(_COMPONENT, exc)
 
 
-def _install_cache_b(rec: Recorder) -> None:
-    global _cache_b
+def _install_cache_b(rec: Recorder) -> Optional[tuple[Any, dict[str, Any], ObservedCache]]:
+    """Observe the cluster manager's cache; returns (module, its dict, ours), or None."""
     from e6data_python_connector import strategy as sm
 
     original = getattr(sm, "_local_strategy_cache", None)
     if not isinstance(original, dict) or getattr(sm, "_shared_strategy", None) is not None:
-        return  # a Manager proxy (connector < 2.3.9) or changed: not observed
+        return None  # a Manager proxy (connector < 2.3.9) or changed: not observed
     ours = original if isinstance(original, ObservedCache) else ObservedCache(original)
     interp = _ScopedInterpreter(rec, "cluster_manager")
     active = dict.get(ours, "active_strategy")
-    if active in _COLOURS:  # known already: the gauge shows it (no event: nothing happened)
+    if active in COLOURS:  # known already: the gauge shows it (no event: nothing happened)
         interp.known = active
         rec._scoped_colour("cluster_manager", active)
     ours._e6observe = interp
     sm._local_strategy_cache = ours
-    _cache_b = (sm, original if original is not ours else dict(ours), ours)
+    return sm, original if original is not ours else dict(ours), ours
 
 
-def _uninstall_cache_b() -> None:
-    global _cache_b
-    if _cache_b is None:
-        return
-    sm, original, ours = _cache_b
-    _cache_b = None
+def _uninstall_cache_b(cache_b: tuple[Any, dict[str, Any], ObservedCache]) -> None:
+    sm, original, ours = cache_b
     ours._e6observe = None
     if sm._local_strategy_cache is ours:
         original.clear()
@@ -389,11 +357,11 @@ class _RouteWatch:
         old = d.get("_oauth_resume_strategy")
         d["_oauth_resume_strategy"] = value
         ctx = self.ctx
-        if not ctx.live or value == old or value not in _COLOURS:
+        if not ctx.live or value == old or value not in COLOURS:
             return
         try:
             rec = ctx.recorder
-            frm = old if old in _COLOURS else (rec.active or "none")
+            frm = old if old in COLOURS else (rec.active or "none")
             if frm != value:
                 rec.applied(frm, value, "mismatch", scope="connection")
         except Exception as exc:
@@ -427,7 +395,7 @@ def gauge_values(rec: Recorder) -> dict[str, list[tuple[float, dict[str, str]]]]
     status = rec.cluster_status
     cm = rec.cluster_manager_active
     active = rec.active
-    split = 1.0 if (cm in _COLOURS and active in _COLOURS and cm != active) else 0.0
+    split = 1.0 if (cm in COLOURS and active in COLOURS and cm != active) else 0.0
     return {
         M.CLUSTER_STATUS.prom_name: [(1.0 if s == status else 0.0, {"status": s})
                                      for s in M.CLUSTER_STATUSES],
@@ -438,78 +406,65 @@ def gauge_values(rec: Recorder) -> dict[str, list[tuple[float, dict[str, str]]]]
 
 
 # -- install -----------------------------------------------------------------------------------
-def install(recorder: Recorder, options: object = None, tracer: object = None,
-            ctx: Optional[HookContext] = None) -> bool:
-    """Patch the cluster manager (sync, and async once imported), its stub class, cache B,
-    the OAuth route attribute and ``_set_pending_strategy``. False if nothing applies."""
-    global _ctx, _watch
-    if _ctx is not None:
+class ClusterHook(Hook):
+    """Patches the cluster manager (sync, and async once imported), its stub class, cache B,
+    the OAuth route attribute and ``_set_pending_strategy``. Not applicable without the
+    connector's cluster manager."""
+
+    name = "cluster"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cache_b: Optional[tuple[Any, dict[str, Any], ObservedCache]] = None
+
+    def apply(self, ctx: HookContext) -> bool:
+        from e6data_python_connector import e6data_grpc as g
+
+        p = self.patches
+        try:
+            from e6data_python_connector import cluster_manager as cm
+            from e6data_python_connector.cluster_server import cluster_pb2_grpc as cpg
+        except ImportError:
+            return False
+        stub_init = cpg.ClusterServiceStub.__dict__.get("__init__")
+        if stub_init is not None:
+            p.replace(cpg.ClusterServiceStub, "__init__", _make_stub_init(stub_init, ctx))
+        resume = cm.ClusterManager.__dict__.get("resume")
+        if resume is not None:
+            p.replace(cm.ClusterManager, "resume", _make_resume(resume, ctx))
+        setp = g.__dict__.get("_set_pending_strategy")
+        if callable(setp):
+            p.replace(g, "_set_pending_strategy", _make_set_pending(setp, ctx))
+        if "_prepare_with_auto_resume" in g.Cursor.__dict__ and \
+                "_oauth_resume_strategy" not in g.Connection.__dict__:
+            p.replace(g.Connection, "_oauth_resume_strategy", _RouteWatch(ctx))
+        try:
+            self.cache_b = _install_cache_b(ctx.recorder)
+        except Exception as exc:
+            record_internal_error(_COMPONENT, exc)
+        if sys.version_info >= (3, 11):
+            self.defer(ctx, ASYNC_MODULE, lambda: self._apply_async(ctx))
         return True
-    from e6data_python_connector import e6data_grpc as g
 
-    ctx = ctx or HookContext(recorder, options, tracer)
-    p = _patches
-    try:
-        from e6data_python_connector import cluster_manager as cm
-        from e6data_python_connector.cluster_server import cluster_pb2_grpc as cpg
-    except ImportError:
-        return False
-    stub_init = cpg.ClusterServiceStub.__dict__.get("__init__")
-    if stub_init is not None:
-        p.replace(cpg.ClusterServiceStub, "__init__", _make_stub_init(stub_init, ctx))
-    resume = cm.ClusterManager.__dict__.get("resume")
-    if resume is not None:
-        p.replace(cm.ClusterManager, "resume", _make_resume(resume, ctx))
-    setp = g.__dict__.get("_set_pending_strategy")
-    if callable(setp):
-        p.replace(g, "_set_pending_strategy", _make_set_pending(setp, ctx))
-    if "_prepare_with_auto_resume" in g.Cursor.__dict__ and \
-            "_oauth_resume_strategy" not in g.Connection.__dict__:
-        p.replace(g.Connection, "_oauth_resume_strategy", _RouteWatch(ctx))
-    try:
-        _install_cache_b(recorder)
-    except Exception as exc:
-        record_internal_error(_COMPONENT, exc)
-    _ctx = ctx
-
-    def install_async() -> None:
-        global _watch
-        _watch = None
-        if _ctx is not ctx or not ctx.live:
-            return
+    def _apply_async(self, ctx: HookContext) -> bool:
         mod = sys.modules.get(ASYNC_MODULE)
         cls = getattr(mod, "AsyncClusterManager", None)
         if cls is None:
-            return
+            return False
+        p = self.patches
         if "resume" in cls.__dict__:
             p.replace(cls, "resume", _make_aio_resume(cls.__dict__["resume"], ctx))
         if "_request" in cls.__dict__:
             p.replace(cls, "_request", _make_aio_request(cls.__dict__["_request"], ctx))
+        return True
 
-    if sys.version_info >= (3, 11):
-        try:
-            import importlib.util
-
-            if importlib.util.find_spec(ASYNC_MODULE) is not None:
-                _watch = when_imported(ASYNC_MODULE, install_async)
-        except (ImportError, ValueError):
-            pass
-    return True
+    def removed(self, ctx: HookContext) -> None:
+        cache_b, self.cache_b = self.cache_b, None
+        if cache_b is not None:
+            _uninstall_cache_b(cache_b)
 
 
-def uninstall() -> None:
-    """Restore every patched attribute and the cluster manager's own cache dict."""
-    global _ctx, _watch
-    if _watch is not None:
-        _watch.cancel()
-        _watch = None
-    if _ctx is None:
-        return
-    _ctx.live = False
-    _ctx = None
-    _patches.restore()
-    _uninstall_cache_b()
+HOOK = ClusterHook()
 
-
-__all__ = ["install", "uninstall", "rejected_reason", "RESUMED", "QUERY_SPAN",
+__all__ = ["HOOK", "ClusterHook", "rejected_reason", "RESUMED", "QUERY_SPAN",
            "MAX_STRATEGY_CHARS"]

@@ -31,19 +31,17 @@ import sys
 import time
 from typing import Any, Callable, Optional
 
+from .._colours import LABEL
 from .._otelctx import attach_span, detach
 from .._safe import record_internal_error
-from ..recorder import COLOURS, FOLD_AT, norm_strategy
+from ..recorder import FOLD_AT, norm_strategy
 from ..tracing import db_namespace
-from . import HookContext, Patches, is_mismatch, retry_reason
+from . import Hook, HookContext, outcome_of, retry_reason
 from . import channel as _channel
 from .cluster import QUERY_SPAN, RESUMED
 
 ATTR = "_e6observe_query"
 _COMPONENT = "hook.cursor"
-
-_ctx: Optional[HookContext] = None
-_patches = Patches()
 
 
 class QueryState:
@@ -91,9 +89,25 @@ def finish(ctx: HookContext, q: QueryState, outcome: str, exc: Optional[BaseExce
            end: Optional[float] = None) -> None:
     """Record the end of one query (duration, outcome, in-flight, span). Contained."""
     try:
+        seconds = (time.perf_counter() if end is None else end) - q.t0
+        if outcome == "ok" and q.span is None and not q.resumed:
+            # The common end, untraced: rec.query_finished(q.strategy, "ok", seconds), inlined.
+            strategy = q.strategy
+            rec = ctx.recorder
+            try:
+                rec.in_flight_tokens[strategy].pop()
+            except (KeyError, IndexError):  # started before a fork reset, or unseen
+                pass
+            h = ctx.query_ok.get(strategy)
+            if h is None:
+                h = ctx.query_ok[strategy] = rec.query_histogram(strategy, "ok")
+            p = h.pending
+            p.append(seconds)
+            if len(p) >= FOLD_AT:
+                h.fold()
+            return
         if outcome == "ok" and q.resumed:
             outcome = "resumed"
-        seconds = (time.perf_counter() if end is None else end) - q.t0
         tracer = ctx.tracer
         exemplar = tracer.exemplar(q.span) if (tracer is not None and q.span is not None) else None
         ctx.recorder.query_finished(q.strategy, outcome, seconds, exemplar)
@@ -103,9 +117,14 @@ def finish(ctx: HookContext, q: QueryState, outcome: str, exc: Optional[BaseExce
         record_internal_error(_COMPONENT, e)
 
 
-def outcome_of(exc: BaseException) -> str:
-    """``switch_interrupted`` for a 456 on an admitted query, else ``error``."""
-    return "switch_interrupted" if is_mismatch(exc) else "error"
+def execute_failed(ctx: HookContext, t0: float, strategy: str, span: Any, query_id: Any,
+                   admitted: bool, exc: BaseException) -> None:
+    """An ``execute`` raised (sync or async): the query starts and ends at once, as
+    ``switch_interrupted`` for a 456 once it was admitted (a switch landed mid-flight), else
+    ``error``."""
+    outcome = outcome_of(exc) if admitted else "error"
+    ctx.recorder.query_started(strategy)
+    finish(ctx, QueryState(t0, strategy, span, query_id), outcome, exc)
 
 
 def _operation(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -139,7 +158,7 @@ def _make_execute(orig: Callable[..., Any], ctx: HookContext) -> Callable[..., A
             conn = self.connection
             client = getattr(conn, "_client", None)
             if client is not None and getattr(client, mark, None) is not token:
-                _channel.wrap_connection(conn)
+                _channel.HOOK.wrap_connection(conn)
             tls.attempt = 0
             before = d.get("_query_id")
             tracer = ctx.tracer
@@ -165,10 +184,8 @@ def _make_execute(orig: Callable[..., Any], ctx: HookContext) -> Callable[..., A
                     QUERY_SPAN.reset(qs_token)
                 qid = d.get("_query_id")
                 admitted = qid is not None and qid != before
-                strategy = _pinned_strategy(qid if admitted else None)
-                outcome = "switch_interrupted" if admitted and is_mismatch(exc) else "error"
-                rec.query_started(strategy)
-                finish(ctx, QueryState(t0, strategy, span, qid), outcome, exc)
+                execute_failed(ctx, t0, _pinned_strategy(qid if admitted else None), span, qid,
+                               admitted, exc)
             except Exception as e:
                 record_internal_error(_COMPONENT, e)
             raise
@@ -182,7 +199,7 @@ def _make_execute(orig: Callable[..., Any], ctx: HookContext) -> Callable[..., A
             cache = g._local_strategy_cache
             qmap = cache.get("query_strategy_map")
             s = qmap.get(qid) if (qid and type(qmap) is dict) else None
-            colour = COLOURS.get(s) if type(s) is str else None
+            colour = LABEL.get(s) if type(s) is str else None
             strategy = colour if colour is not None else _pinned_strategy(qid, cache)
             tokens[strategy].append(None)  # rec.query_started(strategy), inlined
             d[ATTR] = QueryState(t0, strategy, span, qid, resumed_get() is not resumed0)
@@ -267,8 +284,7 @@ def _make_clear(orig: Callable[..., Any], ctx: HookContext) -> Callable[..., Any
     perf = time.perf_counter
     rec = ctx.recorder
     tokens = rec.in_flight_tokens
-    #: strategy label -> its query-duration child for outcome ``ok`` (the common end).
-    ok: dict[str, Any] = {}
+    ok = ctx.query_ok
     fold_at = FOLD_AT
 
     def clear(self: Any, *args: Any, **kwargs: Any) -> Any:
@@ -294,7 +310,7 @@ def _make_clear(orig: Callable[..., Any], ctx: HookContext) -> Callable[..., Any
             del d[ATTR]
             if q.span is not None or q.resumed:
                 finish(ctx, q, "ok")
-            else:  # finish(ctx, q, "ok") for an untraced query, inlined (once per query)
+            else:  # finish(ctx, q, "ok") for an untraced query, inlined (sync: no extra call)
                 try:
                     seconds = perf() - q.t0
                     strategy = q.strategy
@@ -363,43 +379,34 @@ def _make_reauth(orig: Callable[..., Any], ctx: HookContext) -> Callable[..., An
     return get_re_authenticate_session_id
 
 
-def install(recorder: Any, options: object = None, tracer: object = None,
-            ctx: Optional[HookContext] = None) -> bool:
-    """Patch ``Cursor.execute/clear/cancel/fetch_batch`` and the re-auth used by retries."""
-    global _ctx
-    if _ctx is not None:
+class CursorHook(Hook):
+    """Patches ``Cursor.execute/clear/cancel/fetch_batch`` and the re-auth used by retries."""
+
+    name = "cursor"
+
+    def apply(self, ctx: HookContext) -> bool:
+        from e6data_python_connector import e6data_grpc as g
+
+        cur = g.Cursor
+        p = self.patches
+        p.replace(cur, "execute", _make_execute(cur.__dict__["execute"], ctx))
+        p.replace(cur, "clear", _make_clear(cur.__dict__["clear"], ctx))
+        if "cancel" in cur.__dict__:
+            p.replace(cur, "cancel", _make_cancel(cur.__dict__["cancel"], ctx))
+        # fetch_batch is the one v1 fetch path (fetchone/fetchmany/fetchall/fetchall_buffer all
+        # reach it); 3.0.1+ v2 results go through _next_result_chunk.
+        for name in ("fetch_batch", "_next_result_chunk"):
+            if name in cur.__dict__:
+                p.replace(cur, name, _make_fetch(cur.__dict__[name], ctx))
+        # The result-contract paths (OAuth / v2) can fail in fetchall/fetchmany before any batch
+        # is requested ("Connection is closed." after a flip): those end the query too.
+        for name in ("_fetch_all", "fetchmany"):
+            if name in cur.__dict__:
+                p.replace(cur, name, _make_fetch_failure(cur.__dict__[name], ctx))
+        reauth = g.Connection.__dict__.get("get_re_authenticate_session_id")
+        if reauth is not None:
+            p.replace(g.Connection, "get_re_authenticate_session_id", _make_reauth(reauth, ctx))
         return True
-    from e6data_python_connector import e6data_grpc as g
-
-    ctx = ctx or HookContext(recorder, options, tracer)
-    cur = g.Cursor
-    p = _patches
-    p.replace(cur, "execute", _make_execute(cur.__dict__["execute"], ctx))
-    p.replace(cur, "clear", _make_clear(cur.__dict__["clear"], ctx))
-    if "cancel" in cur.__dict__:
-        p.replace(cur, "cancel", _make_cancel(cur.__dict__["cancel"], ctx))
-    # fetch_batch is the one v1 fetch path (fetchone/fetchmany/fetchall/fetchall_buffer all
-    # reach it); 3.0.1+ v2 results go through _next_result_chunk.
-    for name in ("fetch_batch", "_next_result_chunk"):
-        if name in cur.__dict__:
-            p.replace(cur, name, _make_fetch(cur.__dict__[name], ctx))
-    # The result-contract paths (OAuth / v2) can fail in fetchall/fetchmany before any batch is
-    # requested ("Connection is closed." after a flip): those end the query too.
-    for name in ("_fetch_all", "fetchmany"):
-        if name in cur.__dict__:
-            p.replace(cur, name, _make_fetch_failure(cur.__dict__[name], ctx))
-    reauth = g.Connection.__dict__.get("get_re_authenticate_session_id")
-    if reauth is not None:
-        p.replace(g.Connection, "get_re_authenticate_session_id", _make_reauth(reauth, ctx))
-    _ctx = ctx
-    return True
 
 
-def uninstall() -> None:
-    """Restore every patched attribute (the original function objects)."""
-    global _ctx
-    if _ctx is None:
-        return
-    _ctx.live = False
-    _ctx = None
-    _patches.restore()
+HOOK = CursorHook()

@@ -33,7 +33,8 @@ from typing import Any, Callable, Optional
 
 from .. import _fork
 from .. import metrics as M
-from .._safe import contain, record_internal_error
+from .._safe import contain
+from . import Hook, HookContext
 
 #: Distinct pool names per process; the label set stays bounded however many pools come and go.
 MAX_POOL_NAMES = 32
@@ -57,16 +58,13 @@ _pools: weakref.WeakKeyDictionary[Any, _PoolInfo] = weakref.WeakKeyDictionary()
 _pools_lock = threading.Lock()
 _names_used: set[str] = set()
 _counter = 0
-# Installed state: (recorder, [(owner class, attribute, original, wrapper)]).
-_state: Optional[tuple[Any, list[tuple[type, str, Any, Any]]]] = None
-_state_lock = threading.Lock()
 
 
 def _bind(info: _PoolInfo) -> None:
-    st = _state
-    if st is None:
+    ctx = HOOK.ctx
+    if ctx is None:
         return
-    rec = st[0]
+    rec = ctx.recorder
     info.wait_hist = rec.family(M.POOL_WAIT_TIME).histogram(info.name)
     info.create_hist = rec.family(M.POOL_CREATE_TIME).histogram(info.name)
 
@@ -129,46 +127,48 @@ def pool_names() -> list[str]:
 
 # --- wrappers ----------------------------------------------------------------------------------
 
+def _wait_begins(pool: Any, kind: str) -> Optional[_PoolInfo]:
+    """A caller enters ``get_connection``: one more pending request. Contained."""
+    info: Optional[_PoolInfo] = None
+    with contain("hook.pool"):
+        info = _info(pool, kind)
+        with info.lock:
+            info.pending += 1
+    return info
+
+
+def _wait_ends(info: Optional[_PoolInfo], t0: float) -> None:
+    """The caller leaves ``get_connection`` (with a connection, an error or a timeout: a caller
+    that gave up still waited). Contained."""
+    if info is not None:
+        with contain("hook.pool"):
+            with info.lock:
+                info.pending -= 1
+            if info.wait_hist is not None:
+                info.wait_hist.observe(time.perf_counter() - t0)
+
+
 def _timed_get(original: Callable[..., Any], kind: str) -> Callable[..., Any]:
     @functools.wraps(original)
     def get_connection(self: Any, *args: Any, **kwargs: Any) -> Any:
-        info: Optional[_PoolInfo] = None
-        with contain("hook.pool"):
-            info = _info(self, kind)
-            with info.lock:
-                info.pending += 1
+        info = _wait_begins(self, kind)
         t0 = time.perf_counter()
         try:
             return original(self, *args, **kwargs)
         finally:
-            # Timeouts count too: a caller that gave up still waited.
-            if info is not None:
-                with contain("hook.pool"):
-                    with info.lock:
-                        info.pending -= 1
-                    if info.wait_hist is not None:
-                        info.wait_hist.observe(time.perf_counter() - t0)
+            _wait_ends(info, t0)
     return get_connection
 
 
 def _timed_get_async(original: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(original)
     async def get_connection(self: Any, *args: Any, **kwargs: Any) -> Any:
-        info: Optional[_PoolInfo] = None
-        with contain("hook.pool"):
-            info = _info(self, "aio")
-            with info.lock:
-                info.pending += 1
+        info = _wait_begins(self, "aio")
         t0 = time.perf_counter()
         try:
             return await original(self, *args, **kwargs)
         finally:
-            if info is not None:
-                with contain("hook.pool"):
-                    with info.lock:
-                        info.pending -= 1
-                    if info.wait_hist is not None:
-                        info.wait_hist.observe(time.perf_counter() - t0)
+            _wait_ends(info, t0)
     return get_connection
 
 
@@ -209,95 +209,57 @@ def _import_class(module: str, name: str) -> Optional[type]:
     return cls if isinstance(cls, type) else None
 
 
-def install(recorder: Any, options: Any = None) -> None:
-    """Patch the pool classes (idempotent). Pools created earlier are picked up when used."""
-    global _state
-    _fork.register("locks", reset_after_fork, "fork.pool")
-    with _state_lock:
-        if _state is not None:
-            return
-        patches: list[tuple[type, str, Any, Any]] = []
+_AIO_POOL = "e6data_python_connector.async_connection_pool"
+
+
+class PoolHook(Hook):
+    """Patches ``ConnectionPool`` now and ``AsyncConnectionPool`` when the application imports
+    it (absent on 2.3.x, below Python 3.11 or without the connector's async extra; importing it
+    here would load the connector's whole async API into processes that never use it). Pools
+    created earlier are picked up when used."""
+
+    name = "pool"
+
+    def apply(self, ctx: HookContext) -> bool:
         sync_cls = _import_class("e6data_python_connector.connection_pool", "ConnectionPool")
         if sync_cls is not None:
-            patches += [
-                (sync_cls, "__init__", _registering_init, "sync"),
-                (sync_cls, "get_connection", _timed_get, "sync"),
-                (sync_cls, "_create_connection", _timed_create, None),
-            ]
-        applied: list[tuple[type, str, Any, Any]] = []
-        _apply(patches, applied)
-        _state = (recorder, applied)
+            self._patch(sync_cls, "__init__", lambda o: _registering_init(o, "sync"))
+            self._patch(sync_cls, "get_connection", lambda o: _timed_get(o, "sync"))
+            self._patch(sync_cls, "_create_connection", _timed_create)
         with _pools_lock:
             for info in list(_pools.values()):
                 _bind(info)
-    # The async pool (absent on 2.3.x, below Python 3.11, or without the connector's async
-    # extra) is patched when the application imports it: importing it here would load the
-    # connector's whole async API into processes that never use it.
-    global _watch
-    from . import when_imported
+        self.defer(ctx, _AIO_POOL, self._apply_aio)
+        return True
 
-    _watch = when_imported(_AIO_POOL, _install_aio)
-
-
-_AIO_POOL = "e6data_python_connector.async_connection_pool"
-_watch: Any = None
-
-
-def _apply(patches: list[tuple[type, str, Any, Any]],
-           applied: list[tuple[type, str, Any, Any]]) -> None:
-    for cls, attr, factory, kind in patches:
-        original = cls.__dict__.get(attr)
-        if original is None:
-            continue
-        wrapper = factory(original, kind) if kind is not None else factory(original)
-        setattr(cls, attr, wrapper)
-        applied.append((cls, attr, original, wrapper))
-
-
-def _install_aio() -> None:
-    """Patch ``AsyncConnectionPool`` if the hook is (still) installed and it exists."""
-    with _state_lock:
-        if _state is None:
-            return
+    def _apply_aio(self) -> bool:
         aio_cls = _import_class(_AIO_POOL, "AsyncConnectionPool")
-        if aio_cls is None or any(cls is aio_cls for cls, *_ in _state[1]):
-            return
-        _apply([(aio_cls, "__init__", _registering_init, "aio"),
-                (aio_cls, "get_connection", _timed_get_async, None)], _state[1])
+        if aio_cls is None or self.patches.patched(aio_cls):
+            return False
+        self._patch(aio_cls, "__init__", lambda o: _registering_init(o, "aio"))
+        self._patch(aio_cls, "get_connection", _timed_get_async)
+        return True
 
+    def _patch(self, cls: type, attr: str, factory: Callable[[Any], Any]) -> None:
+        original = cls.__dict__.get(attr)
+        if original is not None:
+            self.patches.replace(cls, attr, factory(original))
 
-def uninstall() -> None:
-    """Restore every patched attribute to the original object (idempotent)."""
-    global _state, _watch
-    if _watch is not None:
-        _watch.cancel()
-        _watch = None
-    with _state_lock:
-        st = _state
-        if st is None:
-            return
-        for cls, attr, original, wrapper in reversed(st[1]):
-            if cls.__dict__.get(attr) is wrapper:
-                setattr(cls, attr, original)
-            else:
-                # Someone wrapped over ours: restoring would drop their wrapper. Leave it; ours
-                # stops recording below (its histograms are unbound).
-                record_internal_error("hook.pool.uninstall")
-        _state = None
+    def removed(self, ctx: HookContext) -> None:
+        # A wrapper someone wrapped over stays in place: it stops recording (histograms unbound).
         with _pools_lock:
             for info in list(_pools.values()):
                 info.wait_hist = info.create_hist = None
 
 
-def installed() -> bool:
-    return _state is not None
+HOOK = PoolHook()
 
 
 def reset_after_fork() -> None:
     """Fresh locks in a forked child; the parent's waiters are not this process's."""
-    global _pools_lock, _state_lock
+    global _pools_lock
     _pools_lock = threading.Lock()
-    _state_lock = threading.Lock()
+    HOOK.reset_after_fork()
     for info in list(_pools.values()):
         info.lock = threading.Lock()
         info.pending = 0
@@ -345,5 +307,4 @@ def read_pools() -> dict[str, dict[str, int]]:
     return out
 
 
-__all__ = ["install", "uninstall", "installed", "name_pool", "pool_names", "read_pools",
-           "MAX_POOL_NAMES"]
+__all__ = ["HOOK", "PoolHook", "name_pool", "pool_names", "read_pools", "MAX_POOL_NAMES"]

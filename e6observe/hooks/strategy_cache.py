@@ -40,13 +40,14 @@ from __future__ import annotations
 import threading
 from typing import Any, Optional
 
+from .._colours import COLOURS
 from .._safe import record_internal_error
 from ..recorder import Recorder, norm_strategy
+from . import Hook, HookContext
 
 _ACTIVE = "active_strategy"
 _PENDING = "pending_strategy"
 _QUERY_MAP = "query_strategy_map"
-_COLOURS = ("blue", "green")
 
 
 class _Interpreter:
@@ -121,69 +122,73 @@ class ObservedCache(dict):  # type: ignore[type-arg]
             dict.__setitem__(self, key, value)
 
 
-_installed: Optional[tuple[Any, dict[str, Any], ObservedCache]] = None  # (module, original, ours)
+class StrategyCacheHook(Hook):
+    """Swaps the connector's cache for an :class:`ObservedCache`; uninstall puts the original
+    dict object back, holding the cache's current contents."""
 
+    name = "strategy_cache"
 
-def install(recorder: Recorder, options: object = None, tracer: object = None,
-            **_: Any) -> bool:
-    """Swap the connector's cache for an :class:`ObservedCache`. False if unsupported."""
-    global _installed
-    if _installed is not None:
-        return True
-    from e6data_python_connector import e6data_grpc as g
+    def __init__(self) -> None:
+        super().__init__()
+        #: (the connector module, its own dict, ours) while installed.
+        self.swapped: Optional[tuple[Any, dict[str, Any], ObservedCache]] = None
 
-    lock = getattr(g, "_strategy_lock", None)
-    original = getattr(g, "_local_strategy_cache", None)
-    if lock is None or not isinstance(original, dict) or not hasattr(g, "_get_shared_strategy"):
-        return False
-    interp = _Interpreter(recorder)
-    with lock:
-        original = g._local_strategy_cache
-        if isinstance(original, ObservedCache):  # left over by a failed uninstall: adopt it
-            ours = original
-            original = dict(ours)
-        else:
-            ours = ObservedCache(original)
-        ours._e6observe = None
-        g._local_strategy_cache = ours
-        if g._get_shared_strategy() is not ours:
-            # Connector 2.2.6-2.3.8 keeps the state in a multiprocessing Manager: not supported.
-            g._local_strategy_cache = original
+    def apply(self, ctx: HookContext) -> bool:
+        from e6data_python_connector import e6data_grpc as g
+
+        recorder = ctx.recorder
+        lock = getattr(g, "_strategy_lock", None)
+        original = getattr(g, "_local_strategy_cache", None)
+        if lock is None or not isinstance(original, dict) or not hasattr(g, "_get_shared_strategy"):
             return False
-        # What the connector already knows when we arrive is reported as learned now.
-        active = dict.get(ours, _ACTIVE)
-        if active in _COLOURS:
-            interp.known = active
-            recorder.detected(active)
-        pending = dict.get(ours, _PENDING)
-        if pending in _COLOURS and pending != active:
-            recorder.announced(pending)
-        ours._e6observe = interp
-    _installed = (g, original, ours)
-    return True
+        interp = _Interpreter(recorder)
+        with lock:
+            original = g._local_strategy_cache
+            if isinstance(original, ObservedCache):  # left over by a failed uninstall: adopt it
+                ours = original
+                original = dict(ours)
+            else:
+                ours = ObservedCache(original)
+            ours._e6observe = None
+            g._local_strategy_cache = ours
+            if g._get_shared_strategy() is not ours:
+                # Connector 2.2.6-2.3.8 keeps the state in a multiprocessing Manager: unsupported.
+                g._local_strategy_cache = original
+                return False
+            # What the connector already knows when we arrive is reported as learned now.
+            active = dict.get(ours, _ACTIVE)
+            if active in COLOURS:
+                interp.known = active
+                recorder.detected(active)
+            pending = dict.get(ours, _PENDING)
+            if pending in COLOURS and pending != active:
+                recorder.announced(pending)
+            ours._e6observe = interp
+        self.swapped = (g, original, ours)
+        return True
+
+    def removed(self, ctx: HookContext) -> None:
+        swapped, self.swapped = self.swapped, None
+        if swapped is None:
+            return
+        g, original, ours = swapped
+        ours._e6observe = None  # stale references (a method's local) stop reporting at once
+        with g._strategy_lock:
+            if g._local_strategy_cache is ours:
+                original.clear()
+                original.update(dict(ours))
+                g._local_strategy_cache = original
 
 
-def uninstall() -> None:
-    """Put the original dict object back, holding the cache's current contents."""
-    global _installed
-    if _installed is None:
-        return
-    g, original, ours = _installed
-    _installed = None
-    ours._e6observe = None  # stale references (a method's local) stop reporting at once
-    with g._strategy_lock:
-        if g._local_strategy_cache is ours:
-            original.clear()
-            original.update(dict(ours))
-            g._local_strategy_cache = original
+HOOK = StrategyCacheHook()
 
 
 def note_observed(to: str) -> None:
     """The watcher counted a switch to ``to`` that no write reported (cause ``observed``): make
     it the colour this hook knows, so the connector's next write of ``to`` is not counted again."""
-    inst = _installed
+    inst = HOOK.swapped
     interp = inst[2]._e6observe if inst is not None else None
-    if interp is not None and to in _COLOURS:
+    if interp is not None and to in COLOURS:
         with interp._lock:
             interp.known = to
 
@@ -204,9 +209,11 @@ def known_strategy() -> Optional[str]:
 
 def installed_cache() -> Optional[ObservedCache]:
     """The cache object installed in the connector, or None (for tests and the watcher)."""
-    return _installed[2] if _installed is not None else None
+    inst = HOOK.swapped
+    return inst[2] if inst is not None else None
 
 
 def original_cache() -> Optional[dict[str, Any]]:
     """The connector's own dict, restored on uninstall (for identity tests)."""
-    return _installed[1] if _installed is not None else None
+    inst = HOOK.swapped
+    return inst[1] if inst is not None else None

@@ -38,9 +38,10 @@ from e6data_python_connector.cluster_server import cluster_pb2, cluster_pb2_grpc
 from e6data_python_connector.server import e6x_engine_pb2 as pb
 from e6data_python_connector.server import e6x_engine_pb2_grpc as pb_grpc
 
+from .._colours import COLOURS
+from .._colours import other as _other
 from .results import FAIL_RESULT, SAMPLE_COLUMNS, QueryError, Result, ResultCache, plan
 
-COLOURS = ("blue", "green")
 #: The exact status text of a strategy mismatch (the connector compares it literally).
 MISMATCH_DETAILS = "status: 456"
 SUSPENDED_DETAILS = "status: 503, cluster is suspended"
@@ -78,10 +79,6 @@ def _check_bindable(host: str, port: int) -> None:
             sock.bind(addr)
         except OSError as exc:
             raise OSError(f"cannot listen on {host}:{port} ({exc.strerror or exc})") from None
-
-
-def _other(colour: str) -> str:
-    return "green" if colour == "blue" else "blue"
 
 
 @dataclass

@@ -52,7 +52,7 @@ with Simulator() as sim:
                 await c.close()
 
         out["async_rows"] = asyncio.run(main())
-        out["aio_pool_patched"] = any(cls is AsyncConnectionPool for cls, *_ in pool._state[1])
+        out["aio_pool_patched"] = pool.HOOK.patches.patched(AsyncConnectionPool)
     out["queries"] = {"|".join(k): h.count for k, h in rec.family(M.QUERY_DURATION).items()
                       if h.count}
 e6observe.uninstrument()
