@@ -18,7 +18,6 @@ import itertools
 import logging
 import os
 import threading
-from typing import Optional
 
 from . import _fork
 from . import metrics as M
@@ -145,16 +144,6 @@ def repair_strategy_lock() -> bool:
     return True
 
 
-def child_state() -> dict[str, Optional[object]]:
-    """A summary for status pages and tests."""
-    return {
-        "fork_generation": _fork.fork_generation,
-        "inherited_query_ids": len(_inherited),
-        "inherited_entries": inherited_entries(),
-        "lock_held_at_fork": _lock_held_at_fork,
-    }
-
-
 __all__ = [
     "install",
     "note_after_fork",
@@ -163,6 +152,5 @@ __all__ = [
     "readings",
     "release_inherited_queries",
     "repair_strategy_lock",
-    "child_state",
     "INHERITED_CAP",
 ]
