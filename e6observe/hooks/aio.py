@@ -318,7 +318,7 @@ def _make_next_batch(orig: Callable[..., Any], ctx: HookContext) -> Callable[...
             raise
         if token is not None:
             detach(token)
-        if rows is None and ctx.live:  # cursor.mark_fetched(ctx, self), inlined
+        if rows is None and ctx.live:  # the fetch that returned no more rows: the fetch phase ends
             q = self.__dict__.get(ATTR)
             if q is not None and q.fetch_end is None:
                 q.fetch_end = perf()

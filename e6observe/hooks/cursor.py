@@ -230,14 +230,6 @@ def end_failed(ctx: HookContext, cursor: Any, exc: BaseException,
             finish(ctx, q, classify(exc), exc)
 
 
-def mark_fetched(ctx: HookContext, cursor: Any) -> None:
-    """The fetch that returned no more rows: the query's fetch phase ends now."""
-    if ctx.live:
-        q = cursor.__dict__.get(ATTR)
-        if q is not None and q.fetch_end is None:
-            q.fetch_end = time.perf_counter()
-
-
 def _make_fetch(orig: Callable[..., Any], ctx: HookContext) -> Callable[..., Any]:
     perf = time.perf_counter
 
@@ -251,7 +243,7 @@ def _make_fetch(orig: Callable[..., Any], ctx: HookContext) -> Callable[..., Any
         except BaseException as exc:
             end_failed(ctx, self, exc, outcome_of)
             raise
-        if rows is None and ctx.live:  # mark_fetched(ctx, self), inlined (once per query)
+        if rows is None and ctx.live:  # no more rows: the fetch phase ends (once per query)
             q = self.__dict__.get(ATTR)
             if q is not None and q.fetch_end is None:
                 q.fetch_end = perf()

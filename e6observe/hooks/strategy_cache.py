@@ -211,9 +211,3 @@ def installed_cache() -> Optional[ObservedCache]:
     """The cache object installed in the connector, or None (for tests and the watcher)."""
     inst = HOOK.swapped
     return inst[2] if inst is not None else None
-
-
-def original_cache() -> Optional[dict[str, Any]]:
-    """The connector's own dict, restored on uninstall (for identity tests)."""
-    inst = HOOK.swapped
-    return inst[1] if inst is not None else None
