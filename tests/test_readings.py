@@ -21,6 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from e6observe import _safe
 from e6observe import metrics as M
+from e6observe.hooks import HookContext
 from e6observe.hooks import strategy_cache as sc
 from e6observe.readings import Readings, ReadingsCollector, register_otel
 from e6observe.recorder import Recorder
@@ -126,7 +127,7 @@ def test_opentelemetry_callbacks_are_silent_while_disabled(meter: tuple[Any, InM
 def test_the_strategy_cache_hook_tells_the_watcher_what_cache_a_holds() -> None:
     assert (sc.reporting(), sc.known_strategy()) == (False, None)
     rec = Recorder()
-    assert sc.install(rec)
+    assert sc.HOOK.install(HookContext(rec))
     try:
         assert (sc.reporting(), sc.known_strategy()) == (True, None)
         g._set_active_strategy("blue")
@@ -134,7 +135,7 @@ def test_the_strategy_cache_hook_tells_the_watcher_what_cache_a_holds() -> None:
         sc.note_observed("green")  # a switch the watcher counted
         assert sc.known_strategy() == "green"
     finally:
-        sc.uninstall()
+        sc.HOOK.uninstall()
         rec.stop()
     assert (sc.reporting(), sc.known_strategy()) == (False, None)
 
@@ -147,6 +148,4 @@ def test_no_module_looks_up_another_of_the_package_through_sys_modules() -> None
         for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1)
         if pattern.search(line)
     ]
-    # _fork's undoing of the multi-process sink's fork state is the fork registry's to replace
-    # (issue 13, deliver 1, branch fork); remove this entry when it is merged.
-    assert [h for h in hits if h != "e6observe/_fork.py:183"] == []
+    assert hits == []
