@@ -413,8 +413,13 @@ class PrometheusSink:
         with self._lock:
             if self.server is not None and self.server.running:
                 return self
+            served: Any = self.registry
+            if _opt(self.options, "prometheus_low_cardinality"):
+                from ..lowcard import LowCardinalityRegistry
+
+                served = LowCardinalityRegistry(self.registry)  # the one seam (e6observe/lowcard.py)
             srv = MetricsServer(
-                self.registry, addr=_opt(self.options, "prometheus_addr") or "127.0.0.1",
+                served, addr=_opt(self.options, "prometheus_addr") or "127.0.0.1",
                 port=int(port), certfile=_opt(self.options, "tls_certfile"),
                 keyfile=_opt(self.options, "tls_keyfile"),
                 client_cafile=_opt(self.options, "tls_client_cafile"),
