@@ -718,7 +718,7 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
                     json.dump(saved, f)
         with Prometheus(tsdb, work, rules) as prom:
             result["blocks"] = prom.blocks()
-            n = prom.api("query", query='count({__name__=~".+", pod!=""})', time=end)
+            n = prom.api("query", query='count({__name__=~".+", __name__!~".*:.*", pod!=""})', time=end)
             result["series_in_prometheus"] = int(float(n["result"][0]["value"][1]))
             ranges = [r * 3600 for r in a.ranges]
             result["queries"] = time_queries(prom, end, ranges, a.step, a.repeat, a.dashboards, rules)
