@@ -158,10 +158,12 @@ def blue_green_overview(cfg: Config = DEFAULT) -> dash.Dashboard:
         span=8, bars=True))
     d = d.with_panel(ts(
         "Drain time", "Seconds from the server's announcement to the applied switch, per client "
-        "(mean over the window) and as quantiles over the dashboard's time range.",
+        "(mean over the window) and as quantiles over the dashboard's time range (per job, from "
+        "a recording rule: shown while all instances and pods are selected).",
         refs([(Q.drain_mean(SEL, RATE), "mean " + CLIENT_LEGEND),
-              (Q.drain_quantile(0.5, SEL, "$__range"), "p50 (range)"),
-              (Q.drain_quantile(0.95, SEL, "$__range"), "p95 (range)")], exemplar=True),
+              (R.range_quantile(0.5, R.drain_bucket_rate(cfg), SEL), "p50 (range)"),
+              (R.with_exemplars(R.range_quantile(0.95, R.drain_bucket_rate(cfg), SEL),
+                                M.SWITCH_DRAIN, SEL), "p95 (range)")], exemplar=True),
         unit="s", span=8))
     d = d.with_panel(ts(
         "Pending switches", "Strategies announced and not applied yet, and how long they have "
@@ -186,10 +188,11 @@ def blue_green_overview(cfg: Config = DEFAULT) -> dash.Dashboard:
         [target(Q.resumes(SEL, RATE), "{{outcome}}")], span=6, bars=True))
     d = d.with_panel(ts(
         "Resume duration", "Seconds from the 503 the connector acted on to the cluster answering "
-        f"active, per client (mean) and over the range (alert above "
+        f"active, per client (mean) and over the range for the selected jobs (alert above "
         f"{alerts._num(cfg.resume_slow_seconds)}s).",
         refs([(Q.resume_mean(SEL, RATE), "mean " + CLIENT_LEGEND),
-              (Q.resume_quantile(0.95, SEL, "$__range"), "p95 (range)")]), unit="s", span=6))
+              (R.range_quantile(0.95, R.resume_bucket_rate(cfg), SEL), "p95 (range)")]), unit="s",
+        span=6))
     d = d.with_panel(ts(
         "Last seen cluster status", "The cluster status each client's connector last saw: 1 "
         "active, 2 suspended, 3 resuming, 4 failed, 5 other.",
@@ -220,9 +223,10 @@ def blue_green_overview(cfg: Config = DEFAULT) -> dash.Dashboard:
         [target(R.query_failures(SEL, cfg), "{{strategy}} {{outcome}}")], unit="reqps", span=6))
     d = d.with_panel(ts(
         "Query latency", "Query duration quantiles (execute to clear), by strategy.",
-        refs([(R.with_exemplars(R.query_latency(q, SEL, cfg), M.QUERY_DURATION, SEL),
-               f"p{int(q * 100)} {{{{strategy}}}}") for q in Q.QUANTILES], exemplar=True),
-        unit="s", span=6))
+        [target(R.query_latency(0.5, SEL, cfg), "p50 {{strategy}}", "A"),
+         target(R.query_latency(0.95, SEL, cfg), "p95 {{strategy}}", "B"),
+         target(R.with_exemplars(R.query_latency(0.99, SEL, cfg), M.QUERY_DURATION, SEL),
+                "p99 {{strategy}}", "C", exemplar=True)], unit="s", span=6))
     d = d.with_panel(ts(
         "Queries in flight", "Queries executed and not yet cleared, by the strategy they are "
         "pinned to.", [target(Q.queries_in_flight(SEL), "{{strategy}}")], span=6))

@@ -88,7 +88,7 @@ def test_settings_regenerate_the_rules_and_relabel_the_dashboards(
     records = tmp_path / "rules/e6observe.records.yaml"
     assert promtool("check", "rules", str(records)).returncode == 0
     for r in yaml.safe_load(records.read_text())["groups"][0]["rules"]:
-        assert "by (k8s_cluster, kube_namespace, job, instance, pod" in r["expr"], r
+        assert "by (k8s_cluster, kube_namespace, job" in r["expr"], r
         assert 'job=~"orders|billing"' in r["expr"], r
     lat = rules["E6dataQueryLatencyHigh"]
     assert lat["expr"].endswith("> 2.5") and lat["for"] == "3m"

@@ -69,6 +69,20 @@ def rpc_count_rate(cfg: Config = DEFAULT) -> str:
     return _name("client", M.RPC_DURATION, "_count", "rate", cfg)
 
 
+def drain_bucket_rate(cfg: Config = DEFAULT) -> str:
+    return _name("job", M.SWITCH_DRAIN, "_bucket", "rate", cfg)
+
+
+def resume_bucket_rate(cfg: Config = DEFAULT) -> str:
+    return _name("job", M.CLUSTER_RESUME_DURATION, "_bucket", "rate", cfg)
+
+
+def job_by(cfg: Config) -> str:
+    """The labels of the per-population recordings: cluster, namespace, job (the dashboards'
+    first three variables)."""
+    return f"{cfg.cluster_label}, {cfg.namespace_label}, job"
+
+
 def records(cfg: Config = DEFAULT) -> List[Record]:
     """Every recording rule, each a rate summed over the labels its panels do not draw."""
     sel, by, w = cfg.selector, client_by(cfg), cfg.record_window
@@ -85,6 +99,16 @@ def records(cfg: Config = DEFAULT) -> List[Record]:
         Record(rpc_bucket_rate(cfg), rate(M.RPC_DURATION, "_bucket", "method, le")),
         # RPCs per method and status code, and the mismatch share's denominator.
         Record(rpc_count_rate(cfg), rate(M.RPC_DURATION, "_count", "method, code, strategy")),
+        # Drain and resume quantiles over the dashboard's whole range: per population, so a
+        # panel sums a few hundred series over the range instead of every pod's buckets.
+        Record(
+            drain_bucket_rate(cfg),
+            f"sum by ({job_by(cfg)}, le) (rate({Q.series(M.SWITCH_DRAIN, '_bucket', sel)}[{w}]))",
+        ),
+        Record(
+            resume_bucket_rate(cfg),
+            f"sum by ({job_by(cfg)}, le) (rate({Q.series(M.CLUSTER_RESUME_DURATION, '_bucket', sel)}[{w}]))",
+        ),
     ]
 
 
@@ -163,3 +187,11 @@ def with_exemplars(expr: str, spec: M.MetricSpec, sel: str) -> str:
     empty (bucket counts are never negative), so it adds no line and little cost.
     """
     return f"{expr} or ({Q.series(spec, '_bucket', sel)} @ end() < 0)"
+
+
+def range_quantile(q: float, name: str, sel: str, window: str = "$__range") -> str:
+    """The ``q`` quantile over ``window`` of a per-population recorded bucket rate. The sum of
+    its samples over the window is proportional to the buckets' increase (one sample per
+    evaluation), and a quantile does not depend on that factor. Recorded per job, the series
+    carry no instance or pod label: with one pod selected in the dashboards it shows nothing."""
+    return f"histogram_quantile({q}, sum by (le) (sum_over_time({recorded(name, sel)}[{window}])))"
