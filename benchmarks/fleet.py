@@ -757,6 +757,82 @@ def summary(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _key(d: dict[str, Any]) -> tuple[Any, ...]:
+    return (d.get("board"), d.get("panel"), d.get("ref"), d.get("range_s"), d.get("name"))
+
+
+def table(runs: list[dict[str, Any]], names: list[str]) -> str:
+    """Markdown: every dashboard query (3 h and 6 h) and rule, median and min-max of the
+    repeats, one column per run (e.g. before and after the recording rules)."""
+    head = "| query | range | " + " | ".join(f"{n}: median ms [min-max]" for n in names) + " |"
+    out = [head, "|" + "---|" * (2 + len(names))]
+    rows: dict[tuple[Any, ...], list[Optional[dict[str, Any]]]] = {}
+    order: list[tuple[Any, ...]] = []
+    for i, r in enumerate(runs):
+        for d in r["queries"]["dashboards"]:
+            k = ("d", d["board"], d["panel"], d.get("ref"), d["range_s"])
+            if k not in rows:
+                rows[k] = [None] * len(runs)
+                order.append(k)
+            rows[k][i] = d
+        for d in r["queries"]["rules"]:
+            k = ("r", d["kind"], d["name"], None, None)
+            if k not in rows:
+                rows[k] = [None] * len(runs)
+                order.append(k)
+            rows[k][i] = d
+
+    def cell(d: Optional[dict[str, Any]]) -> str:
+        if d is None:
+            return "-"
+        t = d["times_s"]
+        flag = " **≥ 1 s**" if d["median_s"] >= 1.0 else ""
+        return f"{d['median_s'] * 1e3:.0f} [{min(t) * 1e3:.0f}-{max(t) * 1e3:.0f}]{flag}"
+
+    for k in order:
+        if k[0] == "d":
+            name = f"{k[1].split('/')[-1].strip()}: {k[2]}" + (f" ({k[3]})" if k[3] else "")
+            rng = f"{k[4] / 3600:.0f} h"
+        else:
+            name, rng = f"{k[1]} {k[2]}", "instant"
+        out.append(f"| {name} | {rng} | " + " | ".join(cell(d) for d in rows[k]) + " |")
+    return "\n".join(out)
+
+
+def plot(runs: list[dict[str, Any]], names: list[str], path: str) -> None:
+    """Per dashboard query (3 h range): median time of each run, log scale, 1 s marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys: list[tuple[Any, ...]] = []
+    for r in runs:
+        for d in r["queries"]["dashboards"]:
+            k = (d["panel"], d.get("ref"))
+            if d["range_s"] == 3 * 3600 and k not in keys:
+                keys.append(k)
+    fig, ax = plt.subplots(figsize=(12, max(6.0, 0.22 * len(keys))))
+    height = 0.8 / len(runs)
+    for i, (r, n) in enumerate(zip(runs, names)):
+        got = {
+            (d["panel"], d.get("ref")): d["median_s"]
+            for d in r["queries"]["dashboards"]
+            if d["range_s"] == 3 * 3600
+        }
+        ys = [j + i * height for j in range(len(keys))]
+        ax.barh(ys, [got.get(k, 0.0) for k in keys], height=height, label=n)
+    ax.axvline(1.0, color="red", linestyle="--", linewidth=1, label="1 s")
+    ax.set_xscale("log")
+    ax.set_yticks([j + 0.4 - height / 2 for j in range(len(keys))])
+    ax.set_yticklabels([f"{p} {ref or ''}" for p, ref in keys], fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("median seconds per query (3 h range, 1 000 pods)")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--pods", type=int, default=1000)
@@ -802,7 +878,25 @@ def main() -> int:
         "recording rules are backfilled again and the queries timed)",
     )
     ap.add_argument("--json", help="write the result here")
+    ap.add_argument(
+        "--table",
+        nargs="+",
+        metavar="NAME=RESULT.json",
+        help="print the markdown table of earlier results (and --plot PNG); no run",
+    )
+    ap.add_argument("--plot", help="with --table: write a PNG of the 3 h dashboard query times")
     a = ap.parse_args()
+    if a.table:
+        names, runs = [], []
+        for item in a.table:
+            n, _, path = item.partition("=")
+            names.append(n)
+            with open(path) as f:
+                runs.append(json.load(f))
+        print(table(runs, names))
+        if a.plot:
+            plot(runs, names, a.plot)
+        return 0
     if not (os.access(PROMETHEUS, os.X_OK) and os.access(PROMTOOL, os.X_OK)):
         print(f"fleet: needs {PROMETHEUS} and {PROMTOOL} (apt-get install prometheus)", file=sys.stderr)
         return 2

@@ -143,7 +143,7 @@ def blue_green_overview(cfg: Config = DEFAULT) -> dash.Dashboard:
         statetimeline.Panel().title("Active strategy per client").datasource(DS).span(16).height(9)
         .description("The colour each client's connector routes new queries to. A client still on "
                      "the old colour after the others flipped has not followed the switch.")
-        .with_target(target(Q.active_strategy_code(SEL), CLIENT_LEGEND))
+        .with_target(target(R.recorded(R.active_code(cfg), SEL), CLIENT_LEGEND))
         .mappings(STRATEGY_MAPPINGS).show_value(common.VisibilityMode.NEVER).merge_values(True)
         .color_scheme(dash.FieldColor().mode(model.FieldColorModeId.FIXED).fixed_color("text")))
     d = d.with_panel(ts(
@@ -196,7 +196,7 @@ def blue_green_overview(cfg: Config = DEFAULT) -> dash.Dashboard:
     d = d.with_panel(ts(
         "Last seen cluster status", "The cluster status each client's connector last saw: 1 "
         "active, 2 suspended, 3 resuming, 4 failed, 5 other.",
-        [target(Q.cluster_status(SEL), CLIENT_LEGEND)], span=6))
+        [target(R.recorded(R.cluster_status_code(cfg), SEL), CLIENT_LEGEND)], span=6))
     d = d.with_panel(ts(
         "Queries that waited for a resume", "Queries that ran ok after waiting for an "
         "auto-resume (outcome=\"resumed\"): slow because the cluster was suspended.",

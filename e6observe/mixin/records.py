@@ -69,6 +69,14 @@ def rpc_count_rate(cfg: Config = DEFAULT) -> str:
     return _name("client", M.RPC_DURATION, "_count", "rate", cfg)
 
 
+def active_code(cfg: Config = DEFAULT) -> str:
+    return f"client:{Q.name(M.STRATEGY_ACTIVE)}:code"
+
+
+def cluster_status_code(cfg: Config = DEFAULT) -> str:
+    return f"client:{Q.name(M.CLUSTER_STATUS)}:code"
+
+
 def drain_bucket_rate(cfg: Config = DEFAULT) -> str:
     return _name("job", M.SWITCH_DRAIN, "_bucket", "rate", cfg)
 
@@ -99,6 +107,10 @@ def records(cfg: Config = DEFAULT) -> List[Record]:
         Record(rpc_bucket_rate(cfg), rate(M.RPC_DURATION, "_bucket", "method, le")),
         # RPCs per method and status code, and the mismatch share's denominator.
         Record(rpc_count_rate(cfg), rate(M.RPC_DURATION, "_count", "method, code, strategy")),
+        # Per client, the active colour and the last seen cluster status as one code each (the
+        # state panels would otherwise join three and five selectors per client and step).
+        Record(active_code(cfg), Q.active_strategy_code(sel, by)),
+        Record(cluster_status_code(cfg), Q.cluster_status(sel, by)),
         # Drain and resume quantiles over the dashboard's whole range: per population, so a
         # panel sums a few hundred series over the range instead of every pod's buckets.
         Record(
