@@ -253,8 +253,7 @@ def client_runtime(cfg: Config = DEFAULT) -> dash.Dashboard:
         .rows_frame(heatmap.RowsHeatmapOptions().layout(common.HeatmapCellLayout.LE)))
     d = d.with_panel(ts(
         "RPC p95 by method", "95th percentile gRPC call duration per method.",
-        [target(R.with_exemplars(R.rpc_latency(0.95, SEL, cfg), M.RPC_DURATION, SEL), "{{method}}",
-                exemplar=True)], unit="s", span=8))
+        [target(R.rpc_latency(0.95, SEL, cfg), "{{method}}")], unit="s", span=8))
     d = d.with_panel(ts(
         "RPCs by status code", "gRPC calls per second by method and status code.",
         [target(R.rpc_rate_by_code(SEL, cfg), "{{method}} {{code}}")], unit="reqps", span=8))
