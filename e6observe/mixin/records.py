@@ -2,10 +2,11 @@
 
 At 1 000 instrumented pods the histogram panels read hundreds of thousands of bucket series per
 refresh (RPC latency per method, status code and colour; query latency per outcome and colour):
-``benchmarks/fleet.py`` measured them at several seconds each over 3 h (BENCHMARKS.md, "Fleet
-scale"). Each rule here pre-computes the rate such a panel takes, summed over the labels the
-panel never shows, and keeps every label a dashboard filters on (cluster, namespace, job,
-instance, pod): picking one pod in the dashboards still narrows every panel.
+``benchmarks/fleet.py`` measured them at up to 15 s each over 3 h (BENCHMARKS.md, "Fleet
+scale"). Each rule here pre-computes what such a panel reads, summed over the labels the panel
+never shows: per client (keeping every label the dashboards filter on: cluster, namespace, job,
+instance, pod) where a panel draws clients, per population (cluster, namespace, job) for the
+latency buckets, whose per-pod recordings would still be tens of thousands of series.
 
 The rules are written to their own file, ``dashboards/rules/e6observe.records.yaml`` (group
 ``<rule_group>.records``, evaluated every :attr:`Config.record_interval`), so the alert rule file
