@@ -28,8 +28,9 @@ from grafana_foundation_sdk.models import heatmap as heatmap_model
 from grafana_foundation_sdk.models import prometheus as prom_model
 
 from e6observe import metrics as M
-from e6observe.mixin import alerts
+from e6observe.mixin import alerts, records
 from e6observe.mixin import queries as Q
+from e6observe.mixin import records as R
 from e6observe.mixin.config import DEFAULT, Config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -142,7 +143,7 @@ def blue_green_overview(cfg: Config = DEFAULT) -> dash.Dashboard:
         statetimeline.Panel().title("Active strategy per client").datasource(DS).span(16).height(9)
         .description("The colour each client's connector routes new queries to. A client still on "
                      "the old colour after the others flipped has not followed the switch.")
-        .with_target(target(Q.active_strategy_code(SEL), CLIENT_LEGEND))
+        .with_target(target(R.recorded(R.active_code(cfg), SEL), CLIENT_LEGEND))
         .mappings(STRATEGY_MAPPINGS).show_value(common.VisibilityMode.NEVER).merge_values(True)
         .color_scheme(dash.FieldColor().mode(model.FieldColorModeId.FIXED).fixed_color("text")))
     d = d.with_panel(ts(
@@ -157,10 +158,12 @@ def blue_green_overview(cfg: Config = DEFAULT) -> dash.Dashboard:
         span=8, bars=True))
     d = d.with_panel(ts(
         "Drain time", "Seconds from the server's announcement to the applied switch, per client "
-        "(mean over the window) and as quantiles over the dashboard's time range.",
+        "(mean over the window) and as quantiles over the dashboard's time range (per job, from "
+        "a recording rule: shown while all instances and pods are selected).",
         refs([(Q.drain_mean(SEL, RATE), "mean " + CLIENT_LEGEND),
-              (Q.drain_quantile(0.5, SEL, "$__range"), "p50 (range)"),
-              (Q.drain_quantile(0.95, SEL, "$__range"), "p95 (range)")], exemplar=True),
+              (R.range_quantile(0.5, R.drain_bucket_rate(cfg), SEL), "p50 (range)"),
+              (R.with_exemplars(R.range_quantile(0.95, R.drain_bucket_rate(cfg), SEL),
+                                M.SWITCH_DRAIN, SEL), "p95 (range)")], exemplar=True),
         unit="s", span=8))
     d = d.with_panel(ts(
         "Pending switches", "Strategies announced and not applied yet, and how long they have "
@@ -172,7 +175,7 @@ def blue_green_overview(cfg: Config = DEFAULT) -> dash.Dashboard:
         "the RPC method, and as a share of all RPCs (alert above "
         f"{alerts._num(cfg.mismatch_ratio * 100)}%).",
         refs([(Q.mismatch_rate(SEL, RATE), "{{strategy}} {{method}}"),
-              (Q.mismatch_ratio(SEL, RATE, "job"), "share of RPCs {{job}}")]), span=12))
+              (R.mismatch_ratio(SEL, "job", cfg), "share of RPCs {{job}}")]), span=12))
     d = d.with_panel(ts(
         "Queries failed mid-switch", "Queries that failed because a switch landed while they ran "
         "(outcome=\"switch_interrupted\"), per client.",
@@ -185,14 +188,15 @@ def blue_green_overview(cfg: Config = DEFAULT) -> dash.Dashboard:
         [target(Q.resumes(SEL, RATE), "{{outcome}}")], span=6, bars=True))
     d = d.with_panel(ts(
         "Resume duration", "Seconds from the 503 the connector acted on to the cluster answering "
-        f"active, per client (mean) and over the range (alert above "
+        f"active, per client (mean) and over the range for the selected jobs (alert above "
         f"{alerts._num(cfg.resume_slow_seconds)}s).",
         refs([(Q.resume_mean(SEL, RATE), "mean " + CLIENT_LEGEND),
-              (Q.resume_quantile(0.95, SEL, "$__range"), "p95 (range)")]), unit="s", span=6))
+              (R.range_quantile(0.95, R.resume_bucket_rate(cfg), SEL), "p95 (range)")]), unit="s",
+        span=6))
     d = d.with_panel(ts(
         "Last seen cluster status", "The cluster status each client's connector last saw: 1 "
         "active, 2 suspended, 3 resuming, 4 failed, 5 other.",
-        [target(Q.cluster_status(SEL), CLIENT_LEGEND)], span=6))
+        [target(R.recorded(R.cluster_status_code(cfg), SEL), CLIENT_LEGEND)], span=6))
     d = d.with_panel(ts(
         "Queries that waited for a resume", "Queries that ran ok after waiting for an "
         "auto-resume (outcome=\"resumed\"): slow because the cluster was suspended.",
@@ -213,14 +217,16 @@ def blue_green_overview(cfg: Config = DEFAULT) -> dash.Dashboard:
     d = d.with_row(dash.Row("Queries by strategy"))
     d = d.with_panel(ts(
         "Query rate", "Queries finished per second, by the strategy they ran on.",
-        [target(Q.query_rate(SEL, RATE), "{{strategy}}")], unit="reqps", span=6))
+        [target(R.query_rate(SEL, cfg), "{{strategy}}")], unit="reqps", span=6))
     d = d.with_panel(ts(
         "Query failures", "Queries per second that did not end ok, by strategy and outcome.",
-        [target(Q.query_failures(SEL, RATE), "{{strategy}} {{outcome}}")], unit="reqps", span=6))
+        [target(R.query_failures(SEL, cfg), "{{strategy}} {{outcome}}")], unit="reqps", span=6))
     d = d.with_panel(ts(
         "Query latency", "Query duration quantiles (execute to clear), by strategy.",
-        refs([(Q.query_latency(q, SEL, RATE), f"p{int(q * 100)} {{{{strategy}}}}")
-              for q in Q.QUANTILES], exemplar=True), unit="s", span=6))
+        [target(R.query_latency(0.5, SEL, cfg), "p50 {{strategy}}", "A"),
+         target(R.query_latency(0.95, SEL, cfg), "p95 {{strategy}}", "B"),
+         target(R.with_exemplars(R.query_latency(0.99, SEL, cfg), M.QUERY_DURATION, SEL),
+                "p99 {{strategy}}", "C", exemplar=True)], unit="s", span=6))
     d = d.with_panel(ts(
         "Queries in flight", "Queries executed and not yet cleared, by the strategy they are "
         "pinned to.", [target(Q.queries_in_flight(SEL), "{{strategy}}")], span=6))
@@ -239,7 +245,7 @@ def client_runtime(cfg: Config = DEFAULT) -> dash.Dashboard:
         heatmap.Panel().title("RPC latency: $method").datasource(DS).span(8).height(8)
         .description("Distribution of gRPC call durations, one heatmap per method.")
         .repeat("method").repeat_direction("h").max_per_row(3)
-        .with_target(target(Q.rpc_heatmap(SEL, RATE), "{{le}}", fmt="heatmap"))
+        .with_target(target(R.rpc_heatmap(SEL, cfg), "{{le}}", fmt="heatmap"))
         .calculate(False).y_axis(heatmap.YAxisConfig().unit("s"))
         .color(heatmap.HeatmapColorOptions().mode(heatmap_model.HeatmapColorMode.SCHEME)
                .scheme("Oranges").scale(heatmap_model.HeatmapColorScale.EXPONENTIAL).exponent(0.5)
@@ -247,10 +253,10 @@ def client_runtime(cfg: Config = DEFAULT) -> dash.Dashboard:
         .rows_frame(heatmap.RowsHeatmapOptions().layout(common.HeatmapCellLayout.LE)))
     d = d.with_panel(ts(
         "RPC p95 by method", "95th percentile gRPC call duration per method.",
-        [target(Q.rpc_latency(0.95, SEL, RATE), "{{method}}", exemplar=True)], unit="s", span=8))
+        [target(R.rpc_latency(0.95, SEL, cfg), "{{method}}")], unit="s", span=8))
     d = d.with_panel(ts(
         "RPCs by status code", "gRPC calls per second by method and status code.",
-        [target(Q.rpc_rate_by_code(SEL, RATE), "{{method}} {{code}}")], unit="reqps", span=8))
+        [target(R.rpc_rate_by_code(SEL, cfg), "{{method}} {{code}}")], unit="reqps", span=8))
     d = d.with_panel(ts(
         "Retries", "Times the connector's retry loop replayed an operation, by reason.",
         [target(Q.retries(SEL, RATE), "{{reason}}")], unit="ops", span=8))
@@ -350,6 +356,8 @@ def _fix_annotations(data: Dict[str, Any]) -> None:
 #: Generated paths, relative to the repository root. The chart's copies are byte-equal to the
 #: originals: Helm can only read files inside the chart directory.
 RULES = Path("dashboards/rules/e6observe.rules.yaml")
+#: The recording rules the dashboards read (e6observe/mixin/records.py).
+RECORDS = Path("dashboards/rules/e6observe.records.yaml")
 CHART = Path("helm/e6observe/files")
 #: Per-alert threshold metadata for the chart's overrides (JSON, which YAML reads too).
 THRESHOLDS = "e6observe.thresholds.yaml"
@@ -382,6 +390,10 @@ def generated(cfg: Config = DEFAULT) -> Dict[Path, str]:
     out[CHART / "rules" / THRESHOLDS] = alerts.HEADER + json.dumps(
         alerts.thresholds(cfg), indent=2, sort_keys=True) + "\n"
     out[PACKAGE / "files/rules" / RULES.name] = rules
+    recorded = records.render_records(cfg)
+    out[RECORDS] = recorded
+    out[CHART / "rules" / RECORDS.name] = recorded
+    out[PACKAGE / "files/rules" / RECORDS.name] = recorded
     for copy, source in PACKAGE_SOURCES.items():
         out[copy] = (ROOT / source).read_text(encoding="utf-8")
     return out

@@ -31,6 +31,9 @@ runtime_metrics    ``auto``                 process/GC metrics: true, false, or 
 http_max_head_bytes 65536                   bytes a request head may take (more: 431)
 http_head_timeout  5.0                      seconds to receive a request head (later: 408)
 http_write_timeout 10.0                     seconds one response write may block (then: closed)
+prometheus_low_cardinality False            serve about 55 series per process instead of ~440: the
+                                            switch, mismatch and latency-per-colour series only
+                                            (``e6observe/sinks/lowcard.py``; BENCHMARKS.md, fleet scale)
 ================== ======================== =========================================================
 """
 
@@ -170,6 +173,7 @@ _SPECS: dict[str, _Spec] = {
     "http_max_head_bytes": _Spec(_parse_int, optional=False),
     "http_head_timeout": _Spec(_parse_float, optional=False),
     "http_write_timeout": _Spec(_parse_float, optional=False),
+    "prometheus_low_cardinality": _Spec(_parse_bool, optional=False),
 }
 
 
@@ -199,6 +203,7 @@ class Options:
     http_max_head_bytes: int = 64 * 1024
     http_head_timeout: float = 5.0
     http_write_timeout: float = 10.0
+    prometheus_low_cardinality: bool = False
     #: Where each option's value came from: "kwarg", "env" or "default" (for messages/tests).
     sources: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 

@@ -138,4 +138,4 @@ def test_the_option_names_other_components_rely_on() -> None:
         "logger_provider", "otel", "watcher_interval", "event_capacity", "record_query_text",
         "tls_certfile", "tls_keyfile", "tls_client_cafile", "basic_auth", "multiprocess_dir",
         "runtime_metrics",
-        "http_max_head_bytes", "http_head_timeout", "http_write_timeout"}
+        "http_max_head_bytes", "http_head_timeout", "http_write_timeout", "prometheus_low_cardinality"}

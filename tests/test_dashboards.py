@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
+import yaml
 from helpers import unavailable
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -128,7 +129,11 @@ def test_overview_answers_the_blue_green_questions() -> None:
     d = load(OVERVIEW)
     active = by_title(d, "Active strategy per client")
     assert active["type"] == "state-timeline"
-    assert "by (cluster, namespace, job, instance, pod)" in exprs(active)[0]
+    # One code per client, from the recording rule the panel reads (e6observe/mixin/records.py).
+    records = {r["record"]: r["expr"] for g in yaml.safe_load(
+        (ROOT / "dashboards/rules/e6observe.records.yaml").read_text())["groups"] for r in g["rules"]}
+    assert exprs(active)[0].startswith("client:e6data_strategy_active:code{")
+    assert "by (cluster, namespace, job, instance, pod)" in records["client:e6data_strategy_active:code"]
     texts = {o["text"] for m in active["fieldConfig"]["defaults"]["mappings"]
              for o in m["options"].values()}
     assert texts == {"none", "blue", "green", "invalid"}

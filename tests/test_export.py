@@ -24,6 +24,7 @@ COPIES = {
         "dashboards/json/e6data-blue-green-overview.json",
     "files/dashboards/e6data-client-runtime.json": "dashboards/json/e6data-client-runtime.json",
     "files/rules/e6observe.rules.yaml": "dashboards/rules/e6observe.rules.yaml",
+    "files/rules/e6observe.records.yaml": "dashboards/rules/e6observe.records.yaml",
     "files/rules/tests/e6observe.rules.test.yaml": "dashboards/rules/tests/e6observe.rules.test.yaml",
     "files/docs/runbook.md": "docs/runbook.md",
     "files/docs/alerts.md": "docs/alerts.md",
@@ -44,7 +45,7 @@ def test_the_packaged_copies_are_byte_equal_to_the_originals(copy: str) -> None:
 
 
 #: The rule generator: sources in the package (dashboards/build.py imports them), not copies.
-SOURCES = {"__init__.py", "config.py", "queries.py", "alerts.py"}
+SOURCES = {"__init__.py", "config.py", "queries.py", "alerts.py", "records.py"}
 
 
 def test_every_shipped_file_is_listed() -> None:
@@ -81,6 +82,12 @@ def test_settings_regenerate_the_rules_and_relabel_the_dashboards(
     import yaml
 
     rules = {r["alert"]: r for r in yaml.safe_load(rules_text)["groups"][0]["rules"]}
+    # The recording rules the dashboards read follow the same labels and selector.
+    records = tmp_path / "rules/e6observe.records.yaml"
+    assert promtool("check", "rules", str(records)).returncode == 0
+    for r in yaml.safe_load(records.read_text())["groups"][0]["rules"]:
+        assert "by (k8s_cluster, kube_namespace, job" in r["expr"], r
+        assert 'job=~"orders|billing"' in r["expr"], r
     lat = rules["E6dataQueryLatencyHigh"]
     assert lat["expr"].endswith("> 2.5") and lat["for"] == "3m"
     assert "by (k8s_cluster, kube_namespace, job, strategy, le)" in lat["expr"]

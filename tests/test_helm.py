@@ -310,8 +310,11 @@ def test_prometheusrule_carries_the_generated_rules(report: dict[str, Any]) -> N
     assert pr["metadata"]["labels"]["release"] == "kube-prometheus-stack"
     assert pr["metadata"]["annotations"] == {"owner": "data-platform"}
     source = yaml.safe_load((ROOT / "dashboards/rules/e6observe.rules.yaml").read_text())
-    [group] = pr["spec"]["groups"]
+    group, records = pr["spec"]["groups"]
     [src] = source["groups"]
+    # The recording rules the dashboards read, as generated, in a second group.
+    [rec] = yaml.safe_load((ROOT / "dashboards/rules/e6observe.records.yaml").read_text())["groups"]
+    assert records == rec
     assert group["name"] == src["name"] and group["interval"] == "1m"
     expected = [r for r in src["rules"] if r["alert"] != "E6dataProbeFailing"]
     assert [r["alert"] for r in group["rules"]] == [r["alert"] for r in expected]

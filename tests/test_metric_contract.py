@@ -21,6 +21,8 @@ from e6observe.metrics import exposed_series_names
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARDS = sorted((ROOT / "dashboards" / "json").glob("*.json"))
 RULES = ROOT / "dashboards" / "rules" / "e6observe.rules.yaml"
+#: The recording rules (e6observe/mixin/records.py): dashboards may read the series they write.
+RECORDS = ROOT / "dashboards" / "rules" / "e6observe.records.yaml"
 #: Series Prometheus itself writes for every scrape target (not exported by e6observe).
 PROMETHEUS_SERIES = frozenset({"up"})
 
@@ -92,8 +94,14 @@ def rule_exprs(rules: Any) -> Iterator[tuple[str, str]]:
             yield rule.get("alert") or rule.get("record"), rule["expr"]
 
 
-def unknown(exprs: Iterator[tuple[str, str]]) -> dict[str, set[str]]:
-    allowed = exposed_series_names() | PROMETHEUS_SERIES
+def recorded_names() -> set[str]:
+    rules = yaml.safe_load(RECORDS.read_text(encoding="utf-8"))
+    return {r["record"] for g in rules["groups"] for r in g["rules"]}
+
+
+def unknown(exprs: Iterator[tuple[str, str]], recorded: frozenset[str] = frozenset()
+            ) -> dict[str, set[str]]:
+    allowed = exposed_series_names() | PROMETHEUS_SERIES | recorded
     out: dict[str, set[str]] = {}
     for where, expr in exprs:
         bad = metric_names(expr) - allowed
@@ -141,7 +149,7 @@ def test_every_dashboard_query_names_an_exported_metric(path: Path) -> None:
     data = json.loads(path.read_text(encoding="utf-8"))
     exprs = list(dashboard_exprs(data))
     assert len(exprs) >= 15, "the walk found too few queries to be looking at the right fields"
-    assert unknown(iter(exprs)) == {}
+    assert unknown(iter(exprs), frozenset(recorded_names())) == {}
     # Each query names at least one metric (no constant-only panels).
     assert all(metric_names(e) for _, e in exprs), [w for w, e in exprs if not metric_names(e)]
 
@@ -154,11 +162,34 @@ def test_every_alert_names_an_exported_metric() -> None:
     assert all(metric_names(e) for _, e in exprs)
 
 
+def test_every_recording_rule_reads_exported_metrics() -> None:
+    rules = yaml.safe_load(RECORDS.read_text(encoding="utf-8"))
+    exprs = list(rule_exprs(rules))
+    assert len(exprs) >= 4
+    assert unknown(iter(exprs)) == {}  # read raw series only, never another recording
+    assert all(metric_names(e) for _, e in exprs)
+
+
+def test_the_dashboards_read_only_recorded_series_that_exist() -> None:
+    used: set[str] = set()
+    for path in DASHBOARDS:
+        for _, e in dashboard_exprs(json.loads(path.read_text(encoding="utf-8"))):
+            used |= metric_names(e)
+    recorded = {n for n in used if ":" in n}
+    assert recorded and recorded <= recorded_names()
+
+
 def test_the_dashboards_use_the_core_blue_green_metrics() -> None:
     used: set[str] = set()
     for path in DASHBOARDS:
         for _, e in dashboard_exprs(json.loads(path.read_text(encoding="utf-8"))):
             used |= metric_names(e)
+    # A metric read through a recording rule the dashboards read counts as used.
+    records = yaml.safe_load(RECORDS.read_text(encoding="utf-8"))
+    for group in records["groups"]:
+        for rule in group["rules"]:
+            if rule["record"] in used:
+                used |= metric_names(rule["expr"])
     for name in ("e6data_strategy_active", "e6data_strategy_switches_total",
                  "e6data_strategy_pending", "e6data_strategy_mismatches_total",
                  "e6data_strategy_switch_drain_seconds_bucket", "e6data_query_duration_seconds_bucket",

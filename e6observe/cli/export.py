@@ -4,6 +4,7 @@ Writes, from the copies shipped inside the package (``e6observe/mixin/``)::
 
     DIR/dashboards/e6data-blue-green-overview.json, e6data-client-runtime.json
     DIR/rules/e6observe.rules.yaml
+    DIR/rules/e6observe.records.yaml            (the recording rules the dashboards read)
     DIR/rules/tests/e6observe.rules.test.yaml   (promtool test rules; default settings only)
     DIR/docs/runbook.md, DIR/docs/alerts.md     (what the alerts' runbook_url points into)
 
@@ -35,6 +36,7 @@ from .._files import write_atomic
 
 DASHBOARDS = ("e6data-blue-green-overview.json", "e6data-client-runtime.json")
 RULES = "e6observe.rules.yaml"
+RECORDS = "e6observe.records.yaml"
 RULE_TESTS = "e6observe.rules.test.yaml"
 DOCS = ("runbook.md", "alerts.md")
 #: Largest file the export writes (the shipped ones are well under this).
@@ -188,6 +190,12 @@ def files_for(cfg: Any) -> tuple[dict[str, bytes], list[str]]:
                               "pip install 'e6observe[export]'") from None
         rules = alerts.render_rules(cfg).encode("utf-8")
     out[f"rules/{RULES}"] = rules
+    records = shipped("rules", RECORDS)
+    if cfg != DEFAULT:
+        from .mixin.records import render_records
+
+        records = render_records(cfg).encode("utf-8")
+    out[f"rules/{RECORDS}"] = records
     if rules == shipped("rules", RULES):
         out[f"rules/tests/{RULE_TESTS}"] = shipped("rules", "tests", RULE_TESTS)
     else:

@@ -38,7 +38,6 @@ import socket
 import threading
 import time
 import weakref
-from importlib import resources
 from typing import Any, Callable, Iterable, Iterator, Optional
 from urllib.parse import parse_qs
 
@@ -399,6 +398,10 @@ class EventStreamApp:
 
 
 def _read_static(name: str) -> bytes:
+    # Imported here, at the first request for a static file: importlib.resources (and pathlib)
+    # are about 0.25 MiB that instrument() need not load.
+    from importlib import resources
+
     return resources.files("e6observe.endpoint").joinpath("static", name).read_bytes()
 
 

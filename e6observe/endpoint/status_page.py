@@ -72,7 +72,7 @@ class LatencyHistory:
 
     def sample(self, now: Optional[float] = None) -> None:
         """Take one reading (the thread calls this; tests may too)."""
-        from ..v1.convert import histogram_quantile, merged_histogram
+        from .._quantile import histogram_quantile, merged_histogram
 
         with contain("status.history"):
             now = time.time() if now is None else now

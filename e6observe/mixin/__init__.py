@@ -1,6 +1,7 @@
 """The monitoring mixin as shipped in the wheel, for ``e6observe export``.
 
-``config.py``, ``queries.py`` and ``alerts.py`` are the rule generator (plain Python), the one
+``config.py``, ``queries.py``, ``alerts.py`` and ``records.py`` (the recording rules the
+dashboards read) are the rule generator (plain Python), the one
 source of the selectors, thresholds, queries and alerts that ``dashboards/build.py`` also
 builds the dashboards from. Under ``files/`` are byte-equal copies written by
 ``scripts/regen-dashboards``: the generated dashboards and rule file, the rule file's promtool

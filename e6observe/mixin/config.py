@@ -57,6 +57,11 @@ class Config:
 
     # --- rule group and runbook ----------------------------------------------------------------
     rule_group: str = "e6observe"
+    #: Recording rules (``e6observe/mixin/records.py``, group ``<rule_group>.records``): the
+    #: window of every recorded rate (the dashboards' histogram and rate panels read them) and
+    #: how often the group is evaluated.
+    record_window: str = "5m"
+    record_interval: str = "1m"
     #: Base URL of docs/runbook.md as published; each alert links ``<base>#<alertname lower>``.
     runbook_url: str = "https://github.com/e6data/e6observe/blob/main/docs/runbook.md"
 
@@ -133,7 +138,7 @@ class Config:
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name.endswith(("_window", "_for", "_lookback")):
+            if f.name.endswith(("_window", "_for", "_lookback", "_interval")):
                 duration_seconds(value)
             elif f.name.endswith("_label"):
                 if not (isinstance(value, str) and _LABEL.match(value)):

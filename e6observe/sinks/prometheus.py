@@ -149,8 +149,13 @@ class PrometheusSink:
         with self._lock:
             if self.server is not None and self.server.running:
                 return self
+            served: Any = self.registry
+            if o.prometheus_low_cardinality:
+                from .lowcard import LowCardinalityRegistry
+
+                served = LowCardinalityRegistry(self.registry)  # the one seam (sinks/lowcard.py)
             srv = MetricsServer(
-                self.registry, addr=o.prometheus_addr or "127.0.0.1", port=int(port),
+                served, addr=o.prometheus_addr or "127.0.0.1", port=int(port),
                 certfile=o.tls_certfile, keyfile=o.tls_keyfile, client_cafile=o.tls_client_cafile,
                 basic_auth=o.basic_auth, max_head_bytes=o.http_max_head_bytes,
                 head_timeout=o.http_head_timeout, write_timeout=o.http_write_timeout)

@@ -15,13 +15,16 @@ import platform
 import socket
 import sys
 import time
-from typing import Any, Iterable, Mapping, Optional, Sequence, cast
+from typing import Any, Mapping, Optional, cast
 
 from google.protobuf import json_format
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
+# histogram_quantile and merged_histogram live in a leaf module (no protobuf), so the status
+# page's latency history does not load the proto runtime at instrument(); re-exported here.
 from .. import metrics as M
+from .._quantile import histogram_quantile, merged_histogram
 from .._version import __version__, connector_version
 from ..events import Event
 from . import events_pb2 as pb
@@ -105,51 +108,6 @@ def source_info(service_name: Optional[str] = None,
         pid=os.getpid(), e6observe_version=__version__,
         connector_version=connector_version(),
         python_version=platform.python_version())
-
-
-# -- histograms -------------------------------------------------------------------------------
-def histogram_quantile(q: float, bounds: Sequence[float], counts: Sequence[int]) -> float:
-    """Estimate the ``q`` quantile (0..1) from per-bucket counts.
-
-    ``counts`` has one entry per bound plus the +Inf bucket last (as
-    :class:`e6observe.recorder.Histogram` keeps them). Linear interpolation inside the bucket
-    the rank falls in, with 0 as the lower edge of the first bucket; a rank in the +Inf bucket
-    returns the highest finite bound (the estimate cannot be better). 0.0 when empty.
-    """
-    if not 0.0 <= q <= 1.0:
-        raise ValueError("quantile must be within [0, 1]")
-    total = sum(counts)
-    if total == 0:
-        return 0.0
-    rank = q * total
-    cum = 0
-    for i, n in enumerate(counts):
-        if n and cum + n >= rank:
-            if i >= len(bounds):
-                return float(bounds[-1]) if bounds else 0.0
-            lower = float(bounds[i - 1]) if i > 0 else 0.0
-            upper = float(bounds[i])
-            return lower + (upper - lower) * max(0.0, rank - cum) / n
-        cum += n
-    return float(bounds[-1]) if bounds else 0.0
-
-
-def merged_histogram(children: Iterable[tuple[tuple[str, ...], Any]], label_index: int,
-                     value: str) -> tuple[list[int], float, int]:
-    """Sum the snapshots of the histogram children whose label ``label_index`` is ``value``."""
-    counts: list[int] = []
-    total_sum, total_count = 0.0, 0
-    for labels, hist in children:
-        if labels[label_index] != value:
-            continue
-        c, s, n = hist.snapshot()
-        if not counts:
-            counts = [0] * len(c)
-        for i, x in enumerate(c):
-            counts[i] += x
-        total_sum += s
-        total_count += n
-    return counts, total_sum, total_count
 
 
 def latency_summaries(recorder: Any) -> list[pb.LatencySummary]:

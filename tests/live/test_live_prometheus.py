@@ -33,6 +33,7 @@ from typing import Any, Callable, Iterator, Optional
 
 import pytest
 import requests
+import yaml
 from helpers import free_port, need_binary
 from helpers import wait_for as poll
 
@@ -45,6 +46,7 @@ if str(ROOT) not in sys.path:  # dashboards/ is a source tree, not an installed 
 
 from e6observe.mixin.alerts import render_rules  # noqa: E402
 from e6observe.mixin.config import DEFAULT  # noqa: E402
+from e6observe.mixin.records import render_records  # noqa: E402
 
 pytestmark = [pytest.mark.live, pytest.mark.timeout(300)]
 
@@ -54,7 +56,7 @@ JOB = "e6data-live"
 RATE_WINDOW = "10s"  # what Grafana's $__rate_interval would be at a 1 s scrape interval
 #: The committed config with windows short enough for a one-minute test.
 LIVE_CONFIG = DEFAULT.with_(switch_window="30s", flapping_window="1m", flapping_for="0m",
-                            split_brain_for="5s")
+                            split_brain_for="5s", record_window=RATE_WINDOW, record_interval="1s")
 REQUIRED_ALERTS = ("E6dataStrategySwitched", "E6dataStrategyFlapping", "E6dataStrategySplitBrain")
 
 
@@ -254,6 +256,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         assert a.expect("ready")["active"] == "blue" and b.expect("ready")["active"] == "blue"
 
         (tmp / "rules.yaml").write_text(render_rules(LIVE_CONFIG), encoding="utf-8")
+        # The recording rules the dashboards read (e6observe/mixin/records.py).
+        (tmp / "records.yaml").write_text(render_records(LIVE_CONFIG), encoding="utf-8")
         am_port, prom_port = free_port(), free_port()
         (tmp / "alertmanager.yml").write_text(
             "route:\n  receiver: sink\n  group_by: [alertname]\n  group_wait: 1s\n"
@@ -267,7 +271,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         (tmp / "prometheus.yml").write_text(json.dumps({
             "global": {"scrape_interval": "1s", "scrape_timeout": "900ms",
                        "evaluation_interval": "1s"},
-            "rule_files": [str(tmp / "rules.yaml")],
+            "rule_files": [str(tmp / "rules.yaml"), str(tmp / "records.yaml")],
             "alerting": {"alertmanagers": [{"static_configs": [
                 {"targets": [f"127.0.0.1:{am_port}"]}]}]},
             "scrape_configs": [{"job_name": JOB, "static_configs": [
@@ -421,9 +425,13 @@ def test_every_scraped_series_is_in_the_metric_table(stack: Stack) -> None:
                      params={"match[]": f'{{job="{JOB}"}}', "start": stack.start,
                              "end": stack.end})
     names = set(r.json()["data"])
-    # Series Prometheus writes itself: target health, scrape stats, alert state.
+    # Series Prometheus writes itself: target health, scrape stats, alert state, and the
+    # recording rules' series (records.yaml).
+    recorded = {r["record"] for g in yaml.safe_load(render_records(LIVE_CONFIG))["groups"]
+                for r in g["rules"]}
     prometheus_own = {n for n in names
-                      if n in ("up", "ALERTS", "ALERTS_FOR_STATE") or n.startswith("scrape_")}
+                      if n in ("up", "ALERTS", "ALERTS_FOR_STATE") or n.startswith("scrape_")
+                      or n in recorded}
     assert {"e6data_strategy_active", "e6observe_build_info"} <= names
     assert names - prometheus_own - exposed_series_names() == set()
 
