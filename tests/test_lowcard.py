@@ -13,7 +13,7 @@ import urllib.request
 from collections import defaultdict
 from typing import Any, Callable
 
-from conftest import endpoint, scrape
+from helpers import endpoint, scrape
 from prometheus_client.exposition import generate_latest
 
 import e6observe

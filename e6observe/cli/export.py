@@ -192,7 +192,7 @@ def files_for(cfg: Any) -> tuple[dict[str, bytes], list[str]]:
     out[f"rules/{RULES}"] = rules
     records = shipped("rules", RECORDS)
     if cfg != DEFAULT:
-        from .mixin.records import render_records
+        from ..mixin.records import render_records
 
         records = render_records(cfg).encode("utf-8")
     out[f"rules/{RECORDS}"] = records
