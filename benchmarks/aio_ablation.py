@@ -44,9 +44,13 @@ def main() -> int:
     pin = len(cpus) >= 2
     if pin:
         os.sched_setaffinity(0, {cpus[1]})
-    sim = subprocess.Popen([sys.executable, os.path.join(HERE, "simproc.py")], stdin=subprocess.PIPE,
-                           stdout=subprocess.PIPE, text=True,
-                           preexec_fn=(lambda: os.sched_setaffinity(0, {cpus[0]})) if pin else None)
+    sim = subprocess.Popen(
+        [sys.executable, os.path.join(HERE, "simproc.py")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        preexec_fn=(lambda: os.sched_setaffinity(0, {cpus[0]})) if pin else None,
+    )
     assert sim.stdout is not None and sim.stdin is not None
     port = json.loads(sim.stdout.readline())["port"]
     from e6data_python_connector import aio
@@ -86,8 +90,10 @@ def main() -> int:
         saved.clear()
 
     async def run() -> dict[str, list[float]]:
-        conns = [await aio.connect(host="127.0.0.1", port=port, username="bench@example.com",
-                                   password="x") for _ in range(a.tasks)]
+        conns = [
+            await aio.connect(host="127.0.0.1", port=port, username="bench@example.com", password="x")
+            for _ in range(a.tasks)
+        ]
 
         async def one(c: Any, deadline: float, n: list[int]) -> None:
             while time.perf_counter() < deadline:
@@ -129,8 +135,10 @@ def main() -> int:
         sim.wait(10)
     for v in variants:
         ratios = [x / b for x, b in zip(res[v], res["bare"])]
-        print(f"{v:<19} thread CPU {statistics.median(res[v]):7.1f} us/query  ratio to bare "
-              f"{statistics.median(ratios):.3f} [{min(ratios):.3f}-{max(ratios):.3f}]")
+        print(
+            f"{v:<19} thread CPU {statistics.median(res[v]):7.1f} us/query  ratio to bare "
+            f"{statistics.median(ratios):.3f} [{min(ratios):.3f}-{max(ratios):.3f}]"
+        )
     return 0
 
 

@@ -34,8 +34,7 @@ class Counts:
         self.queries = self.errors = self.e456 = 0
 
 
-def worker(args: argparse.Namespace, stop: threading.Event, counts: Counts,
-           conns: list[Any]) -> None:
+def worker(args: argparse.Namespace, stop: threading.Event, counts: Counts, conns: list[Any]) -> None:
     conn: Any = None
     period = THREADS / max(1.0, args.qps)
     nxt = time.monotonic()
@@ -43,8 +42,9 @@ def worker(args: argparse.Namespace, stop: threading.Event, counts: Counts,
         ok, e456 = True, False
         try:
             if conn is None:
-                conn = e6data_grpc.Connection(host="127.0.0.1", port=args.sim_port,
-                                              username=USER, password=PASSWORD)
+                conn = e6data_grpc.Connection(
+                    host="127.0.0.1", port=args.sim_port, username=USER, password=PASSWORD
+                )
                 conns.append(conn)
             cur = conn.cursor()
             cur.execute("SELECT 1")
@@ -91,8 +91,9 @@ def main() -> int:
     args = ap.parse_args()
     e6observe.instrument(prometheus_port=args.metrics_port, otel=False)
     counts, stop, conns = Counts(), threading.Event(), []  # type: ignore[var-annotated]
-    threads = [threading.Thread(target=worker, args=(args, stop, counts, conns), daemon=True)
-               for _ in range(THREADS)]
+    threads = [
+        threading.Thread(target=worker, args=(args, stop, counts, conns), daemon=True) for _ in range(THREADS)
+    ]
     for t in threads:
         t.start()
     t0 = time.monotonic()
@@ -101,8 +102,12 @@ def main() -> int:
         while time.monotonic() - t0 < args.seconds:
             time.sleep(1.0)
             with counts.lock:
-                line = {"t": round(time.monotonic() - t0, 1), "queries": counts.queries,
-                        "errors": counts.errors, "e456": counts.e456}
+                line = {
+                    "t": round(time.monotonic() - t0, 1),
+                    "queries": counts.queries,
+                    "errors": counts.errors,
+                    "e456": counts.e456,
+                }
                 counts.queries = counts.errors = counts.e456 = 0
             line["rss_mib"] = round(rss_mib(), 1)
             line["query_map"] = query_map_size(conns)

@@ -60,11 +60,25 @@ def make_certs(d: str) -> dict[str, str]:
     for name in ("server", "client"):
         ossl("req", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}")
         ext = ["-extfile", "san.ext"] if name == "server" else []
-        ossl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-             "-CAcreateserial", "-out", f"{name}.pem", "-days", "2", *ext)
-    return {k: os.path.join(d, f"{k}.{e}") for k, e in
-            (("ca", "pem"), ("server", "pem"), ("client", "pem"))} | {
-        "server_key": os.path.join(d, "server.key"), "client_key": os.path.join(d, "client.key")}
+        ossl(
+            "x509",
+            "-req",
+            "-in",
+            f"{name}.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            f"{name}.pem",
+            "-days",
+            "2",
+            *ext,
+        )
+    return {
+        k: os.path.join(d, f"{k}.{e}") for k, e in (("ca", "pem"), ("server", "pem"), ("client", "pem"))
+    } | {"server_key": os.path.join(d, "server.key"), "client_key": os.path.join(d, "client.key")}
 
 
 class Target:
@@ -72,25 +86,52 @@ class Target:
 
     def __init__(self, args: argparse.Namespace, env_extra: dict[str, str]) -> None:
         py = sys.executable
-        self.sim = subprocess.Popen([py, os.path.join(HERE, "simproc.py")], stdin=subprocess.PIPE,
-                                    stdout=subprocess.PIPE, text=True)
+        self.sim = subprocess.Popen(
+            [py, os.path.join(HERE, "simproc.py")], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
         assert self.sim.stdout is not None
         self.sim_port = json.loads(self.sim.stdout.readline())["port"]
         self.port = free_port()
         env = dict(os.environ, **env_extra)
         if args.probe:
             env.update(E6DATA_USERNAME="probe@example.com", E6DATA_PASSWORD="probe-password")
-            cmd = [py, "-m", "e6observe", "probe", "--host", "127.0.0.1", "--port",
-                   str(self.sim_port), "--metrics-port", str(self.port), "--interval", "1"]
+            cmd = [
+                py,
+                "-m",
+                "e6observe",
+                "probe",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.sim_port),
+                "--metrics-port",
+                str(self.port),
+                "--interval",
+                "1",
+            ]
             if "E6OBSERVE_TLS_CERTFILE" in env:
-                cmd += ["--metrics-tls-cert", env.pop("E6OBSERVE_TLS_CERTFILE"),
-                        "--metrics-tls-key", env.pop("E6OBSERVE_TLS_KEYFILE"),
-                        "--metrics-client-ca", env.pop("E6OBSERVE_TLS_CLIENT_CAFILE")]
+                cmd += [
+                    "--metrics-tls-cert",
+                    env.pop("E6OBSERVE_TLS_CERTFILE"),
+                    "--metrics-tls-key",
+                    env.pop("E6OBSERVE_TLS_KEYFILE"),
+                    "--metrics-client-ca",
+                    env.pop("E6OBSERVE_TLS_CLIENT_CAFILE"),
+                ]
         else:
-            cmd = [py, os.path.join(HERE, "attack_app.py"), "--sim-port", str(self.sim_port),
-                   "--metrics-port", str(self.port), "--seconds", str(args.app_seconds)]
-        self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE,
-                                     stderr=subprocess.DEVNULL, text=True)
+            cmd = [
+                py,
+                os.path.join(HERE, "attack_app.py"),
+                "--sim-port",
+                str(self.sim_port),
+                "--metrics-port",
+                str(self.port),
+                "--seconds",
+                str(args.app_seconds),
+            ]
+        self.proc = subprocess.Popen(
+            cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+        )
         self.lines: list[dict[str, Any]] = []
         threading.Thread(target=self._read, daemon=True).start()
         end = time.monotonic() + 30
@@ -130,15 +171,15 @@ def flood(args: argparse.Namespace) -> dict[str, Any]:
     try:
         time.sleep(8)  # warm up: the connector's sessions, the first scrapes
         stop = threading.Event()
-        rss = attacks.sampled(lambda: (time.monotonic(), attacks.rss_mib(t.proc.pid)), stop,
-                              0.1, 600)
+        rss = attacks.sampled(lambda: (time.monotonic(), attacks.rss_mib(t.proc.pid)), stop, 0.1, 600)
         time.sleep(3)
         n_before = len(t.lines)
         t_attack = time.monotonic()
         ends = []
         for r in range(args.rounds):
-            ends.append(attacks.header_flood(t.port, connections=64, lines=98, line_bytes=65_000,
-                                             deadline=60))
+            ends.append(
+                attacks.header_flood(t.port, connections=64, lines=98, line_bytes=65_000, deadline=60)
+            )
             if r + 1 < args.rounds:
                 time.sleep(5)
         t_end = time.monotonic()
@@ -151,11 +192,13 @@ def flood(args: argparse.Namespace) -> dict[str, Any]:
         peak = max(v for ts, v in rss if t_attack <= ts <= t_end + 10)
         lines = t.lines
         q_before = [x["queries"] for x in lines[2:n_before] if "queries" in x]
-        q_during = [x["queries"] for x in lines[n_before:n_during + 1] if "queries" in x]
+        q_during = [x["queries"] for x in lines[n_before : n_during + 1] if "queries" in x]
         out = {
-            "rss_before_mib": round(before_rss, 1), "rss_peak_mib": round(peak, 1),
+            "rss_before_mib": round(before_rss, 1),
+            "rss_peak_mib": round(peak, 1),
             "rss_10s_after_mib": round(after, 1),
-            "rise_mib": round(peak - before_rss, 1), "left_after_10s_mib": round(after - before_rss, 1),
+            "rise_mib": round(peak - before_rss, 1),
+            "left_after_10s_mib": round(after - before_rss, 1),
             "qps_before_median": statistics.median(q_before) if q_before else None,
             "qps_before_min": min(q_before) if q_before else None,  # the A/A noise floor
             "qps_during_min": min(q_during) if q_during else None,
@@ -180,8 +223,11 @@ def slowloris(args: argparse.Namespace) -> dict[str, Any]:
     if args.tls:
         tmp = tempfile.mkdtemp(prefix="e6o-attack-")
         c = make_certs(tmp)
-        env.update(E6OBSERVE_TLS_CERTFILE=c["server"], E6OBSERVE_TLS_KEYFILE=c["server_key"],
-                   E6OBSERVE_TLS_CLIENT_CAFILE=c["ca"])
+        env.update(
+            E6OBSERVE_TLS_CERTFILE=c["server"],
+            E6OBSERVE_TLS_KEYFILE=c["server_key"],
+            E6OBSERVE_TLS_CLIENT_CAFILE=c["ca"],
+        )
         ctx = attacks.client_context(c["ca"], c["client"], c["client_key"])
     t = Target(args, env)
     try:
@@ -193,8 +239,9 @@ def slowloris(args: argparse.Namespace) -> dict[str, Any]:
             return status == 200 and b"# HELP" in body
 
         warm = attacks.scrape_loop(scrape, 3, 1.0)
-        with attacks.Slowloris(t.port, connections=64, interval=10.0, ctx=ctx,
-                               max_seconds=args.seconds + 30) as atk:
+        with attacks.Slowloris(
+            t.port, connections=64, interval=10.0, ctx=ctx, max_seconds=args.seconds + 30
+        ) as atk:
             time.sleep(2)  # every attack connection open
             t0 = time.monotonic()
             results: list[bool] = []
@@ -202,11 +249,16 @@ def slowloris(args: argparse.Namespace) -> dict[str, Any]:
                 results.append(scrape())
                 time.sleep(max(0.0, 1.0 - (time.monotonic() - t0) % 1.0))
             reconnects = atk.reconnects
-        return {"variant": ("probe " if args.probe else "") + ("tls+client-ca " if args.tls else "")
-                + ("basic-auth" if args.auth else "plain" if not args.tls else ""),
-                "warm_scrapes_ok": sum(warm), "scrapes": len(results), "ok": sum(results),
-                "success": round(sum(results) / max(1, len(results)), 3),
-                "attacker_reconnects": reconnects}
+        return {
+            "variant": ("probe " if args.probe else "")
+            + ("tls+client-ca " if args.tls else "")
+            + ("basic-auth" if args.auth else "plain" if not args.tls else ""),
+            "warm_scrapes_ok": sum(warm),
+            "scrapes": len(results),
+            "ok": sum(results),
+            "success": round(sum(results) / max(1, len(results)), 3),
+            "attacker_reconnects": reconnects,
+        }
     finally:
         t.close()
         if tmp:

@@ -77,8 +77,7 @@ def waitress_server(reg: Any) -> tuple[int, Callable[[], None]]:
     from prometheus_client import make_wsgi_app
     from waitress.server import create_server
 
-    srv = create_server(make_wsgi_app(reg), host="127.0.0.1", port=0, connection_limit=64,
-                        threads=4)
+    srv = create_server(make_wsgi_app(reg), host="127.0.0.1", port=0, connection_limit=64, threads=4)
     t = threading.Thread(target=srv.run, daemon=True)
     t.start()
     return int(srv.effective_port), srv.close
@@ -93,11 +92,16 @@ def measure(port: int, seconds: float) -> dict[str, Any]:
         assert code == 200
     with attacks.Slowloris(port, connections=64, interval=10.0, max_seconds=seconds + 30) as atk:
         time.sleep(2)
-        results = attacks.scrape_loop(lambda: attacks.http_get(port, timeout=2.0)[0] == 200,
-                                      int(seconds), 1.0)
+        results = attacks.scrape_loop(
+            lambda: attacks.http_get(port, timeout=2.0)[0] == 200, int(seconds), 1.0
+        )
         reconnects = atk.reconnects
-    return {"scrape_ms_median_idle": round(statistics.median(times), 2),
-            "ok": sum(results), "scrapes": len(results), "attacker_reconnects": reconnects}
+    return {
+        "scrape_ms_median_idle": round(statistics.median(times), 2),
+        "ok": sum(results),
+        "scrapes": len(results),
+        "attacker_reconnects": reconnects,
+    }
 
 
 def main() -> int:

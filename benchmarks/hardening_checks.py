@@ -66,9 +66,16 @@ def main() -> int:
     os.write(fd, b"x")
     os.close(fd)
     try:
-        print("TLS_CLIENT_CAFILE ' ' with a cert and key:", resolve({
-            "E6OBSERVE_TLS_CERTFILE": cert, "E6OBSERVE_TLS_KEYFILE": cert,
-            "E6OBSERVE_TLS_CLIENT_CAFILE": " "}))
+        print(
+            "TLS_CLIENT_CAFILE ' ' with a cert and key:",
+            resolve(
+                {
+                    "E6OBSERVE_TLS_CERTFILE": cert,
+                    "E6OBSERVE_TLS_KEYFILE": cert,
+                    "E6OBSERVE_TLS_CLIENT_CAFILE": " ",
+                }
+            ),
+        )
         print("TLS_CERTFILE alone:", resolve({"E6OBSERVE_TLS_CERTFILE": cert}))
     finally:
         os.unlink(cert)

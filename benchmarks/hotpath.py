@@ -65,9 +65,15 @@ def measure() -> dict[str, Any]:
     class Rpc:
         """A multi-callable with grpc's documented call signature (the hook's fast path)."""
 
-        def __call__(self, request: Any, timeout: Any = None, metadata: Any = None,
-                     credentials: Any = None, wait_for_ready: Any = None,
-                     compression: Any = None) -> Any:
+        def __call__(
+            self,
+            request: Any,
+            timeout: Any = None,
+            metadata: Any = None,
+            credentials: Any = None,
+            wait_for_ready: Any = None,
+            compression: Any = None,
+        ) -> Any:
             return request
 
         with_call = __call__
@@ -91,7 +97,8 @@ def measure() -> dict[str, Any]:
     h = rec.rpc_histogram("prepareStatement", "blue", "OK")
     out["observe"] = best_ns(lambda: h.observe(0.0003))
     out["query_started_finished"] = best_ns(
-        lambda: (rec.query_started("blue"), rec.query_finished("blue", "ok", 0.002)))
+        lambda: (rec.query_started("blue"), rec.query_finished("blue", "ok", 0.002))
+    )
 
     # -- the strategy cache's dict subclass ----------------------------------------------------
     plain: dict[str, Any] = {"query_strategy_map": {}}
@@ -102,8 +109,9 @@ def measure() -> dict[str, Any]:
     out["cache_write"] = best_ns(lambda: observed.__setitem__("query_strategy_map", qmap)) - d_plain
 
     # -- cursor wrappers on a real connector Cursor, originals replaced by no-ops ---------------
-    conn = g.Connection(host="127.0.0.1", port=1, username="bench@example.com",
-                        password="bench-password")  # never dialled: no RPC is made here
+    conn = g.Connection(
+        host="127.0.0.1", port=1, username="bench@example.com", password="bench-password"
+    )  # never dialled: no RPC is made here
     cur = g.Cursor(conn)
     cur._query_id = "q-1"
 
@@ -140,8 +148,13 @@ def measure() -> dict[str, Any]:
 
     mp = MeterProvider(metric_readers=[InMemoryMetricReader()])
     hist = mp.get_meter("bench").create_histogram("rpc.client.call.duration", unit="s")
-    attrs = {"rpc.method": "prepareStatement", "e6data.strategy": "blue", "rpc.status_code": "OK",
-             "server.address": "127.0.0.1", "server.port": 1}
+    attrs = {
+        "rpc.method": "prepareStatement",
+        "e6data.strategy": "blue",
+        "rpc.status_code": "OK",
+        "server.address": "127.0.0.1",
+        "server.port": 1,
+    }
     out["otel_record"] = best_ns(lambda: hist.record(0.0003, attrs))
     mp.shutdown()
 
@@ -149,9 +162,17 @@ def measure() -> dict[str, Any]:
     mp = MeterProvider(metric_readers=[InMemoryMetricReader()])
     sink = OtelSink(rec2, SimpleNamespace(meter_provider=mp, logger_provider=LoggerProvider()))
     sink.start()
-    series = [rec2.rpc_histogram(m, "blue", "OK") for m in
-              ("prepareStatementV2", "executeStatementV2", "getResultMetadata",
-               "getNextResultBatch", "clear", "status")]
+    series = [
+        rec2.rpc_histogram(m, "blue", "OK")
+        for m in (
+            "prepareStatementV2",
+            "executeStatementV2",
+            "getResultMetadata",
+            "getNextResultBatch",
+            "clear",
+            "status",
+        )
+    ]
     series.append(rec2.query_histogram("blue", "ok"))
 
     def collection() -> None:
@@ -167,8 +188,12 @@ def measure() -> dict[str, Any]:
     mp.shutdown()
     rec2.stop()
 
-    per_query = (6 * out["rpc_wrapper"] + out.get("cursor_execute_plus_clear", float("nan"))
-                 + 2 * out.get("cursor_fetch", float("nan")) + 2 * out["cache_write"])
+    per_query = (
+        6 * out["rpc_wrapper"]
+        + out.get("cursor_execute_plus_clear", float("nan"))
+        + 2 * out.get("cursor_fetch", float("nan"))
+        + 2 * out["cache_write"]
+    )
     out["per_query_hooks_ns"] = per_query
     return out
 
@@ -176,8 +201,12 @@ def measure() -> dict[str, Any]:
 def main(argv: Optional[list[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--json", help="also write the figures here")
-    ap.add_argument("--query-ms", type=float, default=2.0,
-                    help="bare median query latency to express the budget against (ms)")
+    ap.add_argument(
+        "--query-ms",
+        type=float,
+        default=2.0,
+        help="bare median query latency to express the budget against (ms)",
+    )
     ap.add_argument("--quick", action="store_true", help="fewer repetitions (smoke runs)")
     a = ap.parse_args(argv)
     if a.quick:

@@ -33,8 +33,7 @@ from __future__ import annotations
 import importlib
 from typing import Any, Callable, Optional
 
-MODES = ("bare", "bare-ctl", "e6o-full", "e6o-prom", "otel-grpc", "e6o-otlp", "otel-otlp",
-         "e6o-mp")
+MODES = ("bare", "bare-ctl", "e6o-full", "e6o-prom", "otel-grpc", "e6o-otlp", "otel-otlp", "e6o-mp")
 #: The modes a run takes unless ``--modes`` says otherwise (the OTLP ones need ``--otlp``-style
 #: opt-in: ``--modes bare,bare-ctl,e6o-otlp,otel-otlp``).
 DEFAULT_MODES = ("bare", "bare-ctl", "e6o-full", "e6o-prom", "otel-grpc")
@@ -178,7 +177,8 @@ class Mode:
 
                 self.metric_exporter = _DropMetrics.make()
                 reader = PeriodicExportingMetricReader(
-                    self.metric_exporter, export_interval_millis=OTEL_EXPORT_INTERVAL_MS)
+                    self.metric_exporter, export_interval_millis=OTEL_EXPORT_INTERVAL_MS
+                )
                 mp = MeterProvider(metric_readers=[reader])
                 lp = LoggerProvider()
                 self.log_processor = _counting_log_processor()
@@ -231,8 +231,9 @@ class Mode:
         from opentelemetry.sdk.metrics import MeterProvider
         from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 
-        reader = PeriodicExportingMetricReader(OTLPMetricExporter(endpoint=ep, insecure=True),
-                                               export_interval_millis=OTEL_EXPORT_INTERVAL_MS)
+        reader = PeriodicExportingMetricReader(
+            OTLPMetricExporter(endpoint=ep, insecure=True), export_interval_millis=OTEL_EXPORT_INTERVAL_MS
+        )
         mp = MeterProvider(metric_readers=[reader])
         lp = LoggerProvider()
         lp.add_log_record_processor(BatchLogRecordProcessor(OTLPLogExporter(endpoint=ep, insecure=True)))
@@ -242,8 +243,14 @@ class Mode:
         self.rss_before_agent = psutil.Process().memory_info().rss
         import e6observe
 
-        e6observe.instrument(prometheus_port=0, watcher_interval=WATCHER_INTERVAL_S, otel=True,
-                             meter_provider=mp, tracer_provider=tp, logger_provider=lp)
+        e6observe.instrument(
+            prometheus_port=0,
+            watcher_interval=WATCHER_INTERVAL_S,
+            otel=True,
+            meter_provider=mp,
+            tracer_provider=tp,
+            logger_provider=lp,
+        )
         self._teardown.insert(0, e6observe.uninstrument)
         self.prometheus_port = _find_prometheus_port()
 

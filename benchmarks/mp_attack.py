@@ -35,17 +35,28 @@ def worker(args: argparse.Namespace) -> int:
     """One application process: records queries as fast as the writer's rate limit allows."""
     import e6observe
 
-    rec = e6observe.instrument(multiprocess_dir=args.dir, prometheus_port=args.port, otel=False,
-                               watcher_interval=0.05)
+    rec = e6observe.instrument(
+        multiprocess_dir=args.dir, prometheus_port=args.port, otel=False, watcher_interval=0.05
+    )
     assert rec is not None
     print(json.dumps({"ready": os.getpid()}), flush=True)
     end = time.monotonic() + args.seconds
     i = 0
     # The RPC series a real connector produces: a state file of several kB, as in the field.
-    methods = ["authenticate", "prepareStatement", "executeStatement", "getNextResultBatch",
-               "getResultMetadata", "clear", "status", "getTables", "getSchemaNames"]
-    hists = [rec.rpc_histogram(m, s, c) for m in methods for s in ("blue", "green")
-             for c in ("OK", "UNAVAILABLE")]
+    methods = [
+        "authenticate",
+        "prepareStatement",
+        "executeStatement",
+        "getNextResultBatch",
+        "getResultMetadata",
+        "clear",
+        "status",
+        "getTables",
+        "getSchemaNames",
+    ]
+    hists = [
+        rec.rpc_histogram(m, s, c) for m in methods for s in ("blue", "green") for c in ("OK", "UNAVAILABLE")
+    ]
     while time.monotonic() < end:
         rec.query_finished("blue", "ok", 0.001 * (i % 50))
         hists[i % len(hists)].observe(0.0001 * (i % 97))
@@ -58,9 +69,22 @@ def worker(args: argparse.Namespace) -> int:
 
 
 def _spawn_worker(d: str, port: int, seconds: float) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, os.path.abspath(__file__), "worker", "--dir", d,
-                             "--port", str(port), "--seconds", str(seconds)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            os.path.abspath(__file__),
+            "worker",
+            "--dir",
+            d,
+            "--port",
+            str(port),
+            "--seconds",
+            str(seconds),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _free_port() -> int:
@@ -74,8 +98,11 @@ def _free_port() -> int:
 def _merged_count(port: int) -> float:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
         text = r.read().decode()
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith("e6data_query_duration_seconds_count{"))
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("e6data_query_duration_seconds_count{")
+    )
 
 
 class CannotMount(Exception):
@@ -107,8 +134,9 @@ def _filler(mnt: str, stop_at: float, stats: dict[str, int]) -> None:
 
 def fullfs(args: argparse.Namespace) -> dict[str, Any]:
     mnt = tempfile.mkdtemp(prefix="e6o-tmpfs-")
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", mnt],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m,mode=0700", "tmpfs", mnt], capture_output=True, text=True
+    )
     if r.returncode != 0:
         os.rmdir(mnt)
         raise CannotMount(r.stderr.strip() or f"mount exited {r.returncode}")
@@ -137,11 +165,16 @@ def fullfs(args: argparse.Namespace) -> dict[str, Any]:
                 errors += 1
             time.sleep(0.15)
         drops = [(a, b) for a, b in zip(values, values[1:]) if b < a]
-        return {"scrapes": len(values), "scrape_errors": errors, "decreases": len(drops),
-                "times_filled": stats.get("full", 0),
-                "worst_drop": min((b - a for a, b in drops), default=0.0),
-                "first": values[0] if values else None, "last": values[-1] if values else None,
-                "examples": drops[:5]}
+        return {
+            "scrapes": len(values),
+            "scrape_errors": errors,
+            "decreases": len(drops),
+            "times_filled": stats.get("full", 0),
+            "worst_drop": min((b - a for a, b in drops), default=0.0),
+            "first": values[0] if values else None,
+            "last": values[-1] if values else None,
+            "examples": drops[:5],
+        }
     finally:
         for p in procs:
             p.terminate()
@@ -199,12 +232,19 @@ def symlink(args: argparse.Namespace) -> dict[str, Any]:
     before = open(victim).read()
     try:
         # The system interpreter: nobody may not be able to run this one (under /root).
-        py = next((p for p in ("/usr/bin/python3", "/usr/local/bin/python3", sys.executable)
-                   if os.path.exists(p)), sys.executable)
+        py = next(
+            (p for p in ("/usr/bin/python3", "/usr/local/bin/python3", sys.executable) if os.path.exists(p)),
+            sys.executable,
+        )
         planter = subprocess.Popen(
-            [py, "-c", PLANTER, d, victim, str(args.seconds)], cwd="/",
-            user=nobody.pw_uid, group=nobody.pw_gid, extra_groups=[], stdout=subprocess.PIPE,
-            text=True)
+            [py, "-c", PLANTER, d, victim, str(args.seconds)],
+            cwd="/",
+            user=nobody.pw_uid,
+            group=nobody.pw_gid,
+            extra_groups=[],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         time.sleep(0.3)
         port = _free_port()
         # The worker lives a little while: a short life of writes, as an application would.
@@ -212,10 +252,13 @@ def symlink(args: argparse.Namespace) -> dict[str, Any]:
         out, err = w.communicate(timeout=args.seconds + 30)
         planted = planter.communicate(timeout=args.seconds + 10)[0].strip()
         after = open(victim).read()
-        return {"directory_mode": oct(os.stat(d).st_mode & 0o7777),
-                "victim_changed": after != before, "victim_now": after[:80],
-                "symlinks_planted": planted,
-                "worker_warnings": [line for line in err.splitlines() if "e6observe" in line][:3]}
+        return {
+            "directory_mode": oct(os.stat(d).st_mode & 0o7777),
+            "victim_changed": after != before,
+            "victim_now": after[:80],
+            "symlinks_planted": planted,
+            "worker_warnings": [line for line in err.splitlines() if "e6observe" in line][:3],
+        }
     finally:
         shutil.rmtree(base, ignore_errors=True)
 

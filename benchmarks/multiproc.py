@@ -100,9 +100,14 @@ def run(workers: int, queries: int) -> dict[str, Any]:
         for i in range(workers):
             if i == half:
                 sim.flip()  # the second half of the workers meets a graceful switch
-            p = subprocess.Popen([sys.executable, "-c", CHILD, d, str(sim.port), str(queries)],
-                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                                 cwd=ROOT, env=dict(os.environ, PYTHONHASHSEED="0"))
+            p = subprocess.Popen(
+                [sys.executable, "-c", CHILD, d, str(sim.port), str(queries)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+                cwd=ROOT,
+                env=dict(os.environ, PYTHONHASHSEED="0"),
+            )
             procs.append(p)
             if len(procs) % 8 == 0 or i == workers - 1:  # at most 8 starting at once
                 for pp in procs[-8:]:
@@ -139,10 +144,17 @@ def run(workers: int, queries: int) -> dict[str, Any]:
             r = json.loads(p.stdout.readline())
             writes.extend(x / 1e6 for x in r["write_ns"])
             sizes.append(r["bytes"])
-        return {"workers": workers, "queries_per_worker": queries, "state_files": len(files),
-                "series_in_merged_scrape": series, "cold_merge_ms": spread(cold_all),
-                "warm_merge_ms": spread(warm), "changed_merge_ms": spread(changed),
-                "write_ms": spread(writes), "state_file_bytes": spread([float(s) for s in sizes])}
+        return {
+            "workers": workers,
+            "queries_per_worker": queries,
+            "state_files": len(files),
+            "series_in_merged_scrape": series,
+            "cold_merge_ms": spread(cold_all),
+            "warm_merge_ms": spread(warm),
+            "changed_merge_ms": spread(changed),
+            "write_ms": spread(writes),
+            "state_file_bytes": spread([float(s) for s in sizes]),
+        }
     finally:
         for p in procs:
             try:
@@ -175,8 +187,10 @@ def main() -> int:
     for k in ("cold_merge_ms", "warm_merge_ms", "changed_merge_ms", "write_ms"):
         s = r[k]
         print(f"{k:<17} median {s['median']:7.2f}  [{s['min']:.2f}-{s['max']:.2f}]  n={s['n']}")
-    print(f"{r['state_files']} state files, {r['series_in_merged_scrape']} series in the merged "
-          f"scrape, state file ~{r['state_file_bytes']['median']:.0f} bytes")
+    print(
+        f"{r['state_files']} state files, {r['series_in_merged_scrape']} series in the merged "
+        f"scrape, state file ~{r['state_file_bytes']['median']:.0f} bytes"
+    )
     return 0
 
 

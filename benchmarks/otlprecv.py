@@ -21,8 +21,15 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2 as tpb
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc as tgrpc
 
 _lock = threading.Lock()
-COUNTS = {"metric_requests": 0, "metric_points": 0, "span_requests": 0, "spans": 0,
-          "log_requests": 0, "log_records": 0, "bytes": 0}
+COUNTS = {
+    "metric_requests": 0,
+    "metric_points": 0,
+    "span_requests": 0,
+    "spans": 0,
+    "log_requests": 0,
+    "log_records": 0,
+    "bytes": 0,
+}
 
 
 def _bump(**kw: int) -> None:
@@ -75,8 +82,11 @@ def main() -> int:
                 out.flush()
                 break
             with _lock:
-                reply = {"ok": True, "result": dict(COUNTS)} if cmd == "counts" else {
-                    "ok": False, "error": f"unknown command {cmd!r}"}
+                reply = (
+                    {"ok": True, "result": dict(COUNTS)}
+                    if cmd == "counts"
+                    else {"ok": False, "error": f"unknown command {cmd!r}"}
+                )
             out.write(json.dumps(reply) + "\n")
             out.flush()
     finally:

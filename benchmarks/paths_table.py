@@ -37,8 +37,10 @@ def rows_large(r: dict[str, Any]) -> dict[str, tuple[str, str, str]]:
         full, ctl = v.get("e6o-full", {}), v.get("bare-ctl", {})
         cpu = full.get("cpu", {}).get("added_pct")
         out[f"large {name}"] = (
-            f"{_pct(_ratio(full))} ({v['bare']['median_ms']:.0f} ms bare)", _aa(ctl),
-            "–" if cpu is None else f"{cpu:+.2f} % (A/A {_aa(ctl.get('cpu', {}))})")
+            f"{_pct(_ratio(full))} ({v['bare']['median_ms']:.0f} ms bare)",
+            _aa(ctl),
+            "–" if cpu is None else f"{cpu:+.2f} % (A/A {_aa(ctl.get('cpu', {}))})",
+        )
     return out
 
 
@@ -50,11 +52,15 @@ def rows_tp(r: dict[str, Any], phase: str) -> dict[str, tuple[str, str, str]]:
         cpu_s = "–" if cpu is None else f"{cpu:+.2f} % (A/A {_aa(ctl.get('cpu', {}))})"
         out[f"{phase} {name}: median latency"] = (
             f"{_pct(_ratio(full.get('latency', {})))} ({v['bare']['latency']['median_ms']:.2f} ms bare)",
-            _aa(ctl.get("latency", {})), cpu_s)
+            _aa(ctl.get("latency", {})),
+            cpu_s,
+        )
         tp = _ratio(full.get("throughput", {}))
         out[f"{phase} {name}: throughput ratio"] = (
             "–" if tp is None else f"{tp:.3f} ({v['bare']['throughput']['qps']:.0f} q/s bare)",
-            _aa(ctl.get("throughput", {})).replace(" %", " % q/s"), "")
+            _aa(ctl.get("throughput", {})).replace(" %", " % q/s"),
+            "",
+        )
     return out
 
 
@@ -66,15 +72,22 @@ def rows_otlp(r: dict[str, Any]) -> dict[str, tuple[str, str, str]]:
     e = lat["e6o-otlp"]
     o = lat.get("otel-otlp", {})
     cpu = e.get("added_thread_cpu_us_per_query", {}).get("median")
-    out = {"OTLP on: e6o-otlp median latency": (
-        f"{_pct(_ratio(e))} ({lat['bare']['median_ms']:.2f} ms bare)", _aa(ctl),
-        "–" if cpu is None else f"{cpu:+.1f} µs thread CPU per query")}
+    out = {
+        "OTLP on: e6o-otlp median latency": (
+            f"{_pct(_ratio(e))} ({lat['bare']['median_ms']:.2f} ms bare)",
+            _aa(ctl),
+            "–" if cpu is None else f"{cpu:+.1f} µs thread CPU per query",
+        )
+    }
     if o:
         fr = None
         if _ratio(o) and _ratio(o) > 1 and _ratio(e) is not None:
             fr = (_ratio(e) - 1) / (_ratio(o) - 1)  # type: ignore[operator]
         out["OTLP on: e6o-otlp added / otel-otlp added"] = (
-            "–" if fr is None else f"{fr:.3f} (otel-otlp {_pct(_ratio(o))})", "", "")
+            "–" if fr is None else f"{fr:.3f} (otel-otlp {_pct(_ratio(o))})",
+            "",
+            "",
+        )
     return out
 
 
@@ -89,10 +102,11 @@ def main() -> int:
     after, before = load(a.after), load(a.before)
     oa, ob = load(a.otlp), load(a.otlp_before)
     rows_a = {**rows_large(after), **rows_tp(after, "async"), **rows_tp(after, "pool"), **rows_otlp(oa)}
-    rows_b = {**rows_large(before), **rows_tp(before, "async"), **rows_tp(before, "pool"),
-              **rows_otlp(ob)}
-    print("| path | e6o-full vs bare (after) | A/A (after), median [min … max] | added CPU (after) "
-          "| before (pre-merge branch) |")
+    rows_b = {**rows_large(before), **rows_tp(before, "async"), **rows_tp(before, "pool"), **rows_otlp(ob)}
+    print(
+        "| path | e6o-full vs bare (after) | A/A (after), median [min … max] | added CPU (after) "
+        "| before (pre-merge branch) |"
+    )
     print("|---|---|---|---|---|")
     for k, (fig, aa, cpu) in rows_a.items():
         b = rows_b.get(k, ("–", "", ""))[0]

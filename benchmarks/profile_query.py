@@ -31,8 +31,13 @@ from modes import MODES, Mode  # noqa: E402
 
 
 def _start_sim() -> tuple[subprocess.Popen[str], int]:
-    p = subprocess.Popen([sys.executable, os.path.join(HERE, "simproc.py")],
-                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
+    p = subprocess.Popen(
+        [sys.executable, os.path.join(HERE, "simproc.py")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        bufsize=1,
+    )
     assert p.stdout is not None
     return p, int(json.loads(p.stdout.readline())["port"])
 
@@ -43,8 +48,9 @@ def inner(mode: str, port: int, queries: int, tool: str, out: str) -> None:
 
     m = Mode(mode)
     m.install()
-    conn = e6data_grpc.Connection(host="127.0.0.1", port=port, username="bench@example.com",
-                                  password="bench-password")
+    conn = e6data_grpc.Connection(
+        host="127.0.0.1", port=port, username="bench@example.com", password="bench-password"
+    )
     cur = conn.cursor()
 
     def q(n: int) -> None:  # the name is what summarise() looks for on the stack
@@ -112,13 +118,14 @@ def summarise(raw_path: str, top: int = 25) -> dict[str, Any]:
                 continue
             # A sample inside the wrapped call (the RPC itself, the connector's own work under
             # a wrapper) is the application's cost, not the instrumentation's.
-            if any(u in fr for fr in frames[idx[-1] + 1:] for u in UNDERLYING):
+            if any(u in fr for fr in frames[idx[-1] + 1 :] for u in UNDERLYING):
                 continue
             e6o_total += n
             incl[frames[idx[0]]] += n
             leaf[frames[-1]] += n
     return {
-        "busy_samples": total, "instrumentation_samples": e6o_total,
+        "busy_samples": total,
+        "instrumentation_samples": e6o_total,
         "instrumentation_share_pct": 100.0 * e6o_total / total if total else 0.0,
         "inclusive_by_entry": [(k, v, round(100.0 * v / total, 2)) for k, v in incl.most_common(top)],
         "self_by_leaf": [(k, v, round(100.0 * v / total, 2)) for k, v in leaf.most_common(top)],
@@ -141,20 +148,62 @@ def main() -> int:
         return 0
     sim, port = _start_sim()
     try:
-        cmd = [sys.executable, os.path.abspath(__file__), "--mode", a.mode, "--queries",
-               str(a.queries), "--tool", a.tool, "--inner-port", str(port), "--out-dir", a.out_dir]
+        cmd = [
+            sys.executable,
+            os.path.abspath(__file__),
+            "--mode",
+            a.mode,
+            "--queries",
+            str(a.queries),
+            "--tool",
+            a.tool,
+            "--inner-port",
+            str(port),
+            "--out-dir",
+            a.out_dir,
+        ]
         if a.tool == "pyinstrument":
             subprocess.run(cmd, check=True)
             print(f"wrote {base}.html")
             return 0
         spy = os.path.join(os.path.dirname(sys.executable), "py-spy")
-        subprocess.run([spy, "record", "--format", "raw", "--threads", "--full-filenames",
-                        "--nonblocking", "--rate", str(a.rate),
-                        "-o", base + ".txt", "--", *cmd], check=True)
-        subprocess.run([spy, "record", "--threads", "--nonblocking", "--rate", str(a.rate),
-                        "-o", base + ".svg",
-                        "--", *cmd[:5], str(max(1000, a.queries // 4)), *cmd[6:]], check=True,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run(
+            [
+                spy,
+                "record",
+                "--format",
+                "raw",
+                "--threads",
+                "--full-filenames",
+                "--nonblocking",
+                "--rate",
+                str(a.rate),
+                "-o",
+                base + ".txt",
+                "--",
+                *cmd,
+            ],
+            check=True,
+        )
+        subprocess.run(
+            [
+                spy,
+                "record",
+                "--threads",
+                "--nonblocking",
+                "--rate",
+                str(a.rate),
+                "-o",
+                base + ".svg",
+                "--",
+                *cmd[:5],
+                str(max(1000, a.queries // 4)),
+                *cmd[6:],
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
     finally:
         assert sim.stdin is not None
         sim.stdin.write('{"cmd": "quit"}\n')
@@ -163,8 +212,10 @@ def main() -> int:
     s = summarise(base + ".txt")
     with open(base + ".json", "w") as f:
         json.dump(s, f, indent=1)
-    print(f"busy main-thread samples: {s['busy_samples']}; under instrumentation frames: "
-          f"{s['instrumentation_samples']} ({s['instrumentation_share_pct']:.2f} %)")
+    print(
+        f"busy main-thread samples: {s['busy_samples']}; under instrumentation frames: "
+        f"{s['instrumentation_samples']} ({s['instrumentation_share_pct']:.2f} %)"
+    )
     print("inclusive, by outermost instrumentation frame:")
     for k, v, pct in s["inclusive_by_entry"]:
         print(f"  {pct:6.2f} %  {v:6d}  {k}")

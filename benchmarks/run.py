@@ -77,8 +77,22 @@ TARGETS = {
 #: Rows per result batch of the simulator the runner starts (``Simulator``'s default).
 SIM_BATCH_ROWS = 256
 #: Every phase, in the order a run takes them.
-PHASES = ("latency", "throughput", "render", "switch", "watcher", "rss", "series", "fresh-rss",
-          "large", "async", "pool", "startup", "multiproc", "hotpath")
+PHASES = (
+    "latency",
+    "throughput",
+    "render",
+    "switch",
+    "watcher",
+    "rss",
+    "series",
+    "fresh-rss",
+    "large",
+    "async",
+    "pool",
+    "startup",
+    "multiproc",
+    "hotpath",
+)
 #: Modes the path phases (large, async, pool) compare: the baseline, the A/A control, e6observe.
 PATH_MODES = ("bare", "bare-ctl", "e6o-full")
 
@@ -96,9 +110,17 @@ class Proc:
         env.setdefault("PYTHONHASHSEED", "0")  # identical dict/set layouts in every worker
         # --pin: the child (and every thread it starts) runs only on ``cpus``.
         pre = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
-        self.p = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                  stderr=None, text=True, bufsize=1, env=env, cwd=ROOT,
-                                  preexec_fn=pre)
+        self.p = subprocess.Popen(
+            argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=None,
+            text=True,
+            bufsize=1,
+            env=env,
+            cwd=ROOT,
+            preexec_fn=pre,
+        )
         self.stopped = False
         self.hello: Any = None
 
@@ -191,10 +213,14 @@ class Bench:
     def start(self) -> None:
         self.result["bytecode"] = compile_e6observe()
         sim_cpus, worker_cpus = self.pinning()
-        self.result["pinning"] = None if sim_cpus is None else {
-            "simulator": sorted(sim_cpus), "workers": sorted(worker_cpus or ())}
-        self.sim = Proc("sim", [self.py, os.path.join(HERE, "simproc.py"), str(self.a.sim_latency_ms)],
-                        cpus=sim_cpus)
+        self.result["pinning"] = (
+            None
+            if sim_cpus is None
+            else {"simulator": sorted(sim_cpus), "workers": sorted(worker_cpus or ())}
+        )
+        self.sim = Proc(
+            "sim", [self.py, os.path.join(HERE, "simproc.py"), str(self.a.sim_latency_ms)], cpus=sim_cpus
+        )
         self.port = int(self.sim.read()["port"])
         self.log(f"simulator on 127.0.0.1:{self.port}")
         self.otlp: Optional[Proc] = None
@@ -215,13 +241,25 @@ class Bench:
         for w in self.workers.values():
             w.hello = w.read("start-up")
             w.pause()
-        self.log("workers ready: " + ", ".join(f"{m} (pid {w.hello['pid']})"
-                                               for m, w in self.workers.items()))
+        self.log(
+            "workers ready: " + ", ".join(f"{m} (pid {w.hello['pid']})" for m, w in self.workers.items())
+        )
 
     def _spawn(self, mode: str) -> Proc:
-        return Proc(mode, [self.py, os.path.join(HERE, "worker.py"), "--mode", mode,
-                           "--port", str(self.port), "--warmup", str(self.a.warmup)],
-                    cpus=self.worker_cpus)
+        return Proc(
+            mode,
+            [
+                self.py,
+                os.path.join(HERE, "worker.py"),
+                "--mode",
+                mode,
+                "--port",
+                str(self.port),
+                "--warmup",
+                str(self.a.warmup),
+            ],
+            cpus=self.worker_cpus,
+        )
 
     def restart(self, mode: str) -> None:
         """Replace one worker by a fresh process (same mode), started and paused."""
@@ -265,7 +303,8 @@ class Bench:
         a = self.a
         modes = list(self.workers)
         rounds: dict[str, dict[str, list[float]]] = {
-            m: {"median": [], "p99": [], "thread_cpu_us": [], "process_cpu_us": []} for m in modes}
+            m: {"median": [], "p99": [], "thread_cpu_us": [], "process_cpu_us": []} for m in modes
+        }
         order_log = []
         rpc0 = self.sim_call("counters")["rpcs_total"]
         q0 = {m: self.run_on(m, "rss")["queries"] for m in modes}
@@ -284,35 +323,48 @@ class Bench:
                 rounds[m]["p99"].append(percentile(lat, 99))
                 self.raw_lat[m].extend(lat)
             if (r + 1) % max(1, a.rounds // 5) == 0:
-                self.log(f"latency round {r + 1}/{a.rounds}: " + "  ".join(
-                    f"{m} {rounds[m]['median'][-1]:.3f}" for m in modes))
+                self.log(
+                    f"latency round {r + 1}/{a.rounds}: "
+                    + "  ".join(f"{m} {rounds[m]['median'][-1]:.3f}" for m in modes)
+                )
         elapsed = time.perf_counter() - t_start
         rpc1 = self.sim_call("counters")["rpcs_total"]
         q1 = {m: self.run_on(m, "rss")["queries"] for m in modes}
         dq = sum(q1[m] - q0[m] for m in modes)
         out: dict[str, Any] = {
-            "rounds": a.rounds, "queries_per_round": a.queries, "seconds": elapsed,
-            "order": order_log, "rpcs_per_query": (rpc1 - rpc0) / dq if dq else None,
-            "modes": {}}
+            "rounds": a.rounds,
+            "queries_per_round": a.queries,
+            "seconds": elapsed,
+            "order": order_log,
+            "rpcs_per_query": (rpc1 - rpc0) / dq if dq else None,
+            "modes": {},
+        }
         base = rounds.get("bare")
         for m in modes:
             med, p99 = rounds[m]["median"], rounds[m]["p99"]
             entry: dict[str, Any] = {
-                "median_ms": median(med), "p99_ms": percentile(self.raw_lat[m], 99),
-                "round_median_ms": med, "round_p99_ms": p99,
-                "round_median_spread_ms": spread(med), "round_p99_spread_ms": spread(p99),
+                "median_ms": median(med),
+                "p99_ms": percentile(self.raw_lat[m], 99),
+                "round_median_ms": med,
+                "round_p99_ms": p99,
+                "round_median_spread_ms": spread(med),
+                "round_p99_spread_ms": spread(p99),
                 "distribution_ms": distribution(self.raw_lat[m]),
                 "thread_cpu_us_per_query": spread(rounds[m]["thread_cpu_us"]),
-                "process_cpu_us_per_query": spread(rounds[m]["process_cpu_us"])}
+                "process_cpu_us_per_query": spread(rounds[m]["process_cpu_us"]),
+            }
             if base is not None:
                 for kind in ("thread_cpu_us", "process_cpu_us"):
                     diffs = [x - b for x, b in zip(rounds[m][kind], base[kind])]
                     entry[f"added_{kind}_per_query"] = spread(diffs)
                 ratios = [x / b for x, b in zip(med, base["median"])]
                 p99r = [x / b for x, b in zip(p99, base["p99"])]
-                entry["ratio_to_bare"] = {"median": median(ratios), "spread": spread(ratios),
-                                          "per_round": ratios,
-                                          "p99_median_of_rounds": median(p99r)}
+                entry["ratio_to_bare"] = {
+                    "median": median(ratios),
+                    "spread": spread(ratios),
+                    "per_round": ratios,
+                    "p99_median_of_rounds": median(p99r),
+                }
                 entry["added_median_pct"] = (median(ratios) - 1.0) * 100.0
                 entry["p99_ratio_to_bare"] = entry["p99_ms"] / percentile(self.raw_lat["bare"], 99)
             out["modes"][m] = entry
@@ -339,11 +391,15 @@ class Bench:
                 t_out[m] = {"qps": median(per[m]), "round_qps": per[m], "errors": errors[m]}
                 if "bare" in per:
                     ratios = [x / b for x, b in zip(per[m], per["bare"])]
-                    t_out[m]["ratio_to_bare"] = {"median": median(ratios), "spread": spread(ratios),
-                                                 "per_round": ratios}
+                    t_out[m]["ratio_to_bare"] = {
+                        "median": median(ratios),
+                        "spread": spread(ratios),
+                        "per_round": ratios,
+                    }
             out[f"threads_{threads}"] = t_out
-            self.log(f"throughput threads={threads}: " + "  ".join(
-                f"{m} {t_out[m]['qps']:.0f}/s" for m in modes))
+            self.log(
+                f"throughput threads={threads}: " + "  ".join(f"{m} {t_out[m]['qps']:.0f}/s" for m in modes)
+            )
         self.result["throughput"] = out
 
     def phase_render(self) -> None:
@@ -392,8 +448,11 @@ class Bench:
                 out[m] = {"error": "no /metrics port known"}
                 continue
             hooks = [self._switch_once(m, port) for _ in range(self.a.switch_reps)]
-            oob = [self._oob_once(m, port, to) for _ in range(self.a.oob_reps // 2 or 0)
-                   for to in ("green", "blue")]
+            oob = [
+                self._oob_once(m, port, to)
+                for _ in range(self.a.oob_reps // 2 or 0)
+                for to in ("green", "blue")
+            ]
             entry: dict[str, Any] = {"hooks": _summ_switch(hooks), "hooks_raw": hooks}
             if oob:
                 entry["watcher"] = _summ_switch(oob)
@@ -409,8 +468,9 @@ class Bench:
         The worker stamps the moment the connector's cache changed into a shared page; this
         process polls the page every ~50 us and then scrapes /metrics in a tight loop.
         """
-        fd, flag = tempfile.mkstemp(prefix="e6o-bench-", dir="/dev/shm" if os.path.isdir(
-            "/dev/shm") else None)
+        fd, flag = tempfile.mkstemp(
+            prefix="e6o-bench-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None
+        )
         try:
             os.write(fd, b"\0" * 16)
             mm = mmap.mmap(fd, 16)
@@ -434,8 +494,7 @@ class Bench:
             os.unlink(flag)
             self.sim_call("complete")
         if not t0:
-            return {"visible": False, "error": "the connector did not apply the switch",
-                    "worker": res}
+            return {"visible": False, "error": "the connector did not apply the switch", "worker": res}
         return _lag(t0, to, scrapes)
 
     def _oob_once(self, mode: str, port: int, to: str) -> dict[str, Any]:
@@ -457,15 +516,15 @@ class Bench:
                     # time.thread_time() count is exact, so it is the figure reported.
                     res["psutil_cpu_ms_per_s"] = 1000.0 * res["cpu_s"] / res["wall_s"]
                     own = res.get("self_reported_cpu_s")
-                    res["cpu_ms_per_s"] = (1000.0 * own / res["wall_s"] if own is not None
-                                           else res["psutil_cpu_ms_per_s"])
+                    res["cpu_ms_per_s"] = (
+                        1000.0 * own / res["wall_s"] if own is not None else res["psutil_cpu_ms_per_s"]
+                    )
                 out[m] = res
         self.result["watcher_cpu"] = out
 
     def phase_rss(self) -> None:
         """RSS over ``--rpcs`` RPCs, bare and e6o-full alternating in chunks."""
-        modes = [m for m in ("bare", "e6o-full", "e6o-prom") if m in self.workers
-                 and m in self.a.rss_modes]
+        modes = [m for m in ("bare", "e6o-full", "e6o-prom") if m in self.workers and m in self.a.rss_modes]
         total_q = max(1, self.a.rpcs // RPCS_PER_QUERY)
         chunks = max(2, min(self.a.rss_samples, total_q))
         per_chunk = max(1, total_q // chunks)
@@ -483,20 +542,28 @@ class Bench:
                 r = self.run_on(m, "run", n=per_chunk)
                 series[m].append(((c + 1) * per_chunk * RPCS_PER_QUERY, r["rss"]))
             if (c + 1) % max(1, chunks // 5) == 0:
-                self.log(f"rss chunk {c + 1}/{chunks}: " + "  ".join(
-                    f"{m} {series[m][-1][1] / 2**20:.1f} MiB" for m in modes))
-        out: dict[str, Any] = {"rpcs": per_chunk * chunks * RPCS_PER_QUERY,
-                               "seconds": time.perf_counter() - t0, "modes": {}}
+                self.log(
+                    f"rss chunk {c + 1}/{chunks}: "
+                    + "  ".join(f"{m} {series[m][-1][1] / 2**20:.1f} MiB" for m in modes)
+                )
+        out: dict[str, Any] = {
+            "rpcs": per_chunk * chunks * RPCS_PER_QUERY,
+            "seconds": time.perf_counter() - t0,
+            "modes": {},
+        }
         for m in modes:
             pts = series[m]
             # Slope after the first fifth (allocator and caches settle first).
-            tail = pts[len(pts) // 5:]
+            tail = pts[len(pts) // 5 :]
             slope = linear_slope([x for x, _ in tail], [y for _, y in tail])
             out["modes"][m] = {
-                "samples": pts, "rss_start_mib": pts[0][1] / 2**20, "rss_end_mib": pts[-1][1] / 2**20,
+                "samples": pts,
+                "rss_start_mib": pts[0][1] / 2**20,
+                "rss_end_mib": pts[-1][1] / 2**20,
                 "slope_mib_per_1m_rpcs": slope * 1e6 / 2**20,
                 "growth_mib": (pts[-1][1] - tail[0][1]) / 2**20,
-                "rss_before_agent_mib": base[m] / 2**20}
+                "rss_before_agent_mib": base[m] / 2**20,
+            }
         if "bare" in out["modes"]:
             bare = out["modes"]["bare"]
             bare_growth = bare["rss_end_mib"] - bare["rss_before_agent_mib"]
@@ -510,8 +577,7 @@ class Bench:
                     # to the end, less the bare worker's growth over the same work.
                     # In these workers, which also ran every earlier phase (32 threads among
                     # them); the target is judged in fresh workers (phase_rss_fresh).
-                    mm["agent_rss_end_mib"] = (
-                        mm["rss_end_mib"] - mm["rss_before_agent_mib"] - bare_growth)
+                    mm["agent_rss_end_mib"] = mm["rss_end_mib"] - mm["rss_before_agent_mib"] - bare_growth
         self.result["rss"] = out
 
     def phase_rss_fresh(self) -> None:
@@ -534,12 +600,19 @@ class Bench:
             end[m] = self.run_on(m, "rss")
         bare, full = end["bare"], end["e6o-full"]
         agent = ((full["rss"] - full["rss_before_agent"]) - (bare["rss"] - bare["rss_start"])) / 2**20
-        self.result["rss_fresh"] = {"queries": n + self.a.warmup, "bare": bare, "e6o-full": full,
-                                    "agent_rss_mib": agent}
+        self.result["rss_fresh"] = {
+            "queries": n + self.a.warmup,
+            "bare": bare,
+            "e6o-full": full,
+            "agent_rss_mib": agent,
+        }
 
     def phase_series(self) -> None:
-        m = "e6o-full" if "e6o-full" in self.workers else next(
-            (x for x in self.workers if x in E6O_MODES), None)
+        m = (
+            "e6o-full"
+            if "e6o-full" in self.workers
+            else next((x for x in self.workers if x in E6O_MODES), None)
+        )
         if m is None:
             return
         port = self.workers[m].hello.get("prometheus_port")
@@ -573,9 +646,13 @@ class Bench:
             self.run_on(m, "run", n=n, distinct_from=1_000_000 + done)
             done += n
         after = snapshot()
-        self.result["series"] = {"mode": m, "distinct_queries": self.a.distinct,
-                                 "seconds": time.perf_counter() - t, "before": before,
-                                 "after": after}
+        self.result["series"] = {
+            "mode": m,
+            "distinct_queries": self.a.distinct,
+            "seconds": time.perf_counter() - t,
+            "before": before,
+            "after": after,
+        }
 
     def phase_hotpath(self) -> None:
         """Microbenchmarks of the hot path pieces (benchmarks/hotpath.py), all workers stopped."""
@@ -597,8 +674,9 @@ class Bench:
     def _path_modes(self) -> list[str]:
         return [m for m in PATH_MODES if m in self.workers]
 
-    def _alternate(self, variants: Sequence[tuple[str, str, dict[str, Any]]], rounds: int,
-                   what: str) -> dict[str, dict[str, list[Any]]]:
+    def _alternate(
+        self, variants: Sequence[tuple[str, str, dict[str, Any]]], rounds: int, what: str
+    ) -> dict[str, dict[str, list[Any]]]:
         """Alternating rounds: each round runs every variant ``(name, command, kwargs)`` once on
         every path mode, the modes in a fresh random order per variant. Replies by variant and
         mode, one per round."""
@@ -622,8 +700,7 @@ class Bench:
             e: dict[str, Any] = {key: median(vals), f"round_{key}": vals}
             if base is not None and m != "bare":
                 ratios = [x / b for x, b in zip(vals, base)]
-                e["ratio_to_bare"] = {"median": median(ratios), "spread": spread(ratios),
-                                      "per_round": ratios}
+                e["ratio_to_bare"] = {"median": median(ratios), "spread": spread(ratios), "per_round": ratios}
                 e["added_pct"] = (median(ratios) - 1.0) * 100.0
             out[m] = e
         return out
@@ -634,17 +711,25 @@ class Bench:
         rows = self.a.large_rows
         variants: list[tuple[str, str, dict[str, Any]]] = [
             ("sync_fetchall", "large", {"rows": rows, "style": "fetchall"}),
-            ("sync_fetchmany", "large", {"rows": rows, "style": "fetchmany"})]
+            ("sync_fetchmany", "large", {"rows": rows, "style": "fetchmany"}),
+        ]
         if self._aio_ok():
-            variants += [("async_fetchall", "large_aio", {"rows": rows, "style": "fetchall"}),
-                         ("async_fetchmany", "large_aio", {"rows": rows, "style": "fetchmany"})]
+            variants += [
+                ("async_fetchall", "large_aio", {"rows": rows, "style": "fetchall"}),
+                ("async_fetchmany", "large_aio", {"rows": rows, "style": "fetchmany"}),
+            ]
         for _, cmd, kw in variants:  # warm-up: the simulator builds the result once
             for m in self._path_modes():
                 self.run_on(m, cmd, **kw)
         t0 = time.perf_counter()
         raw = self._alternate(variants, self.a.path_rounds, "large")
-        out: dict[str, Any] = {"rows": rows, "columns": 10, "batch_rows": SIM_BATCH_ROWS,
-                               "rounds": self.a.path_rounds, "variants": {}}
+        out: dict[str, Any] = {
+            "rows": rows,
+            "columns": 10,
+            "batch_rows": SIM_BATCH_ROWS,
+            "rounds": self.a.path_rounds,
+            "variants": {},
+        }
         for name, per in raw.items():
             ms = {m: [median(r["lat_ns"]) / 1e6 for r in res] for m, res in per.items()}
             out["variants"][name] = self._vs_bare(ms, "median_ms")
@@ -662,12 +747,18 @@ class Bench:
             # A per-row Python call would make the fetch cost at least one call per row; the
             # whole fetch costs far fewer calls than it has rows, all of them per batch (the
             # guard test shows 10 and 100 rows in one batch cost the same calls).
-            cc.update(batches=batches, rows=rows, calls_per_extra_batch=per_batch,
-                      calls_over_rows=cc["large_fetchall"] / rows,
-                      calls_per_row=cc["large_fetchall"] // rows)
+            cc.update(
+                batches=batches,
+                rows=rows,
+                calls_per_extra_batch=per_batch,
+                calls_over_rows=cc["large_fetchall"] / rows,
+                calls_per_row=cc["large_fetchall"] // rows,
+            )
             out["call_count"] = cc
-            self.log(f"large: e6observe calls per {rows}-row fetchall {cc['large_fetchall']} "
-                     f"(SELECT 1: {cc['select1']}; {per_batch:.2f} per extra batch)")
+            self.log(
+                f"large: e6observe calls per {rows}-row fetchall {cc['large_fetchall']} "
+                f"(SELECT 1: {cc['select1']}; {per_batch:.2f} per extra batch)"
+            )
         self.result["large"] = out
 
     def _aio_ok(self) -> bool:
@@ -679,8 +770,10 @@ class Bench:
             self.result["async"] = {"skipped": "the async API needs Python 3.11+"}
             return
         kw = {"tasks": self.a.async_tasks, "seconds": self.a.path_seconds}
-        variants = [("connections", "aio_concurrent", dict(kw)),
-                    ("pool", "aio_concurrent", dict(kw, pool=True))]
+        variants = [
+            ("connections", "aio_concurrent", dict(kw)),
+            ("pool", "aio_concurrent", dict(kw, pool=True)),
+        ]
         for _, cmd, k in variants:  # warm-up: connections opened, untimed
             for m in self._path_modes():
                 self.run_on(m, cmd, **dict(k, seconds=0.2))
@@ -693,34 +786,52 @@ class Bench:
             self.run_on(m, "pool_threads", **dict(k, seconds=0.2))
         self.result["pool"] = self._throughput_phase([("threads", "pool_threads", k)], "pool")
 
-    def _throughput_phase(self, variants: Sequence[tuple[str, str, dict[str, Any]]],
-                          what: str) -> dict[str, Any]:
+    def _throughput_phase(
+        self, variants: Sequence[tuple[str, str, dict[str, Any]]], what: str
+    ) -> dict[str, Any]:
         raw = self._alternate(variants, self.a.path_rounds, what)
-        out: dict[str, Any] = {"rounds": self.a.path_rounds, "seconds_per_round": self.a.path_seconds,
-                               "variants": {}}
+        out: dict[str, Any] = {
+            "rounds": self.a.path_rounds,
+            "seconds_per_round": self.a.path_seconds,
+            "variants": {},
+        }
         for name, per in raw.items():
             qps = {m: [r["queries"] / r["elapsed"] for r in res] for m, res in per.items()}
-            med = {m: [median(r["lat_ns"]) / 1e6 if r["lat_ns"] else float("nan") for r in res]
-                   for m, res in per.items()}
+            med = {
+                m: [median(r["lat_ns"]) / 1e6 if r["lat_ns"] else float("nan") for r in res]
+                for m, res in per.items()
+            }
             cpu = {m: [r["process_cpu_ns"] / 1e3 for r in res] for m, res in per.items()}
             lat = self._vs_bare(med, "median_ms")
             tp = self._vs_bare(qps, "qps")
             cp = self._vs_bare(cpu, "process_cpu_us_per_query")
             v: dict[str, Any] = {}
             for m in per:
-                v[m] = {"latency": lat[m], "throughput": tp[m], "cpu": cp[m],
-                        "errors": sum(r["errors"] for r in per[m])}
+                v[m] = {
+                    "latency": lat[m],
+                    "throughput": tp[m],
+                    "cpu": cp[m],
+                    "errors": sum(r["errors"] for r in per[m]),
+                }
             out["variants"][name] = v
-            self.log(f"{what} {name}: " + "  ".join(
-                f"{m} {tp[m]['qps']:.0f}/s {lat[m]['median_ms']:.3f} ms" for m in per))
+            self.log(
+                f"{what} {name}: "
+                + "  ".join(f"{m} {tp[m]['qps']:.0f}/s {lat[m]['median_ms']:.3f} ms" for m in per)
+            )
         return out
 
     def phase_startup(self) -> None:
         """``import e6observe; instrument()`` and ``uninstrument()`` in fresh processes
         (benchmarks/startup.py), against the connector's own import."""
         path = self.a.out + ".startup.tmp"
-        argv = [self.py, os.path.join(HERE, "startup.py"), "--json", path,
-                "--rounds", str(self.a.startup_rounds)]
+        argv = [
+            self.py,
+            os.path.join(HERE, "startup.py"),
+            "--json",
+            path,
+            "--rounds",
+            str(self.a.startup_rounds),
+        ]
         subprocess.run(argv, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
         with open(path) as f:
             self.result["startup"] = json.load(f)
@@ -733,8 +844,16 @@ class Bench:
         for w in self.workers.values():
             w.pause()
         path = self.a.out + ".multiproc.tmp"
-        argv = [self.py, os.path.join(HERE, "multiproc.py"), "--json", path,
-                "--workers", str(self.a.mp_workers), "--queries", str(self.a.mp_queries)]
+        argv = [
+            self.py,
+            os.path.join(HERE, "multiproc.py"),
+            "--json",
+            path,
+            "--workers",
+            str(self.a.mp_workers),
+            "--queries",
+            str(self.a.mp_queries),
+        ]
         subprocess.run(argv, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
         with open(path) as f:
             self.result["multiproc"] = json.load(f)
@@ -795,15 +914,21 @@ def _lag(t0: int, want: str, scrapes: Sequence[tuple[int, int, Optional[str]]]) 
     hit = next(((ts, te) for ts, te, s in scrapes if s == want), None)
     if hit is None:
         return {"visible": False, "stale_scrapes": stale}
-    return {"visible": True, "stale_scrapes": stale,
-            "first_fresh_scrape_start_ms": (hit[0] - t0) / 1e6,
-            "first_fresh_scrape_end_ms": (hit[1] - t0) / 1e6}
+    return {
+        "visible": True,
+        "stale_scrapes": stale,
+        "first_fresh_scrape_start_ms": (hit[0] - t0) / 1e6,
+        "first_fresh_scrape_end_ms": (hit[1] - t0) / 1e6,
+    }
 
 
 def _summ_switch(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
     ok = [i for i in items if i.get("visible")]
-    out: dict[str, Any] = {"n": len(items), "visible": len(ok),
-                           "stale_scrapes": sum(i.get("stale_scrapes", 0) for i in items)}
+    out: dict[str, Any] = {
+        "n": len(items),
+        "visible": len(ok),
+        "stale_scrapes": sum(i.get("stale_scrapes", 0) for i in items),
+    }
     if ok:
         out["start_ms"] = spread([i["first_fresh_scrape_start_ms"] for i in ok])
         out["end_ms"] = spread([i["first_fresh_scrape_end_ms"] for i in ok])
@@ -825,74 +950,131 @@ def evaluate_targets(r: dict[str, Any]) -> list[dict[str, Any]]:
     full = lat.get("e6o-full", {}).get("added_median_pct")
     otel = lat.get("otel-grpc", {}).get("added_median_pct")
     if full is not None:
-        add("e6o-full added median latency (%)", round(full, 2),
-            f"<= {T['added_median_pct_max']}", full <= T["added_median_pct_max"])
+        add(
+            "e6o-full added median latency (%)",
+            round(full, 2),
+            f"<= {T['added_median_pct_max']}",
+            full <= T["added_median_pct_max"],
+        )
     spans = r.get("mode_counts", {}).get("otel-grpc", {}).get("mode", {}).get("spans_ended")
     if full is not None and otel is not None and spans == 0:
         # The reference recorded no span: it measured a no-op tracer, not OpenTelemetry.
-        add("e6o-full added / otel-grpc added", None,
-            f"< {T['fraction_of_otel_added_max']} (invalid: otel-grpc ended no spans)", None)
+        add(
+            "e6o-full added / otel-grpc added",
+            None,
+            f"< {T['fraction_of_otel_added_max']} (invalid: otel-grpc ended no spans)",
+            None,
+        )
     elif full is not None and otel:
         frac = full / otel if otel > 0 else None
-        add("e6o-full added / otel-grpc added", None if frac is None else round(frac, 3),
+        add(
+            "e6o-full added / otel-grpc added",
+            None if frac is None else round(frac, 3),
             f"< {T['fraction_of_otel_added_max']}",
-            None if frac is None else frac < T["fraction_of_otel_added_max"])
+            None if frac is None else frac < T["fraction_of_otel_added_max"],
+        )
     tp = r.get("throughput", {}).get("threads_32", {}).get("e6o-full", {}).get("ratio_to_bare")
     if tp:
-        add("threads=32 throughput e6o-full/bare", round(tp["median"], 4),
-            f">= {T['throughput_ratio_32_min']}", tp["median"] >= T["throughput_ratio_32_min"])
+        add(
+            "threads=32 throughput e6o-full/bare",
+            round(tp["median"], 4),
+            f">= {T['throughput_ratio_32_min']}",
+            tp["median"] >= T["throughput_ratio_32_min"],
+        )
     sv = r.get("switch_visibility", {}).get("e6o-full", {}).get("hooks", {})
     if sv.get("n"):
         worst = sv.get("start_ms", {}).get("max")
-        met = sv["visible"] == sv["n"] and sv["stale_scrapes"] == 0 and worst is not None and \
-            worst <= T["switch_visible_ms_max"]
-        add("switch visible in /metrics (worst, ms; first scrape after the switch)", worst,
-            f"<= {T['switch_visible_ms_max']} and no stale scrape", met)
+        met = (
+            sv["visible"] == sv["n"]
+            and sv["stale_scrapes"] == 0
+            and worst is not None
+            and worst <= T["switch_visible_ms_max"]
+        )
+        add(
+            "switch visible in /metrics (worst, ms; first scrape after the switch)",
+            worst,
+            f"<= {T['switch_visible_ms_max']} and no stale scrape",
+            met,
+        )
     fresh = r.get("rss_fresh")
     if fresh:
         agent = fresh["agent_rss_mib"]
-        add(f"agent RSS added in e6o-full (MiB; fresh workers after {fresh['queries']} queries, "
+        add(
+            f"agent RSS added in e6o-full (MiB; fresh workers after {fresh['queries']} queries, "
             "from just before e6observe is imported, less bare's growth)",
-            round(agent, 2), f"<= {T['added_rss_mib_max']}", agent <= T["added_rss_mib_max"])
+            round(agent, 2),
+            f"<= {T['added_rss_mib_max']}",
+            agent <= T["added_rss_mib_max"],
+        )
     rss = r.get("rss", {}).get("modes", {})
     if "e6o-full" in rss and "bare" in rss:
-        add("agent RSS at the end of the memory phase (MiB; workers that ran every earlier "
-            "phase, 32 threads among them)", round(rss["e6o-full"]["agent_rss_end_mib"], 2),
-            "(context)", None)
+        add(
+            "agent RSS at the end of the memory phase (MiB; workers that ran every earlier "
+            "phase, 32 threads among them)",
+            round(rss["e6o-full"]["agent_rss_end_mib"], 2),
+            "(context)",
+            None,
+        )
         whole = rss["e6o-full"]["added_rss_end_mib"]
-        add("RSS e6o-full process vs bare process (MiB; includes the app's own OTel SDK set-up)",
-            round(whole, 2), "(context)", None)
+        add(
+            "RSS e6o-full process vs bare process (MiB; includes the app's own OTel SDK set-up)",
+            round(whole, 2),
+            "(context)",
+            None,
+        )
         extra = rss["e6o-full"]["slope_mib_per_1m_rpcs"] - rss["bare"]["slope_mib_per_1m_rpcs"]
-        add(f"RSS growth beyond bare (MiB per 1M RPCs, over {r['rss']['rpcs']} RPCs)",
-            round(extra, 3), f"<= {T['rss_growth_mib_per_1m_rpcs_max']}",
-            extra <= T["rss_growth_mib_per_1m_rpcs_max"])
+        add(
+            f"RSS growth beyond bare (MiB per 1M RPCs, over {r['rss']['rpcs']} RPCs)",
+            round(extra, 3),
+            f"<= {T['rss_growth_mib_per_1m_rpcs_max']}",
+            extra <= T["rss_growth_mib_per_1m_rpcs_max"],
+        )
     se = r.get("series")
     if se and "prometheus_series" in se["before"]:
         same = se["before"] == se["after"]
-        add(f"series after {se['distinct_queries']} distinct queries",
-            {"before": se["before"], "after": se["after"]}, "unchanged", same)
+        add(
+            f"series after {se['distinct_queries']} distinct queries",
+            {"before": se["before"], "after": se["after"]},
+            "unchanged",
+            same,
+        )
     rd = r.get("render", {}).get("e6o-full", {}).get("in_process_ms")
     if rd:
-        add("/metrics render, median ms (in process)", round(rd["median"], 3),
-            f"<= {T['render_ms_max']}", rd["median"] <= T["render_ms_max"])
+        add(
+            "/metrics render, median ms (in process)",
+            round(rd["median"], 3),
+            f"<= {T['render_ms_max']}",
+            rd["median"] <= T["render_ms_max"],
+        )
     otlp = lat.get("e6o-otlp", {}).get("added_median_pct")
     ref = lat.get("otel-otlp", {}).get("added_median_pct")
     if otlp is not None:
         aa = lat.get("bare-ctl", {}).get("ratio_to_bare")
         aa_s = f"; A/A {aa['median']:.3f} IQR {aa['spread']['q1']:.3f}-{aa['spread']['q3']:.3f}" if aa else ""
-        add(f"OTLP on: e6o-otlp added median latency (%){aa_s}", round(otlp, 2),
-            f"<= {T['otlp_added_median_pct_max']}", otlp <= T["otlp_added_median_pct_max"])
+        add(
+            f"OTLP on: e6o-otlp added median latency (%){aa_s}",
+            round(otlp, 2),
+            f"<= {T['otlp_added_median_pct_max']}",
+            otlp <= T["otlp_added_median_pct_max"],
+        )
         if ref:
             frac = otlp / ref if ref > 0 else None
-            add(f"OTLP on: e6o-otlp added / otel-otlp added (otel-otlp +{ref:.2f} %)",
-                None if frac is None else round(frac, 3), f"< {T['otlp_fraction_of_otel_max']}",
-                None if frac is None else frac < T["otlp_fraction_of_otel_max"])
+            add(
+                f"OTLP on: e6o-otlp added / otel-otlp added (otel-otlp +{ref:.2f} %)",
+                None if frac is None else round(frac, 3),
+                f"< {T['otlp_fraction_of_otel_max']}",
+                None if frac is None else frac < T["otlp_fraction_of_otel_max"],
+            )
     mpl = lat.get("e6o-mp", {}).get("added_median_pct")
     if mpl is not None:
         aa = lat.get("bare-ctl", {}).get("ratio_to_bare")
         aa_s = f"; A/A {aa['median']:.3f} IQR {aa['spread']['q1']:.3f}-{aa['spread']['q3']:.3f}" if aa else ""
-        add(f"multi-process worker: e6o-mp added median latency (%){aa_s}", round(mpl, 2),
-            f"<= {T['mp_added_median_pct_max']}", mpl <= T["mp_added_median_pct_max"])
+        add(
+            f"multi-process worker: e6o-mp added median latency (%){aa_s}",
+            round(mpl, 2),
+            f"<= {T['mp_added_median_pct_max']}",
+            mpl <= T["mp_added_median_pct_max"],
+        )
     out.extend(evaluate_path_targets(r))
     return out
 
@@ -918,21 +1100,31 @@ def evaluate_path_targets(r: dict[str, Any]) -> list[dict[str, Any]]:
     for name, v in lg.get("variants", {}).items():
         full = v.get("e6o-full", {}).get("added_pct")
         if full is not None:
-            add(f"large result {lg['rows']}x10 {name}: e6o-full added median (%){_aa(v)}",
-                round(full, 2), f"<= {T['large_added_median_pct_max']}",
-                full <= T["large_added_median_pct_max"])
+            add(
+                f"large result {lg['rows']}x10 {name}: e6o-full added median (%){_aa(v)}",
+                round(full, 2),
+                f"<= {T['large_added_median_pct_max']}",
+                full <= T["large_added_median_pct_max"],
+            )
     for name, v in lg.get("variants", {}).items():
         cpu = v.get("e6o-full", {}).get("cpu", {}).get("added_pct")
         if cpu is not None:
             aa = {m: e["cpu"] for m, e in v.items() if "cpu" in e}
-            add(f"large result {name}: e6o-full added process CPU per query (%){_aa(aa)}",
-                round(cpu, 2), "(context: CPU, less sensitive to other load than wall time)", None)
+            add(
+                f"large result {name}: e6o-full added process CPU per query (%){_aa(aa)}",
+                round(cpu, 2),
+                "(context: CPU, less sensitive to other load than wall time)",
+                None,
+            )
     cc = lg.get("call_count")
     if cc:
-        add(f"large result: e6observe Python calls per row (fetchall of {cc['rows']} rows: "
+        add(
+            f"large result: e6observe Python calls per row (fetchall of {cc['rows']} rows: "
             f"{cc['large_fetchall']} calls in all, {cc['calls_per_extra_batch']:.2f} per batch)",
-            cc["calls_per_row"], f"<= {T['large_calls_per_row_max']}",
-            cc["calls_per_row"] <= T["large_calls_per_row_max"])
+            cc["calls_per_row"],
+            f"<= {T['large_calls_per_row_max']}",
+            cc["calls_per_row"] <= T["large_calls_per_row_max"],
+        )
     for phase, label in (("async", "async 64 tasks"), ("pool", "ConnectionPool")):
         for name, v in r.get(phase, {}).get("variants", {}).items():
             full = v.get("e6o-full")
@@ -943,36 +1135,65 @@ def evaluate_path_targets(r: dict[str, Any]) -> list[dict[str, Any]]:
             added = full["latency"].get("added_pct")
             lim = T["async_added_median_pct_max" if phase == "async" else "pool_added_median_pct_max"]
             if added is not None:
-                add(f"{label} ({name}): e6o-full added median latency (%){_aa(lat_v)}",
-                    round(added, 2), f"<= {lim}", added <= lim)
+                add(
+                    f"{label} ({name}): e6o-full added median latency (%){_aa(lat_v)}",
+                    round(added, 2),
+                    f"<= {lim}",
+                    added <= lim,
+                )
             cpu = full.get("cpu", {}).get("added_pct")
             if cpu is not None:
-                add(f"{label} ({name}): e6o-full added process CPU per query (%)"
-                    f"{_aa({m: e['cpu'] for m, e in v.items()})}", round(cpu, 2), "(context)", None)
+                add(
+                    f"{label} ({name}): e6o-full added process CPU per query (%)"
+                    f"{_aa({m: e['cpu'] for m, e in v.items()})}",
+                    round(cpu, 2),
+                    "(context)",
+                    None,
+                )
             tp = full["throughput"].get("ratio_to_bare")
             if tp:
                 met = tp["median"] >= T["async_throughput_ratio_min"] if phase == "async" else None
-                add(f"{label} ({name}): throughput e6o-full/bare{_aa(tp_v)}", round(tp["median"], 4),
-                    f">= {T['async_throughput_ratio_min']}" if phase == "async" else "(context)", met)
+                add(
+                    f"{label} ({name}): throughput e6o-full/bare{_aa(tp_v)}",
+                    round(tp["median"], 4),
+                    f">= {T['async_throughput_ratio_min']}" if phase == "async" else "(context)",
+                    met,
+                )
     mp = r.get("multiproc")
     if mp:
         for k, label in (("cold_merge_ms", "first scrape"), ("changed_merge_ms", "every file changed")):
-            add(f"multi-process: merge of {mp['workers']} workers' files, {label} (median ms)",
-                round(mp[k]["median"], 2), f"<= {T['mp_merge_ms_max']}",
-                mp[k]["median"] <= T["mp_merge_ms_max"])
-        add("multi-process: a worker's state write per flush (median ms)",
-            round(mp["write_ms"]["median"], 3), "(reported)", None)
+            add(
+                f"multi-process: merge of {mp['workers']} workers' files, {label} (median ms)",
+                round(mp[k]["median"], 2),
+                f"<= {T['mp_merge_ms_max']}",
+                mp[k]["median"] <= T["mp_merge_ms_max"],
+            )
+        add(
+            "multi-process: a worker's state write per flush (median ms)",
+            round(mp["write_ms"]["median"], 3),
+            "(reported)",
+            None,
+        )
     st = r.get("startup", {}).get("configs", {})
     for cfg, e in st.items():
-        add(f"start ({cfg}): import e6observe + instrument(), ms beyond the connector's import",
-            round(e["instrument_ms"]["median"], 1), f"<= {T['startup_ms_max']}",
-            e["instrument_ms"]["median"] <= T["startup_ms_max"])
-        add(f"start ({cfg}): RSS added by import + instrument(), MiB",
-            round(e["rss_added_mib"]["median"], 2), f"<= {T['startup_rss_mib_max']}",
-            e["rss_added_mib"]["median"] <= T["startup_rss_mib_max"])
-        add(f"stop ({cfg}): uninstrument() with the endpoint running, ms (worst of rounds)",
-            round(e["uninstrument_ms"]["max"], 1), f"<= {T['uninstrument_ms_max']}",
-            e["uninstrument_ms"]["max"] <= T["uninstrument_ms_max"])
+        add(
+            f"start ({cfg}): import e6observe + instrument(), ms beyond the connector's import",
+            round(e["instrument_ms"]["median"], 1),
+            f"<= {T['startup_ms_max']}",
+            e["instrument_ms"]["median"] <= T["startup_ms_max"],
+        )
+        add(
+            f"start ({cfg}): RSS added by import + instrument(), MiB",
+            round(e["rss_added_mib"]["median"], 2),
+            f"<= {T['startup_rss_mib_max']}",
+            e["rss_added_mib"]["median"] <= T["startup_rss_mib_max"],
+        )
+        add(
+            f"stop ({cfg}): uninstrument() with the endpoint running, ms (worst of rounds)",
+            round(e["uninstrument_ms"]["max"], 1),
+            f"<= {T['uninstrument_ms_max']}",
+            e["uninstrument_ms"]["max"] <= T["uninstrument_ms_max"],
+        )
     return out
 
 
@@ -995,16 +1216,31 @@ def machine() -> dict[str, Any]:
     except OSError:
         pass
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
-                                capture_output=True, timeout=5).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True, capture_output=True, timeout=5
+        ).stdout.strip()
     except Exception:
         commit = None
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
-            "platform": platform.platform(), "load_avg_start": os.getloadavg(),
-            "versions": {p: ver(p) for p in (
-                "e6data-python-connector", "grpcio", "protobuf", "opentelemetry-sdk",
-                "opentelemetry-instrumentation-grpc", "prometheus_client", "e6observe")},
-            "git_commit": commit}
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "load_avg_start": os.getloadavg(),
+        "versions": {
+            p: ver(p)
+            for p in (
+                "e6data-python-connector",
+                "grpcio",
+                "protobuf",
+                "opentelemetry-sdk",
+                "opentelemetry-instrumentation-grpc",
+                "prometheus_client",
+                "e6observe",
+            )
+        },
+        "git_commit": commit,
+    }
 
 
 def plot(r: dict[str, Any], raw: dict[str, list[float]], path: str) -> Optional[str]:
@@ -1033,8 +1269,13 @@ def plot(r: dict[str, Any], raw: dict[str, list[float]], path: str) -> Optional[
     ax1.legend(fontsize=8)
     lat = r["latency"]["modes"]
     for m in modes:
-        ax2.plot(range(1, len(lat[m]["round_median_ms"]) + 1), lat[m]["round_median_ms"],
-                 marker=".", lw=0.8, label=m)
+        ax2.plot(
+            range(1, len(lat[m]["round_median_ms"]) + 1),
+            lat[m]["round_median_ms"],
+            marker=".",
+            lw=0.8,
+            label=m,
+        )
     ax2.set_xlabel("round")
     ax2.set_ylabel("median latency of the round (ms)")
     ax2.set_title("per-round medians (alternating rounds)")
@@ -1043,19 +1284,23 @@ def plot(r: dict[str, Any], raw: dict[str, list[float]], path: str) -> Optional[
     if others:
         data = [[(x - 1) * 100 for x in lat[m]["ratio_to_bare"]["per_round"]] for m in others]
         ax3.boxplot(data, tick_labels=others) if _mpl_has_tick_labels(plt) else ax3.boxplot(
-            data, labels=others)
+            data, labels=others
+        )
         ax3.axhline(0, color="k", lw=0.8)
-        ax3.axhline(TARGETS["added_median_pct_max"], color="g", ls="--", lw=0.8,
-                    label="target for e6o-full (3 %)")
+        ax3.axhline(
+            TARGETS["added_median_pct_max"], color="g", ls="--", lw=0.8, label="target for e6o-full (3 %)"
+        )
         ax3.set_ylabel("added median latency vs bare, same round (%)")
         ax3.set_title("per-round overhead")
         ax3.legend(fontsize=8)
         ax3.grid(alpha=0.3)
     m = r.get("machine", {})
-    fig.suptitle(f"e6observe benchmark - {m.get('cpu')} x{m.get('cores')}, Python "
-                 f"{m.get('python')}, connector {m.get('versions', {}).get('e6data-python-connector')}"
-                 f" - {r['latency']['rounds']} rounds x {r['latency']['queries_per_round']} queries",
-                 fontsize=10)
+    fig.suptitle(
+        f"e6observe benchmark - {m.get('cpu')} x{m.get('cores')}, Python "
+        f"{m.get('python')}, connector {m.get('versions', {}).get('e6data-python-connector')}"
+        f" - {r['latency']['rounds']} rounds x {r['latency']['queries_per_round']} queries",
+        fontsize=10,
+    )
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -1113,8 +1358,11 @@ def plot_paths(r: dict[str, Any], path: str) -> Optional[str]:
         ax2.grid(alpha=0.3)
         ax2.legend(fontsize=8)
     m = r.get("machine", {})
-    fig.suptitle(f"e6observe paths - {m.get('cpu')} x{m.get('cores')}, load "
-                 f"{m.get('load_avg_start', [0])[0]:.1f} at start", fontsize=10)
+    fig.suptitle(
+        f"e6observe paths - {m.get('cpu')} x{m.get('cores')}, load "
+        f"{m.get('load_avg_start', [0])[0]:.1f} at start",
+        fontsize=10,
+    )
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -1137,8 +1385,10 @@ def summary_lines(r: dict[str, Any]) -> list[str]:
         for m, e in lat.items():
             rt = e.get("ratio_to_bare")
             iqr = f"{rt['spread']['q1']:.3f}-{rt['spread']['q3']:.3f}" if rt else ""
-            out.append(f"{m:<10} {e['median_ms']:>9.3f} {e['p99_ms']:>8.3f} "
-                       f"{(rt['median'] if rt else 1.0):>7.3f} {iqr:>16}")
+            out.append(
+                f"{m:<10} {e['median_ms']:>9.3f} {e['p99_ms']:>8.3f} "
+                f"{(rt['median'] if rt else 1.0):>7.3f} {iqr:>16}"
+            )
     for t in r.get("targets", []):
         mark = {True: "MET ", False: "MISS", None: "n/a "}[t["met"]]
         out.append(f"[{mark}] {t['target']}: {t['value']} (target {t['limit']})")
@@ -1149,13 +1399,18 @@ def summary_lines(r: dict[str, Any]) -> list[str]:
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--quick", action="store_true", help="smoke run: every phase, tiny sizes")
-    ap.add_argument("--long", action="store_true",
-                    help="memory over 1 M RPCs per mode and 100 k distinct queries")
-    ap.add_argument("--modes", default=",".join(DEFAULT_MODES),
-                    help=f"comma-separated from {','.join(MODES)}; default: {','.join(DEFAULT_MODES)}")
+    ap.add_argument(
+        "--long", action="store_true", help="memory over 1 M RPCs per mode and 100 k distinct queries"
+    )
+    ap.add_argument(
+        "--modes",
+        default=",".join(DEFAULT_MODES),
+        help=f"comma-separated from {','.join(MODES)}; default: {','.join(DEFAULT_MODES)}",
+    )
     ap.add_argument("--rounds", type=int, help="latency rounds (default 40)")
     ap.add_argument("--queries", type=int, help="queries per mode per round (default 250)")
     ap.add_argument("--warmup", type=int, help="untimed queries per worker at start (default 300)")
@@ -1172,36 +1427,53 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     ap.add_argument("--watcher-seconds", type=float, help="seconds of watcher CPU sampling (5)")
     ap.add_argument("--sim-latency-ms", type=float, default=0.0)
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--pin", action=argparse.BooleanOptionalAction, default=None,
-                    help="pin the simulator to the first CPU and every worker to the second "
-                         "(default: on with 2+ CPUs and sched_setaffinity)")
+    ap.add_argument(
+        "--pin",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="pin the simulator to the first CPU and every worker to the second "
+        "(default: on with 2+ CPUs and sched_setaffinity)",
+    )
     ap.add_argument("--skip", default="", help="phases to skip: " + ",".join(PHASES))
-    ap.add_argument("--only", default="", help="run only these phases (comma-separated), e.g. "
-                                               "large,async,pool,startup")
+    ap.add_argument(
+        "--only", default="", help="run only these phases (comma-separated), e.g. large,async,pool,startup"
+    )
     ap.add_argument("--large-rows", type=int, help="rows of the large result (default 100000)")
-    ap.add_argument("--path-rounds", type=int,
-                    help="alternating rounds of the large/async/pool phases (default 8)")
-    ap.add_argument("--path-seconds", type=float,
-                    help="seconds per async/pool round (default 1.0)")
+    ap.add_argument(
+        "--path-rounds", type=int, help="alternating rounds of the large/async/pool phases (default 8)"
+    )
+    ap.add_argument("--path-seconds", type=float, help="seconds per async/pool round (default 1.0)")
     ap.add_argument("--async-tasks", type=int, default=64, help="concurrent async queries")
     ap.add_argument("--pool-threads", type=int, default=16, help="threads sharing the pool")
     ap.add_argument("--mp-workers", type=int, help="workers in the multi-process merge (32)")
     ap.add_argument("--mp-queries", type=int, help="queries per multi-process worker (200)")
-    ap.add_argument("--startup-rounds", type=int,
-                    help="fresh processes per start-up configuration (default 8)")
+    ap.add_argument(
+        "--startup-rounds", type=int, help="fresh processes per start-up configuration (default 8)"
+    )
     ap.add_argument("--out", default=os.path.join(HERE, "results", "latest.json"))
     ap.add_argument("--plot", default=os.path.join(HERE, "results", "latest.png"))
     a = ap.parse_args(argv)
     if a.quick and a.long:
         ap.error("--quick and --long exclude each other")
     preset = {  # standard, quick, long
-        "rounds": (40, 1, 40), "queries": (250, 50, 250), "warmup": (300, 20, 300),
-        "tp_rounds": (6, 1, 6), "tp_seconds": (1.0, 0.3, 1.0), "rpcs": (120_000, 600, 1_000_000),
-        "distinct": (10_000, 100, 100_000), "switch_reps": (20, 2, 20), "oob_reps": (6, 2, 6),
-        "render_n": (200, 8, 200), "watcher_seconds": (5.0, 0.5, 10.0),
-        "large_rows": (100_000, 3_000, 100_000), "path_rounds": (8, 1, 8),
-        "path_seconds": (1.0, 0.3, 1.0), "startup_rounds": (8, 1, 8),
-        "mp_workers": (32, 3, 32), "mp_queries": (200, 20, 200)}
+        "rounds": (40, 1, 40),
+        "queries": (250, 50, 250),
+        "warmup": (300, 20, 300),
+        "tp_rounds": (6, 1, 6),
+        "tp_seconds": (1.0, 0.3, 1.0),
+        "rpcs": (120_000, 600, 1_000_000),
+        "distinct": (10_000, 100, 100_000),
+        "switch_reps": (20, 2, 20),
+        "oob_reps": (6, 2, 6),
+        "render_n": (200, 8, 200),
+        "watcher_seconds": (5.0, 0.5, 10.0),
+        "large_rows": (100_000, 3_000, 100_000),
+        "path_rounds": (8, 1, 8),
+        "path_seconds": (1.0, 0.3, 1.0),
+        "startup_rounds": (8, 1, 8),
+        "mp_workers": (32, 3, 32),
+        "mp_queries": (200, 20, 200),
+    }
     idx = 1 if a.quick else 2 if a.long else 0
     for k, v in preset.items():
         if getattr(a, k) is None:
@@ -1234,12 +1506,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     t0 = time.perf_counter()
     try:
         b.start()
-        fns = {"latency": b.phase_latency, "throughput": b.phase_throughput,
-               "render": b.phase_render, "switch": b.phase_switch,
-               "watcher": b.phase_watcher_cpu, "rss": b.phase_rss, "series": b.phase_series,
-               "fresh-rss": b.phase_rss_fresh, "large": b.phase_large, "async": b.phase_async,
-               "pool": b.phase_pool, "startup": b.phase_startup,
-               "multiproc": b.phase_multiproc, "hotpath": b.phase_hotpath}
+        fns = {
+            "latency": b.phase_latency,
+            "throughput": b.phase_throughput,
+            "render": b.phase_render,
+            "switch": b.phase_switch,
+            "watcher": b.phase_watcher_cpu,
+            "rss": b.phase_rss,
+            "series": b.phase_series,
+            "fresh-rss": b.phase_rss_fresh,
+            "large": b.phase_large,
+            "async": b.phase_async,
+            "pool": b.phase_pool,
+            "startup": b.phase_startup,
+            "multiproc": b.phase_multiproc,
+            "hotpath": b.phase_hotpath,
+        }
         for name in PHASES:
             if name in a.skip:
                 continue

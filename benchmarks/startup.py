@@ -83,8 +83,9 @@ def compile_package() -> None:
 def one(cfg: str) -> dict[str, Any]:
     env = dict(os.environ, PYTHONHASHSEED="0")
     env.pop("PYTHONDONTWRITEBYTECODE", None)
-    p = subprocess.run([sys.executable, "-c", CHILD, cfg], capture_output=True, text=True,
-                       timeout=60, cwd=ROOT, env=env)
+    p = subprocess.run(
+        [sys.executable, "-c", CHILD, cfg], capture_output=True, text=True, timeout=60, cwd=ROOT, env=env
+    )
     if p.returncode != 0:
         raise RuntimeError(f"{cfg}: exit {p.returncode}: {p.stderr[-2000:]}")
     return json.loads(p.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
@@ -105,14 +106,16 @@ def run(rounds: int, seed: int = 1) -> dict[str, Any]:
         "rounds": rounds,
         "connector_import_ms": spread([r["connector_import_ms"] for r in raw["connector"]]),
         "connector_rss_mib": spread([r["rss_after_connector"] / 2**20 for r in raw["connector"]]),
-        "configs": {}}
+        "configs": {},
+    }
     for c in CONFIGS[1:]:
         rs = raw[c]
         out["configs"][c] = {
             "instrument_ms": spread([r["instrument_ms"] for r in rs]),
             "rss_added_mib": spread([r["rss_added"] / 2**20 for r in rs]),
             "uninstrument_ms": spread([r["uninstrument_ms"] for r in rs]),
-            "raw": rs}
+            "raw": rs,
+        }
     return out
 
 
@@ -130,9 +133,11 @@ def main() -> int:
     print(f"connector import: {ci['median']:.1f} ms, RSS {cr['median']:.1f} MiB")
     for c, e in r["configs"].items():
         i, m, u = e["instrument_ms"], e["rss_added_mib"], e["uninstrument_ms"]
-        print(f"{c:<11} import+instrument {i['median']:6.1f} ms [{i['min']:.1f}-{i['max']:.1f}]  "
-              f"RSS +{m['median']:.2f} MiB  uninstrument {u['median']:6.1f} ms "
-              f"[{u['min']:.1f}-{u['max']:.1f}]")
+        print(
+            f"{c:<11} import+instrument {i['median']:6.1f} ms [{i['min']:.1f}-{i['max']:.1f}]  "
+            f"RSS +{m['median']:.2f} MiB  uninstrument {u['median']:6.1f} ms "
+            f"[{u['min']:.1f}-{u['max']:.1f}]"
+        )
     return 0
 
 

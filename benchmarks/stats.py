@@ -25,9 +25,14 @@ def median(values: Sequence[float]) -> float:
 
 def spread(values: Sequence[float]) -> dict[str, float]:
     """Median, quartiles and extremes of a list of per-round figures."""
-    return {"median": median(values), "q1": percentile(values, 25.0),
-            "q3": percentile(values, 75.0), "min": float(min(values)) if values else float("nan"),
-            "max": float(max(values)) if values else float("nan"), "n": len(values)}
+    return {
+        "median": median(values),
+        "q1": percentile(values, 25.0),
+        "q3": percentile(values, 75.0),
+        "min": float(min(values)) if values else float("nan"),
+        "max": float(max(values)) if values else float("nan"),
+        "n": len(values),
+    }
 
 
 def linear_slope(xs: Sequence[float], ys: Sequence[float]) -> float:

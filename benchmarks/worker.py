@@ -69,8 +69,7 @@ class Worker:
     def _connect(self) -> Any:
         from e6data_python_connector import e6data_grpc
 
-        return e6data_grpc.Connection(host=self.host, port=self.port, username=USER,
-                                      password=PASSWORD)
+        return e6data_grpc.Connection(host=self.host, port=self.port, username=USER, password=PASSWORD)
 
     def _query(self, sql: str = QUERY) -> None:
         cur = self.cur
@@ -113,9 +112,13 @@ class Worker:
 
     def cmd_rss(self, uss: bool = False) -> dict[str, Any]:
         info = self.proc.memory_info()
-        out: dict[str, Any] = {"rss": info.rss, "queries": self.queries,
-                               "rss_start": self.rss_start, "rss_installed": self.rss_installed,
-                               "rss_before_agent": self.mode.rss_before_agent}
+        out: dict[str, Any] = {
+            "rss": info.rss,
+            "queries": self.queries,
+            "rss_start": self.rss_start,
+            "rss_installed": self.rss_installed,
+            "rss_before_agent": self.mode.rss_before_agent,
+        }
         if uss:
             out["uss"] = self.proc.memory_full_info().uss
         return out
@@ -184,8 +187,11 @@ class Worker:
         self.queries += reps
         if got != rows:
             raise RuntimeError(f"fetched {got} rows, expected {rows}")
-        return {"lat_ns": out, "thread_cpu_ns": (time.thread_time_ns() - th0) / reps,
-                "process_cpu_ns": (time.process_time_ns() - pr0) / reps}
+        return {
+            "lat_ns": out,
+            "thread_cpu_ns": (time.thread_time_ns() - th0) / reps,
+            "process_cpu_ns": (time.process_time_ns() - pr0) / reps,
+        }
 
     def _run_async(self, coro: Any) -> Any:
         import asyncio
@@ -196,8 +202,9 @@ class Worker:
 
     def _need_aio(self) -> Any:
         if self.aio is None:
-            raise RuntimeError("the connector's async API is unavailable (Python 3.11+, "
-                               "e6data-python-connector[async] 3.x)")
+            raise RuntimeError(
+                "the connector's async API is unavailable (Python 3.11+, e6data-python-connector[async] 3.x)"
+            )
         return self.aio
 
     async def _aio_connect(self) -> Any:
@@ -251,9 +258,15 @@ class Worker:
 
         async def run() -> dict[str, Any]:
             if pool and self._aio_pool is None:
-                p = aio.AsyncConnectionPool(min_size=16, max_size=16, max_overflow=0,
-                                            host=self.host, port=self.port, username=USER,
-                                            password=PASSWORD)
+                p = aio.AsyncConnectionPool(
+                    min_size=16,
+                    max_size=16,
+                    max_overflow=0,
+                    host=self.host,
+                    port=self.port,
+                    username=USER,
+                    password=PASSWORD,
+                )
                 await p.open()
                 self._aio_pool = p
             while not pool and len(self._aio_conns) < tasks:
@@ -295,9 +308,13 @@ class Worker:
             deadline[0] = t0 + seconds
             go.set()
             await asyncio.gather(*ts)
-            return {"queries": len(lat), "errors": errors[0], "lat_ns": lat,
-                    "elapsed": time.perf_counter() - t0,
-                    "process_cpu_ns": (time.process_time_ns() - pr0) / max(1, len(lat))}
+            return {
+                "queries": len(lat),
+                "errors": errors[0],
+                "lat_ns": lat,
+                "elapsed": time.perf_counter() - t0,
+                "process_cpu_ns": (time.process_time_ns() - pr0) / max(1, len(lat)),
+            }
 
         res: dict[str, Any] = self._run_async(run())
         self.queries += res["queries"]
@@ -309,9 +326,15 @@ class Worker:
         from e6data_python_connector.connection_pool import ConnectionPool
 
         if self._conn_pool is None:
-            self._conn_pool = ConnectionPool(min_size=threads, max_size=threads, max_overflow=0,
-                                             host=self.host, port=self.port, username=USER,
-                                             password=PASSWORD)
+            self._conn_pool = ConnectionPool(
+                min_size=threads,
+                max_size=threads,
+                max_overflow=0,
+                host=self.host,
+                port=self.port,
+                username=USER,
+                password=PASSWORD,
+            )
         pool = self._conn_pool
         start = threading.Event()
         lat: list[list[int]] = [[] for _ in range(threads)]
@@ -348,8 +371,13 @@ class Worker:
         elapsed = time.perf_counter() - t0
         flat = [x for per in lat for x in per]
         self.queries += len(flat)
-        return {"queries": len(flat), "errors": sum(errors), "lat_ns": flat, "elapsed": elapsed,
-                "process_cpu_ns": (time.process_time_ns() - pr0) / max(1, len(flat))}
+        return {
+            "queries": len(flat),
+            "errors": sum(errors),
+            "lat_ns": flat,
+            "elapsed": elapsed,
+            "process_cpu_ns": (time.process_time_ns() - pr0) / max(1, len(flat)),
+        }
 
     def cmd_call_count(self, rows: int) -> dict[str, Any]:
         """e6observe's Python-level calls (``sys.setprofile``, this thread) in one ``SELECT 1``
@@ -409,6 +437,7 @@ class Worker:
         """Close the async connections, the async pool and the thread pool (at quit)."""
         try:
             if self._loop is not None:
+
                 async def close() -> None:
                     for c in self._aio_conns:
                         await c.close()
@@ -467,10 +496,13 @@ class Worker:
         s1, c1, w1 = _watcher_self_cpu(), cpu(), time.perf_counter()
         w = live_sink("watcher")
         lifetime = w.cpu_seconds_per_second() if w is not None else None
-        return {"cpu_s": c1 - c0, "wall_s": w1 - w0,
-                "self_reported_cpu_s": None if s0 is None or s1 is None else s1 - s0,
-                "lifetime_cpu_ms_per_s": None if lifetime is None else 1000.0 * lifetime,
-                "interval_s": getattr(w, "interval", None)}
+        return {
+            "cpu_s": c1 - c0,
+            "wall_s": w1 - w0,
+            "self_reported_cpu_s": None if s0 is None or s1 is None else s1 - s0,
+            "lifetime_cpu_ms_per_s": None if lifetime is None else 1000.0 * lifetime,
+            "interval_s": getattr(w, "interval", None),
+        }
 
     def cmd_counts(self) -> dict[str, Any]:
         return {"mode": self.mode.counts(), "queries": self.queries, "gc": gc.get_count()}
@@ -519,8 +551,17 @@ def main() -> int:
     except Exception as exc:
         reply({"ok": False, "error": f"{type(exc).__name__}: {exc}"})
         return 1
-    reply({"ok": True, "result": {"pid": os.getpid(), "prometheus_port": w.mode.prometheus_port,
-                                  "rss_start": w.rss_start, "rss_installed": w.rss_installed}})
+    reply(
+        {
+            "ok": True,
+            "result": {
+                "pid": os.getpid(),
+                "prometheus_port": w.mode.prometheus_port,
+                "rss_start": w.rss_start,
+                "rss_installed": w.rss_installed,
+            },
+        }
+    )
     for line in sys.stdin:
         msg = json.loads(line)
         cmd = msg.pop("cmd")

@@ -42,8 +42,14 @@ CLIENT_LEGEND = "{{job}} {{instance}} {{pod}}"
 
 
 # --- small builders ----------------------------------------------------------------------------
-def target(expr: str, legend: str = "", ref: str = "A", fmt: str = "time_series",
-           instant: bool = False, exemplar: bool = False) -> prometheus.Dataquery:
+def target(
+    expr: str,
+    legend: str = "",
+    ref: str = "A",
+    fmt: str = "time_series",
+    instant: bool = False,
+    exemplar: bool = False,
+) -> prometheus.Dataquery:
     q = prometheus.Dataquery().expr(expr).ref_id(ref).datasource(DS)
     if exemplar:  # the latency histograms carry trace ids (the query spans') as exemplars
         q = q.exemplar(True)
@@ -53,15 +59,37 @@ def target(expr: str, legend: str = "", ref: str = "A", fmt: str = "time_series"
     return q.instant() if instant else q.range()
 
 
-def ts(title: str, description: str, targets: Sequence[prometheus.Dataquery], unit: str = "short",
-       span: int = 12, height: int = 8, stacked: bool = False, bars: bool = False) -> timeseries.Panel:
-    p = (timeseries.Panel().title(title).description(description).datasource(DS).unit(unit)
-         .span(span).height(height).fill_opacity(10 if not bars else 80).line_width(1)
-         .legend(cb.VizLegendOptions().show_legend(True)
-                 .display_mode(common.LegendDisplayMode.TABLE).placement(common.LegendPlacement.BOTTOM)
-                 .calcs(["lastNotNull", "max"]))
-         .tooltip(cb.VizTooltipOptions().mode(common.TooltipDisplayMode.MULTI)
-                  .sort(common.SortOrder.DESCENDING)))
+def ts(
+    title: str,
+    description: str,
+    targets: Sequence[prometheus.Dataquery],
+    unit: str = "short",
+    span: int = 12,
+    height: int = 8,
+    stacked: bool = False,
+    bars: bool = False,
+) -> timeseries.Panel:
+    p = (
+        timeseries.Panel()
+        .title(title)
+        .description(description)
+        .datasource(DS)
+        .unit(unit)
+        .span(span)
+        .height(height)
+        .fill_opacity(10 if not bars else 80)
+        .line_width(1)
+        .legend(
+            cb.VizLegendOptions()
+            .show_legend(True)
+            .display_mode(common.LegendDisplayMode.TABLE)
+            .placement(common.LegendPlacement.BOTTOM)
+            .calcs(["lastNotNull", "max"])
+        )
+        .tooltip(
+            cb.VizTooltipOptions().mode(common.TooltipDisplayMode.MULTI).sort(common.SortOrder.DESCENDING)
+        )
+    )
     if bars:
         p = p.draw_style(common.GraphDrawStyle.BARS)
     if stacked:
@@ -73,22 +101,19 @@ def ts(title: str, description: str, targets: Sequence[prometheus.Dataquery], un
 
 def refs(exprs: Sequence[tuple[str, str]], exemplar: bool = False) -> List[prometheus.Dataquery]:
     """Targets A, B, C... from (expr, legend) pairs."""
-    return [target(e, legend, chr(ord("A") + i), exemplar=exemplar)
-            for i, (e, legend) in enumerate(exprs)]
+    return [target(e, legend, chr(ord("A") + i), exemplar=exemplar) for i, (e, legend) in enumerate(exprs)]
 
 
 def variables(cfg: Config, with_method: bool) -> List[Any]:
     base = Q.gauge(M.BUILD_INFO, cfg.selector)
     in_cluster = Q.gauge(M.BUILD_INFO, cfg.selector, 'cluster=~"$cluster"')
-    in_namespace = Q.gauge(M.BUILD_INFO, cfg.selector, 'cluster=~"$cluster"',
-                           'namespace=~"$namespace"')
+    in_namespace = Q.gauge(M.BUILD_INFO, cfg.selector, 'cluster=~"$cluster"', 'namespace=~"$namespace"')
     out: List[Any] = [
         dash.DatasourceVariable("datasource").label("Data source").type("prometheus"),
         _query_var("cluster", "Cluster", f"label_values({base}, cluster)"),
         _query_var("namespace", "Namespace", f"label_values({in_cluster}, namespace)"),
         _query_var("job", "Job", f"label_values({in_namespace}, job)"),
-        _query_var("instance", "Instance",
-                   f"label_values({Q.gauge(M.BUILD_INFO, _JOB)}, instance)"),
+        _query_var("instance", "Instance", f"label_values({Q.gauge(M.BUILD_INFO, _JOB)}, instance)"),
         _query_var("pod", "Pod", f"label_values({Q.gauge(M.BUILD_INFO, _job_instance())}, pod)"),
     ]
     if with_method:
@@ -105,225 +130,516 @@ def _job_instance() -> str:
 
 
 def _query_var(name: str, label: str, query: str) -> dash.QueryVariable:
-    return (dash.QueryVariable(name).label(label).datasource(DS)
-            .query({"query": query, "refId": f"{name}-var"})
-            .refresh(model.VariableRefresh.ON_TIME_RANGE_CHANGED).sort(model.VariableSort.ALPHABETICAL_ASC)
-            .multi(True).include_all(True).all_value(".*")
-            .current(model.VariableOption(selected=True, text="All", value="$__all")))
+    return (
+        dash.QueryVariable(name)
+        .label(label)
+        .datasource(DS)
+        .query({"query": query, "refId": f"{name}-var"})
+        .refresh(model.VariableRefresh.ON_TIME_RANGE_CHANGED)
+        .sort(model.VariableSort.ALPHABETICAL_ASC)
+        .multi(True)
+        .include_all(True)
+        .all_value(".*")
+        .current(model.VariableOption(selected=True, text="All", value="$__all"))
+    )
 
 
-def base(cfg: Config, title: str, uid: str, description: str,
-         with_method: bool = False) -> dash.Dashboard:
-    return (dash.Dashboard(title).uid(uid).description(description).tags(TAGS).editable()
-            .tooltip(model.DashboardCursorSync.CROSSHAIR).refresh("30s").time("now-3h", "now")
-            .timezone("browser").variables(variables(cfg, with_method)))
+def base(cfg: Config, title: str, uid: str, description: str, with_method: bool = False) -> dash.Dashboard:
+    return (
+        dash.Dashboard(title)
+        .uid(uid)
+        .description(description)
+        .tags(TAGS)
+        .editable()
+        .tooltip(model.DashboardCursorSync.CROSSHAIR)
+        .refresh("30s")
+        .time("now-3h", "now")
+        .timezone("browser")
+        .variables(variables(cfg, with_method))
+    )
 
 
 # --- e6data / Blue-green overview --------------------------------------------------------------
-STRATEGY_MAPPINGS: List[model.ValueMapping] = [model.ValueMap(options={
-    "0": model.ValueMappingResult(text="none", color="text", index=0),
-    "1": model.ValueMappingResult(text="blue", color="blue", index=1),
-    "2": model.ValueMappingResult(text="green", color="green", index=2),
-    "3": model.ValueMappingResult(text="invalid", color="red", index=3),
-})]
+STRATEGY_MAPPINGS: List[model.ValueMapping] = [
+    model.ValueMap(
+        options={
+            "0": model.ValueMappingResult(text="none", color="text", index=0),
+            "1": model.ValueMappingResult(text="blue", color="blue", index=1),
+            "2": model.ValueMappingResult(text="green", color="green", index=2),
+            "3": model.ValueMappingResult(text="invalid", color="red", index=3),
+        }
+    )
+]
 
 
 def blue_green_overview(cfg: Config = DEFAULT) -> dash.Dashboard:
-    d = base(cfg, "e6data / Blue-green overview", "e6data-blue-green-overview",
-             "Blue/green switches as e6data clients see them: who has flipped, how long drains "
-             "took, mismatches, queries failed mid-switch, and query traffic split by strategy. "
-             "Generated by scripts/regen-dashboards; do not edit.")
+    d = base(
+        cfg,
+        "e6data / Blue-green overview",
+        "e6data-blue-green-overview",
+        "Blue/green switches as e6data clients see them: who has flipped, how long drains "
+        "took, mismatches, queries failed mid-switch, and query traffic split by strategy. "
+        "Generated by scripts/regen-dashboards; do not edit.",
+    )
     d = d.annotation(
-        dash.AnnotationQuery().name("Strategy switches").datasource(DS).enable(True)
+        dash.AnnotationQuery()
+        .name("Strategy switches")
+        .datasource(DS)
+        .enable(True)
         .icon_color("orange")
-        .expr(f"{Q.switches(SEL, '1m', Q.CLIENT + ', from, to, cause')} > 0"))
+        .expr(f"{Q.switches(SEL, '1m', Q.CLIENT + ', from, to, cause')} > 0")
+    )
 
     d = d.with_row(dash.Row("Who runs on which colour"))
     d = d.with_panel(
-        statetimeline.Panel().title("Active strategy per client").datasource(DS).span(16).height(9)
-        .description("The colour each client's connector routes new queries to. A client still on "
-                     "the old colour after the others flipped has not followed the switch.")
+        statetimeline.Panel()
+        .title("Active strategy per client")
+        .datasource(DS)
+        .span(16)
+        .height(9)
+        .description(
+            "The colour each client's connector routes new queries to. A client still on "
+            "the old colour after the others flipped has not followed the switch."
+        )
         .with_target(target(R.recorded(R.active_code(cfg), SEL), CLIENT_LEGEND))
-        .mappings(STRATEGY_MAPPINGS).show_value(common.VisibilityMode.NEVER).merge_values(True)
-        .color_scheme(dash.FieldColor().mode(model.FieldColorModeId.FIXED).fixed_color("text")))
-    d = d.with_panel(ts(
-        "Clients per strategy", "Number of clients whose active strategy is blue or green.",
-        [target(Q.clients_per_strategy(SEL), "{{strategy}}")], span=8, height=9, stacked=True))
+        .mappings(STRATEGY_MAPPINGS)
+        .show_value(common.VisibilityMode.NEVER)
+        .merge_values(True)
+        .color_scheme(dash.FieldColor().mode(model.FieldColorModeId.FIXED).fixed_color("text"))
+    )
+    d = d.with_panel(
+        ts(
+            "Clients per strategy",
+            "Number of clients whose active strategy is blue or green.",
+            [target(Q.clients_per_strategy(SEL), "{{strategy}}")],
+            span=8,
+            height=9,
+            stacked=True,
+        )
+    )
 
     d = d.with_row(dash.Row("Switches"))
-    d = d.with_panel(ts(
-        "Switches", "Applied switches by direction and cause (announced: graceful drain; mismatch: "
-        "learned from a 456; observed: seen by the watcher).",
-        [target(Q.switches(SEL, RATE, "from, to, cause"), "{{from}} → {{to}} ({{cause}})")],
-        span=8, bars=True))
-    d = d.with_panel(ts(
-        "Drain time", "Seconds from the server's announcement to the applied switch, per client "
-        "(mean over the window) and as quantiles over the dashboard's time range (per job, from "
-        "a recording rule: shown while all instances and pods are selected).",
-        refs([(Q.drain_mean(SEL, RATE), "mean " + CLIENT_LEGEND),
-              (R.range_quantile(0.5, R.drain_bucket_rate(cfg), SEL), "p50 (range)"),
-              (R.with_exemplars(R.range_quantile(0.95, R.drain_bucket_rate(cfg), SEL),
-                                M.SWITCH_DRAIN, SEL), "p95 (range)")], exemplar=True),
-        unit="s", span=8))
-    d = d.with_panel(ts(
-        "Pending switches", "Strategies announced and not applied yet, and how long they have "
-        "waited. A pending switch that does not drain is blocked by uncleared queries.",
-        refs([(Q.pending(SEL), "pending {{strategy}}"),
-              (Q.pending_age(SEL), "age " + CLIENT_LEGEND)]), span=8))
-    d = d.with_panel(ts(
-        "Strategy mismatches (456)", "456 errors per second by the strategy the client sent and "
-        "the RPC method, and as a share of all RPCs (alert above "
-        f"{alerts._num(cfg.mismatch_ratio * 100)}%).",
-        refs([(Q.mismatch_rate(SEL, RATE), "{{strategy}} {{method}}"),
-              (R.mismatch_ratio(SEL, "job", cfg), "share of RPCs {{job}}")]), span=12))
-    d = d.with_panel(ts(
-        "Queries failed mid-switch", "Queries that failed because a switch landed while they ran "
-        "(outcome=\"switch_interrupted\"), per client.",
-        [target(Q.interrupted(SEL, RATE), CLIENT_LEGEND)], span=12, bars=True))
+    d = d.with_panel(
+        ts(
+            "Switches",
+            "Applied switches by direction and cause (announced: graceful drain; mismatch: "
+            "learned from a 456; observed: seen by the watcher).",
+            [target(Q.switches(SEL, RATE, "from, to, cause"), "{{from}} → {{to}} ({{cause}})")],
+            span=8,
+            bars=True,
+        )
+    )
+    d = d.with_panel(
+        ts(
+            "Drain time",
+            "Seconds from the server's announcement to the applied switch, per client "
+            "(mean over the window) and as quantiles over the dashboard's time range (per job, from "
+            "a recording rule: shown while all instances and pods are selected).",
+            refs(
+                [
+                    (Q.drain_mean(SEL, RATE), "mean " + CLIENT_LEGEND),
+                    (R.range_quantile(0.5, R.drain_bucket_rate(cfg), SEL), "p50 (range)"),
+                    (
+                        R.with_exemplars(
+                            R.range_quantile(0.95, R.drain_bucket_rate(cfg), SEL), M.SWITCH_DRAIN, SEL
+                        ),
+                        "p95 (range)",
+                    ),
+                ],
+                exemplar=True,
+            ),
+            unit="s",
+            span=8,
+        )
+    )
+    d = d.with_panel(
+        ts(
+            "Pending switches",
+            "Strategies announced and not applied yet, and how long they have "
+            "waited. A pending switch that does not drain is blocked by uncleared queries.",
+            refs([(Q.pending(SEL), "pending {{strategy}}"), (Q.pending_age(SEL), "age " + CLIENT_LEGEND)]),
+            span=8,
+        )
+    )
+    d = d.with_panel(
+        ts(
+            "Strategy mismatches (456)",
+            "456 errors per second by the strategy the client sent and "
+            "the RPC method, and as a share of all RPCs (alert above "
+            f"{alerts._num(cfg.mismatch_ratio * 100)}%).",
+            refs(
+                [
+                    (Q.mismatch_rate(SEL, RATE), "{{strategy}} {{method}}"),
+                    (R.mismatch_ratio(SEL, "job", cfg), "share of RPCs {{job}}"),
+                ]
+            ),
+            span=12,
+        )
+    )
+    d = d.with_panel(
+        ts(
+            "Queries failed mid-switch",
+            "Queries that failed because a switch landed while they ran "
+            '(outcome="switch_interrupted"), per client.',
+            [target(Q.interrupted(SEL, RATE), CLIENT_LEGEND)],
+            span=12,
+            bars=True,
+        )
+    )
 
     d = d.with_row(dash.Row("Auto-resume and the connector's other caches"))
-    d = d.with_panel(ts(
-        "Cluster resumes", "Auto-resumes of a suspended cluster by outcome (ok, failed, "
-        "timeout); one per cluster resume, however many threads waited for it.",
-        [target(Q.resumes(SEL, RATE), "{{outcome}}")], span=6, bars=True))
-    d = d.with_panel(ts(
-        "Resume duration", "Seconds from the 503 the connector acted on to the cluster answering "
-        f"active, per client (mean) and over the range for the selected jobs (alert above "
-        f"{alerts._num(cfg.resume_slow_seconds)}s).",
-        refs([(Q.resume_mean(SEL, RATE), "mean " + CLIENT_LEGEND),
-              (R.range_quantile(0.95, R.resume_bucket_rate(cfg), SEL), "p95 (range)")]), unit="s",
-        span=6))
-    d = d.with_panel(ts(
-        "Last seen cluster status", "The cluster status each client's connector last saw: 1 "
-        "active, 2 suspended, 3 resuming, 4 failed, 5 other.",
-        [target(R.recorded(R.cluster_status_code(cfg), SEL), CLIENT_LEGEND)], span=6))
-    d = d.with_panel(ts(
-        "Queries that waited for a resume", "Queries that ran ok after waiting for an "
-        "auto-resume (outcome=\"resumed\"): slow because the cluster was suspended.",
-        [target(Q.resumed_queries(SEL, RATE), "{{strategy}}")], span=6, bars=True))
-    d = d.with_panel(ts(
-        "Switches outside the process cache", "Switches of the cluster manager's own cache "
-        "(scope cluster_manager) and of single OAuth connections (scope connection).",
-        [target(Q.scoped_switches(SEL, RATE), "{{from}} → {{to}} ({{scope}})")], span=8,
-        bars=True))
-    d = d.with_panel(ts(
-        "Caches split", "1 while the cluster manager's cache names another colour than the "
-        "process cache.", [target(Q.cache_split(SEL), CLIENT_LEGEND)], span=8))
-    d = d.with_panel(ts(
-        "Refused strategy values", "Announced strategy values the connector refused, by reason "
-        "(a login that keeps getting one recurses until RecursionError).",
-        [target(Q.rejected(SEL, RATE), "{{reason}}")], span=8, bars=True))
+    d = d.with_panel(
+        ts(
+            "Cluster resumes",
+            "Auto-resumes of a suspended cluster by outcome (ok, failed, "
+            "timeout); one per cluster resume, however many threads waited for it.",
+            [target(Q.resumes(SEL, RATE), "{{outcome}}")],
+            span=6,
+            bars=True,
+        )
+    )
+    d = d.with_panel(
+        ts(
+            "Resume duration",
+            "Seconds from the 503 the connector acted on to the cluster answering "
+            f"active, per client (mean) and over the range for the selected jobs (alert above "
+            f"{alerts._num(cfg.resume_slow_seconds)}s).",
+            refs(
+                [
+                    (Q.resume_mean(SEL, RATE), "mean " + CLIENT_LEGEND),
+                    (R.range_quantile(0.95, R.resume_bucket_rate(cfg), SEL), "p95 (range)"),
+                ]
+            ),
+            unit="s",
+            span=6,
+        )
+    )
+    d = d.with_panel(
+        ts(
+            "Last seen cluster status",
+            "The cluster status each client's connector last saw: 1 "
+            "active, 2 suspended, 3 resuming, 4 failed, 5 other.",
+            [target(R.recorded(R.cluster_status_code(cfg), SEL), CLIENT_LEGEND)],
+            span=6,
+        )
+    )
+    d = d.with_panel(
+        ts(
+            "Queries that waited for a resume",
+            "Queries that ran ok after waiting for an "
+            'auto-resume (outcome="resumed"): slow because the cluster was suspended.',
+            [target(Q.resumed_queries(SEL, RATE), "{{strategy}}")],
+            span=6,
+            bars=True,
+        )
+    )
+    d = d.with_panel(
+        ts(
+            "Switches outside the process cache",
+            "Switches of the cluster manager's own cache "
+            "(scope cluster_manager) and of single OAuth connections (scope connection).",
+            [target(Q.scoped_switches(SEL, RATE), "{{from}} → {{to}} ({{scope}})")],
+            span=8,
+            bars=True,
+        )
+    )
+    d = d.with_panel(
+        ts(
+            "Caches split",
+            "1 while the cluster manager's cache names another colour than the process cache.",
+            [target(Q.cache_split(SEL), CLIENT_LEGEND)],
+            span=8,
+        )
+    )
+    d = d.with_panel(
+        ts(
+            "Refused strategy values",
+            "Announced strategy values the connector refused, by reason "
+            "(a login that keeps getting one recurses until RecursionError).",
+            [target(Q.rejected(SEL, RATE), "{{reason}}")],
+            span=8,
+            bars=True,
+        )
+    )
 
     d = d.with_row(dash.Row("Queries by strategy"))
-    d = d.with_panel(ts(
-        "Query rate", "Queries finished per second, by the strategy they ran on.",
-        [target(R.query_rate(SEL, cfg), "{{strategy}}")], unit="reqps", span=6))
-    d = d.with_panel(ts(
-        "Query failures", "Queries per second that did not end ok, by strategy and outcome.",
-        [target(R.query_failures(SEL, cfg), "{{strategy}} {{outcome}}")], unit="reqps", span=6))
-    d = d.with_panel(ts(
-        "Query latency", "Query duration quantiles (execute to clear), by strategy.",
-        [target(R.query_latency(0.5, SEL, cfg), "p50 {{strategy}}", "A"),
-         target(R.query_latency(0.95, SEL, cfg), "p95 {{strategy}}", "B"),
-         target(R.with_exemplars(R.query_latency(0.99, SEL, cfg), M.QUERY_DURATION, SEL),
-                "p99 {{strategy}}", "C", exemplar=True)], unit="s", span=6))
-    d = d.with_panel(ts(
-        "Queries in flight", "Queries executed and not yet cleared, by the strategy they are "
-        "pinned to.", [target(Q.queries_in_flight(SEL), "{{strategy}}")], span=6))
+    d = d.with_panel(
+        ts(
+            "Query rate",
+            "Queries finished per second, by the strategy they ran on.",
+            [target(R.query_rate(SEL, cfg), "{{strategy}}")],
+            unit="reqps",
+            span=6,
+        )
+    )
+    d = d.with_panel(
+        ts(
+            "Query failures",
+            "Queries per second that did not end ok, by strategy and outcome.",
+            [target(R.query_failures(SEL, cfg), "{{strategy}} {{outcome}}")],
+            unit="reqps",
+            span=6,
+        )
+    )
+    d = d.with_panel(
+        ts(
+            "Query latency",
+            "Query duration quantiles (execute to clear), by strategy.",
+            [
+                target(R.query_latency(0.5, SEL, cfg), "p50 {{strategy}}", "A"),
+                target(R.query_latency(0.95, SEL, cfg), "p95 {{strategy}}", "B"),
+                target(
+                    R.with_exemplars(R.query_latency(0.99, SEL, cfg), M.QUERY_DURATION, SEL),
+                    "p99 {{strategy}}",
+                    "C",
+                    exemplar=True,
+                ),
+            ],
+            unit="s",
+            span=6,
+        )
+    )
+    d = d.with_panel(
+        ts(
+            "Queries in flight",
+            "Queries executed and not yet cleared, by the strategy they are pinned to.",
+            [target(Q.queries_in_flight(SEL), "{{strategy}}")],
+            span=6,
+        )
+    )
     return d
 
 
 # --- e6data / Client runtime -------------------------------------------------------------------
 def client_runtime(cfg: Config = DEFAULT) -> dash.Dashboard:
-    d = base(cfg, "e6data / Client runtime", "e6data-client-runtime",
-             "The connector's RPCs and the health of each instrumented process: latency by "
-             "method, retries, memory, GC, threads, file descriptors, pools, watcher heartbeat and "
-             "e6observe's own errors. Generated by scripts/regen-dashboards; do not edit.",
-             with_method=True)
+    d = base(
+        cfg,
+        "e6data / Client runtime",
+        "e6data-client-runtime",
+        "The connector's RPCs and the health of each instrumented process: latency by "
+        "method, retries, memory, GC, threads, file descriptors, pools, watcher heartbeat and "
+        "e6observe's own errors. Generated by scripts/regen-dashboards; do not edit.",
+        with_method=True,
+    )
     d = d.with_row(dash.Row("RPCs"))
     d = d.with_panel(
-        heatmap.Panel().title("RPC latency: $method").datasource(DS).span(8).height(8)
+        heatmap.Panel()
+        .title("RPC latency: $method")
+        .datasource(DS)
+        .span(8)
+        .height(8)
         .description("Distribution of gRPC call durations, one heatmap per method.")
-        .repeat("method").repeat_direction("h").max_per_row(3)
+        .repeat("method")
+        .repeat_direction("h")
+        .max_per_row(3)
         .with_target(target(R.rpc_heatmap(SEL, cfg), "{{le}}", fmt="heatmap"))
-        .calculate(False).y_axis(heatmap.YAxisConfig().unit("s"))
-        .color(heatmap.HeatmapColorOptions().mode(heatmap_model.HeatmapColorMode.SCHEME)
-               .scheme("Oranges").scale(heatmap_model.HeatmapColorScale.EXPONENTIAL).exponent(0.5)
-               .steps(64))
-        .rows_frame(heatmap.RowsHeatmapOptions().layout(common.HeatmapCellLayout.LE)))
-    d = d.with_panel(ts(
-        "RPC p95 by method", "95th percentile gRPC call duration per method.",
-        [target(R.rpc_latency(0.95, SEL, cfg), "{{method}}")], unit="s", span=8))
-    d = d.with_panel(ts(
-        "RPCs by status code", "gRPC calls per second by method and status code.",
-        [target(R.rpc_rate_by_code(SEL, cfg), "{{method}} {{code}}")], unit="reqps", span=8))
-    d = d.with_panel(ts(
-        "Retries", "Times the connector's retry loop replayed an operation, by reason.",
-        [target(Q.retries(SEL, RATE), "{{reason}}")], unit="ops", span=8))
+        .calculate(False)
+        .y_axis(heatmap.YAxisConfig().unit("s"))
+        .color(
+            heatmap.HeatmapColorOptions()
+            .mode(heatmap_model.HeatmapColorMode.SCHEME)
+            .scheme("Oranges")
+            .scale(heatmap_model.HeatmapColorScale.EXPONENTIAL)
+            .exponent(0.5)
+            .steps(64)
+        )
+        .rows_frame(heatmap.RowsHeatmapOptions().layout(common.HeatmapCellLayout.LE))
+    )
+    d = d.with_panel(
+        ts(
+            "RPC p95 by method",
+            "95th percentile gRPC call duration per method.",
+            [target(R.rpc_latency(0.95, SEL, cfg), "{{method}}")],
+            unit="s",
+            span=8,
+        )
+    )
+    d = d.with_panel(
+        ts(
+            "RPCs by status code",
+            "gRPC calls per second by method and status code.",
+            [target(R.rpc_rate_by_code(SEL, cfg), "{{method}} {{code}}")],
+            unit="reqps",
+            span=8,
+        )
+    )
+    d = d.with_panel(
+        ts(
+            "Retries",
+            "Times the connector's retry loop replayed an operation, by reason.",
+            [target(Q.retries(SEL, RATE), "{{reason}}")],
+            unit="ops",
+            span=8,
+        )
+    )
 
     d = d.with_row(dash.Row("Process"))
-    d = d.with_panel(ts(
-        "Memory", "Resident and unique memory per client.",
-        refs([(Q.process_gauge(M.PROCESS_RSS, SEL), "rss " + CLIENT_LEGEND),
-              (Q.process_gauge(M.PROCESS_USS, SEL), "uss " + CLIENT_LEGEND)]), unit="bytes", span=8))
-    d = d.with_panel(ts(
-        "CPU", "CPU seconds per second per client.",
-        [target(Q.process_rate(M.PROCESS_CPU, SEL, RATE), CLIENT_LEGEND)], unit="percentunit",
-        span=8))
-    d = d.with_panel(ts(
-        "Garbage collections", "Collections per second by generation, and uncollectable objects.",
-        refs([(Q.process_rate(M.GC_COLLECTIONS, SEL, RATE, "generation"),
-               "gen {{generation}} " + CLIENT_LEGEND),
-              (Q.process_rate(M.GC_UNCOLLECTABLE, SEL, RATE, "generation"),
-               "uncollectable gen {{generation}} " + CLIENT_LEGEND)]), unit="ops", span=8))
-    d = d.with_panel(ts(
-        "Threads", "OS threads per client.",
-        [target(Q.process_gauge(M.PROCESS_THREADS, SEL), CLIENT_LEGEND)], span=8))
-    d = d.with_panel(ts(
-        "Open file descriptors", "Open file descriptors per client.",
-        [target(Q.process_gauge(M.PROCESS_FDS, SEL), CLIENT_LEGEND)], span=8))
-    d = d.with_panel(ts(
-        "Query map vs queries in flight", "Entries in the connector's query-to-strategy map next to "
-        "the queries e6observe sees in flight; a map that grows while queries finish is a leak.",
-        refs([(f"sum by ({Q.CLIENT}) ({Q.gauge(M.QUERY_MAP_ENTRIES, SEL)})", "map " + CLIENT_LEGEND),
-              (Q.queries_in_flight(SEL, Q.CLIENT), "in flight " + CLIENT_LEGEND)]), span=8))
+    d = d.with_panel(
+        ts(
+            "Memory",
+            "Resident and unique memory per client.",
+            refs(
+                [
+                    (Q.process_gauge(M.PROCESS_RSS, SEL), "rss " + CLIENT_LEGEND),
+                    (Q.process_gauge(M.PROCESS_USS, SEL), "uss " + CLIENT_LEGEND),
+                ]
+            ),
+            unit="bytes",
+            span=8,
+        )
+    )
+    d = d.with_panel(
+        ts(
+            "CPU",
+            "CPU seconds per second per client.",
+            [target(Q.process_rate(M.PROCESS_CPU, SEL, RATE), CLIENT_LEGEND)],
+            unit="percentunit",
+            span=8,
+        )
+    )
+    d = d.with_panel(
+        ts(
+            "Garbage collections",
+            "Collections per second by generation, and uncollectable objects.",
+            refs(
+                [
+                    (
+                        Q.process_rate(M.GC_COLLECTIONS, SEL, RATE, "generation"),
+                        "gen {{generation}} " + CLIENT_LEGEND,
+                    ),
+                    (
+                        Q.process_rate(M.GC_UNCOLLECTABLE, SEL, RATE, "generation"),
+                        "uncollectable gen {{generation}} " + CLIENT_LEGEND,
+                    ),
+                ]
+            ),
+            unit="ops",
+            span=8,
+        )
+    )
+    d = d.with_panel(
+        ts(
+            "Threads",
+            "OS threads per client.",
+            [target(Q.process_gauge(M.PROCESS_THREADS, SEL), CLIENT_LEGEND)],
+            span=8,
+        )
+    )
+    d = d.with_panel(
+        ts(
+            "Open file descriptors",
+            "Open file descriptors per client.",
+            [target(Q.process_gauge(M.PROCESS_FDS, SEL), CLIENT_LEGEND)],
+            span=8,
+        )
+    )
+    d = d.with_panel(
+        ts(
+            "Query map vs queries in flight",
+            "Entries in the connector's query-to-strategy map next to "
+            "the queries e6observe sees in flight; a map that grows while queries finish is a leak.",
+            refs(
+                [
+                    (f"sum by ({Q.CLIENT}) ({Q.gauge(M.QUERY_MAP_ENTRIES, SEL)})", "map " + CLIENT_LEGEND),
+                    (Q.queries_in_flight(SEL, Q.CLIENT), "in flight " + CLIENT_LEGEND),
+                ]
+            ),
+            span=8,
+        )
+    )
 
     d = d.with_row(dash.Row("Connections and pools"))
-    d = d.with_panel(ts(
-        "Pool connections", "Pooled connections by pool and state, and each pool's maximum.",
-        refs([(Q.pool_connections(SEL), "{{pool}} {{state}} " + CLIENT_LEGEND),
-              (f"sum by ({Q.CLIENT}, pool) ({Q.gauge(M.POOL_MAX, SEL)})",
-               "{{pool}} max " + CLIENT_LEGEND)]), span=8))
-    d = d.with_panel(ts(
-        "Pool waits", "Callers waiting for a pooled connection, and the p95 wait.",
-        refs([(f"sum by (pool) ({Q.gauge(M.POOL_PENDING, SEL)})", "{{pool}} waiting"),
-              (Q.pool_wait(0.95, SEL, RATE), "{{pool}} p95 wait (s)")]), span=8))
-    d = d.with_panel(ts(
-        "Open connections", "Connector connections with an open gRPC channel, per client.",
-        [target(f"sum by ({Q.CLIENT}) ({Q.gauge(M.CONNECTIONS_OPEN, SEL)})", CLIENT_LEGEND)],
-        span=8))
+    d = d.with_panel(
+        ts(
+            "Pool connections",
+            "Pooled connections by pool and state, and each pool's maximum.",
+            refs(
+                [
+                    (Q.pool_connections(SEL), "{{pool}} {{state}} " + CLIENT_LEGEND),
+                    (
+                        f"sum by ({Q.CLIENT}, pool) ({Q.gauge(M.POOL_MAX, SEL)})",
+                        "{{pool}} max " + CLIENT_LEGEND,
+                    ),
+                ]
+            ),
+            span=8,
+        )
+    )
+    d = d.with_panel(
+        ts(
+            "Pool waits",
+            "Callers waiting for a pooled connection, and the p95 wait.",
+            refs(
+                [
+                    (f"sum by (pool) ({Q.gauge(M.POOL_PENDING, SEL)})", "{{pool}} waiting"),
+                    (Q.pool_wait(0.95, SEL, RATE), "{{pool}} p95 wait (s)"),
+                ]
+            ),
+            span=8,
+        )
+    )
+    d = d.with_panel(
+        ts(
+            "Open connections",
+            "Connector connections with an open gRPC channel, per client.",
+            [target(f"sum by ({Q.CLIENT}) ({Q.gauge(M.CONNECTIONS_OPEN, SEL)})", CLIENT_LEGEND)],
+            span=8,
+        )
+    )
 
     d = d.with_row(dash.Row("e6observe"))
-    d = d.with_panel(ts(
-        "Watcher heartbeat age", "Seconds since the watcher thread last ran (alert above "
-        f"{alerts._num(cfg.watcher_stale_seconds)} s), and the strategy cache's age.",
-        refs([(Q.heartbeat_age(SEL), "watcher " + CLIENT_LEGEND),
-              (f"max by ({Q.CLIENT}) ({Q.gauge(M.CACHE_AGE, SEL)})", "cache " + CLIENT_LEGEND)]),
-        unit="s", span=8))
-    d = d.with_panel(ts(
-        "Internal errors", "Failures inside e6observe, contained and counted (never raised into "
-        "the application), by component; 0 per client when there were none.",
-        [target(Q.counted_errors(M.INTERNAL_ERRORS, "component", SEL, RATE),
-                "{{component}} " + CLIENT_LEGEND)], span=8))
-    d = d.with_panel(ts(
-        "Events dropped", "Events dropped by a bounded queue or sink; 0 per client when none were.",
-        [target(Q.counted_errors(M.EVENTS_DROPPED, "sink", SEL, RATE),
-                "{{sink}} " + CLIENT_LEGEND)], span=8))
     d = d.with_panel(
-        table.Panel().title("Versions").datasource(DS).span(24).height(6)
+        ts(
+            "Watcher heartbeat age",
+            "Seconds since the watcher thread last ran (alert above "
+            f"{alerts._num(cfg.watcher_stale_seconds)} s), and the strategy cache's age.",
+            refs(
+                [
+                    (Q.heartbeat_age(SEL), "watcher " + CLIENT_LEGEND),
+                    (f"max by ({Q.CLIENT}) ({Q.gauge(M.CACHE_AGE, SEL)})", "cache " + CLIENT_LEGEND),
+                ]
+            ),
+            unit="s",
+            span=8,
+        )
+    )
+    d = d.with_panel(
+        ts(
+            "Internal errors",
+            "Failures inside e6observe, contained and counted (never raised into "
+            "the application), by component; 0 per client when there were none.",
+            [
+                target(
+                    Q.counted_errors(M.INTERNAL_ERRORS, "component", SEL, RATE),
+                    "{{component}} " + CLIENT_LEGEND,
+                )
+            ],
+            span=8,
+        )
+    )
+    d = d.with_panel(
+        ts(
+            "Events dropped",
+            "Events dropped by a bounded queue or sink; 0 per client when none were.",
+            [target(Q.counted_errors(M.EVENTS_DROPPED, "sink", SEL, RATE), "{{sink}} " + CLIENT_LEGEND)],
+            span=8,
+        )
+    )
+    d = d.with_panel(
+        table.Panel()
+        .title("Versions")
+        .datasource(DS)
+        .span(24)
+        .height(6)
         .description("e6observe and connector version of each client.")
-        .with_target(target(f"max by ({Q.CLIENT}, version, connector_version) "
-                            f"({Q.gauge(M.BUILD_INFO, SEL)})", fmt="table", instant=True)))
+        .with_target(
+            target(
+                f"max by ({Q.CLIENT}, version, connector_version) ({Q.gauge(M.BUILD_INFO, SEL)})",
+                fmt="table",
+                instant=True,
+            )
+        )
+    )
     return d
 
 
@@ -348,9 +664,14 @@ def _fix_annotations(data: Dict[str, Any]) -> None:
     # The SDK's annotation model has no Prometheus title/tag fields; Grafana reads them here.
     for ann in data.get("annotations", {}).get("list", []):
         if ann.get("name") == "Strategy switches":
-            ann.update({"titleFormat": "{{from}} → {{to}} ({{cause}})",
-                        "tagKeys": "job,instance,pod,cause", "step": "30s",
-                        "textFormat": "{{job}} {{instance}} {{pod}}"})
+            ann.update(
+                {
+                    "titleFormat": "{{from}} → {{to}} ({{cause}})",
+                    "tagKeys": "job,instance,pod,cause",
+                    "step": "30s",
+                    "textFormat": "{{job}} {{instance}} {{pod}}",
+                }
+            )
 
 
 #: Generated paths, relative to the repository root. The chart's copies are byte-equal to the
@@ -369,8 +690,9 @@ THRESHOLDS = "e6observe.thresholds.yaml"
 #: other settings; this module imports it from there (one source).
 PACKAGE = Path("e6observe/mixin")
 PACKAGE_SOURCES = {
-    PACKAGE / "files/rules/tests/e6observe.rules.test.yaml":
-        Path("dashboards/rules/tests/e6observe.rules.test.yaml"),
+    PACKAGE / "files/rules/tests/e6observe.rules.test.yaml": Path(
+        "dashboards/rules/tests/e6observe.rules.test.yaml"
+    ),
     PACKAGE / "files/docs/runbook.md": Path("docs/runbook.md"),
     PACKAGE / "files/docs/alerts.md": Path("docs/alerts.md"),
 }
@@ -387,8 +709,9 @@ def generated(cfg: Config = DEFAULT) -> Dict[Path, str]:
     rules = alerts.render_rules(cfg)
     out[RULES] = rules
     out[CHART / "rules" / RULES.name] = rules
-    out[CHART / "rules" / THRESHOLDS] = alerts.HEADER + json.dumps(
-        alerts.thresholds(cfg), indent=2, sort_keys=True) + "\n"
+    out[CHART / "rules" / THRESHOLDS] = (
+        alerts.HEADER + json.dumps(alerts.thresholds(cfg), indent=2, sort_keys=True) + "\n"
+    )
     out[PACKAGE / "files/rules" / RULES.name] = rules
     recorded = records.render_records(cfg)
     out[RECORDS] = recorded
@@ -402,8 +725,9 @@ def generated(cfg: Config = DEFAULT) -> Dict[Path, str]:
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="regen-dashboards", description=__doc__.split("\n\n")[0])
     ap.add_argument("--check", action="store_true", help="only compare; exit 1 on any difference")
-    ap.add_argument("--root", type=Path, default=ROOT,
-                    help="tree to write or check (default: this repository)")
+    ap.add_argument(
+        "--root", type=Path, default=ROOT, help="tree to write or check (default: this repository)"
+    )
     args = ap.parse_args(argv)
     drift = []
     for rel, text in generated().items():

@@ -16,8 +16,7 @@ __all__ = ["__version__", "instrument", "uninstrument", "instrument_connection",
 def __getattr__(name: str) -> object:
     # The public API lives in _api; importing e6observe itself patches nothing and imports
     # neither the connector nor any exporter.
-    if name in ("instrument", "uninstrument", "instrument_connection", "is_instrumented",
-                "get_recorder"):
+    if name in ("instrument", "uninstrument", "instrument_connection", "is_instrumented", "get_recorder"):
         from . import _api
 
         return getattr(_api, name)

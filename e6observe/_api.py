@@ -37,8 +37,15 @@ from .recorder import Recorder, get_recorder, set_recorder
 
 logger = logging.getLogger("e6observe")
 
-__all__ = ["instrument", "uninstrument", "instrument_connection", "is_instrumented",
-           "get_recorder", "current_options", "ConfigError"]
+__all__ = [
+    "instrument",
+    "uninstrument",
+    "instrument_connection",
+    "is_instrumented",
+    "get_recorder",
+    "current_options",
+    "ConfigError",
+]
 
 #: Serialises instrument/uninstrument (re-entrant: a sink may call is_instrumented()).
 _lock = threading.RLock()
@@ -90,8 +97,7 @@ class _Instrumentation:
                 if hook.install(ctx):
                     self.hooks.append(hook)
                 else:
-                    logger.debug("e6observe: hook %s not applicable to this connector/Python",
-                                 hook.name)
+                    logger.debug("e6observe: hook %s not applicable to this connector/Python", hook.name)
         self._start_sinks()
 
     def _make_tracer(self) -> Any:
@@ -232,12 +238,18 @@ def _port_taken(opts: Options, exc: OSError) -> None:
     from .endpoint.server import MetricsServerTLSError
 
     component = "sink.prometheus"
-    fix = ("check tls_certfile / tls_keyfile / tls_client_cafile (E6OBSERVE_TLS_*)"
-           if isinstance(exc, MetricsServerTLSError) else
-           "choose another prometheus_port / E6OBSERVE_PROMETHEUS_PORT")
+    fix = (
+        "check tls_certfile / tls_keyfile / tls_client_cafile (E6OBSERVE_TLS_*)"
+        if isinstance(exc, MetricsServerTLSError)
+        else "choose another prometheus_port / E6OBSERVE_PROMETHEUS_PORT"
+    )
     what = cannot_serve(opts.prometheus_addr, opts.prometheus_port, exc)
-    logger.warning("e6observe: %s; instrumentation continues without it (metrics are still "
-                   "collected); %s", what, fix, extra={RECORD_ATTR: what})
+    logger.warning(
+        "e6observe: %s; instrumentation continues without it (metrics are still collected); %s",
+        what,
+        fix,
+        extra={RECORD_ATTR: what},
+    )
     record_internal_error(component, exc, reported=True)
 
 
@@ -267,8 +279,10 @@ def instrument(**options: Any) -> Optional[Recorder]:
     _fork.register("locks", _reset_after_fork, "fork.api")
     with _lock:
         if _active is not None:
-            logger.warning("e6observe.instrument() called while already instrumented: ignored "
-                           "(options unchanged; call e6observe.uninstrument() first to change them)")
+            logger.warning(
+                "e6observe.instrument() called while already instrumented: ignored "
+                "(options unchanged; call e6observe.uninstrument() first to change them)"
+            )
             return _active.recorder
         if _in_decode_worker():
             return None

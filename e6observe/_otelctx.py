@@ -63,11 +63,13 @@ def suppression_check() -> Callable[[], bool]:
             # An empty context (no span, nothing suppressed) is the common case: one test.
             return bool(ctx) and bool(ctx.get(key) or ctx.get(_PLAIN_KEY))
     else:  # pragma: no cover - a runtime context other than the API's default
+
         def suppressed() -> bool:
             try:
                 return bool(c.get_value(key) or c.get_value(_PLAIN_KEY))
             except Exception:
                 return False
+
     return suppressed
 
 

@@ -37,8 +37,9 @@ def histogram_quantile(q: float, bounds: Sequence[float], counts: Sequence[int])
     return float(bounds[-1]) if bounds else 0.0
 
 
-def merged_histogram(children: Iterable[tuple[tuple[str, ...], Any]], label_index: int,
-                     value: str) -> tuple[list[int], float, int]:
+def merged_histogram(
+    children: Iterable[tuple[tuple[str, ...], Any]], label_index: int, value: str
+) -> tuple[list[int], float, int]:
     """Sum the snapshots of the histogram children whose label ``label_index`` is ``value``."""
     counts: list[int] = []
     total_sum, total_count = 0.0, 0

@@ -21,8 +21,9 @@ _lock = threading.Lock()
 _listeners: list[Callable[[str], None]] = []
 
 
-def record_internal_error(component: str, exc: Optional[BaseException] = None, *,
-                          reported: bool = False) -> None:
+def record_internal_error(
+    component: str, exc: Optional[BaseException] = None, *, reported: bool = False
+) -> None:
     """Count one contained failure in ``component``; log it the first time its kind is seen.
 
     ``reported=True``: the caller has logged its own, clearer message for this failure (a
@@ -41,9 +42,13 @@ def record_internal_error(component: str, exc: Optional[BaseException] = None, *
                 _logged.add((component, kind))
         if first and not reported:
             # Exception text can carry server-provided strings; type and component only.
-            logger.warning("e6observe: contained a %s in %s; further ones are only counted "
-                           "(e6observe_internal_errors_total{component=%r})", kind, component,
-                           component)
+            logger.warning(
+                "e6observe: contained a %s in %s; further ones are only counted "
+                "(e6observe_internal_errors_total{component=%r})",
+                kind,
+                component,
+                component,
+            )
     except Exception:  # pragma: no cover - logging itself failed; nothing more to do
         pass
 

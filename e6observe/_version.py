@@ -40,8 +40,11 @@ def _from_dist_info() -> str:
 
         site = os.path.dirname(os.path.dirname(os.path.abspath(pkg.__file__ or "")))
         prefix = _CONNECTOR_DIST + "-"
-        found = [n[len(prefix):-len(".dist-info")] for n in os.listdir(site)
-                 if n.startswith(prefix) and n.endswith(".dist-info")]
+        found = [
+            n[len(prefix) : -len(".dist-info")]
+            for n in os.listdir(site)
+            if n.startswith(prefix) and n.endswith(".dist-info")
+        ]
         return found[0] if len(found) == 1 else ""
     except Exception:
         return ""

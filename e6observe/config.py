@@ -94,8 +94,9 @@ def _parse_bool(name: str, raw: object, env: bool) -> bool:
             return True
         if low in _FALSE:
             return False
-    raise ConfigError(f"{_origin(name, env)} must be a boolean (true/false, 1/0, yes/no, on/off), "
-                      f"got {_show(raw)}")
+    raise ConfigError(
+        f"{_origin(name, env)} must be a boolean (true/false, 1/0, yes/no, on/off), got {_show(raw)}"
+    )
 
 
 def _parse_int(name: str, raw: object, env: bool) -> int:
@@ -132,8 +133,7 @@ def _parse_runtime(name: str, raw: object, env: bool) -> object:
     try:
         return _parse_bool(name, raw, env)
     except ConfigError:
-        raise ConfigError(f"{_origin(name, env)} must be true, false or auto, got {_show(raw)}"
-                          ) from None
+        raise ConfigError(f"{_origin(name, env)} must be true, false or auto, got {_show(raw)}") from None
 
 
 def _parse_object(name: str, raw: object, env: bool) -> object:
@@ -209,8 +209,9 @@ class Options:
 
     # ---------------------------------------------------------------------------------------
     @classmethod
-    def resolve(cls, kwargs: Optional[Mapping[str, object]] = None,
-                environ: Optional[Mapping[str, str]] = None) -> Options:
+    def resolve(
+        cls, kwargs: Optional[Mapping[str, object]] = None, environ: Optional[Mapping[str, str]] = None
+    ) -> Options:
         """Merge ``kwargs`` > ``environ`` (default ``os.environ``) > defaults, then validate.
 
         Raises :class:`ConfigError` on an unknown option or a bad value.
@@ -225,8 +226,9 @@ class Options:
 
                 close = difflib.get_close_matches(k, list(_SPECS), n=1)
                 hints.append(f"{k!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-            raise ConfigError("unknown e6observe option " + ", ".join(hints) + "; known options: "
-                              + ", ".join(_SPECS))
+            raise ConfigError(
+                "unknown e6observe option " + ", ".join(hints) + "; known options: " + ", ".join(_SPECS)
+            )
         values: dict[str, object] = {}
         sources: dict[str, str] = {}
         for name, spec in _SPECS.items():
@@ -238,9 +240,11 @@ class Options:
                 sources[name] = "env"
                 if isinstance(raw, str) and raw.strip() == "":
                     if spec.no_blank and raw != "":
-                        raise ConfigError(f"{_origin(name, True)} is blank (only whitespace); "
-                                          "unset it, set it to the empty string, or give a value"
-                                          + (" (value not shown)" if spec.secret else ""))
+                        raise ConfigError(
+                            f"{_origin(name, True)} is blank (only whitespace); "
+                            "unset it, set it to the empty string, or give a value"
+                            + (" (value not shown)" if spec.secret else "")
+                        )
                     if spec.optional:
                         raw = None
             else:
@@ -270,45 +274,57 @@ class Options:
         w = self._where
         port = self.prometheus_port
         if port is not None and not 0 <= port <= 65535:
-            raise ConfigError(f"{w('prometheus_port')} must be within 0..65535 (0: any free port), "
-                              f"got {port!r}")
+            raise ConfigError(
+                f"{w('prometheus_port')} must be within 0..65535 (0: any free port), got {port!r}"
+            )
         if not self.prometheus_addr.strip():
             raise ConfigError(f"{w('prometheus_addr')} must name an address, got an empty string")
         self._validate_addr()
         iv = self.watcher_interval
         if not (math.isfinite(iv) and 0 < iv <= MAX_WATCHER_INTERVAL):
-            raise ConfigError(f"{w('watcher_interval')} must be > 0 and <= {MAX_WATCHER_INTERVAL:g} "
-                              f"seconds, got {iv!r}")
+            raise ConfigError(
+                f"{w('watcher_interval')} must be > 0 and <= {MAX_WATCHER_INTERVAL:g} seconds, got {iv!r}"
+            )
         if not 1 <= self.event_capacity <= MAX_EVENT_CAPACITY:
-            raise ConfigError(f"{w('event_capacity')} must be within 1..{MAX_EVENT_CAPACITY}, "
-                              f"got {self.event_capacity!r}")
+            raise ConfigError(
+                f"{w('event_capacity')} must be within 1..{MAX_EVENT_CAPACITY}, got {self.event_capacity!r}"
+            )
         if self.registry is not None:
             try:
                 from prometheus_client.registry import CollectorRegistry
             except ImportError as exc:  # pragma: no cover - a declared dependency
                 raise ConfigError("registry needs prometheus_client installed") from exc
             if not isinstance(self.registry, CollectorRegistry):
-                raise ConfigError("registry must be a prometheus_client CollectorRegistry, got "
-                                  f"{type(self.registry).__name__}")
-        for name, method in (("meter_provider", "get_meter"), ("tracer_provider", "get_tracer"),
-                             ("logger_provider", "get_logger")):
+                raise ConfigError(
+                    "registry must be a prometheus_client CollectorRegistry, got "
+                    f"{type(self.registry).__name__}"
+                )
+        for name, method in (
+            ("meter_provider", "get_meter"),
+            ("tracer_provider", "get_tracer"),
+            ("logger_provider", "get_logger"),
+        ):
             value = getattr(self, name)
             if value is not None and not callable(getattr(value, method, None)):
-                raise ConfigError(f"{name} must be an OpenTelemetry provider with {method}(), got "
-                                  f"{type(value).__name__}")
+                raise ConfigError(
+                    f"{name} must be an OpenTelemetry provider with {method}(), got {type(value).__name__}"
+                )
         self._validate_tls()
         self._validate_limits()
         if self.basic_auth is not None:
             user, sep, password = self.basic_auth.partition(":")
             if not sep or not user.strip() or not password.strip():
                 # Never echo the value: it is a credential, possibly with a typo.
-                raise ConfigError(f"{w('basic_auth')} must have the form user:password with both "
-                                  "parts non-empty (value not shown)")
+                raise ConfigError(
+                    f"{w('basic_auth')} must have the form user:password with both "
+                    "parts non-empty (value not shown)"
+                )
             if any(ord(c) < 32 or ord(c) == 127 for c in self.basic_auth):
                 raise ConfigError(f"{w('basic_auth')} contains control characters (value not shown)")
         if self.multiprocess_dir is not None and not os.path.isdir(self.multiprocess_dir):
-            raise ConfigError(f"{w('multiprocess_dir')} must be an existing directory, "
-                              f"got {self.multiprocess_dir!r}")
+            raise ConfigError(
+                f"{w('multiprocess_dir')} must be an existing directory, got {self.multiprocess_dir!r}"
+            )
 
     def _validate_addr(self) -> None:
         w = self._where
@@ -319,21 +335,24 @@ class Options:
         except ValueError:
             pass
         if _INET_ATON_FORM.fullmatch(addr):
-            raise ConfigError(f"{w('prometheus_addr')} must be a full IP address or a host name, "
-                              f"got {_show(addr)} (the C library would read it as "
-                              "a shortened IPv4 address; write 0.0.0.0 to listen on every address)")
+            raise ConfigError(
+                f"{w('prometheus_addr')} must be a full IP address or a host name, "
+                f"got {_show(addr)} (the C library would read it as "
+                "a shortened IPv4 address; write 0.0.0.0 to listen on every address)"
+            )
         if not _HOSTNAME.fullmatch(addr):
-            raise ConfigError(f"{w('prometheus_addr')} must be an IP address or a host name, got "
-                              f"{_show(addr)}")
+            raise ConfigError(
+                f"{w('prometheus_addr')} must be an IP address or a host name, got {_show(addr)}"
+            )
 
     def _validate_limits(self) -> None:
         w = self._where
         lo, hi = HEAD_BYTES_RANGE
         if not lo <= self.http_max_head_bytes <= hi:
-            raise ConfigError(f"{w('http_max_head_bytes')} must be within {lo}..{hi}, got "
-                              f"{self.http_max_head_bytes!r}")
-        for name, top in (("http_head_timeout", HEAD_TIMEOUT_MAX),
-                          ("http_write_timeout", WRITE_TIMEOUT_MAX)):
+            raise ConfigError(
+                f"{w('http_max_head_bytes')} must be within {lo}..{hi}, got {self.http_max_head_bytes!r}"
+            )
+        for name, top in (("http_head_timeout", HEAD_TIMEOUT_MAX), ("http_write_timeout", WRITE_TIMEOUT_MAX)):
             value = getattr(self, name)
             if not (math.isfinite(value) and 0 < value <= top):
                 raise ConfigError(f"{w(name)} must be > 0 and <= {top:g} seconds, got {value!r}")
@@ -342,13 +361,18 @@ class Options:
         w = self._where
         cert, key, ca = self.tls_certfile, self.tls_keyfile, self.tls_client_cafile
         if (cert is None) != (key is None):
-            given, missing = ("tls_certfile", "tls_keyfile") if key is None else (
-                "tls_keyfile", "tls_certfile")
-            raise ConfigError(f"{w(given)} is set but {missing} is not (neither as keyword nor as "
-                              f"{_origin(missing, True)}): a certificate and its key go together")
+            given, missing = (
+                ("tls_certfile", "tls_keyfile") if key is None else ("tls_keyfile", "tls_certfile")
+            )
+            raise ConfigError(
+                f"{w(given)} is set but {missing} is not (neither as keyword nor as "
+                f"{_origin(missing, True)}): a certificate and its key go together"
+            )
         if ca is not None and cert is None:
-            raise ConfigError(f"{w('tls_client_cafile')} (client-certificate auth) needs "
-                              "tls_certfile and tls_keyfile (the endpoint must itself serve TLS)")
+            raise ConfigError(
+                f"{w('tls_client_cafile')} (client-certificate auth) needs "
+                "tls_certfile and tls_keyfile (the endpoint must itself serve TLS)"
+            )
         for name, path in (("tls_certfile", cert), ("tls_keyfile", key), ("tls_client_cafile", ca)):
             if path is not None and not path.strip():
                 raise ConfigError(f"{w(name)} is blank; give a file or leave it unset")

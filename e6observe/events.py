@@ -20,16 +20,47 @@ from .metrics import CLUSTER_EVENT_KINDS, EVENT_KINDS
 class Event:
     """One strategy event. Field names follow ``proto/e6observe/v1/events.proto``."""
 
-    __slots__ = ("seq", "kind", "time_unix", "pid", "from_strategy", "to_strategy", "cause",
-                 "drain_seconds", "pinned_queries", "strategy", "method", "attempt", "reason",
-                 "scope", "outcome", "duration_seconds", "cluster_status")
+    __slots__ = (
+        "seq",
+        "kind",
+        "time_unix",
+        "pid",
+        "from_strategy",
+        "to_strategy",
+        "cause",
+        "drain_seconds",
+        "pinned_queries",
+        "strategy",
+        "method",
+        "attempt",
+        "reason",
+        "scope",
+        "outcome",
+        "duration_seconds",
+        "cluster_status",
+    )
 
-    def __init__(self, seq: int, kind: str, *, from_strategy: str = "", to_strategy: str = "",
-                 cause: str = "", drain_seconds: Optional[float] = None, pinned_queries: int = 0,
-                 strategy: str = "", method: str = "", attempt: int = 0, reason: str = "",
-                 time_unix: Optional[float] = None, pid: Optional[int] = None,
-                 scope: str = "", outcome: str = "", duration_seconds: Optional[float] = None,
-                 cluster_status: str = "") -> None:
+    def __init__(
+        self,
+        seq: int,
+        kind: str,
+        *,
+        from_strategy: str = "",
+        to_strategy: str = "",
+        cause: str = "",
+        drain_seconds: Optional[float] = None,
+        pinned_queries: int = 0,
+        strategy: str = "",
+        method: str = "",
+        attempt: int = 0,
+        reason: str = "",
+        time_unix: Optional[float] = None,
+        pid: Optional[int] = None,
+        scope: str = "",
+        outcome: str = "",
+        duration_seconds: Optional[float] = None,
+        cluster_status: str = "",
+    ) -> None:
         if kind not in EVENT_KINDS:
             raise ValueError(f"unknown event kind {kind!r}")
         self.seq = seq
@@ -60,10 +91,23 @@ class Event:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict with the proto field names; empty fields are left out."""
-        out: dict[str, Any] = {"seq": self.seq, "kind": self.kind, "time_unix": self.time_unix,
-                               "pid": self.pid}
-        for key in ("from_strategy", "to_strategy", "cause", "strategy", "method", "reason",
-                    "scope", "outcome", "cluster_status"):
+        out: dict[str, Any] = {
+            "seq": self.seq,
+            "kind": self.kind,
+            "time_unix": self.time_unix,
+            "pid": self.pid,
+        }
+        for key in (
+            "from_strategy",
+            "to_strategy",
+            "cause",
+            "strategy",
+            "method",
+            "reason",
+            "scope",
+            "outcome",
+            "cluster_status",
+        ):
             value = getattr(self, key)
             if value:
                 out[key] = value

@@ -39,8 +39,11 @@ def _spawn_bootstrap() -> bool:
 
 
 #: Code run by ``python -c`` in multiprocessing's own helper processes (never the application).
-_HELPER_CODE = ("multiprocessing.resource_tracker", "multiprocessing.forkserver",
-                "multiprocessing.semaphore_tracker")
+_HELPER_CODE = (
+    "multiprocessing.resource_tracker",
+    "multiprocessing.forkserver",
+    "multiprocessing.semaphore_tracker",
+)
 
 
 def _multiprocessing_helper() -> bool:

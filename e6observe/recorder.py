@@ -34,13 +34,31 @@ try:  # the connector's own descriptor is the source of truth
     from e6data_python_connector.server import e6x_engine_pb2 as _pb
 
     RPC_METHODS: frozenset[str] = frozenset(
-        m.name for s in _pb.DESCRIPTOR.services_by_name.values() for m in s.methods)
+        m.name for s in _pb.DESCRIPTOR.services_by_name.values() for m in s.methods
+    )
 except Exception:  # pragma: no cover - connector missing or changed
     RPC_METHODS = frozenset()
-GRPC_CODES = frozenset({
-    "OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
-    "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED",
-    "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED"})
+GRPC_CODES = frozenset(
+    {
+        "OK",
+        "CANCELLED",
+        "UNKNOWN",
+        "INVALID_ARGUMENT",
+        "DEADLINE_EXCEEDED",
+        "NOT_FOUND",
+        "ALREADY_EXISTS",
+        "PERMISSION_DENIED",
+        "RESOURCE_EXHAUSTED",
+        "FAILED_PRECONDITION",
+        "ABORTED",
+        "OUT_OF_RANGE",
+        "UNIMPLEMENTED",
+        "INTERNAL",
+        "UNAVAILABLE",
+        "DATA_LOSS",
+        "UNAUTHENTICATED",
+    }
+)
 RETRY_REASONS = frozenset({"mismatch", "access_denied", "resume", "other"})
 #: The auto-resume cluster manager's ClusterService methods, as labelled (hooks/cluster.py).
 CLUSTER_RPC_METHODS = frozenset({"cluster.status", "cluster.resume", "cluster.suspend"})
@@ -111,8 +129,7 @@ class Histogram:
     ``pending`` is never rebound (hooks may hold the child): it is emptied in place.
     """
 
-    __slots__ = ("labels", "bounds", "pending", "_counts", "_sum", "_count", "exemplars", "otel",
-                 "_lock")
+    __slots__ = ("labels", "bounds", "pending", "_counts", "_sum", "_count", "exemplars", "otel", "_lock")
 
     def __init__(self, labels: tuple[str, ...], bounds: tuple[float, ...]) -> None:
         self.labels = labels
@@ -294,7 +311,8 @@ class Recorder:
 
     def __init__(self, event_capacity: int = 1024, dispatch_capacity: int = 10000) -> None:
         self.families: dict[str, Family] = {
-            s.prom_name: Family(s) for s in M.ALL if s.kind in ("counter", "histogram")}
+            s.prom_name: Family(s) for s in M.ALL if s.kind in ("counter", "histogram")
+        }
         self.ring = EventRing(event_capacity)
         self.created = time.time()
         #: (address, port) of the cluster, from the first connection the hooks saw (OTel's
@@ -381,8 +399,9 @@ class Recorder:
             tokens = self.in_flight_tokens.setdefault(strategy, [])
         tokens.append(None)
 
-    def query_finished(self, strategy: str, outcome: str, seconds: float,
-                       exemplar: Optional[tuple[str, str]] = None) -> None:
+    def query_finished(
+        self, strategy: str, outcome: str, seconds: float, exemplar: Optional[tuple[str, str]] = None
+    ) -> None:
         try:
             self.in_flight_tokens[strategy].pop()
         except (KeyError, IndexError):  # ended without a start we saw (instrumented mid-query)
@@ -444,8 +463,7 @@ class Recorder:
             frm = self.active or "none"
         self._emit("announced", from_strategy=frm, to_strategy=to, strategy=frm)
 
-    def applied(self, frm: str, to: str, cause: str, pinned_queries: int = 0,
-                scope: str = "process") -> None:
+    def applied(self, frm: str, to: str, cause: str, pinned_queries: int = 0, scope: str = "process") -> None:
         """A switch from ``frm`` to ``to``: counted once, visible on /metrics immediately.
 
         ``scope`` other than ``process``: a switch of the cluster manager's own cache or of one
@@ -454,13 +472,15 @@ class Recorder:
         if scope != "process":
             self._scoped_colour(scope, to)
             self.families[M.SCOPED_SWITCHES.prom_name].counter(frm, to, scope).inc()
-            self._emit("applied", from_strategy=frm, to_strategy=to, cause=cause, strategy=to,
-                       scope=scope)
+            self._emit("applied", from_strategy=frm, to_strategy=to, cause=cause, strategy=to, scope=scope)
             return
         now = time.time()
         with self._state_lock:
-            drain = (now - self.pending_since) if (self.pending_since is not None
-                                                   and cause == "announced") else None
+            drain = (
+                (now - self.pending_since)
+                if (self.pending_since is not None and cause == "announced")
+                else None
+            )
             self.active = to
             self.pending = None
             self.pending_since = None
@@ -468,8 +488,15 @@ class Recorder:
         self.families[M.SWITCHES.prom_name].counter(frm, to, cause).inc()
         if drain is not None:
             self.families[M.SWITCH_DRAIN.prom_name].histogram().observe(drain)
-        self._emit("applied", from_strategy=frm, to_strategy=to, cause=cause,
-                   drain_seconds=drain, pinned_queries=pinned_queries, strategy=to)
+        self._emit(
+            "applied",
+            from_strategy=frm,
+            to_strategy=to,
+            cause=cause,
+            drain_seconds=drain,
+            pinned_queries=pinned_queries,
+            strategy=to,
+        )
 
     def mismatch(self, strategy: str, method: str) -> None:
         self.families[M.MISMATCHES.prom_name].counter(strategy, method).inc()
@@ -511,8 +538,7 @@ class Recorder:
             if start:
                 ep.real = True  # type: ignore[union-attr]
         if label == "suspended" and prev not in ("suspended", "resuming"):
-            self._emit("suspended_seen", method=method, cluster_status=label,
-                       strategy=self.active or "none")
+            self._emit("suspended_seen", method=method, cluster_status=label, strategy=self.active or "none")
         if start:
             self._emit("resume_started", cluster_status=label, strategy=self.active or "none")
 
@@ -531,8 +557,7 @@ class Recorder:
             if start:
                 ep.real = True
         if start:
-            self._emit("resume_started", cluster_status=self.cluster_status,
-                       strategy=self.active or "none")
+            self._emit("resume_started", cluster_status=self.cluster_status, strategy=self.active or "none")
         return ep
 
     def resume_end(self, ep: ResumeEpisode, outcome: str) -> Optional[float]:
@@ -559,8 +584,13 @@ class Recorder:
             return None
         self.families[M.CLUSTER_RESUMES.prom_name].counter(outcome).inc()
         self.families[M.CLUSTER_RESUME_DURATION.prom_name].histogram(outcome).observe(seconds)
-        self._emit("resume_finished", outcome=outcome, duration_seconds=seconds,
-                   cluster_status=self.cluster_status, strategy=self.active or "none")
+        self._emit(
+            "resume_finished",
+            outcome=outcome,
+            duration_seconds=seconds,
+            cluster_status=self.cluster_status,
+            strategy=self.active or "none",
+        )
         return seconds
 
     def resuming(self) -> bool:
@@ -657,9 +687,13 @@ class Recorder:
     # -- reads for sinks --------------------------------------------------------------------
     def state(self) -> dict[str, object]:
         with self._state_lock:
-            return {"active": self.active, "pending": self.pending,
-                    "pending_since": self.pending_since, "last_switch_time": self.last_switch_time,
-                    "in_flight": self.in_flight}
+            return {
+                "active": self.active,
+                "pending": self.pending,
+                "pending_since": self.pending_since,
+                "last_switch_time": self.last_switch_time,
+                "in_flight": self.in_flight,
+            }
 
     def switch_total(self) -> float:
         """All switches counted so far (any direction, any cause)."""
@@ -694,5 +728,15 @@ def _reset_current_after_fork() -> None:
         rec.reset_after_fork()
 
 
-__all__ = ["Recorder", "Histogram", "Counter", "Family", "get_recorder", "set_recorder",
-           "norm_strategy", "norm_method", "norm_code", "contain"]
+__all__ = [
+    "Recorder",
+    "Histogram",
+    "Counter",
+    "Family",
+    "get_recorder",
+    "set_recorder",
+    "norm_strategy",
+    "norm_method",
+    "norm_code",
+    "contain",
+]

@@ -71,7 +71,7 @@ def read_proc_stat(st: ProcessStats, path: str = _STAT, fd_dir: str = _FD_DIR) -
     except OSError:
         return False
     # Fields after the command name, which is in parentheses and may hold spaces or ")".
-    rest = data[data.rfind(b")") + 2:].split()
+    rest = data[data.rfind(b")") + 2 :].split()
     if len(rest) < 22:
         return False
     try:
@@ -132,8 +132,9 @@ class ProcessReader:
     of every second.
     """
 
-    def __init__(self, uss_source: str = "auto", rollup_path: str = _ROLLUP,
-                 uss_max_age: float = USS_MAX_AGE) -> None:
+    def __init__(
+        self, uss_source: str = "auto", rollup_path: str = _ROLLUP, uss_max_age: float = USS_MAX_AGE
+    ) -> None:
         if uss_source not in ("auto", "rollup", "psutil", "off"):
             raise ValueError(f"uss_source must be auto, rollup, psutil or off, not {uss_source!r}")
         self.uss_source = uss_source
@@ -234,8 +235,10 @@ def gc_stats() -> list[tuple[str, int, int, int]]:
     """(generation, collections, collected, uncollectable) for each GC generation."""
     if not hasattr(gc, "get_stats"):  # pragma: no cover - not CPython
         return []
-    return [(str(i), int(s.get("collections", 0)), int(s.get("collected", 0)),
-             int(s.get("uncollectable", 0))) for i, s in enumerate(gc.get_stats())]
+    return [
+        (str(i), int(s.get("collections", 0)), int(s.get("collected", 0)), int(s.get("uncollectable", 0)))
+        for i, s in enumerate(gc.get_stats())
+    ]
 
 
 #: prometheus_client's collectors whose families e6observe's registry exports as they are.
@@ -291,8 +294,11 @@ class RuntimeCollector:
             return set()
         try:
             mine = {id(c) for c in self._standard}
-            return {type(c).__name__ for c in list(getattr(reg, "_collector_to_names", {}))
-                    if type(c).__name__ in _STANDARD and id(c) not in mine}
+            return {
+                type(c).__name__
+                for c in list(getattr(reg, "_collector_to_names", {}))
+                if type(c).__name__ in _STANDARD and id(c) not in mine
+            }
         except Exception:
             return set()
 
@@ -311,17 +317,30 @@ class RuntimeCollector:
         # Two parts, contained apart: a failing /proc read must not take the GC figures along.
         with contain("runtime.collect"):
             st = self.reader.read()
-            for spec, value in ((M.PROCESS_RSS, st.rss), (M.PROCESS_VMS, st.vms),
-                                (M.PROCESS_USS, st.uss), (M.PROCESS_FDS, st.fds),
-                                (M.PROCESS_THREADS, st.threads)):
-                if value is not None and spec.prom_name not in served and (
-                        spec in (M.PROCESS_USS, M.PROCESS_THREADS)
-                        or "ProcessCollector" not in others):
+            for spec, value in (
+                (M.PROCESS_RSS, st.rss),
+                (M.PROCESS_VMS, st.vms),
+                (M.PROCESS_USS, st.uss),
+                (M.PROCESS_FDS, st.fds),
+                (M.PROCESS_THREADS, st.threads),
+            ):
+                if (
+                    value is not None
+                    and spec.prom_name not in served
+                    and (spec in (M.PROCESS_USS, M.PROCESS_THREADS) or "ProcessCollector" not in others)
+                ):
                     out.append(GaugeMetricFamily(spec.prom_name, spec.help, value=value))
-            if (st.cpu_user is not None and st.cpu_system is not None
-                    and M.PROCESS_CPU.prom_name not in served and "ProcessCollector" not in others):
-                out.append(CounterMetricFamily(M.PROCESS_CPU.prom_name, M.PROCESS_CPU.help,
-                                               value=st.cpu_user + st.cpu_system))
+            if (
+                st.cpu_user is not None
+                and st.cpu_system is not None
+                and M.PROCESS_CPU.prom_name not in served
+                and "ProcessCollector" not in others
+            ):
+                out.append(
+                    CounterMetricFamily(
+                        M.PROCESS_CPU.prom_name, M.PROCESS_CPU.help, value=st.cpu_user + st.cpu_system
+                    )
+                )
         return iter(out)
 
 
@@ -352,8 +371,9 @@ def runtime_enabled(enabled: Callable[[], bool], auto: bool) -> Callable[[], boo
     return lambda: enabled() and not system_metrics_active()
 
 
-def register_otel(meter: Any, reader: Optional[ProcessReader] = None,
-                  enabled: Callable[[], bool] = lambda: True) -> list[Any]:
+def register_otel(
+    meter: Any, reader: Optional[ProcessReader] = None, enabled: Callable[[], bool] = lambda: True
+) -> list[Any]:
     """Register ``process.*`` and ``cpython.gc.*`` observable instruments on ``meter``.
 
     The callbacks of one collection share one reading (see :meth:`ProcessReader.shared`), taken
@@ -365,6 +385,7 @@ def register_otel(meter: Any, reader: Optional[ProcessReader] = None,
         def cb() -> list[tuple[float, dict[str, Any]]]:
             value = getattr(rd.shared(), field)
             return [] if value is None else [(value, {})]
+
         return cb
 
     def cpu() -> list[tuple[float, dict[str, Any]]]:
@@ -375,8 +396,8 @@ def register_otel(meter: Any, reader: Optional[ProcessReader] = None,
 
     def gc_field(index: int) -> Callable[[], list[tuple[float, dict[str, Any]]]]:
         def cb() -> list[tuple[float, dict[str, Any]]]:
-            return [(float(row[index]), {"cpython.gc.generation": int(row[0])})
-                    for row in gc_stats()]
+            return [(float(row[index]), {"cpython.gc.generation": int(row[0])}) for row in gc_stats()]
+
         return cb
 
     c = "runtime.otel"
@@ -393,5 +414,14 @@ def register_otel(meter: Any, reader: Optional[ProcessReader] = None,
     ]
 
 
-__all__ = ["RuntimeCollector", "ProcessReader", "system_metrics_active", "runtime_enabled",
-           "ProcessStats", "register_otel", "gc_stats", "uss_from_smaps_rollup", "otel_observable"]
+__all__ = [
+    "RuntimeCollector",
+    "ProcessReader",
+    "system_metrics_active",
+    "runtime_enabled",
+    "ProcessStats",
+    "register_otel",
+    "gc_stats",
+    "uss_from_smaps_rollup",
+    "otel_observable",
+]

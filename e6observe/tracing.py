@@ -39,9 +39,30 @@ _COMPONENT = "tracing"
 #: Longest ``db.query.text`` kept (after sanitizing).
 MAX_QUERY_TEXT = 1024
 #: Statement keywords used as span names / ``db.operation.name`` (anything else: no operation).
-OPERATIONS = frozenset({
-    "SELECT", "INSERT", "UPDATE", "DELETE", "MERGE", "WITH", "VALUES", "SHOW", "DESCRIBE", "DESC",
-    "EXPLAIN", "CREATE", "DROP", "ALTER", "TRUNCATE", "USE", "SET", "CALL", "REFRESH", "ANALYZE"})
+OPERATIONS = frozenset(
+    {
+        "SELECT",
+        "INSERT",
+        "UPDATE",
+        "DELETE",
+        "MERGE",
+        "WITH",
+        "VALUES",
+        "SHOW",
+        "DESCRIBE",
+        "DESC",
+        "EXPLAIN",
+        "CREATE",
+        "DROP",
+        "ALTER",
+        "TRUNCATE",
+        "USE",
+        "SET",
+        "CALL",
+        "REFRESH",
+        "ANALYZE",
+    }
+)
 
 _COMMENTS = re.compile(r"--[^\n]*|/\*.*?(?:\*/|$)", re.S)
 #: Comments and literals in one left-to-right scan: a comment marker inside a string literal
@@ -55,7 +76,8 @@ _TOKENS = re.compile(
       | \b0[xX][0-9a-fA-F]+\b           # hex
       | (?<![\w.$])\d+(?:\.\d*)?(?:[eE][-+]?\d+)?  # numbers not part of a name
       | (?<![\w.$])\.\d+(?:[eE][-+]?\d+)?""",
-    re.S | re.X)
+    re.S | re.X,
+)
 _FIRST_WORD = re.compile(r"[\s(]*([A-Za-z]+)")
 #: Keywords after which a table name follows, for ``db.query.summary``.
 _TARGET = re.compile(r"\b(?:FROM|JOIN|INTO|UPDATE|TABLE)\s+([A-Za-z_][\w.]{0,127})", re.I)
@@ -92,8 +114,7 @@ def sanitize_query(text: object) -> Optional[str]:
     s = _TOKENS.sub(_token, text[: MAX_QUERY_TEXT * 8].replace(_AMBIGUOUS, " "))
     # An unterminated quote would leave a literal's tail in place: cut at the first one left
     # (or at a literal whose end is ambiguous).
-    cut = min((i for i in (s.find("'"), s.find('"'), s.find("$$"), s.find(_AMBIGUOUS))
-               if i >= 0), default=-1)
+    cut = min((i for i in (s.find("'"), s.find('"'), s.find("$$"), s.find(_AMBIGUOUS)) if i >= 0), default=-1)
     if cut >= 0:
         s = s[:cut] + "?"
     s = _SPACES.sub(" ", s).strip()
@@ -174,8 +195,7 @@ def resolve_tracer_provider(given: Any) -> Any:
 class QueryTracer:
     """Starts and ends query spans; adds strategy events to the spans in flight."""
 
-    def __init__(self, tracer_provider: Any, recorder: Recorder,
-                 record_query_text: bool = False) -> None:
+    def __init__(self, tracer_provider: Any, recorder: Recorder, record_query_text: bool = False) -> None:
         from opentelemetry.trace import SpanKind, Status, StatusCode
 
         from ._otelctx import tracer
@@ -196,8 +216,9 @@ class QueryTracer:
         self._lock = threading.Lock()
         recorder.subscribe(self._on_event)
 
-    def start(self, query: object, host: object = None, port: object = None,
-              namespace: Optional[str] = None) -> Any:
+    def start(
+        self, query: object, host: object = None, port: object = None, namespace: Optional[str] = None
+    ) -> Any:
         """Start the CLIENT span of one query (the hooks make it current around their calls)."""
         op = operation_name(query)
         summary = query_summary(query, op)
@@ -221,8 +242,7 @@ class QueryTracer:
             self._in_flight.add(span)
         return span
 
-    def finish(self, span: Any, strategy: str, outcome: str,
-               exc: Optional[BaseException] = None) -> None:
+    def finish(self, span: Any, strategy: str, outcome: str, exc: Optional[BaseException] = None) -> None:
         with self._lock:
             self._in_flight.discard(span)
         span.set_attribute("e6data.strategy", strategy)
@@ -241,11 +261,13 @@ class QueryTracer:
         wait ``e6data.cluster.resume``."""
         from opentelemetry import trace
 
-        return self._tracer.start_span(name, context=trace.set_span_in_context(parent),
-                                       kind=trace.SpanKind.INTERNAL)
+        return self._tracer.start_span(
+            name, context=trace.set_span_in_context(parent), kind=trace.SpanKind.INTERNAL
+        )
 
-    def end_child_span(self, span: Any, attributes: dict[str, Any],
-                       exc: Optional[BaseException] = None) -> None:
+    def end_child_span(
+        self, span: Any, attributes: dict[str, Any], exc: Optional[BaseException] = None
+    ) -> None:
         for k, v in attributes.items():
             span.set_attribute(k, v)
         if exc is not None:
@@ -282,5 +304,15 @@ class QueryTracer:
         self._recorder.unsubscribe(self._on_event)
 
 
-__all__ = ["QueryTracer", "sanitize_query", "operation_name", "query_summary", "error_type",
-           "db_namespace", "resolve_tracer_provider", "OPERATIONS", "MAX_QUERY_TEXT", "ERROR_TYPES"]
+__all__ = [
+    "QueryTracer",
+    "sanitize_query",
+    "operation_name",
+    "query_summary",
+    "error_type",
+    "db_namespace",
+    "resolve_tracer_provider",
+    "OPERATIONS",
+    "MAX_QUERY_TEXT",
+    "ERROR_TYPES",
+]

@@ -64,8 +64,7 @@ def _connector_cache() -> Optional[Any]:
 class CacheReading:
     """One lock-free reading of the connector's cache A (strategies already normalised)."""
 
-    __slots__ = ("active", "pending", "last_check_time", "query_map_entries",
-                 "session_invalidated")
+    __slots__ = ("active", "pending", "last_check_time", "query_map_entries", "session_invalidated")
 
     def __init__(self, cache: Any) -> None:
         get = cache.get
@@ -286,8 +285,7 @@ class Watcher:
                 fn()
 
     # -- readings (collection time) -----------------------------------------------------------
-    def pending_age(self, reading: Optional[CacheReading] = None,
-                    now: Optional[float] = None) -> float:
+    def pending_age(self, reading: Optional[CacheReading] = None, now: Optional[float] = None) -> float:
         """Seconds the cache's pending strategy has waited (0 if none)."""
         r = reading if reading is not None else self.read_cache()
         if r is None or r.pending not in M.STRATEGIES or r.pending == r.active:
@@ -314,8 +312,10 @@ class Watcher:
         them by the table's specs for the sinks). Cache-age is left out until the connector has
         learned a strategy (there is no age to report)."""
         now = time.time()
-        out: dict[str, float] = {M.WATCHER_LAST_RUN.prom_name: self.last_run,
-                                 M.CONNECTIONS_OPEN.prom_name: float(open_connections())}
+        out: dict[str, float] = {
+            M.WATCHER_LAST_RUN.prom_name: self.last_run,
+            M.CONNECTIONS_OPEN.prom_name: float(open_connections()),
+        }
         r = self.read_cache()
         if r is not None:
             out[M.PENDING_AGE.prom_name] = self.pending_age(r, now)

@@ -34,8 +34,7 @@ NOT_ON_PROMETHEUS: dict[str, str] = {}
 NOT_ON_OTEL: dict[str, str] = {}
 #: OpenTelemetry attributes a data point carries besides the ones mapped from its labels.
 OTEL_EXTRA_ATTRIBUTES: dict[str, tuple[str, ...]] = {
-    M.QUERY_DURATION.prom_name: ("db.system.name", "server.address", "server.port",
-                                 "e6data.query.outcome"),
+    M.QUERY_DURATION.prom_name: ("db.system.name", "server.address", "server.port", "e6data.query.outcome"),
     M.RPC_DURATION.prom_name: ("rpc.system.name", "server.address", "server.port", "error.type"),
 }
 
@@ -51,8 +50,10 @@ class Label:
 
 def _with_meanings(values: Sequence[str], meanings: Mapping[str, str], name: str) -> Label:
     if set(meanings) != set(values):
-        raise SystemExit(f"metrics_doc: the meanings of label {name!r} ({sorted(meanings)}) do not "
-                         f"match its values ({sorted(values)}); update scripts/metrics_doc.py")
+        raise SystemExit(
+            f"metrics_doc: the meanings of label {name!r} ({sorted(meanings)}) do not "
+            f"match its values ({sorted(values)}); update scripts/metrics_doc.py"
+        )
     return Label("", tuple(values), meanings)
 
 
@@ -67,7 +68,8 @@ def labels() -> dict[str, Label]:
         "while no strategy is known (no query has run yet, or the cache was just cleared); "
         "`invalid` for anything else a server sent. `e6data_strategy_active` and "
         "`e6data_strategy_pending` always show `blue` and `green` and show `none`/`invalid` only "
-        "while that is the value; `e6data_queries_in_flight` always shows all four.")
+        "while that is the value; `e6data_queries_in_flight` always shows all four."
+    )
     try:
         import grpc
 
@@ -78,118 +80,165 @@ def labels() -> dict[str, Label]:
 
     out: dict[str, Label] = {
         "strategy": Label(strategy_text, M.STRATEGY_LABELS),
-        "from": Label("The colour a switch left. Same values as [`strategy`](#strategy).",
-                      M.STRATEGY_LABELS),
-        "to": Label("The colour a switch went to. Same values as [`strategy`](#strategy). The "
-                    "series `blue`→`green` and `green`→`blue` exist at 0 for every cause from "
-                    "start-up, so `increase()` sees the first switch.", M.STRATEGY_LABELS),
-        "cause": _with_meanings(M.SWITCH_CAUSES, {
-            "announced": "the server sent `new_strategy` and the connector applied it once its "
-                         "queries drained",
-            "mismatch": "the connector learned the new colour from a `status: 456` error (cache "
-                        "cleared, other colour learned)",
-            "observed": "the watcher saw the connector's cache change with no hook reporting why",
-        }, "cause"),
-        "outcome": _with_meanings(M.QUERY_OUTCOMES + ("failed", "timeout"), {
-            "ok": "queries: the query ran to its clear/close without an error; resumes: the "
-                  "cluster answered active",
-            "error": "queries: the query failed",
-            "switch_interrupted": "queries: the query failed with a 456 because a switch landed "
-                                  "while it ran under the old colour",
-            "resumed": "queries: the query ran without an error after waiting for the "
-                       "connector's auto-resume of a suspended cluster",
-            "failed": "resumes (`e6data_cluster_resume*`): the resume failed (an RPC error, a "
-                      "`failed` status, a refused resume)",
-            "timeout": "resumes: the connector's resume budget "
-                       "(`grpc_auto_resume_timeout_seconds`, async `auto_resume_timeout`) ran out",
-        }, "outcome"),
-        "scope": _with_meanings(M.SWITCH_SCOPES[1:], {
-            "cluster_manager": "the auto-resume cluster manager's own cache (`strategy.py`), "
-                               "never synchronised with the process cache",
-            "connection": "one connection re-routed by itself (OAuth, after a 456); the process "
-                          "cache stays on the old colour",
-        }, "scope"),
-        "status": _with_meanings(M.CLUSTER_STATUSES, {
-            "unknown": "no status seen yet",
-            "active": "ClusterService answered `active` (or a resume finished ok)",
-            "suspended": "ClusterService answered `suspended`, or an engine RPC failed with "
-                         "`status: 503`",
-            "resuming": "ClusterService answered `resuming`",
-            "failed": "ClusterService answered `failed`",
-            "other": "any other status string",
-        }, "status"),
-        "kind": _with_meanings(M.EVENT_KINDS, {
-            "detected": "the first strategy this process (or, with a scope, that cache) learned "
-                        "(not a switch)",
-            "suspended_seen": "the connector saw the cluster suspended (once per suspension)",
-            "resume_started": "the connector's auto-resume found the cluster suspended and waits",
-            "resume_finished": "the auto-resume ended (ok, failed, timeout), with its duration",
-            "strategy_rejected": "the connector refused an announced strategy value (at most one "
-                                 "event per reason per 5 s; every refusal is counted)",
-            "announced": "the server announced a switch; the connector applies it once queries "
-                         "drain",
-            "applied": "a switch took effect in this process (counted in "
-                       "`e6data_strategy_switches_total`)",
-            "mismatch": "a `status: 456` strategy-mismatch error",
-            "cache_cleared": "the connector cleared its cached strategy",
-            "retry": "the connector's retry loop replayed an operation",
-        }, "kind"),
+        "from": Label("The colour a switch left. Same values as [`strategy`](#strategy).", M.STRATEGY_LABELS),
+        "to": Label(
+            "The colour a switch went to. Same values as [`strategy`](#strategy). The "
+            "series `blue`→`green` and `green`→`blue` exist at 0 for every cause from "
+            "start-up, so `increase()` sees the first switch.",
+            M.STRATEGY_LABELS,
+        ),
+        "cause": _with_meanings(
+            M.SWITCH_CAUSES,
+            {
+                "announced": "the server sent `new_strategy` and the connector applied it once its "
+                "queries drained",
+                "mismatch": "the connector learned the new colour from a `status: 456` error (cache "
+                "cleared, other colour learned)",
+                "observed": "the watcher saw the connector's cache change with no hook reporting why",
+            },
+            "cause",
+        ),
+        "outcome": _with_meanings(
+            M.QUERY_OUTCOMES + ("failed", "timeout"),
+            {
+                "ok": "queries: the query ran to its clear/close without an error; resumes: the "
+                "cluster answered active",
+                "error": "queries: the query failed",
+                "switch_interrupted": "queries: the query failed with a 456 because a switch landed "
+                "while it ran under the old colour",
+                "resumed": "queries: the query ran without an error after waiting for the "
+                "connector's auto-resume of a suspended cluster",
+                "failed": "resumes (`e6data_cluster_resume*`): the resume failed (an RPC error, a "
+                "`failed` status, a refused resume)",
+                "timeout": "resumes: the connector's resume budget "
+                "(`grpc_auto_resume_timeout_seconds`, async `auto_resume_timeout`) ran out",
+            },
+            "outcome",
+        ),
+        "scope": _with_meanings(
+            M.SWITCH_SCOPES[1:],
+            {
+                "cluster_manager": "the auto-resume cluster manager's own cache (`strategy.py`), "
+                "never synchronised with the process cache",
+                "connection": "one connection re-routed by itself (OAuth, after a 456); the process "
+                "cache stays on the old colour",
+            },
+            "scope",
+        ),
+        "status": _with_meanings(
+            M.CLUSTER_STATUSES,
+            {
+                "unknown": "no status seen yet",
+                "active": "ClusterService answered `active` (or a resume finished ok)",
+                "suspended": "ClusterService answered `suspended`, or an engine RPC failed with "
+                "`status: 503`",
+                "resuming": "ClusterService answered `resuming`",
+                "failed": "ClusterService answered `failed`",
+                "other": "any other status string",
+            },
+            "status",
+        ),
+        "kind": _with_meanings(
+            M.EVENT_KINDS,
+            {
+                "detected": "the first strategy this process (or, with a scope, that cache) learned "
+                "(not a switch)",
+                "suspended_seen": "the connector saw the cluster suspended (once per suspension)",
+                "resume_started": "the connector's auto-resume found the cluster suspended and waits",
+                "resume_finished": "the auto-resume ended (ok, failed, timeout), with its duration",
+                "strategy_rejected": "the connector refused an announced strategy value (at most one "
+                "event per reason per 5 s; every refusal is counted)",
+                "announced": "the server announced a switch; the connector applies it once queries drain",
+                "applied": "a switch took effect in this process (counted in "
+                "`e6data_strategy_switches_total`)",
+                "mismatch": "a `status: 456` strategy-mismatch error",
+                "cache_cleared": "the connector cleared its cached strategy",
+                "retry": "the connector's retry loop replayed an operation",
+            },
+            "kind",
+        ),
         "method": Label(
             "The gRPC method, by its short name, normalised by `norm_method`: one of the methods "
             "of the installed connector's engine service descriptor, else `other`. With the "
-            f"connector this file was generated with ({_connector_version()}):", methods),
-        "code": Label("The gRPC status code name, normalised by `norm_code`; anything unknown is "
-                      "`UNKNOWN`. A 456 strategy mismatch arrives as `UNKNOWN`.", codes),
-        "reason": _with_meanings(tuple(sorted(RETRY_REASONS)) + M.REJECTED_REASONS, {
-            "mismatch": "retries: the replayed call had failed with a `status: 456` mismatch",
-            "access_denied": "retries: the replayed call had failed `INTERNAL` with `Access "
-                             "denied` (an expired or unknown session; the connector logs in again)",
-            "resume": "retries: the connector resumed the suspended cluster and replays the "
-                      "login (sync) or the prepare (OAuth, async)",
-            "other": "retries: any other error",
-            "unknown": "refused strategy values (`e6data_strategy_rejected_total`): not blue or "
-                       "green (e.g. `purple`)",
-            "padded": "refused strategy values: a colour with whitespace around it",
-            "oversized": "refused strategy values: longer than 64 characters",
-            "not_text": "refused strategy values: not a string",
-        }, "reason"),
+            f"connector this file was generated with ({_connector_version()}):",
+            methods,
+        ),
+        "code": Label(
+            "The gRPC status code name, normalised by `norm_code`; anything unknown is "
+            "`UNKNOWN`. A 456 strategy mismatch arrives as `UNKNOWN`.",
+            codes,
+        ),
+        "reason": _with_meanings(
+            tuple(sorted(RETRY_REASONS)) + M.REJECTED_REASONS,
+            {
+                "mismatch": "retries: the replayed call had failed with a `status: 456` mismatch",
+                "access_denied": "retries: the replayed call had failed `INTERNAL` with `Access "
+                "denied` (an expired or unknown session; the connector logs in again)",
+                "resume": "retries: the connector resumed the suspended cluster and replays the "
+                "login (sync) or the prepare (OAuth, async)",
+                "other": "retries: any other error",
+                "unknown": "refused strategy values (`e6data_strategy_rejected_total`): not blue or "
+                "green (e.g. `purple`)",
+                "padded": "refused strategy values: a colour with whitespace around it",
+                "oversized": "refused strategy values: longer than 64 characters",
+                "not_text": "refused strategy values: not a string",
+            },
+            "reason",
+        ),
         "component": Label(
             "The part of e6observe that contained a failure, e.g. `sink.prometheus`, "
             "`sink.otel.metrics`, `watcher`, `hook.install.cursor`, `server`, `runtime.collect`. "
             "A fixed set of names in the code (no value comes from outside). Each failure is "
-            "counted here and logged once per component and exception type."),
-        "sink": _with_meanings(("dispatch", "otlp"), {
-            "dispatch": "the recorder's queue to event subscribers was full (10000 events)",
-            "otlp": "the OpenTelemetry log batch processor's queue was full and dropped a record",
-        }, "sink"),
-        "generation": Label("The garbage collector generation, as `gc.get_stats()` numbers them.",
-                            ("0", "1", "2")),
+            "counted here and logged once per component and exception type."
+        ),
+        "sink": _with_meanings(
+            ("dispatch", "otlp"),
+            {
+                "dispatch": "the recorder's queue to event subscribers was full (10000 events)",
+                "otlp": "the OpenTelemetry log batch processor's queue was full and dropped a record",
+            },
+            "sink",
+        ),
+        "generation": Label(
+            "The garbage collector generation, as `gc.get_stats()` numbers them.", ("0", "1", "2")
+        ),
         "pool": Label(
             f"The connection pool: `pool-<n>` in the order this process first saw its pools; past "
             f"{MAX_POOL_NAMES} names they share `{OTHER}`. An application can name a pool with "
             "`e6observe.hooks.pool.name_pool(pool, name)` (`[A-Za-z0-9_.-]`, at most 32 "
-            "characters)."),
+            "characters)."
+        ),
         "state": Label("Pooled connections by state.", ("idle", "used")),
-        "result": _with_meanings(RESULTS, {
-            "success": "the probe query returned 1",
-            "failure": "the probe failed (connect, query, fetch or clear)",
-            "timeout": "the probe did not finish within `--timeout`",
-        }, "result"),
-        "version": Label("The e6observe version (one value per process); on `python_info`, "
-                         "the Python version."),
-        "implementation": Label("Python implementation (`CPython`, ...), from "
-                                "prometheus_client's `PlatformCollector`."),
+        "result": _with_meanings(
+            RESULTS,
+            {
+                "success": "the probe query returned 1",
+                "failure": "the probe failed (connect, query, fetch or clear)",
+                "timeout": "the probe did not finish within `--timeout`",
+            },
+            "result",
+        ),
+        "version": Label(
+            "The e6observe version (one value per process); on `python_info`, the Python version."
+        ),
+        "implementation": Label(
+            "Python implementation (`CPython`, ...), from prometheus_client's `PlatformCollector`."
+        ),
         "major": Label("Python major version."),
         "minor": Label("Python minor version."),
         "patchlevel": Label("Python patch level."),
-        "connector_version": Label("The installed `e6data-python-connector` version (one value "
-                                   "per process; `unknown` if it cannot be read)."),
+        "connector_version": Label(
+            "The installed `e6data-python-connector` version (one value "
+            "per process; `unknown` if it cannot be read)."
+        ),
     }
     used = {name for m in M.ALL for name in m.labels}
     if used != set(out):
-        raise SystemExit(f"metrics_doc: labels without a description {sorted(used - set(out))}, "
-                         f"descriptions of unused labels {sorted(set(out) - used)}; update "
-                         "scripts/metrics_doc.py")
+        raise SystemExit(
+            f"metrics_doc: labels without a description {sorted(used - set(out))}, "
+            f"descriptions of unused labels {sorted(set(out) - used)}; update "
+            "scripts/metrics_doc.py"
+        )
     return out
 
 
@@ -272,20 +321,22 @@ def _series(m: M.MetricSpec) -> str:
 
 def _metric_section(m: M.MetricSpec, notes: Mapping[str, str]) -> list[str]:
     lines = [f"### `{_heading(m)}`", "", m.help, ""]
-    lines.append(f"- **Prometheus:** {m.kind}; series {_series(m)}; labels "
-                 f"{_label_links(m.labels)}")
+    lines.append(f"- **Prometheus:** {m.kind}; series {_series(m)}; labels {_label_links(m.labels)}")
     if m.buckets:
-        lines.append(f"- **Buckets** (`le`, {m.unit}): {', '.join(_number(b) for b in m.buckets)}, "
-                     "`+Inf`")
+        lines.append(f"- **Buckets** (`le`, {m.unit}): {', '.join(_number(b) for b in m.buckets)}, `+Inf`")
     if m.otel_name is None:
         lines.append("- **OpenTelemetry:** not exported")
     elif not otel_exported(m):
-        lines.append(f"- **OpenTelemetry:** not exported ({NOT_ON_OTEL[m.prom_name]} The table "
-                     f"reserves the name `{m.otel_name}`.)")
+        lines.append(
+            f"- **OpenTelemetry:** not exported ({NOT_ON_OTEL[m.prom_name]} The table "
+            f"reserves the name `{m.otel_name}`.)"
+        )
     else:
         attrs = otel_attributes(m)
-        lines.append(f"- **OpenTelemetry:** `{m.otel_name}`, unit `{m.unit}`; attributes "
-                     f"{_code(attrs) if attrs else 'none'}")
+        lines.append(
+            f"- **OpenTelemetry:** `{m.otel_name}`, unit `{m.unit}`; attributes "
+            f"{_code(attrs) if attrs else 'none'}"
+        )
     if not prometheus_exported(m):
         lines.append(f"- **Not on `/metrics`:** {NOT_ON_PROMETHEUS[m.prom_name]}")
     lines.append(f"- **Multi-process mode:** {multiprocess_behaviour(m)}")
@@ -301,9 +352,11 @@ def _query_error_types() -> str:
 
     pairs = [f"`{outcome}` → `{etype}`" for outcome, etype in ERROR_TYPES.items()]
     ok = [o for o in M.QUERY_OUTCOMES if o not in ERROR_TYPES]
-    return (f"`error.type` is derived from `outcome` ({', '.join(pairs)}; absent for "
-            f"{_code(ok)}); a query that waited for an auto-resume carries "
-            "`e6data.query.outcome` = `resumed`")
+    return (
+        f"`error.type` is derived from `outcome` ({', '.join(pairs)}; absent for "
+        f"{_code(ok)}); a query that waited for an auto-resume carries "
+        "`e6data.query.outcome` = `resumed`"
+    )
 
 
 def _notes() -> dict[str, str]:
@@ -312,15 +365,18 @@ def _notes() -> dict[str, str]:
     return {
         M.QUERY_DURATION.prom_name: (
             f"OpenTelemetry: {_query_error_types()}; `db.system.name` is `{DB_SYSTEM}`; "
-            "`server.address`/`server.port` name the cluster endpoint when known."),
+            "`server.address`/`server.port` name the cluster endpoint when known."
+        ),
         M.RPC_DURATION.prom_name: (
             "OpenTelemetry: `rpc.method` is the fully qualified `<service>/<method>` "
             "(`_OTHER` for a method outside the set), `rpc.system.name` is `grpc`, "
             "`error.type` is the status code of a failed call (absent when `OK`), "
-            "`server.address`/`server.port` name the cluster endpoint when known."),
+            "`server.address`/`server.port` name the cluster endpoint when known."
+        ),
         M.PROCESS_CPU.prom_name: (
             "Prometheus shows user + system time as one series; OpenTelemetry splits it by "
-            "`cpu.mode` (`user`, `system`)."),
+            "`cpu.mode` (`user`, `system`)."
+        ),
         M.PROBE_SUCCESS.prom_name: "Absent until the first probe has finished.",
         M.STRATEGY_LOCK_HELD_AT_FORK.prom_name: "0 in a process that was not forked.",
     }
@@ -408,8 +464,9 @@ def render() -> str:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="regen-docs", description=__doc__.split("\n\n")[0])
     ap.add_argument("--check", action="store_true", help="only compare; exit 1 if stale")
-    ap.add_argument("--root", type=Path, default=ROOT,
-                    help="tree to write or check (default: this repository)")
+    ap.add_argument(
+        "--root", type=Path, default=ROOT, help="tree to write or check (default: this repository)"
+    )
     args = ap.parse_args(argv)
     path = args.root / OUTPUT
     text = render()

@@ -40,9 +40,15 @@ def _connect(port: int, ctx: Optional[ssl.SSLContext], timeout: float) -> socket
     return s
 
 
-def header_flood(port: int, connections: int = 64, lines: int = 98, line_bytes: int = 65_000,
-                 ctx: Optional[ssl.SSLContext] = None, deadline: float = 60.0,
-                 path: str = "/metrics") -> dict[str, int]:
+def header_flood(
+    port: int,
+    connections: int = 64,
+    lines: int = 98,
+    line_bytes: int = 65_000,
+    ctx: Optional[ssl.SSLContext] = None,
+    deadline: float = 60.0,
+    path: str = "/metrics",
+) -> dict[str, int]:
     """``connections`` concurrent requests, each with ``lines`` header lines of ``line_bytes``.
 
     Returns how the requests ended: ``{"431": n, "408": n, "other_status": n, "dropped": n}``
@@ -99,9 +105,16 @@ class Slowloris:
     ``max_seconds`` in any case.
     """
 
-    def __init__(self, port: int, connections: int = 64, interval: float = 10.0,
-                 ctx: Optional[ssl.SSLContext] = None, max_seconds: float = 120.0,
-                 path: str = "/metrics", eager: bool = True) -> None:
+    def __init__(
+        self,
+        port: int,
+        connections: int = 64,
+        interval: float = 10.0,
+        ctx: Optional[ssl.SSLContext] = None,
+        max_seconds: float = 120.0,
+        path: str = "/metrics",
+        eager: bool = True,
+    ) -> None:
         self.port, self.connections, self.interval = port, connections, interval
         self.ctx, self.path, self.eager = ctx, path, eager
         self.stopping = threading.Event()
@@ -172,8 +185,14 @@ class Slowloris:
         self.stop()
 
 
-def http_get(port: int, path: str = "/metrics", ctx: Optional[ssl.SSLContext] = None,
-             auth: Optional[str] = None, timeout: float = 5.0, method: str = "GET") -> tuple[int, bytes]:
+def http_get(
+    port: int,
+    path: str = "/metrics",
+    ctx: Optional[ssl.SSLContext] = None,
+    auth: Optional[str] = None,
+    timeout: float = 5.0,
+    method: str = "GET",
+) -> tuple[int, bytes]:
     """One HTTP/1.0 request on a fresh connection: ``(status, body)``; ``(0, b"")`` on a
     connection error or timeout. ``timeout`` bounds the whole exchange."""
     import base64
@@ -204,7 +223,7 @@ def http_get(port: int, path: str = "/metrics", ctx: Optional[ssl.SSLContext] = 
     head_end = buf.find(b"\r\n\r\n")
     if not buf.startswith(b"HTTP/1.") or head_end < 0:
         return 0, b""
-    return int(buf[9:12]), bytes(buf[head_end + 4:])
+    return int(buf[9:12]), bytes(buf[head_end + 4 :])
 
 
 def scrape_loop(scrape: Callable[[], bool], count: int, period: float = 1.0) -> list[bool]:
@@ -219,16 +238,16 @@ def scrape_loop(scrape: Callable[[], bool], count: int, period: float = 1.0) -> 
     return results
 
 
-def client_context(cafile: str, certfile: Optional[str] = None,
-                   keyfile: Optional[str] = None) -> ssl.SSLContext:
+def client_context(
+    cafile: str, certfile: Optional[str] = None, keyfile: Optional[str] = None
+) -> ssl.SSLContext:
     ctx = ssl.create_default_context(cafile=cafile)
     if certfile is not None:
         ctx.load_cert_chain(certfile, keyfile)
     return ctx
 
 
-def sampled(fn: Callable[[], Any], stop: threading.Event, every: float,
-            max_seconds: float) -> list[Any]:
+def sampled(fn: Callable[[], Any], stop: threading.Event, every: float, max_seconds: float) -> list[Any]:
     """Call ``fn`` every ``every`` seconds until ``stop`` (or ``max_seconds``); the values
     (collected in a list that the caller reads after stopping)."""
     values: list[Any] = []

@@ -85,8 +85,7 @@ class ConnectorSwitchLog(logging.Handler):
         # Our handler sits on the connector's logger before the debug connection exists, so the
         # connector does not add its own stderr handler.
         logging.getLogger("e6data_python_connector").addHandler(self)
-        self._conn = g.Connection(host=host, port=port, username=username, password=password,
-                                  debug=True)
+        self._conn = g.Connection(host=host, port=port, username=username, password=password, debug=True)
         # The strategy log is at INFO; leave everything else as it was (the connector set its
         # own and grpc's loggers to DEBUG, which would log every result batch).
         for name in _DEBUG_LOGGERS:
@@ -109,8 +108,7 @@ class ConnectorSwitchLog(logging.Handler):
                 pass
         logging.getLogger("e6data_python_connector").removeHandler(self)
         if "e6data_python_connector" in self._saved:
-            logging.getLogger("e6data_python_connector").setLevel(
-                self._saved["e6data_python_connector"])
+            logging.getLogger("e6data_python_connector").setLevel(self._saved["e6data_python_connector"])
 
     # -- reading ----------------------------------------------------------------------------
     def switches(self) -> list[tuple[str, str]]:
@@ -238,8 +236,7 @@ def identity_snapshot() -> dict[str, Any]:
     """Each patchable class's own attribute objects, and the strategy cache object."""
     from e6data_python_connector import e6data_grpc as g
 
-    snap: dict[str, Any] = {f"{c.__module__}.{c.__qualname__}": dict(vars(c))
-                            for c in patchable_classes()}
+    snap: dict[str, Any] = {f"{c.__module__}.{c.__qualname__}": dict(vars(c)) for c in patchable_classes()}
     snap["cache"] = g._local_strategy_cache
     return snap
 
@@ -255,8 +252,9 @@ def identity_changes(before: dict[str, Any], after: dict[str, Any]) -> list[str]
         now = after[name]
         if set(now) != set(attrs):
             problems.append(f"{name}: attributes added/removed {sorted(set(now) ^ set(attrs))}")
-        problems += [f"{name}.{k} not the original object" for k in attrs
-                     if k in now and now[k] is not attrs[k]]
+        problems += [
+            f"{name}.{k} not the original object" for k in attrs if k in now and now[k] is not attrs[k]
+        ]
     return problems
 
 
@@ -290,8 +288,7 @@ def label_values(text: str, label: str) -> set[str]:
     return set(re.findall(label + r'="([^"]*)"', text))
 
 
-def http_get(url: str, headers: Optional[dict[str, str]] = None, timeout: float = 10.0) -> tuple[
-        int, str]:
+def http_get(url: str, headers: Optional[dict[str, str]] = None, timeout: float = 10.0) -> tuple[int, str]:
     """(status, body) of a GET (no redirects, no proxies)."""
     import urllib.error
     import urllib.request
@@ -325,7 +322,7 @@ def sink(component: str) -> Any:
     from e6observe import _api
 
     inst = _api._active
-    for name, obj, _ in (inst.sinks if inst is not None else ()):
+    for name, obj, _ in inst.sinks if inst is not None else ():
         if name == component:
             return obj
     return None
@@ -399,8 +396,9 @@ class SimProcess:
 
         ctx = mp.get_context("spawn")
         self._conn, child = ctx.Pipe()
-        self._proc = ctx.Process(target=_sim_process_main, args=(child, kwargs),
-                                 name="e6observe-sim-process", daemon=True)
+        self._proc = ctx.Process(
+            target=_sim_process_main, args=(child, kwargs), name="e6observe-sim-process", daemon=True
+        )
         self._lock = threading.Lock()
         self._proc.start()
         child.close()
@@ -450,8 +448,9 @@ class Rig:
     e6observe's default.
     """
 
-    def __init__(self, record_query_text: Optional[bool] = None, watcher_interval: float = 0.05,
-                 **extra: Any) -> None:
+    def __init__(
+        self, record_query_text: Optional[bool] = None, watcher_interval: float = 0.05, **extra: Any
+    ) -> None:
         self.record_query_text = record_query_text
         self.watcher_interval = watcher_interval
         self.extra = extra
@@ -484,10 +483,13 @@ class Rig:
         self.span_exporter = InMemorySpanExporter()
         self.tracer_provider = TracerProvider()
         self.tracer_provider.add_span_processor(SimpleSpanProcessor(self.span_exporter))
-        opts: dict[str, Any] = dict(prometheus_port=0, meter_provider=self.meter_provider,
-                                    logger_provider=self.logger_provider,
-                                    tracer_provider=self.tracer_provider,
-                                    watcher_interval=self.watcher_interval)
+        opts: dict[str, Any] = dict(
+            prometheus_port=0,
+            meter_provider=self.meter_provider,
+            logger_provider=self.logger_provider,
+            tracer_provider=self.tracer_provider,
+            watcher_interval=self.watcher_interval,
+        )
         if self.record_query_text is not None:
             opts["record_query_text"] = self.record_query_text
         opts.update(self.extra)
@@ -542,8 +544,7 @@ class Rig:
         import http.client
 
         want = f"id: {self.rec.ring.emitted}\n"
-        conn = http.client.HTTPConnection("127.0.0.1", int(self.base.rsplit(":", 1)[1]),
-                                          timeout=timeout)
+        conn = http.client.HTTPConnection("127.0.0.1", int(self.base.rsplit(":", 1)[1]), timeout=timeout)
         try:
             conn.request("GET", "/events?since=0")
             resp = conn.getresponse()
@@ -571,8 +572,9 @@ class Rig:
         out = []
         for item in self.log_exporter.get_finished_logs():
             lr = getattr(item, "log_record", item)
-            out.append(repr((getattr(lr, "event_name", None), lr.body, dict(lr.attributes or {}),
-                             lr.severity_text)))
+            out.append(
+                repr((getattr(lr, "event_name", None), lr.body, dict(lr.attributes or {}), lr.severity_text))
+            )
         return "\n".join(out)
 
     def spans(self) -> list[Any]:
@@ -587,7 +589,13 @@ class Rig:
     def outputs(self) -> dict[str, str]:
         """Every output e6observe produced, as text, by name."""
         self.rec.flush()
-        return {"metrics": self.scrape(), "openmetrics": self.scrape(openmetrics=True),
-                "status": self.status(), "events": self.events(),
-                "otel_metrics": self.otel_metrics(), "otel_logs": self.otel_logs(),
-                "spans": self.spans_text(), "ring": self.ring_text()}
+        return {
+            "metrics": self.scrape(),
+            "openmetrics": self.scrape(openmetrics=True),
+            "status": self.status(),
+            "events": self.events(),
+            "otel_metrics": self.otel_metrics(),
+            "otel_logs": self.otel_logs(),
+            "spans": self.spans_text(),
+            "ring": self.ring_text(),
+        }

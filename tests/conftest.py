@@ -71,9 +71,13 @@ NOT_QUICK = ("slow", "live")
 
 
 def pytest_addoption(parser: Any) -> None:
-    parser.addoption("--all", action="store_true", dest="e6observe_all",
-                     help="run the slow and live tests too (./run test and CI do); bare `pytest` "
-                          "leaves them out, naming tests or a -m expression selects as asked")
+    parser.addoption(
+        "--all",
+        action="store_true",
+        dest="e6observe_all",
+        help="run the slow and live tests too (./run test and CI do); bare `pytest` "
+        "leaves them out, naming tests or a -m expression selects as asked",
+    )
 
 
 def quick_run(config: Any) -> bool:
@@ -100,6 +104,8 @@ def pytest_collection_modifyitems(config: Any, items: list[Any]) -> None:
 
 def pytest_report_header(config: Any) -> Optional[str]:
     if quick_run(config):
-        return ("e6observe: the quick set - slow and live tests left out; all of them: "
-                "pytest --all (./run test, CI)")
+        return (
+            "e6observe: the quick set - slow and live tests left out; all of them: "
+            "pytest --all (./run test, CI)"
+        )
     return None

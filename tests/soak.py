@@ -94,31 +94,60 @@ class SoakOptions:
 
 def parse_args(argv: Optional[list[str]] = None) -> SoakOptions:
     d = SoakOptions()
-    p = argparse.ArgumentParser(prog="python -m tests.soak",
-                                description="Chaos soak of e6observe with the real connector.")
+    p = argparse.ArgumentParser(
+        prog="python -m tests.soak", description="Chaos soak of e6observe with the real connector."
+    )
     p.add_argument("--duration", type=float, default=d.duration, help="seconds of load (300)")
     p.add_argument("--threads", type=int, default=d.threads, help="worker threads (32)")
-    p.add_argument("--switch-every", type=float, default=d.switch_every,
-                   help="seconds between blue/green switches; chaos steps every half (4)")
+    p.add_argument(
+        "--switch-every",
+        type=float,
+        default=d.switch_every,
+        help="seconds between blue/green switches; chaos steps every half (4)",
+    )
     p.add_argument("--restarts", type=int, default=d.restarts, help="simulator restarts (1)")
-    p.add_argument("--think-ms", type=float, default=d.think_ms,
-                   help="mean pause between a worker's queries, ms (2)")
-    p.add_argument("--reconnect-every", type=int, default=d.reconnect_every,
-                   help="queries per connection before a worker reopens it (50; 0: never)")
-    p.add_argument("--warmup", type=float, default=None,
-                   help="seconds of RSS samples ignored for the trend (min(120, 0.4 * duration))")
+    p.add_argument(
+        "--think-ms", type=float, default=d.think_ms, help="mean pause between a worker's queries, ms (2)"
+    )
+    p.add_argument(
+        "--reconnect-every",
+        type=int,
+        default=d.reconnect_every,
+        help="queries per connection before a worker reopens it (50; 0: never)",
+    )
+    p.add_argument(
+        "--warmup",
+        type=float,
+        default=None,
+        help="seconds of RSS samples ignored for the trend (min(120, 0.4 * duration))",
+    )
     p.add_argument("--rss-every", type=float, default=d.rss_every, help="RSS sample period (2)")
-    p.add_argument("--scrape-every", type=float, default=d.scrape_every,
-                   help="/metrics scrape period (2)")
+    p.add_argument("--scrape-every", type=float, default=d.scrape_every, help="/metrics scrape period (2)")
     p.add_argument("--watcher-interval", type=float, default=d.watcher_interval)
-    p.add_argument("--event-capacity", type=int, default=d.event_capacity,
-                   help="e6observe event ring size (1024: small enough to evict in a soak)")
-    p.add_argument("--rss-slope-max", type=float, default=d.rss_slope_max,
-                   help="max RSS trend after warm-up, MiB/min (2.0)")
-    p.add_argument("--rss-min-window", type=float, default=d.rss_min_window,
-                   help="judge the RSS trend only over at least this many seconds (120)")
-    p.add_argument("--rss-growth-max", type=float, default=d.rss_growth_max,
-                   help="max RSS growth after warm-up, MiB (128)")
+    p.add_argument(
+        "--event-capacity",
+        type=int,
+        default=d.event_capacity,
+        help="e6observe event ring size (1024: small enough to evict in a soak)",
+    )
+    p.add_argument(
+        "--rss-slope-max",
+        type=float,
+        default=d.rss_slope_max,
+        help="max RSS trend after warm-up, MiB/min (2.0)",
+    )
+    p.add_argument(
+        "--rss-min-window",
+        type=float,
+        default=d.rss_min_window,
+        help="judge the RSS trend only over at least this many seconds (120)",
+    )
+    p.add_argument(
+        "--rss-growth-max",
+        type=float,
+        default=d.rss_growth_max,
+        help="max RSS growth after warm-up, MiB (128)",
+    )
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--json", dest="json_path", default=None, help="also write the JSON here")
     a = p.parse_args(argv)
@@ -126,13 +155,24 @@ def parse_args(argv: Optional[list[str]] = None) -> SoakOptions:
         p.error("--duration, --switch-every must be > 0, --threads >= 1, --restarts >= 0")
     if a.threads > 256:
         p.error("--threads is at most 256 (the simulator serves 64 RPCs at once)")
-    return SoakOptions(duration=a.duration, threads=a.threads, switch_every=a.switch_every,
-                       restarts=a.restarts, think_ms=max(0.0, a.think_ms),
-                       reconnect_every=max(0, a.reconnect_every), warmup=a.warmup,
-                       rss_every=max(0.2, a.rss_every), scrape_every=max(0.2, a.scrape_every),
-                       watcher_interval=a.watcher_interval, event_capacity=a.event_capacity,
-                       rss_slope_max=a.rss_slope_max, rss_min_window=a.rss_min_window,
-                       rss_growth_max=a.rss_growth_max, seed=a.seed, json_path=a.json_path)
+    return SoakOptions(
+        duration=a.duration,
+        threads=a.threads,
+        switch_every=a.switch_every,
+        restarts=a.restarts,
+        think_ms=max(0.0, a.think_ms),
+        reconnect_every=max(0, a.reconnect_every),
+        warmup=a.warmup,
+        rss_every=max(0.2, a.rss_every),
+        scrape_every=max(0.2, a.scrape_every),
+        watcher_interval=a.watcher_interval,
+        event_capacity=a.event_capacity,
+        rss_slope_max=a.rss_slope_max,
+        rss_min_window=a.rss_min_window,
+        rss_growth_max=a.rss_growth_max,
+        seed=a.seed,
+        json_path=a.json_path,
+    )
 
 
 # -- small helpers ------------------------------------------------------------------------------
@@ -201,12 +241,14 @@ def classify(exc: BaseException) -> str:
 def parse_exposition(text: str) -> list[tuple[str, dict[str, str], float]]:
     from prometheus_client.parser import text_string_to_metric_families
 
-    return [(s.name, dict(s.labels), float(s.value))
-            for fam in text_string_to_metric_families(text) for s in fam.samples]
+    return [
+        (s.name, dict(s.labels), float(s.value))
+        for fam in text_string_to_metric_families(text)
+        for s in fam.samples
+    ]
 
 
-def samples(parsed: list[tuple[str, dict[str, str], float]], name: str) -> list[tuple[dict[str, str],
-                                                                                       float]]:
+def samples(parsed: list[tuple[str, dict[str, str], float]], name: str) -> list[tuple[dict[str, str], float]]:
     return [(lab, v) for n, lab, v in parsed if n == name]
 
 
@@ -227,7 +269,7 @@ class Worker(threading.Thread):
         self.started = 0
         self.done = 0
         self.completed = 0  # execute + fetchall + clear succeeded
-        self.wrong = 0      # ... but the rows (or the success itself) were wrong
+        self.wrong = 0  # ... but the rows (or the success itself) were wrong
         self.unexpected = 0  # "simulated query failure" for a query that should not fail
         self.failed = 0
         self.errors: Counter[str] = Counter()
@@ -240,8 +282,9 @@ class Worker(threading.Thread):
 
         s = self.soak
         self.connections += 1
-        return g.Connection(host=s.sim.host, port=s.sim.port, username=USER.format(self.idx),
-                            password=PASSWORD)
+        return g.Connection(
+            host=s.sim.host, port=s.sim.port, username=USER.format(self.idx), password=PASSWORD
+        )
 
     def run(self) -> None:
         try:
@@ -405,8 +448,9 @@ class Chaos(threading.Thread):
         deadline = time.monotonic() + self.SETTLE_TIMEOUT
         workers = self.soak.workers
         while time.monotonic() < deadline:
-            if not wait_for(lambda: cache_active() == self.colour,
-                                    max(0.0, deadline - time.monotonic()), 0.01):
+            if not wait_for(
+                lambda: cache_active() == self.colour, max(0.0, deadline - time.monotonic()), 0.01
+            ):
                 break
             m0 = int(sim.counters()["mismatches_total"])
             marks = [w.started for w in workers]
@@ -426,8 +470,9 @@ class Chaos(threading.Thread):
         sim = self.soak.sim
         before = int(sim.counters()["faults_injected"])
         sim.inject_fault(method, code, details, count)
-        if not wait_for(lambda: int(sim.counters()["faults_injected"]) - before >= count,
-                                self.CONSUME_TIMEOUT, 0.05):
+        if not wait_for(
+            lambda: int(sim.counters()["faults_injected"]) - before >= count, self.CONSUME_TIMEOUT, 0.05
+        ):
             sim.clear_faults()
         return int(sim.counters()["faults_injected"]) - before
 
@@ -438,14 +483,18 @@ class Chaos(threading.Thread):
         to = sim.announce()
         # The connector applies an announced colour once its queries drained (or when a
         # connection logs in while it is pending); give it most of the half period.
-        applied = wait_for(lambda: cache_active() == to,
-                                   self.soak.opts.switch_every * 0.4, 0.01)
+        applied = wait_for(lambda: cache_active() == to, self.soak.opts.switch_every * 0.4, 0.01)
         if applied:
             self.applied_before_retire += 1
         open_old = sim.complete(drain_wait=min(1.0, self.soak.opts.switch_every * 0.1))
         self.colour = to
-        return {"from": frm, "to": to, "client_applied_first": applied, "open_on_old": open_old,
-                "followed": self.follow()}
+        return {
+            "from": frm,
+            "to": to,
+            "client_applied_first": applied,
+            "open_on_old": open_old,
+            "followed": self.follow(),
+        }
 
     def abrupt(self) -> dict[str, Any]:
         frm = self.colour
@@ -514,7 +563,7 @@ class StreamFollower(threading.Thread):
         self.host, self.port = host, port
         self.received = 0
         self.last_id = 0
-        self.late = 0        # ids that arrived after a higher one (informational)
+        self.late = 0  # ids that arrived after a higher one (informational)
         self.duplicates = 0
         self.error: Optional[str] = None
         self._seen = bytearray(4096)
@@ -552,11 +601,11 @@ class StreamFollower(threading.Thread):
 
     def missing(self, upto: int) -> int:
         """Ids in 1..upto that never arrived."""
-        return upto - sum(self._seen[1:upto + 1])
+        return upto - sum(self._seen[1 : upto + 1])
 
     def beyond(self, upto: int) -> int:
         """Ids above ``upto`` that arrived (there should be none)."""
-        return sum(self._seen[upto + 1:])
+        return sum(self._seen[upto + 1 :])
 
 
 class Periodic(threading.Thread):
@@ -603,9 +652,13 @@ class Report:
         self.checks.append(Check(name, bool(ok), detail, judged))
 
     def to_json(self) -> dict[str, Any]:
-        return {"ok": self.ok, "options": self.options, "figures": self.figures,
-                "checks": [asdict(c) for c in self.checks],
-                "failed": [c.name for c in self.checks if not c.ok]}
+        return {
+            "ok": self.ok,
+            "options": self.options,
+            "figures": self.figures,
+            "checks": [asdict(c) for c in self.checks],
+            "failed": [c.name for c in self.checks if not c.ok],
+        }
 
 
 class Soak:
@@ -675,9 +728,12 @@ class Soak:
         tap = EventTap()
         try:
             _safe.reset_for_tests()
-            self.rec = instrument(prometheus_port=0, otel=False,
-                                  watcher_interval=opts.watcher_interval,
-                                  event_capacity=opts.event_capacity)
+            self.rec = instrument(
+                prometheus_port=0,
+                otel=False,
+                watcher_interval=opts.watcher_interval,
+                event_capacity=opts.event_capacity,
+            )
             if self.rec is None:
                 raise RuntimeError("e6observe.instrument() returned None")
             if getattr(_api._active, "status", None) is None:
@@ -685,8 +741,9 @@ class Soak:
                 # e6observe did not, and then the soak mounts them (and unmounts them at the end)
                 self.mounted = status.mount_instrumentation(_api._active)
             self.rec.subscribe(tap)
-            self.switch_log = chaos.ConnectorSwitchLog().install(self.sim.host, self.sim.port,
-                                                                 USER.format("log"), PASSWORD)
+            self.switch_log = chaos.ConnectorSwitchLog().install(
+                self.sim.host, self.sim.port, USER.format("log"), PASSWORD
+            )
             host, port = self.base_url().rsplit("//", 1)[1].rsplit(":", 1)
             follower = StreamFollower(host, int(port))
             follower.start()
@@ -696,8 +753,10 @@ class Soak:
             self.workers = [Worker(i, self) for i in range(opts.threads)]
             for w in self.workers:
                 w.start()
-            periodic = [Periodic("soak-rss", opts.rss_every, self._sample_rss),
-                        Periodic("soak-scrape", opts.scrape_every, self._scrape)]
+            periodic = [
+                Periodic("soak-rss", opts.rss_every, self._sample_rss),
+                Periodic("soak-scrape", opts.scrape_every, self._scrape),
+            ]
             for p in periodic:
                 p.start()
             chaos_thread = Chaos(self)
@@ -726,8 +785,9 @@ class Soak:
             hung = [w.name for w in self.workers if w.is_alive()]
             self.rss_after_stop = rss_now()  # the workers' connections closed: not in the trend
             self.rec.flush(5.0)
-            self._finish(report, tap, follower, chaos_thread, hung, chaos_hung, followed_at_end,
-                         rss_before_sim)
+            self._finish(
+                report, tap, follower, chaos_thread, hung, chaos_hung, followed_at_end, rss_before_sim
+            )
         finally:
             if chaos_thread is not None:
                 chaos_thread.stop.set()
@@ -745,8 +805,17 @@ class Soak:
         return report
 
     # -- the verdict ---------------------------------------------------------------------------
-    def _finish(self, report: Report, tap: EventTap, follower: StreamFollower, ch: Chaos,
-                hung: list[str], chaos_hung: bool, followed_at_end: bool, rss_before_sim: int) -> None:
+    def _finish(
+        self,
+        report: Report,
+        tap: EventTap,
+        follower: StreamFollower,
+        ch: Chaos,
+        hung: list[str],
+        chaos_hung: bool,
+        followed_at_end: bool,
+        rss_before_sim: int,
+    ) -> None:
         from e6observe import _safe
         from e6observe import metrics as M
 
@@ -762,32 +831,51 @@ class Soak:
         wrong = sum(w.wrong for w in self.workers)
         failed = sum(w.failed for w in self.workers)
         unexpected = sum(w.unexpected for w in self.workers)
-        f["queries"] = {"run": completed + failed, "ok": completed - wrong, "wrong_rows": wrong,
-                        "error": failed, "errors_by_kind": dict(sorted(errors.items())),
-                        "per_second": round((completed + failed) / max(wall, 1e-9), 1),
-                        "connections_opened": sum(w.connections for w in self.workers)}
-        report.add("workload.ran", completed > 0 and completed - wrong > 0,
-                   f"{completed - wrong} correct queries")
-        report.add("workload.rows_correct", wrong == 0 and unexpected == 0,
-                   f"{wrong} queries returned wrong rows or a wrong success, {unexpected} failed "
-                   "that should not have; examples: "
-                   f"{[e for w in self.workers for e in w.wrong_examples][:5]}")
+        f["queries"] = {
+            "run": completed + failed,
+            "ok": completed - wrong,
+            "wrong_rows": wrong,
+            "error": failed,
+            "errors_by_kind": dict(sorted(errors.items())),
+            "per_second": round((completed + failed) / max(wall, 1e-9), 1),
+            "connections_opened": sum(w.connections for w in self.workers),
+        }
+        report.add(
+            "workload.ran", completed > 0 and completed - wrong > 0, f"{completed - wrong} correct queries"
+        )
+        report.add(
+            "workload.rows_correct",
+            wrong == 0 and unexpected == 0,
+            f"{wrong} queries returned wrong rows or a wrong success, {unexpected} failed "
+            "that should not have; examples: "
+            f"{[e for w in self.workers for e in w.wrong_examples][:5]}",
+        )
         crashes = [f"{w.name}: {w.crash}" for w in self.workers if w.crash]
-        report.add("threads.bounded", not hung and not crashes and not chaos_hung and not ch.crash,
-                   f"hung workers {hung}, crashed {crashes}, chaos hung {chaos_hung}, "
-                   f"chaos crash {ch.crash}; peak threads {self.threads_peak}")
+        report.add(
+            "threads.bounded",
+            not hung and not crashes and not chaos_hung and not ch.crash,
+            f"hung workers {hung}, crashed {crashes}, chaos hung {chaos_hung}, "
+            f"chaos crash {ch.crash}; peak threads {self.threads_peak}",
+        )
 
         # ---- chaos that happened
-        f["chaos"] = {"steps": dict(ch.steps), "cycles": ch.cycles,
-                      "simulator_switches": sim_c["switches"],
-                      "announced_applied_before_retire": ch.applied_before_retire,
-                      "follow_timeouts": ch.follow_timeouts, "settle_failures": ch.settle_failures,
-                      "restarts": sim_c["restarts"], "followed_at_end": followed_at_end,
-                      "log": ch.log}
+        f["chaos"] = {
+            "steps": dict(ch.steps),
+            "cycles": ch.cycles,
+            "simulator_switches": sim_c["switches"],
+            "announced_applied_before_retire": ch.applied_before_retire,
+            "follow_timeouts": ch.follow_timeouts,
+            "settle_failures": ch.settle_failures,
+            "restarts": sim_c["restarts"],
+            "followed_at_end": followed_at_end,
+            "log": ch.log,
+        }
         want_steps = set(CYCLE) | ({"restart"} if opts.restarts else set())
-        report.add("chaos.executed", want_steps <= set(ch.steps) and
-                   sim_c["restarts"] == ch.steps["restart"] == opts.restarts,
-                   f"steps {dict(ch.steps)}, simulator restarts {sim_c['restarts']}")
+        report.add(
+            "chaos.executed",
+            want_steps <= set(ch.steps) and sim_c["restarts"] == ch.steps["restart"] == opts.restarts,
+            f"steps {dict(ch.steps)}, simulator restarts {sim_c['restarts']}",
+        )
 
         # ---- switches: the connector's own log vs e6observe (recorder, /metrics, subscriber)
         assert self.switch_log is not None
@@ -807,22 +895,36 @@ class Soak:
             if v:
                 prom_by[(lab["from"], lab["to"])] += int(v)
         tap_by = Counter((a, b) for a, b, _ in tap.applied)
-        f["switches"] = {"connector_made": len(made), "e6observe_recorder": sum(rec_by.values()),
-                         "e6observe_metrics": sum(prom_by.values()),
-                         "e6observe_events": len(tap.applied),
-                         "by_cause": dict(by_cause),
-                         "by_direction": {f"{a}->{b}": n for (a, b), n in sorted(made_by.items())}}
-        report.add("switches.recorder_equals_connector", rec_by == made_by,
-                   f"connector {dict(made_by)} vs recorder {dict(rec_by)}")
-        report.add("switches.metrics_equals_connector", code == 200 and prom_by == made_by,
-                   f"/metrics HTTP {code}: {dict(prom_by)} vs connector {dict(made_by)}")
-        report.add("switches.events_in_order", [(a, b) for a, b, _ in tap.applied] == made,
-                   f"{len(tap.applied)} applied events vs {len(made)} switches, same order: "
-                   f"{tap_by == made_by}")
+        f["switches"] = {
+            "connector_made": len(made),
+            "e6observe_recorder": sum(rec_by.values()),
+            "e6observe_metrics": sum(prom_by.values()),
+            "e6observe_events": len(tap.applied),
+            "by_cause": dict(by_cause),
+            "by_direction": {f"{a}->{b}": n for (a, b), n in sorted(made_by.items())},
+        }
+        report.add(
+            "switches.recorder_equals_connector",
+            rec_by == made_by,
+            f"connector {dict(made_by)} vs recorder {dict(rec_by)}",
+        )
+        report.add(
+            "switches.metrics_equals_connector",
+            code == 200 and prom_by == made_by,
+            f"/metrics HTTP {code}: {dict(prom_by)} vs connector {dict(made_by)}",
+        )
+        report.add(
+            "switches.events_in_order",
+            [(a, b) for a, b, _ in tap.applied] == made,
+            f"{len(tap.applied)} applied events vs {len(made)} switches, same order: {tap_by == made_by}",
+        )
         last_known = next((v for v in reversed(self.switch_log.values) if v), None)
-        report.add("switches.final_colour", rec.active == last_known,
-                   f"e6observe active {rec.active}, connector's last colour {last_known}, "
-                   f"simulator {sim_c['active']}")
+        report.add(
+            "switches.final_colour",
+            rec.active == last_known,
+            f"e6observe active {rec.active}, connector's last colour {last_known}, "
+            f"simulator {sim_c['active']}",
+        )
 
         # ---- the event ring and every reader of it
         ring = rec.ring
@@ -832,58 +934,94 @@ class Soak:
         # be delivering its last batch)
         wait_for(lambda: tap.received + dropped.get("dispatch", 0) >= ring.emitted, 10.0)
         prom_events = sum(v for _, v in samples(parsed, M.EVENTS.prom_name + "_total"))
-        prom_dropped = {lab["sink"]: int(v)
-                        for lab, v in samples(parsed, M.EVENTS_DROPPED.prom_name + "_total")}
+        prom_dropped = {
+            lab["sink"]: int(v) for lab, v in samples(parsed, M.EVENTS_DROPPED.prom_name + "_total")
+        }
         code_s, body_s = chaos.http_get(base + "/status")
         st = json.loads(body_s).get("events", {}) if code_s == 200 else {}
         # The stream has sent everything once every id arrived (or it stopped); an event evicted
         # before the stream read it never arrives, and then this waits the bound out.
         wait_for(lambda: follower.received >= ring.emitted or not follower.is_alive(), 15.0)
         missing, beyond = follower.missing(emitted), follower.beyond(emitted)
-        f["events"] = {"emitted": emitted, "kept": kept, "evicted": evicted, "capacity": ring.capacity,
-                       "dropped": dropped, "by_kind": dict(tap.kinds),
-                       "subscriber_received": tap.received,
-                       "stream": {"received": follower.received, "missing": missing,
-                                  "last_id": follower.last_id, "late": follower.late,
-                                  "duplicates": follower.duplicates, "error": follower.error}}
-        report.add("events.ring_accounting", emitted == kept + evicted and kept <= ring.capacity,
-                   f"emitted {emitted} == kept {kept} + evicted {evicted}")
+        f["events"] = {
+            "emitted": emitted,
+            "kept": kept,
+            "evicted": evicted,
+            "capacity": ring.capacity,
+            "dropped": dropped,
+            "by_kind": dict(tap.kinds),
+            "subscriber_received": tap.received,
+            "stream": {
+                "received": follower.received,
+                "missing": missing,
+                "last_id": follower.last_id,
+                "late": follower.late,
+                "duplicates": follower.duplicates,
+                "error": follower.error,
+            },
+        }
+        report.add(
+            "events.ring_accounting",
+            emitted == kept + evicted and kept <= ring.capacity,
+            f"emitted {emitted} == kept {kept} + evicted {evicted}",
+        )
         seqs = [e.seq for e in ring.snapshot()]
-        report.add("events.ring_contents", len(set(seqs)) == len(seqs) == kept
-                   and all(1 <= q <= emitted for q in seqs),
-                   f"{len(seqs)} distinct seqs in 1..{emitted}")
-        report.add("events.metrics_count_every_event", int(prom_events) == emitted,
-                   f"e6data_strategy_events_total {prom_events:g} vs emitted {emitted}")
-        report.add("events.subscriber_lossless_or_counted",
-                   tap.received + dropped.get("dispatch", 0) == emitted,
-                   f"received {tap.received} + dropped {dropped.get('dispatch', 0)} vs {emitted}")
-        report.add("events.status_accounting",
-                   code_s == 200 and int(st.get("emitted", -1)) == emitted
-                   and int(st.get("in_ring", -1)) + int(st.get("evicted", -1)) == emitted,
-                   f"/status HTTP {code_s} events {st.get('emitted')} = {st.get('in_ring')} + "
-                   f"{st.get('evicted')}")
-        report.add("events.stream_complete",
-                   follower.error is None and follower.duplicates == 0 and beyond == 0
-                   and follower.late == 0
-                   and follower.received + missing == emitted and missing <= evicted,
-                   f"stream received {follower.received} + missing {missing} vs emitted {emitted}"
-                   f" (missing only if evicted first: <= {evicted}); duplicates "
-                   f"{follower.duplicates}, beyond {beyond}, late {follower.late}, error "
-                   f"{follower.error}")
-        report.add("events.drops_exported",
-                   {k: v for k, v in prom_dropped.items() if v} == {k: v for k, v in dropped.items() if v},
-                   f"/metrics {prom_dropped} vs recorder {dropped}")
+        report.add(
+            "events.ring_contents",
+            len(set(seqs)) == len(seqs) == kept and all(1 <= q <= emitted for q in seqs),
+            f"{len(seqs)} distinct seqs in 1..{emitted}",
+        )
+        report.add(
+            "events.metrics_count_every_event",
+            int(prom_events) == emitted,
+            f"e6data_strategy_events_total {prom_events:g} vs emitted {emitted}",
+        )
+        report.add(
+            "events.subscriber_lossless_or_counted",
+            tap.received + dropped.get("dispatch", 0) == emitted,
+            f"received {tap.received} + dropped {dropped.get('dispatch', 0)} vs {emitted}",
+        )
+        report.add(
+            "events.status_accounting",
+            code_s == 200
+            and int(st.get("emitted", -1)) == emitted
+            and int(st.get("in_ring", -1)) + int(st.get("evicted", -1)) == emitted,
+            f"/status HTTP {code_s} events {st.get('emitted')} = {st.get('in_ring')} + {st.get('evicted')}",
+        )
+        report.add(
+            "events.stream_complete",
+            follower.error is None
+            and follower.duplicates == 0
+            and beyond == 0
+            and follower.late == 0
+            and follower.received + missing == emitted
+            and missing <= evicted,
+            f"stream received {follower.received} + missing {missing} vs emitted {emitted}"
+            f" (missing only if evicted first: <= {evicted}); duplicates "
+            f"{follower.duplicates}, beyond {beyond}, late {follower.late}, error "
+            f"{follower.error}",
+        )
+        report.add(
+            "events.drops_exported",
+            {k: v for k, v in prom_dropped.items() if v} == {k: v for k, v in dropped.items() if v},
+            f"/metrics {prom_dropped} vs recorder {dropped}",
+        )
 
         # ---- queries: the application's count vs e6observe's
         qd = chaos.histogram_counts(rec, M.QUERY_DURATION)
         q_ok = sum(n for (_, o), n in qd.items() if o == "ok")
         q_err = sum(n for (_, o), n in qd.items() if o != "ok")
         in_flight = rec.state()["in_flight"]
-        f["queries"]["e6observe"] = {"ok": q_ok, "error": q_err,
-                                     "switch_interrupted": sum(n for (_, o), n in qd.items()
-                                                               if o == "switch_interrupted")}
-        report.add("queries.counted", q_ok == completed and q_err == failed,
-                   f"e6observe ok {q_ok} / failed {q_err} vs application {completed} / {failed}")
+        f["queries"]["e6observe"] = {
+            "ok": q_ok,
+            "error": q_err,
+            "switch_interrupted": sum(n for (_, o), n in qd.items() if o == "switch_interrupted"),
+        }
+        report.add(
+            "queries.counted",
+            q_ok == completed and q_err == failed,
+            f"e6observe ok {q_ok} / failed {q_err} vs application {completed} / {failed}",
+        )
         report.add("queries.in_flight_zero", not any(in_flight.values()), f"in flight {in_flight}")
 
         # ---- faults injected vs failures e6observe counted (the simulator is the reference)
@@ -893,41 +1031,66 @@ class Soak:
             if (method, c) in ch.faults_served or (method, c) in ch.faults_asked:
                 counted[(method, c)] += n
         served = +ch.faults_served
-        f["faults"] = {"injected": sum(ch.faults_asked.values()), "served": sum(served.values()),
-                       "counted_by_e6observe": sum(counted.values()),
-                       "seen_by_application": errors["injected"],
-                       "by_method": {f"{m}/{c}": [served[(m, c)], counted[(m, c)]]
-                                     for (m, c) in sorted(set(served) | set(counted))},
-                       "storm_456_injected": sum(ch.storm_asked.values()),
-                       "storm_456_served": sum(ch.storm_served.values())}
-        report.add("faults.counted", served == +counted and sum(served.values()) > 0,
-                   f"served by the simulator {dict(served)} vs counted {dict(counted)}")
-        report.add("faults.seen_by_application", errors["injected"] <= sum(served.values()),
-                   f"application saw {errors['injected']} of {sum(served.values())} "
-                   "(the rest hit clean-up calls the connector swallows)")
+        f["faults"] = {
+            "injected": sum(ch.faults_asked.values()),
+            "served": sum(served.values()),
+            "counted_by_e6observe": sum(counted.values()),
+            "seen_by_application": errors["injected"],
+            "by_method": {
+                f"{m}/{c}": [served[(m, c)], counted[(m, c)]] for (m, c) in sorted(set(served) | set(counted))
+            },
+            "storm_456_injected": sum(ch.storm_asked.values()),
+            "storm_456_served": sum(ch.storm_served.values()),
+        }
+        report.add(
+            "faults.counted",
+            served == +counted and sum(served.values()) > 0,
+            f"served by the simulator {dict(served)} vs counted {dict(counted)}",
+        )
+        report.add(
+            "faults.seen_by_application",
+            errors["injected"] <= sum(served.values()),
+            f"application saw {errors['injected']} of {sum(served.values())} "
+            "(the rest hit clean-up calls the connector swallows)",
+        )
         mm = int(mismatch_total(rec))
         sim_mm = int(sim_c["mismatches_total"]) + sum(ch.storm_served.values())
-        f["mismatches"] = {"e6observe": mm, "simulator_456": sim_c["mismatches_total"],
-                           "storm_456": sum(ch.storm_served.values())}
-        report.add("mismatches.counted", mm == sim_mm and ch.settle_failures == 0,
-                   f"e6observe {mm} vs simulator {sim_c['mismatches_total']} + storm "
-                   f"{sum(ch.storm_served.values())} (restart settled: {ch.settle_failures == 0})")
+        f["mismatches"] = {
+            "e6observe": mm,
+            "simulator_456": sim_c["mismatches_total"],
+            "storm_456": sum(ch.storm_served.values()),
+        }
+        report.add(
+            "mismatches.counted",
+            mm == sim_mm and ch.settle_failures == 0,
+            f"e6observe {mm} vs simulator {sim_c['mismatches_total']} + storm "
+            f"{sum(ch.storm_served.values())} (restart settled: {ch.settle_failures == 0})",
+        )
 
         # ---- e6observe's own health
         ie = _safe.internal_errors()
-        prom_ie = {lab["component"]: v for lab, v in
-                   samples(parsed, M.INTERNAL_ERRORS.prom_name + "_total") if v}
+        prom_ie = {
+            lab["component"]: v for lab, v in samples(parsed, M.INTERNAL_ERRORS.prom_name + "_total") if v
+        }
         f["internal_errors"] = {"recorder": ie, "metrics": prom_ie}
-        report.add("e6observe.no_internal_errors", not ie and not prom_ie and code == 200,
-                   f"internal errors {ie}, on /metrics {prom_ie}")
+        report.add(
+            "e6observe.no_internal_errors",
+            not ie and not prom_ie and code == 200,
+            f"internal errors {ie}, on /metrics {prom_ie}",
+        )
         f["scrapes"] = {"count": self.scrapes, "failed": dict(self.scrape_failures)}
-        report.add("e6observe.scrapes_ok", self.scrapes > 0 and not self.scrape_failures,
-                   f"{self.scrapes} scrapes, failures {dict(self.scrape_failures)}")
+        report.add(
+            "e6observe.scrapes_ok",
+            self.scrapes > 0 and not self.scrape_failures,
+            f"{self.scrapes} scrapes, failures {dict(self.scrape_failures)}",
+        )
         cache = _connector_cache()
         qmap = cache.get("query_strategy_map") or {}
-        f["connector"] = {"active": cache.get("active_strategy"),
-                          "pending": cache.get("pending_strategy"),
-                          "query_map_entries": len(qmap)}
+        f["connector"] = {
+            "active": cache.get("active_strategy"),
+            "pending": cache.get("pending_strategy"),
+            "query_map_entries": len(qmap),
+        }
         f["e6observe_state"] = {"active": rec.active, "pending": rec.pending}
 
         # ---- memory: RSS trend after warm-up (see docs/soak.md for the bounds)
@@ -937,35 +1100,49 @@ class Soak:
         end_v = float(self.rss[-1][1])
         slope = chaos.slope([(t / 60.0, v / MIB) for t, v in after])  # MiB per minute
         window = (after[-1][0] - after[0][0]) if len(after) > 1 else 0.0
-        f["rss"] = {"before_simulator_mib": round(rss_before_sim / MIB, 1),
-                    "start_mib": round(self.rss[0][1] / MIB, 1),
-                    "after_warmup_mib": round(start_v / MIB, 1), "end_mib": round(end_v / MIB, 1),
-                    "after_stop_mib": round(self.rss_after_stop / MIB, 1),
-                    "peak_mib": round(max(v for _, v in self.rss) / MIB, 1),
-                    "slope_mib_per_min": round(slope, 3), "samples": len(self.rss),
-                    # the trend per query: what a leak of N bytes per query would show as
-                    "slope_bytes_per_query": round(slope * MIB / max(1e-9, 60 * (completed + failed)
-                                                                    / max(wall, 1e-9)), 1),
-                    "window_seconds": round(window, 1), "warmup_seconds": warm,
-                    # [seconds, MiB], at most ~100 points
-                    "series": [[round(t, 1), round(v / MIB, 2)]
-                               for t, v in self.rss[::max(1, len(self.rss) // 100)]]}
+        f["rss"] = {
+            "before_simulator_mib": round(rss_before_sim / MIB, 1),
+            "start_mib": round(self.rss[0][1] / MIB, 1),
+            "after_warmup_mib": round(start_v / MIB, 1),
+            "end_mib": round(end_v / MIB, 1),
+            "after_stop_mib": round(self.rss_after_stop / MIB, 1),
+            "peak_mib": round(max(v for _, v in self.rss) / MIB, 1),
+            "slope_mib_per_min": round(slope, 3),
+            "samples": len(self.rss),
+            # the trend per query: what a leak of N bytes per query would show as
+            "slope_bytes_per_query": round(
+                slope * MIB / max(1e-9, 60 * (completed + failed) / max(wall, 1e-9)), 1
+            ),
+            "window_seconds": round(window, 1),
+            "warmup_seconds": warm,
+            # [seconds, MiB], at most ~100 points
+            "series": [
+                [round(t, 1), round(v / MIB, 2)] for t, v in self.rss[:: max(1, len(self.rss) // 100)]
+            ],
+        }
         growth = (end_v - start_v) / MIB
-        report.add("rss.growth_bounded", growth <= opts.rss_growth_max,
-                   f"{growth:.1f} MiB after warm-up (bound {opts.rss_growth_max:g} MiB)")
+        report.add(
+            "rss.growth_bounded",
+            growth <= opts.rss_growth_max,
+            f"{growth:.1f} MiB after warm-up (bound {opts.rss_growth_max:g} MiB)",
+        )
         judged = window >= opts.rss_min_window
-        report.add("rss.trend_bounded", (not judged) or slope <= opts.rss_slope_max,
-                   f"slope {slope:.3f} MiB/min over {window:.0f} s (bound {opts.rss_slope_max:g}"
-                   f" MiB/min{'' if judged else f'; not judged under {opts.rss_min_window:g} s'})",
-                   judged=judged)
+        report.add(
+            "rss.trend_bounded",
+            (not judged) or slope <= opts.rss_slope_max,
+            f"slope {slope:.3f} MiB/min over {window:.0f} s (bound {opts.rss_slope_max:g}"
+            f" MiB/min{'' if judged else f'; not judged under {opts.rss_min_window:g} s'})",
+            judged=judged,
+        )
         f["wall_seconds"] = round(wall, 1)
 
 
 # -- output ---------------------------------------------------------------------------------------
 def summary(rep: dict[str, Any]) -> str:
     f = rep["figures"]
-    q, sw, ev, rss, fl, mm = (f.get(k, {}) for k in ("queries", "switches", "events", "rss",
-                                                     "faults", "mismatches"))
+    q, sw, ev, rss, fl, mm = (
+        f.get(k, {}) for k in ("queries", "switches", "events", "rss", "faults", "mismatches")
+    )
     lines = [
         f"e6observe chaos soak: {rep['options']['duration']:g} s, {rep['options']['threads']} threads"
         f" ({f.get('wall_seconds', 0):g} s of load)",
@@ -996,8 +1173,7 @@ def summary(rep: dict[str, Any]) -> str:
         if not c["judged"]:
             mark = "n/a "
         lines.append(f"    {mark} {c['name']}: {c['detail']}")
-    lines.append("RESULT: " + ("all invariants hold" if rep["ok"] else
-                               "FAILED: " + ", ".join(rep["failed"])))
+    lines.append("RESULT: " + ("all invariants hold" if rep["ok"] else "FAILED: " + ", ".join(rep["failed"])))
     return "\n".join(lines)
 
 

@@ -34,8 +34,16 @@ from typing import Any, Sequence
 #: True where subprocess would fork() (and so run grpcio's fork handlers) without these helpers.
 USE_POSIX_SPAWN = sys.version_info < (3, 10)
 
-_FORK_ONLY = ("preexec_fn", "pass_fds", "start_new_session", "user", "group", "extra_groups",
-              "umask", "shell")
+_FORK_ONLY = (
+    "preexec_fn",
+    "pass_fds",
+    "start_new_session",
+    "user",
+    "group",
+    "extra_groups",
+    "umask",
+    "shell",
+)
 _CHDIR_EXEC = "import os, sys; os.chdir(sys.argv[1]); os.execv(sys.argv[2], sys.argv[3:])"
 
 
@@ -47,8 +55,10 @@ def spawn_arguments(args: Sequence[Any], kw: dict[str, Any]) -> tuple[list[Any],
         raise TypeError("tests.subproc: pass the command as a list of arguments")
     used = [k for k in _FORK_ONLY if kw.get(k) not in (None, False, (), -1)]
     if used or kw.get("close_fds"):
-        raise TypeError(f"tests.subproc: {used or ['close_fds']} would make subprocess fork() "
-                        "in the test process (grpcio's fork handlers, see the module docstring)")
+        raise TypeError(
+            f"tests.subproc: {used or ['close_fds']} would make subprocess fork() "
+            "in the test process (grpcio's fork handlers, see the module docstring)"
+        )
     for k in _FORK_ONLY:
         kw.pop(k, None)
     args = [os.fspath(a) for a in args]

@@ -75,22 +75,29 @@ def test_every_alert_has_a_not_yet_case_and_a_firing_case_with_labels_and_annota
 def test_the_unit_tests_bind_the_thresholds_of_the_config(tmp_path: Path) -> None:
     # Rules generated with other thresholds and windows must fail the same unit tests: the
     # tests check the configured values, not merely that an expression parses.
-    changed = DEFAULT.with_(flapping_threshold=4, split_brain_for="20m", mismatch_ratio=0.2,
-                            pending_stuck_seconds=900)
+    changed = DEFAULT.with_(
+        flapping_threshold=4, split_brain_for="20m", mismatch_ratio=0.2, pending_stuck_seconds=900
+    )
     (tmp_path / "e6observe.rules.yaml").write_text(A.render_rules(changed), encoding="utf-8")
     (tmp_path / "tests").mkdir()
     shutil.copy(RULE_TESTS, tmp_path / "tests" / RULE_TESTS.name)
     r = promtool("test", "rules", str(tmp_path / "tests" / RULE_TESTS.name))
     assert r.returncode != 0
-    for name in ("E6dataStrategyFlapping", "E6dataStrategySplitBrain",
-                 "E6dataStrategyMismatchRateHigh", "E6dataStrategySwitchStuckPending"):
+    for name in (
+        "E6dataStrategyFlapping",
+        "E6dataStrategySplitBrain",
+        "E6dataStrategyMismatchRateHigh",
+        "E6dataStrategySwitchStuckPending",
+    ):
         assert f"alertname: {name}," in r.stdout + r.stderr, name
 
 
 # --- content --------------------------------------------------------------------------------
 def test_every_rule_has_for_severity_summary_description_and_runbook() -> None:
-    headings = {re.sub(r"[^a-z0-9-]", "", h.strip().lower().replace(" ", "-"))
-                for h in re.findall(r"^#+ (.+)$", RUNBOOK.read_text(encoding="utf-8"), re.M)}
+    headings = {
+        re.sub(r"[^a-z0-9-]", "", h.strip().lower().replace(" ", "-"))
+        for h in re.findall(r"^#+ (.+)$", RUNBOOK.read_text(encoding="utf-8"), re.M)
+    }
     seen = set()
     for r in rules():
         assert re.match(r"^E6(data|observe)[A-Z][A-Za-z]+$", r["alert"])
@@ -112,10 +119,18 @@ def test_the_required_alerts_exist_with_their_severity() -> None:
     sev = {r["alert"]: r["labels"]["severity"] for r in rules()}
     assert sev["E6dataStrategySwitched"] == "info"
     assert sev["E6dataStrategySplitBrain"] == "critical"
-    for name in ("E6dataStrategyFlapping", "E6dataStrategySwitchStuckPending",
-                 "E6dataStrategyMismatchRateHigh", "E6dataQueriesFailedMidSwitch",
-                 "E6dataQueryLatencyHigh", "E6dataQueryErrorRateHigh", "E6observeMemoryGrowth",
-                 "E6dataQueryMapLeak", "E6observeTargetDown", "E6observeWatcherStalled"):
+    for name in (
+        "E6dataStrategyFlapping",
+        "E6dataStrategySwitchStuckPending",
+        "E6dataStrategyMismatchRateHigh",
+        "E6dataQueriesFailedMidSwitch",
+        "E6dataQueryLatencyHigh",
+        "E6dataQueryErrorRateHigh",
+        "E6observeMemoryGrowth",
+        "E6dataQueryMapLeak",
+        "E6observeTargetDown",
+        "E6observeWatcherStalled",
+    ):
         assert name in sev
 
 
@@ -124,8 +139,9 @@ def test_flapping_counts_switches_with_increase_and_split_brain_counts_colours()
     assert "increase(e6data_strategy_switches_total[15m])" in exprs["E6dataStrategyFlapping"]
     assert exprs["E6dataStrategyFlapping"].endswith(">= 3")
     assert exprs["E6dataStrategySplitBrain"] == (
-        'count by (cluster, namespace, job) (count by (cluster, namespace, job, strategy) '
-        '(e6data_strategy_active{strategy=~"blue|green"} == 1)) > 1')
+        "count by (cluster, namespace, job) (count by (cluster, namespace, job, strategy) "
+        '(e6data_strategy_active{strategy=~"blue|green"} == 1)) > 1'
+    )
     assert exprs["E6dataStrategyMismatchRateHigh"].endswith("> 0.05")
 
 
@@ -147,7 +163,8 @@ def test_the_selector_reaches_every_metric_of_every_alert() -> None:
             assert uses and all('job="orders"' in u for u in uses), (r["alert"], name)
     split = next(r for r in data["groups"][0]["rules"] if r["alert"] == "E6dataStrategySplitBrain")
     assert split["expr"].startswith(
-        "count by (cluster, namespace, job) (count by (cluster, namespace, job, strategy)")
+        "count by (cluster, namespace, job) (count by (cluster, namespace, job, strategy)"
+    )
 
 
 def test_every_alert_aggregation_keeps_namespace_and_the_cluster_label() -> None:
@@ -164,28 +181,37 @@ def test_every_alert_aggregation_keeps_namespace_and_the_cluster_label() -> None
 
 
 def test_windows_and_thresholds_come_from_the_config() -> None:
-    cfg = DEFAULT.with_(flapping_window="30m", flapping_threshold=5, split_brain_for="3m",
-                        switch_for="1m", runbook_url="https://example.test/rb.md")
+    cfg = DEFAULT.with_(
+        flapping_window="30m",
+        flapping_threshold=5,
+        split_brain_for="3m",
+        switch_for="1m",
+        runbook_url="https://example.test/rb.md",
+    )
     got = {r["alert"]: r for r in A.rule_groups(cfg)["groups"][0]["rules"]}
     assert "[30m]" in got["E6dataStrategyFlapping"]["expr"]
     assert got["E6dataStrategyFlapping"]["expr"].endswith(">= 5")
     assert got["E6dataStrategySplitBrain"]["for"] == "3m"
     assert got["E6dataStrategySwitched"]["for"] == "1m"
     assert got["E6dataStrategySwitched"]["annotations"]["runbook_url"] == (
-        "https://example.test/rb.md#e6datastrategyswitched")
+        "https://example.test/rb.md#e6datastrategyswitched"
+    )
 
 
-@pytest.mark.parametrize("changes, message", [
-    ({"flapping_window": "15 minutes"}, "not a PromQL duration"),
-    ({"split_brain_for": ""}, "not a PromQL duration"),
-    ({"mismatch_ratio": 5}, "mismatch_ratio must be in (0, 1]"),
-    ({"error_ratio": 0}, "error_ratio must be in (0, 1]"),
-    ({"pending_stuck_seconds": -1}, "must not be negative"),
-    ({"flapping_threshold": 1}, "at least 2"),
-    ({"selector": '{job="x"}'}, "without braces"),
-    ({"client_labels": ()}, "non-empty tuple of label names"),
-    ({"population_labels": ("job", "bad-label")}, "non-empty tuple of label names"),
-])
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"flapping_window": "15 minutes"}, "not a PromQL duration"),
+        ({"split_brain_for": ""}, "not a PromQL duration"),
+        ({"mismatch_ratio": 5}, "mismatch_ratio must be in (0, 1]"),
+        ({"error_ratio": 0}, "error_ratio must be in (0, 1]"),
+        ({"pending_stuck_seconds": -1}, "must not be negative"),
+        ({"flapping_threshold": 1}, "at least 2"),
+        ({"selector": '{job="x"}'}, "without braces"),
+        ({"client_labels": ()}, "non-empty tuple of label names"),
+        ({"population_labels": ("job", "bad-label")}, "non-empty tuple of label names"),
+    ],
+)
 def test_bad_config_is_a_clear_error(changes: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(message)):
         Config(**changes)

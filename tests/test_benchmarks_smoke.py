@@ -30,10 +30,21 @@ pytestmark = pytest.mark.slow
 def result(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     out = tmp_path_factory.mktemp("bench")
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick",
-         "--out", str(out / "r.json"), "--plot", str(out / "r.png")],
-        cwd=ROOT, capture_output=True, text=True, timeout=240,
-        env=dict(os.environ, PYTHONHASHSEED="0"))
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "run.py"),
+            "--quick",
+            "--out",
+            str(out / "r.json"),
+            "--plot",
+            str(out / "r.png"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=dict(os.environ, PYTHONHASHSEED="0"),
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     r: dict[str, Any] = json.loads((out / "r.json").read_text())
     r["_png"] = out / "r.png"
@@ -58,14 +69,14 @@ def test_ratios_come_from_the_same_run(result: dict[str, Any]) -> None:
     for m in MODES:
         per_round = lat[m]["ratio_to_bare"]["per_round"]
         assert per_round == pytest.approx([x / b for x, b in zip(lat[m]["round_median_ms"], base)])
-        assert lat[m]["added_median_pct"] == pytest.approx(
-            (lat[m]["ratio_to_bare"]["median"] - 1) * 100)
+        assert lat[m]["added_median_pct"] == pytest.approx((lat[m]["ratio_to_bare"]["median"] - 1) * 100)
     assert lat["bare"]["ratio_to_bare"]["median"] == 1.0
     for threads in ("threads_1", "threads_4"):
         tp = result["throughput"][threads]
         for m in MODES:
             assert tp[m]["ratio_to_bare"]["per_round"] == pytest.approx(
-                [x / b for x, b in zip(tp[m]["round_qps"], tp["bare"]["round_qps"])])
+                [x / b for x, b in zip(tp[m]["round_qps"], tp["bare"]["round_qps"])]
+            )
 
 
 def test_a_query_is_six_rpcs_counted_by_the_simulator(result: dict[str, Any]) -> None:
@@ -116,8 +127,7 @@ def test_path_phases_ran_with_ratios_from_their_own_rounds(result: dict[str, Any
     """Large results, async, pool: every variant ran on bare, bare-ctl and e6o-full, without
     errors, and each ratio is the mode's round figure over bare's of the same round."""
     lg = result["large"]
-    assert set(lg["variants"]) == {"sync_fetchall", "sync_fetchmany", "async_fetchall",
-                                   "async_fetchmany"}
+    assert set(lg["variants"]) == {"sync_fetchall", "sync_fetchmany", "async_fetchall", "async_fetchmany"}
     for v in lg["variants"].values():
         assert set(v) == {"bare", "bare-ctl", "e6o-full"}
         full, bare = v["e6o-full"], v["bare"]

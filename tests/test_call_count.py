@@ -118,8 +118,10 @@ def _sync_query(sim: Simulator) -> tuple[Callable[..., None], Any]:
 
 def _explain(what: str, got: int, limit: int, calls: collections.Counter[str]) -> str:
     rows = "\n".join(f"  {n:4d}  {name}" for name, n in calls.most_common())
-    return (f"{what}: {got} e6observe calls, more than the recorded {limit} (BENCHMARKS.md, "
-            f"'Call counts'). A hot-path change added calls; by function:\n{rows}")
+    return (
+        f"{what}: {got} e6observe calls, more than the recorded {limit} (BENCHMARKS.md, "
+        f"'Call counts'). A hot-path change added calls; by function:\n{rows}"
+    )
 
 
 def test_the_counter_sees_nothing_of_a_bare_connector(sim100: Simulator) -> None:
@@ -129,19 +131,22 @@ def test_the_counter_sees_nothing_of_a_bare_connector(sim100: Simulator) -> None
 
 
 @pytest.mark.parametrize("config", sorted(CALLS_PER_QUERY))
-def test_calls_per_sync_query_do_not_grow(sim100: Simulator, instrumented: Callable[..., None],
-                                          config: str) -> None:
+def test_calls_per_sync_query_do_not_grow(
+    sim100: Simulator, instrumented: Callable[..., None], config: str
+) -> None:
     instrumented(config)
     q, _ = _sync_query(sim100)
     got, calls = typical(q)
     assert got > 0, "no e6observe call seen: the counter or the hooks are not working"
     assert calls["hooks/cursor.py:execute"] == 1 and calls["hooks/cursor.py:clear"] == 1
-    assert got <= CALLS_PER_QUERY[config], _explain(f"one sync query ({config})", got,
-                                                    CALLS_PER_QUERY[config], calls)
+    assert got <= CALLS_PER_QUERY[config], _explain(
+        f"one sync query ({config})", got, CALLS_PER_QUERY[config], calls
+    )
 
 
-def test_calls_per_batch_and_per_row_do_not_grow(sim100: Simulator,
-                                                 instrumented: Callable[..., None]) -> None:
+def test_calls_per_batch_and_per_row_do_not_grow(
+    sim100: Simulator, instrumented: Callable[..., None]
+) -> None:
     instrumented("prometheus")
     q, _ = _sync_query(sim100)
     rows10, _ = typical(lambda: q("SELECT * FROM wide LIMIT 10"), n=10)
@@ -149,14 +154,13 @@ def test_calls_per_batch_and_per_row_do_not_grow(sim100: Simulator,
     rows1000, calls1000 = typical(lambda: q("SELECT * FROM wide LIMIT 1000"), n=10)
     per_row = (rows100 - rows10) / 90
     per_batch = (rows1000 - rows100) / (1000 // BATCH_ROWS - 1)
-    assert per_row <= CALLS_PER_ROW, _explain("90 more rows in the same batch", rows100 - rows10,
-                                              0, calls100)
+    assert per_row <= CALLS_PER_ROW, _explain("90 more rows in the same batch", rows100 - rows10, 0, calls100)
     assert 0 < per_batch <= CALLS_PER_BATCH, _explain(
-        "one more fetched batch", int(per_batch), CALLS_PER_BATCH, calls1000 - calls100)
+        "one more fetched batch", int(per_batch), CALLS_PER_BATCH, calls1000 - calls100
+    )
 
 
-def test_calls_per_fetchmany_call_do_not_grow(sim100: Simulator,
-                                              instrumented: Callable[..., None]) -> None:
+def test_calls_per_fetchmany_call_do_not_grow(sim100: Simulator, instrumented: Callable[..., None]) -> None:
     instrumented("prometheus")
     q, cur = _sync_query(sim100)
     whole, _ = typical(lambda: q("SELECT * FROM wide LIMIT 1000"), n=10)
@@ -170,20 +174,21 @@ def test_calls_per_fetchmany_call_do_not_grow(sim100: Simulator,
     got, calls = typical(many, n=10)
     per_call = (got - whole) / (1000 // 50 + 1)  # 20 calls with rows, one empty
     assert 0 < per_call <= CALLS_PER_FETCHMANY, _explain(
-        "one fetchmany call", int(per_call), CALLS_PER_FETCHMANY, calls)
+        "one fetchmany call", int(per_call), CALLS_PER_FETCHMANY, calls
+    )
 
 
 @pytest.mark.aio
-def test_calls_per_async_query_and_batch_do_not_grow(sim100: Simulator,
-                                                     instrumented: Callable[..., None]) -> None:
+def test_calls_per_async_query_and_batch_do_not_grow(
+    sim100: Simulator, instrumented: Callable[..., None]
+) -> None:
     if not HAS_AIO:  # pragma: no cover - the collection hook skips it already
         pytest.skip("async API unavailable")
     instrumented("prometheus")
     from e6data_python_connector import aio
 
     async def main() -> tuple[int, float, collections.Counter[str], collections.Counter[str]]:
-        conn = await aio.connect(host=sim100.host, port=sim100.port, username=USER,
-                                 password=PASSWORD)
+        conn = await aio.connect(host=sim100.host, port=sim100.port, username=USER, password=PASSWORD)
 
         async def q(sql: str = "SELECT 1") -> None:
             cur = conn.cursor()
@@ -218,4 +223,5 @@ def test_calls_per_async_query_and_batch_do_not_grow(sim100: Simulator,
     assert one > 0, "no e6observe call seen in an async query"
     assert one <= AIO_CALLS_PER_QUERY, _explain("one async query", one, AIO_CALLS_PER_QUERY, calls)
     assert 0 < per_batch <= AIO_CALLS_PER_BATCH, _explain(
-        "one more fetched batch (async)", int(per_batch), AIO_CALLS_PER_BATCH, calls1000)
+        "one more fetched batch (async)", int(per_batch), AIO_CALLS_PER_BATCH, calls1000
+    )

@@ -47,8 +47,7 @@ def json_check(sim: Simulator, capsys: pytest.CaptureFixture[str], *extra: str) 
     return code, json.loads(out)
 
 
-def test_ready_against_simulator(sim: Simulator, creds_env: None,
-                                 capsys: pytest.CaptureFixture[str]) -> None:
+def test_ready_against_simulator(sim: Simulator, creds_env: None, capsys: pytest.CaptureFixture[str]) -> None:
     code, out = run_check(sim, capsys)
     assert code == 0
     lines = out.strip().splitlines()
@@ -61,8 +60,9 @@ def test_ready_against_simulator(sim: Simulator, creds_env: None,
     assert PASSWORD not in out
 
 
-def test_json_result_is_machine_readable(sim: Simulator, creds_env: None,
-                                         capsys: pytest.CaptureFixture[str]) -> None:
+def test_json_result_is_machine_readable(
+    sim: Simulator, creds_env: None, capsys: pytest.CaptureFixture[str]
+) -> None:
     code, doc = json_check(sim, capsys, "--connections", "3")
     assert code == 0
     assert doc["ready"] is True and doc["verdict"] == "READY" and doc["failed_step"] is None
@@ -81,8 +81,9 @@ def test_json_result_is_machine_readable(sim: Simulator, creds_env: None,
     assert sim.counters()["sessions"] == 4
 
 
-def test_strategy_detection_during_an_announced_switch(sim: Simulator, creds_env: None,
-                                                      capsys: pytest.CaptureFixture[str]) -> None:
+def test_strategy_detection_during_an_announced_switch(
+    sim: Simulator, creds_env: None, capsys: pytest.CaptureFixture[str]
+) -> None:
     # green announced, blue still served: the connector adopts the announced colour at login
     sim.announce()
     code, doc = json_check(sim, capsys, "--connections", "1")
@@ -90,16 +91,18 @@ def test_strategy_detection_during_an_announced_switch(sim: Simulator, creds_env
     assert {s["name"]: s for s in doc["steps"]}["strategy"]["value"] == "green"
 
 
-def test_strategy_detection_finds_green(sim: Simulator, creds_env: None,
-                                        capsys: pytest.CaptureFixture[str]) -> None:
+def test_strategy_detection_finds_green(
+    sim: Simulator, creds_env: None, capsys: pytest.CaptureFixture[str]
+) -> None:
     sim.flip(announce=False)
     code, doc = json_check(sim, capsys)
     assert code == 0
     assert {s["name"]: s for s in doc["steps"]}["strategy"]["value"] == "green"
 
 
-def test_refused_login_is_not_ready(sim: Simulator, creds_env: None,
-                                    capsys: pytest.CaptureFixture[str]) -> None:
+def test_refused_login_is_not_ready(
+    sim: Simulator, creds_env: None, capsys: pytest.CaptureFixture[str]
+) -> None:
     sim.refuse_sessions(True)
     code, out = run_check(sim, capsys)
     assert code == 1
@@ -113,8 +116,9 @@ def test_refused_login_is_not_ready(sim: Simulator, creds_env: None,
     assert PASSWORD not in out
 
 
-def test_stopped_simulator_is_not_ready(sim: Simulator, creds_env: None,
-                                        capsys: pytest.CaptureFixture[str]) -> None:
+def test_stopped_simulator_is_not_ready(
+    sim: Simulator, creds_env: None, capsys: pytest.CaptureFixture[str]
+) -> None:
     sim.stop()
     code, doc = json_check(sim, capsys)
     assert code == 1
@@ -126,8 +130,9 @@ def test_stopped_simulator_is_not_ready(sim: Simulator, creds_env: None,
     assert [s["status"] for s in doc["steps"]] == ["fail"] + ["skip"] * 5
 
 
-def test_injected_slowness_fails_query_time(sim: Simulator, creds_env: None,
-                                            capsys: pytest.CaptureFixture[str]) -> None:
+def test_injected_slowness_fails_query_time(
+    sim: Simulator, creds_env: None, capsys: pytest.CaptureFixture[str]
+) -> None:
     sim.set_latency(250, method="executeStatement")
     code, doc = json_check(sim, capsys, "--max-query-seconds", "0.2", "--connections", "2")
     assert code == 1
@@ -139,8 +144,9 @@ def test_injected_slowness_fails_query_time(sim: Simulator, creds_env: None,
     assert ">= limit 200.0 ms" in by["query_time"]["summary"]
 
 
-def test_hung_server_gives_not_ready_at_the_step_deadline(sim: Simulator, creds_env: None,
-                                                          capsys: pytest.CaptureFixture[str]) -> None:
+def test_hung_server_gives_not_ready_at_the_step_deadline(
+    sim: Simulator, creds_env: None, capsys: pytest.CaptureFixture[str]
+) -> None:
     # authenticate takes far longer than the step deadline: the step fails, nothing hangs
     sim.set_latency(3000, method="authenticate")
     code, doc = json_check(sim, capsys, "--timeout", "0.3")
@@ -154,8 +160,24 @@ def test_hung_server_process_exits_with_not_ready(sim: Simulator, tmp_path: Path
     sim.set_latency(3000, method="authenticate")
     env = dict(os.environ, E6DATA_USERNAME=USER, E6DATA_PASSWORD=PASSWORD)
     proc = subproc.run(
-        [sys.executable, "-m", "e6observe", "check", "--host", sim.host, "--port", str(sim.port),
-         "--timeout", "0.3"], cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+        [
+            sys.executable,
+            "-m",
+            "e6observe",
+            "check",
+            "--host",
+            sim.host,
+            "--port",
+            str(sim.port),
+            "--timeout",
+            "0.3",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 1, proc.stderr
     assert "NOT READY: connect failed (no answer: timed out after 0.3 s)" in proc.stdout
     assert "Traceback" not in proc.stderr
@@ -163,8 +185,9 @@ def test_hung_server_process_exits_with_not_ready(sim: Simulator, tmp_path: Path
 
 
 # -- credentials -------------------------------------------------------------------------------
-def test_no_credentials_is_usage_error(sim: Simulator, monkeypatch: pytest.MonkeyPatch,
-                                       capsys: pytest.CaptureFixture[str]) -> None:
+def test_no_credentials_is_usage_error(
+    sim: Simulator, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.delenv("E6DATA_USERNAME", raising=False)
     monkeypatch.delenv("E6DATA_PASSWORD", raising=False)
     code, out = run_check(sim, capsys)
@@ -173,20 +196,25 @@ def test_no_credentials_is_usage_error(sim: Simulator, monkeypatch: pytest.Monke
     assert sim.counters()["rpcs_total"] == 0
 
 
-def test_password_is_not_accepted_on_the_command_line(sim: Simulator, creds_env: None,
-                                                      capsys: pytest.CaptureFixture[str]) -> None:
+def test_password_is_not_accepted_on_the_command_line(
+    sim: Simulator, creds_env: None, capsys: pytest.CaptureFixture[str]
+) -> None:
     with pytest.raises(SystemExit) as exc:
         cli.main(["check", "--host", sim.host, "--port", str(sim.port), "--password", "x"])
     assert exc.value.code == 2
 
 
-@pytest.mark.parametrize("text", [
-    f"{USER}\n{PASSWORD}\n",
-    f"# e6data\nE6DATA_USERNAME={USER}\nE6DATA_PASSWORD='{PASSWORD}'\n",
-    f"export username=\"{USER}\"\npassword={PASSWORD}\n",
-])
-def test_credentials_file_forms(text: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    "text",
+    [
+        f"{USER}\n{PASSWORD}\n",
+        f"# e6data\nE6DATA_USERNAME={USER}\nE6DATA_PASSWORD='{PASSWORD}'\n",
+        f'export username="{USER}"\npassword={PASSWORD}\n',
+    ],
+)
+def test_credentials_file_forms(
+    text: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.delenv("E6DATA_USERNAME", raising=False)
     monkeypatch.delenv("E6DATA_PASSWORD", raising=False)
     f = tmp_path / "creds"
@@ -226,12 +254,12 @@ def test_credentials_hide_the_password() -> None:
     c = Credentials("me", "hunter2")
     assert "hunter2" not in repr(c) and "hunter2" not in str(c)
     # a server message echoing the password is scrubbed before it is shown
-    assert describe_error(RuntimeError("bad token hunter2 for me"), c) == \
-        "RuntimeError: bad token *** for me"
+    assert describe_error(RuntimeError("bad token hunter2 for me"), c) == "RuntimeError: bad token *** for me"
 
 
-def test_ssl_cert_without_secure_is_usage_error(sim: Simulator, creds_env: None, tmp_path: Path,
-                                                capsys: pytest.CaptureFixture[str]) -> None:
+def test_ssl_cert_without_secure_is_usage_error(
+    sim: Simulator, creds_env: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     cert = tmp_path / "ca.pem"
     cert.write_text("-----BEGIN CERTIFICATE-----\n")
     code, out = run_check(sim, capsys, "--ssl-cert", str(cert))

@@ -41,7 +41,8 @@ def test_every_subcommand_is_covered() -> None:
 
 @pytest.mark.parametrize("command,args", [(c, a) for c, cases in BAD.items() for a in cases])
 def test_a_usage_error_is_one_line_naming_the_subcommand(
-        command: str, args: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    command: str, args: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
     try:  # argparse's checks exit; a command's own checks return the status
         status = cli.main([command, *args])
     except SystemExit as exc:
@@ -72,8 +73,14 @@ def taken_port() -> Iterator[int]:
 
 def _run(args: list[str]) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, E6DATA_USERNAME="me", E6DATA_PASSWORD="pw-not-used-1")
-    return subprocess.run([sys.executable, "-m", "e6observe", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "e6observe", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def test_a_taken_port_stops_probe_with_the_demos_line(taken_port: int) -> None:
@@ -81,11 +88,13 @@ def test_a_taken_port_stops_probe_with_the_demos_line(taken_port: int) -> None:
     assert r.returncode == 1
     assert r.stderr.strip().splitlines() == [
         f"e6observe probe: cannot serve /metrics on 127.0.0.1:{taken_port}: port already in "
-        "use; choose another --metrics-port (0 = any free port)"]
+        "use; choose another --metrics-port (0 = any free port)"
+    ]
 
 
 def test_a_taken_port_leaves_instrument_running_with_the_same_words(
-        taken_port: int, caplog: pytest.LogCaptureFixture) -> None:
+    taken_port: int, caplog: pytest.LogCaptureFixture
+) -> None:
     try:
         with caplog.at_level(logging.WARNING, logger="e6observe"):
             rec = e6observe.instrument(otel=False, prometheus_port=taken_port)
@@ -94,15 +103,15 @@ def test_a_taken_port_leaves_instrument_running_with_the_same_words(
         assert msgs == [
             f"e6observe: cannot serve /metrics on 127.0.0.1:{taken_port}: port already in use; "
             "instrumentation continues without it (metrics are still collected); choose "
-            "another prometheus_port / E6OBSERVE_PROMETHEUS_PORT"]
+            "another prometheus_port / E6OBSERVE_PROMETHEUS_PORT"
+        ]
     finally:
         e6observe.uninstrument()
 
 
 def test_the_probe_log_format_names_the_logger_once() -> None:
     fmt = _LogFormat()
-    own = logging.LogRecord("e6observe", logging.WARNING, __file__, 1, "e6observe: contained", None,
-                            None)
+    own = logging.LogRecord("e6observe", logging.WARNING, __file__, 1, "e6observe: contained", None, None)
     other = logging.LogRecord("e6observe.probe", logging.INFO, __file__, 1, "probing", None, None)
     assert fmt.format(own).endswith(" WARNING e6observe: contained")
     assert fmt.format(own).count("e6observe") == 1
@@ -123,8 +132,8 @@ def test_every_command_parses_without_the_connector_grpc_or_thrift() -> None:
         "sys.meta_path.insert(0, Blocked())\n"
         "from e6observe import cli\n"
         "cli.build_parser().parse_args(['export', 'out'])\n"
-        "print(sorted(cli.COMMANDS))\n")
-    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
-                       cwd=ROOT)
+        "print(sorted(cli.COMMANDS))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == str(sorted(cli.COMMANDS))

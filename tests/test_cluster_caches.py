@@ -91,15 +91,20 @@ def test_cluster_manager_cache_flip_and_split_are_visible(sim: Simulator, rec: R
     assert query(sim) == [[1]]
     assert cache_b_module._local_strategy_cache["active_strategy"] == "green"
     scoped = [e for e in events(rec, "applied") if e.scope == "cluster_manager"]
-    assert [(e.from_strategy, e.to_strategy, e.cause) for e in scoped] == [
-        ("blue", "green", "mismatch")]
+    assert [(e.from_strategy, e.to_strategy, e.cause) for e in scoped] == [("blue", "green", "mismatch")]
     assert counters(rec, M.SCOPED_SWITCHES) == {("blue", "green", "cluster_manager"): 1}
     # the process cache's switch is counted once, in its own counter
     assert counters(rec, M.SWITCHES) == {("blue", "green", "mismatch"): 1}
     text = scrape()
     assert sample(text, "e6data_strategy_cache_split") == 0
-    assert sample(text, "e6data_strategy_scoped_switches_total", **{
-        "from": "blue", "to": "green", "scope": "cluster_manager"}) == 1
+    assert (
+        sample(
+            text,
+            "e6data_strategy_scoped_switches_total",
+            **{"from": "blue", "to": "green", "scope": "cluster_manager"},
+        )
+        == 1
+    )
     assert status_doc()["caches"]["split"] is False
     # its ClusterService RPCs are timed like the engine's, the 456 counted as a mismatch
     rpcs = {k for k, h in rec.family(M.RPC_DURATION).items() if h.count}  # type: ignore[attr-defined]
@@ -114,13 +119,21 @@ def test_uninstrument_gives_the_cluster_manager_its_dict_back(sim: Simulator) ->
     from e6data_python_connector import strategy as sm
     from e6data_python_connector.cluster_server import cluster_pb2_grpc as cpg
 
-    before = (sm._local_strategy_cache, cm.ClusterManager.__dict__["resume"],
-              cpg.ClusterServiceStub.__dict__["__init__"], e6data_grpc._set_pending_strategy)
+    before = (
+        sm._local_strategy_cache,
+        cm.ClusterManager.__dict__["resume"],
+        cpg.ClusterServiceStub.__dict__["__init__"],
+        e6data_grpc._set_pending_strategy,
+    )
     e6observe.instrument(otel=False)
     assert sm._local_strategy_cache is not before[0]
     e6observe.uninstrument()
-    after = (sm._local_strategy_cache, cm.ClusterManager.__dict__["resume"],
-             cpg.ClusterServiceStub.__dict__["__init__"], e6data_grpc._set_pending_strategy)
+    after = (
+        sm._local_strategy_cache,
+        cm.ClusterManager.__dict__["resume"],
+        cpg.ClusterServiceStub.__dict__["__init__"],
+        e6data_grpc._set_pending_strategy,
+    )
     assert all(a is b for a, b in zip(after, before))
     assert type(sm._local_strategy_cache) is dict
 
@@ -170,12 +183,15 @@ def test_rejected_reasons_are_bounded() -> None:
 
 
 @pytest.mark.matrix
-@pytest.mark.parametrize("value,reason", [("purple", "unknown"), (" green ", "padded"),
-                                          ("g" * 10_240, "oversized")],
-                         ids=["purple", "padded", "10kB"])
+@pytest.mark.parametrize(
+    "value,reason",
+    [("purple", "unknown"), (" green ", "padded"), ("g" * 10_240, "oversized")],
+    ids=["purple", "padded", "10kB"],
+)
 @pytest.mark.slow
 def test_rejected_value_is_reported_before_the_connectors_recursion(
-        sim: Simulator, rec: Recorder, value: str, reason: str) -> None:
+    sim: Simulator, rec: Recorder, value: str, reason: str
+) -> None:
     sim.announce("green")
     sim.set_new_strategy_value(value)
     seen: list[str] = []
@@ -209,12 +225,17 @@ def test_cluster_manager_cache_pending_and_clear_are_scoped_events(rec: Recorder
     sm._set_pending_strategy("green")
     sm._clear_strategy_cache()
     sm._set_active_strategy("green")
-    got = [(e.kind, e.scope, e.from_strategy, e.to_strategy) for e in rec.ring.snapshot()
-           if e.scope == "cluster_manager"]
-    assert got == [("detected", "cluster_manager", "", "blue"),
-                   ("announced", "cluster_manager", "", "green"),
-                   ("cache_cleared", "cluster_manager", "blue", ""),
-                   ("applied", "cluster_manager", "blue", "green")]
+    got = [
+        (e.kind, e.scope, e.from_strategy, e.to_strategy)
+        for e in rec.ring.snapshot()
+        if e.scope == "cluster_manager"
+    ]
+    assert got == [
+        ("detected", "cluster_manager", "", "blue"),
+        ("announced", "cluster_manager", "", "green"),
+        ("cache_cleared", "cluster_manager", "blue", ""),
+        ("applied", "cluster_manager", "blue", "green"),
+    ]
     # the process cache and its counters are not touched
     assert rec.active is None and rec.pending is None and counters(rec, M.SWITCHES) == {}
     assert counters(rec, M.SCOPED_SWITCHES) == {("blue", "green", "cluster_manager"): 1}

@@ -98,8 +98,9 @@ class App:
         self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
 
     def _connect(self) -> Any:
-        return e6data_grpc.Connection(host=self.sim.host, port=self.sim.port, username=USER,
-                                      password=PASSWORD, auto_resume=True)
+        return e6data_grpc.Connection(
+            host=self.sim.host, port=self.sim.port, username=USER, password=PASSWORD, auto_resume=True
+        )
 
     def _run(self) -> None:
         conn = self._connect()
@@ -199,7 +200,8 @@ def test_two_suspensions_under_load_are_two_resumes(sim: Simulator, plain: Recor
 
 @pytest.mark.aio
 def test_two_suspensions_under_async_load_are_two_resumes(
-        sim: Simulator, traced: tuple[Recorder, InMemorySpanExporter]) -> None:
+    sim: Simulator, traced: tuple[Recorder, InMemorySpanExporter]
+) -> None:
     rec, exporter = traced
     sim.set_resume(RESUME_S)
     from e6data_python_connector import aio
@@ -213,8 +215,12 @@ def test_two_suspensions_under_async_load_are_two_resumes(
             await cur.close()
 
     async def main() -> None:
-        conns = [await aio.connect(host=sim.host, port=sim.port, username=USER,
-                                   password=PASSWORD, auto_resume=True) for _ in range(3)]
+        conns = [
+            await aio.connect(
+                host=sim.host, port=sim.port, username=USER, password=PASSWORD, auto_resume=True
+            )
+            for _ in range(3)
+        ]
         for c in conns:  # logged in: the async API resumes at prepare, not at login
             assert await query(c) == [[1]]
         for _ in range(2):
@@ -243,12 +249,12 @@ def test_two_suspensions_under_async_load_are_two_resumes(
 
 @pytest.mark.matrix
 def test_query_that_waited_has_a_resume_span_and_outcome(
-        sim: Simulator, traced: tuple[Recorder, InMemorySpanExporter]) -> None:
+    sim: Simulator, traced: tuple[Recorder, InMemorySpanExporter]
+) -> None:
     rec, exporter = traced
     sim.set_resume(RESUME_S)
     sim.suspend()
-    conn = e6data_grpc.Connection(host=sim.host, port=sim.port, username=USER,
-                                  password=PASSWORD)
+    conn = e6data_grpc.Connection(host=sim.host, port=sim.port, username=USER, password=PASSWORD)
     cur = conn.cursor()
     cur.execute("SELECT 1")  # login -> 503 -> resume -> login again -> query
     assert cur.fetchall() == [[1]]
@@ -274,12 +280,10 @@ def test_query_that_waited_has_a_resume_span_and_outcome(
 
 
 @pytest.mark.matrix
-def test_refused_resume_is_failed_and_the_error_reaches_the_app(
-        sim: Simulator, plain: Recorder) -> None:
+def test_refused_resume_is_failed_and_the_error_reaches_the_app(sim: Simulator, plain: Recorder) -> None:
     sim.set_resume(0.0, fails=True)
     sim.suspend()
-    conn = e6data_grpc.Connection(host=sim.host, port=sim.port, username=USER,
-                                  password=PASSWORD)
+    conn = e6data_grpc.Connection(host=sim.host, port=sim.port, username=USER, password=PASSWORD)
     with pytest.raises(grpc.RpcError) as ei:
         conn.cursor().execute("SELECT 1")
     assert ei.value.code() == grpc.StatusCode.UNAVAILABLE  # the connector's own 503
@@ -304,8 +308,9 @@ def test_async_resume_past_its_deadline_is_a_timeout(sim: Simulator, plain: Reco
     from e6data_python_connector.exceptions import OperationalError
 
     async def main() -> None:
-        conn = await aio.connect(host=sim.host, port=sim.port, username=USER,
-                                 password=PASSWORD, auto_resume_timeout=0.5)
+        conn = await aio.connect(
+            host=sim.host, port=sim.port, username=USER, password=PASSWORD, auto_resume_timeout=0.5
+        )
         cur = conn.cursor()
         await cur.execute("SELECT 1")
         await cur.fetchall()
@@ -346,8 +351,7 @@ def test_resume_reaches_opentelemetry_as_metrics_and_log_records(sim: Simulator)
     try:
         sim.set_resume(RESUME_S)
         sim.suspend()
-        conn = e6data_grpc.Connection(host=sim.host, port=sim.port, username=USER,
-                                      password=PASSWORD)
+        conn = e6data_grpc.Connection(host=sim.host, port=sim.port, username=USER, password=PASSWORD)
         cur = conn.cursor()
         cur.execute("SELECT 1")
         cur.fetchall()
@@ -358,32 +362,42 @@ def test_resume_reaches_opentelemetry_as_metrics_and_log_records(sim: Simulator)
         while len(logs.get_finished_logs()) < rec.ring.emitted and time.monotonic() < deadline:
             time.sleep(0.01)
         records = {r.log_record.event_name: r.log_record for r in logs.get_finished_logs()}
-        assert {"e6data.cluster.suspended_seen", "e6data.cluster.resume_started",
-                "e6data.cluster.resume_finished"} <= set(records)
+        assert {
+            "e6data.cluster.suspended_seen",
+            "e6data.cluster.resume_started",
+            "e6data.cluster.resume_finished",
+        } <= set(records)
         fin = dict(records["e6data.cluster.resume_finished"].attributes or {})
         assert fin["e6data.cluster.resume.outcome"] == "ok"
         assert RESUME_S <= fin["e6data.cluster.resume.duration"] < RESUME_S + 0.5
         seen = dict(records["e6data.cluster.suspended_seen"].attributes or {})
         assert seen["rpc.method"].endswith("/authenticate")
         data = reader.get_metrics_data()
-        got = {m.name: m for rm in data.resource_metrics for sm in rm.scope_metrics
-               for m in sm.metrics}
-        resumes = {dict(p.attributes)["e6data.cluster.resume.outcome"]: p.value
-                   for p in got["e6data.cluster.resumes"].data.data_points}
+        got = {m.name: m for rm in data.resource_metrics for sm in rm.scope_metrics for m in sm.metrics}
+        resumes = {
+            dict(p.attributes)["e6data.cluster.resume.outcome"]: p.value
+            for p in got["e6data.cluster.resumes"].data.data_points
+        }
         assert resumes == {"ok": 1, "failed": 0, "timeout": 0}
         (dur,) = [p for p in got["e6data.cluster.resume.duration"].data.data_points]
         assert dur.count == 1 and RESUME_S <= dur.sum < RESUME_S + 0.5
-        rpc = {dict(p.attributes)["rpc.method"]
-               for p in got["rpc.client.call.duration"].data.data_points}
+        rpc = {dict(p.attributes)["rpc.method"] for p in got["rpc.client.call.duration"].data.data_points}
         assert {"ClusterService/status", "ClusterService/resume"} <= rpc
-        status = {dict(p.attributes)["e6data.cluster.status"]: p.value
-                  for p in got["e6data.cluster.status"].data.data_points}
+        status = {
+            dict(p.attributes)["e6data.cluster.status"]: p.value
+            for p in got["e6data.cluster.status"].data.data_points
+        }
         assert status["active"] == 1 and status["suspended"] == 0
-        waited = [dict(p.attributes) for p in got["db.client.operation.duration"].data.data_points
-                  if dict(p.attributes).get("e6data.query.outcome") == "resumed"]
+        waited = [
+            dict(p.attributes)
+            for p in got["db.client.operation.duration"].data.data_points
+            if dict(p.attributes).get("e6data.query.outcome") == "resumed"
+        ]
         assert len(waited) == 1 and "error.type" not in waited[0]
-        cm = {dict(p.attributes)["e6data.strategy"]: p.value
-              for p in got["e6data.strategy.cluster_manager.active"].data.data_points}
+        cm = {
+            dict(p.attributes)["e6data.strategy"]: p.value
+            for p in got["e6data.strategy.cluster_manager.active"].data.data_points
+        }
         assert cm == {"blue": 1, "green": 0}
     finally:
         e6observe.uninstrument()

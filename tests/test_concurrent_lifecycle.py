@@ -48,8 +48,11 @@ def stub_problems(conn: Any) -> list[str]:
     if hasattr(stub, channel.MARK):
         out.append("marked")
     for name, value in vars(stub).items():
-        if callable(value) and not isinstance(value, grpc.UnaryUnaryMultiCallable) and \
-                getattr(value, "__wrapped__", None) is not None:
+        if (
+            callable(value)
+            and not isinstance(value, grpc.UnaryUnaryMultiCallable)
+            and getattr(value, "__wrapped__", None) is not None
+        ):
             out.append(f"{name} wrapped")
     return out
 
@@ -61,7 +64,8 @@ def the_queries(i: int) -> list[str]:
 @pytest.mark.matrix
 @pytest.mark.slow
 def test_queries_in_16_threads_while_instrument_and_uninstrument_cycle(
-        sim: Simulator, connect: Callable[..., Any]) -> None:
+    sim: Simulator, connect: Callable[..., Any]
+) -> None:
     original = identity_snapshot()
     conns = [connect() for _ in range(THREADS)]
     expected = {i: [query(conns[i], sql) for sql in the_queries(i)] for i in range(THREADS)}
@@ -85,16 +89,16 @@ def test_queries_in_16_threads_while_instrument_and_uninstrument_cycle(
                     wrong_rows.append((i, sql))
             done[i] += 1
 
-    threads = [threading.Thread(target=worker, args=(i,), name=f"query-{i}", daemon=True)
-               for i in range(THREADS)]
+    threads = [
+        threading.Thread(target=worker, args=(i,), name=f"query-{i}", daemon=True) for i in range(THREADS)
+    ]
     for t in threads:
         t.start()
 
     def progress() -> bool:
         """Every thread finishes at least one more round from now on (within the deadline)."""
         mark = list(done)
-        return wait_for(lambda: all(d > m for d, m in zip(done, mark)) or bool(failures),
-                          DEADLINE_S)
+        return wait_for(lambda: all(d > m for d, m in zip(done, mark)) or bool(failures), DEADLINE_S)
 
     from opentelemetry.sdk.trace import TracerProvider
 
@@ -102,8 +106,9 @@ def test_queries_in_16_threads_while_instrument_and_uninstrument_cycle(
     try:
         assert progress(), "queries made no progress before instrumenting"
         for cycle in range(CYCLES):
-            rec = e6observe.instrument(prometheus_port=0, tracer_provider=TracerProvider(),
-                                       watcher_interval=0.05)
+            rec = e6observe.instrument(
+                prometheus_port=0, tracer_provider=TracerProvider(), watcher_interval=0.05
+            )
             assert rec is not None and e6observe.is_instrumented()
             recorders.append(rec)
             if cycle % 2 == 0:
@@ -122,8 +127,7 @@ def test_queries_in_16_threads_while_instrument_and_uninstrument_cycle(
     assert {i: stub_problems(c) for i, c in enumerate(conns) if stub_problems(c)} == {}
     assert e6observe_threads() == []
     # the instrumented cycles did see the queries (the test exercised the hooks)
-    assert all(sum(h.count for _, h in r.family(M.QUERY_DURATION).items()) > 0
-               for r in recorders[::2])
+    assert all(sum(h.count for _, h in r.family(M.QUERY_DURATION).items()) > 0 for r in recorders[::2])
     assert _safe.internal_errors() == {}
     # and the connector works as before, rows and all
     assert {i: [query(conns[i], sql) for sql in the_queries(i)] for i in range(THREADS)} == expected
@@ -132,8 +136,8 @@ def test_queries_in_16_threads_while_instrument_and_uninstrument_cycle(
 @pytest.mark.matrix
 @pytest.mark.parametrize("path", ["execute", "reconnect"])
 def test_uninstrument_while_a_thread_is_wrapping_its_stub(
-        sim: Simulator, connect: Callable[..., Any], monkeypatch: pytest.MonkeyPatch,
-        path: str) -> None:
+    sim: Simulator, connect: Callable[..., Any], monkeypatch: pytest.MonkeyPatch, path: str
+) -> None:
     """The interleaving the loop above can hit by chance, made certain: a query thread is
     half-way through instrumenting its connection's stub (the cursor hook's lazy wrap at
     ``execute``, or the channel hook after ``_create_client``) when uninstrument() runs. The
@@ -184,7 +188,8 @@ def test_uninstrument_while_a_thread_is_wrapping_its_stub(
 @pytest.mark.aio
 @pytest.mark.skipif(not HAS_AIO, reason="the connector's async API needs Python 3.11+ and 3.x")
 def test_async_stub_wrapped_while_uninstrument_runs_is_left_unwrapped(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """The async hook's stub wrapping has the same window: uninstrument() landing between the
     wrap and its registration must not leave the stub wrapped."""
     import asyncio
@@ -210,9 +215,9 @@ def test_async_stub_wrapped_while_uninstrument_runs_is_left_unwrapped(
         async with grpc.aio.insecure_channel("127.0.0.1:9") as ch:
             stub = e6x_engine_pb2_grpc.QueryEngineServiceStub(ch)
             wrapped = aio.HOOK.wrap_stub(stub, ctx, interp)
-            left = [n for n, v in vars(stub).items()
-                    if getattr(v, "__wrapped__", None) is not None] + \
-                (["marked"] if hasattr(stub, aio.MARK) else [])
+            left = [n for n, v in vars(stub).items() if getattr(v, "__wrapped__", None) is not None] + (
+                ["marked"] if hasattr(stub, aio.MARK) else []
+            )
             return wrapped, left
 
     wrapped, left = asyncio.run(wrap())

@@ -27,8 +27,11 @@ def test_defaults() -> None:
 
 
 def test_keyword_beats_environment_beats_default() -> None:
-    env = {"E6OBSERVE_PROMETHEUS_PORT": "9464", "E6OBSERVE_WATCHER_INTERVAL": "0.25",
-           "E6OBSERVE_EVENT_CAPACITY": "50"}
+    env = {
+        "E6OBSERVE_PROMETHEUS_PORT": "9464",
+        "E6OBSERVE_WATCHER_INTERVAL": "0.25",
+        "E6OBSERVE_EVENT_CAPACITY": "50",
+    }
     o = resolve(env, event_capacity=10)
     assert o.prometheus_port == 9464 and o.sources["prometheus_port"] == "env"
     assert o.watcher_interval == 0.25
@@ -36,8 +39,19 @@ def test_keyword_beats_environment_beats_default() -> None:
     assert o.prometheus_addr == "127.0.0.1" and o.sources["prometheus_addr"] == "default"
 
 
-@pytest.mark.parametrize("raw,value", [("1", True), ("true", True), ("YES", True), (" on ", True),
-                                       ("0", False), ("False", False), ("no", False), ("off", False)])
+@pytest.mark.parametrize(
+    "raw,value",
+    [
+        ("1", True),
+        ("true", True),
+        ("YES", True),
+        (" on ", True),
+        ("0", False),
+        ("False", False),
+        ("no", False),
+        ("off", False),
+    ],
+)
 def test_boolean_environment_values(raw: str, value: bool) -> None:
     assert resolve({"E6OBSERVE_OTEL": raw}).otel is value
     assert resolve({"E6OBSERVE_RECORD_QUERY_TEXT": raw}).record_query_text is value
@@ -49,27 +63,39 @@ def test_empty_environment_value_unsets_an_optional_option() -> None:
         resolve({"E6OBSERVE_WATCHER_INTERVAL": ""})
 
 
-@pytest.mark.parametrize("kwargs,env,needle", [
-    ({"prometheus_port": 70000}, {}, "prometheus_port must be within 0..65535"),
-    ({"prometheus_port": "9464"}, {}, "prometheus_port must be an integer, got '9464'"),
-    ({"prometheus_port": True}, {}, "prometheus_port must be an integer"),
-    ({}, {"E6OBSERVE_PROMETHEUS_PORT": "http"}, "E6OBSERVE_PROMETHEUS_PORT must be an integer, got 'http'"),
-    ({"watcher_interval": 0}, {}, "watcher_interval must be > 0"),
-    ({"watcher_interval": float("nan")}, {}, "watcher_interval must be > 0"),
-    ({}, {"E6OBSERVE_WATCHER_INTERVAL": "-1"}, "E6OBSERVE_WATCHER_INTERVAL must be > 0"),
-    ({"event_capacity": 0}, {}, "event_capacity must be within 1.."),
-    ({"event_capacity": 10**9}, {}, "event_capacity must be within 1.."),
-    ({"otel": "yes"}, {}, "otel must be a boolean"),
-    ({}, {"E6OBSERVE_OTEL": "maybe"}, "E6OBSERVE_OTEL must be a boolean"),
-    ({"prometheus_addr": " "}, {}, "prometheus_addr must name an address"),
-    ({"registry": REGISTRY.__class__}, {}, "registry must be a prometheus_client CollectorRegistry"),
-    ({"tracer_provider": object()}, {}, "tracer_provider must be an OpenTelemetry provider"),
-    ({"meter_provider": 3}, {}, "meter_provider must be an OpenTelemetry provider"),
-    ({"multiprocess_dir": "/nonexistent/e6observe"}, {}, "multiprocess_dir must be an existing directory"),
-    ({}, {"PROMETHEUS_MULTIPROC_DIR": "/nonexistent/x"}, "PROMETHEUS_MULTIPROC_DIR must be an existing"),
-])
-def test_bad_values_name_the_option_and_the_value(kwargs: dict[str, object], env: dict[str, str],
-                                                  needle: str) -> None:
+@pytest.mark.parametrize(
+    "kwargs,env,needle",
+    [
+        ({"prometheus_port": 70000}, {}, "prometheus_port must be within 0..65535"),
+        ({"prometheus_port": "9464"}, {}, "prometheus_port must be an integer, got '9464'"),
+        ({"prometheus_port": True}, {}, "prometheus_port must be an integer"),
+        (
+            {},
+            {"E6OBSERVE_PROMETHEUS_PORT": "http"},
+            "E6OBSERVE_PROMETHEUS_PORT must be an integer, got 'http'",
+        ),
+        ({"watcher_interval": 0}, {}, "watcher_interval must be > 0"),
+        ({"watcher_interval": float("nan")}, {}, "watcher_interval must be > 0"),
+        ({}, {"E6OBSERVE_WATCHER_INTERVAL": "-1"}, "E6OBSERVE_WATCHER_INTERVAL must be > 0"),
+        ({"event_capacity": 0}, {}, "event_capacity must be within 1.."),
+        ({"event_capacity": 10**9}, {}, "event_capacity must be within 1.."),
+        ({"otel": "yes"}, {}, "otel must be a boolean"),
+        ({}, {"E6OBSERVE_OTEL": "maybe"}, "E6OBSERVE_OTEL must be a boolean"),
+        ({"prometheus_addr": " "}, {}, "prometheus_addr must name an address"),
+        ({"registry": REGISTRY.__class__}, {}, "registry must be a prometheus_client CollectorRegistry"),
+        ({"tracer_provider": object()}, {}, "tracer_provider must be an OpenTelemetry provider"),
+        ({"meter_provider": 3}, {}, "meter_provider must be an OpenTelemetry provider"),
+        (
+            {"multiprocess_dir": "/nonexistent/e6observe"},
+            {},
+            "multiprocess_dir must be an existing directory",
+        ),
+        ({}, {"PROMETHEUS_MULTIPROC_DIR": "/nonexistent/x"}, "PROMETHEUS_MULTIPROC_DIR must be an existing"),
+    ],
+)
+def test_bad_values_name_the_option_and_the_value(
+    kwargs: dict[str, object], env: dict[str, str], needle: str
+) -> None:
     with pytest.raises(ConfigError) as info:
         resolve(env, **kwargs)
     assert needle in str(info.value)
@@ -134,8 +160,24 @@ def test_multiprocess_dir_defaults_to_prometheus_variable(tmp_path: Path) -> Non
 
 def test_the_option_names_other_components_rely_on() -> None:
     assert set(OPTION_NAMES) == {
-        "prometheus_port", "prometheus_addr", "registry", "meter_provider", "tracer_provider",
-        "logger_provider", "otel", "watcher_interval", "event_capacity", "record_query_text",
-        "tls_certfile", "tls_keyfile", "tls_client_cafile", "basic_auth", "multiprocess_dir",
+        "prometheus_port",
+        "prometheus_addr",
+        "registry",
+        "meter_provider",
+        "tracer_provider",
+        "logger_provider",
+        "otel",
+        "watcher_interval",
+        "event_capacity",
+        "record_query_text",
+        "tls_certfile",
+        "tls_keyfile",
+        "tls_client_cafile",
+        "basic_auth",
+        "multiprocess_dir",
         "runtime_metrics",
-        "http_max_head_bytes", "http_head_timeout", "http_write_timeout", "prometheus_low_cardinality"}
+        "http_max_head_bytes",
+        "http_head_timeout",
+        "http_write_timeout",
+        "prometheus_low_cardinality",
+    }

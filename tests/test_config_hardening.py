@@ -53,10 +53,12 @@ def test_the_empty_string_still_means_unset() -> None:
 
 
 @pytest.mark.parametrize("name", ["TLS_CLIENT_CAFILE", "TLS_CERTFILE", "TLS_KEYFILE"])
-def test_a_blank_tls_path_from_the_environment_is_an_error(tls_files: dict[str, str],
-                                                          name: str) -> None:
-    env = {"E6OBSERVE_TLS_CERTFILE": tls_files["cert"], "E6OBSERVE_TLS_KEYFILE": tls_files["key"],
-           "E6OBSERVE_TLS_CLIENT_CAFILE": tls_files["ca"]}
+def test_a_blank_tls_path_from_the_environment_is_an_error(tls_files: dict[str, str], name: str) -> None:
+    env = {
+        "E6OBSERVE_TLS_CERTFILE": tls_files["cert"],
+        "E6OBSERVE_TLS_KEYFILE": tls_files["key"],
+        "E6OBSERVE_TLS_CLIENT_CAFILE": tls_files["ca"],
+    }
     env[f"E6OBSERVE_{name}"] = " "
     with pytest.raises(ConfigError, match=f"E6OBSERVE_{name} is blank"):
         resolve(env)
@@ -64,13 +66,13 @@ def test_a_blank_tls_path_from_the_environment_is_an_error(tls_files: dict[str, 
 
 def test_a_blank_tls_path_keyword_is_an_error(tls_files: dict[str, str]) -> None:
     with pytest.raises(ConfigError, match="^tls_client_cafile is blank"):
-        resolve(tls_certfile=tls_files["cert"], tls_keyfile=tls_files["key"],
-                tls_client_cafile=" ")
+        resolve(tls_certfile=tls_files["cert"], tls_keyfile=tls_files["key"], tls_client_cafile=" ")
 
 
 def test_tls_pairing_messages_name_the_variable_the_value_came_from(tls_files: dict[str, str]) -> None:
-    with pytest.raises(ConfigError, match="^E6OBSERVE_TLS_CERTFILE is set but tls_keyfile is "
-                                          "not .*E6OBSERVE_TLS_KEYFILE"):
+    with pytest.raises(
+        ConfigError, match="^E6OBSERVE_TLS_CERTFILE is set but tls_keyfile is not .*E6OBSERVE_TLS_KEYFILE"
+    ):
         resolve({"E6OBSERVE_TLS_CERTFILE": tls_files["cert"]})
     with pytest.raises(ConfigError, match="^tls_keyfile is set but tls_certfile is not"):
         resolve(tls_keyfile=tls_files["key"])
@@ -86,8 +88,10 @@ def test_shortened_ipv4_addresses_are_refused(addr: str) -> None:
         resolve(prometheus_addr=addr)
 
 
-@pytest.mark.parametrize("addr", ["0.0.0.0", "::", "::1", "127.0.0.1", "localhost",
-                                  "my-app.default.svc.cluster.local", "fe80::1%eth0"])
+@pytest.mark.parametrize(
+    "addr",
+    ["0.0.0.0", "::", "::1", "127.0.0.1", "localhost", "my-app.default.svc.cluster.local", "fe80::1%eth0"],
+)
 def test_real_addresses_and_host_names_are_accepted(addr: str) -> None:
     assert resolve(prometheus_addr=addr).prometheus_addr == addr
 
@@ -98,8 +102,9 @@ def test_garbage_addresses_are_refused(addr: str) -> None:
         resolve(prometheus_addr=addr)
 
 
-@pytest.mark.parametrize("value", ["1_000", "\u0661\u0662\u0663", "\uff11\uff12\uff13", "1 000",
-                                   "0x10", "\u0967\u0968"])
+@pytest.mark.parametrize(
+    "value", ["1_000", "\u0661\u0662\u0663", "\uff11\uff12\uff13", "1 000", "0x10", "\u0967\u0968"]
+)
 @pytest.mark.parametrize("name", ["PROMETHEUS_PORT", "EVENT_CAPACITY", "HTTP_MAX_HEAD_BYTES"])
 def test_integers_are_ascii_digits_only(name: str, value: str) -> None:
     with pytest.raises(ConfigError, match=f"^E6OBSERVE_{name} must be an integer"):
@@ -113,19 +118,32 @@ def test_numbers_are_ascii_only(value: str) -> None:
 
 
 def test_ascii_integers_and_numbers_still_parse() -> None:
-    o = resolve({"E6OBSERVE_PROMETHEUS_PORT": " 9464 ", "E6OBSERVE_WATCHER_INTERVAL": "0.5",
-                 "E6OBSERVE_HTTP_MAX_HEAD_BYTES": "+8192", "E6OBSERVE_HTTP_HEAD_TIMEOUT": "2.5e0"})
-    assert (o.prometheus_port, o.watcher_interval, o.http_max_head_bytes,
-            o.http_head_timeout) == (9464, 0.5, 8192, 2.5)
+    o = resolve(
+        {
+            "E6OBSERVE_PROMETHEUS_PORT": " 9464 ",
+            "E6OBSERVE_WATCHER_INTERVAL": "0.5",
+            "E6OBSERVE_HTTP_MAX_HEAD_BYTES": "+8192",
+            "E6OBSERVE_HTTP_HEAD_TIMEOUT": "2.5e0",
+        }
+    )
+    assert (o.prometheus_port, o.watcher_interval, o.http_max_head_bytes, o.http_head_timeout) == (
+        9464,
+        0.5,
+        8192,
+        2.5,
+    )
 
 
-@pytest.mark.parametrize("kw,msg", [
-    ({"http_max_head_bytes": 100}, "http_max_head_bytes must be within 1024..1048576"),
-    ({"http_max_head_bytes": 2 << 20}, "http_max_head_bytes must be within"),
-    ({"http_head_timeout": 0}, "http_head_timeout must be > 0"),
-    ({"http_head_timeout": float("inf")}, "http_head_timeout must be > 0"),
-    ({"http_write_timeout": -1.0}, "http_write_timeout must be > 0"),
-])
+@pytest.mark.parametrize(
+    "kw,msg",
+    [
+        ({"http_max_head_bytes": 100}, "http_max_head_bytes must be within 1024..1048576"),
+        ({"http_max_head_bytes": 2 << 20}, "http_max_head_bytes must be within"),
+        ({"http_head_timeout": 0}, "http_head_timeout must be > 0"),
+        ({"http_head_timeout": float("inf")}, "http_head_timeout must be > 0"),
+        ({"http_write_timeout": -1.0}, "http_write_timeout must be > 0"),
+    ],
+)
 def test_endpoint_limits_are_checked(kw: dict[str, Any], msg: str) -> None:
     with pytest.raises(ConfigError, match=msg):
         resolve(**kw)
@@ -152,8 +170,7 @@ def test_endpoint_limits_reach_the_server() -> None:
         e6observe.uninstrument()
 
 
-def test_an_unprotected_non_loopback_endpoint_logs_one_warning(
-        caplog: pytest.LogCaptureFixture) -> None:
+def test_an_unprotected_non_loopback_endpoint_logs_one_warning(caplog: pytest.LogCaptureFixture) -> None:
     srv = MetricsServer(CollectorRegistry(), addr="127.0.0.1", port=0)
     with caplog.at_level(logging.WARNING, logger="e6observe"):
         srv._warn_exposure("127.0.0.1", tls=False)

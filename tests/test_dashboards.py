@@ -22,8 +22,7 @@ JSON_DIR = ROOT / "dashboards" / "json"
 CHART_FILES = ROOT / "helm" / "e6observe" / "files"
 OVERVIEW = JSON_DIR / "e6data-blue-green-overview.json"
 RUNTIME = JSON_DIR / "e6data-client-runtime.json"
-SELECTOR = ('cluster=~"$cluster", namespace=~"$namespace", job=~"$job", instance=~"$instance", '
-            'pod=~"$pod"')
+SELECTOR = 'cluster=~"$cluster", namespace=~"$namespace", job=~"$job", instance=~"$instance", pod=~"$pod"'
 
 
 def load(path: Path) -> dict[str, Any]:
@@ -65,8 +64,9 @@ def test_the_check_names_a_drifted_or_missing_file(tmp_path: Path) -> None:
     assert regen("--check", "--root", str(tmp_path)).returncode == 0
 
     copy = tmp_path / "helm/e6observe/files/dashboards/e6data-client-runtime.json"
-    copy.write_text(copy.read_text(encoding="utf-8").replace("Client runtime", "Client runtim"),
-                    encoding="utf-8")
+    copy.write_text(
+        copy.read_text(encoding="utf-8").replace("Client runtime", "Client runtim"), encoding="utf-8"
+    )
     (tmp_path / "helm/e6observe/files/rules/e6observe.rules.yaml").unlink()
     r = regen("--check", "--root", str(tmp_path))
     assert r.returncode == 1
@@ -87,10 +87,13 @@ def test_the_chart_carries_byte_equal_copies() -> None:
 
 
 # --- shape ----------------------------------------------------------------------------------
-@pytest.mark.parametrize("path, uid, title", [
-    (OVERVIEW, "e6data-blue-green-overview", "e6data / Blue-green overview"),
-    (RUNTIME, "e6data-client-runtime", "e6data / Client runtime"),
-])
+@pytest.mark.parametrize(
+    "path, uid, title",
+    [
+        (OVERVIEW, "e6data-blue-green-overview", "e6data / Blue-green overview"),
+        (RUNTIME, "e6data-client-runtime", "e6data / Client runtime"),
+    ],
+)
 def test_stable_uid_title_and_variables(path: Path, uid: str, title: str) -> None:
     d = load(path)
     assert (d["uid"], d["title"]) == (uid, title)
@@ -130,12 +133,14 @@ def test_overview_answers_the_blue_green_questions() -> None:
     active = by_title(d, "Active strategy per client")
     assert active["type"] == "state-timeline"
     # One code per client, from the recording rule the panel reads (e6observe/mixin/records.py).
-    records = {r["record"]: r["expr"] for g in yaml.safe_load(
-        (ROOT / "dashboards/rules/e6observe.records.yaml").read_text())["groups"] for r in g["rules"]}
+    records = {
+        r["record"]: r["expr"]
+        for g in yaml.safe_load((ROOT / "dashboards/rules/e6observe.records.yaml").read_text())["groups"]
+        for r in g["rules"]
+    }
     assert exprs(active)[0].startswith("client:e6data_strategy_active:code{")
     assert "by (cluster, namespace, job, instance, pod)" in records["client:e6data_strategy_active:code"]
-    texts = {o["text"] for m in active["fieldConfig"]["defaults"]["mappings"]
-             for o in m["options"].values()}
+    texts = {o["text"] for m in active["fieldConfig"]["defaults"]["mappings"] for o in m["options"].values()}
     assert texts == {"none", "blue", "green", "invalid"}
 
     annotation = [a for a in d["annotations"]["list"] if a["name"] == "Strategy switches"]
@@ -144,15 +149,16 @@ def test_overview_answers_the_blue_green_questions() -> None:
 
     assert any("e6data_strategy_switch_drain_seconds" in e for e in exprs(by_title(d, "Drain time")))
     assert any("e6data_strategy_pending" in e for e in exprs(by_title(d, "Pending switches")))
-    assert any("e6data_strategy_mismatches_total" in e
-               for e in exprs(by_title(d, "Strategy mismatches (456)")))
+    assert any(
+        "e6data_strategy_mismatches_total" in e for e in exprs(by_title(d, "Strategy mismatches (456)"))
+    )
     assert 'outcome="switch_interrupted"' in exprs(by_title(d, "Queries failed mid-switch"))[0]
     for title in ("Query rate", "Query failures", "Query latency"):
-        assert all("strategy" in e.split("(")[1] or "by (strategy" in e
-                   for e in exprs(by_title(d, title))), title
+        assert all("strategy" in e.split("(")[1] or "by (strategy" in e for e in exprs(by_title(d, title))), (
+            title
+        )
     latency = exprs(by_title(d, "Query latency"))
-    assert [e.split(",")[0] for e in latency] == [
-        f"histogram_quantile({q}" for q in ("0.5", "0.95", "0.99")]
+    assert [e.split(",")[0] for e in latency] == [f"histogram_quantile({q}" for q in ("0.5", "0.95", "0.99")]
 
 
 def test_runtime_covers_rpcs_process_pools_and_e6observe_health() -> None:
@@ -162,9 +168,12 @@ def test_runtime_covers_rpcs_process_pools_and_e6observe_health() -> None:
     assert heat["targets"][0]["format"] == "heatmap"
     assert 'method=~"$method"' in heat["targets"][0]["expr"]
     wanted = {
-        "Retries": "e6data_retries_total", "Memory": "process_resident_memory_bytes",
-        "Garbage collections": "python_gc_collections_total", "Threads": "process_threads",
-        "Open file descriptors": "process_open_fds", "Pool connections": "e6data_pool_connections",
+        "Retries": "e6data_retries_total",
+        "Memory": "process_resident_memory_bytes",
+        "Garbage collections": "python_gc_collections_total",
+        "Threads": "process_threads",
+        "Open file descriptors": "process_open_fds",
+        "Pool connections": "e6data_pool_connections",
         "Watcher heartbeat age": "e6observe_watcher_last_run_timestamp_seconds",
         "Internal errors": "e6observe_internal_errors_total",
     }
@@ -172,5 +181,6 @@ def test_runtime_covers_rpcs_process_pools_and_e6observe_health() -> None:
         assert any(metric in e for e in exprs(by_title(d, title))), title
     # Generic process_* names are joined to e6observe targets, not every exporter's process.
     for e in exprs(by_title(d, "Memory")):
-        assert e.endswith("and on (cluster, namespace, job, instance, pod) e6observe_build_info{"
-                          + SELECTOR + "}")
+        assert e.endswith(
+            "and on (cluster, namespace, job, instance, pod) e6observe_build_info{" + SELECTOR + "}"
+        )

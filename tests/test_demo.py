@@ -32,8 +32,12 @@ class Demo:
 
     def __init__(self, *args: str) -> None:
         self.proc = subproc.popen(
-            [sys.executable, "-m", "e6observe", "demo", *args], cwd=ROOT,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            [sys.executable, "-m", "e6observe", "demo", *args],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         self.out: list[str] = []
         self.err = ""
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -75,14 +79,14 @@ class Demo:
 
 def switches_total(url: str) -> float:
     body = urllib.request.urlopen(url, timeout=5).read().decode()
-    return sum(float(m.group(1)) for m in
-               re.finditer(r"^e6data_strategy_switches_total\{[^}]*\} (\S+)$", body, re.M))
+    return sum(
+        float(m.group(1)) for m in re.finditer(r"^e6data_strategy_switches_total\{[^}]*\} (\S+)$", body, re.M)
+    )
 
 
 @pytest.mark.slow
 def test_demo_switches_show_on_metrics_during_the_run() -> None:
-    demo = Demo("--duration", "12", "--flip-every", "4", "--threads", "2",
-                "--metrics-port", "0")
+    demo = Demo("--duration", "12", "--flip-every", "4", "--threads", "2", "--metrics-port", "0")
     scraped: list[str] = []
     seen = 0.0
     try:
@@ -135,8 +139,13 @@ def run_on_terminal(columns: int, *args: str) -> tuple[int, str]:
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, columns, 0, 0))
     env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
     proc = subproc.popen(
-        [sys.executable, "-m", "e6observe", "demo", *args], cwd=ROOT, stdout=slave,
-        stderr=slave, stdin=subprocess.DEVNULL, env=env)
+        [sys.executable, "-m", "e6observe", "demo", *args],
+        cwd=ROOT,
+        stdout=slave,
+        stderr=slave,
+        stdin=subprocess.DEVNULL,
+        env=env,
+    )
     os.close(slave)
     chunks: list[bytes] = []
     deadline = time.monotonic() + 40
@@ -164,8 +173,9 @@ def run_on_terminal(columns: int, *args: str) -> tuple[int, str]:
 
 @pytest.mark.slow
 def test_demo_redraws_in_place_on_an_80_column_terminal() -> None:
-    rc, screen = run_on_terminal(80, "--duration", "3", "--flip-every", "1", "--threads", "1",
-                                 "--metrics-port", "0")
+    rc, screen = run_on_terminal(
+        80, "--duration", "3", "--flip-every", "1", "--threads", "1", "--metrics-port", "0"
+    )
     assert rc == 0, screen
     redraws = screen.count("\x1b[7F\x1b[J")  # cursor up over the 7-line view, clear below
     assert redraws >= 3  # about two a second for three seconds
@@ -196,8 +206,12 @@ def test_the_banner_names_every_page_and_the_reading_commands() -> None:
     m = re.search(r"status page: (http://127\.0\.0\.1:\d+)/\n", demo.text)
     assert m, demo.text
     base = m.group(1)
-    for expected in (f"metrics:     {base}/metrics", f"events:      {base}/events",
-                     f"e6observe status --url {base}", f"e6observe tail --url {base}"):
+    for expected in (
+        f"metrics:     {base}/metrics",
+        f"events:      {base}/events",
+        f"e6observe status --url {base}",
+        f"e6observe tail --url {base}",
+    ):
         assert expected in demo.text
 
 
@@ -214,29 +228,39 @@ def test_a_taken_metrics_port_is_one_clear_error() -> None:
     assert rc == 1
     assert demo.err.strip().splitlines() == [
         f"e6observe demo: cannot serve /metrics on 127.0.0.1:{port}: port already in use; "
-        "choose another --metrics-port (0 = any free port)"]
+        "choose another --metrics-port (0 = any free port)"
+    ]
 
 
-@pytest.mark.parametrize("flag,value", [("--threads", "0"), ("--flip-every", "0"),
-                                        ("--duration", "-1"), ("--metrics-port", "70000"),
-                                        ("--latency-ms", "nan")])
-def test_bad_flags_are_refused_by_the_parser(flag: str, value: str,
-                                             capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    "flag,value",
+    [
+        ("--threads", "0"),
+        ("--flip-every", "0"),
+        ("--duration", "-1"),
+        ("--metrics-port", "70000"),
+        ("--latency-ms", "nan"),
+    ],
+)
+def test_bad_flags_are_refused_by_the_parser(
+    flag: str, value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     with pytest.raises(SystemExit) as ei:
         cli.main(["demo", flag, value])
     assert ei.value.code == 2
     assert flag in capsys.readouterr().err
 
 
-def test_a_bad_environment_option_is_one_line_exit_2(monkeypatch: pytest.MonkeyPatch,
-                                                     capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_bad_environment_option_is_one_line_exit_2(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setenv("E6OBSERVE_WATCHER_INTERVAL", "-1")
     rc = cli.main(["demo", "--duration", "1", "--metrics-port", "0"])
     err = capsys.readouterr().err
     assert rc == 2
     assert err.strip().splitlines() == [
-        "e6observe demo: error: E6OBSERVE_WATCHER_INTERVAL must be > 0 and <= 86400 seconds, "
-        "got -1.0"]
+        "e6observe demo: error: E6OBSERVE_WATCHER_INTERVAL must be > 0 and <= 86400 seconds, got -1.0"
+    ]
 
 
 def test_the_summary_says_why_the_connectors_counts_differ_from_the_clusters() -> None:
@@ -246,8 +270,9 @@ def test_the_summary_says_why_the_connectors_counts_differ_from_the_clusters() -
 
     dep = Deployer(sim=None, every=10.0, abrupt_every=3)
     dep.announced, dep.abrupt = 3, 2
-    lines = explain({"switches": 5, "mismatches_total": 9}, dep,
-                    {"announced": 1, "mismatch": 4, "observed": 0}, 9)
+    lines = explain(
+        {"switches": 5, "mismatches_total": 9}, dep, {"announced": 1, "mismatch": 4, "observed": 0}, 9
+    )
     assert lines == [
         "2 abrupt deployments had no announcement: the connector learned of them from 456 "
         "errors, so they count as mismatch switches.",
@@ -257,13 +282,19 @@ def test_the_summary_says_why_the_connectors_counts_differ_from_the_clusters() -
     ]
     # counts that agree need no explanation
     dep.announced, dep.abrupt = 2, 0
-    assert explain({"switches": 2, "mismatches_total": 0}, dep,
-                   {"announced": 2, "mismatch": 0, "observed": 0}, 0) == []
+    assert (
+        explain(
+            {"switches": 2, "mismatches_total": 0}, dep, {"announced": 2, "mismatch": 0, "observed": 0}, 0
+        )
+        == []
+    )
     # a deployment the connector never saw
-    assert explain({"switches": 2, "mismatches_total": 0}, dep,
-                   {"announced": 1, "mismatch": 0, "observed": 0}, 0) == [
+    assert explain(
+        {"switches": 2, "mismatches_total": 0}, dep, {"announced": 1, "mismatch": 0, "observed": 0}, 0
+    ) == [
         "1 deployment not seen as a switch by the connector: no query ran on the new colour "
-        "before the next deployment or the end."]
+        "before the next deployment or the end."
+    ]
 
 
 def test_failed_queries_are_counted_by_cause() -> None:
@@ -273,6 +304,7 @@ def test_failed_queries_are_counted_by_cause() -> None:
         def code(self) -> object:
             class C:
                 name = "UNKNOWN"
+
             return C()
 
         def details(self) -> str:

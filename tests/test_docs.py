@@ -84,10 +84,10 @@ def section(text: str, title: str) -> str:
     for m in _HEADING.finditer(prose):
         if m.group(2) == title:
             level = len(m.group(1))
-            rest = prose[m.end():]
+            rest = prose[m.end() :]
             for n in _HEADING.finditer(rest):
                 if len(n.group(1)) <= level:
-                    return rest[:n.start()]
+                    return rest[: n.start()]
             return rest
     raise AssertionError(f"no heading {title!r}")
 
@@ -108,7 +108,8 @@ def test_the_metric_reference_is_generated_from_the_table(gen: ModuleType) -> No
     committed = (DOCS / "metrics.md").read_text(encoding="utf-8")
     assert committed == gen.render(), (
         "docs/metrics.md is out of date with e6observe/metrics.py: run ./run regen "
-        "(or scripts/regen-docs) and commit the result")
+        "(or scripts/regen-docs) and commit the result"
+    )
 
 
 def test_every_metric_has_its_own_entry() -> None:
@@ -142,12 +143,12 @@ def instrumented_app(sim: Any) -> Iterator[tuple[str, Any]]:
 
     reader = InMemoryMetricReader()
     provider = MeterProvider(metric_readers=[reader])
-    _api.instrument(prometheus_port=0, prometheus_addr="127.0.0.1", meter_provider=provider,
-                    watcher_interval=0.05)
+    _api.instrument(
+        prometheus_port=0, prometheus_addr="127.0.0.1", meter_provider=provider, watcher_interval=0.05
+    )
     conn = pool = None
     try:
-        conn = e6data_grpc.Connection(host=sim.host, port=sim.port, username=USER,
-                                      password=PASSWORD)
+        conn = e6data_grpc.Connection(host=sim.host, port=sim.port, username=USER, password=PASSWORD)
 
         def query(sql: str = "SELECT 1") -> None:
             cur = conn.cursor()
@@ -170,8 +171,15 @@ def instrumented_app(sim: Any) -> Iterator[tuple[str, Any]]:
         sim.flip(announce=False)
         query()
         query()
-        pool = ConnectionPool(host=sim.host, port=sim.port, username=USER, password=PASSWORD,
-                              min_size=1, max_size=2, max_overflow=0)
+        pool = ConnectionPool(
+            host=sim.host,
+            port=sim.port,
+            username=USER,
+            password=PASSWORD,
+            min_size=1,
+            max_size=2,
+            max_overflow=0,
+        )
         pool.return_connection(pool.get_connection())
         inst = _api._active
         assert inst is not None
@@ -188,8 +196,7 @@ def instrumented_app(sim: Any) -> Iterator[tuple[str, Any]]:
         provider.shutdown()
 
 
-def test_the_exporters_do_what_the_reference_says(gen: ModuleType,
-                                                  instrumented_app: tuple[str, Any]) -> None:
+def test_the_exporters_do_what_the_reference_says(gen: ModuleType, instrumented_app: tuple[str, Any]) -> None:
     from prometheus_client.parser import text_string_to_metric_families
 
     exposition, otel_data = instrumented_app
@@ -203,7 +210,8 @@ def test_the_exporters_do_what_the_reference_says(gen: ModuleType,
         if not gen.prometheus_exported(m):
             assert m.prom_name not in families, (
                 f"{m.prom_name} is on /metrics now: drop it from NOT_ON_PROMETHEUS in "
-                "scripts/metrics_doc.py and regenerate")
+                "scripts/metrics_doc.py and regenerate"
+            )
             continue
         assert m.prom_name in families, f"{m.prom_name} is documented but not on /metrics"
         fam = families[m.prom_name]
@@ -230,8 +238,14 @@ def test_the_exporters_do_what_the_reference_says(gen: ModuleType,
         assert gen.otel_exported(m), f"{name} is exported, but the reference says it is not"
         assert keys <= set(gen.otel_attributes(m)), (name, sorted(keys))
     # The attribute names of the conventions-based instruments, seen with data.
-    for m in (M.POOL_CONNECTIONS, M.GC_COLLECTIONS, M.PROCESS_CPU, M.RPC_DURATION,
-              M.QUERY_DURATION, M.SWITCHES):
+    for m in (
+        M.POOL_CONNECTIONS,
+        M.GC_COLLECTIONS,
+        M.PROCESS_CPU,
+        M.RPC_DURATION,
+        M.QUERY_DURATION,
+        M.SWITCHES,
+    ):
         assert m.otel_name in emitted, m.otel_name
         assert set(m.otel_labels or m.labels) <= emitted[m.otel_name], m.otel_name
 
@@ -295,13 +309,13 @@ def test_every_flag_of_every_command_is_documented_in_its_section() -> None:
     assert set(commands) == {"demo", "sim", "probe", "check", "status", "tail", "export"}
     for name, parser in commands.items():
         body = section(text, f"`e6observe {name}`")
-        flags = {s for a in parser._actions for s in a.option_strings
-                 if s.startswith("--") and s != "--help"}
+        flags = {s for a in parser._actions for s in a.option_strings if s.startswith("--") and s != "--help"}
         missing = sorted(f for f in flags if not re.search(re.escape(f) + r"(?![\w-])", body))
         assert not missing, f"e6observe {name}: undocumented flags {missing}"
         documented = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", body))
-        assert documented <= flags, f"e6observe {name}: documented flags that do not exist " \
-                                    f"{sorted(documented - flags)}"
+        assert documented <= flags, (
+            f"e6observe {name}: documented flags that do not exist {sorted(documented - flags)}"
+        )
 
 
 # -- links, layout, index -----------------------------------------------------------------------

@@ -58,17 +58,48 @@ def serve(registry: CollectorRegistry) -> Iterator[Callable[..., MetricsServer]]
 def certs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     d = tmp_path_factory.mktemp("attack-certs")
     ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-    openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
-            "-subj", "/CN=attack-ca", cwd=d)
+    openssl(
+        "req",
+        "-x509",
+        *ec,
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=attack-ca",
+        cwd=d,
+    )
     (d / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
     for name in ("server", "client"):
-        openssl("req", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj",
-                f"/CN={name}", cwd=d)
+        openssl("req", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}", cwd=d)
         ext = ["-extfile", "san.ext"] if name == "server" else []
-        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-                "-CAcreateserial", "-out", f"{name}.pem", "-days", "2", *ext, cwd=d)
-    return {"ca": str(d / "ca.pem"), "cert": str(d / "server.pem"), "key": str(d / "server.key"),
-            "client_cert": str(d / "client.pem"), "client_key": str(d / "client.key")}
+        openssl(
+            "x509",
+            "-req",
+            "-in",
+            f"{name}.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            f"{name}.pem",
+            "-days",
+            "2",
+            *ext,
+            cwd=d,
+        )
+    return {
+        "ca": str(d / "ca.pem"),
+        "cert": str(d / "server.pem"),
+        "key": str(d / "server.key"),
+        "client_cert": str(d / "client.pem"),
+        "client_key": str(d / "client.key"),
+    }
 
 
 def raw(port: int, data: bytes, timeout: float = 5.0) -> bytes:
@@ -107,7 +138,8 @@ def test_the_head_budget_applies_before_basic_auth(serve: Callable[..., MetricsS
 
 
 def test_a_head_that_is_never_finished_gets_408_although_the_client_is_never_idle(
-        serve: Callable[..., MetricsServer]) -> None:
+    serve: Callable[..., MetricsServer],
+) -> None:
     srv = serve(head_timeout=0.6)
     with socket.create_connection(("127.0.0.1", srv.port), timeout=5) as s:
         s.sendall(b"GET /metrics HTTP/1.1\r\n")
@@ -132,12 +164,14 @@ def test_a_head_that_is_never_finished_gets_408_although_the_client_is_never_idl
 def test_header_flood_rss_of_the_instrumented_process_stays_bounded(tmp_path: Path) -> None:
     """Issue 12 (1) at full size: 64 connections x 98 header lines of 65 kB."""
     port_file = tmp_path / "port"
-    code = ("import e6observe, time, sys\n"
-            "from e6observe import _api\n"
-            "e6observe.instrument(prometheus_port=0, otel=False)\n"
-            "srv = next(o.server for c, o, _ in _api._active.sinks if c == 'sink.prometheus')\n"
-            f"open({str(port_file)!r}, 'w').write(str(srv.port))\n"
-            "time.sleep(90)\n")
+    code = (
+        "import e6observe, time, sys\n"
+        "from e6observe import _api\n"
+        "e6observe.instrument(prometheus_port=0, otel=False)\n"
+        "srv = next(o.server for c, o, _ in _api._active.sinks if c == 'sink.prometheus')\n"
+        f"open({str(port_file)!r}, 'w').write(str(srv.port))\n"
+        "time.sleep(90)\n"
+    )
     proc = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.DEVNULL)
     try:
         end = time.monotonic() + 30
@@ -163,15 +197,15 @@ def test_header_flood_rss_of_the_instrumented_process_stays_bounded(tmp_path: Pa
 
 
 # -- slowloris --------------------------------------------------------------------------------
-def _slowloris_variant(port: int, ctx: Any, auth: Optional[str],
-                       atk_ctx: Any = None) -> tuple[list[bool], int]:
+def _slowloris_variant(
+    port: int, ctx: Any, auth: Optional[str], atk_ctx: Any = None
+) -> tuple[list[bool], int]:
     def scrape() -> bool:
         # 5 s: a scrape slowed by a loaded CI machine is not a scrape starved by the attack
         code, body = attacks.http_get(port, "/metrics", ctx=ctx, auth=auth, timeout=5.0)
         return code == 200 and b"# HELP" in body
 
-    with attacks.Slowloris(port, connections=64, interval=1.0, ctx=atk_ctx,
-                           max_seconds=40) as atk:
+    with attacks.Slowloris(port, connections=64, interval=1.0, ctx=atk_ctx, max_seconds=40) as atk:
         time.sleep(1.5)  # every attack connection open and trickling
         results = attacks.scrape_loop(scrape, 20, 0.3)
         opened = atk.connections + atk.reconnects
@@ -180,7 +214,8 @@ def _slowloris_variant(port: int, ctx: Any, auth: Optional[str],
 
 @pytest.mark.slow
 def test_scrapes_get_through_slowloris_plain_auth_tls_and_instrument(
-        serve: Callable[..., MetricsServer], certs: dict[str, str]) -> None:
+    serve: Callable[..., MetricsServer], certs: dict[str, str]
+) -> None:
     """Issue 12 (2): 64 trickling connections; >= 95 % of scrapes succeed in every mode."""
     import e6observe
     from e6observe import _api
@@ -194,10 +229,12 @@ def test_scrapes_get_through_slowloris_plain_auth_tls_and_instrument(
         inst = _api._active
         assert inst is not None
         app_srv = next(o.server for c, o, _ in inst.sinks if c == "sink.prometheus")
-        variants = {"plain": (plain.port, None, None, None),
-                    "basic auth": (authed.port, None, AUTH, None),
-                    "tls + client ca": (tls.port, client, None, client),
-                    "instrument()": (app_srv.port, None, None, None)}
+        variants = {
+            "plain": (plain.port, None, None, None),
+            "basic auth": (authed.port, None, AUTH, None),
+            "tls + client ca": (tls.port, client, None, client),
+            "instrument()": (app_srv.port, None, None, None),
+        }
         out: dict[str, tuple[list[bool], int]] = {}
 
         def run(name: str) -> None:
@@ -292,8 +329,7 @@ def test_clients_that_never_read_cannot_hold_the_stream_slots(rec: Recorder) -> 
         srv.close()
 
 
-def test_a_stream_whose_client_does_not_read_is_dropped_after_the_write_deadline(
-        rec: Recorder) -> None:
+def test_a_stream_whose_client_does_not_read_is_dropped_after_the_write_deadline(rec: Recorder) -> None:
     srv = MetricsServer(CollectorRegistry(), port=0, write_timeout=0.5).start()
     app = status.EventStreamApp(rec)
     rec.subscribe(app.notifier)
@@ -314,7 +350,8 @@ def test_a_stream_whose_client_does_not_read_is_dropped_after_the_write_deadline
 
 # -- HEAD and methods ---------------------------------------------------------------------------
 def test_head_is_answered_alike_on_every_route_and_never_starts_a_stream(
-        rec: Recorder, serve: Callable[..., MetricsServer]) -> None:
+    rec: Recorder, serve: Callable[..., MetricsServer]
+) -> None:
     srv = serve()
     mounted = status.mount(srv, rec)
     try:
@@ -339,8 +376,9 @@ def test_head_is_answered_alike_on_every_route_and_never_starts_a_stream(
 
 
 # -- shutdown ---------------------------------------------------------------------------------
-def test_the_accept_loop_is_woken_to_stop_not_polled(monkeypatch: pytest.MonkeyPatch,
-                                                     registry: CollectorRegistry) -> None:
+def test_the_accept_loop_is_woken_to_stop_not_polled(
+    monkeypatch: pytest.MonkeyPatch, registry: CollectorRegistry
+) -> None:
     timeouts: list[Optional[float]] = []
     real = selectors.DefaultSelector
 
@@ -371,12 +409,12 @@ def test_unfinished_heads_are_cut_when_the_server_closes(serve: Callable[..., Me
 
 
 def test_no_thread_outlives_an_attack_by_more_than_the_head_deadline(
-        serve: Callable[..., MetricsServer]) -> None:
+    serve: Callable[..., MetricsServer],
+) -> None:
     srv = serve(head_timeout=0.5)
     with attacks.Slowloris(srv.port, connections=20, interval=0.2, max_seconds=1.0):
         time.sleep(1.0)
-    assert wait_for(lambda: not [t for t in threading.enumerate()
-                              if t.name == "e6observe-http-conn"], 10)
+    assert wait_for(lambda: not [t for t in threading.enumerate() if t.name == "e6observe-http-conn"], 10)
 
 
 if os.name != "posix":  # pragma: no cover

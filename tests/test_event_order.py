@@ -21,8 +21,9 @@ from e6observe.recorder import Recorder
 pytestmark = pytest.mark.timeout(30)
 
 
-def _pause_first_append_of(thread_name: str, monkeypatch: pytest.MonkeyPatch) -> tuple[
-        threading.Event, threading.Event]:
+def _pause_first_append_of(
+    thread_name: str, monkeypatch: pytest.MonkeyPatch
+) -> tuple[threading.Event, threading.Event]:
     """EventRing.append stalls in ``thread_name`` until released (as a descheduled thread)."""
     orig = EventRing.append
     entered, release = threading.Event(), threading.Event()
@@ -37,8 +38,9 @@ def _pause_first_append_of(thread_name: str, monkeypatch: pytest.MonkeyPatch) ->
     return entered, release
 
 
-def _second_event_while_first_in_flight(monkeypatch: pytest.MonkeyPatch) -> tuple[
-        Recorder, threading.Thread, threading.Event]:
+def _second_event_while_first_in_flight(
+    monkeypatch: pytest.MonkeyPatch,
+) -> tuple[Recorder, threading.Thread, threading.Event]:
     """A retry event stalls on its way into the ring while a mismatch event lands; returns the
     recorder, the stalled thread and the event that releases it."""
     rec = Recorder(event_capacity=16)
@@ -51,7 +53,8 @@ def _second_event_while_first_in_flight(monkeypatch: pytest.MonkeyPatch) -> tupl
 
 
 def test_an_event_emitted_while_another_is_in_flight_gets_the_later_seq(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     rec, slow, release = _second_event_while_first_in_flight(monkeypatch)
     release.set()
     slow.join(10)
@@ -61,8 +64,7 @@ def test_an_event_emitted_while_another_is_in_flight_gets_the_later_seq(
     assert rec.ring.emitted == 2
 
 
-def test_a_stream_resumed_after_the_last_id_it_saw_misses_nothing(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_stream_resumed_after_the_last_id_it_saw_misses_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
     rec, slow, release = _second_event_while_first_in_flight(monkeypatch)
     # A stream sends what the ring holds now, then its client goes away.
     first = status._Cursor(0)

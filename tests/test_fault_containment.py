@@ -33,8 +33,7 @@ class Injected(RuntimeError):
 
 def _run_scenario() -> list[tuple[Any, ...]]:
     with Simulator(port=0) as sim:
-        conn = e6data_grpc.Connection(host=sim.host, port=sim.port, username=USER,
-                                      password=PASSWORD)
+        conn = e6data_grpc.Connection(host=sim.host, port=sim.port, username=USER, password=PASSWORD)
         try:
             return scenario(sim, conn)
         finally:
@@ -51,8 +50,7 @@ def baseline() -> list[tuple[Any, ...]]:
         reset_connector_cache()
 
 
-def test_the_baseline_exercises_errors_switches_and_recovery(
-        baseline: list[tuple[Any, ...]]) -> None:
+def test_the_baseline_exercises_errors_switches_and_recovery(baseline: list[tuple[Any, ...]]) -> None:
     # The comparison below is only as strong as the script: make sure it reaches the paths.
     kinds = [o[0] for o in baseline]
     raised = {(o[2], o[3]) for o in baseline if o[0] == "raised"}
@@ -109,33 +107,57 @@ FAULTS: dict[str, tuple[str, ...]] = {
     "e6observe.watcher:Watcher.run_once": ("watcher",),
 }
 #: Faults whose code runs once per scenario (the first strategy learned, one announcement...).
-ONCE = {"e6observe.recorder:Recorder.detected", "e6observe.recorder:Recorder.announced",
-        "e6observe.sinks.otel:OtelSink._drain", "e6observe.recorder:Recorder.state",
-        "e6observe.watcher:Watcher.readings", "e6observe.endpoint.status:build_status",
-        "e6observe.hooks.strategy_cache:_Interpreter._on_pending"}
+ONCE = {
+    "e6observe.recorder:Recorder.detected",
+    "e6observe.recorder:Recorder.announced",
+    "e6observe.sinks.otel:OtelSink._drain",
+    "e6observe.recorder:Recorder.state",
+    "e6observe.watcher:Watcher.readings",
+    "e6observe.endpoint.status:build_status",
+    "e6observe.hooks.strategy_cache:_Interpreter._on_pending",
+}
 
 # Faults run together in groups whose components are disjoint, so every count is still
 # attributable to exactly one fault (checked below). A group never pairs a fault that stops
 # events (the ring) with one that needs them (subscribers).
 GROUPS: list[list[str]] = [
-    ["e6observe.recorder:Recorder.rpc_histogram", "e6observe.recorder:Recorder.query_started",
-     "e6observe.recorder:Recorder.detected", "e6observe.tracing:QueryTracer._on_event",
-     "e6observe.sinks.otel:_log_record", "e6observe.sinks.otel:OtelSink._drain",
-     "e6observe.sinks.scrape:_histogram_rows", "e6observe.watcher:Watcher.run_once"],
-    ["e6observe.recorder:Histogram.observe", "e6observe.recorder:Recorder.announced",
-     "e6observe.sinks.otel:OtelSink._on_event", "e6observe.endpoint.status:build_status",
-     "e6observe.watcher:Watcher.readings"],
-    ["e6observe.recorder:Recorder.mismatch", "e6observe.recorder:Recorder.query_finished",
-     "e6observe.recorder:Recorder.applied", "e6observe.endpoint.status:_Notifier.__call__",
-     "e6observe.sinks.otel:OtelSink._observe_counter",
-     "e6observe.sinks.scrape:counter_family"],
+    [
+        "e6observe.recorder:Recorder.rpc_histogram",
+        "e6observe.recorder:Recorder.query_started",
+        "e6observe.recorder:Recorder.detected",
+        "e6observe.tracing:QueryTracer._on_event",
+        "e6observe.sinks.otel:_log_record",
+        "e6observe.sinks.otel:OtelSink._drain",
+        "e6observe.sinks.scrape:_histogram_rows",
+        "e6observe.watcher:Watcher.run_once",
+    ],
+    [
+        "e6observe.recorder:Histogram.observe",
+        "e6observe.recorder:Recorder.announced",
+        "e6observe.sinks.otel:OtelSink._on_event",
+        "e6observe.endpoint.status:build_status",
+        "e6observe.watcher:Watcher.readings",
+    ],
+    [
+        "e6observe.recorder:Recorder.mismatch",
+        "e6observe.recorder:Recorder.query_finished",
+        "e6observe.recorder:Recorder.applied",
+        "e6observe.endpoint.status:_Notifier.__call__",
+        "e6observe.sinks.otel:OtelSink._observe_counter",
+        "e6observe.sinks.scrape:counter_family",
+    ],
     ["e6observe.events:EventRing.append", "e6observe.recorder:Recorder.state"],
-    ["e6observe.hooks.channel:wrap_stub", "e6observe.recorder:Recorder.retry",
-     "e6observe.recorder:Recorder.cache_cleared"],
-    ["e6observe.hooks.stubs:norm_code", "e6observe.hooks.cursor:_pinned_strategy",
-     "e6observe.hooks.strategy_cache:_Interpreter._on_active"],
-    ["e6observe.hooks.cursor:retry_reason",
-     "e6observe.hooks.strategy_cache:_Interpreter._on_pending"],
+    [
+        "e6observe.hooks.channel:wrap_stub",
+        "e6observe.recorder:Recorder.retry",
+        "e6observe.recorder:Recorder.cache_cleared",
+    ],
+    [
+        "e6observe.hooks.stubs:norm_code",
+        "e6observe.hooks.cursor:_pinned_strategy",
+        "e6observe.hooks.strategy_cache:_Interpreter._on_active",
+    ],
+    ["e6observe.hooks.cursor:retry_reason", "e6observe.hooks.strategy_cache:_Interpreter._on_pending"],
     ["e6observe.tracing:QueryTracer.start", "e6observe.hooks.strategy_cache:_pinned"],
     ["e6observe.tracing:QueryTracer.finish"],
 ]
@@ -169,11 +191,16 @@ def clean() -> Iterator[None]:
     _safe.reset_for_tests()
 
 
-@pytest.mark.parametrize("group", GROUPS, ids=[
-    "+".join(t.rsplit(":", 1)[1].rsplit(".", 1)[-1] for t in g) for g in GROUPS])
+@pytest.mark.parametrize(
+    "group", GROUPS, ids=["+".join(t.rsplit(":", 1)[1].rsplit(".", 1)[-1] for t in g) for g in GROUPS]
+)
 def test_faults_are_contained_counted_and_logged_once(
-        group: list[str], baseline: list[tuple[Any, ...]], monkeypatch: pytest.MonkeyPatch,
-        caplog: pytest.LogCaptureFixture, clean: None) -> None:
+    group: list[str],
+    baseline: list[tuple[Any, ...]],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    clean: None,
+) -> None:
     # Patched before instrument(): subscribers are bound methods captured at start.
     for target in group:
         _patch(monkeypatch, target)
@@ -198,8 +225,9 @@ def test_faults_are_contained_counted_and_logged_once(
         first = FAULTS[target][0]
         assert errors[first] >= (1 if target in ONCE else 2), (target, errors)
     # Logged once per component (and kind), never once per call; the text never logged.
-    logged = sorted(r.getMessage() for r in caplog.records if r.name == "e6observe"
-                    and r.levelno >= logging.WARNING)
+    logged = sorted(
+        r.getMessage() for r in caplog.records if r.name == "e6observe" and r.levelno >= logging.WARNING
+    )
     assert len(logged) == len(expected), logged
     for component in expected:
         hits = [m for m in logged if f"in {component};" in m]
@@ -221,12 +249,15 @@ def _wait_for_watcher(rig: Rig) -> bool:
         return False
     start = _safe.internal_errors().get("watcher", 0)
     first = watcher.iterations
-    return wait_for(lambda: watcher.iterations >= first + 3
-                      or _safe.internal_errors().get("watcher", 0) >= start + 3, timeout=10)
+    return wait_for(
+        lambda: watcher.iterations >= first + 3 or _safe.internal_errors().get("watcher", 0) >= start + 3,
+        timeout=10,
+    )
 
 
 def test_a_broken_user_subscriber_is_counted_once_per_failure(
-        baseline: list[tuple[Any, ...]], caplog: pytest.LogCaptureFixture, clean: None) -> None:
+    baseline: list[tuple[Any, ...]], caplog: pytest.LogCaptureFixture, clean: None
+) -> None:
     calls: list[str] = []
 
     def subscriber(ev: Any) -> None:
@@ -247,8 +278,11 @@ def test_a_broken_user_subscriber_is_counted_once_per_failure(
 
 
 def test_every_hook_and_sink_failing_at_once(
-        baseline: list[tuple[Any, ...]], monkeypatch: pytest.MonkeyPatch,
-        caplog: pytest.LogCaptureFixture, clean: None) -> None:
+    baseline: list[tuple[Any, ...]],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    clean: None,
+) -> None:
     """All the faults above together: the application still sees exactly the baseline."""
     for target in FAULTS:
         _patch(monkeypatch, target)
@@ -261,24 +295,27 @@ def test_every_hook_and_sink_failing_at_once(
         errors = _safe.internal_errors()
     assert seen == baseline
     assert {"hook.channel", "hook.cursor", "hook.strategy_cache"} <= set(errors)
-    contained = [r.getMessage() for r in caplog.records if r.name == "e6observe"
-                 and r.levelno >= logging.WARNING]
+    contained = [
+        r.getMessage() for r in caplog.records if r.name == "e6observe" and r.levelno >= logging.WARNING
+    ]
     assert len(contained) == len(set(contained)) <= len(errors)
 
 
 @pytest.mark.matrix
 def test_connector_errors_are_the_same_objects_with_broken_hooks(
-        sim: Simulator, connect: Callable[..., Any], monkeypatch: pytest.MonkeyPatch,
-        clean: None) -> None:
+    sim: Simulator, connect: Callable[..., Any], monkeypatch: pytest.MonkeyPatch, clean: None
+) -> None:
     """The very exception grpc raised reaches the application (not a copy, not a wrapper),
     even when every hook's recording fails on the way out."""
     import grpc
 
     import e6observe
 
-    for target in ("e6observe.recorder:Recorder.rpc_histogram",
-                   "e6observe.recorder:Recorder.query_finished",
-                   "e6observe.recorder:Recorder.mismatch"):
+    for target in (
+        "e6observe.recorder:Recorder.rpc_histogram",
+        "e6observe.recorder:Recorder.query_finished",
+        "e6observe.recorder:Recorder.mismatch",
+    ):
         _patch(monkeypatch, target)
     e6observe.instrument(otel=False)
     try:

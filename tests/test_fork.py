@@ -30,8 +30,9 @@ from e6observe.watcher import THREAD_NAME, Watcher
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 
 
-def in_child(fn: Callable[..., Any], on_signal: Callable[[], None] | None = None,
-             timeout: float = 60.0) -> Any:
+def in_child(
+    fn: Callable[..., Any], on_signal: Callable[[], None] | None = None, timeout: float = 60.0
+) -> Any:
     """Run ``fn`` in a forked child; return its JSON-able result (or raise its failure).
 
     With ``on_signal``, ``fn`` gets a ``sync()`` argument: calling it in the child runs
@@ -42,6 +43,7 @@ def in_child(fn: Callable[..., Any], on_signal: Callable[[], None] | None = None
     p2c_r, p2c_w = os.pipe()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - runs in the child
+
         def sync() -> None:
             os.write(c2p_w, b"!")
             os.read(p2c_r, 1)
@@ -53,7 +55,7 @@ def in_child(fn: Callable[..., Any], on_signal: Callable[[], None] | None = None
         try:
             data = json.dumps(out, default=str).encode()
             while data:
-                data = data[os.write(w, data):]
+                data = data[os.write(w, data) :]
         finally:
             os._exit(0)
     for fd in (w, c2p_w, p2c_r):
@@ -100,8 +102,7 @@ def query(conn: Any, sql: str = "SELECT 1", clear: bool = True) -> Any:
 
 
 def e6observe_threads() -> list[str]:
-    return sorted(t.name for t in threading.enumerate()
-                  if t.name.startswith("e6observe") and t.is_alive())
+    return sorted(t.name for t in threading.enumerate() if t.name.startswith("e6observe") and t.is_alive())
 
 
 @pytest.fixture
@@ -119,7 +120,8 @@ def instrumented() -> Iterator[tuple[Recorder, Watcher]]:
 
 @pytest.mark.matrix
 def test_child_gets_a_running_watcher_fresh_counts_and_sees_inherited_queries(
-        sim: Any, connect: Callable[..., Any], instrumented: tuple[Recorder, Watcher]) -> None:
+    sim: Any, connect: Callable[..., Any], instrumented: tuple[Recorder, Watcher]
+) -> None:
     rec, w = instrumented
     _safe.reset_for_tests()
     conn = connect()
@@ -142,8 +144,7 @@ def test_child_gets_a_running_watcher_fresh_counts_and_sees_inherited_queries(
         out["inherited_before"] = w.readings()[M.QUERY_MAP_INHERITED.prom_name]
         # The child's own connection, authenticated on blue; then the cluster announces green.
         # The parent's query id in the inherited map blocks the graceful switch.
-        c2 = e6data_grpc.Connection(host=sim.host, port=sim.port, username=USER,
-                                    password=PASSWORD)
+        c2 = e6data_grpc.Connection(host=sim.host, port=sim.port, username=USER, password=PASSWORD)
         query(c2)
         sync()  # the parent announces green
         query(c2)
@@ -185,7 +186,8 @@ def test_child_gets_a_running_watcher_fresh_counts_and_sees_inherited_queries(
 
 @pytest.mark.matrix
 def test_strategy_lock_held_at_fork_is_visible_and_repairable_in_the_child(
-        instrumented: tuple[Recorder, Watcher]) -> None:
+    instrumented: tuple[Recorder, Watcher],
+) -> None:
     _, w = instrumented
     lock = e6data_grpc._strategy_lock
     held, release = threading.Event(), threading.Event()
@@ -220,8 +222,15 @@ def test_strategy_lock_held_at_fork_is_visible_and_repairable_in_the_child(
     finally:
         release.set()
         t.join(10)
-    assert got == {"flag": True, "gauge": 1.0, "watcher_runs": True, "blocked": True,
-                   "repaired": True, "usable": True, "gauge_after": 0.0}
+    assert got == {
+        "flag": True,
+        "gauge": 1.0,
+        "watcher_runs": True,
+        "blocked": True,
+        "repaired": True,
+        "usable": True,
+        "gauge_after": 0.0,
+    }
     # The parent's lock is its own, untouched and free.
     assert e6data_grpc._strategy_lock is lock and not lock.locked()
     assert not _forkhazards.lock_held_at_fork() and _forkhazards.repair_strategy_lock() is False
@@ -243,6 +252,7 @@ def test_resets_run_in_phase_order_once_each_contained() -> None:
     def make(tag: str) -> Callable[[], None]:
         def reset() -> None:
             ran.append(tag)
+
         return reset
 
     fns = {phase: make(phase) for phase in _fork.PHASES}
@@ -311,7 +321,8 @@ _HELD_OBJECTS: dict[str, Any] = {}
 
 @pytest.mark.matrix
 def test_each_component_resets_its_own_state_in_a_real_fork(
-        sim: Any, connect: Callable[..., Any], tmp_path: Any) -> None:
+    sim: Any, connect: Callable[..., Any], tmp_path: Any
+) -> None:
     """Every lock a parent thread holds at the fork is a fresh, free one in the child; stores
     start from zero, sinks re-key, the watcher runs again; the parent keeps all of its own."""
     cp = pytest.importorskip("e6data_python_connector.connection_pool")
@@ -328,11 +339,18 @@ def test_each_component_resets_its_own_state_in_a_real_fork(
     sink = PrometheusSink(rec, sink_options(prometheus_port=0, multiprocess_dir=str(tmp_path)))
     sink.start()
     w = Watcher(rec, SimpleNamespace(watcher_interval=0.05)).start()
-    pool = cp.ConnectionPool(host=sim.host, port=sim.port, username=USER, password=PASSWORD,
-                             min_size=1, max_size=1, max_overflow=0, timeout=20)
+    pool = cp.ConnectionPool(
+        host=sim.host,
+        port=sim.port,
+        username=USER,
+        password=PASSWORD,
+        min_size=1,
+        max_size=1,
+        max_overflow=0,
+        timeout=20,
+    )
     held_conn = pool.get_connection()
-    waiter = threading.Thread(target=lambda: pool.return_connection(pool.get_connection()),
-                              daemon=True)
+    waiter = threading.Thread(target=lambda: pool.return_connection(pool.get_connection()), daemon=True)
     hold, release = threading.Event(), threading.Event()
     holder: threading.Thread | None = None
     try:
@@ -344,15 +362,35 @@ def test_each_component_resets_its_own_state_in_a_real_fork(
         info = P._pools[pool]  # named pool-<n>: n counts this process's pools so far
         assert wait_for(lambda: P.read_pools()[info.name]["pending"] == 1)
         fam = rec.family(M.SWITCHES)
-        _HELD_OBJECTS.update(rec=rec, watcher=w, sink=sink, info=info, fam=fam, pool_hook=P.HOOK,
-                             counter=fam.items()[0][1],
-                             hist=rec.rpc_histogram("prepareStatement", "blue", "OK"))
-        paths = ["e6observe._fork:_lock", "e6observe._safe:_lock",
-                 "e6observe.recorder:_current_lock", "e6observe.connections:_lock",
-                 "e6observe.hooks.pool:_pools_lock", "@pool_hook._lock",
-                 "@info.lock", "@rec._state_lock", "@rec._wake", "@rec.ring._lock", "@fam._lock",
-                 "@counter._lock", "@hist._lock", "@watcher._lock", "@sink._lock",
-                 "@sink.writer._lock", "@sink.collector._lock"]
+        _HELD_OBJECTS.update(
+            rec=rec,
+            watcher=w,
+            sink=sink,
+            info=info,
+            fam=fam,
+            pool_hook=P.HOOK,
+            counter=fam.items()[0][1],
+            hist=rec.rpc_histogram("prepareStatement", "blue", "OK"),
+        )
+        paths = [
+            "e6observe._fork:_lock",
+            "e6observe._safe:_lock",
+            "e6observe.recorder:_current_lock",
+            "e6observe.connections:_lock",
+            "e6observe.hooks.pool:_pools_lock",
+            "@pool_hook._lock",
+            "@info.lock",
+            "@rec._state_lock",
+            "@rec._wake",
+            "@rec.ring._lock",
+            "@fam._lock",
+            "@counter._lock",
+            "@hist._lock",
+            "@watcher._lock",
+            "@sink._lock",
+            "@sink.writer._lock",
+            "@sink.collector._lock",
+        ]
         locks = [_lock_of(p) for p in paths]
 
         def hold_all() -> None:
@@ -392,15 +430,17 @@ def test_each_component_resets_its_own_state_in_a_real_fork(
                 "free": free,
                 "rpc_count": rec.rpc_histogram("prepareStatement", "blue", "OK").count,
                 "switch_children_zero": all(c.value == 0 for _, c in fam.items()),
-                "events": len(rec.ring), "emitted": rec.ring.emitted,
-                "errors": _safe.internal_errors(), "active": rec.active,
+                "events": len(rec.ring),
+                "emitted": rec.ring.emitted,
+                "errors": _safe.internal_errors(),
+                "active": rec.active,
                 "pending": P.read_pools()[info.name]["pending"],
                 "server": sink.server is not None,
-                "writer": [sink.writer.pid, sink.writer.id != parent_id,
-                           os.path.exists(sink.writer.path)],
+                "writer": [sink.writer.pid, sink.writer.id != parent_id, os.path.exists(sink.writer.path)],
                 "watcher_runs": wait_for(lambda: w.iterations >= it0 + 2),
                 "threads": e6observe_threads(),
-                "pid": os.getpid(), "generation": _fork.fork_generation,
+                "pid": os.getpid(),
+                "generation": _fork.fork_generation,
             }
 
         got = in_child(child, timeout=30)  # a lock left held hangs the child's fork handler
@@ -490,8 +530,7 @@ def test_instrument_cycles_keep_one_handler_and_one_reset_per_component(tmp_path
 
     from subproc import run
 
-    proc = run([sys.executable, "-c", _CYCLES, str(tmp_path)], capture_output=True, text=True,
-               timeout=120)
+    proc = run([sys.executable, "-c", _CYCLES, str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     got = json.loads(proc.stdout.strip().splitlines()[-1])
     assert [m for m in got["calls"] if m.startswith("e6observe")] == ["e6observe._fork"]
@@ -503,8 +542,7 @@ def test_instrument_cycles_keep_one_handler_and_one_reset_per_component(tmp_path
     assert child["threads"].count(THREAD_NAME) == 1
 
 
-def test_a_store_nobody_resets_keeps_the_parents_counts_out_of_the_childs_file(
-        tmp_path: Any) -> None:
+def test_a_store_nobody_resets_keeps_the_parents_counts_out_of_the_childs_file(tmp_path: Any) -> None:
     """A sink over a recorder that no component resets (not the current one, no watcher): the
     child's recorder still holds the parent's counts, and the sink's own fork reset (phase
     ``sinks``) takes them as its baseline, so one scrape counts them once."""
@@ -519,8 +557,12 @@ def test_a_store_nobody_resets_keeps_the_parents_counts_out_of_the_childs_file(
 
     def switches() -> float:
         text = generate_latest(sink.registry).decode()
-        return sum(s.value for fam in text_string_to_metric_families(text)
-                   for s in fam.samples if s.name == M.SWITCHES.prom_name + "_total")
+        return sum(
+            s.value
+            for fam in text_string_to_metric_families(text)
+            for s in fam.samples
+            if s.name == M.SWITCHES.prom_name + "_total"
+        )
 
     try:
         for frm, to in (("blue", "green"), ("green", "blue"), ("blue", "green")):

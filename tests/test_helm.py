@@ -29,44 +29,61 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 CHART = ROOT / "helm" / "e6observe"
 TOOLS_PY = ROOT / ".venv-tools" / "bin" / "python"
-FEATURES = ("prometheusrule", "dashboards", "servicemonitor", "podmonitor", "prober",
-            "alertoverrides")
+FEATURES = ("prometheusrule", "dashboards", "servicemonitor", "podmonitor", "prober", "alertoverrides")
 K8S_VERSIONS = ("1.27.0", "latest")
 CRD_KINDS = ("ServiceMonitor", "PodMonitor", "PrometheusRule")
 RELEASE, NAMESPACE = "shop", "monitoring"
 
 #: Values that must be refused, and a fragment of the reason.
 INVALID: dict[str, tuple[dict[str, Any], str]] = {
-    "password-in-values": ({"prober": {"enabled": False, "credentials": {"password": "x"}}},
-                           "additional properties 'password' not allowed"),
-    "unknown-top-level-key": ({"serviceMonitr": {"enabled": True}},
-                              "additional properties 'serviceMonitr' not allowed"),
-    "bad-interval": ({"serviceMonitor": {"enabled": True, "interval": "30 seconds",
-                                         "selector": {"matchLabels": {"a": "b"}}}}, "interval"),
-    "unknown-alert": ({"prometheusRule": {"enabled": True, "disabledAlerts": ["Flap"]}},
-                      "disabledAlerts"),
+    "password-in-values": (
+        {"prober": {"enabled": False, "credentials": {"password": "x"}}},
+        "additional properties 'password' not allowed",
+    ),
+    "unknown-top-level-key": (
+        {"serviceMonitr": {"enabled": True}},
+        "additional properties 'serviceMonitr' not allowed",
+    ),
+    "bad-interval": (
+        {
+            "serviceMonitor": {
+                "enabled": True,
+                "interval": "30 seconds",
+                "selector": {"matchLabels": {"a": "b"}},
+            }
+        },
+        "interval",
+    ),
+    "unknown-alert": ({"prometheusRule": {"enabled": True, "disabledAlerts": ["Flap"]}}, "disabledAlerts"),
     "threshold-on-alert-without-one": (
-        {"prometheusRule": {"enabled": True, "alerts": {"E6dataStrategySplitBrain": {
-            "threshold": 3}}}}, "this alert has no threshold"),
+        {"prometheusRule": {"enabled": True, "alerts": {"E6dataStrategySplitBrain": {"threshold": 3}}}},
+        "this alert has no threshold",
+    ),
     "override-of-unknown-alert": (
         {"prometheusRule": {"enabled": True, "alerts": {"E6dataNoSuchAlert": {"for": "1m"}}}},
-        "no such alert"),
+        "no such alert",
+    ),
     "bad-override-for": (
-        {"prometheusRule": {"enabled": True, "alerts": {"E6dataQueryLatencyHigh": {
-            "for": "soon"}}}}, "for"),
-    "prober-without-host": ({"prober": {"enabled": True, "image": {"repository": "r"},
-                                        "credentials": {"existingSecret": "s"}}},
-                            "prober.target.host is required"),
-    "prober-without-secret": ({"prober": {"enabled": True, "image": {"repository": "r"},
-                                          "target": {"host": "h"}}},
-                              "prober.credentials.existingSecret is required"),
-    "prober-without-image": ({"prober": {"enabled": True, "target": {"host": "h"},
-                                         "credentials": {"existingSecret": "s"}}},
-                             "prober.image.repository is required"),
-    "servicemonitor-without-selector": ({"serviceMonitor": {"enabled": True}},
-                                        "serviceMonitor.selector is required"),
-    "podmonitor-without-selector": ({"podMonitor": {"enabled": True}},
-                                    "podMonitor.selector is required"),
+        {"prometheusRule": {"enabled": True, "alerts": {"E6dataQueryLatencyHigh": {"for": "soon"}}}},
+        "for",
+    ),
+    "prober-without-host": (
+        {"prober": {"enabled": True, "image": {"repository": "r"}, "credentials": {"existingSecret": "s"}}},
+        "prober.target.host is required",
+    ),
+    "prober-without-secret": (
+        {"prober": {"enabled": True, "image": {"repository": "r"}, "target": {"host": "h"}}},
+        "prober.credentials.existingSecret is required",
+    ),
+    "prober-without-image": (
+        {"prober": {"enabled": True, "target": {"host": "h"}, "credentials": {"existingSecret": "s"}}},
+        "prober.image.repository is required",
+    ),
+    "servicemonitor-without-selector": (
+        {"serviceMonitor": {"enabled": True}},
+        "serviceMonitor.selector is required",
+    ),
+    "podmonitor-without-selector": ({"podMonitor": {"enabled": True}}, "podMonitor.selector is required"),
 }
 
 
@@ -136,9 +153,13 @@ def _render_case(chart: Any, values: dict[str, Any] | None) -> dict[str, Any]:
             continue
         for doc in yaml.safe_load_all(text):
             if doc:
-                objects.append({"template": path, "object": doc, "errors":
-                                _validate_crd(doc) if doc.get("kind") in CRD_KINDS
-                                else _validate_core(doc)})
+                objects.append(
+                    {
+                        "template": path,
+                        "object": doc,
+                        "errors": _validate_crd(doc) if doc.get("kind") in CRD_KINDS else _validate_core(doc),
+                    }
+                )
     case["objects"] = objects
     case["raw"] = "\n---\n".join(rendered.values())
     report = hp.lint(str(CHART), values, strict=True, namespace=NAMESPACE)
@@ -149,13 +170,22 @@ def _render_case(chart: Any, values: dict[str, Any] | None) -> dict[str, Any]:
 def _selftest() -> list[list[str]]:
     """The validators on broken objects (the pytest side requires each to be caught)."""
     cm = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x"}, "data": {"a": 1}}
-    sm = {"apiVersion": "monitoring.coreos.com/v1", "kind": "ServiceMonitor",
-          "metadata": {"name": "x"},
-          "spec": {"selector": {}, "endpoints": [{"port": "m", "scheme": "ftp"}]}}
-    pr = {"apiVersion": "monitoring.coreos.com/v1", "kind": "PrometheusRule",
-          "metadata": {"name": "x"},
-          "spec": {"groups": [{"name": "g", "rules": [
-              {"alert": "A", "expr": "up", "for": "5m", "keepFiringFr": "1m"}]}]}}
+    sm = {
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "ServiceMonitor",
+        "metadata": {"name": "x"},
+        "spec": {"selector": {}, "endpoints": [{"port": "m", "scheme": "ftp"}]},
+    }
+    pr = {
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "PrometheusRule",
+        "metadata": {"name": "x"},
+        "spec": {
+            "groups": [
+                {"name": "g", "rules": [{"alert": "A", "expr": "up", "for": "5m", "keepFiringFr": "1m"}]}
+            ]
+        },
+    }
     return [_validate_core(cm), _validate_crd(sm), _validate_crd(pr)]
 
 
@@ -172,9 +202,11 @@ def _tool_main(argv: list[str]) -> int:
     out: dict[str, Any] = {"cases": {}, "invalid": {}}
     # helm-sdkpy: Helm's lint on the chart with its own values.
     lint = asyncio.run(helm_sdkpy.Lint(helm_sdkpy.Configuration(namespace=NAMESPACE)).run(str(CHART)))
-    out["sdkpy_lint"] = {"charts": lint.get("TotalChartsLinted"),
-                         "severities": [m.get("Severity") for m in lint.get("Messages") or []],
-                         "errors": lint.get("Errors") or []}
+    out["sdkpy_lint"] = {
+        "charts": lint.get("TotalChartsLinted"),
+        "severities": [m.get("Severity") for m in lint.get("Messages") or []],
+        "errors": lint.get("Errors") or [],
+    }
     out["sdkpy_version"] = helm_sdkpy.__version__
     chart = hp.Chart.load(str(CHART))
     out["cases"]["default"] = _render_case(chart, None)
@@ -206,11 +238,14 @@ from helpers import unavailable  # noqa: E402
 @pytest.fixture(scope="module")
 def report() -> dict[str, Any]:
     if not TOOLS_PY.exists():
-        unavailable(".venv-tools is missing: ./run test builds it from scripts/tools-venv.txt "
-                    "(Python 3.12 venv; helm-sdkpy needs >= 3.12)")
+        unavailable(
+            ".venv-tools is missing: ./run test builds it from scripts/tools-venv.txt "
+            "(Python 3.12 venv; helm-sdkpy needs >= 3.12)"
+        )
     env = dict(os.environ, PYTHONPATH="")
-    r = subprocess.run([str(TOOLS_PY), str(Path(__file__))], capture_output=True, text=True,
-                       timeout=240, cwd=ROOT, env=env)
+    r = subprocess.run(
+        [str(TOOLS_PY), str(Path(__file__))], capture_output=True, text=True, timeout=240, cwd=ROOT, env=env
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     return json.loads(r.stdout)
 
@@ -235,13 +270,13 @@ def test_helm_sdkpy_lints_the_chart_without_errors_or_warnings(report: dict[str,
 
 def test_every_feature_has_a_ci_values_file(report: dict[str, Any]) -> None:
     assert sorted(p.name for p in (CHART / "ci").glob("*-values.yaml")) == sorted(
-        f"{f}-values.yaml" for f in FEATURES)
+        f"{f}-values.yaml" for f in FEATURES
+    )
     assert set(report["cases"]) == {"default", *FEATURES}
 
 
 @pytest.mark.parametrize("case", ("default", *FEATURES))
-def test_lint_with_values_is_clean_and_every_object_validates(report: dict[str, Any],
-                                                             case: str) -> None:
+def test_lint_with_values_is_clean_and_every_object_validates(report: dict[str, Any], case: str) -> None:
     c = report["cases"][case]
     assert "error" not in c, c.get("error")
     assert c["lint"]["errors"] == []
@@ -262,8 +297,13 @@ def test_the_validators_catch_what_they_claim_to() -> None:
     # The same checks as the report, run on broken objects: they must fail.
     if not TOOLS_PY.exists():
         unavailable(".venv-tools is missing: ./run test builds it from scripts/tools-venv.txt")
-    r = subprocess.run([str(TOOLS_PY), str(Path(__file__)), "--selftest"], capture_output=True,
-                       text=True, timeout=120, cwd=ROOT)
+    r = subprocess.run(
+        [str(TOOLS_PY), str(Path(__file__)), "--selftest"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     core, sm, pr = json.loads(r.stdout)
     assert core and "is not of type" in core[0]
@@ -288,8 +328,9 @@ def test_defaults_render_only_the_dashboards(report: dict[str, Any]) -> None:
 
 # --- dashboards -------------------------------------------------------------------------
 @pytest.mark.parametrize("case", ("default", "dashboards"))
-def test_dashboard_configmaps_carry_the_generated_json_for_the_sidecar(report: dict[str, Any],
-                                                                      case: str) -> None:
+def test_dashboard_configmaps_carry_the_generated_json_for_the_sidecar(
+    report: dict[str, Any], case: str
+) -> None:
     cms = [o for o in objects(report, case) if o["kind"] == "ConfigMap"]
     by_key = {k: (cm, v) for cm in cms for k, v in cm["data"].items()}
     assert set(by_key) == {"e6data-blue-green-overview.json", "e6data-client-runtime.json"}
@@ -322,7 +363,8 @@ def test_prometheusrule_carries_the_generated_rules(report: dict[str, Any]) -> N
         # Identical rule, plus the additional label; the rule's own severity wins.
         assert got["labels"] == {**want["labels"], "team": "data-platform"}
         assert {k: v for k, v in got.items() if k != "labels"} == {
-            k: v for k, v in want.items() if k != "labels"}
+            k: v for k, v in want.items() if k != "labels"
+        }
     # Alert templates pass through Helm untouched.
     assert "{{ $value | humanize }}" in group["rules"][0]["annotations"]["description"]
 
@@ -330,8 +372,12 @@ def test_prometheusrule_carries_the_generated_rules(report: dict[str, Any]) -> N
 def test_per_alert_thresholds_for_and_runbook_url_from_values(report: dict[str, Any]) -> None:
     pr = one(report, "alertoverrides", "PrometheusRule")
     rules = {r["alert"]: r for r in pr["spec"]["groups"][0]["rules"]}
-    source = {r["alert"]: r for r in yaml.safe_load(
-        (ROOT / "dashboards/rules/e6observe.rules.yaml").read_text())["groups"][0]["rules"]}
+    source = {
+        r["alert"]: r
+        for r in yaml.safe_load((ROOT / "dashboards/rules/e6observe.rules.yaml").read_text())["groups"][0][
+            "rules"
+        ]
+    }
     lat = rules["E6dataQueryLatencyHigh"]
     assert lat["expr"] == source["E6dataQueryLatencyHigh"]["expr"][: -len("> 5")] + "> 2.5"
     assert lat["for"] == "3m"
@@ -341,8 +387,7 @@ def test_per_alert_thresholds_for_and_runbook_url_from_values(report: dict[str, 
     assert "(threshold 10%)" in err["annotations"]["description"]
     assert rules["E6dataStrategySplitBrain"]["for"] == "20m"
     for name, r in rules.items():
-        assert r["annotations"]["runbook_url"] == (
-            "https://runbooks.example/e6observe/#" + name.lower())
+        assert r["annotations"]["runbook_url"] == ("https://runbooks.example/e6observe/#" + name.lower())
         if name not in ("E6dataQueryLatencyHigh", "E6dataQueryErrorRateHigh"):
             assert r["expr"] == source[name]["expr"], name
 
@@ -389,14 +434,32 @@ def test_prober_runs_the_probe_command_with_credentials_from_the_secret(report: 
     [c] = dep["spec"]["template"]["spec"]["containers"]
     assert c["image"] == "registry.example.com/e6observe:0.1.0"
     assert c["command"] == ["e6observe"]
-    assert c["args"] == ["probe", "--host", "e6data.example.com", "--port", "443",
-                         "--cluster-name", "analytics", "--secure", "--interval", "15",
-                         "--timeout", "10", "--metrics-port", "9465", "--metrics-addr", "0.0.0.0",
-                         "--catalog", "main"]
+    assert c["args"] == [
+        "probe",
+        "--host",
+        "e6data.example.com",
+        "--port",
+        "443",
+        "--cluster-name",
+        "analytics",
+        "--secure",
+        "--interval",
+        "15",
+        "--timeout",
+        "10",
+        "--metrics-port",
+        "9465",
+        "--metrics-addr",
+        "0.0.0.0",
+        "--catalog",
+        "main",
+    ]
     env = {e["name"]: e for e in c["env"]}
     for name, key in (("E6DATA_USERNAME", "username"), ("E6DATA_PASSWORD", "password")):
-        assert env[name] == {"name": name, "valueFrom": {"secretKeyRef": {
-            "name": "e6data-prober-credentials", "key": key}}}
+        assert env[name] == {
+            "name": name,
+            "valueFrom": {"secretKeyRef": {"name": "e6data-prober-credentials", "key": key}},
+        }
         assert "value" not in env[name]
     assert c["ports"] == [{"name": "metrics", "containerPort": 9465, "protocol": "TCP"}]
     assert c["securityContext"]["readOnlyRootFilesystem"] is True
@@ -410,8 +473,9 @@ def test_prober_service_and_servicemonitor_select_the_prober(report: dict[str, A
     pod_labels = dep["spec"]["template"]["metadata"]["labels"]
     assert dep["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
     assert svc["spec"]["selector"].items() <= pod_labels.items()
-    assert svc["spec"]["ports"] == [{"name": "metrics", "port": 9465, "targetPort": "metrics",
-                                     "protocol": "TCP"}]
+    assert svc["spec"]["ports"] == [
+        {"name": "metrics", "port": 9465, "targetPort": "metrics", "protocol": "TCP"}
+    ]
     assert sm["spec"]["selector"]["matchLabels"].items() <= svc["metadata"]["labels"].items()
     assert sm["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
     assert sm["spec"]["endpoints"][0]["port"] == "metrics"

@@ -73,8 +73,11 @@ def test_announce_then_drained_apply_is_one_announced_switch(rec: Recorder) -> N
     g._set_pending_strategy("green")  # every response during the announcement repeats it
     assert rec.pending == "green"
     g._apply_pending_strategy()  # (forced while q1 is still pinned: counted as pinned)
-    assert events(rec) == [("detected", "blue"), ("announced", "green"),
-                           ("applied", "blue", "green", "announced", 1)]
+    assert events(rec) == [
+        ("detected", "blue"),
+        ("announced", "green"),
+        ("applied", "blue", "green", "announced", 1),
+    ]
     assert switches(rec) == {("blue", "green", "announced"): 1.0}
     assert rec.active == "green" and rec.pending is None
     assert rec.family(M.SWITCH_DRAIN).histogram().count == 1
@@ -86,8 +89,11 @@ def test_456_path_is_one_switch_with_cause_mismatch(rec: Recorder) -> None:
     g._clear_strategy_cache()  # re_auth on a 456
     assert rec.active == "blue"  # still the colour in use until the other one is learned
     g._set_active_strategy("green")  # re-authentication learned green
-    assert events(rec) == [("detected", "blue"), ("cache_cleared", "blue"),
-                           ("applied", "blue", "green", "mismatch", 0)]
+    assert events(rec) == [
+        ("detected", "blue"),
+        ("cache_cleared", "blue"),
+        ("applied", "blue", "green", "mismatch", 0),
+    ]
     assert switches(rec) == {("blue", "green", "mismatch"): 1.0}
 
 
@@ -128,8 +134,11 @@ def test_inline_flip_in_finish_query_cleanup_is_seen(rec: Recorder) -> None:
     g._set_active_strategy("blue")
     g._register_query_strategy("q9", "blue")
     g._finish_query_cleanup("q9", "green", time.monotonic() + 5)
-    assert events(rec) == [("detected", "blue"), ("announced", "green"),
-                           ("applied", "blue", "green", "announced", 0)]
+    assert events(rec) == [
+        ("detected", "blue"),
+        ("announced", "green"),
+        ("applied", "blue", "green", "announced", 0),
+    ]
 
 
 @pytest.mark.matrix
@@ -162,7 +171,8 @@ def test_uninstall_puts_back_the_original_dict_with_current_contents() -> None:
 
 @pytest.mark.matrix
 def test_failing_callback_under_the_connector_lock_is_contained(
-        rec: Recorder, monkeypatch: pytest.MonkeyPatch) -> None:
+    rec: Recorder, monkeypatch: pytest.MonkeyPatch
+) -> None:
     def boom(*a: Any, **k: Any) -> None:
         raise RuntimeError("x")
 
@@ -174,8 +184,7 @@ def test_failing_callback_under_the_connector_lock_is_contained(
 
 
 @pytest.mark.matrix
-def test_note_observed_keeps_a_watcher_counted_switch_from_being_counted_again(
-        rec: Recorder) -> None:
+def test_note_observed_keeps_a_watcher_counted_switch_from_being_counted_again(rec: Recorder) -> None:
     g._set_active_strategy("blue")
     rec.applied("blue", "green", "observed")  # what the watcher does when it sees a flip
     sc.note_observed("green")
@@ -204,7 +213,11 @@ def test_error_classification() -> None:
     wrapped.__cause__ = mism
     assert is_mismatch(wrapped)  # the async API re-raises as OperationalError from the RpcError
     assert [retry_reason(e) for e in (mism, denied, ValueError(), None)] == [
-        "mismatch", "access_denied", "other", "other"]
+        "mismatch",
+        "access_denied",
+        "other",
+        "other",
+    ]
 
 
 @pytest.mark.matrix
@@ -251,7 +264,8 @@ def rpc_counts(r: Recorder) -> dict[tuple[str, ...], int]:
 
 @pytest.mark.matrix
 def test_every_new_stub_is_timed_and_unwrapped_on_uninstall(
-        chan: tuple[Recorder, HookContext], connect: Callable[..., Any]) -> None:
+    chan: tuple[Recorder, HookContext], connect: Callable[..., Any]
+) -> None:
     r, _ = chan
     conn = connect()
     stub = conn._client
@@ -268,7 +282,8 @@ def test_every_new_stub_is_timed_and_unwrapped_on_uninstall(
 
 @pytest.mark.matrix
 def test_future_calls_and_positional_metadata_are_timed(
-        chan: tuple[Recorder, HookContext], connect: Callable[..., Any]) -> None:
+    chan: tuple[Recorder, HookContext], connect: Callable[..., Any]
+) -> None:
     r, _ = chan
     stub = connect()._client
     fut = stub.getCataloges.future(pb.GetCatalogesRequest(), metadata=[("strategy", "blue")])
@@ -279,7 +294,8 @@ def test_future_calls_and_positional_metadata_are_timed(
 
 @pytest.mark.matrix
 def test_hostile_strategy_values_stay_in_bounded_labels(
-        chan: tuple[Recorder, HookContext], connect: Callable[..., Any], sim: Simulator) -> None:
+    chan: tuple[Recorder, HookContext], connect: Callable[..., Any], sim: Simulator
+) -> None:
     r, _ = chan
     stub = connect()._client
     for i in range(40):
@@ -287,7 +303,8 @@ def test_hostile_strategy_values_stay_in_bounded_labels(
             stub.getCataloges(pb.GetCatalogesRequest(), metadata=[("strategy", f"purple-{i}")])
     assert rpc_counts(r) == {("getCataloges", "invalid", "UNKNOWN"): 40}
     assert {k: c.value for k, c in r.family(M.MISMATCHES).items()} == {  # type: ignore[attr-defined]
-        ("invalid", "getCataloges"): 40.0}
+        ("invalid", "getCataloges"): 40.0
+    }
     assert sim.counters()["mismatches_total"] == 40
 
 
@@ -310,7 +327,8 @@ def query_counts(r: Recorder) -> dict[tuple[str, ...], int]:
 
 @pytest.mark.matrix
 def test_query_lifecycle_in_flight_and_reexecute_without_clear(
-        cur_hooks: Recorder, connect: Callable[..., Any]) -> None:
+    cur_hooks: Recorder, connect: Callable[..., Any]
+) -> None:
     r = cur_hooks
     c = connect().cursor()
     c.execute("SELECT 1")

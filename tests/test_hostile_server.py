@@ -43,12 +43,17 @@ pytestmark = pytest.mark.timeout(300)
 
 #: Label name -> every value it may take, whatever a server sends.
 ALLOWED: dict[str, frozenset[str]] = {
-    "strategy": frozenset(M.STRATEGY_LABELS), "from": frozenset(M.STRATEGY_LABELS),
-    "to": frozenset(M.STRATEGY_LABELS), "method": RPC_METHODS | CLUSTER_RPC_METHODS | {"other"},
-    "code": GRPC_CODES, "cause": frozenset(M.SWITCH_CAUSES), "kind": frozenset(M.EVENT_KINDS),
+    "strategy": frozenset(M.STRATEGY_LABELS),
+    "from": frozenset(M.STRATEGY_LABELS),
+    "to": frozenset(M.STRATEGY_LABELS),
+    "method": RPC_METHODS | CLUSTER_RPC_METHODS | {"other"},
+    "code": GRPC_CODES,
+    "cause": frozenset(M.SWITCH_CAUSES),
+    "kind": frozenset(M.EVENT_KINDS),
     "outcome": frozenset(M.QUERY_OUTCOMES + M.RESUME_OUTCOMES),
     "reason": RETRY_REASONS | frozenset(M.REJECTED_REASONS),
-    "scope": frozenset(M.SWITCH_SCOPES), "status": frozenset(M.CLUSTER_STATUSES),
+    "scope": frozenset(M.SWITCH_SCOPES),
+    "status": frozenset(M.CLUSTER_STATUSES),
 }
 _EVENT_STRATEGY_FIELDS = ("from_strategy", "to_strategy", "strategy")
 
@@ -102,8 +107,9 @@ def cache_state() -> tuple[str, Any, Any]:
     return ("cache", c.get("active_strategy"), c.get("pending_strategy"))
 
 
-def run_twice(script: Callable[[Simulator], list[tuple[Any, ...]]]
-              ) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]], Rig, dict[str, str], dict[str, int]]:
+def run_twice(
+    script: Callable[[Simulator], list[tuple[Any, ...]]],
+) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]], Rig, dict[str, str], dict[str, int]]:
     """``script`` on a fresh simulator without e6observe, then with every output on.
     Returns (bare view, instrumented view, rig, outputs, internal errors)."""
     reset_connector_cache()
@@ -231,8 +237,9 @@ def reauth_branch(code: grpc.StatusCode, details: str) -> Optional[str]:
     return None
 
 
-def details_script(method: str, code: grpc.StatusCode, details: str
-                   ) -> Callable[[Simulator], list[tuple[Any, ...]]]:
+def details_script(
+    method: str, code: grpc.StatusCode, details: str
+) -> Callable[[Simulator], list[tuple[Any, ...]]]:
     def script(sim: Simulator) -> list[tuple[Any, ...]]:
         conn = connect(sim)
         out = []
@@ -250,8 +257,9 @@ def details_script(method: str, code: grpc.StatusCode, details: str
 
 
 @pytest.mark.matrix
-@pytest.mark.parametrize("method,code,details", NEAR_MISSES,
-                         ids=[f"{m}-{c.name}-{d[:14]!r}" for m, c, d in NEAR_MISSES])
+@pytest.mark.parametrize(
+    "method,code,details", NEAR_MISSES, ids=[f"{m}-{c.name}-{d[:14]!r}" for m, c, d in NEAR_MISSES]
+)
 @pytest.mark.slow
 def test_error_details_that_almost_say_456(method: str, code: grpc.StatusCode, details: str) -> None:
     bare, seen, rig, outputs, errors = run_twice(details_script(method, code, details))
@@ -273,13 +281,34 @@ def test_error_details_that_almost_say_456(method: str, code: grpc.StatusCode, d
 
 
 # -- property tests at the hook boundary ----------------------------------------------------------
-_NEAR = ["", "blue", "green", "BLUE", "Green", " green ", "green\n", "purple", "gr\u0435en",
-         "blue\x00", "none", "invalid", "status: 456", "status: 4567", "status:456", " status: 456 ",
-         "status: 456\n...", "Access denied", "Access denied: status: 456", "\udcff"]
-_TEXT = st.one_of(st.sampled_from(_NEAR), st.text(max_size=40),
-                  st.builds(lambda c, n: c * n, st.characters(), st.integers(1000, 12000)))
-_VALUE = st.one_of(st.none(), _TEXT, st.binary(max_size=24), st.integers(), st.booleans(),
-                   st.floats())
+_NEAR = [
+    "",
+    "blue",
+    "green",
+    "BLUE",
+    "Green",
+    " green ",
+    "green\n",
+    "purple",
+    "gr\u0435en",
+    "blue\x00",
+    "none",
+    "invalid",
+    "status: 456",
+    "status: 4567",
+    "status:456",
+    " status: 456 ",
+    "status: 456\n...",
+    "Access denied",
+    "Access denied: status: 456",
+    "\udcff",
+]
+_TEXT = st.one_of(
+    st.sampled_from(_NEAR),
+    st.text(max_size=40),
+    st.builds(lambda c, n: c * n, st.characters(), st.integers(1000, 12000)),
+)
+_VALUE = st.one_of(st.none(), _TEXT, st.binary(max_size=24), st.integers(), st.booleans(), st.floats())
 
 
 class _Named:
@@ -310,14 +339,21 @@ class FakeRpcError(grpc.RpcError):  # type: ignore[misc]
 
 @pytest.mark.matrix
 @settings(max_examples=200, deadline=None)
-@given(writes=st.lists(st.tuples(st.sampled_from(["active_strategy", "pending_strategy",
-                                                  "query_strategy_map", "last_check_time"]),
-                                 _VALUE), max_size=12))
+@given(
+    writes=st.lists(
+        st.tuples(
+            st.sampled_from(["active_strategy", "pending_strategy", "query_strategy_map", "last_check_time"]),
+            _VALUE,
+        ),
+        max_size=12,
+    )
+)
 def test_fuzzed_strategy_cache_writes(writes: list[tuple[str, Any]]) -> None:
     _safe.reset_for_tests()
     rec = Recorder()
-    cache = strategy_cache.ObservedCache({"active_strategy": None, "pending_strategy": None,
-                                          "query_strategy_map": {}})
+    cache = strategy_cache.ObservedCache(
+        {"active_strategy": None, "pending_strategy": None, "query_strategy_map": {}}
+    )
     cache._e6observe = strategy_cache._Interpreter(rec)  # type: ignore[attr-defined]
     for key, value in writes:
         if key == "query_strategy_map":
@@ -330,13 +366,18 @@ def test_fuzzed_strategy_cache_writes(writes: list[tuple[str, Any]]) -> None:
 
 @pytest.mark.matrix
 @settings(max_examples=200, deadline=None)
-@given(code=_CODE, details=st.one_of(_TEXT, st.none(), st.binary(max_size=16)), header=_VALUE,
-       fail=st.booleans(), broken=st.booleans(), documented=st.booleans(),
-       odd_metadata=st.sampled_from([None, 7, [("strategy",)], "strategy", [1, 2]]))
-def test_fuzzed_rpc_results_through_the_channel_wrapper(code: Any, details: Any, header: Any,
-                                                         fail: bool, broken: bool,
-                                                         documented: bool,
-                                                         odd_metadata: Any) -> None:
+@given(
+    code=_CODE,
+    details=st.one_of(_TEXT, st.none(), st.binary(max_size=16)),
+    header=_VALUE,
+    fail=st.booleans(),
+    broken=st.booleans(),
+    documented=st.booleans(),
+    odd_metadata=st.sampled_from([None, 7, [("strategy",)], "strategy", [1, 2]]),
+)
+def test_fuzzed_rpc_results_through_the_channel_wrapper(
+    code: Any, details: Any, header: Any, fail: bool, broken: bool, documented: bool, odd_metadata: Any
+) -> None:
     """Both call paths of the channel hook: grpc's documented signature (passed on
     positionally) and any other (passed on as given); odd metadata never breaks either."""
     _safe.reset_for_tests()
@@ -345,9 +386,15 @@ def test_fuzzed_rpc_results_through_the_channel_wrapper(code: Any, details: Any,
     response = object()
 
     class Documented:
-        def __call__(self, request: Any, timeout: Any = None, metadata: Any = None,
-                     credentials: Any = None, wait_for_ready: Any = None,
-                     compression: Any = None) -> Any:
+        def __call__(
+            self,
+            request: Any,
+            timeout: Any = None,
+            metadata: Any = None,
+            credentials: Any = None,
+            wait_for_ready: Any = None,
+            compression: Any = None,
+        ) -> Any:
             if fail:
                 raise exc
             return response
@@ -391,10 +438,14 @@ def test_fuzzed_rpc_results_through_the_channel_wrapper(code: Any, details: Any,
 @example(code=INTERNAL, details="Access denied: status: 456", broken=False, depth=0, cycle=True)
 @example(code=UNKNOWN, details="status: 4567", broken=False, depth=2, cycle=True)
 @example(code=UNKNOWN, details="status:456", broken=True, depth=0, cycle=False)
-@given(code=_CODE, details=st.one_of(_TEXT, st.none(), st.binary(max_size=16)),
-       broken=st.booleans(), depth=st.integers(0, 6), cycle=st.booleans())
-def test_fuzzed_error_classification(code: Any, details: Any, broken: bool, depth: int,
-                                     cycle: bool) -> None:
+@given(
+    code=_CODE,
+    details=st.one_of(_TEXT, st.none(), st.binary(max_size=16)),
+    broken=st.booleans(),
+    depth=st.integers(0, 6),
+    cycle=st.booleans(),
+)
+def test_fuzzed_error_classification(code: Any, details: Any, broken: bool, depth: int, cycle: bool) -> None:
     exc = FakeRpcError(code, details, broken)
     outer: BaseException = exc
     for i in range(depth):  # the async API raises OperationalError from the RpcError
@@ -415,8 +466,9 @@ def test_fuzzed_error_classification(code: Any, details: Any, broken: bool, dept
 @pytest.mark.matrix
 @settings(max_examples=150, deadline=None)
 @given(active=_VALUE, pinned=_VALUE, query_id=_TEXT, other_id=_TEXT)
-def test_fuzzed_query_map_for_the_pinned_strategy(active: Any, pinned: Any, query_id: str,
-                                                  other_id: str) -> None:
+def test_fuzzed_query_map_for_the_pinned_strategy(
+    active: Any, pinned: Any, query_id: str, other_id: str
+) -> None:
     c = e6data_grpc._local_strategy_cache
     with e6data_grpc._strategy_lock:
         c["active_strategy"] = active
@@ -430,8 +482,11 @@ def test_fuzzed_query_map_for_the_pinned_strategy(active: Any, pinned: Any, quer
 
 @pytest.mark.matrix
 @settings(max_examples=150, deadline=None)
-@given(steps=st.lists(st.tuples(st.sampled_from(["strategy", "pending", "confirmed"]), _VALUE,
-                                _VALUE), max_size=10))
+@given(
+    steps=st.lists(
+        st.tuples(st.sampled_from(["strategy", "pending", "confirmed"]), _VALUE, _VALUE), max_size=10
+    )
+)
 def test_fuzzed_async_connection_writes(steps: list[tuple[str, Any, Any]]) -> None:
     from e6observe.hooks import aio
 

@@ -47,29 +47,39 @@ APP = textwrap.dedent("""
 """)
 
 
-def test_a_built_wheel_installs_into_a_fresh_venv_and_runs_the_readme_one_liner(
-        tmp_path: Path) -> None:
+def test_a_built_wheel_installs_into_a_fresh_venv_and_runs_the_readme_one_liner(tmp_path: Path) -> None:
     dist = tmp_path / "dist"
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env["PYTHONWARNINGS"] = "ignore"  # the build backend's deprecation notes
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(dist),
-                    str(ROOT)], check=True, env=env, cwd=tmp_path, timeout=300,
-                   capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(dist), str(ROOT)],
+        check=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+        capture_output=True,
+    )
     wheels = list(dist.glob("e6observe-*-py3-none-any.whl"))
     assert len(wheels) == 1, wheels
 
     app_env = tmp_path / "app-venv"
     venv.EnvBuilder(with_pip=True).create(app_env)
     py = app_env / "bin" / "python"
-    subprocess.run([str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check",
-                    str(wheels[0])], check=True, env=env, cwd=tmp_path, timeout=400,
-                   capture_output=True)
+    subprocess.run(
+        [str(py), "-m", "pip", "install", "-q", "--disable-pip-version-check", str(wheels[0])],
+        check=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=400,
+        capture_output=True,
+    )
 
     app = tmp_path / "app" / "app.py"
     app.parent.mkdir()
     app.write_text(APP)
-    r = subprocess.run([str(py), str(app)], capture_output=True, text=True, env=env,
-                       cwd=app.parent, timeout=120)
+    r = subprocess.run(
+        [str(py), str(app)], capture_output=True, text=True, env=env, cwd=app.parent, timeout=120
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     out = json.loads(r.stdout.strip().splitlines()[-1])
     assert out["file"].startswith(str(app_env)), out["file"]  # the installed copy
@@ -77,6 +87,12 @@ def test_a_built_wheel_installs_into_a_fresh_venv_and_runs_the_readme_one_liner(
     assert out["rows"] == [[1]] or out["rows"] == [(1,)]
     assert out["query_metric"] and out["page"]
     # the command-line entry point came with it
-    v = subprocess.run([str(app_env / "bin" / "e6observe"), "--version"], capture_output=True,
-                       text=True, env=env, cwd=app.parent, timeout=60)
+    v = subprocess.run(
+        [str(app_env / "bin" / "e6observe"), "--version"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=app.parent,
+        timeout=60,
+    )
     assert v.returncode == 0 and v.stdout.startswith("e6observe "), v.stderr

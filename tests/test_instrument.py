@@ -50,8 +50,7 @@ def hist_counts(rec: Recorder, spec: M.MetricSpec) -> dict[tuple[str, ...], int]
 
 
 def hook_errors() -> dict[str, int]:
-    return {k: v for k, v in _safe.internal_errors().items()
-            if k.startswith(("hook", "tracing"))}
+    return {k: v for k, v in _safe.internal_errors().items() if k.startswith(("hook", "tracing"))}
 
 
 def client_active() -> Any:
@@ -74,8 +73,7 @@ class Workload:
         self.ok = 0
         self.failed = 0
         self._lock = threading.Lock()
-        self._threads = [threading.Thread(target=self._run, args=(c,), daemon=True)
-                         for c in self.conns]
+        self._threads = [threading.Thread(target=self._run, args=(c,), daemon=True) for c in self.conns]
 
     def _run(self, conn: Any) -> None:
         while not self.stop.is_set():
@@ -105,7 +103,8 @@ class Workload:
 
 @pytest.mark.matrix
 def test_switches_mismatches_and_latency_match_the_simulator_under_load(
-        sim: Simulator, connect: Callable[..., Any], instrument: Callable[..., Recorder]) -> None:
+    sim: Simulator, connect: Callable[..., Any], instrument: Callable[..., Recorder]
+) -> None:
     rec = instrument()
     k_announced, j_abrupt = 2, 2
     expected: list[tuple[str, str, str]] = []
@@ -127,8 +126,7 @@ def test_switches_mismatches_and_latency_match_the_simulator_under_load(
         for _ in range(j_abrupt):
             frm = sim.active
             to = sim.flip(announce=False)
-            wait_for(lambda to=to: client_active() == to,
-                     what=f"client to follow abrupt switch to {to}")
+            wait_for(lambda to=to: client_active() == to, what=f"client to follow abrupt switch to {to}")
             expected.append((frm, to, "mismatch"))
             done = w.ok
             wait_for(lambda done=done: w.ok >= done + 8, what="queries after the switch")
@@ -141,8 +139,7 @@ def test_switches_mismatches_and_latency_match_the_simulator_under_load(
         want[key] = want.get(key, 0) + 1
     assert switches == want
     assert rec.switch_total() == k_announced + j_abrupt
-    applied = [(e.from_strategy, e.to_strategy, e.cause) for e in rec.ring.snapshot()
-               if e.kind == "applied"]
+    applied = [(e.from_strategy, e.to_strategy, e.cause) for e in rec.ring.snapshot() if e.kind == "applied"]
     assert applied == expected  # same switches, same order
     assert [e.kind for e in rec.ring.snapshot()].count("detected") == 1
 
@@ -170,7 +167,8 @@ def test_switches_mismatches_and_latency_match_the_simulator_under_load(
 
 @pytest.mark.matrix
 def test_first_strategy_learned_is_detected_not_a_switch(
-        connect: Callable[..., Any], instrument: Callable[..., Recorder]) -> None:
+    connect: Callable[..., Any], instrument: Callable[..., Recorder]
+) -> None:
     with Simulator(active="green") as green:
         rec = instrument()
         conn = connect(host=green.host, port=green.port)
@@ -190,7 +188,8 @@ def test_first_strategy_learned_is_detected_not_a_switch(
 
 @pytest.mark.matrix
 def test_query_cut_by_an_abrupt_switch_is_switch_interrupted(
-        sim: Simulator, connect: Callable[..., Any], instrument: Callable[..., Recorder]) -> None:
+    sim: Simulator, connect: Callable[..., Any], instrument: Callable[..., Recorder]
+) -> None:
     rec = instrument()
     conn = connect()
     cur = conn.cursor()
@@ -215,7 +214,8 @@ def test_query_cut_by_an_abrupt_switch_is_switch_interrupted(
 
 @pytest.mark.matrix
 def test_connector_retries_are_visible_with_reason(
-        sim: Simulator, connect: Callable[..., Any], instrument: Callable[..., Recorder]) -> None:
+    sim: Simulator, connect: Callable[..., Any], instrument: Callable[..., Recorder]
+) -> None:
     rec = instrument()
     conn = connect()
 
@@ -239,7 +239,8 @@ def test_connector_retries_are_visible_with_reason(
 
 @pytest.mark.matrix
 def test_instrument_after_connection_opened_picks_it_up(
-        sim: Simulator, connect: Callable[..., Any], instrument: Callable[..., Recorder]) -> None:
+    sim: Simulator, connect: Callable[..., Any], instrument: Callable[..., Recorder]
+) -> None:
     conn = connect()
     cur = conn.cursor()
     cur.execute("SELECT 1")
@@ -262,7 +263,8 @@ def test_instrument_after_connection_opened_picks_it_up(
 
 @pytest.mark.matrix
 def test_instrument_connection_times_rpcs_before_the_next_execute(
-        sim: Simulator, connect: Callable[..., Any], instrument: Callable[..., Recorder]) -> None:
+    sim: Simulator, connect: Callable[..., Any], instrument: Callable[..., Recorder]
+) -> None:
     conn = connect()
     conn.get_session_id  # noqa: B018 - authenticate now, before instrument()
     rec = instrument()
@@ -274,7 +276,8 @@ def test_instrument_connection_times_rpcs_before_the_next_execute(
 
 @pytest.mark.matrix
 def test_the_real_stubs_take_the_hooks_positional_fast_path(
-        sim: Simulator, connect: Callable[..., Any], instrument: Callable[..., Recorder]) -> None:
+    sim: Simulator, connect: Callable[..., Any], instrument: Callable[..., Recorder]
+) -> None:
     """grpc's multi-callables have the documented call signature, so the channel hook passes
     arguments on without repacking them (a grpc release that changes it gets the generic path,
     and this test says so)."""
@@ -295,15 +298,28 @@ def test_instrument_connection_without_instrument_is_a_noop(connect: Callable[..
 
 @pytest.mark.matrix
 def test_failing_recorder_does_not_change_query_results(
-        sim: Simulator, connect: Callable[..., Any], instrument: Callable[..., Recorder],
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    sim: Simulator,
+    connect: Callable[..., Any],
+    instrument: Callable[..., Recorder],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     rec = instrument()
 
     def boom(*a: Any, **k: Any) -> Any:
         raise RuntimeError("recorder broken")
 
-    for name in ("rpc_histogram", "query_started", "query_finished", "query_histogram", "applied",
-                 "mismatch", "cache_cleared", "retry", "detected", "announced"):
+    for name in (
+        "rpc_histogram",
+        "query_started",
+        "query_finished",
+        "query_histogram",
+        "applied",
+        "mismatch",
+        "cache_cleared",
+        "retry",
+        "detected",
+        "announced",
+    ):
         monkeypatch.setattr(rec, name, boom)
     conn = connect()
     cur = conn.cursor()
@@ -324,7 +340,8 @@ def test_failing_recorder_does_not_change_query_results(
 
 @pytest.mark.matrix
 def test_rpc_errors_pass_through_as_the_connectors_own_type(
-        sim: Simulator, connect: Callable[..., Any], instrument: Callable[..., Recorder]) -> None:
+    sim: Simulator, connect: Callable[..., Any], instrument: Callable[..., Recorder]
+) -> None:
     import grpc
 
     rec = instrument()
@@ -346,7 +363,8 @@ def test_rpc_errors_pass_through_as_the_connectors_own_type(
 
 
 def test_v2_results_prefetch_futures_and_a_failed_fetch_end_the_query(
-        sim: Simulator, connect: Callable[..., Any], instrument: Callable[..., Recorder]) -> None:
+    sim: Simulator, connect: Callable[..., Any], instrument: Callable[..., Recorder]
+) -> None:
     from helpers import connector_version
 
     if connector_version() < (3, 0, 1):

@@ -119,8 +119,9 @@ def test_switches_under_async_load_count_once_per_process(sim: Simulator, rec: R
     for key in expected:
         want[key] = want.get(key, 0) + 1
     assert counters(rec, M.SWITCHES) == want
-    assert [(e.from_strategy, e.to_strategy, e.cause) for e in rec.ring.snapshot()
-            if e.kind == "applied"] == expected
+    assert [
+        (e.from_strategy, e.to_strategy, e.cause) for e in rec.ring.snapshot() if e.kind == "applied"
+    ] == expected
     assert sum(counters(rec, M.MISMATCHES).values()) == c["mismatches_total"] > 0
     assert rec.active == sim.active
     rpc = hists(rec, M.RPC_DURATION)
@@ -135,8 +136,7 @@ def test_switches_under_async_load_count_once_per_process(sim: Simulator, rec: R
     assert {k: v for k, v in _safe.internal_errors().items() if k.startswith("hook")} == {}
 
 
-def test_several_connections_following_one_abrupt_switch_is_one_switch(
-        sim: Simulator, rec: Recorder) -> None:
+def test_several_connections_following_one_abrupt_switch_is_one_switch(sim: Simulator, rec: Recorder) -> None:
     async def main() -> None:
         conns = [await open_conn(sim) for _ in range(3)]
         for c in conns:
@@ -158,6 +158,7 @@ def test_several_connections_following_one_abrupt_switch_is_one_switch(
 
 def test_first_successful_rpc_is_the_detection(rec: Recorder) -> None:
     with Simulator(active="green") as green:
+
         async def main() -> None:
             conn = await open_conn(green)
             assert await query(conn) == [[1]]
@@ -195,8 +196,7 @@ def test_query_cut_by_a_switch_is_switch_interrupted(sim: Simulator, rec: Record
     assert hists(rec, M.QUERY_DURATION) == {("blue", "switch_interrupted"): 1}
 
 
-def test_uninstrument_restores_async_classes_and_open_connections_keep_working(
-        sim: Simulator) -> None:
+def test_uninstrument_restores_async_classes_and_open_connections_keep_working(sim: Simulator) -> None:
     from e6data_python_connector.async_connection import AsyncConnection
     from e6data_python_connector.async_cursor import AsyncCursor
 

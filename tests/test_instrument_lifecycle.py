@@ -54,8 +54,7 @@ def patched_classes() -> list[type]:
 
 def snapshot() -> dict[str, Any]:
     """Identity snapshot: each patchable class's own attributes, and the strategy cache."""
-    snap: dict[str, Any] = {f"{c.__module__}.{c.__qualname__}": dict(vars(c))
-                            for c in patched_classes()}
+    snap: dict[str, Any] = {f"{c.__module__}.{c.__qualname__}": dict(vars(c)) for c in patched_classes()}
     snap["cache"] = e6data_grpc._local_strategy_cache
     return snap
 
@@ -81,15 +80,18 @@ def query(conn: Any, sql: str = "SELECT 1") -> Any:
 
 @pytest.mark.matrix
 def test_twice_uninstrument_again_restores_originals_by_identity(
-        sim: Simulator, connect: Callable[..., Any], caplog: pytest.LogCaptureFixture) -> None:
+    sim: Simulator, connect: Callable[..., Any], caplog: pytest.LogCaptureFixture
+) -> None:
     original = snapshot()
     registry = CollectorRegistry()
     rec = e6observe.instrument(otel=False, registry=registry)
     assert e6observe.is_instrumented()
     patched = snapshot()
     assert patched["cache"] is not original["cache"]
-    assert patched["e6data_python_connector.e6data_grpc.Cursor"]["execute"] is not \
-        original["e6data_python_connector.e6data_grpc.Cursor"]["execute"]
+    assert (
+        patched["e6data_python_connector.e6data_grpc.Cursor"]["execute"]
+        is not original["e6data_python_connector.e6data_grpc.Cursor"]["execute"]
+    )
     collectors = len(registry._collector_to_names)
     assert collectors > 0
 
@@ -131,8 +133,7 @@ def test_twice_uninstrument_again_restores_originals_by_identity(
 
 
 @pytest.mark.matrix
-def test_cache_contents_survive_install_and_uninstall(
-        sim: Simulator, connect: Callable[..., Any]) -> None:
+def test_cache_contents_survive_install_and_uninstall(sim: Simulator, connect: Callable[..., Any]) -> None:
     conn = connect()
     assert query(conn) == [[1]]
     original = e6data_grpc._local_strategy_cache
@@ -147,8 +148,7 @@ def test_cache_contents_survive_install_and_uninstall(
 
 
 @pytest.mark.matrix
-def test_uninstrument_stops_every_e6observe_thread(sim: Simulator,
-                                                   connect: Callable[..., Any]) -> None:
+def test_uninstrument_stops_every_e6observe_thread(sim: Simulator, connect: Callable[..., Any]) -> None:
     from opentelemetry.sdk.trace import TracerProvider
 
     e6observe.instrument(prometheus_port=0, tracer_provider=TracerProvider(), watcher_interval=0.05)
@@ -168,8 +168,9 @@ def test_concurrent_instrument_and_uninstrument(sim: Simulator) -> None:
         barrier.wait()
         results.append(fn())
 
-    threads = [threading.Thread(target=call, args=(lambda: e6observe.instrument(otel=False),))
-               for _ in range(8)]
+    threads = [
+        threading.Thread(target=call, args=(lambda: e6observe.instrument(otel=False),)) for _ in range(8)
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -190,7 +191,8 @@ def test_concurrent_instrument_and_uninstrument(sim: Simulator) -> None:
 
 @pytest.mark.matrix
 def test_taken_port_logs_once_counts_and_the_rest_works(
-        sim: Simulator, connect: Callable[..., Any], caplog: pytest.LogCaptureFixture) -> None:
+    sim: Simulator, connect: Callable[..., Any], caplog: pytest.LogCaptureFixture
+) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -234,8 +236,14 @@ def test_options_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_instrument_before_the_connector_is_imported() -> None:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    proc = subproc.run([sys.executable, str(ROOT / "tests" / "apps" / "before_import.py")],
-                       capture_output=True, text=True, timeout=60, env=env, cwd=str(ROOT))
+    proc = subproc.run(
+        [sys.executable, str(ROOT / "tests" / "apps" / "before_import.py")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        cwd=str(ROOT),
+    )
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["rows"] == [[1], [2]]
@@ -249,8 +257,14 @@ def test_instrument_before_the_connector_is_imported() -> None:
 def _run_app(name: str, *args: str) -> dict[str, Any]:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    proc = subproc.run([sys.executable, str(ROOT / "tests" / "apps" / name), *args],
-                       capture_output=True, text=True, timeout=60, env=env, cwd=str(ROOT))
+    proc = subproc.run(
+        [sys.executable, str(ROOT / "tests" / "apps" / name), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        cwd=str(ROOT),
+    )
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
@@ -274,17 +288,16 @@ def test_importing_the_async_api_after_instrument_installs_its_hooks() -> None:
 
 
 @pytest.mark.matrix
-def test_unloadable_tls_files_say_so_not_the_port(
-        tmp_path: Any, caplog: pytest.LogCaptureFixture) -> None:
+def test_unloadable_tls_files_say_so_not_the_port(tmp_path: Any, caplog: pytest.LogCaptureFixture) -> None:
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     cert.write_text("not a certificate\n")
     key.write_text("not a key\n")
     with caplog.at_level(logging.INFO, logger="e6observe"):
-        rec = e6observe.instrument(otel=False, prometheus_port=0, tls_certfile=str(cert),
-                                   tls_keyfile=str(key))
+        rec = e6observe.instrument(
+            otel=False, prometheus_port=0, tls_certfile=str(cert), tls_keyfile=str(key)
+        )
     assert rec is not None and e6observe.is_instrumented()  # the app goes on, unserved
-    mine = [r.getMessage() for r in caplog.records
-            if r.name == "e6observe" and r.levelno >= logging.WARNING]
+    mine = [r.getMessage() for r in caplog.records if r.name == "e6observe" and r.levelno >= logging.WARNING]
     assert len(mine) == 1
     assert "cannot load TLS certificate" in mine[0] and "tls_certfile" in mine[0]
     assert "prometheus_port" not in mine[0]

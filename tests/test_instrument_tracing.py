@@ -52,7 +52,8 @@ def run(conn: Any, sql: str) -> Any:
 
 
 def test_one_client_span_per_query_with_database_attributes(
-        sim: Simulator, connect: Callable[..., Any], traced: Any) -> None:
+    sim: Simulator, connect: Callable[..., Any], traced: Any
+) -> None:
     rec, exporter = traced(record_query_text=True)
     conn = connect()
     assert run(conn, "SELECT 1") == [[1]]
@@ -63,26 +64,29 @@ def test_one_client_span_per_query_with_database_attributes(
     s = spans[0]
     assert s.name == "SELECT" and s.kind is SpanKind.CLIENT
     assert dict(s.attributes) == {
-        "db.system.name": "e6data", "db.operation.name": "SELECT", "db.query.summary": "SELECT",
+        "db.system.name": "e6data",
+        "db.operation.name": "SELECT",
+        "db.query.summary": "SELECT",
         "server.address": sim.host,
-        "server.port": sim.port, "db.query.text": "SELECT ?", "e6data.strategy": "blue",
-        "e6data.query.outcome": "ok"}
+        "server.port": sim.port,
+        "db.query.text": "SELECT ?",
+        "e6data.strategy": "blue",
+        "e6data.query.outcome": "ok",
+    }
     text = spans[1].attributes["db.query.text"]
     assert text == "select * from sample where name = ? LIMIT ?"
     assert "p@ssw0rd" not in json.dumps([dict(x.attributes) for x in spans])
     assert s.status.status_code is StatusCode.UNSET
 
 
-def test_query_text_only_when_opted_in(sim: Simulator, connect: Callable[..., Any],
-                                       traced: Any) -> None:
+def test_query_text_only_when_opted_in(sim: Simulator, connect: Callable[..., Any], traced: Any) -> None:
     _, exporter = traced()
     run(connect(), "SELECT 42")
     (span,) = exporter.get_finished_spans()
     assert "db.query.text" not in span.attributes
 
 
-def test_failed_query_span_has_error_type(sim: Simulator, connect: Callable[..., Any],
-                                          traced: Any) -> None:
+def test_failed_query_span_has_error_type(sim: Simulator, connect: Callable[..., Any], traced: Any) -> None:
     _, exporter = traced()
     cur = connect().cursor()
     with pytest.raises(grpc.RpcError):
@@ -96,8 +100,9 @@ def test_failed_query_span_has_error_type(sim: Simulator, connect: Callable[...,
     assert not span.status.description  # no server-provided text on the span
 
 
-def test_switch_events_land_on_spans_in_flight(sim: Simulator, connect: Callable[..., Any],
-                                               traced: Any) -> None:
+def test_switch_events_land_on_spans_in_flight(
+    sim: Simulator, connect: Callable[..., Any], traced: Any
+) -> None:
     rec, exporter = traced()
     long_running = connect().cursor()
     long_running.execute("SELECT * FROM sample")  # in flight, pinned to blue
@@ -119,8 +124,7 @@ def test_switch_events_land_on_spans_in_flight(sim: Simulator, connect: Callable
     assert spans["ok"].attributes["e6data.strategy"] == "green"
 
 
-def test_trace_ids_become_exemplars(sim: Simulator, connect: Callable[..., Any],
-                                    traced: Any) -> None:
+def test_trace_ids_become_exemplars(sim: Simulator, connect: Callable[..., Any], traced: Any) -> None:
     rec, exporter = traced()
     run(connect(), "SELECT 1")
     (span,) = exporter.get_finished_spans()
@@ -131,8 +135,7 @@ def test_trace_ids_become_exemplars(sim: Simulator, connect: Callable[..., Any],
     assert value == pytest.approx(h.sum)
 
 
-def test_no_spans_without_a_provider_or_with_otel_off(sim: Simulator,
-                                                      connect: Callable[..., Any]) -> None:
+def test_no_spans_without_a_provider_or_with_otel_off(sim: Simulator, connect: Callable[..., Any]) -> None:
     try:
         e6observe.instrument(otel=False, tracer_provider=TracerProvider())
         assert _api._current_tracer() is None
@@ -147,24 +150,37 @@ def test_no_spans_without_a_provider_or_with_otel_off(sim: Simulator,
 
 def test_global_provider_set_after_instrument_is_picked_up() -> None:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subproc.run([sys.executable, str(ROOT / "tests" / "apps" / "late_tracer.py")],
-                       capture_output=True, text=True, timeout=60, env=env, cwd=str(ROOT))
+    proc = subproc.run(
+        [sys.executable, str(ROOT / "tests" / "apps" / "late_tracer.py")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        cwd=str(ROOT),
+    )
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["spans_before"] == 0
     assert out["spans_after"] == 1 and out["names"] == ["SELECT"]
 
 
-@pytest.mark.parametrize("sql,expected", [
-    ("SELECT 1", "SELECT ?"),
-    ("select a from t where b = 'x''y' and c = \"z\" -- token=abc\n and d = 1.5e3",
-     "select a from t where b = ? and c = ? and d = ?"),
-    ("/* password: hunter2 */ SELECT col2 FROM t2 WHERE x IN (1, 2, -3)",
-     "SELECT col2 FROM t2 WHERE x IN (?, ?, -?)"),
-    ("SELECT 'unterminated secret", "SELECT ?"),
-    ("SELECT $$dollar$$, 0xFF, .5", "SELECT ?, ?, ?"),
-    (None, None),
-])
+@pytest.mark.parametrize(
+    "sql,expected",
+    [
+        ("SELECT 1", "SELECT ?"),
+        (
+            "select a from t where b = 'x''y' and c = \"z\" -- token=abc\n and d = 1.5e3",
+            "select a from t where b = ? and c = ? and d = ?",
+        ),
+        (
+            "/* password: hunter2 */ SELECT col2 FROM t2 WHERE x IN (1, 2, -3)",
+            "SELECT col2 FROM t2 WHERE x IN (?, ?, -?)",
+        ),
+        ("SELECT 'unterminated secret", "SELECT ?"),
+        ("SELECT $$dollar$$, 0xFF, .5", "SELECT ?, ?, ?"),
+        (None, None),
+    ],
+)
 def test_sanitize_query(sql: Any, expected: Any) -> None:
     assert sanitize_query(sql) == expected
 
@@ -174,8 +190,15 @@ def test_sanitize_query_bounds_its_output() -> None:
     assert out is not None and len(out) <= 1024 and out.endswith("...")
 
 
-@pytest.mark.parametrize("sql,op", [("  (select 1)", "SELECT"), ("WITH x AS (...) SELECT", "WITH"),
-                                    ("-- c\nINSERT INTO t", "INSERT"), ("frobnicate", None),
-                                    ("", None)])
+@pytest.mark.parametrize(
+    "sql,op",
+    [
+        ("  (select 1)", "SELECT"),
+        ("WITH x AS (...) SELECT", "WITH"),
+        ("-- c\nINSERT INTO t", "INSERT"),
+        ("frobnicate", None),
+        ("", None),
+    ],
+)
 def test_operation_name(sql: str, op: Any) -> None:
     assert operation_name(sql) == op

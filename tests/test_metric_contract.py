@@ -27,10 +27,26 @@ RECORDS = ROOT / "dashboards" / "rules" / "e6observe.records.yaml"
 PROMETHEUS_SERIES = frozenset({"up"})
 
 # PromQL words that look like identifiers but are not metric names.
-KEYWORDS = frozenset({
-    "by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or", "unless",
-    "offset", "atan2", "inf", "nan", "start", "end",
-})
+KEYWORDS = frozenset(
+    {
+        "by",
+        "without",
+        "on",
+        "ignoring",
+        "group_left",
+        "group_right",
+        "bool",
+        "and",
+        "or",
+        "unless",
+        "offset",
+        "atan2",
+        "inf",
+        "nan",
+        "start",
+        "end",
+    }
+)
 GROUPING = re.compile(r"\b(by|without|on|ignoring|group_left|group_right)\s*\(([^()]*)\)", re.I)
 STRINGS = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|`[^`]*`')
 TOKEN = re.compile(
@@ -39,7 +55,9 @@ TOKEN = re.compile(
     r"|(?P<ident>[a-zA-Z_:][a-zA-Z0-9_:]*)"
     r"|(?P<brace>\{[^{}]*\})"
     r"|(?P<range>\[[^\[\]]*\])"
-    r"|(?P<other>.)", re.S)
+    r"|(?P<other>.)",
+    re.S,
+)
 NAME_MATCHER = re.compile(r'__name__\s*=\s*"([^"]+)"')
 LABEL_VALUES = re.compile(r"^\s*label_values\((.*),\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*\)\s*$", re.S)
 
@@ -70,6 +88,7 @@ def metric_names(expr: str) -> set[str]:
 
 def dashboard_exprs(data: Any) -> Iterator[tuple[str, str]]:
     """(where, expr) for every panel target, annotation and template-variable query."""
+
     def walk(node: Any, where: str) -> Iterator[tuple[str, str]]:
         if isinstance(node, dict):
             title = node.get("title") or node.get("name") or where
@@ -85,6 +104,7 @@ def dashboard_exprs(data: Any) -> Iterator[tuple[str, str]]:
         elif isinstance(node, list):
             for item in node:
                 yield from walk(item, where)
+
     yield from walk(data, data.get("title", "?"))
 
 
@@ -99,8 +119,7 @@ def recorded_names() -> set[str]:
     return {r["record"] for g in rules["groups"] for r in g["rules"]}
 
 
-def unknown(exprs: Iterator[tuple[str, str]], recorded: frozenset[str] = frozenset()
-            ) -> dict[str, set[str]]:
+def unknown(exprs: Iterator[tuple[str, str]], recorded: frozenset[str] = frozenset()) -> dict[str, set[str]]:
     allowed = exposed_series_names() | PROMETHEUS_SERIES | recorded
     out: dict[str, set[str]] = {}
     for where, expr in exprs:
@@ -111,36 +130,42 @@ def unknown(exprs: Iterator[tuple[str, str]], recorded: frozenset[str] = frozens
 
 
 # --- the parser -----------------------------------------------------------------------------
-@pytest.mark.parametrize("expr, expected", [
-    ('sum by (job, le) (rate(foo_bucket{le="1", job=~"a|b"}[5m])) / on (job) group_left(version) '
-     "bar_info offset 1h > bool 3", {"foo_bucket", "bar_info"}),
-    ('{__name__="baz_total", job="x"}', {"baz_total"}),
-    ("up == 0 and on (job, instance) max_over_time(qux[1h:1m])", {"up", "qux"}),
-    ('label_replace(m1, "dst", "$1", "src", "(some_label.*)")', {"m1"}),
-    ("1e3 * m2 + 0x1F - .5 + 2.5e-3", {"m2"}),
-    ("sum without(pod)(m3) > Inf or m4 @ start()", {"m3", "m4"}),
-    ("histogram_quantile(0.99, sum by (le) (rate(x_bucket{a=\"$job\"}[$__rate_interval])))",
-     {"x_bucket"}),
-    ("time() - ns:metric:rate5m{job=~\"$job\"}", {"ns:metric:rate5m"}),
-    ("count by (strategy) (s == 1) unless ignoring(strategy) t", {"s", "t"}),
-    ("label_values(e6observe_build_info{job=~\"$job\"}, instance)", {"e6observe_build_info"}),
-    ("vector(0) or nan", set()),
-    ("max_over_time(m5[30m:1m] offset 5m)", {"m5"}),
-])
+@pytest.mark.parametrize(
+    "expr, expected",
+    [
+        (
+            'sum by (job, le) (rate(foo_bucket{le="1", job=~"a|b"}[5m])) / on (job) group_left(version) '
+            "bar_info offset 1h > bool 3",
+            {"foo_bucket", "bar_info"},
+        ),
+        ('{__name__="baz_total", job="x"}', {"baz_total"}),
+        ("up == 0 and on (job, instance) max_over_time(qux[1h:1m])", {"up", "qux"}),
+        ('label_replace(m1, "dst", "$1", "src", "(some_label.*)")', {"m1"}),
+        ("1e3 * m2 + 0x1F - .5 + 2.5e-3", {"m2"}),
+        ("sum without(pod)(m3) > Inf or m4 @ start()", {"m3", "m4"}),
+        ('histogram_quantile(0.99, sum by (le) (rate(x_bucket{a="$job"}[$__rate_interval])))', {"x_bucket"}),
+        ('time() - ns:metric:rate5m{job=~"$job"}', {"ns:metric:rate5m"}),
+        ("count by (strategy) (s == 1) unless ignoring(strategy) t", {"s", "t"}),
+        ('label_values(e6observe_build_info{job=~"$job"}, instance)', {"e6observe_build_info"}),
+        ("vector(0) or nan", set()),
+        ("max_over_time(m5[30m:1m] offset 5m)", {"m5"}),
+    ],
+)
 def test_metric_names_are_parsed_out_of_promql(expr: str, expected: set[str]) -> None:
     assert metric_names(expr) == expected
 
 
 def test_an_unknown_metric_is_reported_with_where_it_is_used() -> None:
-    exprs = [("Panel A.expr", 'sum(rate(e6data_strategy_switches_total[5m])) + e6data_flips_total'),
-             ("Panel B.expr", "e6data_strategy_active")]
+    exprs = [
+        ("Panel A.expr", "sum(rate(e6data_strategy_switches_total[5m])) + e6data_flips_total"),
+        ("Panel B.expr", "e6data_strategy_active"),
+    ]
     assert unknown(iter(exprs)) == {"Panel A.expr": {"e6data_flips_total"}}
 
 
 # --- the contract ---------------------------------------------------------------------------
 def test_the_generated_files_exist() -> None:
-    assert [p.name for p in DASHBOARDS] == ["e6data-blue-green-overview.json",
-                                            "e6data-client-runtime.json"]
+    assert [p.name for p in DASHBOARDS] == ["e6data-blue-green-overview.json", "e6data-client-runtime.json"]
     assert RULES.is_file()
 
 
@@ -190,11 +215,22 @@ def test_the_dashboards_use_the_core_blue_green_metrics() -> None:
         for rule in group["rules"]:
             if rule["record"] in used:
                 used |= metric_names(rule["expr"])
-    for name in ("e6data_strategy_active", "e6data_strategy_switches_total",
-                 "e6data_strategy_pending", "e6data_strategy_mismatches_total",
-                 "e6data_strategy_switch_drain_seconds_bucket", "e6data_query_duration_seconds_bucket",
-                 "e6data_query_duration_seconds_count", "e6data_rpc_duration_seconds_bucket",
-                 "e6data_retries_total", "process_resident_memory_bytes", "python_gc_collections_total",
-                 "process_threads", "process_open_fds", "e6data_pool_connections",
-                 "e6observe_watcher_last_run_timestamp_seconds", "e6observe_internal_errors_total"):
+    for name in (
+        "e6data_strategy_active",
+        "e6data_strategy_switches_total",
+        "e6data_strategy_pending",
+        "e6data_strategy_mismatches_total",
+        "e6data_strategy_switch_drain_seconds_bucket",
+        "e6data_query_duration_seconds_bucket",
+        "e6data_query_duration_seconds_count",
+        "e6data_rpc_duration_seconds_bucket",
+        "e6data_retries_total",
+        "process_resident_memory_bytes",
+        "python_gc_collections_total",
+        "process_threads",
+        "process_open_fds",
+        "e6data_pool_connections",
+        "e6observe_watcher_last_run_timestamp_seconds",
+        "e6observe_internal_errors_total",
+    ):
         assert name in used, name

@@ -47,8 +47,9 @@ def scrape(collector_or_registry: Any) -> Samples:
 
 
 def total(samples: Samples, name: str, **match: str) -> float:
-    return sum(v for (n, lbl), v in samples.items()
-               if n == name and all((k, x) in lbl for k, x in match.items()))
+    return sum(
+        v for (n, lbl), v in samples.items() if n == name and all((k, x) in lbl for k, x in match.items())
+    )
 
 
 def series(samples: Samples, name: str) -> list[dict[str, str]]:
@@ -62,8 +63,7 @@ class Heartbeat:
         self.value = value
 
     def collect(self) -> list[Any]:
-        return [GaugeMetricFamily(M.WATCHER_LAST_RUN.prom_name, M.WATCHER_LAST_RUN.help,
-                                  value=self.value)]
+        return [GaugeMetricFamily(M.WATCHER_LAST_RUN.prom_name, M.WATCHER_LAST_RUN.help, value=self.value)]
 
 
 def drive(rec: Recorder, switches: int, mismatches: int, rpcs: int) -> None:
@@ -86,8 +86,15 @@ def drive(rec: Recorder, switches: int, mismatches: int, rpcs: int) -> None:
         h.observe(0.001 * (i + 1))
 
 
-def worker(directory: str, switches: int, mismatches: int, rpcs: int, ready: Any, leave: Any,
-           heartbeat: Optional[float] = None) -> None:
+def worker(
+    directory: str,
+    switches: int,
+    mismatches: int,
+    rpcs: int,
+    ready: Any,
+    leave: Any,
+    heartbeat: Optional[float] = None,
+) -> None:
     rec = Recorder()
     w = ProcessStateWriter(directory, rec)
     if heartbeat is not None:
@@ -118,12 +125,17 @@ class Leave:
                 pass
 
 
-def start_workers(directory: Path, plan: list[tuple[int, int, int]],
-                  heartbeat: bool = False) -> tuple[list[Any], Leave, list[int]]:
+def start_workers(
+    directory: Path, plan: list[tuple[int, int, int]], heartbeat: bool = False
+) -> tuple[list[Any], Leave, list[int]]:
     ready, leave = FORK.Queue(), Leave(len(plan))
-    procs = [FORK.Process(target=worker, args=(str(directory), s, m, r, ready, leave.events[i],
-                                               float(i + 1) if heartbeat else None))
-             for i, (s, m, r) in enumerate(plan)]
+    procs = [
+        FORK.Process(
+            target=worker,
+            args=(str(directory), s, m, r, ready, leave.events[i], float(i + 1) if heartbeat else None),
+        )
+        for i, (s, m, r) in enumerate(plan)
+    ]
     for p in procs:
         p.start()
     ready_pids = {ready.get(timeout=30) for _ in procs}
@@ -160,8 +172,12 @@ def test_one_scrape_sums_four_forked_workers(tmp_path: Path) -> None:
         assert total(s, "e6data_rpc_duration_seconds_count") == sum(r for _, _, r in PLAN)
         assert total(s, "e6data_strategy_switch_drain_seconds_count") == 6
         # Live gauges: one blue and one green series per worker, labelled with its pid.
-        active = {(d["pid"], d["strategy"]): v for (n, lbl), v in s.items()
-                  if n == "e6data_strategy_active" for d in [dict(lbl)]}
+        active = {
+            (d["pid"], d["strategy"]): v
+            for (n, lbl), v in s.items()
+            if n == "e6data_strategy_active"
+            for d in [dict(lbl)]
+        }
         assert {int(pid) for pid, _ in active} == set(pids)
         for pid, (n, _, _) in zip(pids, PLAN):
             assert active[(str(pid), final_strategy(n))] == 1.0
@@ -199,8 +215,10 @@ def test_per_process_collectors_show_every_live_worker(tmp_path: Path) -> None:
     procs, leave, pids = start_workers(tmp_path, [(1, 0, 0), (1, 0, 0)], heartbeat=True)
     try:
         s = scrape(MultiProcessCollector(str(tmp_path)))
-        beats = {d["pid"]: s[(M.WATCHER_LAST_RUN.prom_name, frozenset(d.items()))]
-                 for d in series(s, M.WATCHER_LAST_RUN.prom_name)}
+        beats = {
+            d["pid"]: s[(M.WATCHER_LAST_RUN.prom_name, frozenset(d.items()))]
+            for d in series(s, M.WATCHER_LAST_RUN.prom_name)
+        }
         assert beats == {str(pids[0]): 1.0, str(pids[1]): 2.0}
     finally:
         stop_workers(procs, leave)
@@ -251,8 +269,7 @@ def test_forked_child_reports_only_its_own_counts(tmp_path: Path) -> None:
         child_pid = ready.get(timeout=30)
         s = scrape(sink.registry)
         assert total(s, SWITCHES) == 4  # 3 (parent) + 1 (child), the parent's not twice
-        assert {d["pid"] for d in series(s, "e6data_strategy_active")} == {
-            str(os.getpid()), str(child_pid)}
+        assert {d["pid"] for d in series(s, "e6data_strategy_active")} == {str(os.getpid()), str(child_pid)}
         leave.set()
         p.join(30)
         assert p.exitcode == 0
@@ -268,9 +285,13 @@ def _fake_state(pid: int, switches: float) -> dict[str, Any]:
     rec = Recorder()
     rec.families[M.SWITCHES.prom_name].counter("blue", "green", "mismatch").inc(switches)
     doc = raw_state(rec)
-    doc.update(v=1, id=f"{pid}-deadbeef", pid=pid,
-               s={"active": "green", "pending": None, "last_switch_time": 1000.0 + pid,
-                  "in_flight": {"green": 1}}, m=[])
+    doc.update(
+        v=1,
+        id=f"{pid}-deadbeef",
+        pid=pid,
+        s={"active": "green", "pending": None, "last_switch_time": 1000.0 + pid, "in_flight": {"green": 1}},
+        m=[],
+    )
     return doc
 
 
@@ -336,8 +357,12 @@ def test_taken_port_in_multiprocess_mode_fails_over(tmp_path: Path) -> None:
         a.close()
         b.flush()  # the serving worker went away: the next flush takes the port over
         assert b.server.running and b.server.port == port
-        s = {f.name: f for f in text_string_to_metric_families(
-            requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text)}
+        s = {
+            f.name: f
+            for f in text_string_to_metric_families(
+                requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+            )
+        }
         assert sum(x.value for x in s["e6data_strategy_switches"].samples) == 2
     finally:
         a.close()

@@ -54,7 +54,8 @@ def test_short_writes_are_continued(d: Path, monkeypatch: pytest.MonkeyPatch) ->
 
 
 def test_a_failed_write_leaves_the_old_file_whole_and_no_temp_file(
-        d: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    d: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     target = d / "state.json"
     target.write_bytes(b'{"v": 1, "good": true}')
     real = os.write
@@ -85,8 +86,9 @@ def test_a_planted_symlink_at_the_old_temp_name_is_not_followed(d: Path, tmp_pat
     assert target.read_bytes() == b'{"v": 1}' and not target.is_symlink()
 
 
-def test_a_writer_counts_a_failed_write_and_retries_it(d: Path, rec: Recorder,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_writer_counts_a_failed_write_and_retries_it(
+    d: Path, rec: Recorder, monkeypatch: pytest.MonkeyPatch
+) -> None:
     _safe.reset_for_tests()
     w = mp.ProcessStateWriter(str(d), rec)
     try:
@@ -167,7 +169,8 @@ def _serves_single_process(sink: PrometheusSink) -> bool:
 
 
 def test_a_shared_directory_degrades_to_the_single_process_endpoint(
-        d: Path, rec: Recorder, caplog: pytest.LogCaptureFixture) -> None:
+    d: Path, rec: Recorder, caplog: pytest.LogCaptureFixture
+) -> None:
     from e6observe.config import Options
 
     d.chmod(0o777)
@@ -199,8 +202,9 @@ def readonly_dir(tmp_path: Path) -> Iterator[tuple[Path, str]]:
     p = tmp_path / "ro"
     p.mkdir(mode=0o700)
     if IS_ROOT:
-        r = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k,mode=0700", "tmpfs",
-                            str(p)], capture_output=True)
+        r = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "ro,size=64k,mode=0700", "tmpfs", str(p)], capture_output=True
+        )
         if r.returncode != 0:
             pytest.skip(f"cannot mount a read-only tmpfs: {r.stderr.decode().strip()}")
         try:
@@ -216,7 +220,8 @@ def readonly_dir(tmp_path: Path) -> Iterator[tuple[Path, str]]:
 
 
 def test_a_read_only_directory_degrades_with_a_message_saying_so(
-        readonly_dir: tuple[Path, str], rec: Recorder, caplog: pytest.LogCaptureFixture) -> None:
+    readonly_dir: tuple[Path, str], rec: Recorder, caplog: pytest.LogCaptureFixture
+) -> None:
     import e6observe
     from e6observe import _api
 
@@ -238,8 +243,12 @@ def test_a_read_only_directory_degrades_with_a_message_saying_so(
 
 # -- full size, as root ---------------------------------------------------------------------------
 def _mp_attack(*args: str, timeout: float) -> dict[str, Any]:
-    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "mp_attack.py"), *args],
-                       capture_output=True, text=True, timeout=timeout)
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "mp_attack.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     if r.returncode == 3:  # root, but no mount(2) here (a container without CAP_SYS_ADMIN)
         pytest.skip(json.loads(r.stdout)["skipped"])
     assert r.returncode == 0, r.stderr[-2000:]

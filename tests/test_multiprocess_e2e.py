@@ -46,8 +46,7 @@ def get(url: str, timeout: float = 10.0) -> tuple[int, bytes]:
 
 
 class App:
-    def __init__(self, proc: subprocess.Popen[bytes], app_port: int, metrics_port: int,
-                 log: Path) -> None:
+    def __init__(self, proc: subprocess.Popen[bytes], app_port: int, metrics_port: int, log: Path) -> None:
         self.proc = proc
         self.base = f"http://127.0.0.1:{app_port}"
         self.metrics = f"http://127.0.0.1:{metrics_port}/metrics"
@@ -55,6 +54,7 @@ class App:
 
     def query_round(self, n: int = 2 * WORKERS, hold: float = 0.3) -> list[dict[str, Any]]:
         """``n`` concurrent requests, each holding its worker ``hold`` s, so all workers serve."""
+
         def one(_: int) -> Optional[dict[str, Any]]:
             try:
                 status, body = get(f"{self.base}/query?hold={hold}")
@@ -82,21 +82,41 @@ def app(sim: Any, tmp_path: Path) -> Iterator[App]:
     mp_dir.mkdir()
     app_port, metrics_port = free_port(), free_port()
     env = dict(os.environ)
-    env.update({
-        "E6_SIM_HOST": sim.host, "E6_SIM_PORT": str(sim.port),
-        "PROMETHEUS_MULTIPROC_DIR": str(mp_dir),
-        "E6OBSERVE_PROMETHEUS_PORT": str(metrics_port),
-        "E6OBSERVE_WATCHER_INTERVAL": str(INTERVAL),
-        "PYTHONPATH": os.pathsep.join([str(APPS), str(Path(__file__).parent.parent),
-                                       env.get("PYTHONPATH", "")]),
-    })
+    env.update(
+        {
+            "E6_SIM_HOST": sim.host,
+            "E6_SIM_PORT": str(sim.port),
+            "PROMETHEUS_MULTIPROC_DIR": str(mp_dir),
+            "E6OBSERVE_PROMETHEUS_PORT": str(metrics_port),
+            "E6OBSERVE_WATCHER_INTERVAL": str(INTERVAL),
+            "PYTHONPATH": os.pathsep.join(
+                [str(APPS), str(Path(__file__).parent.parent), env.get("PYTHONPATH", "")]
+            ),
+        }
+    )
     log = tmp_path / "gunicorn.log"
     with open(log, "wb") as logf:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "--preload", "-w", str(WORKERS),
-             "-b", f"127.0.0.1:{app_port}", "--graceful-timeout", "5", "--timeout", "60",
-             "gunicorn_app:app"],
-            env=env, stdout=logf, stderr=subprocess.STDOUT, cwd=str(APPS))
+            [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "--preload",
+                "-w",
+                str(WORKERS),
+                "-b",
+                f"127.0.0.1:{app_port}",
+                "--graceful-timeout",
+                "5",
+                "--timeout",
+                "60",
+                "gunicorn_app:app",
+            ],
+            env=env,
+            stdout=logf,
+            stderr=subprocess.STDOUT,
+            cwd=str(APPS),
+        )
     a = App(proc, app_port, metrics_port, log)
     try:
         up = wait_for(lambda: proc.poll() is not None or _answers(a), timeout=60, interval=0.05)
@@ -119,8 +139,9 @@ def _answers(a: App) -> bool:
         return False
 
 
-def rounds_until(a: App, done: Callable[[dict[int, dict[str, Any]]], bool],
-                 timeout: float = 60.0) -> dict[int, dict[str, Any]]:
+def rounds_until(
+    a: App, done: Callable[[dict[int, dict[str, Any]]], bool], timeout: float = 60.0
+) -> dict[int, dict[str, Any]]:
     """Query rounds until ``done(latest answer per worker pid)``; returns that map."""
     latest: dict[int, dict[str, Any]] = {}
     deadline = time.monotonic() + timeout
@@ -133,22 +154,21 @@ def rounds_until(a: App, done: Callable[[dict[int, dict[str, Any]]], bool],
 
 
 def by_pid(samples: list[Any], **labels: str) -> dict[int, float]:
-    return {int(s.labels["pid"]): s.value for s in samples
-            if all(s.labels.get(k) == v for k, v in labels.items())}
+    return {
+        int(s.labels["pid"]): s.value for s in samples if all(s.labels.get(k) == v for k, v in labels.items())
+    }
 
 
 @pytest.mark.slow
 def test_four_gunicorn_workers_one_scrape(app: App, sim: Any) -> None:
     master = app.proc.pid
     # Every worker serves queries on blue.
-    before = rounds_until(app, lambda m: len(m) >= WORKERS and all(
-        d["active"] == "blue" for d in m.values()))
+    before = rounds_until(app, lambda m: len(m) >= WORKERS and all(d["active"] == "blue" for d in m.values()))
     workers = set(before)
     assert len(workers) == WORKERS and master not in workers
 
     sim.flip(announce=True)
-    after = rounds_until(app, lambda m: workers <= set(m) and all(
-        m[p]["active"] == "green" for p in workers))
+    after = rounds_until(app, lambda m: workers <= set(m) and all(m[p]["active"] == "green" for p in workers))
     assert set(after) == workers  # no worker was replaced
     own_counts = {p: after[p]["switches"] for p in workers}
     assert all(n >= 1 for n in own_counts.values()), own_counts
@@ -161,7 +181,9 @@ def test_four_gunicorn_workers_one_scrape(app: App, sim: Any) -> None:
 
     expected = sum(own_counts.values())
     assert wait_for(lambda: scraped_total() == expected, timeout=10, interval=0.05), (
-        scraped_total(), own_counts)
+        scraped_total(),
+        own_counts,
+    )
     s1 = app.scrape()
     assert sum(x.value for x in s1["e6data_strategy_switches_total"]) == expected
     # Every worker, by pid, is on green: the switches came from every one of them.
@@ -182,7 +204,9 @@ def test_four_gunicorn_workers_one_scrape(app: App, sim: Any) -> None:
         return all(beats.get(p, 0) > beats1[p] for p in workers)
 
     assert wait_for(advanced, timeout=10 * INTERVAL + 5, interval=0.05)
-    print(f"workers={sorted(workers)} own switches={own_counts} scraped total={expected} "
-          f"master={master} green={sorted(green)}")
+    print(
+        f"workers={sorted(workers)} own switches={own_counts} scraped total={expected} "
+        f"master={master} green={sorted(green)}"
+    )
     # The master counted no switch of its own: the workers' counts are theirs alone.
     assert scraped_total() == expected

@@ -25,11 +25,20 @@ OTEL_INSTRUMENT = Path(sys.executable).with_name("opentelemetry-instrument")
 def run_app(**env_extra: str) -> dict[str, Any]:
     if not OTEL_INSTRUMENT.exists():
         pytest.fail(f"{OTEL_INSTRUMENT} missing: the test extra installs opentelemetry-instrumentation")
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("E6OBSERVE_", "OTEL_")) and k != "PROMETHEUS_MULTIPROC_DIR"}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("E6OBSERVE_", "OTEL_")) and k != "PROMETHEUS_MULTIPROC_DIR"
+    }
     env.update(PYTHONPATH=str(ROOT), **env_extra)
-    proc = subproc.run([str(OTEL_INSTRUMENT), sys.executable, str(APP)], capture_output=True,
-                       text=True, timeout=90, env=env, cwd=str(ROOT))
+    proc = subproc.run(
+        [str(OTEL_INSTRUMENT), sys.executable, str(APP)],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        env=env,
+        cwd=str(ROOT),
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     out: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
     out["stderr"] = proc.stderr
@@ -41,7 +50,7 @@ def samples(exposition: str, name: str) -> dict[str, float]:
     for line in exposition.splitlines():
         if line.startswith(name + "{"):
             labels, value = line.rsplit(" ", 1)
-            out[labels[len(name):]] = float(value)
+            out[labels[len(name) :]] = float(value)
     return out
 
 
@@ -81,15 +90,18 @@ def test_instrumentor_declares_the_supported_connector_versions() -> None:
     from e6observe.instrumentor import E6dataInstrumentor
 
     assert list(E6dataInstrumentor().instrumentation_dependencies()) == [
-        "e6data-python-connector >= 2.3.10, < 3.1"]
+        "e6data-python-connector >= 2.3.10, < 3.1"
+    ]
     from importlib.metadata import entry_points
 
     eps = entry_points()
-    group = (eps.select(group="opentelemetry_instrumentor") if hasattr(eps, "select")
-             else eps.get("opentelemetry_instrumentor", []))
+    group = (
+        eps.select(group="opentelemetry_instrumentor")
+        if hasattr(eps, "select")
+        else eps.get("opentelemetry_instrumentor", [])
+    )
     # (a set: Python 3.9 lists an editable install's entry points once per metadata copy)
-    assert {e.value for e in group if e.name == "e6data"} == {
-        "e6observe.instrumentor:E6dataInstrumentor"}
+    assert {e.value for e in group if e.name == "e6data"} == {"e6observe.instrumentor:E6dataInstrumentor"}
 
 
 def test_instrumentor_api_passes_options_and_uninstruments() -> None:
@@ -118,24 +130,30 @@ def test_decode_workers_and_multiprocessing_helpers_stay_inert() -> None:
     if connector_version() < (3, 0, 1):
         pytest.skip("v2 results (decode worker processes) arrived in connector 3.0.1")
     port = free_port()
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("E6OBSERVE_", "OTEL_")) and k != "PROMETHEUS_MULTIPROC_DIR"}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("E6OBSERVE_", "OTEL_")) and k != "PROMETHEUS_MULTIPROC_DIR"
+    }
     env.update(PYTHONPATH=str(ROOT), E6OBSERVE_PROMETHEUS_PORT=str(port))
-    proc = subproc.run([str(OTEL_INSTRUMENT), sys.executable,
-                        str(ROOT / "tests" / "apps" / "spawn_children.py")],
-                       capture_output=True, text=True, timeout=110, env=env, cwd=str(ROOT))
+    proc = subproc.run(
+        [str(OTEL_INSTRUMENT), sys.executable, str(ROOT / "tests" / "apps" / "spawn_children.py")],
+        capture_output=True,
+        text=True,
+        timeout=110,
+        env=env,
+        cwd=str(ROOT),
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert out == {"parent_instrumented": True, "rows": [[1000]], "child_instrumented": True,
-                   "v2_rpcs": 1}
+    assert out == {"parent_instrumented": True, "rows": [[1000]], "child_instrumented": True, "v2_rpcs": 1}
     # Only the application's own spawned child instruments itself (and, the parent holding the
     # port, says so once). Two decode workers and the resource tracker would add three more.
     assert proc.stderr.count("cannot serve /metrics") == 1, proc.stderr
 
 
 @pytest.mark.matrix
-def test_a_bad_option_leaves_the_app_running_and_says_why(
-        caplog: pytest.LogCaptureFixture) -> None:
+def test_a_bad_option_leaves_the_app_running_and_says_why(caplog: pytest.LogCaptureFixture) -> None:
     """opentelemetry-instrument would stop loading the instrumentors after one that raises."""
     import e6observe
     from e6observe.instrumentor import E6dataInstrumentor
@@ -146,7 +164,8 @@ def test_a_bad_option_leaves_the_app_running_and_says_why(
             inst.instrument(watcher_interval=-1)
         assert not e6observe.is_instrumented()
         errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
-        assert errors == ["e6observe: not instrumenting: watcher_interval must be > 0 and "
-                          "<= 86400 seconds, got -1.0"]
+        assert errors == [
+            "e6observe: not instrumenting: watcher_interval must be > 0 and <= 86400 seconds, got -1.0"
+        ]
     finally:
         inst.uninstrument()

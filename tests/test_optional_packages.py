@@ -15,15 +15,19 @@ APP = ROOT / "tests" / "apps" / "without_packages.py"
 
 
 @pytest.mark.matrix
-@pytest.mark.parametrize("missing", [
-    "opentelemetry.sdk",
-    "opentelemetry.instrumentation",
-    "opentelemetry.exporter",
-    "opentelemetry.sdk,opentelemetry.instrumentation,opentelemetry.exporter",
-])
+@pytest.mark.parametrize(
+    "missing",
+    [
+        "opentelemetry.sdk",
+        "opentelemetry.instrumentation",
+        "opentelemetry.exporter",
+        "opentelemetry.sdk,opentelemetry.instrumentation,opentelemetry.exporter",
+    ],
+)
 def test_an_app_without_optional_packages_runs_and_is_observed(missing: str) -> None:
-    proc = subproc.run([sys.executable, str(APP), missing], capture_output=True, text=True,
-                       timeout=120, cwd=str(ROOT))
+    proc = subproc.run(
+        [sys.executable, str(APP), missing], capture_output=True, text=True, timeout=120, cwd=str(ROOT)
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["rows"] == [[[1]], [[2]]]

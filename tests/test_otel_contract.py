@@ -27,8 +27,13 @@ from e6observe.tracing import query_summary
 pytestmark = [pytest.mark.timeout(60), pytest.mark.minversions]
 
 #: ``process.*`` metric names the semantic conventions define (and e6observe uses).
-SEMCONV_PROCESS = {"process.memory.usage", "process.memory.virtual", "process.cpu.time",
-                   "process.unix.file_descriptor.count", "process.thread.count"}
+SEMCONV_PROCESS = {
+    "process.memory.usage",
+    "process.memory.virtual",
+    "process.cpu.time",
+    "process.unix.file_descriptor.count",
+    "process.thread.count",
+}
 
 
 class Rig:
@@ -40,8 +45,9 @@ class Rig:
         self.mp = MeterProvider(metric_readers=[self.reader])
 
     def start(self, **options: Any) -> Any:
-        rec = e6observe.instrument(tracer_provider=self.tp, meter_provider=self.mp,
-                                   logger_provider=None, **options)
+        rec = e6observe.instrument(
+            tracer_provider=self.tp, meter_provider=self.mp, logger_provider=None, **options
+        )
         assert rec is not None
         return rec
 
@@ -78,7 +84,8 @@ def points(metric: Any) -> list[Any]:
 
 
 def test_suppress_instrumentation_skips_spans_and_metrics(
-        rig: Rig, sim: Simulator, connect: Callable[..., Any]) -> None:
+    rig: Rig, sim: Simulator, connect: Callable[..., Any]
+) -> None:
     from opentelemetry.instrumentation.utils import suppress_instrumentation
 
     rig.start()
@@ -96,7 +103,8 @@ def test_suppress_instrumentation_skips_spans_and_metrics(
 
 
 def test_meters_and_tracers_carry_the_schema_url(
-        rig: Rig, sim: Simulator, connect: Callable[..., Any]) -> None:
+    rig: Rig, sim: Simulator, connect: Callable[..., Any]
+) -> None:
     rig.start()
     run(connect(), "SELECT 1")
     (span,) = rig.spans.get_finished_spans()
@@ -106,8 +114,8 @@ def test_meters_and_tracers_carry_the_schema_url(
 
 
 def test_query_span_is_the_parent_of_grpc_instrumentation_client_spans(
-        rig: Rig, sim: Simulator, connect: Callable[..., Any],
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    rig: Rig, sim: Simulator, connect: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
     from opentelemetry import trace
     from opentelemetry.instrumentation.grpc import GrpcInstrumentorClient
 
@@ -124,23 +132,24 @@ def test_query_span_is_the_parent_of_grpc_instrumentation_client_spans(
         grpc_inst.uninstrument()
     spans = rig.spans.get_finished_spans()
     (query,) = [s for s in spans if s.instrumentation_scope.name == "e6observe"]
-    rpcs = [s for s in spans if s.instrumentation_scope.name != "e6observe"
-            and s.kind is SpanKind.CLIENT]
+    rpcs = [s for s in spans if s.instrumentation_scope.name != "e6observe" and s.kind is SpanKind.CLIENT]
     names = {s.name for s in rpcs}
     # execute, fetch and clear: each call of the query is a child of the query's span.
-    in_query = {s.name: s for s in rpcs if s.start_time >= query.start_time
-                and s.end_time <= query.end_time}
-    assert {"/QueryEngineService/prepareStatement", "/QueryEngineService/executeStatement",
-            "/QueryEngineService/getNextResultBatch", "/QueryEngineService/clearOrCancelQuery",
-            } <= set(in_query), names
+    in_query = {s.name: s for s in rpcs if s.start_time >= query.start_time and s.end_time <= query.end_time}
+    assert {
+        "/QueryEngineService/prepareStatement",
+        "/QueryEngineService/executeStatement",
+        "/QueryEngineService/getNextResultBatch",
+        "/QueryEngineService/clearOrCancelQuery",
+    } <= set(in_query), names
     in_query = list(in_query.values())
-    assert all(s.parent is not None and s.parent.span_id == query.context.span_id
-               for s in in_query)
+    assert all(s.parent is not None and s.parent.span_id == query.context.span_id for s in in_query)
     assert all(s.context.trace_id == query.context.trace_id for s in in_query)
 
 
 def test_the_query_span_is_current_only_while_the_query_runs(
-        rig: Rig, sim: Simulator, connect: Callable[..., Any]) -> None:
+    rig: Rig, sim: Simulator, connect: Callable[..., Any]
+) -> None:
     """The span is made current around execute, fetch and clear, and the caller's context is
     restored after each: nothing of e6observe stays attached (a leaked span would parent the
     application's next spans and turn every later RPC's suppression check into a full one)."""
@@ -162,7 +171,8 @@ def test_the_query_span_is_current_only_while_the_query_runs(
 
 
 def test_span_name_is_the_low_cardinality_summary_never_the_text(
-        rig: Rig, sim: Simulator, connect: Callable[..., Any]) -> None:
+    rig: Rig, sim: Simulator, connect: Callable[..., Any]
+) -> None:
     rig.start()
     conn = connect(database="sales", catalog="hive")
     run(conn, "SELECT * FROM sample LIMIT 2")
@@ -182,27 +192,36 @@ def test_span_name_is_the_low_cardinality_summary_never_the_text(
 
 
 def test_one_error_type_on_span_and_metrics_and_on_failed_rpc_points(
-        rig: Rig, sim: Simulator, connect: Callable[..., Any]) -> None:
+    rig: Rig, sim: Simulator, connect: Callable[..., Any]
+) -> None:
     rig.start()
     with pytest.raises(grpc.RpcError):
         connect().cursor().execute("SELECT fail()")
     (span,) = rig.spans.get_finished_spans()
     got = rig.metrics()
-    (query_point,) = [p for p in points(got["db.client.operation.duration"][0])
-                      if "error.type" in p.attributes]
+    (query_point,) = [
+        p for p in points(got["db.client.operation.duration"][0]) if "error.type" in p.attributes
+    ]
     assert span.attributes["error.type"] == query_point.attributes["error.type"] == "_OTHER"
-    failed_rpcs = [p for p in points(got["rpc.client.call.duration"][0])
-                   if p.attributes["rpc.response.status_code"] != "OK"]
+    failed_rpcs = [
+        p
+        for p in points(got["rpc.client.call.duration"][0])
+        if p.attributes["rpc.response.status_code"] != "OK"
+    ]
     assert failed_rpcs
     for p in failed_rpcs:
         assert p.attributes["error.type"] == p.attributes["rpc.response.status_code"]
-    ok_rpcs = [p for p in points(got["rpc.client.call.duration"][0])
-               if p.attributes["rpc.response.status_code"] == "OK"]
+    ok_rpcs = [
+        p
+        for p in points(got["rpc.client.call.duration"][0])
+        if p.attributes["rpc.response.status_code"] == "OK"
+    ]
     assert ok_rpcs and all("error.type" not in p.attributes for p in ok_rpcs)
 
 
 def test_every_metric_attribute_is_namespaced_and_consistent(
-        rig: Rig, sim: Simulator, connect: Callable[..., Any]) -> None:
+    rig: Rig, sim: Simulator, connect: Callable[..., Any]
+) -> None:
     rec = rig.start()
     run(connect(), "SELECT 1")
     rec.applied("blue", "green", "announced")
@@ -211,27 +230,31 @@ def test_every_metric_attribute_is_namespaced_and_consistent(
     keys = {k for m, _ in got.values() for p in points(m) for k in p.attributes}
     assert keys, got
     assert all("." in k for k in keys), sorted(k for k in keys if "." not in k)
-    strategy_keys = {k for m, _ in got.values() for p in points(m) for k in p.attributes
-                     if k.endswith("strategy")}
+    strategy_keys = {
+        k for m, _ in got.values() for p in points(m) for k in p.attributes if k.endswith("strategy")
+    }
     assert strategy_keys == {"e6data.strategy"}
     # Histograms and gauges of a pool use one attribute name (the conventions').
-    assert M.POOL_WAIT_TIME.otel_labels == M.POOL_MAX.otel_labels == (
-        "db.client.connection.pool.name",)
+    assert M.POOL_WAIT_TIME.otel_labels == M.POOL_MAX.otel_labels == ("db.client.connection.pool.name",)
     switches = points(got["e6data.strategy.switches"][0])
     assert {tuple(sorted(p.attributes)) for p in switches} == {
-        ("e6data.strategy.from", "e6data.strategy.to", "e6data.switch.cause")}
+        ("e6data.strategy.from", "e6data.strategy.to", "e6data.switch.cause")
+    }
 
 
 def test_process_metric_names_are_the_conventions_current_ones(
-        rig: Rig, sim: Simulator, connect: Callable[..., Any]) -> None:
+    rig: Rig, sim: Simulator, connect: Callable[..., Any]
+) -> None:
     rig.start(runtime_metrics=True)
     got = rig.metrics()
     assert "process.unix.file_descriptor.count" in got
     assert "process.open_file_descriptor.count" not in got
     assert {n for n in got if n.startswith("process.")} <= SEMCONV_PROCESS
     assert "e6observe.process.memory.unique" in got  # no convention: e6observe's own name
-    assert all(s.otel_name is None or not s.otel_name.startswith("process.")
-               or s.otel_name in SEMCONV_PROCESS for s in M.ALL)
+    assert all(
+        s.otel_name is None or not s.otel_name.startswith("process.") or s.otel_name in SEMCONV_PROCESS
+        for s in M.ALL
+    )
 
 
 def test_runtime_metrics_can_be_turned_off(rig: Rig) -> None:
@@ -258,7 +281,8 @@ def test_runtime_metrics_default_off_while_system_metrics_is_instrumented(rig: R
 
 @pytest.mark.parametrize("sdk", ["tested", "newer"])
 def test_histogram_hand_off_exact_with_and_without_sdk_internals(
-        sdk: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    sdk: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # Within the tested SDK range the delta goes into the SDK's aggregation in one step; above
     # it (or with internals that differ) every value is replayed through the public API.
     # Either way count, sum, min, max and the buckets are exact.
@@ -284,8 +308,14 @@ def test_histogram_hand_off_exact_with_and_without_sdk_internals(
         for v in values:
             h.observe(v)
         data = reader.get_metrics_data()
-        (p,) = [pt for rm in data.resource_metrics for sm in rm.scope_metrics for m in sm.metrics
-                if m.name == "rpc.client.call.duration" for pt in m.data.data_points]
+        (p,) = [
+            pt
+            for rm in data.resource_metrics
+            for sm in rm.scope_metrics
+            for m in sm.metrics
+            if m.name == "rpc.client.call.duration"
+            for pt in m.data.data_points
+        ]
         assert p.count == 10 and p.sum == pytest.approx(2 * sum(values))
         assert (p.min, p.max) == (0.0003, 0.5)
         assert sum(p.bucket_counts) == 10
@@ -310,8 +340,14 @@ async def _aio_query(sim: Simulator, sql: str, catalog: str | None = None) -> An
     from e6data_python_connector import aio
     from helpers import PASSWORD, USER
 
-    conn = await aio.connect(host=sim.host, port=sim.port, username=USER, password=PASSWORD,
-                             catalog=catalog, database="sales" if catalog else None)
+    conn = await aio.connect(
+        host=sim.host,
+        port=sim.port,
+        username=USER,
+        password=PASSWORD,
+        catalog=catalog,
+        database="sales" if catalog else None,
+    )
     try:
         cur = conn.cursor()
         await cur.execute(sql)
@@ -324,7 +360,8 @@ async def _aio_query(sim: Simulator, sql: str, catalog: str | None = None) -> An
 
 @pytest.mark.skipif(not _has_aio(), reason="needs the connector's async API (3.x, Python 3.11+)")
 def test_async_queries_follow_the_same_contract(
-        rig: Rig, sim: Simulator, monkeypatch: pytest.MonkeyPatch) -> None:
+    rig: Rig, sim: Simulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import asyncio
 
     from opentelemetry import trace
@@ -346,7 +383,6 @@ def test_async_queries_follow_the_same_contract(
     spans = rig.spans.get_finished_spans()
     (query,) = [s for s in spans if s.instrumentation_scope.name == "e6observe"]
     assert query.name == "SELECT sample" and query.attributes["db.namespace"] == "hive|sales"
-    children = [s for s in spans if s.parent is not None
-                and s.parent.span_id == query.context.span_id]
+    children = [s for s in spans if s.parent is not None and s.parent.span_id == query.context.span_id]
     names = {s.name for s in children}
     assert any("executeStatement" in n for n in names), {s.name for s in spans}

@@ -38,32 +38,52 @@ def test_the_minimum_versions_run_installs_the_declared_lower_bounds() -> None:
         if m:
             pins[m.group(1).lower().replace("_", "-")] = m.group(2)
     bounds = lower_bounds()
-    for name in ("grpcio", "protobuf", "prometheus-client", "opentelemetry-api",
-                 "opentelemetry-sdk", "opentelemetry-instrumentation", "psutil", "thrift"):
+    for name in (
+        "grpcio",
+        "protobuf",
+        "prometheus-client",
+        "opentelemetry-api",
+        "opentelemetry-sdk",
+        "opentelemetry-instrumentation",
+        "psutil",
+        "thrift",
+    ):
         assert name in bounds, name
         declared = tuple(int(x) for x in re.findall(r"\d+", bounds[name]))
         pinned = tuple(int(x) for x in re.findall(r"\d+", pins[name]))
-        assert pinned[:len(declared)] == declared, (name, bounds[name], pins[name])
+        assert pinned[: len(declared)] == declared, (name, bounds[name], pins[name])
 
 
 def test_every_imported_third_party_package_is_declared() -> None:
     declared = {d.lower() for d in lower_bounds()}
     # import name -> distribution
-    dist = {"grpc": "grpcio", "google": "protobuf", "prometheus_client": "prometheus-client",
-            "psutil": "psutil", "e6data_python_connector": "e6data-python-connector",
-            "opentelemetry": "opentelemetry-api"}
+    dist = {
+        "grpc": "grpcio",
+        "google": "protobuf",
+        "prometheus_client": "prometheus-client",
+        "psutil": "psutil",
+        "e6data_python_connector": "e6data-python-connector",
+        "opentelemetry": "opentelemetry-api",
+    }
     optional = {"yaml"}  # `e6observe export` with settings: the [export] extra
     found: set[str] = set()
     for path in (ROOT / "e6observe").rglob("*.py"):
         if "v1" in path.parts and path.name.endswith("_pb2.py"):
             continue
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
-                     else [node.module] if isinstance(node, ast.ImportFrom) and node.module
-                     and node.level == 0 else [])
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module]
+                if isinstance(node, ast.ImportFrom) and node.module and node.level == 0
+                else []
+            )
             for n in names:
-                found.add(n.split(".")[0] if not n.startswith("opentelemetry.") else
-                          "opentelemetry-" + n.split(".")[1])
+                found.add(
+                    n.split(".")[0]
+                    if not n.startswith("opentelemetry.")
+                    else "opentelemetry-" + n.split(".")[1]
+                )
     stdlib = set(sys.stdlib_module_names)
     third = {n for n in found if n not in stdlib and n != "e6observe"}
     for name in sorted(third):
@@ -71,9 +91,11 @@ def test_every_imported_third_party_package_is_declared() -> None:
             continue
         if name.startswith("opentelemetry-"):
             sub = name.split("-", 1)[1]
-            want = {"sdk": "opentelemetry-sdk", "instrumentation": "opentelemetry-instrumentation",
-                    "exporter": "opentelemetry-exporter-otlp-proto-grpc"}.get(
-                        sub, "opentelemetry-api")
+            want = {
+                "sdk": "opentelemetry-sdk",
+                "instrumentation": "opentelemetry-instrumentation",
+                "exporter": "opentelemetry-exporter-otlp-proto-grpc",
+            }.get(sub, "opentelemetry-api")
             if want.startswith("opentelemetry-exporter"):
                 assert want in str(project()["optional-dependencies"]["otlp"])
                 continue

@@ -19,8 +19,10 @@ from e6observe.readings import ReadingsCollector, register_otel
 from e6observe.recorder import Recorder
 
 # The connector's pools (connection_pool.py) arrived in 2.3.10; on 2.3.9 there is nothing to hook.
-pytest.importorskip("e6data_python_connector.connection_pool",
-                    reason="connector 2.3.9 has no ConnectionPool (it arrived in 2.3.10)")
+pytest.importorskip(
+    "e6data_python_connector.connection_pool",
+    reason="connector 2.3.9 has no ConnectionPool (it arrived in 2.3.10)",
+)
 
 
 @pytest.fixture
@@ -59,8 +61,9 @@ def counts(rec: Recorder, spec: M.MetricSpec) -> dict[str, int]:
 def scrape(rec: Recorder) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     """What instrument() exports for the pools: their reader (``e6observe.readers``)."""
     reg = CollectorRegistry()
-    reg.register(ReadingsCollector(readers.POOL, readers.pool_reader(rec, "hook.pool.collect"),
-                                   "hook.pool.collect"))
+    reg.register(
+        ReadingsCollector(readers.POOL, readers.pool_reader(rec, "hook.pool.collect"), "hook.pool.collect")
+    )
     out = {}
     for fam in text_string_to_metric_families(generate_latest(reg).decode()):
         for s in fam.samples:
@@ -72,8 +75,7 @@ def scrape(rec: Recorder) -> dict[tuple[str, tuple[tuple[str, str], ...]], float
 def test_install_uninstall_restore_originals_by_identity() -> None:
     from e6data_python_connector.connection_pool import ConnectionPool
 
-    before = {a: ConnectionPool.__dict__[a] for a in ("__init__", "get_connection",
-                                                     "_create_connection")}
+    before = {a: ConnectionPool.__dict__[a] for a in ("__init__", "get_connection", "_create_connection")}
     P.HOOK.install(HookContext(Recorder()))
     P.HOOK.install(HookContext(Recorder()))  # idempotent
     try:
@@ -114,7 +116,8 @@ def test_sync_pool_counts_and_timings(rec: Recorder, make_pool: Callable[..., An
 
 @pytest.mark.matrix
 def test_waiting_caller_is_pending_until_a_connection_returns(
-        rec: Recorder, make_pool: Callable[..., Any]) -> None:
+    rec: Recorder, make_pool: Callable[..., Any]
+) -> None:
     pool = make_pool(min_size=1, max_size=1, max_overflow=0, timeout=20)
     held = pool.get_connection()
     got: list[Any] = []
@@ -132,7 +135,8 @@ def test_waiting_caller_is_pending_until_a_connection_returns(
 
 @pytest.mark.matrix
 def test_timeout_passes_through_and_still_counts_the_wait(
-        rec: Recorder, make_pool: Callable[..., Any]) -> None:
+    rec: Recorder, make_pool: Callable[..., Any]
+) -> None:
     pool = make_pool(min_size=1, max_size=1, max_overflow=0)
     held = pool.get_connection()
     errors: list[BaseException] = []
@@ -169,8 +173,7 @@ def test_pool_created_before_install_is_picked_up_when_used(make_pool: Callable[
         P._reset_names_for_tests()
 
 
-def test_names_are_bounded_and_user_names_validated(rec: Recorder,
-                                                    make_pool: Callable[..., Any]) -> None:
+def test_names_are_bounded_and_user_names_validated(rec: Recorder, make_pool: Callable[..., Any]) -> None:
     named = make_pool(min_size=0)
     P.name_pool(named, "orders")
     for bad in ("", "x" * 33, "has space", "a/b", 'q"uote'):
@@ -184,7 +187,8 @@ def test_names_are_bounded_and_user_names_validated(rec: Recorder,
         P.name_pool(pools[-1], "one-too-many")
     # Pools sharing pool-other are summed, not dropped.
     assert P.read_pools()[P.OTHER]["max"] == sum(
-        p.max_size + p.max_overflow for p in pools[P.MAX_POOL_NAMES - 2:])
+        p.max_size + p.max_overflow for p in pools[P.MAX_POOL_NAMES - 2 :]
+    )
 
 
 def test_uninstalled_wrappers_stop_recording(make_pool: Callable[..., Any]) -> None:
@@ -225,17 +229,28 @@ def test_otel_pool_instruments(rec: Recorder, make_pool: Callable[..., Any]) -> 
     reader = InMemoryMetricReader()
     provider = MeterProvider(metric_readers=[reader])
     try:
-        register_otel(provider.get_meter("t"), readers.POOL,
-                      readers.pool_reader(rec, "hook.pool.otel"), "hook.pool.otel")
+        register_otel(
+            provider.get_meter("t"),
+            readers.POOL,
+            readers.pool_reader(rec, "hook.pool.otel"),
+            "hook.pool.otel",
+        )
         data = reader.get_metrics_data()
-        pts = {m.name: m.data.data_points for rm in data.resource_metrics
-               for sm in rm.scope_metrics for m in sm.metrics}
-        by_state = {p.attributes["db.client.connection.state"]: p.value
-                    for p in pts["db.client.connection.count"]}
+        pts = {
+            m.name: m.data.data_points
+            for rm in data.resource_metrics
+            for sm in rm.scope_metrics
+            for m in sm.metrics
+        }
+        by_state = {
+            p.attributes["db.client.connection.state"]: p.value for p in pts["db.client.connection.count"]
+        }
         assert by_state == {"idle": 2, "used": 0}
         assert [p.value for p in pts["db.client.connection.max"]] == [2]
-        assert all(p.attributes["db.client.connection.pool.name"] == "pool-1"
-                   for p in pts["db.client.connection.pending_requests"])
+        assert all(
+            p.attributes["db.client.connection.pool.name"] == "pool-1"
+            for p in pts["db.client.connection.pending_requests"]
+        )
     finally:
         provider.shutdown()
 
@@ -254,8 +269,15 @@ def test_async_pool_counts_read_off_its_loop(rec: Recorder, sim: Any) -> None:
         return box[0]
 
     async def main() -> None:
-        pool = AsyncConnectionPool(min_size=1, max_size=2, max_overflow=1, host=sim.host,
-                                   port=sim.port, username=USER, password=PASSWORD)
+        pool = AsyncConnectionPool(
+            min_size=1,
+            max_size=2,
+            max_overflow=1,
+            host=sim.host,
+            port=sim.port,
+            username=USER,
+            password=PASSWORD,
+        )
         await pool.open()
         try:
             seen["open"] = read_from_another_thread()

@@ -157,9 +157,14 @@ def test_probe_success_is_exported_to_opentelemetry(sim: Simulator, rec: Recorde
 
     def points() -> list[float]:
         data = reader.get_metrics_data()
-        return [dp.value for rm in (data.resource_metrics if data else [])
-                for sm in rm.scope_metrics for m in sm.metrics
-                if m.name == M.PROBE_SUCCESS.otel_name for dp in m.data.data_points]
+        return [
+            dp.value
+            for rm in (data.resource_metrics if data else [])
+            for sm in rm.scope_metrics
+            for m in sm.metrics
+            if m.name == M.PROBE_SUCCESS.otel_name
+            for dp in m.data.data_points
+        ]
 
     assert points() == []  # no value before the first probe
     try:

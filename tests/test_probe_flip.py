@@ -40,9 +40,27 @@ class ProbeProcess:
         env.pop("E6OBSERVE_PROMETHEUS_PORT", None)
         env.pop("OTEL_SERVICE_NAME", None)
         self.proc = subproc.popen(
-            [sys.executable, "-m", "e6observe", "probe", "--host", sim.host, "--port",
-             str(sim.port), "--interval", str(INTERVAL), "--metrics-port", "0", *extra],
-            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            [
+                sys.executable,
+                "-m",
+                "e6observe",
+                "probe",
+                "--host",
+                sim.host,
+                "--port",
+                str(sim.port),
+                "--interval",
+                str(INTERVAL),
+                "--metrics-port",
+                "0",
+                *extra,
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         self.log: list[str] = []
         self.url: Optional[str] = None
         found = threading.Event()
@@ -97,8 +115,11 @@ def switches(m: dict[tuple[str, tuple[tuple[str, str], ...]], float]) -> float:
 
 
 def active(m: dict[tuple[str, tuple[tuple[str, str], ...]], float]) -> Optional[str]:
-    on = [dict(labels)["strategy"] for (name, labels), v in m.items()
-          if name == "e6data_strategy_active" and v == 1]
+    on = [
+        dict(labels)["strategy"]
+        for (name, labels), v in m.items()
+        if name == "e6data_strategy_active" and v == 1
+    ]
     return on[0] if len(on) == 1 else None
 
 
@@ -114,8 +135,11 @@ def wait_metrics(p: ProbeProcess, cond, timeout: float):  # type: ignore[no-unty
 
 
 def test_prober_reports_a_flip_within_one_interval(sim: Simulator, probe: ProbeProcess) -> None:
-    first = wait_metrics(probe, lambda m: m.get(
-        ("e6data_probes_total", (("result", "success"),)), 0) >= 1 and active(m) == "blue", 30)
+    first = wait_metrics(
+        probe,
+        lambda m: m.get(("e6data_probes_total", (("result", "success"),)), 0) >= 1 and active(m) == "blue",
+        30,
+    )
     assert first is not None, "no successful probe: " + "".join(probe.log)
     assert first[("e6data_probe_success", ())] == 1
     assert switches(first) == 0
@@ -141,8 +165,12 @@ def test_prober_reports_a_flip_within_one_interval(sim: Simulator, probe: ProbeP
 
     # e6observe tail, a separate process, prints that switch (replayed from the ring)
     tail = subproc.run(
-        [sys.executable, "-m", "e6observe", "tail", "--url", probe.url, "--since", "0",
-         "--count", "1"], cwd=REPO, capture_output=True, text=True, timeout=60)
+        [sys.executable, "-m", "e6observe", "tail", "--url", probe.url, "--since", "0", "--count", "1"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert tail.returncode == 0, tail.stderr
     assert re.search(r" applied +blue → green  cause=\w+", tail.stdout), tail.stdout
 
@@ -159,10 +187,26 @@ def test_prober_process_exits_1_on_a_taken_port(sim: Simulator) -> None:
         port = s.getsockname()[1]
         env = dict(os.environ, E6DATA_USERNAME=USER, E6DATA_PASSWORD=PASSWORD)
         proc = subproc.run(
-            [sys.executable, "-m", "e6observe", "probe", "--host", sim.host, "--port",
-             str(sim.port), "--metrics-port", str(port)],
-            cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+            [
+                sys.executable,
+                "-m",
+                "e6observe",
+                "probe",
+                "--host",
+                sim.host,
+                "--port",
+                str(sim.port),
+                "--metrics-port",
+                str(port),
+            ],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     assert proc.returncode == 1
     assert proc.stderr.splitlines() == [  # one line, the demo's words (tests/test_cli_messages.py)
         f"e6observe probe: cannot serve /metrics on 127.0.0.1:{port}: port already in use; "
-        "choose another --metrics-port (0 = any free port)"]
+        "choose another --metrics-port (0 = any free port)"
+    ]

@@ -17,8 +17,9 @@ pytestmark = [pytest.mark.timeout(60), pytest.mark.minversions]
 
 def promtool_check(text: str) -> subprocess.CompletedProcess[str]:
     promtool = need_binary("promtool", install="apt-get install prometheus (./run test does this as root)")
-    return subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True,
-                          text=True, timeout=30)
+    return subprocess.run(
+        [promtool, "check", "metrics"], input=text, capture_output=True, text=True, timeout=30
+    )
 
 
 @pytest.fixture
@@ -30,14 +31,14 @@ def reg() -> Iterator[CollectorRegistry]:
 
 
 def test_a_same_named_metric_registered_later_fails_at_registration(reg: CollectorRegistry) -> None:
-    for name in ("process_open_fds", "e6data_strategy_active", "process_threads",
-                 "python_gc_collections"):
+    for name in ("process_open_fds", "e6data_strategy_active", "process_threads", "python_gc_collections"):
         with pytest.raises(ValueError, match="Duplicated timeseries"):
             Gauge(name, "a second one", registry=reg)
 
 
 def test_a_collector_without_describe_registered_later_keeps_the_exposition_valid(
-        reg: CollectorRegistry) -> None:
+    reg: CollectorRegistry,
+) -> None:
     ProcessCollector(registry=reg)  # describes nothing: the registry cannot refuse it
     text = generate_latest(reg).decode()
     res = promtool_check(text)
@@ -48,9 +49,15 @@ def test_a_collector_without_describe_registered_later_keeps_the_exposition_vali
 
 def test_prometheus_clients_process_families_in_our_registry(reg: CollectorRegistry) -> None:
     text = generate_latest(reg).decode()
-    for name in ("process_start_time_seconds", "process_max_fds", "python_info",
-                 "process_cpu_seconds_total", "python_gc_collections_total",
-                 "process_unique_memory_bytes", "process_threads"):
+    for name in (
+        "process_start_time_seconds",
+        "process_max_fds",
+        "python_info",
+        "process_cpu_seconds_total",
+        "python_gc_collections_total",
+        "process_unique_memory_bytes",
+        "process_threads",
+    ):
         assert f"\n{name}" in text, name
     assert promtool_check(text).returncode == 0
 

@@ -36,8 +36,12 @@ def test_committed_code_matches_a_fresh_generation(tmp_path: Path) -> None:
     """Fails when events.proto changed and scripts/regen-proto was not run (or the pinned
     generator changed). Needs the pinned grpcio-tools: ``scripts/regen-proto --setup``."""
     protoc_python()
-    proc = subproc.run(["bash", str(ROOT / "scripts" / "regen-proto"), "--out", str(tmp_path)],
-                       capture_output=True, text=True, timeout=120)
+    proc = subproc.run(
+        ["bash", str(ROOT / "scripts" / "regen-proto"), "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     if proc.returncode != 0:
         pytest.fail("scripts/regen-proto could not generate the schema code:\n" + proc.stderr)
     for rel in GENERATED:
@@ -62,9 +66,16 @@ def test_committed_code_runs_on_protobuf_4(tmp_path: Path) -> None:
         "m.recent_events.add(seq=1, kind=pb.EVENT_KIND_APPLIED, drain_seconds=0.0)\n"
         "b = pb.StatusSnapshot.FromString(m.SerializeToString())\n"
         "assert b == m and b.recent_events[0].HasField('drain_seconds')\n"
-        "print(g.__version__)\n")
-    proc = subproc.run([py, "-W", "error", "-c", script], cwd=tmp_path, capture_output=True,
-                       text=True, timeout=60, env={"PYTHONPATH": str(tmp_path)})
+        "print(g.__version__)\n"
+    )
+    proc = subproc.run(
+        [py, "-W", "error", "-c", script],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PYTHONPATH": str(tmp_path)},
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("4."), proc.stdout
 
@@ -100,17 +111,45 @@ _labels = st.sampled_from(("", *M.STRATEGY_LABELS))
 
 @pytest.mark.matrix
 @settings(max_examples=60, deadline=None)
-@given(seq=st.integers(1, 2**63), kind=st.sampled_from(M.EVENT_KINDS), frm=_labels, to=_labels,
-       cause=st.sampled_from(("", *M.SWITCH_CAUSES)),
-       drain=st.one_of(st.none(), st.floats(0, 1e6, allow_nan=False)),
-       pinned=st.integers(0, 2**32 - 1), attempt=st.integers(0, 5),
-       t=st.floats(0, 4e9, allow_nan=False), pid=st.integers(1, 2**22))
-def test_event_round_trips_through_proto_bytes(seq: int, kind: str, frm: str, to: str, cause: str,
-                                               drain: float | None, pinned: int, attempt: int,
-                                               t: float, pid: int) -> None:
-    ev = Event(seq, kind, from_strategy=frm, to_strategy=to, cause=cause, drain_seconds=drain,
-               pinned_queries=pinned, strategy=to, method="prepareStatement", attempt=attempt,
-               reason="mismatch" if attempt else "", time_unix=t, pid=pid)
+@given(
+    seq=st.integers(1, 2**63),
+    kind=st.sampled_from(M.EVENT_KINDS),
+    frm=_labels,
+    to=_labels,
+    cause=st.sampled_from(("", *M.SWITCH_CAUSES)),
+    drain=st.one_of(st.none(), st.floats(0, 1e6, allow_nan=False)),
+    pinned=st.integers(0, 2**32 - 1),
+    attempt=st.integers(0, 5),
+    t=st.floats(0, 4e9, allow_nan=False),
+    pid=st.integers(1, 2**22),
+)
+def test_event_round_trips_through_proto_bytes(
+    seq: int,
+    kind: str,
+    frm: str,
+    to: str,
+    cause: str,
+    drain: float | None,
+    pinned: int,
+    attempt: int,
+    t: float,
+    pid: int,
+) -> None:
+    ev = Event(
+        seq,
+        kind,
+        from_strategy=frm,
+        to_strategy=to,
+        cause=cause,
+        drain_seconds=drain,
+        pinned_queries=pinned,
+        strategy=to,
+        method="prepareStatement",
+        attempt=attempt,
+        reason="mismatch" if attempt else "",
+        time_unix=t,
+        pid=pid,
+    )
     wire = convert.event_to_proto(ev).SerializeToString()
     back = convert.event_from_proto(pb.StrategyEvent.FromString(wire))
     assert back.to_dict() == ev.to_dict()
@@ -161,15 +200,18 @@ def _busy_recorder() -> Recorder:
 @pytest.mark.matrix
 def test_status_snapshot_reflects_the_recorder() -> None:
     rec = _busy_recorder()
-    snap = convert.status_snapshot(rec, source=convert.source_info("svc"), recent_events=3,
-                                   memory={"rss_bytes": 123}, internal_errors={"hook.x": 2},
-                                   watcher={"running": True, "last_run_unix": 5.0,
-                                            "interval_seconds": 1.0})
+    snap = convert.status_snapshot(
+        rec,
+        source=convert.source_info("svc"),
+        recent_events=3,
+        memory={"rss_bytes": 123},
+        internal_errors={"hook.x": 2},
+        watcher={"running": True, "last_run_unix": 5.0, "interval_seconds": 1.0},
+    )
     assert snap.active == "green" and snap.pending == "" and snap.pending_age_seconds == 0.0
     assert snap.switch_count == 1
     applied = [s for s in snap.switches if s.count]
-    assert [(s.from_strategy, s.to_strategy, s.cause) for s in applied] == [
-        ("blue", "green", "announced")]
+    assert [(s.from_strategy, s.to_strategy, s.cause) for s in applied] == [("blue", "green", "announced")]
     assert len(snap.switches) == 2 * len(M.SWITCH_CAUSES)  # zero-initialised directions too
     assert snap.mismatch_count == 2
     assert dict(snap.in_flight) == {"blue": 1, "green": 0}

@@ -14,11 +14,22 @@ from e6observe.recorder import Recorder, norm_code, norm_method, norm_strategy
 pytestmark = pytest.mark.matrix
 
 
-@pytest.mark.parametrize("raw, label", [
-    ("blue", "blue"), ("GREEN", "green"), (" green ", "green"), (b"blue", "blue"),
-    (None, "none"), ("", "none"), ("purple", "invalid"), ("x" * 10_000, "invalid"),
-    (b"\xff\xfe", "invalid"), (42, "invalid"), ("blue\x00", "invalid"),
-])
+@pytest.mark.parametrize(
+    "raw, label",
+    [
+        ("blue", "blue"),
+        ("GREEN", "green"),
+        (" green ", "green"),
+        (b"blue", "blue"),
+        (None, "none"),
+        ("", "none"),
+        ("purple", "invalid"),
+        ("x" * 10_000, "invalid"),
+        (b"\xff\xfe", "invalid"),
+        (42, "invalid"),
+        ("blue\x00", "invalid"),
+    ],
+)
 def test_strategy_labels_are_a_bounded_set(raw: object, label: str) -> None:
     assert norm_strategy(raw) == label
 
@@ -75,7 +86,7 @@ def test_histogram_buckets_follow_prometheus_le_semantics() -> None:
     rec = Recorder()
     h = rec.rpc_histogram("authenticate", "blue", "OK")
     bounds = M.RPC_DURATION.buckets
-    h.observe(bounds[0])        # exactly on a bound: counted in that bucket (le)
+    h.observe(bounds[0])  # exactly on a bound: counted in that bucket (le)
     h.observe(bounds[0] / 2)
     h.observe(bounds[-1] * 10)  # beyond the last bound: +Inf
     counts, total, n = h.snapshot()

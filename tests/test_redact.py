@@ -29,8 +29,24 @@ MESSAGES = [
     "ConnectionError: query 6f1c0e2a-41b7-4c5e-9d38-0b7f5e1a2c4d failed on 10.0.0.12:9000",
 ]
 #: Passwords that are also ordinary words of those messages.
-COMMON_WORDS = ["connect", "failed", "error", "remote", "host", "addresses", "Connection",
-                "status", "strategy", "mismatch", "Access", "denied", "query", "the", "to", "all"]
+COMMON_WORDS = [
+    "connect",
+    "failed",
+    "error",
+    "remote",
+    "host",
+    "addresses",
+    "Connection",
+    "status",
+    "strategy",
+    "mismatch",
+    "Access",
+    "denied",
+    "query",
+    "the",
+    "to",
+    "all",
+]
 CANARIES = ["CANARY-pw-3b9d51", "s3cr3t!x", "hunter2", "Zq9#k2$w1"]
 
 
@@ -84,17 +100,23 @@ def test_known_secret_fields_are_masked_whatever_the_password() -> None:
     creds = Credentials("me", "hunter2")
     assert redact("token=abc.def password=other", creds) == f"token={MASK} password={MASK}"
     assert redact("access_token: eyJhbGciOi", None) == f"access_token: {MASK}"
-    assert describe_error(RuntimeError("password=zz9 rejected"), creds) == \
-        f"RuntimeError: password={MASK} rejected"
+    assert (
+        describe_error(RuntimeError("password=zz9 rejected"), creds)
+        == f"RuntimeError: password={MASK} rejected"
+    )
 
 
 @pytest.mark.parametrize("password", ["p", "e", "1"])
 def test_check_output_keeps_the_grpc_message_readable(password: str) -> None:
     """The issue's reproduction: ``e6observe check --host 127.0.0.1 --port 1``."""
     env = dict(os.environ, E6DATA_USERNAME="me", E6DATA_PASSWORD=password)
-    r = subprocess.run([sys.executable, "-m", "e6observe", "check", "--host", "127.0.0.1",
-                        "--port", "1", "--timeout", "5"],
-                       capture_output=True, text=True, env=env, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "e6observe", "check", "--host", "127.0.0.1", "--port", "1", "--timeout", "5"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
     assert r.returncode == 1, r.stderr
     assert "ipv4:127.0.0.1:1" in r.stdout
     assert "failed to connect to all addresses" in r.stdout

@@ -32,13 +32,17 @@ def bare(tmp_path: Path) -> tuple[Path, dict[str, str]]:
     return run, {"PATH": str(bin_dir), "HOME": str(tmp_path / "home")}
 
 
-@pytest.mark.parametrize("command,needs", [
-    ("test", "./run test needs Python 3.11, 3.9, 3.12; missing: 3.11, 3.9, 3.12"),
-    ("demo", "./run needs Python 3.11; missing: 3.11"),
-    ("setup", "./run needs Python 3.11; missing: 3.11"),
-])
-def test_a_missing_python_is_one_line_at_once(bare: tuple[Path, dict[str, str]], command: str,
-                                              needs: str) -> None:
+@pytest.mark.parametrize(
+    "command,needs",
+    [
+        ("test", "./run test needs Python 3.11, 3.9, 3.12; missing: 3.11, 3.9, 3.12"),
+        ("demo", "./run needs Python 3.11; missing: 3.11"),
+        ("setup", "./run needs Python 3.11; missing: 3.11"),
+    ],
+)
+def test_a_missing_python_is_one_line_at_once(
+    bare: tuple[Path, dict[str, str]], command: str, needs: str
+) -> None:
     run, env = bare
     (run.parent / "scripts").mkdir()
     (run.parent / "scripts" / "tools-venv.txt").write_text("# the tools venv (Python 3.12)\n")
@@ -55,7 +59,8 @@ def test_a_missing_python_is_one_line_at_once(bare: tuple[Path, dict[str, str]],
 
 
 def test_missing_debian_packages_stop_a_non_root_run_in_one_line(
-        bare: tuple[Path, dict[str, str]], tmp_path: Path) -> None:
+    bare: tuple[Path, dict[str, str]], tmp_path: Path
+) -> None:
     """Every Python present, but not root and no prometheus/alertmanager/chromium: one line."""
     run, env = bare
     bin_dir = Path(env["PATH"])
@@ -65,8 +70,9 @@ def test_missing_debian_packages_stop_a_non_root_run_in_one_line(
         found = ""
         for c in candidates:
             try:
-                found = subprocess.run([c, "-c", "import sys; print(sys.executable)"],
-                                       capture_output=True, text=True, timeout=30).stdout.strip()
+                found = subprocess.run(
+                    [c, "-c", "import sys; print(sys.executable)"], capture_output=True, text=True, timeout=30
+                ).stdout.strip()
             except OSError:
                 continue
             if found:
@@ -81,4 +87,5 @@ def test_missing_debian_packages_stop_a_non_root_run_in_one_line(
     assert r.returncode == 1
     assert r.stderr.strip().splitlines() == [
         "run: ./run test needs prometheus prometheus-alertmanager chromium (Debian packages): run "
-        "it as root once, or `sudo apt-get install prometheus prometheus-alertmanager chromium`"]
+        "it as root once, or `sudo apt-get install prometheus prometheus-alertmanager chromium`"
+    ]

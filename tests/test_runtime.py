@@ -23,8 +23,17 @@ from e6observe.runtime import (
     uss_from_smaps_rollup,
 )
 
-RUNTIME_SPECS = (M.PROCESS_RSS, M.PROCESS_VMS, M.PROCESS_USS, M.PROCESS_CPU, M.PROCESS_FDS,
-                 M.PROCESS_THREADS, M.GC_COLLECTIONS, M.GC_COLLECTED, M.GC_UNCOLLECTABLE)
+RUNTIME_SPECS = (
+    M.PROCESS_RSS,
+    M.PROCESS_VMS,
+    M.PROCESS_USS,
+    M.PROCESS_CPU,
+    M.PROCESS_FDS,
+    M.PROCESS_THREADS,
+    M.GC_COLLECTIONS,
+    M.GC_COLLECTED,
+    M.GC_UNCOLLECTABLE,
+)
 HAS_ROLLUP = os.path.exists("/proc/self/smaps_rollup")
 
 
@@ -41,8 +50,10 @@ def scrape(collector: Any) -> dict[str, list[Any]]:
 
 def test_smaps_rollup_parsing_sums_private_pages(tmp_path: Any) -> None:
     f = tmp_path / "smaps_rollup"
-    f.write_text("Rss:  1688 kB\nShared_Clean: 1540 kB\nPrivate_Clean: 36 kB\n"
-                 "Private_Dirty: 112 kB\nPrivate_Hugetlb: 2 kB\nSwap: 0 kB\n")
+    f.write_text(
+        "Rss:  1688 kB\nShared_Clean: 1540 kB\nPrivate_Clean: 36 kB\n"
+        "Private_Dirty: 112 kB\nPrivate_Hugetlb: 2 kB\nSwap: 0 kB\n"
+    )
     assert uss_from_smaps_rollup(str(f)) == (36 + 112 + 2) * 1024
 
 
@@ -80,8 +91,9 @@ def test_collector_exposes_process_collector_names_with_sane_values() -> None:
     assert expected <= set(samples)
     me = psutil.Process()
     assert samples["process_resident_memory_bytes"][0].value > 1 << 20
-    assert samples["process_virtual_memory_bytes"][0].value >= samples[
-        "process_resident_memory_bytes"][0].value
+    assert (
+        samples["process_virtual_memory_bytes"][0].value >= samples["process_resident_memory_bytes"][0].value
+    )
     assert samples["process_threads"][0].value == pytest.approx(me.num_threads(), abs=2)
     assert samples["process_open_fds"][0].value == pytest.approx(me.num_fds(), abs=3)
     gens = {s.labels["generation"] for s in samples["python_gc_collections_total"]}
@@ -92,8 +104,9 @@ def test_values_are_read_at_collection_time() -> None:
     col = RuntimeCollector()
 
     def gen2() -> float:
-        return next(s.value for s in scrape(col)["python_gc_collections_total"]
-                    if s.labels["generation"] == "2")
+        return next(
+            s.value for s in scrape(col)["python_gc_collections_total"] if s.labels["generation"] == "2"
+        )
 
     before = gen2()
     gc.collect()
@@ -125,8 +138,14 @@ def test_names_and_types_match_prometheus_clients_process_and_gc_collectors() ->
     their_types = {f.name: f.type for f in theirs.collect()}
     our_types = {f.name: f.type for f in ours.collect()}
     shared = set(their_types) & set(our_types)
-    assert {"process_resident_memory_bytes", "process_virtual_memory_bytes", "process_cpu_seconds",
-            "process_open_fds", "python_gc_collections", "python_gc_objects_collected"} <= shared
+    assert {
+        "process_resident_memory_bytes",
+        "process_virtual_memory_bytes",
+        "process_cpu_seconds",
+        "process_open_fds",
+        "python_gc_collections",
+        "python_gc_objects_collected",
+    } <= shared
     assert all(their_types[n] == our_types[n] for n in shared)
 
 
@@ -199,8 +218,7 @@ def test_otel_callbacks_report_nothing_when_disabled() -> None:
     try:
         register_otel(provider.get_meter("test"), enabled=lambda: on["v"])
         pts = _points(reader)
-        assert not any(name.startswith(("process.", "cpython.")) and points
-                       for name, points in pts.items())
+        assert not any(name.startswith(("process.", "cpython.")) and points for name, points in pts.items())
         on["v"] = True
         assert _points(reader).get("process.memory.usage")
     finally:
@@ -268,8 +286,10 @@ def test_proc_stat_reading_agrees_with_psutil_and_leaves_psutil_unimported(tmp_p
     assert odd.rss == 24 * os.sysconf("SC_PAGE_SIZE") and odd.fds == 1
     (tmp_path / "short").write_text("77 (x) S 1 2 3\n")
     assert not read_proc_stat(ProcessStats(), path=str(tmp_path / "short"))
-    code = ("import sys, e6observe.runtime as r; st = r.ProcessReader().read(); "
-            "print('psutil' in sys.modules, st.rss > 0, st.uss is not None)")
+    code = (
+        "import sys, e6observe.runtime as r; st = r.ProcessReader().read(); "
+        "print('psutil' in sys.modules, st.rss > 0, st.uss is not None)"
+    )
     import subprocess
 
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

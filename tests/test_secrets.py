@@ -49,10 +49,14 @@ QUERIES: list[tuple[str, str]] = [
     (f"SELECT {NUMBER}", "SELECT ?"),  # served: the literal is also the row value
     (f"SELECT * FROM t WHERE name = '{SQL_LITERAL}'", "SELECT * FROM t WHERE name = ?"),
     # a comment marker inside a literal, then a line break: the next literal is still a literal
-    (f"SELECT * FROM t WHERE sep = '--'\n  AND name = '{SQL_LITERAL}-dash'",
-     "SELECT * FROM t WHERE sep = ? AND name = ?"),
-    (f"SELECT * FROM t WHERE a = '/*' AND b = \"{SQL_LITERAL}-dq\" -- */",
-     "SELECT * FROM t WHERE a = ? AND b = ?"),
+    (
+        f"SELECT * FROM t WHERE sep = '--'\n  AND name = '{SQL_LITERAL}-dash'",
+        "SELECT * FROM t WHERE sep = ? AND name = ?",
+    ),
+    (
+        f"SELECT * FROM t WHERE a = '/*' AND b = \"{SQL_LITERAL}-dq\" -- */",
+        "SELECT * FROM t WHERE a = ? AND b = ?",
+    ),
     (f"SELECT 1 -- {SQL_LITERAL}-comment", "SELECT ?"),
     (f"/* {SQL_LITERAL}-block */ SELECT 2", "SELECT ?"),
     (f"SELECT * FROM t WHERE p = 'C:\\' AND name = '{SQL_LITERAL}-bs'", "SELECT * FROM t WHERE p = ?"),
@@ -76,8 +80,13 @@ class Boom(ValueError):
     """A failure inside e6observe whose message carries the query (it must not be logged)."""
 
 
-def workload(sim: Simulator, connect: Callable[..., Any], monkeypatch: pytest.MonkeyPatch,
-             credentials: dict[str, str], wrong: dict[str, str]) -> list[tuple[Any, ...]]:
+def workload(
+    sim: Simulator,
+    connect: Callable[..., Any],
+    monkeypatch: pytest.MonkeyPatch,
+    credentials: dict[str, str],
+    wrong: dict[str, str],
+) -> list[tuple[Any, ...]]:
     """The client script; returns what the application saw (asserted on by the callers)."""
     conn = connect(**credentials)
     seen: list[tuple[Any, ...]] = [outcome(functools.partial(query, conn, sql)) for sql, _ in QUERIES]
@@ -110,8 +119,7 @@ def sim_for(mode: str) -> Simulator:
 def credentials_for(mode: str) -> tuple[dict[str, str], dict[str, str]]:
     if mode == "oauth":
         return {"access_token": TOKEN}, {"access_token": WRONG_TOKEN}
-    return ({"username": USER, "password": PASSWORD},
-            {"username": USER, "password": WRONG_PASSWORD})
+    return ({"username": USER, "password": PASSWORD}, {"username": USER, "password": WRONG_PASSWORD})
 
 
 def log_text(caplog: pytest.LogCaptureFixture) -> str:
@@ -121,17 +129,24 @@ def log_text(caplog: pytest.LogCaptureFixture) -> str:
     return "\n".join(parts)
 
 
-MODES = [pytest.param("password", marks=pytest.mark.matrix),
-         pytest.param("oauth", marks=pytest.mark.skipif(
-             not has_oauth(), reason="OAuth access tokens arrived in connector 3.0"))]
+MODES = [
+    pytest.param("password", marks=pytest.mark.matrix),
+    pytest.param(
+        "oauth",
+        marks=pytest.mark.skipif(not has_oauth(), reason="OAuth access tokens arrived in connector 3.0"),
+    ),
+]
 
 
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("record_query_text", [None, True], ids=["text-default", "text-on"])
-def test_no_secret_in_any_output(mode: str, record_query_text: Optional[bool],
-                                 monkeypatch: pytest.MonkeyPatch,
-                                 caplog: pytest.LogCaptureFixture,
-                                 capfd: pytest.CaptureFixture[str]) -> None:
+def test_no_secret_in_any_output(
+    mode: str,
+    record_query_text: Optional[bool],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
     monkeypatch.delenv("E6OBSERVE_RECORD_QUERY_TEXT", raising=False)
     _safe.reset_for_tests()
     for name in _LOGGERS:
@@ -165,7 +180,7 @@ def test_no_secret_in_any_output(mode: str, record_query_text: Optional[bool],
     assert seen[0][0] == "ok" and len(seen[0][1]) == 300
     assert seen[1] == ("ok", [[int(NUMBER)]])
     assert {s[2] for s in seen[2:n]} == {"INVALID_ARGUMENT"}  # refused at prepare
-    assert seen[n:n + 3] == [("ok", [[4]]), ("ok", [[5]]), ("ok", [[6]])]  # across the switches
+    assert seen[n : n + 3] == [("ok", [[4]]), ("ok", [[5]]), ("ok", [[6]])]  # across the switches
     assert seen[n + 3][2] == "INVALID_ARGUMENT" and seen[n + 4] == ("ok", [[7]])
     assert seen[n + 5][0] == "raised" and seen[n + 5][2] in ("INTERNAL", "UNAUTHENTICATED")
     assert mismatches >= 1  # the abrupt switch reached the client as a 456
@@ -200,8 +215,7 @@ def test_sanitized_text_never_keeps_a_literal() -> None:
 
 @pytest.mark.matrix
 @pytest.mark.slow
-def test_demo_screen_and_logs(caplog: pytest.LogCaptureFixture,
-                              capfd: pytest.CaptureFixture[str]) -> None:
+def test_demo_screen_and_logs(caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]) -> None:
     """The demo in this process (live view as on a terminal), its Python logs at DEBUG and the
     process's stdout/stderr: the simulator user's password it logs in with never shows."""
     from e6observe.cli import demo
@@ -210,8 +224,20 @@ def test_demo_screen_and_logs(caplog: pytest.LogCaptureFixture,
         caplog.set_level(logging.DEBUG, logger=name)
     parser = argparse.ArgumentParser()
     demo.add_arguments(parser)
-    args = parser.parse_args(["--duration", "3", "--flip-every", "1", "--threads", "2",
-                              "--metrics-port", "0", "--abrupt-every", "1"])
+    args = parser.parse_args(
+        [
+            "--duration",
+            "3",
+            "--flip-every",
+            "1",
+            "--threads",
+            "2",
+            "--metrics-port",
+            "0",
+            "--abrupt-every",
+            "1",
+        ]
+    )
     screen = io.StringIO()
     try:
         rc = demo.run(args, out=screen, tty=True)
@@ -221,6 +247,10 @@ def test_demo_screen_and_logs(caplog: pytest.LogCaptureFixture,
     text = screen.getvalue()
     assert rc == 0
     assert "switch timeline:" in text and "->" in text.split("switch timeline:", 1)[1]
-    for name, output in {"screen": text, "logs": log_text(caplog), "stdout": captured.out,
-                         "stderr": captured.err}.items():
+    for name, output in {
+        "screen": text,
+        "logs": log_text(caplog),
+        "stdout": captured.out,
+        "stderr": captured.err,
+    }.items():
         assert demo.DEMO_PASSWORD not in output, name

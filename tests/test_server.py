@@ -56,21 +56,67 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     need_binary("openssl", install="apt-get install openssl (the TLS tests make their certificates with it)")
     d = tmp_path_factory.mktemp("certs")
     ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-    _openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
-             "-subj", "/CN=e6observe-test-ca", cwd=d)
+    _openssl(
+        "req",
+        "-x509",
+        *ec,
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=e6observe-test-ca",
+        cwd=d,
+    )
     (d / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
     for name, cn in (("server", "127.0.0.1"), ("client", "scraper")):
-        _openssl("req", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={cn}",
-                 cwd=d)
+        _openssl("req", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={cn}", cwd=d)
         ext = ["-extfile", "san.ext"] if name == "server" else []
-        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-                 "-CAcreateserial", "-out", f"{name}.pem", "-days", "2", *ext, cwd=d)
+        _openssl(
+            "x509",
+            "-req",
+            "-in",
+            f"{name}.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            f"{name}.pem",
+            "-days",
+            "2",
+            *ext,
+            cwd=d,
+        )
     # A second CA that signed nothing we present: a client cert it does not vouch for.
-    _openssl("req", "-x509", *ec, "-keyout", "other-ca.key", "-out", "other-ca.pem", "-days", "2",
-             "-subj", "/CN=other-ca", cwd=d)
-    return {k: str(d / v) for k, v in {
-        "ca": "ca.pem", "server_cert": "server.pem", "server_key": "server.key",
-        "client_cert": "client.pem", "client_key": "client.key", "other_ca": "other-ca.pem"}.items()}
+    _openssl(
+        "req",
+        "-x509",
+        *ec,
+        "-keyout",
+        "other-ca.key",
+        "-out",
+        "other-ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=other-ca",
+        cwd=d,
+    )
+    return {
+        k: str(d / v)
+        for k, v in {
+            "ca": "ca.pem",
+            "server_cert": "server.pem",
+            "server_key": "server.key",
+            "client_cert": "client.pem",
+            "client_key": "client.key",
+            "other_ca": "other-ca.pem",
+        }.items()
+    }
 
 
 def test_plain_scrape_serves_registry_on_loopback(serve: Callable[..., MetricsServer]) -> None:
@@ -86,8 +132,9 @@ def test_plain_scrape_serves_registry_on_loopback(serve: Callable[..., MetricsSe
 
 def test_openmetrics_when_negotiated(serve: Callable[..., MetricsServer]) -> None:
     srv = serve()
-    r = requests.get(srv.url + "/metrics", timeout=5,
-                     headers={"Accept": "application/openmetrics-text; version=1.0.0"})
+    r = requests.get(
+        srv.url + "/metrics", timeout=5, headers={"Accept": "application/openmetrics-text; version=1.0.0"}
+    )
     assert r.headers["Content-Type"].startswith("application/openmetrics-text")
     assert r.text.rstrip().endswith("# EOF")
     assert "e6test_scrapes_total 3.0" in r.text
@@ -103,33 +150,34 @@ def test_tls_scrape(serve: Callable[..., MetricsServer], certs: dict[str, str]) 
         requests.get(srv.url.replace("https", "http") + "/metrics", timeout=5)
 
 
-def test_client_certificate_required(serve: Callable[..., MetricsServer],
-                                     certs: dict[str, str]) -> None:
-    srv = serve(certfile=certs["server_cert"], keyfile=certs["server_key"],
-                client_cafile=certs["ca"])
+def test_client_certificate_required(serve: Callable[..., MetricsServer], certs: dict[str, str]) -> None:
+    srv = serve(certfile=certs["server_cert"], keyfile=certs["server_key"], client_cafile=certs["ca"])
     url = srv.url + "/metrics"
     with pytest.raises((requests.exceptions.SSLError, requests.exceptions.ConnectionError)):
         requests.get(url, timeout=5, verify=certs["ca"])
-    r = requests.get(url, timeout=5, verify=certs["ca"],
-                     cert=(certs["client_cert"], certs["client_key"]))
+    r = requests.get(url, timeout=5, verify=certs["ca"], cert=(certs["client_cert"], certs["client_key"]))
     assert r.status_code == 200 and "e6test_scrapes_total 3.0" in r.text
 
 
-def test_client_certificate_from_another_ca_is_refused(serve: Callable[..., MetricsServer],
-                                                       certs: dict[str, str]) -> None:
-    srv = serve(certfile=certs["server_cert"], keyfile=certs["server_key"],
-                client_cafile=certs["other_ca"])
+def test_client_certificate_from_another_ca_is_refused(
+    serve: Callable[..., MetricsServer], certs: dict[str, str]
+) -> None:
+    srv = serve(certfile=certs["server_cert"], keyfile=certs["server_key"], client_cafile=certs["other_ca"])
     with pytest.raises((requests.exceptions.SSLError, requests.exceptions.ConnectionError)):
-        requests.get(srv.url + "/metrics", timeout=5, verify=certs["ca"],
-                     cert=(certs["client_cert"], certs["client_key"]))
+        requests.get(
+            srv.url + "/metrics",
+            timeout=5,
+            verify=certs["ca"],
+            cert=(certs["client_cert"], certs["client_key"]),
+        )
 
 
-def test_basic_auth_right_wrong_missing(serve: Callable[..., MetricsServer],
-                                        caplog: pytest.LogCaptureFixture) -> None:
+def test_basic_auth_right_wrong_missing(
+    serve: Callable[..., MetricsServer], caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.DEBUG)
     srv = serve(basic_auth=f"prom:{PASSWORD}")
-    srv.add_route("/status", lambda env, sr: (sr("200 OK", [("Content-Type", "text/plain")]),
-                                              [b"ok"])[1])
+    srv.add_route("/status", lambda env, sr: (sr("200 OK", [("Content-Type", "text/plain")]), [b"ok"])[1])
     url = srv.url + "/metrics"
     missing = requests.get(url, timeout=5)
     assert missing.status_code == 401
@@ -149,8 +197,7 @@ def test_basic_auth_right_wrong_missing(serve: Callable[..., MetricsServer],
 
 
 def test_basic_auth_with_tls(serve: Callable[..., MetricsServer], certs: dict[str, str]) -> None:
-    srv = serve(certfile=certs["server_cert"], keyfile=certs["server_key"],
-                basic_auth=f"prom:{PASSWORD}")
+    srv = serve(certfile=certs["server_cert"], keyfile=certs["server_key"], basic_auth=f"prom:{PASSWORD}")
     url = srv.url + "/metrics"
     assert requests.get(url, timeout=5, verify=certs["ca"]).status_code == 401
     assert requests.get(url, timeout=5, verify=certs["ca"], auth=("prom", PASSWORD)).ok
@@ -178,8 +225,9 @@ def test_taken_port_is_a_clear_oserror(serve: Callable[..., MetricsServer]) -> N
 
 
 def test_bad_tls_files_are_a_clear_error(tmp_path: Path) -> None:
-    srv = MetricsServer(CollectorRegistry(), certfile=str(tmp_path / "missing.pem"),
-                        keyfile=str(tmp_path / "missing.key"))
+    srv = MetricsServer(
+        CollectorRegistry(), certfile=str(tmp_path / "missing.pem"), keyfile=str(tmp_path / "missing.key")
+    )
     with pytest.raises(MetricsServerError, match="missing.pem"):
         srv.start()
     with pytest.raises(ValueError):
@@ -188,8 +236,9 @@ def test_bad_tls_files_are_a_clear_error(tmp_path: Path) -> None:
         MetricsServer(CollectorRegistry(), client_cafile="ca.pem")  # no TLS to check it with
 
 
-def test_close_frees_the_port_and_is_idempotent(serve: Callable[..., MetricsServer],
-                                                registry: CollectorRegistry) -> None:
+def test_close_frees_the_port_and_is_idempotent(
+    serve: Callable[..., MetricsServer], registry: CollectorRegistry
+) -> None:
     srv = serve()
     port = srv.port
     srv.close()
@@ -262,8 +311,9 @@ def test_failing_route_is_contained(serve: Callable[..., MetricsServer]) -> None
     assert requests.get(srv.url + "/broken", timeout=5).status_code == 404
 
 
-def test_silent_tls_client_does_not_stall_other_scrapes(serve: Callable[..., MetricsServer],
-                                                        certs: dict[str, str]) -> None:
+def test_silent_tls_client_does_not_stall_other_scrapes(
+    serve: Callable[..., MetricsServer], certs: dict[str, str]
+) -> None:
     srv = serve(certfile=certs["server_cert"], keyfile=certs["server_key"])
     # Connect and send nothing: the handshake waits in this connection's own thread.
     idle = socket.create_connection(("127.0.0.1", srv.port), timeout=5)
@@ -275,8 +325,7 @@ def test_silent_tls_client_does_not_stall_other_scrapes(serve: Callable[..., Met
 
 
 def test_tls_context_refuses_old_protocols(certs: dict[str, str]) -> None:
-    srv = MetricsServer(CollectorRegistry(), certfile=certs["server_cert"],
-                        keyfile=certs["server_key"])
+    srv = MetricsServer(CollectorRegistry(), certfile=certs["server_cert"], keyfile=certs["server_key"])
     ctx = srv._ssl_context()
     assert ctx is not None and ctx.minimum_version >= ssl.TLSVersion.TLSv1_2
     assert ctx.verify_mode == ssl.CERT_NONE

@@ -45,8 +45,11 @@ def one_query(cur: Any, sql: str = "SELECT 1") -> Any:
 
 
 def is_456(exc: BaseException) -> bool:
-    return (isinstance(exc, grpc.RpcError) and exc.code() == grpc.StatusCode.UNKNOWN
-            and exc.details() == MISMATCH_DETAILS)
+    return (
+        isinstance(exc, grpc.RpcError)
+        and exc.code() == grpc.StatusCode.UNKNOWN
+        and exc.details() == MISMATCH_DETAILS
+    )
 
 
 class RawClient:
@@ -55,12 +58,14 @@ class RawClient:
     def __init__(self, sim: Simulator) -> None:
         self.channel = grpc.insecure_channel(sim.address)
         self.stub = pb_grpc.QueryEngineServiceStub(self.channel)
-        self.sid = self.stub.authenticate(pb.AuthenticateRequest(user=USER, password=PASSWORD),
-                                          timeout=5).sessionId
+        self.sid = self.stub.authenticate(
+            pb.AuthenticateRequest(user=USER, password=PASSWORD), timeout=5
+        ).sessionId
 
     def call(self, method: str, header: Optional[str], **fields: Any) -> Any:
-        req_cls = getattr(pb, pb.DESCRIPTOR.services_by_name["QueryEngineService"]
-                          .methods_by_name[method].input_type.name)
+        req_cls = getattr(
+            pb, pb.DESCRIPTOR.services_by_name["QueryEngineService"].methods_by_name[method].input_type.name
+        )
         names = req_cls.DESCRIPTOR.fields_by_name
         if "sessionId" in names:
             fields.setdefault("sessionId", self.sid)
@@ -86,9 +91,13 @@ def raw(sim: Simulator) -> Any:
 
 # Methods the simulator serves (older stubs also have RPCs it answers UNIMPLEMENTED, such as
 # 2.3.9's getNextResultRow and dryRunV2).
-_STAMPED = [m for m in ENGINE_METHODS
-            if m in _SERVED and "new_strategy" in pb.DESCRIPTOR.services_by_name[
-                "QueryEngineService"].methods_by_name[m].output_type.fields_by_name]
+_STAMPED = [
+    m
+    for m in ENGINE_METHODS
+    if m in _SERVED
+    and "new_strategy"
+    in pb.DESCRIPTOR.services_by_name["QueryEngineService"].methods_by_name[m].output_type.fields_by_name
+]
 
 
 def _request_fields(raw: RawClient, method: str) -> Dict[str, Any]:
@@ -109,8 +118,9 @@ def _request_fields(raw: RawClient, method: str) -> Dict[str, Any]:
 
 @pytest.mark.matrix
 @pytest.mark.parametrize("method", _STAMPED)
-def test_every_response_with_new_strategy_carries_it_while_announced(sim: Simulator, raw: RawClient,
-                                                                     method: str) -> None:
+def test_every_response_with_new_strategy_carries_it_while_announced(
+    sim: Simulator, raw: RawClient, method: str
+) -> None:
     fields = _request_fields(raw, method)
     assert raw.call(method, "blue", **fields).new_strategy == ""
     fields = _request_fields(raw, method)
@@ -119,8 +129,17 @@ def test_every_response_with_new_strategy_carries_it_while_announced(sim: Simula
 
 
 def test_stamped_methods_cover_the_connectors_calls() -> None:
-    assert {"authenticate", "prepareStatement", "executeStatement", "getResultMetadata",
-            "getNextResultBatch", "clearOrCancelQuery", "clear", "cancelQuery", "status"} <= set(_STAMPED)
+    assert {
+        "authenticate",
+        "prepareStatement",
+        "executeStatement",
+        "getResultMetadata",
+        "getNextResultBatch",
+        "clearOrCancelQuery",
+        "clear",
+        "cancelQuery",
+        "status",
+    } <= set(_STAMPED)
 
 
 @pytest.mark.matrix
@@ -175,8 +194,11 @@ def test_counters_stay_bounded_under_hostile_headers(sim: Simulator) -> None:
         stub = pb_grpc.QueryEngineServiceStub(ch)
         for i in range(300):
             with pytest.raises(grpc.RpcError):
-                stub.authenticate(pb.AuthenticateRequest(user=f"user-{i}-" + "x" * 5000, password="p"),
-                                  metadata=[("strategy", f"colour-{i}" * 20)], timeout=5)
+                stub.authenticate(
+                    pb.AuthenticateRequest(user=f"user-{i}-" + "x" * 5000, password="p"),
+                    metadata=[("strategy", f"colour-{i}" * 20)],
+                    timeout=5,
+                )
     c = sim.counters()
     assert set(c["rpcs_by_strategy"]) == {"other"}
     assert c["mismatches_total"] == 300
@@ -281,8 +303,9 @@ def test_drain_wait_holds_the_switch_until_old_queries_are_cleared(sim: Simulato
     assert cache()["active_strategy"] == "green" and sim.counters()["mismatches_total"] == 0
 
 
-def _run_threads(sim: Simulator, flips: int, think: float, drain: float
-                 ) -> Tuple[int, collections.Counter[Tuple[str, bool]], List[int]]:
+def _run_threads(
+    sim: Simulator, flips: int, think: float, drain: float
+) -> Tuple[int, collections.Counter[Tuple[str, bool]], List[int]]:
     """8 threads, one connection each, querying until ``flips`` announced flips are done."""
     stop = threading.Event()
     ok = [0] * 8
@@ -444,10 +467,18 @@ def test_async_connection_pool(sim: Simulator) -> None:
     from e6data_python_connector import aio
 
     async def main() -> None:
-        pool = aio.AsyncConnectionPool(min_size=1, max_size=3, max_overflow=0, host=sim.host,
-                                       port=sim.port, username=USER, password=PASSWORD)
+        pool = aio.AsyncConnectionPool(
+            min_size=1,
+            max_size=3,
+            max_overflow=0,
+            host=sim.host,
+            port=sim.port,
+            username=USER,
+            password=PASSWORD,
+        )
         await pool.open()
         try:
+
             async def work(n: int) -> Any:
                 async with pool.get_connection_context() as conn:
                     cur = conn.cursor()

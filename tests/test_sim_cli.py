@@ -58,16 +58,26 @@ def _sim_cmd(*args: str) -> List[str]:
 
 
 def test_cli_server_and_a_client_process_flip_recover_and_agree_on_counters(tmp_path: Any) -> None:
-    server = subproc.popen(_sim_cmd("--port", "0", "--flip-every", "0.6", "--announce-for", "0.3"),
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    server = subproc.popen(
+        _sim_cmd("--port", "0", "--flip-every", "0.6", "--announce-for", "0.3"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+    )
     try:
         first = server.stdout.readline() if server.stdout else ""
         assert "serving on 127.0.0.1:" in first, first
         port = first.split("127.0.0.1:")[1].split()[0]
         script = tmp_path / "client.py"
         script.write_text(CLIENT)
-        client = subproc.run([sys.executable, str(script), "127.0.0.1", port, "cli-client", "4"],
-                             capture_output=True, text=True, timeout=60, env=ENV)
+        client = subproc.run(
+            [sys.executable, str(script), "127.0.0.1", port, "cli-client", "4"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=ENV,
+        )
         assert client.returncode == 0, client.stderr
         saw: Dict[str, Any] = json.loads(client.stdout.strip().splitlines()[-1])
     finally:
@@ -102,8 +112,13 @@ def test_cli_server_and_a_client_process_flip_recover_and_agree_on_counters(tmp_
 
 
 def test_cli_sigterm_stops_cleanly_and_prints_counters() -> None:
-    server = subproc.popen(_sim_cmd("--port", "0", "--latency-ms", "1"), stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, text=True, env=ENV)
+    server = subproc.popen(
+        _sim_cmd("--port", "0", "--latency-ms", "1"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+    )
     first = server.stdout.readline() if server.stdout else ""
     assert "serving on" in first
     server.send_signal(signal.SIGTERM)
@@ -115,8 +130,9 @@ def test_cli_sigterm_stops_cleanly_and_prints_counters() -> None:
 
 def test_cli_taken_port_is_one_line_and_exit_2() -> None:
     with Simulator(port=0) as taken:
-        proc = subproc.run(_sim_cmd("--port", str(taken.port)), capture_output=True, text=True,
-                           timeout=60, env=ENV)
+        proc = subproc.run(
+            _sim_cmd("--port", str(taken.port)), capture_output=True, text=True, timeout=60, env=ENV
+        )
     assert proc.returncode == 2
     assert proc.stdout == ""
     lines = proc.stderr.splitlines()
@@ -129,11 +145,22 @@ def test_cli_bad_flag_in_a_real_process_is_one_line_and_exit_2() -> None:
     assert proc.stderr.splitlines() == ["e6observe sim: error: unrecognized arguments: --bogus"]
 
 
-@pytest.mark.parametrize("argv", [
-    ["--port", "abc"], ["--port", "70000"], ["--flip-every", "0"], ["--flip-every", "-1"],
-    ["--latency-ms", "nan"], ["--latency-ms", "-5"], ["--announce-for", "x"], ["--port"],
-    ["--batch-rows", "0"], ["--latency-ms", "1e9"], ["--host", "no-such-host.invalid", "--port", "0"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--port", "abc"],
+        ["--port", "70000"],
+        ["--flip-every", "0"],
+        ["--flip-every", "-1"],
+        ["--latency-ms", "nan"],
+        ["--latency-ms", "-5"],
+        ["--announce-for", "x"],
+        ["--port"],
+        ["--batch-rows", "0"],
+        ["--latency-ms", "1e9"],
+        ["--host", "no-such-host.invalid", "--port", "0"],
+    ],
+)
 def test_cli_bad_values_are_one_line_and_exit_2(argv: List[str], capsys: Any) -> None:
     try:
         rc = cli_main(["sim", *argv])

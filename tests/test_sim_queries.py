@@ -71,8 +71,16 @@ def test_description_names_the_columns(connect: Connect) -> None:
     cur = connect().cursor()
     cur.execute("SELECT * FROM sample LIMIT 3")
     cur.fetchall()
-    assert [d[0] for d in cur.description] == ["id", "name", "qty", "price", "created_at", "day",
-                                                "active", "note"]
+    assert [d[0] for d in cur.description] == [
+        "id",
+        "name",
+        "qty",
+        "price",
+        "created_at",
+        "day",
+        "active",
+        "note",
+    ]
     cur.clear()
 
 
@@ -377,8 +385,9 @@ def test_bad_constructor_arguments() -> None:
 def test_connection_pool_under_threads(sim: Simulator) -> None:
     from e6data_python_connector.connection_pool import ConnectionPool
 
-    pool = ConnectionPool(min_size=2, max_size=4, host=sim.host, port=sim.port, username=USER,
-                          password=PASSWORD)
+    pool = ConnectionPool(
+        min_size=2, max_size=4, host=sim.host, port=sim.port, username=USER, password=PASSWORD
+    )
     errors: List[BaseException] = []
 
     def work() -> None:

@@ -27,8 +27,15 @@ def test_metadata_decodes_to_row_count_and_typed_fields() -> None:
     rowcount, fields = get_query_columns_info(io.BytesIO(payload))
     assert rowcount == 1234
     assert [(f.get_name(), f.get_field_type()) for f in fields] == [
-        ("id", "LONG"), ("name", "STRING"), ("qty", "INTEGER"), ("price", "DOUBLE"),
-        ("created_at", "DATETIME"), ("day", "DATE"), ("active", "BOOLEAN"), ("note", "STRING")]
+        ("id", "LONG"),
+        ("name", "STRING"),
+        ("qty", "INTEGER"),
+        ("price", "DOUBLE"),
+        ("created_at", "DATETIME"),
+        ("day", "DATE"),
+        ("active", "BOOLEAN"),
+        ("note", "STRING"),
+    ]
     assert fields[4].get_zone() == "UTC"
 
 
@@ -49,9 +56,16 @@ def test_chunk_round_trips_every_column_type_with_nulls() -> None:
 
 
 def test_sample_rows_are_anchored_values() -> None:
-    assert R.sample_row(0) == (1, "item-0001", -500, 0.5,
-                               dt.datetime(2024, 1, 1, 0, 0, 7, tzinfo=dt.timezone.utc),
-                               dt.date(2024, 1, 1), True, None)
+    assert R.sample_row(0) == (
+        1,
+        "item-0001",
+        -500,
+        0.5,
+        dt.datetime(2024, 1, 1, 0, 0, 7, tzinfo=dt.timezone.utc),
+        dt.date(2024, 1, 1),
+        True,
+        None,
+    )
     r3 = R.sample_row(3)
     assert r3[0] == 4 and r3[2] is None  # qty is NULL when i % 7 == 3
     assert R.sample_row(1)[7] == "ünïcödé ✓"
@@ -64,11 +78,18 @@ def test_sample_is_split_into_batches_of_batch_rows() -> None:
     assert R.ResultCache(batch_rows=300).sample(0).batches == ()
 
 
-@pytest.mark.parametrize("sql,rows", [
-    ("SELECT 1", 1), ("  select   1 ;", 1), ("SELECT * FROM sample", 1000),
-    ("select * from SAMPLE limit 7", 7),
-    ("SELECT * FROM sample LIMIT 5000", 1000), ("SELECT COUNT(*) FROM sample", 1), ("SELECT sleep(0.5)", 1),
-])
+@pytest.mark.parametrize(
+    "sql,rows",
+    [
+        ("SELECT 1", 1),
+        ("  select   1 ;", 1),
+        ("SELECT * FROM sample", 1000),
+        ("select * from SAMPLE limit 7", 7),
+        ("SELECT * FROM sample LIMIT 5000", 1000),
+        ("SELECT COUNT(*) FROM sample", 1),
+        ("SELECT sleep(0.5)", 1),
+    ],
+)
 def test_plan_understands_documented_queries(sql: str, rows: int) -> None:
     assert R.plan(sql, R.ResultCache(256)).row_count == rows
 
@@ -85,8 +106,17 @@ def test_plan_caps_sleep_and_marks_fail() -> None:
     assert R.plan("SELECT fail()", R.ResultCache(256)) is R.FAIL_RESULT
 
 
-@pytest.mark.parametrize("sql", ["", "SELECT name FROM sample", "DROP TABLE sample", "SELECT 1; SELECT 2",
-                                 "SELECT " + "9" * 40, "x" * 100_000])
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "",
+        "SELECT name FROM sample",
+        "DROP TABLE sample",
+        "SELECT 1; SELECT 2",
+        "SELECT " + "9" * 40,
+        "x" * 100_000,
+    ],
+)
 def test_plan_rejects_anything_else(sql: str) -> None:
     with pytest.raises(R.QueryError, match="unsupported query"):
         R.plan(sql, R.ResultCache(256))
@@ -110,12 +140,17 @@ def test_wide_result_has_ten_columns_in_batches_and_is_capped() -> None:
     assert res.row_count == 2500
     assert R.chunk_rows(res.batches) == [1000, 1000, 500]
     rowcount, fields = get_query_columns_info(io.BytesIO(res.metadata))
-    assert rowcount == 2500 and [f.get_field_type() for f in fields][:6] == [
-        "LONG", "INTEGER", "DOUBLE", "STRING", "DATETIME", "BOOLEAN"] and len(fields) == 10
+    assert (
+        rowcount == 2500
+        and [f.get_field_type() for f in fields][:6]
+        == ["LONG", "INTEGER", "DOUBLE", "STRING", "DATETIME", "BOOLEAN"]
+        and len(fields) == 10
+    )
     assert R.plan("select * from WIDE limit 2500;", cache) is res  # built once, reused
-    assert R.plan(f"SELECT * FROM wide LIMIT {R.WIDE_MAX_ROWS + 5}", R.ResultCache(50_000)).row_count == \
-        R.WIDE_MAX_ROWS
+    assert (
+        R.plan(f"SELECT * FROM wide LIMIT {R.WIDE_MAX_ROWS + 5}", R.ResultCache(50_000)).row_count
+        == R.WIDE_MAX_ROWS
+    )
     for n in (10, 20, 30):  # only the latest two sizes stay built
         cache.wide(n)
     assert sorted(cache._wide) == [20, 30]
-

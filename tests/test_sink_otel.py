@@ -89,8 +89,12 @@ def points(metric: Any) -> dict[frozenset, Any]:
 
 def test_query_duration_follows_the_database_conventions(rig: Rig) -> None:
     rec = rig.rec
-    values = {("blue", "ok"): [0.0004, 0.002, 0.002, 0.03], ("green", "ok"): [0.7],
-              ("green", "error"): [0.006], ("blue", "switch_interrupted"): [12.0]}
+    values = {
+        ("blue", "ok"): [0.0004, 0.002, 0.002, 0.03],
+        ("green", "ok"): [0.7],
+        ("green", "error"): [0.006],
+        ("blue", "switch_interrupted"): [12.0],
+    }
     for (strategy, outcome), vs in values.items():
         for v in vs:
             rec.query_started(strategy)
@@ -123,9 +127,18 @@ def test_rpc_duration_follows_the_rpc_conventions(rig: Rig) -> None:
     assert m.unit == "s"
     names = M.RPC_DURATION.otel_labels
     pts = points(m)
-    ok = pts[frozenset({"rpc.system.name": "grpc", names[0]: "QueryEngineService/prepareStatement",
-                        names[1]: "blue", names[2]: "OK", "server.address": "db.example",
-                        "server.port": 443}.items())]
+    ok = pts[
+        frozenset(
+            {
+                "rpc.system.name": "grpc",
+                names[0]: "QueryEngineService/prepareStatement",
+                names[1]: "blue",
+                names[2]: "OK",
+                "server.address": "db.example",
+                "server.port": 443,
+            }.items()
+        )
+    ]
     assert tuple(ok.explicit_bounds) == M.RPC_DURATION_BUCKETS
     assert (ok.count, ok.bucket_counts[0], ok.bucket_counts[1]) == (2, 1, 1)
     other = [p for a, p in pts.items() if dict(a)[names[0]] == "_OTHER"]
@@ -180,8 +193,10 @@ def test_a_view_that_drops_attributes_still_gets_one_step_deltas() -> None:
 
     rec = Recorder()
     reader = InMemoryMetricReader()
-    mp = MeterProvider(metric_readers=[reader], views=[
-        View(instrument_name="rpc.client.call.duration", attribute_keys={"rpc.method"})])
+    mp = MeterProvider(
+        metric_readers=[reader],
+        views=[View(instrument_name="rpc.client.call.duration", attribute_keys={"rpc.method"})],
+    )
     sink = OtelSink(rec, SimpleNamespace(meter_provider=mp, logger_provider=LoggerProvider()))
     sink.start()
     try:
@@ -190,10 +205,17 @@ def test_a_view_that_drops_attributes_still_gets_one_step_deltas() -> None:
             for _ in range(n):
                 h.observe(0.002)
         data = reader.get_metrics_data()
-        pts = [pt for rm in data.resource_metrics for sm in rm.scope_metrics for m in sm.metrics
-               if m.name == "rpc.client.call.duration" for pt in m.data.data_points]
+        pts = [
+            pt
+            for rm in data.resource_metrics
+            for sm in rm.scope_metrics
+            for m in sm.metrics
+            if m.name == "rpc.client.call.duration"
+            for pt in m.data.data_points
+        ]
         assert [(dict(p.attributes), p.count) for p in pts] == [
-            ({"rpc.method": "QueryEngineService/clear"}, 42)]
+            ({"rpc.method": "QueryEngineService/clear"}, 42)
+        ]
         assert pts[0].sum == pytest.approx(42 * 0.002)
         assert sink.replayed_values == 0 and sink.bulk_points + sink.primed_values >= 2
     finally:
@@ -209,8 +231,7 @@ def test_delta_temporality_gets_each_interval_exactly_once() -> None:
     from opentelemetry.sdk.metrics.export import AggregationTemporality
 
     rec = Recorder()
-    reader = InMemoryMetricReader(
-        preferred_temporality={SdkHistogram: AggregationTemporality.DELTA})
+    reader = InMemoryMetricReader(preferred_temporality={SdkHistogram: AggregationTemporality.DELTA})
     mp = MeterProvider(metric_readers=[reader])
     sink = OtelSink(rec, SimpleNamespace(meter_provider=mp, logger_provider=LoggerProvider()))
     sink.start()
@@ -220,9 +241,14 @@ def test_delta_temporality_gets_each_interval_exactly_once() -> None:
             for i in range(n):
                 h.observe(0.0001 * (i % 30 + 1))
             data = reader.get_metrics_data()
-            pts = [pt for rm in (data.resource_metrics if data else ()) for sm in rm.scope_metrics
-                   for m in sm.metrics if m.name == "rpc.client.call.duration"
-                   for pt in m.data.data_points]
+            pts = [
+                pt
+                for rm in (data.resource_metrics if data else ())
+                for sm in rm.scope_metrics
+                for m in sm.metrics
+                if m.name == "rpc.client.call.duration"
+                for pt in m.data.data_points
+            ]
             assert sum(p.count for p in pts) == n
         assert sink.replayed_values == 0 and sink.bulk_points >= 2
     finally:
@@ -236,8 +262,10 @@ def test_a_view_with_other_buckets_gets_a_replay_with_exact_count_sum_min_max() 
 
     rec = Recorder()
     reader = InMemoryMetricReader()
-    view = View(instrument_name="rpc.client.call.duration",
-                aggregation=ExplicitBucketHistogramAggregation([0.001, 0.01]))
+    view = View(
+        instrument_name="rpc.client.call.duration",
+        aggregation=ExplicitBucketHistogramAggregation([0.001, 0.01]),
+    )
     mp = MeterProvider(metric_readers=[reader], views=[view])
     sink = OtelSink(rec, SimpleNamespace(meter_provider=mp, logger_provider=LoggerProvider()))
     sink.start()
@@ -247,8 +275,14 @@ def test_a_view_with_other_buckets_gets_a_replay_with_exact_count_sum_min_max() 
         for v in values:
             h.observe(v)
         data = reader.get_metrics_data()
-        (p,) = [pt for rm in data.resource_metrics for sm in rm.scope_metrics for m in sm.metrics
-                if m.name == "rpc.client.call.duration" for pt in m.data.data_points]
+        (p,) = [
+            pt
+            for rm in data.resource_metrics
+            for sm in rm.scope_metrics
+            for m in sm.metrics
+            if m.name == "rpc.client.call.duration"
+            for pt in m.data.data_points
+        ]
         assert sink.bulk_points == 0
         assert sink.primed_values + sink.replayed_values == len(values)
         assert tuple(p.explicit_bounds) == (0.001, 0.01)  # the view's buckets, not ours
@@ -267,8 +301,9 @@ def test_mirrored_counters_and_gauges_read_the_recorder(rig: Rig) -> None:
     rec.announced("green")
     rec.query_started("blue")
     got = rig.metrics()
-    assert {dict(a)["e6data.strategy"]: p.value for a, p in points(got["e6data.strategy.pending"]).items()
-            } == {"blue": 0, "green": 1}
+    assert {
+        dict(a)["e6data.strategy"]: p.value for a, p in points(got["e6data.strategy.pending"]).items()
+    } == {"blue": 0, "green": 1}
     rec.applied("blue", "green", "announced", pinned_queries=1)
     rec.applied("green", "blue", "mismatch")
     rec.mismatch("green", "prepareStatement")
@@ -278,23 +313,36 @@ def test_mirrored_counters_and_gauges_read_the_recorder(rig: Rig) -> None:
     assert active == {"blue": 1, "green": 0}
     sw = got["e6data.strategy.switches"]
     assert sw.data.is_monotonic and sw.unit == "{switch}"
-    switches = {tuple(dict(a)[k] for k in ("e6data.strategy.from", "e6data.strategy.to",
-                                           "e6data.switch.cause")): p.value
-                for a, p in points(sw).items()}
+    switches = {
+        tuple(
+            dict(a)[k] for k in ("e6data.strategy.from", "e6data.strategy.to", "e6data.switch.cause")
+        ): p.value
+        for a, p in points(sw).items()
+    }
     assert len(switches) == 2 * len(M.SWITCH_CAUSES)  # zero-initialised in both directions
     assert switches[("blue", "green", "announced")] == 1
     assert switches[("green", "blue", "mismatch")] == 1
     assert sum(switches.values()) == rec.switch_total() == 2
-    assert {tuple(sorted(a)): p.value for a, p in points(got["e6data.strategy.mismatches"]).items()
-            } == {(("e6data.strategy", "green"),
-                   ("rpc.method", "QueryEngineService/prepareStatement")): 1}
+    assert {tuple(sorted(a)): p.value for a, p in points(got["e6data.strategy.mismatches"]).items()} == {
+        (("e6data.strategy", "green"), ("rpc.method", "QueryEngineService/prepareStatement")): 1
+    }
     events = {dict(a)["e6data.event.kind"]: p.value for a, p in points(got["e6data.strategy.events"]).items()}
-    assert events == {"detected": 1, "announced": 1, "applied": 2, "mismatch": 1,
-                      "cache_cleared": 0, "retry": 1, "suspended_seen": 0, "resume_started": 0,
-                      "resume_finished": 0, "strategy_rejected": 0}
+    assert events == {
+        "detected": 1,
+        "announced": 1,
+        "applied": 2,
+        "mismatch": 1,
+        "cache_cleared": 0,
+        "retry": 1,
+        "suspended_seen": 0,
+        "resume_started": 0,
+        "resume_finished": 0,
+        "strategy_rejected": 0,
+    }
     assert got["e6data.strategy.last_switch_time"].data.data_points[0].value == rec.last_switch_time
-    in_flight = {dict(a)["e6data.strategy"]: p.value
-                 for a, p in points(got["e6data.client.queries_in_flight"]).items()}
+    in_flight = {
+        dict(a)["e6data.strategy"]: p.value for a, p in points(got["e6data.client.queries_in_flight"]).items()
+    }
     assert in_flight == {"blue": 1, "green": 0}
     assert not got["e6data.client.queries_in_flight"].data.is_monotonic
     drain = got["e6data.strategy.switch.drain_time"].data.data_points
@@ -313,8 +361,13 @@ def test_events_become_log_records_named_after_their_kind(rig: Rig) -> None:
     wait_handled(rig.sink, 6)
     records = [r.log_record for r in rig.logs.get_finished_logs()]
     assert [r.event_name for r in records] == [
-        "e6data.strategy.detected", "e6data.strategy.announced", "e6data.strategy.applied",
-        "e6data.strategy.mismatch", "e6data.strategy.cache_cleared", "e6data.strategy.retry"]
+        "e6data.strategy.detected",
+        "e6data.strategy.announced",
+        "e6data.strategy.applied",
+        "e6data.strategy.mismatch",
+        "e6data.strategy.cache_cleared",
+        "e6data.strategy.retry",
+    ]
     by = {r.event_name.rsplit(".", 1)[1]: r for r in records}
     applied = dict(by["applied"].attributes)
     assert applied["e6data.strategy.from"] == "blue" and applied["e6data.strategy.to"] == "green"
@@ -377,8 +430,10 @@ def test_close_then_a_new_sink_reuses_the_instruments(rig: Rig, caplog: Any) -> 
         got = rig.metrics()
         switches = sum(p.value for p in got["e6data.strategy.switches"].data.data_points)
         assert switches == 1  # the new recorder's count, not the closed one's
-        rpc = {dict(p.attributes)[M.RPC_DURATION.otel_labels[1]]: p.count
-               for p in got["rpc.client.call.duration"].data.data_points}
+        rpc = {
+            dict(p.attributes)[M.RPC_DURATION.otel_labels[1]]: p.count
+            for p in got["rpc.client.call.duration"].data.data_points
+        }
         assert rpc == {"blue": 1, "green": 1}
     finally:
         sink2.close()
@@ -387,8 +442,9 @@ def test_close_then_a_new_sink_reuses_the_instruments(rig: Rig, caplog: Any) -> 
 
 def test_a_noop_provider_costs_no_deltas() -> None:
     rec = Recorder()
-    sink = OtelSink(rec, SimpleNamespace(meter_provider=NoOpMeterProvider(),
-                                         logger_provider=LoggerProvider()))
+    sink = OtelSink(
+        rec, SimpleNamespace(meter_provider=NoOpMeterProvider(), logger_provider=LoggerProvider())
+    )
     sink.start()
     try:
         h = rec.rpc_histogram("clear", "blue", "OK")
@@ -413,8 +469,10 @@ def test_a_failing_callback_is_contained_and_counted(rig: Rig, monkeypatch: Any)
     assert "e6data.strategy.pending" not in got
     assert [p.count for p in got["rpc.client.call.duration"].data.data_points] == [1]
     assert _safe.internal_errors() == {"sink.otel.metrics": 1}
-    errors = {dict(p.attributes)["e6observe.component"]: p.value
-              for p in rig.metrics()["e6observe.internal_errors"].data.data_points}
+    errors = {
+        dict(p.attributes)["e6observe.component"]: p.value
+        for p in rig.metrics()["e6observe.internal_errors"].data.data_points
+    }
     assert errors["sink.otel.metrics"] >= 1
     _safe.reset_for_tests()
 
@@ -445,8 +503,9 @@ class _StuckExporter(LogRecordExporter):
 def test_a_stuck_log_exporter_drops_with_an_exact_count() -> None:
     rec = Recorder()
     exporter = _StuckExporter()
-    processor = BatchLogRecordProcessor(exporter, max_queue_size=16, max_export_batch_size=4,
-                                        schedule_delay_millis=10)
+    processor = BatchLogRecordProcessor(
+        exporter, max_queue_size=16, max_export_batch_size=4, schedule_delay_millis=10
+    )
     lp = LoggerProvider()
     lp.add_log_record_processor(processor)
     sink = OtelSink(rec, SimpleNamespace(meter_provider=NoOpMeterProvider(), logger_provider=lp))

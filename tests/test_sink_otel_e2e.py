@@ -39,13 +39,13 @@ def otel() -> Iterator[tuple[InMemoryMetricReader, Any]]:
 
 def metrics_by_name(reader: InMemoryMetricReader) -> dict[str, Any]:
     data = reader.get_metrics_data()
-    return {m.name: m for rm in data.resource_metrics for sm in rm.scope_metrics
-            for m in sm.metrics}
+    return {m.name: m for rm in data.resource_metrics for sm in rm.scope_metrics for m in sm.metrics}
 
 
 @pytest.mark.matrix
 def test_switches_mismatches_and_latency_through_opentelemetry(
-        otel: tuple[InMemoryMetricReader, Any], sim: Any, connect: Callable[..., Any]) -> None:
+    otel: tuple[InMemoryMetricReader, Any], sim: Any, connect: Callable[..., Any]
+) -> None:
     reader, logs = otel
     rec = e6observe.get_recorder()
     conn = connect()
@@ -68,14 +68,18 @@ def test_switches_mismatches_and_latency_through_opentelemetry(
 
     got = metrics_by_name(reader)
     keys = M.SWITCHES.otel_labels  # e6data.strategy.from, .to, e6data.switch.cause
-    switches = {tuple(dict(p.attributes)[k] for k in keys): p.value
-                for p in got["e6data.strategy.switches"].data.data_points if p.value}
+    switches = {
+        tuple(dict(p.attributes)[k] for k in keys): p.value
+        for p in got["e6data.strategy.switches"].data.data_points
+        if p.value
+    }
     assert switches == {("blue", "green", "announced"): 1, ("green", "blue", "mismatch"): 1}
     assert sum(switches.values()) == rec.switch_total()
     mismatches = sum(p.value for p in got["e6data.strategy.mismatches"].data.data_points)
     assert mismatches == sim.counters()["mismatches_total"] > 0
-    active = {dict(p.attributes)["e6data.strategy"]: p.value
-              for p in got["e6data.strategy.active"].data.data_points}
+    active = {
+        dict(p.attributes)["e6data.strategy"]: p.value for p in got["e6data.strategy.active"].data.data_points
+    }
     assert active == {sim.active: 1, "green" if sim.active == "blue" else "blue": 0}
 
     db = got["db.client.operation.duration"].data.data_points
@@ -100,8 +104,10 @@ def test_switches_mismatches_and_latency_through_opentelemetry(
     while len(logs.get_finished_logs()) < rec.ring.emitted and time.monotonic() < deadline:
         time.sleep(0.01)
     # (API < 1.31 has no event_name: the older convention, an ``event.name`` attribute)
-    names = [getattr(r.log_record, "event_name", None) or r.log_record.attributes["event.name"]
-             for r in logs.get_finished_logs()]
+    names = [
+        getattr(r.log_record, "event_name", None) or r.log_record.attributes["event.name"]
+        for r in logs.get_finished_logs()
+    ]
     assert len(names) == rec.ring.emitted
     assert names.count("e6data.strategy.applied") == 2
     assert names[0] == "e6data.strategy.detected"

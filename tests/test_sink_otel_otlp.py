@@ -89,12 +89,17 @@ def test_unreachable_otlp_endpoint(endpoint: str, sim: Any, connect: Callable[..
     CountingLogExporter.received = CountingLogExporter.calls = 0
     reader = PeriodicExportingMetricReader(
         OTLPMetricExporter(endpoint=endpoint, insecure=True, timeout=0.5),
-        export_interval_millis=100, export_timeout_millis=500)
+        export_interval_millis=100,
+        export_timeout_millis=500,
+    )
     mp = MeterProvider(metric_readers=[reader])
     lp = LoggerProvider()
     processor = BatchLogRecordProcessor(
         CountingLogExporter(endpoint=endpoint, insecure=True, timeout=0.5),
-        max_queue_size=QUEUE, max_export_batch_size=BATCH, schedule_delay_millis=50)
+        max_queue_size=QUEUE,
+        max_export_batch_size=BATCH,
+        schedule_delay_millis=50,
+    )
     lp.add_log_record_processor(processor)
     rec = Recorder()
     sink = OtelSink(rec, SimpleNamespace(meter_provider=mp, logger_provider=lp))

@@ -55,8 +55,7 @@ def test_fresh_recorder_exposes_the_contract_series(sink: PrometheusSink) -> Non
         assert val(s, "e6data_queries_in_flight", strategy=strategy) == 0.0
     for frm, to in (("blue", "green"), ("green", "blue")):
         for cause in M.SWITCH_CAUSES:
-            assert val(s, "e6data_strategy_switches_total", **{"from": frm, "to": to,
-                                                                "cause": cause}) == 0.0
+            assert val(s, "e6data_strategy_switches_total", **{"from": frm, "to": to, "cause": cause}) == 0.0
     assert val(s, "e6data_strategy_last_switch_timestamp_seconds") == 0.0
     assert val(s, "e6data_strategy_switch_drain_seconds_count") == 0.0
     version, connector = build_labels()
@@ -66,7 +65,8 @@ def test_fresh_recorder_exposes_the_contract_series(sink: PrometheusSink) -> Non
 
 @pytest.mark.matrix
 def test_every_exposed_name_labels_and_help_come_from_the_metric_table(
-        sink: PrometheusSink, rec: Recorder) -> None:
+    sink: PrometheusSink, rec: Recorder
+) -> None:
     rec.detected("blue")
     rec.rpc_histogram("executeStatement", "blue", "OK").observe(0.01)
     rec.retry(1, "mismatch")
@@ -82,11 +82,26 @@ def test_every_exposed_name_labels_and_help_come_from_the_metric_table(
         for s in fam.samples:
             assert s.name in allowed, s.name
             assert set(s.labels) - {"le"} == set(spec.labels), (s.name, s.labels)
-    expected = {M.STRATEGY_ACTIVE, M.STRATEGY_PENDING, M.SWITCHES, M.SWITCH_DRAIN, M.LAST_SWITCH,
-                M.MISMATCHES, M.RPC_DURATION, M.QUERY_DURATION, M.QUERIES_IN_FLIGHT, M.EVENTS,
-                M.RETRIES, M.INTERNAL_ERRORS, M.EVENTS_DROPPED, M.BUILD_INFO,
-                M.SCOPED_SWITCHES, M.CLUSTER_RESUMES, M.CLUSTER_RESUME_DURATION,
-                M.STRATEGY_REJECTED}
+    expected = {
+        M.STRATEGY_ACTIVE,
+        M.STRATEGY_PENDING,
+        M.SWITCHES,
+        M.SWITCH_DRAIN,
+        M.LAST_SWITCH,
+        M.MISMATCHES,
+        M.RPC_DURATION,
+        M.QUERY_DURATION,
+        M.QUERIES_IN_FLIGHT,
+        M.EVENTS,
+        M.RETRIES,
+        M.INTERNAL_ERRORS,
+        M.EVENTS_DROPPED,
+        M.BUILD_INFO,
+        M.SCOPED_SWITCHES,
+        M.CLUSTER_RESUMES,
+        M.CLUSTER_RESUME_DURATION,
+        M.STRATEGY_REJECTED,
+    }
     assert seen_families == {m.prom_name for m in expected}
 
 
@@ -109,13 +124,16 @@ def test_switch_lifecycle_is_visible_at_once(sink: PrometheusSink, rec: Recorder
     assert val(s, "e6data_strategy_active", strategy="blue") == 1.0
     assert val(s, "e6data_strategy_active", strategy="green") == 0.0
     assert val(s, "e6data_strategy_pending", strategy="green") == 0.0
-    assert val(s, "e6data_strategy_switches_total", **{"from": "blue", "to": "green",
-                                                        "cause": "announced"}) == 1.0
-    assert val(s, "e6data_strategy_switches_total", **{"from": "green", "to": "blue",
-                                                        "cause": "mismatch"}) == 1.0
+    assert (
+        val(s, "e6data_strategy_switches_total", **{"from": "blue", "to": "green", "cause": "announced"})
+        == 1.0
+    )
+    assert (
+        val(s, "e6data_strategy_switches_total", **{"from": "green", "to": "blue", "cause": "mismatch"})
+        == 1.0
+    )
     assert sum(v for (n, _), v in s.items() if n == "e6data_strategy_switches_total") == 2.0
-    assert val(s, "e6data_strategy_mismatches_total", strategy="green",
-               method="executeStatement") == 1.0
+    assert val(s, "e6data_strategy_mismatches_total", strategy="green", method="executeStatement") == 1.0
     assert val(s, "e6data_strategy_switch_drain_seconds_count") == 1.0  # only the announced one
     assert val(s, "e6data_strategy_last_switch_timestamp_seconds") == rec.last_switch_time > 0
     assert val(s, "e6data_strategy_events_total", kind="applied") == 2.0
@@ -142,21 +160,43 @@ def test_histograms_render_cumulative_buckets(sink: PrometheusSink, rec: Recorde
     rec.query_finished("green", "switch_interrupted", 0.02)
     s = scrape(sink.registry)
     assert val(s, "e6data_queries_in_flight", strategy="green") == 1.0
-    assert val(s, "e6data_query_duration_seconds_count", strategy="green",
-               outcome="switch_interrupted") == 1.0
-    assert val(s, "e6data_query_duration_seconds_bucket", strategy="green",
-               outcome="switch_interrupted", le="0.05") == 1.0
-    assert val(s, "e6data_query_duration_seconds_bucket", strategy="green",
-               outcome="switch_interrupted", le="0.01") == 0.0
+    assert (
+        val(s, "e6data_query_duration_seconds_count", strategy="green", outcome="switch_interrupted") == 1.0
+    )
+    assert (
+        val(
+            s,
+            "e6data_query_duration_seconds_bucket",
+            strategy="green",
+            outcome="switch_interrupted",
+            le="0.05",
+        )
+        == 1.0
+    )
+    assert (
+        val(
+            s,
+            "e6data_query_duration_seconds_bucket",
+            strategy="green",
+            outcome="switch_interrupted",
+            le="0.01",
+        )
+        == 0.0
+    )
 
 
 def test_exemplars_only_in_openmetrics(sink: PrometheusSink, rec: Recorder) -> None:
     trace, span = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
     rec.query_finished("blue", "ok", 0.03, (trace, span))
     om = generate_openmetrics(sink.registry).decode()
-    line = next(x for x in om.splitlines()
-                if x.startswith("e6data_query_duration_seconds_bucket") and 'le="0.05"' in x
-                and 'outcome="ok"' in x and 'strategy="blue"' in x)
+    line = next(
+        x
+        for x in om.splitlines()
+        if x.startswith("e6data_query_duration_seconds_bucket")
+        and 'le="0.05"' in x
+        and 'outcome="ok"' in x
+        and 'strategy="blue"' in x
+    )
     assert f'# {{span_id="{span}",trace_id="{trace}"}} 0.03' in line
     # Only one bucket carries it, and the 0.0.4 text format has none.
     assert sum(trace in x for x in om.splitlines()) == 1
@@ -211,8 +251,7 @@ def test_user_registry_is_used_and_double_registration_refused(rec: Recorder) ->
     assert scrape(mine) == {}  # close() unregistered the collector
 
 
-def test_a_registry_with_prometheus_clients_own_process_collectors_stays_valid(
-        rec: Recorder) -> None:
+def test_a_registry_with_prometheus_clients_own_process_collectors_stays_valid(rec: Recorder) -> None:
     """registry=prometheus_client.REGISTRY is common; its default process/GC collectors export
     the names e6observe's runtime collector uses. Every family must appear once."""
     from prometheus_client import GC_COLLECTOR, PROCESS_COLLECTOR

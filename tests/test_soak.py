@@ -36,9 +36,28 @@ ROOT = Path(__file__).resolve().parent.parent
 def soak(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     out = tmp_path_factory.mktemp("soak") / "soak.json"
     proc = subprocess.run(
-        [sys.executable, "-m", "tests.soak", "--duration", "22", "--threads", "8",
-         "--switch-every", "1.5", "--rss-every", "1", "--scrape-every", "1", "--json", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=360)
+        [
+            sys.executable,
+            "-m",
+            "tests.soak",
+            "--duration",
+            "22",
+            "--threads",
+            "8",
+            "--switch-every",
+            "1.5",
+            "--rss-every",
+            "1",
+            "--scrape-every",
+            "1",
+            "--json",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=360,
+    )
     assert out.exists(), f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     rep: dict[str, Any] = json.loads(out.read_text())
     rep["_exit"] = proc.returncode
@@ -75,8 +94,12 @@ def test_switches_seen_equal_switches_made(soak: dict[str, Any]) -> None:
     made = sw["connector_made"]
     assert made >= 1
     assert sw["e6observe_recorder"] == sw["e6observe_metrics"] == sw["e6observe_events"] == made
-    for name in ("switches.recorder_equals_connector", "switches.metrics_equals_connector",
-                 "switches.events_in_order", "switches.final_colour"):
+    for name in (
+        "switches.recorder_equals_connector",
+        "switches.metrics_equals_connector",
+        "switches.events_in_order",
+        "switches.final_colour",
+    ):
         assert check(soak, name)["ok"], check(soak, name)
 
 
@@ -90,8 +113,14 @@ def test_event_accounting_is_exact(soak: dict[str, Any]) -> None:
     assert stream["error"] is None and stream["duplicates"] == 0 and stream["late"] == 0
     assert stream["received"] + stream["missing"] == ev["emitted"]
     assert stream["missing"] <= ev["evicted"]
-    for name in ("events.ring_accounting", "events.ring_contents", "events.metrics_count_every_event",
-                 "events.status_accounting", "events.drops_exported", "events.stream_complete"):
+    for name in (
+        "events.ring_accounting",
+        "events.ring_contents",
+        "events.metrics_count_every_event",
+        "events.status_accounting",
+        "events.drops_exported",
+        "events.stream_complete",
+    ):
         assert check(soak, name)["ok"], check(soak, name)
 
 

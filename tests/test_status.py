@@ -38,8 +38,9 @@ def served(rec: Recorder) -> Iterator[tuple[MetricsServer, status.Mounted]]:
 
 
 def get(url: str, headers: Optional[dict[str, str]] = None, method: str = "GET") -> Any:
-    return urllib.request.urlopen(urllib.request.Request(url, headers=headers or {},
-                                                         method=method), timeout=10)
+    return urllib.request.urlopen(
+        urllib.request.Request(url, headers=headers or {}, method=method), timeout=10
+    )
 
 
 def get_json(url: str) -> Any:
@@ -71,12 +72,17 @@ def test_status_shows_a_switch(rec: Recorder, served: tuple[MetricsServer, Any])
     json_format.ParseDict(doc, pb.StatusSnapshot())
     assert doc["active"] == "green" and doc["pending"] == ""
     assert doc["switch_count"] == 1 and doc["mismatch_count"] == 1
-    assert {"from_strategy": "blue", "to_strategy": "green", "cause": "announced",
-            "count": 1} in doc["switches"]
+    assert {"from_strategy": "blue", "to_strategy": "green", "cause": "announced", "count": 1} in doc[
+        "switches"
+    ]
     assert doc["last_switch_unix"] > 0
     kinds = [e["kind"] for e in doc["recent_events"]]
-    assert kinds == ["EVENT_KIND_DETECTED", "EVENT_KIND_ANNOUNCED", "EVENT_KIND_APPLIED",
-                     "EVENT_KIND_MISMATCH"]
+    assert kinds == [
+        "EVENT_KIND_DETECTED",
+        "EVENT_KIND_ANNOUNCED",
+        "EVENT_KIND_APPLIED",
+        "EVENT_KIND_MISMATCH",
+    ]
     applied = doc["recent_events"][2]
     assert applied["pinned_queries"] == 2 and applied["drain_seconds"] >= 0
     assert doc["events"]["emitted"] == 4 and doc["events"]["evicted"] == 0
@@ -94,8 +100,7 @@ def test_status_pending_and_in_flight(rec: Recorder, served: tuple[MetricsServer
     assert doc["in_flight"]["blue"] == 1
 
 
-def test_status_recent_events_bounded_by_query(rec: Recorder,
-                                               served: tuple[MetricsServer, Any]) -> None:
+def test_status_recent_events_bounded_by_query(rec: Recorder, served: tuple[MetricsServer, Any]) -> None:
     srv, _ = served
     a_switch(rec)
     doc = get_json(srv.url + "/status?events=2")
@@ -189,12 +194,14 @@ def test_unmount_removes_the_routes(rec: Recorder) -> None:
 class SSEReader:
     """A minimal server-sent-events reader over a raw socket (what a browser does)."""
 
-    def __init__(self, srv: MetricsServer, path: str = "/events",
-                 headers: Optional[dict[str, str]] = None) -> None:
+    def __init__(
+        self, srv: MetricsServer, path: str = "/events", headers: Optional[dict[str, str]] = None
+    ) -> None:
         self.sock = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
         extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
-        self.sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n"
-                          f"{extra}\r\n".encode())
+        self.sock.sendall(
+            f"GET {path} HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n{extra}\r\n".encode()
+        )
         self.f = self.sock.makefile("rb")
         self.status_line = self.f.readline().decode()
         self.headers: dict[str, str] = {}
@@ -250,8 +257,7 @@ def test_stream_resumes_after_last_event_id(rec: Recorder, served: tuple[Metrics
         r.close()
 
 
-def test_stream_from_a_previous_process_replays(rec: Recorder,
-                                                served: tuple[MetricsServer, Any]) -> None:
+def test_stream_from_a_previous_process_replays(rec: Recorder, served: tuple[MetricsServer, Any]) -> None:
     # an id higher than anything emitted here: the endpoint restarted, seq began again
     srv, _ = served
     rec.detected("blue")
@@ -262,8 +268,7 @@ def test_stream_from_a_previous_process_replays(rec: Recorder,
         r.close()
 
 
-def test_stream_without_id_starts_with_new_events(rec: Recorder,
-                                                  served: tuple[MetricsServer, Any]) -> None:
+def test_stream_without_id_starts_with_new_events(rec: Recorder, served: tuple[MetricsServer, Any]) -> None:
     srv, mounted = served
     a_switch(rec)
     r = SSEReader(srv)
@@ -327,8 +332,9 @@ def test_streams_end_when_the_server_closes(rec: Recorder) -> None:
         mounted.unmount()
 
 
-def test_stream_delivers_concurrent_events_without_loss(rec: Recorder,
-                                                        served: tuple[MetricsServer, Any]) -> None:
+def test_stream_delivers_concurrent_events_without_loss(
+    rec: Recorder, served: tuple[MetricsServer, Any]
+) -> None:
     srv, _ = served
     r = SSEReader(srv, "/events?since=0")
     n_threads, per = 4, 50

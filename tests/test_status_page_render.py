@@ -31,12 +31,34 @@ def _doc(**over: Any) -> dict[str, Any]:
     doc.update(time_unix=T0 + 60, active="green", switch_count=2, mismatch_count=7)
     doc["recent_events"] = [
         _event(1, "detected", T0, to_strategy="blue"),
-        _event(2, "applied", T0 + 20, from_strategy="blue", to_strategy="green", cause="announced",
-               drain_seconds=0.012, pinned_queries=0),
-        _event(3, "applied", T0 + 40, from_strategy="green", to_strategy="blue", cause="mismatch",
-               pinned_queries=3),
-        _event(4, "applied", T0 + 50, from_strategy="blue", to_strategy="green", cause="mismatch",
-               pinned_queries=1),
+        _event(
+            2,
+            "applied",
+            T0 + 20,
+            from_strategy="blue",
+            to_strategy="green",
+            cause="announced",
+            drain_seconds=0.012,
+            pinned_queries=0,
+        ),
+        _event(
+            3,
+            "applied",
+            T0 + 40,
+            from_strategy="green",
+            to_strategy="blue",
+            cause="mismatch",
+            pinned_queries=3,
+        ),
+        _event(
+            4,
+            "applied",
+            T0 + 50,
+            from_strategy="blue",
+            to_strategy="green",
+            cause="mismatch",
+            pinned_queries=1,
+        ),
     ]
     doc["switch_count"] = 3
     doc.update(over)
@@ -59,8 +81,12 @@ def test_the_timeline_has_a_time_axis_and_a_bar_per_colour() -> None:
     svg = re.search(r'<svg id="timeline-chart".*?</svg>', page).group(0)
     labels = re.findall(r'class="tick-label"[^>]*>(\d\d:\d\d:\d\d)<', svg)
     assert len(labels) >= 3
-    assert labels == [time.strftime("%H:%M:%S", time.localtime(t))
-                      for t in status_page._ticks(T0, T0 + 60)][: len(labels)]
+    assert (
+        labels
+        == [time.strftime("%H:%M:%S", time.localtime(t)) for t in status_page._ticks(T0, T0 + 60)][
+            : len(labels)
+        ]
+    )
     segs = re.findall(r'<rect class="seg s-(\w+)"', svg)
     assert segs == ["blue", "green", "blue", "green"]
     assert svg.count('class="switch-mark"') == 4
@@ -72,23 +98,35 @@ def test_cluster_and_caches_tiles_are_served_and_scoped_switches_stay_off_the_ti
     own cache listed as an event with its scope but kept out of the timeline, the switch table
     and the switch count."""
     doc = _doc()
-    doc["cluster"] = {"status": "active", "resuming": True, "resumes": {"ok": 2, "failed": 1},
-                      "last_resume_outcome": "ok", "last_resume_seconds": 0.6}
+    doc["cluster"] = {
+        "status": "active",
+        "resuming": True,
+        "resumes": {"ok": 2, "failed": 1},
+        "last_resume_outcome": "ok",
+        "last_resume_seconds": 0.6,
+    }
     doc["caches"] = {"process": "green", "cluster_manager": "blue", "split": True}
     doc["recent_events"] += [
         _event(5, "suspended_seen", T0 + 52, method="cluster.status", cluster_status="suspended"),
         _event(6, "resume_started", T0 + 53),
         _event(7, "resume_finished", T0 + 54, outcome="ok", duration_seconds=0.6),
-        _event(8, "applied", T0 + 55, from_strategy="green", to_strategy="blue",
-               cause="mismatch", scope="cluster_manager"),
+        _event(
+            8,
+            "applied",
+            T0 + 55,
+            from_strategy="green",
+            to_strategy="blue",
+            cause="mismatch",
+            scope="cluster_manager",
+        ),
         _event(9, "detected", T0 + 56, to_strategy="blue", strategy="blue", scope="connection"),
         _event(10, "strategy_rejected", T0 + 57, reason="padded"),
     ]
     page = status_page.render(doc, since=T0)
-    assert ('<dd id="cluster">active, resuming; resumes ok 2, failed 1, timeout 0; '
-            'last ok in 600.0 ms</dd>') in page
-    assert ('<dd id="caches" data-split="yes">process green, cluster manager blue (split)</dd>'
-            in page)
+    assert (
+        '<dd id="cluster">active, resuming; resumes ok 2, failed 1, timeout 0; last ok in 600.0 ms</dd>'
+    ) in page
+    assert '<dd id="caches" data-split="yes">process green, cluster manager blue (split)</dd>' in page
     # the scoped switch and detection: listed with their scope, nowhere else
     assert "green → blue (mismatch) [cluster_manager]</span>" in page
     assert "detected blue [connection]</span>" in page
@@ -99,8 +137,12 @@ def test_cluster_and_caches_tiles_are_served_and_scoped_switches_stay_off_the_ti
     assert 'data-seq="8"><td>' not in page  # no switch-table row for the scoped switch
     assert 'id="switch-count" class="big">3<' in page
     # the auto-resume and refusal events are described, not only named
-    for text in ("cluster suspended (503 on cluster.status)", "cluster resume started",
-                 "cluster resume ok after 600.0 ms", "strategy value refused (padded)"):
+    for text in (
+        "cluster suspended (503 on cluster.status)",
+        "cluster resume started",
+        "cluster resume ok after 600.0 ms",
+        "strategy value refused (padded)",
+    ):
         assert f'<span class="d">{text}</span>' in page, text
     # before any resume or cache: the tiles say so rather than staying empty
     page = status_page.render(_doc(cluster={}, caches={}), since=T0)
@@ -140,8 +182,9 @@ def test_process_is_named_by_otel_service_name_or_the_program(monkeypatch: pytes
     monkeypatch.delenv("OTEL_SERVICE_NAME")
     monkeypatch.setattr(sys, "argv", ["/srv/app/worker.py"])
     assert source_info().service_name == "worker"
-    assert source_info(resource_attributes={"service.name": "unknown_service:python"}).service_name \
-        == "worker"
+    assert (
+        source_info(resource_attributes={"service.name": "unknown_service:python"}).service_name == "worker"
+    )
     monkeypatch.setattr(sys, "argv", ["/x/.venv/lib/python3.11/site-packages/e6observe/__main__.py"])
     assert program_name() == "e6observe"
     monkeypatch.setattr(sys, "argv", ["-c"])
@@ -152,6 +195,5 @@ def test_a_script_without_otel_service_name_is_named_after_itself(tmp_path: Any)
     app = tmp_path / "billing_job.py"
     app.write_text("from e6observe.v1.convert import source_info\nprint(source_info().service_name)\n")
     env = {k: v for k, v in __import__("os").environ.items() if k != "OTEL_SERVICE_NAME"}
-    r = subprocess.run([sys.executable, str(app)], capture_output=True, text=True, env=env,
-                       timeout=60)
+    r = subprocess.run([sys.executable, str(app)], capture_output=True, text=True, env=env, timeout=60)
     assert r.stdout.strip() == "billing_job", r.stderr

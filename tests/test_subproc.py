@@ -17,8 +17,7 @@ from e6observe.sim import Simulator
 pytestmark = pytest.mark.matrix
 
 
-def test_children_start_in_cwd_with_the_program_found_on_path(tmp_path: Path,
-                                                              monkeypatch: Any) -> None:
+def test_children_start_in_cwd_with_the_program_found_on_path(tmp_path: Path, monkeypatch: Any) -> None:
     spawned: list[Any] = []
     if subproc.USE_POSIX_SPAWN:
         real = subprocess.Popen._posix_spawn  # type: ignore[attr-defined]
@@ -31,8 +30,12 @@ def test_children_start_in_cwd_with_the_program_found_on_path(tmp_path: Path,
     proc = subproc.run(["pwd"], cwd=tmp_path, capture_output=True, text=True, timeout=30)
     assert proc.returncode == 0, proc.stderr
     assert os.path.samefile(proc.stdout.strip(), tmp_path)
-    p = subproc.popen([sys.executable, "-c", "import sys; print(sys.stdin.read().upper())"],
-                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    p = subproc.popen(
+        [sys.executable, "-c", "import sys; print(sys.stdin.read().upper())"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     out, _ = p.communicate("abc", timeout=30)
     assert p.returncode == 0 and out.strip() == "ABC"
     if subproc.USE_POSIX_SPAWN:  # both through posix_spawn: fork() never ran

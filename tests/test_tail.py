@@ -137,8 +137,7 @@ def test_tail_prints_switches_as_they_happen(rec: Recorder, endpoint: MetricsSer
 def test_tail_all_kinds_as_json_from_the_start(rec: Recorder, endpoint: MetricsServer) -> None:
     rec.detected("blue")
     rec.mismatch("blue", "prepareStatement")
-    code, out, _ = run(["tail", "--url", endpoint.url, "--all", "--since", "0", "--count", "2",
-                        "--json"])
+    code, out, _ = run(["tail", "--url", endpoint.url, "--all", "--since", "0", "--count", "2", "--json"])
     assert code == 0
     evs = [json.loads(ln) for ln in out.splitlines()]
     assert [e["kind"] for e in evs] == ["EVENT_KIND_DETECTED", "EVENT_KIND_MISMATCH"]
@@ -178,8 +177,15 @@ def test_tail_resumes_after_the_endpoint_restarts(rec: Recorder) -> None:
 
 
 def test_format_event_neutralises_hostile_text() -> None:
-    line = remote.format_event({"kind": "EVENT_KIND_MISMATCH", "seq": 1, "pid": 1,
-                                "strategy": "blue\x1b[2J\nEVIL", "method": "x" * 500})
+    line = remote.format_event(
+        {
+            "kind": "EVENT_KIND_MISMATCH",
+            "seq": 1,
+            "pid": 1,
+            "strategy": "blue\x1b[2J\nEVIL",
+            "method": "x" * 500,
+        }
+    )
     assert "\x1b" not in line and "\n" not in line
     assert len(line) < 250
 
@@ -203,9 +209,26 @@ def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
     """A self-signed certificate for 127.0.0.1 and its key (the certificate is its own CA)."""
     need_binary("openssl", install="apt-get install openssl (the TLS tests make their certificates with it)")
     d: Path = tmp_path_factory.mktemp("tls")
-    openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-            "-nodes", "-keyout", "key.pem", "-out", "cert.pem", "-days", "2", "-subj",
-            "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1", cwd=d)
+    openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        "key.pem",
+        "-out",
+        "cert.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-addext",
+        "subjectAltName=IP:127.0.0.1",
+        cwd=d,
+    )
     return str(d / "cert.pem"), str(d / "key.pem")
 
 
@@ -221,8 +244,9 @@ def test_https_endpoint_needs_its_ca(rec: Recorder, tls_files: tuple[str, str]) 
         code, out, err = run(["status", "--url", srv.url, "--cacert", cert])
         assert code == 0, err
         assert "active       blue" in out
-        code, out, err = run(["tail", "--url", srv.url, "--cacert", cert, "--since", "0",
-                              "--all", "--count", "1"])
+        code, out, err = run(
+            ["tail", "--url", srv.url, "--cacert", cert, "--since", "0", "--all", "--count", "1"]
+        )
         assert code == 0, err
         assert " detected " in out
     finally:

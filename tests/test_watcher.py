@@ -95,6 +95,7 @@ def scrape(*collectors: Any) -> dict[str, float]:
 
 # -- lifecycle -------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("bad", [0, -1, float("nan"), float("inf"), "soon", None, 86401])
 def test_bad_interval_is_a_clear_error(bad: Any) -> None:
     # Validated once, by the options every component takes.
@@ -173,9 +174,11 @@ def test_flush_runs_once_per_iteration_and_its_failure_is_contained() -> None:
 
 # -- out-of-band switch detection ------------------------------------------------------------
 
+
 @pytest.mark.matrix
 def test_switch_without_hooks_is_reported_as_observed_within_two_iterations(
-        sim: Any, connect: Callable[..., Any]) -> None:
+    sim: Any, connect: Callable[..., Any]
+) -> None:
     rec = Recorder()
     w = Watcher(rec, opts())
     conn = connect()
@@ -199,8 +202,11 @@ def test_switch_without_hooks_is_reported_as_observed_within_two_iterations(
 
 @pytest.mark.matrix
 def test_bypassed_hook_switch_is_observed_within_two_intervals_and_counted_once(
-        sim: Any, connect: Callable[..., Any], hooks: Callable[[Recorder], None],
-        make_watcher: Callable[..., Watcher]) -> None:
+    sim: Any,
+    connect: Callable[..., Any],
+    hooks: Callable[[Recorder], None],
+    make_watcher: Callable[..., Watcher],
+) -> None:
     rec = Recorder()
     hooks(rec)
     conn = connect()
@@ -226,15 +232,17 @@ def test_bypassed_hook_switch_is_observed_within_two_intervals_and_counted_once(
     query(conn)
     it1 = w.iterations
     assert wait_for(lambda: w.iterations >= it1 + 3)
-    assert switches(rec) == {("blue", "green", "observed"): 1.0,
-                             ("green", "blue", "mismatch"): 1.0}
+    assert switches(rec) == {("blue", "green", "observed"): 1.0, ("green", "blue", "mismatch"): 1.0}
     assert rec.active == "blue"
 
 
 @pytest.mark.matrix
 def test_switches_the_hooks_report_are_counted_once(
-        sim: Any, connect: Callable[..., Any], hooks: Callable[[Recorder], None],
-        make_watcher: Callable[..., Watcher]) -> None:
+    sim: Any,
+    connect: Callable[..., Any],
+    hooks: Callable[[Recorder], None],
+    make_watcher: Callable[..., Watcher],
+) -> None:
     rec = Recorder()
     hooks(rec)
     w = make_watcher(rec, interval=0.01).start()
@@ -301,9 +309,11 @@ def test_a_different_view_held_by_the_recorder_is_not_invented_into_a_switch() -
 
 # -- pending, query map, cache health ----------------------------------------------------------
 
+
 @pytest.mark.matrix
 def test_pending_switch_held_by_an_uncleared_query_ages_then_resolves(
-        sim: Any, connect: Callable[..., Any]) -> None:
+    sim: Any, connect: Callable[..., Any]
+) -> None:
     rec = Recorder()
     w = Watcher(rec, opts())
     conn = connect()
@@ -337,7 +347,8 @@ def test_pending_switch_held_by_an_uncleared_query_ages_then_resolves(
 
 @pytest.mark.matrix
 def test_pending_age_uses_the_hooks_announcement_time(
-        sim: Any, connect: Callable[..., Any], hooks: Callable[[Recorder], None]) -> None:
+    sim: Any, connect: Callable[..., Any], hooks: Callable[[Recorder], None]
+) -> None:
     rec = Recorder()
     hooks(rec)
     w = Watcher(rec, opts())
@@ -358,7 +369,8 @@ def test_pending_age_uses_the_hooks_announcement_time(
 
 @pytest.mark.matrix
 def test_query_map_gauge_rises_with_open_queries_and_returns_to_zero(
-        sim: Any, connect: Callable[..., Any]) -> None:
+    sim: Any, connect: Callable[..., Any]
+) -> None:
     w = Watcher(Recorder(), opts())
     col = WatcherCollector(w)
     conn = connect()
@@ -371,7 +383,8 @@ def test_query_map_gauge_rises_with_open_queries_and_returns_to_zero(
 
 
 def test_collector_exposes_every_watcher_gauge_and_the_heartbeat_advances(
-        sim: Any, connect: Callable[..., Any]) -> None:
+    sim: Any, connect: Callable[..., Any]
+) -> None:
     w = Watcher(Recorder(), opts())
     col = WatcherCollector(w)
     first = scrape(col)
@@ -384,10 +397,19 @@ def test_collector_exposes_every_watcher_gauge_and_the_heartbeat_advances(
     w.run_once()
     s = scrape(col)
     assert s[M.WATCHER_LAST_RUN.prom_name] > beat1 > 0
-    names = {spec.prom_name for spec in (M.WATCHER_LAST_RUN, M.PENDING_AGE, M.CACHE_AGE,
-                                         M.QUERY_MAP_ENTRIES, M.SESSION_INVALIDATED,
-                                         M.CONNECTIONS_OPEN, M.QUERY_MAP_INHERITED,
-                                         M.STRATEGY_LOCK_HELD_AT_FORK)}
+    names = {
+        spec.prom_name
+        for spec in (
+            M.WATCHER_LAST_RUN,
+            M.PENDING_AGE,
+            M.CACHE_AGE,
+            M.QUERY_MAP_ENTRIES,
+            M.SESSION_INVALIDATED,
+            M.CONNECTIONS_OPEN,
+            M.QUERY_MAP_INHERITED,
+            M.STRATEGY_LOCK_HELD_AT_FORK,
+        )
+    }
     assert names <= set(s)
     assert 0 <= s[M.CACHE_AGE.prom_name] < 60
 
@@ -401,7 +423,8 @@ def test_session_invalidated_gauge_follows_the_cache() -> None:
 
 @pytest.mark.matrix
 def test_open_connections_counts_tracked_connections_with_a_channel(
-        sim: Any, connect: Callable[..., Any]) -> None:
+    sim: Any, connect: Callable[..., Any]
+) -> None:
     col = WatcherCollector(Watcher(Recorder(), opts()))
     base = scrape(col)[M.CONNECTIONS_OPEN.prom_name]
     conns = [connect() for _ in range(2)]
@@ -427,6 +450,7 @@ def test_collect_failure_is_contained() -> None:
 
 # -- export and cost ----------------------------------------------------------------------------
 
+
 def test_collectors_and_otel_registration(make_watcher: Callable[..., Watcher]) -> None:
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.metrics.export import InMemoryMetricReader
@@ -448,8 +472,13 @@ def test_collectors_and_otel_registration(make_watcher: Callable[..., Watcher]) 
             data = reader.get_metrics_data()
             if data is None:
                 return set()
-            return {m.name for rm in data.resource_metrics for sm in rm.scope_metrics
-                    for m in sm.metrics if m.data.data_points}
+            return {
+                m.name
+                for rm in data.resource_metrics
+                for sm in rm.scope_metrics
+                for m in sm.metrics
+                if m.data.data_points
+            }
 
         assert names() == set()  # not started: callbacks are silent
         w.start()
@@ -458,8 +487,7 @@ def test_collectors_and_otel_registration(make_watcher: Callable[..., Watcher]) 
         for spec in (M.WATCHER_LAST_RUN, M.QUERY_MAP_ENTRIES, M.PROCESS_RSS, M.GC_COLLECTIONS):
             assert spec.otel_name in got
         w.stop()
-        assert not any(n.startswith(("e6observe.", "process.", "e6data.strategy"))
-                       for n in names())
+        assert not any(n.startswith(("e6observe.", "process.", "e6data.strategy")) for n in names())
     finally:
         provider.shutdown()
 
@@ -477,8 +505,10 @@ def test_cpu_cost_is_measured_inside_the_thread(make_watcher: Callable[..., Watc
 
 # -- through instrument() ----------------------------------------------------------------------
 
+
 def test_instrument_runs_the_watcher_and_uninstrument_leaves_no_thread(
-        sim: Any, connect: Callable[..., Any]) -> None:
+    sim: Any, connect: Callable[..., Any]
+) -> None:
     import e6observe
 
     rec = e6observe.instrument(watcher_interval=FAST)
@@ -493,6 +523,9 @@ def test_instrument_runs_the_watcher_and_uninstrument_leaves_no_thread(
     finally:
         e6observe.uninstrument()
     # The simulator's own server threads (e6observe-sim*) are the test's cluster, not the agent.
-    alive = [t.name for t in threading.enumerate() if t.name.startswith("e6observe")
-             and not t.name.startswith("e6observe-sim") and t.is_alive()]
+    alive = [
+        t.name
+        for t in threading.enumerate()
+        if t.name.startswith("e6observe") and not t.name.startswith("e6observe-sim") and t.is_alive()
+    ]
     assert alive == []

@@ -38,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
         prog="e6observe",
         description="Blue/green observability for the e6data Python connector: a demo, a cluster "
-                    "simulator, a standalone prober, a readiness check and endpoint readers.")
+        "simulator, a standalone prober, a readiness check and endpoint readers.",
+    )
     parser.add_argument("--version", action="version", version=f"e6observe {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=OneLineParser)
     for name, (module, help_text) in COMMANDS.items():

@@ -20,6 +20,7 @@ def _bounds(lo: float, hi: Optional[float], strict: bool) -> str:
 
 def integer(lo: int, hi: Optional[int] = None, what: str = "an integer") -> Callable[[str], int]:
     """Whole numbers in ``lo..hi`` (no upper bound when ``hi`` is None)."""
+
     def parse(text: str) -> int:
         try:
             v = int(text)
@@ -28,12 +29,15 @@ def integer(lo: int, hi: Optional[int] = None, what: str = "an integer") -> Call
         if v < lo or (hi is not None and v > hi):
             raise argparse.ArgumentTypeError(f"must be {_bounds(lo, hi, False)}, got {v}")
         return v
+
     return parse
 
 
-def number(lo: float = 0.0, hi: Optional[float] = None, strict: bool = False,
-           what: str = "a number") -> Callable[[str], float]:
+def number(
+    lo: float = 0.0, hi: Optional[float] = None, strict: bool = False, what: str = "a number"
+) -> Callable[[str], float]:
     """Finite floats at least ``lo`` (above it when ``strict``) and at most ``hi``."""
+
     def parse(text: str) -> float:
         try:
             v = float(text)
@@ -41,9 +45,11 @@ def number(lo: float = 0.0, hi: Optional[float] = None, strict: bool = False,
             raise argparse.ArgumentTypeError(f"not {what}: {text!r}") from None
         low_ok = v > lo if strict else v >= lo
         if not (math.isfinite(v) and low_ok and (hi is None or v <= hi)):
-            raise argparse.ArgumentTypeError(f"must be a finite number {_bounds(lo, hi, strict)}, "
-                                             f"got {text!r}")
+            raise argparse.ArgumentTypeError(
+                f"must be a finite number {_bounds(lo, hi, strict)}, got {text!r}"
+            )
         return v
+
     return parse
 
 

@@ -70,9 +70,12 @@ class ConnectionOptions:
     def connection_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``e6data_grpc.Connection`` (always keywords: 2.3.7 reordered)."""
         kw: dict[str, Any] = {
-            "host": self.host, "port": self.port,
-            "username": self.credentials.username, "password": self.credentials.password,
-            "secure": self.secure, "auto_resume": self.auto_resume,
+            "host": self.host,
+            "port": self.port,
+            "username": self.credentials.username,
+            "password": self.credentials.password,
+            "secure": self.secure,
+            "auto_resume": self.auto_resume,
         }
         if self.cluster_name:
             kw["cluster_name"] = self.cluster_name
@@ -94,19 +97,31 @@ def add_connection_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group(
         "cluster connection",
         f"Credentials are read from ${ENV_USERNAME} / ${ENV_PASSWORD} or from "
-        "--credentials-file, never from the command line.")
+        "--credentials-file, never from the command line.",
+    )
     g.add_argument("--host", required=True, help="e6data cluster host name or IP")
     g.add_argument("--port", type=A.remote_port, default=80, help="cluster port (default: 80)")
     g.add_argument("--cluster-name", default=None, help="cluster name (sent as the cluster-name header)")
     g.add_argument("--secure", action="store_true", help="connect with TLS")
-    g.add_argument("--ssl-cert", metavar="PATH", default=None,
-                   help="CA certificate (PEM) for --secure; default: the system CA bundle")
-    g.add_argument("--credentials-file", metavar="PATH", default=None,
-                   help="file with the username and password: two lines, or "
-                        f"{ENV_USERNAME}=... / {ENV_PASSWORD}=... lines")
-    g.add_argument("--auto-resume", action="store_true",
-                   help="let the connector resume a suspended cluster (off by default: a check "
-                        "or a prober should observe a suspended cluster, not wake it up)")
+    g.add_argument(
+        "--ssl-cert",
+        metavar="PATH",
+        default=None,
+        help="CA certificate (PEM) for --secure; default: the system CA bundle",
+    )
+    g.add_argument(
+        "--credentials-file",
+        metavar="PATH",
+        default=None,
+        help="file with the username and password: two lines, or "
+        f"{ENV_USERNAME}=... / {ENV_PASSWORD}=... lines",
+    )
+    g.add_argument(
+        "--auto-resume",
+        action="store_true",
+        help="let the connector resume a suspended cluster (off by default: a check "
+        "or a prober should observe a suspended cluster, not wake it up)",
+    )
     g.add_argument("--catalog", default=None, help="catalog to connect with (optional)")
     g.add_argument("--database", default=None, help="database to connect with (optional)")
 
@@ -121,8 +136,12 @@ def parse_credentials_file(text: str) -> Credentials:
     lines = [ln for ln in lines if ln and not ln.startswith("#")]
     user: Optional[str] = None
     password: Optional[str] = None
-    keyed = [ln for ln in lines if "=" in ln and ln.split("=", 1)[0].strip().lower().removeprefix(
-        "export ").strip() in _USER_KEYS | _PASSWORD_KEYS]
+    keyed = [
+        ln
+        for ln in lines
+        if "=" in ln
+        and ln.split("=", 1)[0].strip().lower().removeprefix("export ").strip() in _USER_KEYS | _PASSWORD_KEYS
+    ]
     if keyed:
         for ln in keyed:
             key, value = ln.split("=", 1)
@@ -135,8 +154,10 @@ def parse_credentials_file(text: str) -> Credentials:
     elif len(lines) == 2:
         user, password = lines[0], lines[1]
     else:
-        raise UsageError("credentials file: expected two lines (username, password) or "
-                         f"{ENV_USERNAME}=... and {ENV_PASSWORD}=... lines")
+        raise UsageError(
+            "credentials file: expected two lines (username, password) or "
+            f"{ENV_USERNAME}=... and {ENV_PASSWORD}=... lines"
+        )
     if not user or not password:
         raise UsageError("credentials file: both a username and a password are required")
     return Credentials(user, password)
@@ -165,13 +186,13 @@ def load_credentials(path: Optional[str], environ: Mapping[str, str]) -> Credent
     password = environ.get(ENV_PASSWORD, "")
     if not user or not password:
         missing = [n for n, v in ((ENV_USERNAME, user), (ENV_PASSWORD, password)) if not v]
-        raise UsageError("no credentials: set " + " and ".join(missing)
-                         + " (or pass --credentials-file)")
+        raise UsageError("no credentials: set " + " and ".join(missing) + " (or pass --credentials-file)")
     return Credentials(user, password)
 
 
-def options_from_args(args: argparse.Namespace,
-                      environ: Optional[Mapping[str, str]] = None) -> ConnectionOptions:
+def options_from_args(
+    args: argparse.Namespace, environ: Optional[Mapping[str, str]] = None
+) -> ConnectionOptions:
     """Build :class:`ConnectionOptions` from parsed arguments; :class:`UsageError` on bad input."""
     creds = load_credentials(args.credentials_file, os.environ if environ is None else environ)
     if args.ssl_cert and not args.secure:
@@ -182,9 +203,16 @@ def options_from_args(args: argparse.Namespace,
     if not host:
         raise UsageError("--host must not be empty")
     return ConnectionOptions(
-        host=host, port=args.port, credentials=creds, cluster_name=args.cluster_name or None,
-        secure=bool(args.secure), ssl_cert=args.ssl_cert, auto_resume=bool(args.auto_resume),
-        catalog=args.catalog, database=args.database)
+        host=host,
+        port=args.port,
+        credentials=creds,
+        cluster_name=args.cluster_name or None,
+        secure=bool(args.secure),
+        ssl_cert=args.ssl_cert,
+        auto_resume=bool(args.auto_resume),
+        catalog=args.catalog,
+        database=args.database,
+    )
 
 
 #: The fixed mask every hidden secret is shown as, whatever its length.
@@ -193,7 +221,9 @@ MASK = "***"
 #: ``"password": "x"``. The value ends at white space, a quote or a separator.
 _SECRET_FIELD = re.compile(
     r"""(?P<key>\b(?:e6data_password|password|passwd|pwd|secret|access_token|token|api_key)"""
-    r"""["']?\s*[=:]\s*(?P<q>["']?))(?P<value>[^\s"',;&)\]}]+)""", re.IGNORECASE)
+    r"""["']?\s*[=:]\s*(?P<q>["']?))(?P<value>[^\s"',;&)\]}]+)""",
+    re.IGNORECASE,
+)
 #: A password at least this long with a character other than a letter is "secret-like": it is
 #: masked wherever it stands as a whole run (no letter or digit on either side).
 _SECRET_LIKE_MIN = 6
@@ -229,8 +259,7 @@ def redact(text: str, credentials: Optional[Credentials]) -> str:
     return text
 
 
-def describe_error(exc: BaseException, credentials: Optional[Credentials] = None,
-                   limit: int = 300) -> str:
+def describe_error(exc: BaseException, credentials: Optional[Credentials] = None, limit: int = 300) -> str:
     """A one-line, bounded, password-free reason for ``exc`` (gRPC code and details if any)."""
     code = getattr(exc, "code", None)
     details = getattr(exc, "details", None)

@@ -64,8 +64,13 @@ class StepResult:
         return self.status == "pass"
 
     def to_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"name": self.name, "title": self.title, "status": self.status,
-                             "ok": self.ok, "summary": self.summary}
+        d: dict[str, Any] = {
+            "name": self.name,
+            "title": self.title,
+            "status": self.status,
+            "ok": self.ok,
+            "summary": self.summary,
+        }
         if self.seconds is not None:
             d["seconds"] = round(self.seconds, 6)
         if self.value is not None:
@@ -93,11 +98,15 @@ class CheckResult:
 
     def to_dict(self) -> dict[str, Any]:
         failed = self.failed_step
-        return {"ready": self.ready, "verdict": "READY" if self.ready else "NOT READY",
-                "target": self.target, "connector_version": self.connector_version,
-                "failed_step": failed.name if failed else None,
-                "reason": failed.summary if failed else None,
-                "steps": [s.to_dict() for s in self.steps]}
+        return {
+            "ready": self.ready,
+            "verdict": "READY" if self.ready else "NOT READY",
+            "target": self.target,
+            "connector_version": self.connector_version,
+            "failed_step": failed.name if failed else None,
+            "reason": failed.summary if failed else None,
+            "steps": [s.to_dict() for s in self.steps],
+        }
 
 
 @dataclass(frozen=True)
@@ -150,9 +159,11 @@ class _Session:
         took = time.perf_counter() - t0
         if not session_id:
             # Connector 2.x swallows a refused login inside get_session_id and returns None.
-            raise _NoSession("authentication failed: the cluster gave no session (login "
-                             "refused or cluster unreachable; this connector version does not "
-                             "pass on the reason)")
+            raise _NoSession(
+                "authentication failed: the cluster gave no session (login "
+                "refused or cluster unreachable; this connector version does not "
+                "pass on the reason)"
+            )
         return conn, took
 
     @staticmethod
@@ -193,9 +204,13 @@ def _ms(seconds: float) -> str:
 class Checker:
     """Runs the steps in order; ``on_start(step)`` / ``on_done(step)`` report progress."""
 
-    def __init__(self, opts: ConnectionOptions, limits: Limits,
-                 on_start: Optional[Callable[[StepResult], None]] = None,
-                 on_done: Optional[Callable[[StepResult], None]] = None) -> None:
+    def __init__(
+        self,
+        opts: ConnectionOptions,
+        limits: Limits,
+        on_start: Optional[Callable[[StepResult], None]] = None,
+        on_done: Optional[Callable[[StepResult], None]] = None,
+    ) -> None:
         self.opts = opts
         self.limits = limits
         self.on_start = on_start or (lambda s: None)
@@ -204,8 +219,9 @@ class Checker:
         self.connect_times: list[float] = []
         self.query_times: list[float] = []
 
-    def _step(self, name: str, title: str, body: Callable[[StepResult], None],
-              needs: tuple[StepResult, ...] = ()) -> StepResult:
+    def _step(
+        self, name: str, title: str, body: Callable[[StepResult], None], needs: tuple[StepResult, ...] = ()
+    ) -> StepResult:
         step = StepResult(name, title)
         blocked = [n for n in needs if not n.ok]
         self.on_start(step)
@@ -217,10 +233,8 @@ class Checker:
             # later, and must not turn a reported failure into a pass behind our back.
             scratch = StepResult(name, title)
             try:
-                call_with_deadline(lambda: body(scratch), self.limits.timeout_s,
-                                   f"e6observe-check-{name}")
-                step.status, step.summary, step.seconds = (scratch.status, scratch.summary,
-                                                           scratch.seconds)
+                call_with_deadline(lambda: body(scratch), self.limits.timeout_s, f"e6observe-check-{name}")
+                step.status, step.summary, step.seconds = (scratch.status, scratch.summary, scratch.seconds)
                 step.value, step.limit_seconds = scratch.value, scratch.limit_seconds
             except DeadlineExceeded as exc:
                 step.status = "fail"
@@ -285,8 +299,10 @@ class Checker:
                 results[i] = exc
 
         t0 = time.perf_counter()
-        threads = [threading.Thread(target=one, args=(i,), name=f"e6observe-check-conn-{i}",
-                                    daemon=True) for i in range(n)]
+        threads = [
+            threading.Thread(target=one, args=(i,), name=f"e6observe-check-conn-{i}", daemon=True)
+            for i in range(n)
+        ]
         for t in threads:
             t.start()
         for t in threads:  # the step's own deadline bounds this
@@ -304,8 +320,9 @@ class Checker:
             step.summary = f"{ok}/{n} connections authenticated and queried at once in {_ms(took)}"
         else:
             step.status = "fail"
-            step.summary = (f"{ok}/{n} connections succeeded; first error: "
-                            + describe_error(errors[0], self.opts.credentials))
+            step.summary = f"{ok}/{n} connections succeeded; first error: " + describe_error(
+                errors[0], self.opts.credentials
+            )
 
     def _limit(self, step: StepResult, what: str, figures: list[float], limit: float) -> None:
         worst = max(figures)
@@ -313,8 +330,7 @@ class Checker:
         step.limit_seconds = limit
         step.status = "pass" if worst < limit else "fail"
         rel = "<" if worst < limit else ">="
-        step.summary = (f"slowest {what} {_ms(worst)} {rel} limit {_ms(limit)} "
-                        f"({len(figures)} measured)")
+        step.summary = f"slowest {what} {_ms(worst)} {rel} limit {_ms(limit)} ({len(figures)} measured)"
 
     def run(self) -> CheckResult:
         """Run every step (dependent steps are skipped after a failure) and close up."""
@@ -325,17 +341,27 @@ class Checker:
             add(connect)
             query = self._step("query", f"{CHECK_QUERY} returns 1", self._query, (connect,))
             add(query)
-            add(self._step("strategy", "strategy detection (blue or green)", self._strategy,
-                           (connect,)))
-            conns = self._step("connections", f"{self.limits.connections} connections at once",
-                               self._connections, (connect,))
+            add(self._step("strategy", "strategy detection (blue or green)", self._strategy, (connect,)))
+            conns = self._step(
+                "connections", f"{self.limits.connections} connections at once", self._connections, (connect,)
+            )
             add(conns)
-            add(self._step("connect_time", "connection time under limit",
-                           lambda s: self._limit(s, "connection", self.connect_times,
-                                                 self.limits.max_connect_s), (connect,)))
-            add(self._step("query_time", "query time under limit",
-                           lambda s: self._limit(s, "query", self.query_times,
-                                                 self.limits.max_query_s), (query,)))
+            add(
+                self._step(
+                    "connect_time",
+                    "connection time under limit",
+                    lambda s: self._limit(s, "connection", self.connect_times, self.limits.max_connect_s),
+                    (connect,),
+                )
+            )
+            add(
+                self._step(
+                    "query_time",
+                    "query time under limit",
+                    lambda s: self._limit(s, "query", self.query_times, self.limits.max_query_s),
+                    (query,),
+                )
+            )
         finally:
             self.session.close_all()
         return result
@@ -346,16 +372,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``e6observe check``."""
     add_connection_arguments(parser)
     g = parser.add_argument_group("limits")
-    g.add_argument("--connections", type=A.integer(1, MAX_CONNECTIONS), default=DEFAULT_CONNECTIONS,
-                   help=f"connections to open at once (default: {DEFAULT_CONNECTIONS})")
-    g.add_argument("--max-connect-seconds", type=A.positive, default=DEFAULT_MAX_CONNECT_S,
-                   help=f"slowest acceptable connection (default: {DEFAULT_MAX_CONNECT_S:g})")
-    g.add_argument("--max-query-seconds", type=A.positive, default=DEFAULT_MAX_QUERY_S,
-                   help=f"slowest acceptable {CHECK_QUERY} (default: {DEFAULT_MAX_QUERY_S:g})")
-    g.add_argument("--timeout", type=A.positive, default=DEFAULT_TIMEOUT_S,
-                   help=f"deadline of each step in seconds (default: {DEFAULT_TIMEOUT_S:g})")
-    parser.add_argument("--json", action="store_true",
-                        help="print one JSON document instead of the step-by-step report")
+    g.add_argument(
+        "--connections",
+        type=A.integer(1, MAX_CONNECTIONS),
+        default=DEFAULT_CONNECTIONS,
+        help=f"connections to open at once (default: {DEFAULT_CONNECTIONS})",
+    )
+    g.add_argument(
+        "--max-connect-seconds",
+        type=A.positive,
+        default=DEFAULT_MAX_CONNECT_S,
+        help=f"slowest acceptable connection (default: {DEFAULT_MAX_CONNECT_S:g})",
+    )
+    g.add_argument(
+        "--max-query-seconds",
+        type=A.positive,
+        default=DEFAULT_MAX_QUERY_S,
+        help=f"slowest acceptable {CHECK_QUERY} (default: {DEFAULT_MAX_QUERY_S:g})",
+    )
+    g.add_argument(
+        "--timeout",
+        type=A.positive,
+        default=DEFAULT_TIMEOUT_S,
+        help=f"deadline of each step in seconds (default: {DEFAULT_TIMEOUT_S:g})",
+    )
+    parser.add_argument(
+        "--json", action="store_true", help="print one JSON document instead of the step-by-step report"
+    )
 
 
 def _can_encode(stream: TextIO, text: str) -> bool:
@@ -372,8 +415,11 @@ class _Printer:
     def __init__(self, out: TextIO) -> None:
         self.out = out
         fancy = _can_encode(out, "✓✗–")
-        self.marks = {"pass": "✓", "fail": "✗", "skip": "–"} if fancy else {
-            "pass": "OK", "fail": "FAIL", "skip": "SKIP"}
+        self.marks = (
+            {"pass": "✓", "fail": "✗", "skip": "–"}
+            if fancy
+            else {"pass": "OK", "fail": "FAIL", "skip": "SKIP"}
+        )
 
     def start(self, step: StepResult) -> None:
         self.out.write(f"  {step.title:<40} ")
@@ -384,8 +430,7 @@ class _Printer:
         self.out.flush()
 
 
-def run(args: argparse.Namespace, out: Optional[TextIO] = None,
-        err: Optional[TextIO] = None) -> int:
+def run(args: argparse.Namespace, out: Optional[TextIO] = None, err: Optional[TextIO] = None) -> int:
     """Run the check; returns 0 READY, 1 NOT READY, 2 usage error."""
     out = out or sys.stdout
     err = err or sys.stderr
@@ -394,8 +439,7 @@ def run(args: argparse.Namespace, out: Optional[TextIO] = None,
     except UsageError as exc:
         err.write(f"e6observe check: error: {exc}\n")
         return EXIT_USAGE
-    limits = Limits(args.max_connect_seconds, args.max_query_seconds, args.connections,
-                    args.timeout)
+    limits = Limits(args.max_connect_seconds, args.max_query_seconds, args.connections, args.timeout)
     if args.json:
         result = Checker(opts, limits).run()
         out.write(json.dumps(result.to_dict(), indent=2) + "\n")

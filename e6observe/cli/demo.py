@@ -46,26 +46,59 @@ TIMELINE_CAP = 1000
 # -- arguments --------------------------------------------------------------------------------
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The demo's flags."""
-    parser.add_argument("--duration", type=A.non_negative, default=60.0, metavar="SECONDS",
-                        help="how long to run (default 60; 0 = until Ctrl-C)")
-    parser.add_argument("--flip-every", type=A.positive, default=10.0, metavar="SECONDS",
-                        help="seconds between blue/green deployments (default 10)")
-    parser.add_argument("--threads", type=A.integer(1, MAX_THREADS), default=4, metavar="N",
-                        help=f"concurrent workload threads, 1..{MAX_THREADS} (default 4)")
-    parser.add_argument("--metrics-port", type=A.port, default=DEFAULT_METRICS_PORT,
-                        metavar="PORT",
-                        help=f"port of /metrics on 127.0.0.1 (default {DEFAULT_METRICS_PORT}; "
-                             "0 = any free port)")
-    parser.add_argument("--latency-ms", type=A.non_negative, default=1.0, metavar="MS",
-                        help="simulated latency of each RPC in milliseconds (default 1)")
-    parser.add_argument("--think-ms", type=A.non_negative, default=10.0, metavar="MS",
-                        help="mean pause of each workload thread between queries in "
-                             "milliseconds (default 10). Announced switches apply only when no "
-                             "query is in flight; with no pause at all they rarely can, and "
-                             "clients learn of the switch from 456 errors instead")
-    parser.add_argument("--abrupt-every", type=A.integer(0), default=3, metavar="N",
-                        help="make the 2nd deployment and every Nth after it abrupt: no "
-                             "announcement, clients learn from 456 errors (default 3; 0 = never)")
+    parser.add_argument(
+        "--duration",
+        type=A.non_negative,
+        default=60.0,
+        metavar="SECONDS",
+        help="how long to run (default 60; 0 = until Ctrl-C)",
+    )
+    parser.add_argument(
+        "--flip-every",
+        type=A.positive,
+        default=10.0,
+        metavar="SECONDS",
+        help="seconds between blue/green deployments (default 10)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=A.integer(1, MAX_THREADS),
+        default=4,
+        metavar="N",
+        help=f"concurrent workload threads, 1..{MAX_THREADS} (default 4)",
+    )
+    parser.add_argument(
+        "--metrics-port",
+        type=A.port,
+        default=DEFAULT_METRICS_PORT,
+        metavar="PORT",
+        help=f"port of /metrics on 127.0.0.1 (default {DEFAULT_METRICS_PORT}; 0 = any free port)",
+    )
+    parser.add_argument(
+        "--latency-ms",
+        type=A.non_negative,
+        default=1.0,
+        metavar="MS",
+        help="simulated latency of each RPC in milliseconds (default 1)",
+    )
+    parser.add_argument(
+        "--think-ms",
+        type=A.non_negative,
+        default=10.0,
+        metavar="MS",
+        help="mean pause of each workload thread between queries in "
+        "milliseconds (default 10). Announced switches apply only when no "
+        "query is in flight; with no pause at all they rarely can, and "
+        "clients learn of the switch from 456 errors instead",
+    )
+    parser.add_argument(
+        "--abrupt-every",
+        type=A.integer(0),
+        default=3,
+        metavar="N",
+        help="make the 2nd deployment and every Nth after it abrupt: no "
+        "announcement, clients learn from 456 errors (default 3; 0 = never)",
+    )
 
 
 # -- the workload ------------------------------------------------------------------------------
@@ -98,8 +131,9 @@ class Workload:
             step = "connect"
             try:
                 if conn is None:
-                    conn = e6data_grpc.Connection(host=self.host, port=self.port,
-                                                  username=DEMO_USER, password=DEMO_PASSWORD)
+                    conn = e6data_grpc.Connection(
+                        host=self.host, port=self.port, username=DEMO_USER, password=DEMO_PASSWORD
+                    )
                 if cur is None:
                     cur = conn.cursor()
                 step = "execute"
@@ -143,9 +177,9 @@ class Workload:
 #: Why a demo query fails, in the words of the closing summary.
 FAILURE_CAUSES = {
     "fetch-456": "456 on fetch: the cluster switched between the query's execute and its fetch "
-                 "(the connector does not retry fetches)",
+    "(the connector does not retry fetches)",
     "execute-456": "456 on execute: the cursor's last query id was still pinned to the retired "
-                   "colour and the connector's re-auth retries ran out (a new cursor works)",
+    "colour and the connector's re-auth retries ran out (a new cursor works)",
     "connect-456": "456 on connect: a new connection raced the switch",
 }
 
@@ -257,13 +291,14 @@ class View:
             + (f" (switch to {pending} pending)" if pending else ""),
             f"  switches           : {sum(by_cause.values())}  ({causes})",
             f"  456 mismatches     : {mismatches}",
-            f"  queries            : {ok} ok, {failed} failed   {qps:7.1f} /s   in flight: "
-            + in_flight,
+            f"  queries            : {ok} ok, {failed} failed   {qps:7.1f} /s   in flight: " + in_flight,
         ]
         for strategy, (p50, p99, mean, n) in latency.items():
             if n:
-                wide.append(f"  latency {strategy:<5}      : p50 ~{_ms(p50):>9}  p99 ~{_ms(p99):>9}"
-                            f"  mean {_ms(mean):>9}  ({n} queries)")
+                wide.append(
+                    f"  latency {strategy:<5}      : p50 ~{_ms(p50):>9}  p99 ~{_ms(p99):>9}"
+                    f"  mean {_ms(mean):>9}  ({n} queries)"
+                )
             else:
                 wide.append(f"  latency {strategy:<5}      : -")
         if max(len(line) for line in wide) <= width:
@@ -278,10 +313,12 @@ class View:
             f"  queries    {ok} ok, {failed} failed, {qps:.0f}/s; in flight {in_flight}",
         ]
         for strategy, (p50, p99, mean, n) in latency.items():
-            compact.append(f"  {strategy:<5}      p50 ~{_ms(p50)}  p99 ~{_ms(p99)}  mean {_ms(mean)}"
-                           f"  ({n} queries)" if n else f"  {strategy:<5}      -")
-        return [line if len(line) <= width else line[: max(1, width - 1)] + "…"
-                for line in compact]
+            compact.append(
+                f"  {strategy:<5}      p50 ~{_ms(p50)}  p99 ~{_ms(p99)}  mean {_ms(mean)}  ({n} queries)"
+                if n
+                else f"  {strategy:<5}      -"
+            )
+        return [line if len(line) <= width else line[: max(1, width - 1)] + "…" for line in compact]
 
     def plain(self, now: float) -> str:
         """The same readings as one compact line, for logs and pipes."""
@@ -298,16 +335,17 @@ class View:
         parts = [f"active={state['active'] or 'none'}"]
         if state["pending"]:
             parts.append(f"pending={state['pending']}")
-        parts.append(f"switches={sum(by_cause.values())} ("
-                     + ", ".join(f"{c} {n}" for c, n in by_cause.items()) + ")")
+        parts.append(
+            f"switches={sum(by_cause.values())} (" + ", ".join(f"{c} {n}" for c, n in by_cause.items()) + ")"
+        )
         parts.append(f"mismatches={mismatches}")
         parts.append(f"queries={ok} ok/{failed} failed {qps:.0f}/s")
-        parts.append("in_flight=" + ",".join(f"{s}:{state['in_flight'].get(s, 0)}"
-                                             for s in M.STRATEGIES))
+        parts.append("in_flight=" + ",".join(f"{s}:{state['in_flight'].get(s, 0)}" for s in M.STRATEGIES))
         for strategy, (p50, p99, mean, n) in self.latency().items():
             if n:
-                parts.append(f"{strategy} p50/p99/mean={p50 * 1000:.1f}/{p99 * 1000:.1f}/"
-                             f"{mean * 1000:.1f} ms")
+                parts.append(
+                    f"{strategy} p50/p99/mean={p50 * 1000:.1f}/{p99 * 1000:.1f}/{mean * 1000:.1f} ms"
+                )
         return " ".join(parts)
 
     def latency(self) -> dict[str, tuple[float, float, float, int]]:
@@ -324,9 +362,12 @@ class View:
         out = {}
         for strategy in M.STRATEGIES:
             counts, total, n = merged_histogram(children, 0, strategy)
-            out[strategy] = (histogram_quantile(0.5, M.QUERY_DURATION.buckets, counts),
-                             histogram_quantile(0.99, M.QUERY_DURATION.buckets, counts),
-                             total / n if n else 0.0, n)
+            out[strategy] = (
+                histogram_quantile(0.5, M.QUERY_DURATION.buckets, counts),
+                histogram_quantile(0.99, M.QUERY_DURATION.buckets, counts),
+                total / n if n else 0.0,
+                n,
+            )
         return out
 
 
@@ -363,22 +404,22 @@ def timeline(events: list[Any]) -> list[str]:
     out = [f"{'time':<12}  {'switch':<14}  {'cause':<9}  {'drain':>8}  pinned"]
     for ev in events:
         stamp = time.strftime("%H:%M:%S", time.localtime(ev.time_unix)) + (
-            f".{int(ev.time_unix * 1000) % 1000:03d}")
+            f".{int(ev.time_unix * 1000) % 1000:03d}"
+        )
         drain = f"{ev.drain_seconds:.3f} s" if ev.drain_seconds is not None else "-"
-        out.append(f"{stamp:<12}  {ev.from_strategy + ' -> ' + ev.to_strategy:<14}  "
-                   f"{ev.cause:<9}  {drain:>8}  {ev.pinned_queries}")
+        out.append(
+            f"{stamp:<12}  {ev.from_strategy + ' -> ' + ev.to_strategy:<14}  "
+            f"{ev.cause:<9}  {drain:>8}  {ev.pinned_queries}"
+        )
     return out
 
 
 def banner(sim: Any, args: argparse.Namespace, base: str) -> list[str]:
     """What runs and where to look: the endpoint's pages and the commands that read them."""
-    until = ("Ctrl-C to stop" if args.duration == 0 else
-             f"running {args.duration:g} s, Ctrl-C to stop early")
-    abrupt = (f" (abrupt: the 2nd, then every {_ordinal(args.abrupt_every)})"
-              if args.abrupt_every else "")
+    until = "Ctrl-C to stop" if args.duration == 0 else f"running {args.duration:g} s, Ctrl-C to stop early"
+    abrupt = f" (abrupt: the 2nd, then every {_ordinal(args.abrupt_every)})" if args.abrupt_every else ""
     return [
-        f"simulated e6data cluster on {sim.host}:{sim.port} (blue/green, {args.latency_ms:g} ms "
-        f"per RPC)",
+        f"simulated e6data cluster on {sim.host}:{sim.port} (blue/green, {args.latency_ms:g} ms per RPC)",
         f"workload: {args.threads} threads of SELECT 1",
         f"deployments: every {args.flip_every:g} s{abrupt}",
         f"status page: {base}/",
@@ -395,8 +436,9 @@ def _plural(n: int, word: str, plural: str = "") -> str:
     return f"{n} {word if n == 1 else plural or word + 's'}"
 
 
-def explain(cluster: dict[str, Any], deployer: Deployer, by_cause: dict[str, int],
-            mismatches_seen: int) -> list[str]:
+def explain(
+    cluster: dict[str, Any], deployer: Deployer, by_cause: dict[str, int], mismatches_seen: int
+) -> list[str]:
     """One line for each way the connector's counts differ from the cluster's, saying why."""
     out = []
     announced, abrupt = deployer.announced, deployer.abrupt
@@ -404,34 +446,56 @@ def explain(cluster: dict[str, Any], deployer: Deployer, by_cause: dict[str, int
     conn_mismatch = by_cause.get("mismatch", 0)
     conn_total = sum(by_cause.values())
     if abrupt:
-        them, they = ("it", "it counts as a mismatch switch") if abrupt == 1 else (
-            "them", "they count as mismatch switches")
-        out.append(f"{_plural(abrupt, 'abrupt deployment')} had no announcement: the connector "
-                   f"learned of {them} from 456 errors, so {they}.")
+        them, they = (
+            ("it", "it counts as a mismatch switch")
+            if abrupt == 1
+            else ("them", "they count as mismatch switches")
+        )
+        out.append(
+            f"{_plural(abrupt, 'abrupt deployment')} had no announcement: the connector "
+            f"learned of {them} from 456 errors, so {they}."
+        )
     through_456 = min(max(0, announced - conn_announced), max(0, conn_mismatch - abrupt))
     if through_456:
-        why = ("a query id the connector kept after the abrupt switch blocks every later "
-               "graceful switch (docs/simulator.md)" if abrupt else
-               "with no idle moment between queries the connector cannot apply an "
-               "announcement (try a longer --think-ms)")
-        out.append(f"{_plural(through_456, 'announced deployment')} applied through 456 because "
-                   f"a query was still pinned to the old colour: {why}.")
+        why = (
+            "a query id the connector kept after the abrupt switch blocks every later "
+            "graceful switch (docs/simulator.md)"
+            if abrupt
+            else "with no idle moment between queries the connector cannot apply an "
+            "announcement (try a longer --think-ms)"
+        )
+        out.append(
+            f"{_plural(through_456, 'announced deployment')} applied through 456 because "
+            f"a query was still pinned to the old colour: {why}."
+        )
     missing = cluster.get("switches", 0) - conn_total
     if missing > 0:
-        out.append(f"{_plural(missing, 'deployment')} not seen as a switch by the connector: no "
-                   "query ran on the new colour before the next deployment or the end.")
+        out.append(
+            f"{_plural(missing, 'deployment')} not seen as a switch by the connector: no "
+            "query ran on the new colour before the next deployment or the end."
+        )
     elif missing < 0:
-        out.append(f"the connector counted {_plural(-missing, 'switch', 'switches')} more than the "
-                   "cluster made: the timeline below shows each one with its cause.")
+        out.append(
+            f"the connector counted {_plural(-missing, 'switch', 'switches')} more than the "
+            "cluster made: the timeline below shows each one with its cause."
+        )
     sent = int(cluster.get("mismatches_total", 0))
     if sent != mismatches_seen:
-        out.append(f"the cluster sent {sent} 456 errors and e6observe counted {mismatches_seen}: "
-                   "it counts the 456s that reached the connector's calls it wraps.")
+        out.append(
+            f"the cluster sent {sent} 456 errors and e6observe counted {mismatches_seen}: "
+            "it counts the 456s that reached the connector's calls it wraps."
+        )
     return out
 
 
-def summary(cluster: dict[str, Any], deployer: Deployer, rec: Any, failures: dict[str, int],
-            switches: list[Any], width: int = 100) -> list[str]:
+def summary(
+    cluster: dict[str, Any],
+    deployer: Deployer,
+    rec: Any,
+    failures: dict[str, int],
+    switches: list[Any],
+    width: int = 100,
+) -> list[str]:
     """The closing lines: the cluster's and the connector's counts, why they differ, failed
     queries by cause, and the switch timeline."""
     by_cause = dict.fromkeys(M.SWITCH_CAUSES, 0)
@@ -440,14 +504,20 @@ def summary(cluster: dict[str, Any], deployer: Deployer, rec: Any, failures: dic
     seen = int(sum(c.value for _, c in rec.family(M.MISMATCHES).items()))
 
     def wrap(text: str, indent: str = "", hang: int = 2) -> list[str]:
-        return textwrap.wrap(text, width, initial_indent=indent,
-                             subsequent_indent=indent + " " * hang) or [indent]
+        return textwrap.wrap(text, width, initial_indent=indent, subsequent_indent=indent + " " * hang) or [
+            indent
+        ]
 
-    lines = wrap(f"cluster: {_plural(cluster.get('switches', 0), 'switch', 'switches')}"
-                 f" ({deployer.announced} announced, {deployer.abrupt} abrupt), "
-                 f"{int(cluster.get('mismatches_total', 0))} 456 errors sent")
-    lines += wrap(f"connector (as e6observe saw it): {sum(by_cause.values())} switches ("
-                  + ", ".join(f"{c} {n}" for c, n in by_cause.items()) + f"), {seen} 456 errors")
+    lines = wrap(
+        f"cluster: {_plural(cluster.get('switches', 0), 'switch', 'switches')}"
+        f" ({deployer.announced} announced, {deployer.abrupt} abrupt), "
+        f"{int(cluster.get('mismatches_total', 0))} 456 errors sent"
+    )
+    lines += wrap(
+        f"connector (as e6observe saw it): {sum(by_cause.values())} switches ("
+        + ", ".join(f"{c} {n}" for c, n in by_cause.items())
+        + f"), {seen} 456 errors"
+    )
     for line in explain(cluster, deployer, by_cause, seen):
         lines += wrap(line, "  ")
     total = sum(failures.values())
@@ -507,8 +577,7 @@ class _Signals:
             signal.signal(sig, old)
 
 
-def run(args: argparse.Namespace, out: Optional[TextIO] = None,
-        tty: Optional[bool] = None) -> int:
+def run(args: argparse.Namespace, out: Optional[TextIO] = None, tty: Optional[bool] = None) -> int:
     """Run the demo; returns the exit code (0 on a normal end or a signal)."""
     from .. import _api
     from ..sim import Simulator

@@ -59,8 +59,11 @@ def shipped(*parts: str) -> bytes:
 def _settable() -> dict[str, Any]:
     from ..mixin.config import Config
 
-    return {f.name: f for f in fields(Config)
-            if f.name not in ("selector", "cluster_label", "namespace_label", "runbook_url")}
+    return {
+        f.name: f
+        for f in fields(Config)
+        if f.name not in ("selector", "cluster_label", "namespace_label", "runbook_url")
+    }
 
 
 def _parse_setting(text: str) -> tuple[str, Any]:
@@ -70,8 +73,7 @@ def _parse_setting(text: str) -> tuple[str, Any]:
     name = name.strip()
     settable = _settable()
     if not sep or name not in settable:
-        raise ExportError(f"--set takes FIELD=VALUE with FIELD one of: {', '.join(settable)} "
-                          f"(got {text!r})")
+        raise ExportError(f"--set takes FIELD=VALUE with FIELD one of: {', '.join(settable)} (got {text!r})")
     default = getattr(DEFAULT, name)
     try:
         if isinstance(default, tuple):
@@ -92,8 +94,9 @@ def config_from(args: argparse.Namespace) -> Any:
     from ..mixin.config import DEFAULT, ConfigError
 
     changes: dict[str, Any] = dict(_parse_setting(s) for s in (args.set or ()))
-    changes.update(selector=args.selector, cluster_label=args.cluster_label,
-                   namespace_label=args.namespace_label)
+    changes.update(
+        selector=args.selector, cluster_label=args.cluster_label, namespace_label=args.namespace_label
+    )
     if args.runbook_url is not None:
         changes["runbook_url"] = args.runbook_url.rstrip("#")
     try:
@@ -124,9 +127,14 @@ def rewrite_dashboard(text: str, cfg: Any) -> str:
     """A shipped dashboard with ``cfg``'s cluster/namespace label names and selector."""
     from ..mixin.config import DEFAULT
 
-    renames = [(_label_pattern(old), new) for old, new in
-               ((DEFAULT.cluster_label, cfg.cluster_label),
-                (DEFAULT.namespace_label, cfg.namespace_label)) if old != new]
+    renames = [
+        (_label_pattern(old), new)
+        for old, new in (
+            (DEFAULT.cluster_label, cfg.cluster_label),
+            (DEFAULT.namespace_label, cfg.namespace_label),
+        )
+        if old != new
+    ]
     build_info = re.compile(r"\be6observe_build_info(\{)?")
 
     def fix(expr: str, key: str) -> str:
@@ -135,8 +143,9 @@ def rewrite_dashboard(text: str, cfg: Any) -> str:
         if cfg.selector and key in ("query", "definition") and expr.startswith("label_values("):
             # The variables list only e6observe targets the selector admits (as the generator
             # does with Config.selector).
-            expr = build_info.sub(lambda m: "e6observe_build_info{" + cfg.selector
-                                  + (", " if m.group(1) else "}"), expr)
+            expr = build_info.sub(
+                lambda m: "e6observe_build_info{" + cfg.selector + (", " if m.group(1) else "}"), expr
+            )
         return expr
 
     data = json.loads(text)
@@ -145,8 +154,11 @@ def rewrite_dashboard(text: str, cfg: Any) -> str:
     data["annotations"] = _walk_queries(data.get("annotations", {}), fix)
     for var in data["templating"].get("list", []):
         if var.get("name") in ("cluster", "namespace"):
-            var["label"] = (cfg.cluster_label if var["name"] == "cluster"
-                            else cfg.namespace_label).replace("_", " ").capitalize()
+            var["label"] = (
+                (cfg.cluster_label if var["name"] == "cluster" else cfg.namespace_label)
+                .replace("_", " ")
+                .capitalize()
+            )
     return json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
 
 
@@ -176,18 +188,23 @@ def files_for(cfg: Any) -> tuple[dict[str, bytes], list[str]]:
     notes: list[str] = []
     out: dict[str, bytes] = {}
     relabel = (cfg.cluster_label, cfg.namespace_label, cfg.selector) != (
-        DEFAULT.cluster_label, DEFAULT.namespace_label, DEFAULT.selector)
+        DEFAULT.cluster_label,
+        DEFAULT.namespace_label,
+        DEFAULT.selector,
+    )
     for name in DASHBOARDS:
         raw = shipped("dashboards", name)
-        out[f"dashboards/{name}"] = (rewrite_dashboard(raw.decode("utf-8"), cfg).encode("utf-8")
-                                     if relabel else raw)
+        out[f"dashboards/{name}"] = (
+            rewrite_dashboard(raw.decode("utf-8"), cfg).encode("utf-8") if relabel else raw
+        )
     rules = shipped("rules", RULES)
     if cfg != DEFAULT:
         try:
             from ..mixin import alerts
         except ImportError as exc:  # PyYAML
-            raise ExportError(f"settings other than the defaults need PyYAML ({exc}): "
-                              "pip install 'e6observe[export]'") from None
+            raise ExportError(
+                f"settings other than the defaults need PyYAML ({exc}): pip install 'e6observe[export]'"
+            ) from None
         rules = alerts.render_rules(cfg).encode("utf-8")
     out[f"rules/{RULES}"] = rules
     records = shipped("rules", RECORDS)
@@ -199,8 +216,10 @@ def files_for(cfg: Any) -> tuple[dict[str, bytes], list[str]]:
     if rules == shipped("rules", RULES):
         out[f"rules/tests/{RULE_TESTS}"] = shipped("rules", "tests", RULE_TESTS)
     else:
-        notes.append(f"rules/tests/{RULE_TESTS} not written: its cases encode the default "
-                     "thresholds and labels (export without options to get them)")
+        notes.append(
+            f"rules/tests/{RULE_TESTS} not written: its cases encode the default "
+            "thresholds and labels (export without options to get them)"
+        )
     for name in DOCS:
         out[f"docs/{name}"] = shipped("docs", name)
     return out, notes
@@ -214,28 +233,51 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "(DIR/rules/e6observe.rules.yaml), their promtool tests (DIR/rules/tests/) and the "
         "runbook (DIR/docs/) from the copies shipped in this package.\n\n"
         "  promtool check rules DIR/rules/e6observe.rules.yaml\n"
-        "  promtool test rules DIR/rules/tests/e6observe.rules.test.yaml")
+        "  promtool test rules DIR/rules/tests/e6observe.rules.test.yaml"
+    )
     p.add_argument("dir", metavar="DIR", help="directory to write into (created if missing)")
-    p.add_argument("--selector", default="", metavar="MATCHERS",
-                   help='label matchers, without braces, that every alert and the dashboards\' '
-                        'variables are restricted to, e.g. \'job=~"orders|billing"\' '
-                        "(default: every target exporting e6observe metrics)")
-    p.add_argument("--cluster-label", default="cluster", metavar="NAME",
-                   help="the label naming the Kubernetes cluster, kept in every alert "
-                        "aggregation and a dashboard variable (default: cluster)")
-    p.add_argument("--namespace-label", default="namespace", metavar="NAME",
-                   help="the namespace label (default: namespace)")
-    p.add_argument("--runbook-url", default=None, metavar="URL",
-                   help="where DIR/docs/runbook.md will be published; each alert's runbook_url "
-                        "is URL#<alert name in lower case>")
-    p.add_argument("--set", action="append", metavar="FIELD=VALUE",
-                   help="change one threshold, window or for duration, e.g. "
-                        "--set latency_threshold_seconds=2 --set latency_for=5m "
-                        "(repeatable; --list-settings names them)")
-    p.add_argument("--list-settings", action="store_true",
-                   help="print every FIELD for --set with its default, and exit")
-    p.add_argument("--force", action="store_true",
-                   help="replace existing files that differ (default: refuse)")
+    p.add_argument(
+        "--selector",
+        default="",
+        metavar="MATCHERS",
+        help="label matchers, without braces, that every alert and the dashboards' "
+        "variables are restricted to, e.g. 'job=~\"orders|billing\"' "
+        "(default: every target exporting e6observe metrics)",
+    )
+    p.add_argument(
+        "--cluster-label",
+        default="cluster",
+        metavar="NAME",
+        help="the label naming the Kubernetes cluster, kept in every alert "
+        "aggregation and a dashboard variable (default: cluster)",
+    )
+    p.add_argument(
+        "--namespace-label",
+        default="namespace",
+        metavar="NAME",
+        help="the namespace label (default: namespace)",
+    )
+    p.add_argument(
+        "--runbook-url",
+        default=None,
+        metavar="URL",
+        help="where DIR/docs/runbook.md will be published; each alert's runbook_url "
+        "is URL#<alert name in lower case>",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="FIELD=VALUE",
+        help="change one threshold, window or for duration, e.g. "
+        "--set latency_threshold_seconds=2 --set latency_for=5m "
+        "(repeatable; --list-settings names them)",
+    )
+    p.add_argument(
+        "--list-settings", action="store_true", help="print every FIELD for --set with its default, and exit"
+    )
+    p.add_argument(
+        "--force", action="store_true", help="replace existing files that differ (default: refuse)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -252,8 +294,7 @@ def run(args: argparse.Namespace) -> int:
         if not args.force:  # refuse before writing anything, not half-way through
             for rel, data in out.items():
                 path = root / rel
-                if path.is_symlink() or (path.exists() and (
-                        not path.is_file() or path.read_bytes() != data)):
+                if path.is_symlink() or (path.exists() and (not path.is_file() or path.read_bytes() != data)):
                     _write(path, data, False)  # raises with the reason
         for rel, data in out.items():
             state = _write(root / rel, data, args.force)

@@ -83,8 +83,13 @@ class Prober:
     and ``e6data_probes_total``); :attr:`last_success` feeds ``e6data_probe_success``.
     """
 
-    def __init__(self, opts: ConnectionOptions, recorder: Any, interval: float = DEFAULT_INTERVAL,
-                 timeout: Optional[float] = None) -> None:
+    def __init__(
+        self,
+        opts: ConnectionOptions,
+        recorder: Any,
+        interval: float = DEFAULT_INTERVAL,
+        timeout: Optional[float] = None,
+    ) -> None:
         if not interval > 0:
             raise ValueError("interval must be > 0")
         self.opts = opts
@@ -149,8 +154,9 @@ class Prober:
                 res = ProbeResult("timeout", time.perf_counter() - t0, f"no answer: {exc}")
                 self._drop_connection()
             except Exception as exc:
-                res = ProbeResult("failure", time.perf_counter() - t0,
-                                  describe_error(exc, self.opts.credentials))
+                res = ProbeResult(
+                    "failure", time.perf_counter() - t0, describe_error(exc, self.opts.credentials)
+                )
                 self._drop_connection()
         self._record(res)
         return res
@@ -166,8 +172,7 @@ class Prober:
         now = time.monotonic()
         if res.ok:
             if self._failing_since is not None:
-                log.warning("probe of %s recovered after %.0f s", self.opts.target,
-                            now - self._failing_since)
+                log.warning("probe of %s recovered after %.0f s", self.opts.target, now - self._failing_since)
                 self._failing_since = None
         else:
             first = self._failing_since is None
@@ -231,15 +236,19 @@ class ProbeCollector:
             if self.prober.last_success is not None:
                 g.add_metric([], self.prober.last_success)
             out.append(g)
-            out.append(histogram_family(M.PROBE_DURATION, {
-                labels: list(h.snapshot()[:2]) for labels, h in rec.family(M.PROBE_DURATION).items()}))
-            out.append(counter_family(M.PROBES, {
-                labels: c.value for labels, c in rec.family(M.PROBES).items()}))
+            out.append(
+                histogram_family(
+                    M.PROBE_DURATION,
+                    {labels: list(h.snapshot()[:2]) for labels, h in rec.family(M.PROBE_DURATION).items()},
+                )
+            )
+            out.append(
+                counter_family(M.PROBES, {labels: c.value for labels, c in rec.family(M.PROBES).items()})
+            )
         return out
 
 
-def register_otel(prober: Prober, meter: Any,
-                  enabled: Callable[[], bool] = lambda: True) -> list[Any]:
+def register_otel(prober: Prober, meter: Any, enabled: Callable[[], bool] = lambda: True) -> list[Any]:
     """``e6data.probe.success`` as an OpenTelemetry observable gauge on ``meter`` (no point
     before the first probe). Duration and counts reach OpenTelemetry through the recorder."""
     from ..runtime import otel_observable
@@ -253,30 +262,57 @@ def register_otel(prober: Prober, meter: Any,
 
 # -- command line ---------------------------------------------------------------------------------
 _SECONDS = A.number(0.05, 3600, what="a number of seconds")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``e6observe probe``."""
     add_connection_arguments(parser)
     g = parser.add_argument_group("probing")
-    g.add_argument("--interval", type=_SECONDS, default=DEFAULT_INTERVAL,
-                   help=f"seconds between probes (default: {DEFAULT_INTERVAL:g})")
-    g.add_argument("--timeout", type=_SECONDS, default=None,
-                   help="deadline of one probe in seconds (default: the interval, at most 10)")
+    g.add_argument(
+        "--interval",
+        type=_SECONDS,
+        default=DEFAULT_INTERVAL,
+        help=f"seconds between probes (default: {DEFAULT_INTERVAL:g})",
+    )
+    g.add_argument(
+        "--timeout",
+        type=_SECONDS,
+        default=None,
+        help="deadline of one probe in seconds (default: the interval, at most 10)",
+    )
     m = parser.add_argument_group(
         "metrics endpoint",
         "Basic auth for the endpoint comes from $E6OBSERVE_BASIC_AUTH (user:password); other "
-        "E6OBSERVE_* variables apply as for instrument().")
-    m.add_argument("--metrics-port", type=A.port, default=DEFAULT_METRICS_PORT,
-                   help=f"port of /metrics, the status page, /status and /events "
-                        f"(default: {DEFAULT_METRICS_PORT}; 0: any free port)")
-    m.add_argument("--metrics-addr", default="127.0.0.1",
-                   help="address to bind (default: 127.0.0.1; 0.0.0.0 in a container)")
-    m.add_argument("--metrics-tls-cert", metavar="PATH", default=None,
-                   help="serve the endpoint over TLS with this certificate (PEM)")
+        "E6OBSERVE_* variables apply as for instrument().",
+    )
+    m.add_argument(
+        "--metrics-port",
+        type=A.port,
+        default=DEFAULT_METRICS_PORT,
+        help=f"port of /metrics, the status page, /status and /events "
+        f"(default: {DEFAULT_METRICS_PORT}; 0: any free port)",
+    )
+    m.add_argument(
+        "--metrics-addr",
+        default="127.0.0.1",
+        help="address to bind (default: 127.0.0.1; 0.0.0.0 in a container)",
+    )
+    m.add_argument(
+        "--metrics-tls-cert",
+        metavar="PATH",
+        default=None,
+        help="serve the endpoint over TLS with this certificate (PEM)",
+    )
     m.add_argument("--metrics-tls-key", metavar="PATH", default=None, help="... and this key")
-    m.add_argument("--metrics-client-ca", metavar="PATH", default=None,
-                   help="require client certificates signed by this CA")
-    parser.add_argument("--log-level", default="INFO",
-                        choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="(default: INFO)")
+    m.add_argument(
+        "--metrics-client-ca",
+        metavar="PATH",
+        default=None,
+        help="require client certificates signed by this CA",
+    )
+    parser.add_argument(
+        "--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="(default: INFO)"
+    )
 
 
 class _LogFormat(logging.Formatter):
@@ -319,8 +355,9 @@ def run(args: argparse.Namespace) -> int:
         stop.set()
 
     previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-    log.info("probing %s every %g s; metrics, status page and events on %s",
-             opts.target, prober.interval, url)
+    log.info(
+        "probing %s every %g s; metrics, status page and events on %s", opts.target, prober.interval, url
+    )
     try:
         prober.run(stop)
     finally:
@@ -338,8 +375,7 @@ class EndpointFailed(RuntimeError):
 class _Instrumentation:
     """The prober process's own e6observe: recorder, endpoint, the probe collector on it."""
 
-    def __init__(self, recorder: Any, registry: Any, mounted: Any,
-                 options: Any = None) -> None:
+    def __init__(self, recorder: Any, registry: Any, mounted: Any, options: Any = None) -> None:
         self.recorder = recorder
         self.registry = registry
         self.mounted = mounted
@@ -355,10 +391,16 @@ class _Instrumentation:
 
                 from .._version import __version__
 
-                provider = (meter_provider or getattr(self.options, "meter_provider", None)
-                            or otel_metrics.get_meter_provider())
-                register_otel(prober, provider.get_meter("e6observe", __version__),
-                              enabled=lambda: self._collector is not None)
+                provider = (
+                    meter_provider
+                    or getattr(self.options, "meter_provider", None)
+                    or otel_metrics.get_meter_provider()
+                )
+                register_otel(
+                    prober,
+                    provider.get_meter("e6observe", __version__),
+                    enabled=lambda: self._collector is not None,
+                )
 
     def close(self) -> None:
         from .. import _api
@@ -381,8 +423,7 @@ def start_instrumentation(args: argparse.Namespace) -> tuple[_Instrumentation, s
     # The prober's telemetry is about the cluster, not about an application: name it so
     # (OpenTelemetry resource, the status page's source) unless the deployment did.
     os.environ.setdefault("OTEL_SERVICE_NAME", "e6observe-probe")
-    kw: dict[str, Any] = {"prometheus_port": args.metrics_port,
-                          "prometheus_addr": args.metrics_addr}
+    kw: dict[str, Any] = {"prometheus_port": args.metrics_port, "prometheus_addr": args.metrics_addr}
     if args.metrics_tls_cert:
         kw["tls_certfile"] = args.metrics_tls_cert
     if args.metrics_tls_key:
@@ -392,18 +433,19 @@ def start_instrumentation(args: argparse.Namespace) -> tuple[_Instrumentation, s
     with catch_endpoint_failure() as caught:
         recorder = _api.instrument(**kw)
     inst = _api._active
-    sink = next((obj for component, obj, _ in getattr(inst, "sinks", ())
-                 if component == "sink.prometheus"), None)
+    sink = next(
+        (obj for component, obj, _ in getattr(inst, "sinks", ()) if component == "sink.prometheus"), None
+    )
     server = getattr(sink, "server", None)
     if recorder is None or sink is None or server is None or not server.running:
         _api.uninstrument()
-        what = caught.message or (f"cannot serve /metrics on {args.metrics_addr}:"
-                                  f"{args.metrics_port}")
-        fix = ("check --metrics-tls-cert / --metrics-tls-key / --metrics-client-ca"
-               if args.metrics_tls_cert or args.metrics_client_ca else
-               "choose another --metrics-port (0 = any free port)")
+        what = caught.message or (f"cannot serve /metrics on {args.metrics_addr}:{args.metrics_port}")
+        fix = (
+            "check --metrics-tls-cert / --metrics-tls-key / --metrics-client-ca"
+            if args.metrics_tls_cert or args.metrics_client_ca
+            else "choose another --metrics-port (0 = any free port)"
+        )
         raise EndpointFailed(f"{what}; {fix}")
     # instrument() may mount the status routes itself; mount() is a no-op if it did.
     mounted = status.mount_instrumentation(inst)
-    return _Instrumentation(recorder, sink.registry, mounted,
-                            getattr(inst, "options", None)), server.url
+    return _Instrumentation(recorder, sink.registry, mounted, getattr(inst, "options", None)), server.url

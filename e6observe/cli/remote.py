@@ -49,8 +49,14 @@ class ClientError(Exception):
 class Endpoint:
     """Where and how to reach an e6observe endpoint."""
 
-    def __init__(self, url: str, timeout: float = 5.0, cafile: Optional[str] = None,
-                 insecure: bool = False, basic_auth: Optional[str] = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        timeout: float = 5.0,
+        cafile: Optional[str] = None,
+        insecure: bool = False,
+        basic_auth: Optional[str] = None,
+    ) -> None:
         parts = urlsplit(url.strip())
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ValueError(f"--url must be an http:// or https:// URL, not {url!r}")
@@ -74,8 +80,9 @@ class Endpoint:
     def url(self, path: str) -> str:
         return self.base + path
 
-    def open(self, path: str, headers: Optional[dict[str, str]] = None,
-             timeout: Optional[float] = None) -> Any:
+    def open(
+        self, path: str, headers: Optional[dict[str, str]] = None, timeout: Optional[float] = None
+    ) -> Any:
         """GET ``path``; the response, or :class:`ClientError` with a one-line reason."""
         req = urllib.request.Request(self.url(path), headers=dict(headers or {}))
         if self._auth:
@@ -108,8 +115,7 @@ class Endpoint:
         try:
             return json.loads(raw)
         except ValueError:
-            raise ClientError(f"{self.url(path)} did not answer JSON "
-                              "(not an e6observe endpoint?)") from None
+            raise ClientError(f"{self.url(path)} did not answer JSON (not an e6observe endpoint?)") from None
 
 
 def _reason(exc: object) -> str:
@@ -141,21 +147,33 @@ def _read_basic_auth(path: Optional[str]) -> Optional[str]:
 
 
 def _add_endpoint_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--url", default=None,
-                        help=f"the e6observe endpoint (default: ${ENV_URL} or {DEFAULT_URL})")
-    parser.add_argument("--cacert", metavar="PATH", default=None,
-                        help="CA certificate (PEM) to verify an https:// endpoint")
-    parser.add_argument("--insecure", action="store_true",
-                        help="do not verify the https:// endpoint's certificate")
-    parser.add_argument("--basic-auth-file", metavar="PATH", default=None,
-                        help=f"file holding user:password for the endpoint (else ${ENV_BASIC_AUTH})")
+    parser.add_argument(
+        "--url", default=None, help=f"the e6observe endpoint (default: ${ENV_URL} or {DEFAULT_URL})"
+    )
+    parser.add_argument(
+        "--cacert", metavar="PATH", default=None, help="CA certificate (PEM) to verify an https:// endpoint"
+    )
+    parser.add_argument(
+        "--insecure", action="store_true", help="do not verify the https:// endpoint's certificate"
+    )
+    parser.add_argument(
+        "--basic-auth-file",
+        metavar="PATH",
+        default=None,
+        help=f"file holding user:password for the endpoint (else ${ENV_BASIC_AUTH})",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of text")
 
 
 def _endpoint(args: argparse.Namespace, timeout: float = 5.0) -> Endpoint:
     url = args.url or os.environ.get(ENV_URL) or DEFAULT_URL
-    return Endpoint(url, timeout=timeout, cafile=args.cacert, insecure=args.insecure,
-                    basic_auth=_read_basic_auth(args.basic_auth_file))
+    return Endpoint(
+        url,
+        timeout=timeout,
+        cafile=args.cacert,
+        insecure=args.insecure,
+        basic_auth=_read_basic_auth(args.basic_auth_file),
+    )
 
 
 def _fail(command: str, message: str, err: Optional[TextIO] = None) -> int:
@@ -217,12 +235,16 @@ def format_status(doc: dict[str, Any], url: str, now: Optional[float] = None) ->
     """The human form of a ``/status`` document."""
     now = time.time() if now is None else now
     src = doc.get("source") or {}
-    who = ", ".join(p for p in (
-        _text(src.get("service_name")) if src.get("service_name") else "",
-        f"pid {_text(src.get('pid'))}" if src.get("pid") else "",
-        f"host {_text(src.get('host_name'))}" if src.get("host_name") else "",
-        f"connector {_text(src.get('connector_version'))}" if src.get("connector_version") else "",
-    ) if p)
+    who = ", ".join(
+        p
+        for p in (
+            _text(src.get("service_name")) if src.get("service_name") else "",
+            f"pid {_text(src.get('pid'))}" if src.get("pid") else "",
+            f"host {_text(src.get('host_name'))}" if src.get("host_name") else "",
+            f"connector {_text(src.get('connector_version'))}" if src.get("connector_version") else "",
+        )
+        if p
+    )
     lines = [f"e6observe status {url}" + (f"  ({who})" if who else "")]
 
     def row(label: str, value: str) -> None:
@@ -230,35 +252,48 @@ def format_status(doc: dict[str, Any], url: str, now: Optional[float] = None) ->
 
     row("active", _text(doc.get("active") or "none"))
     pending = doc.get("pending") or ""
-    row("pending", f"{_text(pending)} (waiting {_secs(doc.get('pending_age_seconds'))})"
-        if pending else "-")
+    row("pending", f"{_text(pending)} (waiting {_secs(doc.get('pending_age_seconds'))})" if pending else "-")
     row("last switch", _ts(doc.get("last_switch_unix")) + _ago(doc.get("last_switch_unix"), now))
-    parts = [f"{_text(s.get('from_strategy'))}→{_text(s.get('to_strategy'))} "
-             f"{_text(s.get('cause'))}: {_text(s.get('count'))}"
-             for s in doc.get("switches") or [] if isinstance(s, dict) and s.get("count")]
+    parts = [
+        f"{_text(s.get('from_strategy'))}→{_text(s.get('to_strategy'))} "
+        f"{_text(s.get('cause'))}: {_text(s.get('count'))}"
+        for s in doc.get("switches") or []
+        if isinstance(s, dict) and s.get("count")
+    ]
     row("switches", f"{_text(doc.get('switch_count', 0))}" + (f"  ({', '.join(parts)})" if parts else ""))
     row("mismatches", _text(doc.get("mismatch_count", 0)))
     inflight = doc.get("in_flight") or {}
     row("in flight", ", ".join(f"{_text(k)} {_text(v)}" for k, v in inflight.items() if v) or "0")
     for lat in doc.get("latency") or []:
         if isinstance(lat, dict) and lat.get("count"):
-            row(f"{_text(lat.get('kind'), 8)} latency",
+            row(
+                f"{_text(lat.get('kind'), 8)} latency",
                 f"{_text(lat.get('strategy'))}: n={_text(lat.get('count'))} "
                 f"p50 {_secs(lat.get('p50_seconds'))}  p90 {_secs(lat.get('p90_seconds'))}  "
-                f"p99 {_secs(lat.get('p99_seconds'))}")
+                f"p99 {_secs(lat.get('p99_seconds'))}",
+            )
     mem = doc.get("memory")
     if isinstance(mem, dict):
         row("memory", f"rss {_bytes(mem.get('rss_bytes'))}, unique {_bytes(mem.get('uss_bytes'))}")
     w = doc.get("watcher")
     if isinstance(w, dict):
-        row("watcher", ("running" if w.get("running") else "stopped")
-            + (f", last beat {_ago(w.get('last_run_unix'), now).strip(' ()')}"
-               if w.get("last_run_unix") else ", no beat yet"))
+        row(
+            "watcher",
+            ("running" if w.get("running") else "stopped")
+            + (
+                f", last beat {_ago(w.get('last_run_unix'), now).strip(' ()')}"
+                if w.get("last_run_unix")
+                else ", no beat yet"
+            ),
+        )
     acc = doc.get("events") or {}
     if acc:
         dropped = sum(v for v in (acc.get("dropped") or {}).values() if isinstance(v, (int, float)))
-        row("events", f"{_text(acc.get('emitted', 0))} emitted, {_text(acc.get('evicted', 0))} "
-                      f"evicted, {dropped:g} dropped")
+        row(
+            "events",
+            f"{_text(acc.get('emitted', 0))} emitted, {_text(acc.get('evicted', 0))} "
+            f"evicted, {dropped:g} dropped",
+        )
     errs = doc.get("internal_errors") or {}
     if errs:
         row("int. errors", ", ".join(f"{_text(k)} {_text(v)}" for k, v in errs.items()))
@@ -268,7 +303,7 @@ def format_status(doc: dict[str, Any], url: str, now: Optional[float] = None) ->
 def kind_name(kind: Any) -> str:
     """``EVENT_KIND_APPLIED`` (the proto3 JSON the endpoint sends) -> ``applied``."""
     k = str(kind or "")
-    return k[len("EVENT_KIND_"):].lower() if k.startswith("EVENT_KIND_") else k.lower()
+    return k[len("EVENT_KIND_") :].lower() if k.startswith("EVENT_KIND_") else k.lower()
 
 
 def format_event(ev: dict[str, Any]) -> str:
@@ -303,8 +338,7 @@ def add_arguments_status(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=float, default=5.0, help="seconds to wait (default: 5)")
 
 
-def run_status(args: argparse.Namespace, out: Optional[TextIO] = None,
-               err: Optional[TextIO] = None) -> int:
+def run_status(args: argparse.Namespace, out: Optional[TextIO] = None, err: Optional[TextIO] = None) -> int:
     """Print the endpoint's status; 0, or 1 with one line on stderr when it cannot be read."""
     out = out or sys.stdout
     try:
@@ -331,15 +365,28 @@ def add_arguments_tail(parser: argparse.ArgumentParser) -> None:
     _add_endpoint_arguments(parser)
     g = parser.add_mutually_exclusive_group()
     g.add_argument("--all", action="store_true", help="print every event kind, not only switches")
-    g.add_argument("--kind", action="append", choices=ALL_KINDS, default=None,
-                   help="print this kind (repeatable; default: applied and announced)")
-    parser.add_argument("--since", type=int, default=None, metavar="SEQ",
-                        help="first replay the events after SEQ that the endpoint still holds "
-                             "(0: all of them); default: only new events")
-    parser.add_argument("--count", type=int, default=None, metavar="N",
-                        help="exit after printing N events")
-    parser.add_argument("--reconnect-seconds", type=float, default=30.0,
-                        help="how long to keep reconnecting after the stream drops (default: 30)")
+    g.add_argument(
+        "--kind",
+        action="append",
+        choices=ALL_KINDS,
+        default=None,
+        help="print this kind (repeatable; default: applied and announced)",
+    )
+    parser.add_argument(
+        "--since",
+        type=int,
+        default=None,
+        metavar="SEQ",
+        help="first replay the events after SEQ that the endpoint still holds "
+        "(0: all of them); default: only new events",
+    )
+    parser.add_argument("--count", type=int, default=None, metavar="N", help="exit after printing N events")
+    parser.add_argument(
+        "--reconnect-seconds",
+        type=float,
+        default=30.0,
+        help="how long to keep reconnecting after the stream drops (default: 30)",
+    )
 
 
 def iter_sse(lines: Iterator[bytes]) -> Iterator[tuple[Optional[str], str]]:
@@ -371,8 +418,7 @@ def _lines(resp: Any) -> Iterator[bytes]:
         yield line
 
 
-def run_tail(args: argparse.Namespace, out: Optional[TextIO] = None,
-             err: Optional[TextIO] = None) -> int:
+def run_tail(args: argparse.Namespace, out: Optional[TextIO] = None, err: Optional[TextIO] = None) -> int:
     """Print events as they happen until interrupted (or ``--count`` reached)."""
     out = out or sys.stdout
     err = err or sys.stderr
@@ -410,8 +456,10 @@ def run_tail(args: argparse.Namespace, out: Optional[TextIO] = None,
             delay = min(delay * 2, 5.0)
             continue
         if not connected_once:
-            err.write(f"e6observe tail: following {ep.url('/events')} "
-                      f"({', '.join(sorted(kinds))}); Ctrl-C to stop\n")
+            err.write(
+                f"e6observe tail: following {ep.url('/events')} "
+                f"({', '.join(sorted(kinds))}); Ctrl-C to stop\n"
+            )
             err.flush()
         elif lost_at is not None:
             err.write("e6observe tail: reconnected\n")
@@ -432,8 +480,10 @@ def run_tail(args: argparse.Namespace, out: Optional[TextIO] = None,
                     if pid != last_pid:
                         last_seq = None  # a new process: its seq numbers start again
                     if isinstance(seq, int) and last_seq is not None and seq > last_seq + 1:
-                        err.write(f"e6observe tail: {seq - last_seq - 1} event(s) were no longer "
-                                  "held by the endpoint (ring overflow)\n")
+                        err.write(
+                            f"e6observe tail: {seq - last_seq - 1} event(s) were no longer "
+                            "held by the endpoint (ring overflow)\n"
+                        )
                     if isinstance(seq, int):
                         last_seq, last_pid = seq, pid
                     if kind_name(ev.get("kind")) not in kinds:

@@ -34,9 +34,10 @@ def _one_line_errors(parser: argparse.ArgumentParser) -> None:
 
     original = parser.parse_known_args
 
-    def parse_known_args(args: Optional[Sequence[str]] = None,
-                         namespace: Optional[argparse.Namespace] = None,
-                         ) -> Tuple[argparse.Namespace, List[str]]:
+    def parse_known_args(
+        args: Optional[Sequence[str]] = None,
+        namespace: Optional[argparse.Namespace] = None,
+    ) -> Tuple[argparse.Namespace, List[str]]:
         ns, extra = original(args, namespace)
         if extra:
             error("unrecognized arguments: " + " ".join(extra))
@@ -48,19 +49,41 @@ def _one_line_errors(parser: argparse.ArgumentParser) -> None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``e6observe sim``."""
-    parser.add_argument("--port", type=A.port, default=50051,
-                        help="TCP port (0 = any free port; default 50051)")
+    parser.add_argument(
+        "--port", type=A.port, default=50051, help="TCP port (0 = any free port; default 50051)"
+    )
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
-    parser.add_argument("--flip-every", type=A.positive, default=None, metavar="S",
-                        help="announce and complete a blue/green switch every S seconds")
-    parser.add_argument("--announce-for", type=A.non_negative, default=None, metavar="S",
-                        help="how long each scheduled switch stays announced (default: half the period)")
-    parser.add_argument("--drain-wait", type=A.non_negative, default=0.0, metavar="S",
-                        help="at each scheduled switch, wait up to S seconds for queries on the old colour")
-    parser.add_argument("--latency-ms", type=A.non_negative, default=0.0, metavar="X",
-                        help="added latency per RPC in milliseconds")
-    parser.add_argument("--batch-rows", type=int, default=256, metavar="N",
-                        help="rows per result batch (default 256)")
+    parser.add_argument(
+        "--flip-every",
+        type=A.positive,
+        default=None,
+        metavar="S",
+        help="announce and complete a blue/green switch every S seconds",
+    )
+    parser.add_argument(
+        "--announce-for",
+        type=A.non_negative,
+        default=None,
+        metavar="S",
+        help="how long each scheduled switch stays announced (default: half the period)",
+    )
+    parser.add_argument(
+        "--drain-wait",
+        type=A.non_negative,
+        default=0.0,
+        metavar="S",
+        help="at each scheduled switch, wait up to S seconds for queries on the old colour",
+    )
+    parser.add_argument(
+        "--latency-ms",
+        type=A.non_negative,
+        default=0.0,
+        metavar="X",
+        help="added latency per RPC in milliseconds",
+    )
+    parser.add_argument(
+        "--batch-rows", type=int, default=256, metavar="N", help="rows per result batch (default 256)"
+    )
     _one_line_errors(parser)
 
 

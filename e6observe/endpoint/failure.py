@@ -29,14 +29,14 @@ def reason(exc: BaseException) -> str:
 
     if isinstance(exc, MetricsServerTLSError):
         text = str(getattr(exc, "strerror", "") or exc)
-        return text[len(_PREFIX):] if text.startswith(_PREFIX) else text
+        return text[len(_PREFIX) :] if text.startswith(_PREFIX) else text
     code = getattr(exc, "errno", None)
     if code == errno.EADDRINUSE:
         return "port already in use"
     if code:
         return os.strerror(code).lower()
     text = str(getattr(exc, "strerror", "") or exc or type(exc).__name__)
-    return text[len(_PREFIX):] if text.startswith(_PREFIX) else text
+    return text[len(_PREFIX) :] if text.startswith(_PREFIX) else text
 
 
 def cannot_serve(addr: str, port: Any, exc: BaseException) -> str:

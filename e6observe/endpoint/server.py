@@ -103,8 +103,10 @@ _NULL = _NullStream()
 def _answer(sock: Any, status: str, text: str) -> None:
     """A best-effort plain-text answer before the request was parsed (431, 408)."""
     body = text.encode()
-    head = (f"HTTP/1.0 {status}\r\nContent-Type: text/plain; charset=utf-8\r\n"
-            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
+    head = (
+        f"HTTP/1.0 {status}\r\nContent-Type: text/plain; charset=utf-8\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    ).encode()
     try:
         sock.settimeout(1.0)
         sock.sendall(head + body)
@@ -142,7 +144,7 @@ def _head_end(buf: bytearray, start: int) -> int:
     if not ends:
         return -1
     i = min(ends)
-    return i + (3 if buf[i + 1:i + 2] == b"\r" else 2)
+    return i + (3 if buf[i + 1 : i + 2] == b"\r" else 2)
 
 
 class _Handler(WSGIRequestHandler):
@@ -150,8 +152,7 @@ class _Handler(WSGIRequestHandler):
 
     timeout = None  # set per phase: the head deadline, then WRITE_TIMEOUT
 
-    def __init__(self, request: Any, client_address: Any, server: Any,
-                 conn: Optional[_Conn] = None) -> None:
+    def __init__(self, request: Any, client_address: Any, server: Any, conn: Optional[_Conn] = None) -> None:
         self.conn = conn
         super().__init__(request, client_address, server)
 
@@ -176,8 +177,7 @@ class _Handler(WSGIRequestHandler):
             if conn is not None and conn.evicted:
                 return None
             if len(buf) >= budget:
-                _answer(sock, "431 Request Header Fields Too Large",
-                        f"request head over {budget} bytes\n")
+                _answer(sock, "431 Request Header Fields Too Large", f"request head over {budget} bytes\n")
                 self._drain(sock)
                 return None
             left = deadline - time.monotonic()
@@ -238,8 +238,13 @@ class _Handler(WSGIRequestHandler):
             return
         if not self.parse_request():  # an error was sent (400, 431 for >100 headers, ...)
             return
-        handler = ServerHandler(self.rfile, self.wfile, self.get_stderr(),  # type: ignore[arg-type]
-                                self.get_environ(), multithread=False)
+        handler = ServerHandler(
+            self.rfile,
+            self.wfile,  # type: ignore[arg-type]
+            self.get_stderr(),
+            self.get_environ(),
+            multithread=False,
+        )
         handler.request_handler = self  # type: ignore[attr-defined]
         handler.run(srv.get_app())  # type: ignore[attr-defined]
 
@@ -347,8 +352,12 @@ class _Server(WSGIServer):
         if victim is not None:
             _abort(victim.sock)
         try:
-            t = threading.Thread(target=self._serve_one, args=(request, client_address, conn),
-                                 name="e6observe-http-conn", daemon=True)
+            t = threading.Thread(
+                target=self._serve_one,
+                args=(request, client_address, conn),
+                name="e6observe-http-conn",
+                daemon=True,
+            )
             t.start()
         except Exception:
             self._release(conn)
@@ -398,8 +407,9 @@ class _Server(WSGIServer):
             except (ssl.SSLError, OSError, ValueError) as exc:
                 # A client without the required certificate, a plain-HTTP client, a port
                 # scanner, a handshake too slow: the client's problem, not e6observe's.
-                logger.debug("e6observe: TLS handshake from %s failed: %s", client_address[0],
-                             type(exc).__name__)
+                logger.debug(
+                    "e6observe: TLS handshake from %s failed: %s", client_address[0], type(exc).__name__
+                )
                 return
             _Handler(tls, client_address, self, conn)
         finally:
@@ -411,8 +421,7 @@ class _Server(WSGIServer):
     def handle_error(self, request: Any, client_address: Any) -> None:
         # socketserver prints a traceback to stderr here. Clients time out and disconnect all
         # the time; that is logged at debug level only, with no request content.
-        logger.debug("e6observe: connection from %s ended with an error", client_address[0],
-                     exc_info=False)
+        logger.debug("e6observe: connection from %s ended with an error", client_address[0], exc_info=False)
 
 
 def _parse_basic_auth(basic_auth: Optional[str]) -> Optional[tuple[bytes, bytes]]:
@@ -442,8 +451,12 @@ def _credentials_ok(header: Optional[str], user: bytes, password: bytes) -> bool
     return bool(sep) and user_ok and password_ok
 
 
-def _simple(start_response: Callable[..., Any], status: str, body: bytes,
-            extra: Optional[list[tuple[str, str]]] = None) -> list[bytes]:
+def _simple(
+    start_response: Callable[..., Any],
+    status: str,
+    body: bytes,
+    extra: Optional[list[tuple[str, str]]] = None,
+) -> list[bytes]:
     headers = [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))]
     start_response(status, headers + (extra or []))
     return [body]
@@ -481,12 +494,20 @@ class MetricsServer:
     certificate signed by that CA. ``basic_auth="user:password"`` protects every route.
     """
 
-    def __init__(self, registry: Any, addr: str = "127.0.0.1", port: int = 0,
-                 certfile: Optional[str] = None, keyfile: Optional[str] = None,
-                 client_cafile: Optional[str] = None, basic_auth: Optional[str] = None,
-                 max_head_bytes: int = MAX_HEAD_BYTES, head_timeout: float = HEAD_TIMEOUT,
-                 write_timeout: float = WRITE_TIMEOUT,
-                 max_connections: int = MAX_CONNECTIONS) -> None:
+    def __init__(
+        self,
+        registry: Any,
+        addr: str = "127.0.0.1",
+        port: int = 0,
+        certfile: Optional[str] = None,
+        keyfile: Optional[str] = None,
+        client_cafile: Optional[str] = None,
+        basic_auth: Optional[str] = None,
+        max_head_bytes: int = MAX_HEAD_BYTES,
+        head_timeout: float = HEAD_TIMEOUT,
+        write_timeout: float = WRITE_TIMEOUT,
+        max_connections: int = MAX_CONNECTIONS,
+    ) -> None:
         if (certfile is None) != (keyfile is None):
             raise ValueError("certfile and keyfile must be given together")
         if client_cafile is not None and certfile is None:
@@ -537,14 +558,18 @@ class MetricsServer:
 
     def wsgi_app(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         """The whole endpoint as one WSGI app: auth, method, then the route for ``PATH_INFO``."""
-        if self._auth is not None and not _credentials_ok(
-                environ.get("HTTP_AUTHORIZATION"), *self._auth):
-            return _simple(start_response, "401 Unauthorized", b"authentication required\n",
-                           [("WWW-Authenticate", f'Basic realm="{REALM}", charset="UTF-8"')])
+        if self._auth is not None and not _credentials_ok(environ.get("HTTP_AUTHORIZATION"), *self._auth):
+            return _simple(
+                start_response,
+                "401 Unauthorized",
+                b"authentication required\n",
+                [("WWW-Authenticate", f'Basic realm="{REALM}", charset="UTF-8"')],
+            )
         method = environ.get("REQUEST_METHOD", "GET")
         if method not in ("GET", "HEAD"):
-            return _simple(start_response, "405 Method Not Allowed", b"GET or HEAD only\n",
-                           [("Allow", "GET, HEAD")])
+            return _simple(
+                start_response, "405 Method Not Allowed", b"GET or HEAD only\n", [("Allow", "GET, HEAD")]
+            )
         path = environ.get("PATH_INFO") or "/"
         with self._routes_lock:
             app = self._routes.get(path)
@@ -561,8 +586,9 @@ class MetricsServer:
         except Exception as exc:
             return self._failed(exc, start_response)
 
-    def _head(self, app: WSGIApp, environ: dict[str, Any],
-              start_response: Callable[..., Any]) -> Iterable[bytes]:
+    def _head(
+        self, app: WSGIApp, environ: dict[str, Any], start_response: Callable[..., Any]
+    ) -> Iterable[bytes]:
         """HEAD on any route: the app answers a GET; its status and headers are sent, its body
         is not — a finite body is measured for Content-Length, a stream is never started."""
         environ["REQUEST_METHOD"] = "GET"
@@ -597,8 +623,11 @@ class MetricsServer:
     def _failed(exc: Exception, start_response: Callable[..., Any]) -> Iterable[bytes]:
         record_internal_error("server", exc)
         try:
-            return _simple(start_response, "500 Internal Server Error",
-                           b"internal error (counted in e6observe_internal_errors_total)\n")
+            return _simple(
+                start_response,
+                "500 Internal Server Error",
+                b"internal error (counted in e6observe_internal_errors_total)\n",
+            )
         except Exception:  # start_response already called by the failing app
             return []
 
@@ -614,7 +643,8 @@ class MetricsServer:
             raise MetricsServerTLSError(
                 getattr(exc, "errno", None) or errno.EINVAL,
                 f"e6observe metrics endpoint: cannot load TLS certificate {self.certfile!r} / "
-                f"key {self.keyfile!r}: {type(exc).__name__}") from None
+                f"key {self.keyfile!r}: {type(exc).__name__}",
+            ) from None
         if self.client_cafile is not None:
             try:
                 ctx.load_verify_locations(cafile=self.client_cafile)
@@ -622,7 +652,8 @@ class MetricsServer:
                 raise MetricsServerTLSError(
                     getattr(exc, "errno", None) or errno.EINVAL,
                     f"e6observe metrics endpoint: cannot load client CA {self.client_cafile!r}: "
-                    f"{type(exc).__name__}") from None
+                    f"{type(exc).__name__}",
+                ) from None
             ctx.verify_mode = ssl.CERT_REQUIRED
         return ctx
 
@@ -636,13 +667,14 @@ class MetricsServer:
             # An ASCII host goes in as bytes: for a str, getaddrinfo loads the idna codec (and
             # with it unicodedata) just to encode it.
             host: Any = self.addr.encode("ascii") if self.addr.isascii() else self.addr
-            infos = socket.getaddrinfo(host, self.requested_port, type=socket.SOCK_STREAM,
-                                       flags=socket.AI_PASSIVE)
+            infos = socket.getaddrinfo(
+                host, self.requested_port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+            )
             family = infos[0][0]
         except socket.gaierror as exc:
-            raise MetricsServerError(errno.EADDRNOTAVAIL,
-                                     f"e6observe metrics endpoint: cannot resolve {where}: "
-                                     f"{exc.strerror}") from None
+            raise MetricsServerError(
+                errno.EADDRNOTAVAIL, f"e6observe metrics endpoint: cannot resolve {where}: {exc.strerror}"
+            ) from None
 
         class _Bound(_Server):
             address_family = family
@@ -651,10 +683,12 @@ class MetricsServer:
             httpd = _Bound((self.addr, self.requested_port), _Handler)
         except OSError as exc:
             reason = exc.strerror or type(exc).__name__
-            hint = " (already in use: pick another prometheus_port)" if (
-                exc.errno == errno.EADDRINUSE) else ""
-            raise MetricsServerError(exc.errno, f"e6observe metrics endpoint: cannot listen on "
-                                                f"{where}: {reason}{hint}") from None
+            hint = (
+                " (already in use: pick another prometheus_port)" if (exc.errno == errno.EADDRINUSE) else ""
+            )
+            raise MetricsServerError(
+                exc.errno, f"e6observe metrics endpoint: cannot listen on {where}: {reason}{hint}"
+            ) from None
         httpd.ssl_context = ctx
         httpd.max_head_bytes = self.max_head_bytes
         httpd.head_timeout = self.head_timeout
@@ -677,14 +711,19 @@ class MetricsServer:
         if loopback:
             return
         if self._auth is None and not tls:
-            logger.warning("e6observe: the endpoint %s listens beyond loopback with neither TLS "
-                           "nor basic auth: anyone who can reach it reads /metrics, the status "
-                           "page and /events. Set basic_auth and tls_certfile/tls_keyfile "
-                           "(E6OBSERVE_*), or bind 127.0.0.1 if only local scrapers need it",
-                           self.url)
+            logger.warning(
+                "e6observe: the endpoint %s listens beyond loopback with neither TLS "
+                "nor basic auth: anyone who can reach it reads /metrics, the status "
+                "page and /events. Set basic_auth and tls_certfile/tls_keyfile "
+                "(E6OBSERVE_*), or bind 127.0.0.1 if only local scrapers need it",
+                self.url,
+            )
         elif not tls:
-            logger.warning("e6observe: basic auth on %s without TLS sends the password in clear "
-                           "text; set tls_certfile/tls_keyfile", self.url)
+            logger.warning(
+                "e6observe: basic auth on %s without TLS sends the password in clear "
+                "text; set tls_certfile/tls_keyfile",
+                self.url,
+            )
 
     @property
     def port(self) -> int:
@@ -746,5 +785,12 @@ class MetricsServer:
         self.close()
 
 
-__all__ = ["MetricsServer", "MetricsServerError", "MetricsServerTLSError", "MAX_CONNECTIONS",
-           "MAX_HEAD_BYTES", "HEAD_TIMEOUT", "WRITE_TIMEOUT"]
+__all__ = [
+    "MetricsServer",
+    "MetricsServerError",
+    "MetricsServerTLSError",
+    "MAX_CONNECTIONS",
+    "MAX_HEAD_BYTES",
+    "HEAD_TIMEOUT",
+    "WRITE_TIMEOUT",
+]

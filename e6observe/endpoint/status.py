@@ -70,9 +70,11 @@ STATIC_FILES = {
 }
 #: The page loads only its own files and talks only to its own origin.
 _PAGE_HEADERS = [
-    ("Content-Security-Policy",
-     "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
-     "img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"),
+    (
+        "Content-Security-Policy",
+        "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+        "img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+    ),
     ("X-Content-Type-Options", "nosniff"),
     ("Referrer-Policy", "no-referrer"),
     ("Cache-Control", "no-cache"),
@@ -89,8 +91,12 @@ def event_json(ev: Event, source: Any = None) -> dict[str, Any]:
     return to_json_dict(event_to_proto(ev, source))
 
 
-def build_status(recorder: Recorder, watcher: Any = None, process_reader: Any = None,
-                 max_events: int = DEFAULT_RECENT_EVENTS) -> dict[str, Any]:
+def build_status(
+    recorder: Recorder,
+    watcher: Any = None,
+    process_reader: Any = None,
+    max_events: int = DEFAULT_RECENT_EVENTS,
+) -> dict[str, Any]:
     """The ``StatusSnapshot`` of ``recorder`` as proto3 JSON (proto field names, every field).
 
     ``watcher`` (an ``e6observe.watcher.Watcher``) and ``process_reader`` (an
@@ -103,21 +109,25 @@ def build_status(recorder: Recorder, watcher: Any = None, process_reader: Any = 
     if process_reader is not None:
         with contain("status.memory"):
             ps = process_reader.shared()
-            memory = {"rss_bytes": int(ps.rss or 0), "vms_bytes": int(ps.vms or 0),
-                      "uss_bytes": int(ps.uss or 0)}
+            memory = {
+                "rss_bytes": int(ps.rss or 0),
+                "vms_bytes": int(ps.vms or 0),
+                "uss_bytes": int(ps.uss or 0),
+            }
     wstate: Optional[dict[str, Any]] = None
     pending_age: Optional[float] = None
     if watcher is not None:
         with contain("status.watcher"):
-            wstate = {"running": bool(watcher.running),
-                      "last_run_unix": float(watcher.last_run or 0.0),
-                      "interval_seconds": float(watcher.interval)}
+            wstate = {
+                "running": bool(watcher.running),
+                "last_run_unix": float(watcher.last_run or 0.0),
+                "interval_seconds": float(watcher.interval),
+            }
             age = getattr(watcher, "pending_age", None)
             if callable(age):
                 pending_age = float(age() or 0.0)
     n = max(0, min(int(max_events), MAX_RECENT_EVENTS))
-    snap = status_snapshot(recorder, source=source_info(), recent_events=n, memory=memory,
-                           watcher=wstate)
+    snap = status_snapshot(recorder, source=source_info(), recent_events=n, memory=memory, watcher=wstate)
     if pending_age and not snap.pending_age_seconds:
         # A pending strategy the watcher saw in the connector's cache but no hook reported.
         snap.pending_age_seconds = pending_age
@@ -152,11 +162,14 @@ def _int_param(q: dict[str, list[str]], name: str) -> Optional[int]:
     return _ascii_int(values[0])
 
 
-def _plain(start_response: StartResponse, status: str, text: str,
-           extra: Optional[list[tuple[str, str]]] = None) -> list[bytes]:
+def _plain(
+    start_response: StartResponse, status: str, text: str, extra: Optional[list[tuple[str, str]]] = None
+) -> list[bytes]:
     body = text.encode("utf-8")
-    start_response(status, [("Content-Type", "text/plain; charset=utf-8"),
-                            ("Content-Length", str(len(body)))] + (extra or []))
+    start_response(
+        status,
+        [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))] + (extra or []),
+    )
     return [body]
 
 
@@ -179,13 +192,19 @@ class StatusApp:
         if refused is not None:
             return refused
         n = _int_param(_query(environ), "events")
-        doc = build_status(self.recorder, self.watcher, self.process_reader,
-                           DEFAULT_RECENT_EVENTS if n is None else n)
+        doc = build_status(
+            self.recorder, self.watcher, self.process_reader, DEFAULT_RECENT_EVENTS if n is None else n
+        )
         body = json.dumps(doc, separators=(",", ":"), allow_nan=False).encode("utf-8")
-        start_response("200 OK", [("Content-Type", "application/json"),
-                                  ("Content-Length", str(len(body))),
-                                  ("Cache-Control", "no-store"),
-                                  ("X-Content-Type-Options", "nosniff")])
+        start_response(
+            "200 OK",
+            [
+                ("Content-Type", "application/json"),
+                ("Content-Length", str(len(body))),
+                ("Cache-Control", "no-store"),
+                ("X-Content-Type-Options", "nosniff"),
+            ],
+        )
         return [body] if environ.get("REQUEST_METHOD") != "HEAD" else []
 
 
@@ -278,9 +297,14 @@ class _SlotHeld:
 class EventStreamApp:
     """``GET /events``: server-sent events from the recorder's ring (see the module docstring)."""
 
-    def __init__(self, recorder: Recorder, notifier: Optional[_Notifier] = None,
-                 max_streams: int = MAX_STREAMS, heartbeat: float = HEARTBEAT_SECONDS,
-                 evict_after: float = EVICT_AFTER) -> None:
+    def __init__(
+        self,
+        recorder: Recorder,
+        notifier: Optional[_Notifier] = None,
+        max_streams: int = MAX_STREAMS,
+        heartbeat: float = HEARTBEAT_SECONDS,
+        evict_after: float = EVICT_AFTER,
+    ) -> None:
         self.recorder = recorder
         self.notifier = notifier or _Notifier()
         self.heartbeat = heartbeat
@@ -344,23 +368,32 @@ class EventStreamApp:
         if not self._admit(held):
             held.holds_slot = False
             held.close()
-            return _plain(start_response, "503 Service Unavailable",
-                          f"too many event streams (at most {self.max_streams})\n",
-                          [("Retry-After", "5")])
+            return _plain(
+                start_response,
+                "503 Service Unavailable",
+                f"too many event streams (at most {self.max_streams})\n",
+                [("Retry-After", "5")],
+            )
         sock = environ.get("e6observe.socket")
         if sock is not None:
             try:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, STREAM_SNDBUF)
             except (OSError, ValueError, AttributeError):
                 pass
-        start_response("200 OK", [("Content-Type", "text/event-stream; charset=utf-8"),
-                                  ("Cache-Control", "no-store"),
-                                  ("X-Accel-Buffering", "no"),
-                                  ("X-Content-Type-Options", "nosniff")])
+        start_response(
+            "200 OK",
+            [
+                ("Content-Type", "text/event-stream; charset=utf-8"),
+                ("Cache-Control", "no-store"),
+                ("X-Accel-Buffering", "no"),
+                ("X-Content-Type-Options", "nosniff"),
+            ],
+        )
         return held
 
-    def _stream(self, since: int, stopping: Optional[threading.Event],
-                cancel: threading.Event) -> Iterator[bytes]:
+    def _stream(
+        self, since: int, stopping: Optional[threading.Event], cancel: threading.Event
+    ) -> Iterator[bytes]:
         with self._count_lock:
             self.open_streams += 1
         try:
@@ -371,8 +404,9 @@ class EventStreamApp:
             cursor = _Cursor(since)
             seen = self.notifier.generation
             last_write = time.monotonic()
-            while not (self.closed.is_set() or cancel.is_set()
-                       or (stopping is not None and stopping.is_set())):
+            while not (
+                self.closed.is_set() or cancel.is_set() or (stopping is not None and stopping.is_set())
+            ):
                 ring = self.recorder.ring
                 emitted = ring.emitted
                 batch = cursor.take(ring.snapshot(cursor.watermark), MAX_BATCH, emitted)
@@ -419,8 +453,10 @@ class StaticApp:
             return refused
         if self._body is None:
             self._body = _read_static(self.name)
-        start_response("200 OK", [("Content-Type", self.content_type),
-                                  ("Content-Length", str(len(self._body)))] + _PAGE_HEADERS)
+        start_response(
+            "200 OK",
+            [("Content-Type", self.content_type), ("Content-Length", str(len(self._body)))] + _PAGE_HEADERS,
+        )
         return [self._body] if environ.get("REQUEST_METHOD") != "HEAD" else []
 
 
@@ -437,19 +473,24 @@ class PageApp:
         refused = _only_get(environ, start_response)
         if refused is not None:
             return refused
-        doc = build_status(self.status.recorder, self.status.watcher, self.status.process_reader,
-                           status_page.PAGE_EVENTS * 4)
+        doc = build_status(
+            self.status.recorder, self.status.watcher, self.status.process_reader, status_page.PAGE_EVENTS * 4
+        )
         body = status_page.render(doc, self.history.snapshot(), self.history.started).encode("utf-8")
-        start_response("200 OK", [("Content-Type", "text/html; charset=utf-8"),
-                                  ("Content-Length", str(len(body)))] + _PAGE_HEADERS)
+        start_response(
+            "200 OK",
+            [("Content-Type", "text/html; charset=utf-8"), ("Content-Length", str(len(body)))]
+            + _PAGE_HEADERS,
+        )
         return [body] if environ.get("REQUEST_METHOD") != "HEAD" else []
 
 
 class Mounted:
     """What :func:`mount` put on a server; :meth:`unmount` takes it off again."""
 
-    def __init__(self, server: Any, recorder: Recorder, paths: list[str],
-                 stream: EventStreamApp, history: Any = None) -> None:
+    def __init__(
+        self, server: Any, recorder: Recorder, paths: list[str], stream: EventStreamApp, history: Any = None
+    ) -> None:
         self.server = server
         self.recorder = recorder
         self.paths = paths
@@ -476,8 +517,7 @@ _MOUNTED: weakref.WeakKeyDictionary[Any, Mounted] = weakref.WeakKeyDictionary()
 _MOUNT_LOCK = threading.Lock()
 
 
-def mount(server: Any, recorder: Recorder, watcher: Any = None,
-          process_reader: Any = None) -> Mounted:
+def mount(server: Any, recorder: Recorder, watcher: Any = None, process_reader: Any = None) -> Mounted:
     """Mount ``/``, ``/status``, ``/events`` and the page's assets on a ``MetricsServer``.
 
     ``watcher`` and ``process_reader`` feed the snapshot's ``watcher`` and ``memory`` parts.
@@ -494,8 +534,7 @@ def mount(server: Any, recorder: Recorder, watcher: Any = None,
         history = LatencyHistory(recorder)
         history.start()
         status_app = StatusApp(recorder, watcher, process_reader)
-        routes: dict[str, Any] = {"/": PageApp(status_app, history), "/status": status_app,
-                                  "/events": stream}
+        routes: dict[str, Any] = {"/": PageApp(status_app, history), "/status": status_app, "/events": stream}
         for path, (name, ctype) in STATIC_FILES.items():
             routes[path] = StaticApp(name, ctype)
         for path, app in routes.items():
@@ -525,6 +564,15 @@ def mount_instrumentation(inst: Any) -> Optional[Mounted]:
     return mount(server, inst.recorder, watcher=watcher, process_reader=reader)
 
 
-__all__ = ["build_status", "event_json", "StatusApp", "PageApp",
-           "EventStreamApp", "StaticApp", "mount", "mount_instrumentation", "Mounted",
-           "MAX_STREAMS"]
+__all__ = [
+    "build_status",
+    "event_json",
+    "StatusApp",
+    "PageApp",
+    "EventStreamApp",
+    "StaticApp",
+    "mount",
+    "mount_instrumentation",
+    "Mounted",
+    "MAX_STREAMS",
+]

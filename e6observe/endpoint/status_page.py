@@ -43,8 +43,7 @@ class LatencyHistory:
     interval) becomes one point per colour: count, mean and p99. At most :data:`KEEP_SAMPLES`
     points are kept; one daemon thread, stopped by :meth:`stop`."""
 
-    def __init__(self, recorder: Any, interval: float = SAMPLE_SECONDS,
-                 keep: int = KEEP_SAMPLES) -> None:
+    def __init__(self, recorder: Any, interval: float = SAMPLE_SECONDS, keep: int = KEEP_SAMPLES) -> None:
         self.recorder = recorder
         self.interval = interval
         self.started = time.time()
@@ -87,10 +86,14 @@ class LatencyHistory:
                     dn = n - prev_n
                     if first or dn <= 0:
                         continue
-                    dcounts = [c - (prev_counts[i] if i < len(prev_counts) else 0)
-                               for i, c in enumerate(counts)]
-                    point[strategy] = (dn, (total - prev_total) / dn,
-                                       histogram_quantile(0.99, M.QUERY_DURATION.buckets, dcounts))
+                    dcounts = [
+                        c - (prev_counts[i] if i < len(prev_counts) else 0) for i, c in enumerate(counts)
+                    ]
+                    point[strategy] = (
+                        dn,
+                        (total - prev_total) / dn,
+                        histogram_quantile(0.99, M.QUERY_DURATION.buckets, dcounts),
+                    )
                 if not first:
                     self.points.append((now, point))
 
@@ -176,18 +179,20 @@ def _x(t: float, start: float, end: float) -> float:
 
 
 def _axis(start: float, end: float, y: float) -> list[str]:
-    out = [f'<line class="axis" x1="{_PAD_L:.1f}" y1="{y:.1f}" x2="{_W - _PAD_R:.1f}" '
-           f'y2="{y:.1f}"/>']
+    out = [f'<line class="axis" x1="{_PAD_L:.1f}" y1="{y:.1f}" x2="{_W - _PAD_R:.1f}" y2="{y:.1f}"/>']
     for t in _ticks(start, end):
         x = _x(t, start, end)
         out.append(f'<line class="tick" x1="{x:.1f}" y1="{y:.1f}" x2="{x:.1f}" y2="{y + 4:.1f}"/>')
-        out.append(f'<text class="tick-label" x="{x:.1f}" y="{y + 16:.1f}" '
-                   f'text-anchor="middle">{_e(clock(t))}</text>')
+        out.append(
+            f'<text class="tick-label" x="{x:.1f}" y="{y + 16:.1f}" '
+            f'text-anchor="middle">{_e(clock(t))}</text>'
+        )
     return out
 
 
-def window(events: Sequence[dict[str, Any]], history: Sequence[tuple[float, Any]],
-           now: float, since: float) -> tuple[float, float]:
+def window(
+    events: Sequence[dict[str, Any]], history: Sequence[tuple[float, Any]], now: float, since: float
+) -> tuple[float, float]:
     """The charts' common time range: from the first thing known (an event, a sample, the start
     of watching), at most :data:`WINDOW_SECONDS` back, to ``now``."""
     known = [since] + [float(e.get("time_unix") or now) for e in events]
@@ -198,12 +203,18 @@ def window(events: Sequence[dict[str, Any]], history: Sequence[tuple[float, Any]
 
 
 # -- the charts --------------------------------------------------------------------------------
-def timeline_svg(events: Sequence[dict[str, Any]], active: str, start: float, end: float,
-                 since: float = 0.0) -> str:
+def timeline_svg(
+    events: Sequence[dict[str, Any]], active: str, start: float, end: float, since: float = 0.0
+) -> str:
     """Which colour was active when (a bar per interval, from ``since``: when this process
     began to be watched), a mark at each switch, a time axis."""
-    switches = [e for e in events if _kind(e.get("kind")) in ("applied", "detected")
-                and process_scope(e) and float(e.get("time_unix") or 0) > 0]
+    switches = [
+        e
+        for e in events
+        if _kind(e.get("kind")) in ("applied", "detected")
+        and process_scope(e)
+        and float(e.get("time_unix") or 0) > 0
+    ]
     switches.sort(key=lambda e: float(e["time_unix"]))
     segs: list[tuple[float, float, str]] = []
     if switches:
@@ -219,9 +230,11 @@ def timeline_svg(events: Sequence[dict[str, Any]], active: str, start: float, en
                 segs.append((t, t_next, _strategy(e.get("to_strategy") or e.get("strategy"))))
     else:
         segs.append((start, end, _strategy(active)))
-    out = [f'<svg id="timeline-chart" class="chart" viewBox="0 0 {_W:.0f} {_STRIP_H:.0f}" '
-           f'role="img" aria-label="active strategy over time, {_e(clock(start))} to '
-           f'{_e(clock(end))}">']
+    out = [
+        f'<svg id="timeline-chart" class="chart" viewBox="0 0 {_W:.0f} {_STRIP_H:.0f}" '
+        f'role="img" aria-label="active strategy over time, {_e(clock(start))} to '
+        f'{_e(clock(end))}">'
+    ]
     if switches:  # events from before ``since`` (a ring mounted late) are drawn all the same
         since = min(since, float(switches[0]["time_unix"]))
     for a, b, s in segs:
@@ -229,15 +242,16 @@ def timeline_svg(events: Sequence[dict[str, Any]], active: str, start: float, en
         if b <= a:
             continue
         x1, x2 = _x(a, start, end), _x(min(b, end), start, end)
-        out.append(f'<rect class="seg s-{_e(s)}" x="{x1:.1f}" y="8" width="{max(x2 - x1, 1.0):.1f}" '
-                   f'height="24"><title>{_e(s)} from {_e(clock(a))}</title></rect>')
+        out.append(
+            f'<rect class="seg s-{_e(s)}" x="{x1:.1f}" y="8" width="{max(x2 - x1, 1.0):.1f}" '
+            f'height="24"><title>{_e(s)} from {_e(clock(a))}</title></rect>'
+        )
     for e in switches:
         t = float(e["time_unix"])
         if t >= start:
             x = _x(t, start, end)
             out.append(f'<line class="switch-mark" x1="{x:.1f}" y1="4" x2="{x:.1f}" y2="36"/>')
-    out.append(f'<text class="axis-label" x="{_PAD_L - 6:.1f}" y="25" text-anchor="end">'
-               'active</text>')
+    out.append(f'<text class="axis-label" x="{_PAD_L - 6:.1f}" y="25" text-anchor="end">active</text>')
     out += _axis(start, end, 40.0)
     out.append("</svg>")
     return "".join(out)
@@ -265,26 +279,33 @@ def _nice_ceiling(v: float) -> float:
     return 10.0 * scale
 
 
-def latency_svg(history: Sequence[tuple[float, dict[str, tuple[int, float, float]]]],
-                start: float, end: float) -> str:
+def latency_svg(
+    history: Sequence[tuple[float, dict[str, tuple[int, float, float]]]], start: float, end: float
+) -> str:
     """Mean (solid) and p99 (dashed) query latency per colour per sample interval."""
     top, bottom = 10.0, _CHART_H - 28.0
     pts = [(t, p) for t, p in history if t >= start]
-    peak = max([v[2] for _, p in pts for v in p.values()] + [v[1] for _, p in pts for v in p.values()]
-               + [0.0])
+    peak = max(
+        [v[2] for _, p in pts for v in p.values()] + [v[1] for _, p in pts for v in p.values()] + [0.0]
+    )
     ymax = _nice_ceiling(peak)
 
     def y(v: float) -> float:
         return bottom - (v / ymax) * (bottom - top)
 
-    out = [f'<svg id="latency-chart" class="chart" viewBox="0 0 {_W:.0f} {_CHART_H:.0f}" role="img" '
-           f'aria-label="query latency per strategy over time">']
+    out = [
+        f'<svg id="latency-chart" class="chart" viewBox="0 0 {_W:.0f} {_CHART_H:.0f}" role="img" '
+        f'aria-label="query latency per strategy over time">'
+    ]
     for frac in (0.0, 0.5, 1.0):
         v = ymax * frac
-        out.append(f'<line class="grid" x1="{_PAD_L:.1f}" y1="{y(v):.1f}" x2="{_W - _PAD_R:.1f}" '
-                   f'y2="{y(v):.1f}"/>')
-        out.append(f'<text class="tick-label" x="{_PAD_L - 6:.1f}" y="{y(v) + 4:.1f}" '
-                   f'text-anchor="end">{_e(_axis_seconds(v))}</text>')
+        out.append(
+            f'<line class="grid" x1="{_PAD_L:.1f}" y1="{y(v):.1f}" x2="{_W - _PAD_R:.1f}" y2="{y(v):.1f}"/>'
+        )
+        out.append(
+            f'<text class="tick-label" x="{_PAD_L - 6:.1f}" y="{y(v) + 4:.1f}" '
+            f'text-anchor="end">{_e(_axis_seconds(v))}</text>'
+        )
     drawn = 0
     for strategy in M.STRATEGIES:
         for idx, cls in ((1, "mean"), (2, "p99")):
@@ -303,8 +324,10 @@ def latency_svg(history: Sequence[tuple[float, dict[str, tuple[int, float, float
                     out.append(f'<polyline class="lat {cls} s-{strategy}" points="{" ".join(run)}"/>')
                     drawn += 1
     if not drawn:
-        out.append(f'<text class="empty" x="{_W / 2:.0f}" y="{(top + bottom) / 2:.0f}" '
-                   'text-anchor="middle">no queries finished yet</text>')
+        out.append(
+            f'<text class="empty" x="{_W / 2:.0f}" y="{(top + bottom) / 2:.0f}" '
+            'text-anchor="middle">no queries finished yet</text>'
+        )
     out += _axis(start, end, bottom)
     out.append("</svg>")
     return "".join(out)
@@ -313,8 +336,10 @@ def latency_svg(history: Sequence[tuple[float, dict[str, tuple[int, float, float
 def legend() -> str:
     items = []
     for s in M.STRATEGIES:
-        items.append(f'<span class="key"><span class="swatch s-{s}"></span>{s} mean</span>'
-                     f'<span class="key"><span class="swatch dashed s-{s}"></span>{s} p99</span>')
+        items.append(
+            f'<span class="key"><span class="swatch s-{s}"></span>{s} mean</span>'
+            f'<span class="key"><span class="swatch dashed s-{s}"></span>{s} p99</span>'
+        )
     return "".join(items)
 
 
@@ -329,7 +354,8 @@ def _describe(ev: dict[str, Any]) -> str:
     if k == "applied":
         drain = ev.get("drain_seconds")
         return f"{frm} → {to} ({ev.get('cause') or '?'}" + (
-            f", drained {fmt_seconds(float(drain))})" if drain is not None else ")")
+            f", drained {fmt_seconds(float(drain))})" if drain is not None else ")"
+        )
     if k == "announced":
         return f"announced {to} (active {frm})"
     if k == "detected":
@@ -347,7 +373,8 @@ def _describe(ev: dict[str, Any]) -> str:
     if k == "resume_finished":
         took = ev.get("duration_seconds")
         return f"cluster resume {ev.get('outcome') or '?'}" + (
-            f" after {fmt_seconds(float(took))}" if took is not None else "")
+            f" after {fmt_seconds(float(took))}" if took is not None else ""
+        )
     if k == "strategy_rejected":
         return f"strategy value refused ({ev.get('reason') or '?'})"
     return k
@@ -361,34 +388,44 @@ def describe(ev: dict[str, Any]) -> str:
 def cluster_text(cl: dict[str, Any]) -> str:
     """The ``cluster`` tile: the last status seen, resumes by outcome, the last resume."""
     resumes = cl.get("resumes") or {}
-    text = (str(cl.get("status") or "unknown") + (", resuming" if cl.get("resuming") else "")
-            + "; resumes " + ", ".join(f"{o} {int(resumes.get(o) or 0)}"
-                                       for o in ("ok", "failed", "timeout")))
+    text = (
+        str(cl.get("status") or "unknown")
+        + (", resuming" if cl.get("resuming") else "")
+        + "; resumes "
+        + ", ".join(f"{o} {int(resumes.get(o) or 0)}" for o in ("ok", "failed", "timeout"))
+    )
     if cl.get("last_resume_outcome"):
-        text += (f"; last {cl['last_resume_outcome']} in "
-                 f"{fmt_seconds(float(cl.get('last_resume_seconds') or 0))}")
+        text += (
+            f"; last {cl['last_resume_outcome']} in {fmt_seconds(float(cl.get('last_resume_seconds') or 0))}"
+        )
     return text
 
 
 def caches_text(ca: dict[str, Any]) -> str:
     """The ``caches`` tile: the process cache and the cluster manager's cache side by side."""
-    return (f"process {ca.get('process') or 'none'}, cluster manager "
-            f"{ca.get('cluster_manager') or 'none'}" + (" (split)" if ca.get("split") else ""))
+    return f"process {ca.get('process') or 'none'}, cluster manager {ca.get('cluster_manager') or 'none'}" + (
+        " (split)" if ca.get("split") else ""
+    )
 
 
 def source_line(src: dict[str, Any]) -> str:
-    parts = [src.get("service_name"), f"pid {src.get('pid', '?')}", src.get("host_name"),
-             f"connector {src['connector_version']}" if src.get("connector_version") else "",
-             f"e6observe {src['e6observe_version']}" if src.get("e6observe_version") else ""]
+    parts = [
+        src.get("service_name"),
+        f"pid {src.get('pid', '?')}",
+        src.get("host_name"),
+        f"connector {src['connector_version']}" if src.get("connector_version") else "",
+        f"e6observe {src['e6observe_version']}" if src.get("e6observe_version") else "",
+    ]
     return " · ".join(str(p) for p in parts if p)
 
 
-def render(doc: dict[str, Any], history: Iterable[tuple[float, Any]] = (),
-           since: float = 0.0) -> str:
+def render(doc: dict[str, Any], history: Iterable[tuple[float, Any]] = (), since: float = 0.0) -> str:
     """The whole page for the ``StatusSnapshot`` JSON ``doc`` (``status.build_status``)."""
     now = float(doc.get("time_unix") or time.time())
-    events = sorted((e for e in doc.get("recent_events") or [] if isinstance(e, dict)),
-                    key=lambda e: int(e.get("seq") or 0))
+    events = sorted(
+        (e for e in doc.get("recent_events") or [] if isinstance(e, dict)),
+        key=lambda e: int(e.get("seq") or 0),
+    )
     hist = list(history)
     start, end = window(events, hist, now, since or now)
     active = doc.get("active") or "none"
@@ -409,63 +446,99 @@ def render(doc: dict[str, Any], history: Iterable[tuple[float, Any]] = (),
         healthy = bool(w.get("running")) and age < max(5.0, 3 * float(w.get("interval_seconds") or 1))
         w_health = "ok" if healthy else "stale"
         w_text = ("running" if w.get("running") else "stopped") + (
-            f", last beat {fmt_ago(float(w['last_run_unix']), now)}" if w.get("last_run_unix")
-            else ", no beat yet")
+            f", last beat {fmt_ago(float(w['last_run_unix']), now)}"
+            if w.get("last_run_unix")
+            else ", no beat yet"
+        )
     else:
         w_health, w_text = "unknown", "not running in this process"
     err_total = sum(int(v) for v in errs.values())
     dropped = sum(int(v) for v in (acc.get("dropped") or {}).values())
-    accounting = (f"{int(acc.get('emitted') or 0)} emitted, {int(acc.get('in_ring') or 0)} kept, "
-                  f"{int(acc.get('evicted') or 0)} evicted, {dropped} dropped")
-    errors = str(err_total) + (" (" + ", ".join(f"{k} {v}" for k, v in errs.items()) + ")"
-                               if err_total else "")
-    body_attrs = (f'data-time="{_e(now)}" data-seq="{last_seq}" '
-                  f'data-switch-count="{int(doc.get("switch_count") or 0)}" '
-                  f'data-mismatch-count="{int(doc.get("mismatch_count") or 0)}"')
+    accounting = (
+        f"{int(acc.get('emitted') or 0)} emitted, {int(acc.get('in_ring') or 0)} kept, "
+        f"{int(acc.get('evicted') or 0)} evicted, {dropped} dropped"
+    )
+    errors = str(err_total) + (
+        " (" + ", ".join(f"{k} {v}" for k, v in errs.items()) + ")" if err_total else ""
+    )
+    body_attrs = (
+        f'data-time="{_e(now)}" data-seq="{last_seq}" '
+        f'data-switch-count="{int(doc.get("switch_count") or 0)}" '
+        f'data-mismatch-count="{int(doc.get("mismatch_count") or 0)}"'
+    )
     no_switches = " hidden" if applied else ""
     timeline = timeline_svg(events, active, start, end, since)
     span = f"{clock(start)} – {clock(end)}"
 
-    tiles = "".join([
-        _tile("active strategy", f'<div id="active" class="strategy big" data-strategy="'
-              f'{_e(active_s or "none")}">{_e(active_s or "none")}</div>'),
-        _tile("pending", f'<div id="pending" class="strategy big" data-strategy="{_e(pending)}">'
-              f'{_e(pending or "none")}</div><div id="pending-age" class="muted">'
-              + (_e("waiting " + fmt_seconds(float(doc.get("pending_age_seconds") or 0)))
-                 if pending else "") + "</div>"),
-        _tile("switches", f'<div id="switch-count" class="big">{int(doc.get("switch_count") or 0)}'
-              f'</div><div id="last-switch" class="muted" data-unix="'
-              f'{_e(doc.get("last_switch_unix") or 0)}">'
-              + (_e("last " + fmt_ago(float(doc["last_switch_unix"]), now))
-                 if doc.get("last_switch_unix") else "no switch yet") + "</div>"),
-        _tile("456 mismatches", f'<div id="mismatch-count" class="big">'
-              f'{int(doc.get("mismatch_count") or 0)}</div>'),
-        _tile("queries in flight", f'<div id="in-flight" class="big">'
-              f'{sum(int(v or 0) for v in inflight.values())}</div><div id="in-flight-detail" '
-              f'class="muted">' + _e(", ".join(f"{k} {v}" for k, v in inflight.items() if v))
-              + "</div>"),
-    ])
+    tiles = "".join(
+        [
+            _tile(
+                "active strategy",
+                f'<div id="active" class="strategy big" data-strategy="'
+                f'{_e(active_s or "none")}">{_e(active_s or "none")}</div>',
+            ),
+            _tile(
+                "pending",
+                f'<div id="pending" class="strategy big" data-strategy="{_e(pending)}">'
+                f'{_e(pending or "none")}</div><div id="pending-age" class="muted">'
+                + (
+                    _e("waiting " + fmt_seconds(float(doc.get("pending_age_seconds") or 0)))
+                    if pending
+                    else ""
+                )
+                + "</div>",
+            ),
+            _tile(
+                "switches",
+                f'<div id="switch-count" class="big">{int(doc.get("switch_count") or 0)}'
+                f'</div><div id="last-switch" class="muted" data-unix="'
+                f'{_e(doc.get("last_switch_unix") or 0)}">'
+                + (
+                    _e("last " + fmt_ago(float(doc["last_switch_unix"]), now))
+                    if doc.get("last_switch_unix")
+                    else "no switch yet"
+                )
+                + "</div>",
+            ),
+            _tile(
+                "456 mismatches",
+                f'<div id="mismatch-count" class="big">{int(doc.get("mismatch_count") or 0)}</div>',
+            ),
+            _tile(
+                "queries in flight",
+                f'<div id="in-flight" class="big">'
+                f'{sum(int(v or 0) for v in inflight.values())}</div><div id="in-flight-detail" '
+                f'class="muted">' + _e(", ".join(f"{k} {v}" for k, v in inflight.items() if v)) + "</div>",
+            ),
+        ]
+    )
     rows = "".join(
         f'<tr class="switch" data-seq="{int(e.get("seq") or 0)}"><td>'
-        f'{_e(clock_ms(float(e.get("time_unix") or 0)))}</td><td>'
+        f"{_e(clock_ms(float(e.get('time_unix') or 0)))}</td><td>"
         f'<span class="pill s-{_e(_strategy(e.get("from_strategy")))}">'
-        f'{_e(_strategy(e.get("from_strategy")))}</span><span> → </span>'
+        f"{_e(_strategy(e.get('from_strategy')))}</span><span> → </span>"
         f'<span class="pill s-{_e(_strategy(e.get("to_strategy")))}">'
-        f'{_e(_strategy(e.get("to_strategy")))}</span></td><td>{_e(e.get("cause") or "–")}</td>'
-        f'<td>{_e(fmt_seconds(e["drain_seconds"]) if e.get("drain_seconds") is not None else "–")}'
-        f'</td><td>{int(e.get("pinned_queries") or 0)}</td></tr>'
-        for e in reversed(applied))
+        f"{_e(_strategy(e.get('to_strategy')))}</span></td><td>{_e(e.get('cause') or '–')}</td>"
+        f"<td>{_e(fmt_seconds(e['drain_seconds']) if e.get('drain_seconds') is not None else '–')}"
+        f"</td><td>{int(e.get('pinned_queries') or 0)}</td></tr>"
+        for e in reversed(applied)
+    )
     lat_rows = "".join(
         f'<tr><td>{_e(lat.get("kind"))}</td><td><span class="pill s-{_e(_strategy(lat.get("strategy")))}">'
-        f'{_e(_strategy(lat.get("strategy")))}</span></td><td>{int(lat.get("count") or 0)}</td>'
-        + "".join(f'<td>{_e(fmt_seconds(lat.get(q)) if lat.get("count") else "–")}</td>'
-                  for q in ("p50_seconds", "p90_seconds", "p99_seconds")) + "</tr>"
-        for lat in doc.get("latency") or [])
+        f"{_e(_strategy(lat.get('strategy')))}</span></td><td>{int(lat.get('count') or 0)}</td>"
+        + "".join(
+            f"<td>{_e(fmt_seconds(lat.get(q)) if lat.get('count') else '–')}</td>"
+            for q in ("p50_seconds", "p90_seconds", "p99_seconds")
+        )
+        + "</tr>"
+        for lat in doc.get("latency") or []
+    )
     ev_items = "".join(
         f'<li class="ev ev-{_e(_kind(e.get("kind")))}" data-seq="{int(e.get("seq") or 0)}">'
         f'<span class="t">{_e(clock_ms(float(e.get("time_unix") or 0)))}</span>'
         f'<span class="k">{_e(_kind(e.get("kind")))}</span><span class="d">{_e(describe(e))}</span></li>'
-        for e in list(reversed(events))[:PAGE_EVENTS])
+        for e in list(reversed(events))[:PAGE_EVENTS]
+    )
 
     return f"""<!doctype html>
 <html lang="en">
@@ -529,5 +602,14 @@ Data from <code>/status</code> and <code>/events</code> on this endpoint.</foote
 """
 
 
-__all__ = ["LatencyHistory", "render", "timeline_svg", "latency_svg", "window", "describe",
-           "cluster_text", "caches_text", "process_scope"]
+__all__ = [
+    "LatencyHistory",
+    "render",
+    "timeline_svg",
+    "latency_svg",
+    "window",
+    "describe",
+    "cluster_text",
+    "caches_text",
+    "process_scope",
+]

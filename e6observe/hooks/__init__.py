@@ -94,8 +94,20 @@ class HookContext:
     that some other tool wrapped over cannot be removed, but it must stop reporting).
     """
 
-    __slots__ = ("recorder", "options", "tracer", "live", "token", "tls", "retrace", "track",
-                 "timers", "query_ok", "suppressed", "context_now")
+    __slots__ = (
+        "recorder",
+        "options",
+        "tracer",
+        "live",
+        "token",
+        "tls",
+        "retrace",
+        "track",
+        "timers",
+        "query_ok",
+        "suppressed",
+        "context_now",
+    )
 
     def __init__(self, recorder: Recorder, options: Any = None, tracer: Any = None) -> None:
         self.recorder = recorder
@@ -387,5 +399,16 @@ class Hook:
         return True
 
 
-__all__ = ["Hook", "HookContext", "reset_after_fork", "Patches", "when_imported", "MISMATCH_TEXT",
-           "ACCESS_DENIED_TEXT", "is_mismatch", "outcome_of", "retry_reason", "rpc_error_details"]
+__all__ = [
+    "Hook",
+    "HookContext",
+    "reset_after_fork",
+    "Patches",
+    "when_imported",
+    "MISMATCH_TEXT",
+    "ACCESS_DENIED_TEXT",
+    "is_mismatch",
+    "outcome_of",
+    "retry_reason",
+    "rpc_error_details",
+]

@@ -197,11 +197,9 @@ def _timed_aio_call(mc: Any, timer: Timer, interp: _AioInterpreter) -> Callable[
             if cy is not None:
                 # What grpc's Call.add_done_callback does (partial(cb, call) on the Cython
                 # call), without its Python frame.
-                cy.add_done_callback(
-                    partial(aio_call_done, timer, interp, s, t0, codes, _COMPONENT, call))
+                cy.add_done_callback(partial(aio_call_done, timer, interp, s, t0, codes, _COMPONENT, call))
             else:
-                call.add_done_callback(
-                    partial(aio_call_done, timer, interp, s, t0, codes, _COMPONENT))
+                call.add_done_callback(partial(aio_call_done, timer, interp, s, t0, codes, _COMPONENT))
         except Exception as exc:
             record_internal_error(_COMPONENT, exc)
         return call
@@ -209,8 +207,9 @@ def _timed_aio_call(mc: Any, timer: Timer, interp: _AioInterpreter) -> Callable[
     return mark_wrapper(timed, mc, timer.method)
 
 
-def _make_initialize(orig: Callable[..., Any], ctx: HookContext,
-                     interp: _AioInterpreter) -> Callable[..., Any]:
+def _make_initialize(
+    orig: Callable[..., Any], ctx: HookContext, interp: _AioInterpreter
+) -> Callable[..., Any]:
     async def _initialize(self: Any, *args: Any, **kwargs: Any) -> Any:
         result = await orig(self, *args, **kwargs)
         if ctx.live:
@@ -256,8 +255,12 @@ def _make_execute(orig: Callable[..., Any], ctx: HookContext) -> Callable[..., A
             if tracer is not None:
                 query = args[0] if args else kwargs.get("operation")
                 config = conn.__dict__.get("_config", {})
-                span = tracer.start(query, config.get("host"), config.get("port"),
-                                    db_namespace(config.get("catalog"), config.get("database")))
+                span = tracer.start(
+                    query,
+                    config.get("host"),
+                    config.get("port"),
+                    db_namespace(config.get("catalog"), config.get("database")),
+                )
                 span_token = attach_span(span)  # this task's context: its RPCs are children
         except Exception as exc:
             record_internal_error(_COMPONENT, exc)
@@ -274,8 +277,11 @@ def _make_execute(orig: Callable[..., Any], ctx: HookContext) -> Callable[..., A
                     QUERY_SPAN.reset(qs_token)
                 route = d.get("_route")
                 admitted = route is not None
-                s = getattr(route, "strategy", None) if admitted else (
-                    conn.__dict__.get("_strategy") if conn is not None else None)
+                s = (
+                    getattr(route, "strategy", None)
+                    if admitted
+                    else (conn.__dict__.get("_strategy") if conn is not None else None)
+                )
                 strategy = norm_strategy(s if (not admitted or isinstance(s, str)) else None)
                 execute_failed(ctx, t0, strategy, span, None, admitted, exc)
             except Exception as e:
@@ -290,11 +296,11 @@ def _make_execute(orig: Callable[..., Any], ctx: HookContext) -> Callable[..., A
             s = getattr(route, "strategy", None)
             # norm_strategy(s) for a str (else None), inlined for the usual case (a colour)
             colour = LABEL.get(s) if type(s) is str else None
-            strategy = colour if colour is not None else norm_strategy(
-                s if isinstance(s, str) else None)
+            strategy = colour if colour is not None else norm_strategy(s if isinstance(s, str) else None)
             tokens[strategy].append(None)  # rec.query_started(strategy), inlined
-            d[ATTR] = QueryState(t0, strategy, span, getattr(route, "query_id", None),
-                                 resumed_get() is not resumed0)
+            d[ATTR] = QueryState(
+                t0, strategy, span, getattr(route, "query_id", None), resumed_get() is not resumed0
+            )
         except Exception as exc:
             record_internal_error(_COMPONENT, exc)
         return result
@@ -383,17 +389,17 @@ class AioHook(Hook):
         interp = _AioInterpreter(ctx.recorder)
         p = self.patches
         p.replace(AsyncConnection, "_strategy", _Watched("_strategy", interp.on_strategy))
-        p.replace(AsyncConnection, "_pending_strategy",
-                  _Watched("_pending_strategy", interp.on_pending))
-        p.replace(AsyncConnection, "_initialize",
-                  _make_initialize(AsyncConnection.__dict__["_initialize"], ctx, interp))
+        p.replace(AsyncConnection, "_pending_strategy", _Watched("_pending_strategy", interp.on_pending))
+        p.replace(
+            AsyncConnection,
+            "_initialize",
+            _make_initialize(AsyncConnection.__dict__["_initialize"], ctx, interp),
+        )
         p.replace(AsyncCursor, "execute", _make_execute(AsyncCursor.__dict__["execute"], ctx))
         p.replace(AsyncCursor, "_clear", _make_clear(AsyncCursor.__dict__["_clear"], ctx, "ok"))
-        p.replace(AsyncCursor, "_next_batch",
-                  _make_next_batch(AsyncCursor.__dict__["_next_batch"], ctx))
+        p.replace(AsyncCursor, "_next_batch", _make_next_batch(AsyncCursor.__dict__["_next_batch"], ctx))
         if "cancel" in AsyncCursor.__dict__:
-            p.replace(AsyncCursor, "cancel",
-                      _make_clear(AsyncCursor.__dict__["cancel"], ctx, "error"))
+            p.replace(AsyncCursor, "cancel", _make_clear(AsyncCursor.__dict__["cancel"], ctx, "error"))
         self.interp = interp
         return True
 
@@ -405,8 +411,13 @@ class AioHook(Hook):
         """Replace the unary multi-callables of one ``grpc.aio`` stub (idempotent)."""
         import grpc.aio
 
-        return wrap_stub(stub, ctx, grpc.aio.UnaryUnaryMultiCallable,
-                         lambda mc, timer: _timed_aio_call(mc, timer, interp), self.stubs)
+        return wrap_stub(
+            stub,
+            ctx,
+            grpc.aio.UnaryUnaryMultiCallable,
+            lambda mc, timer: _timed_aio_call(mc, timer, interp),
+            self.stubs,
+        )
 
     def wrap_connection(self, conn: Any) -> bool:
         """Instrument the stub of an already-open ``AsyncConnection``. True if it changed."""

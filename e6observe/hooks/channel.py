@@ -62,8 +62,15 @@ def _timed_call(mc: Any, timer: Timer) -> Callable[..., Any]:
     # Only the wrapper this multi-callable needs is built (one closure per stub method).
     wrapper: Callable[..., Any]
     if _documented_signature(mc):
-        def timed(request: Any, timeout: Any = None, metadata: Any = None, credentials: Any = None,
-                  wait_for_ready: Any = None, compression: Any = None) -> Any:
+
+        def timed(
+            request: Any,
+            timeout: Any = None,
+            metadata: Any = None,
+            credentials: Any = None,
+            wait_for_ready: Any = None,
+            compression: Any = None,
+        ) -> Any:
             # The hot path, ~6 times per query: grpc's documented signature, so no argument
             # repacking, and no Python call but the clock, the wrapped call and one list append
             # (``try`` costs nothing in 3.11+).
@@ -97,6 +104,7 @@ def _timed_call(mc: Any, timer: Timer) -> Callable[..., Any]:
 
         wrapper = timed
     else:
+
         def timed_any(request: Any, *args: Any, **kwargs: Any) -> Any:
             # Any call shape (a multi-callable whose signature is not grpc's documented one).
             s = strategy_from(args, kwargs)
@@ -119,6 +127,7 @@ def _timed_call(mc: Any, timer: Timer) -> Callable[..., Any]:
         t0 = _perf()
         fut = mc.future(request, *args, **kwargs)
         try:
+
             def done(f: Any) -> None:
                 dt = _perf() - t0
                 try:
@@ -155,9 +164,11 @@ def _documented_signature(mc: Any) -> bool:
             import inspect
 
             params = list(inspect.signature(cls.__call__).parameters.values())[1:]
-            ok = (tuple(p.name for p in params) == _CALL_PARAMS
-                  and all(p.kind is p.POSITIONAL_OR_KEYWORD for p in params)
-                  and all(p.default is None for p in params[1:]))
+            ok = (
+                tuple(p.name for p in params) == _CALL_PARAMS
+                and all(p.kind is p.POSITIONAL_OR_KEYWORD for p in params)
+                and all(p.default is None for p in params[1:])
+            )
         except (TypeError, ValueError):
             ok = False
         _signature_ok[cls] = ok

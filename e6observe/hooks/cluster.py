@@ -63,11 +63,9 @@ _COMPONENT = "hook.cluster"
 MAX_STRATEGY_CHARS = 64
 #: Set (to a fresh object) by every ``resume()`` call that returned true: the cursor hooks
 #: compare it before and after ``execute`` to tell a query that waited for a resume.
-RESUMED: contextvars.ContextVar[Optional[object]] = contextvars.ContextVar(
-    "e6observe_resumed", default=None)
+RESUMED: contextvars.ContextVar[Optional[object]] = contextvars.ContextVar("e6observe_resumed", default=None)
 #: The span of the query being executed in this context (only while tracing).
-QUERY_SPAN: contextvars.ContextVar[Any] = contextvars.ContextVar("e6observe_query_span",
-                                                                 default=None)
+QUERY_SPAN: contextvars.ContextVar[Any] = contextvars.ContextVar("e6observe_query_span", default=None)
 ASYNC_MODULE = "e6data_python_connector.async_cluster_manager"
 
 
@@ -147,8 +145,9 @@ def _make_stub_init(orig: Callable[..., Any], ctx: HookContext) -> Callable[...,
             attrs = vars(self)
             for name, mc in list(attrs.items()):
                 if isinstance(mc, grpc.UnaryUnaryMultiCallable):
-                    attrs[name] = _timed_sync(mc, _timer(ctx, name), ctx,
-                                              observe=name in ("status", "resume"))
+                    attrs[name] = _timed_sync(
+                        mc, _timer(ctx, name), ctx, observe=name in ("status", "resume")
+                    )
                 elif _is_aio_multicallable(mc):
                     attrs[name] = _timed_aio(mc, _timer(ctx, name), ctx)
         except Exception as exc:
@@ -216,8 +215,9 @@ class _ResumeCall:
                     tls.attempt = attempt
                 rec.retry(attempt, "resume")  # the connector replays the login / prepare
             if self.span is not None:
-                self.tracer.end_child_span(self.span, {"e6data.cluster.resume.outcome": outcome},
-                                           exc if outcome != "ok" else None)
+                self.tracer.end_child_span(
+                    self.span, {"e6data.cluster.resume.outcome": outcome}, exc if outcome != "ok" else None
+                )
         except Exception as e:
             record_internal_error(_COMPONENT, e)
 
@@ -397,10 +397,12 @@ def gauge_values(rec: Recorder) -> dict[str, list[tuple[float, dict[str, str]]]]
     active = rec.active
     split = 1.0 if (cm in COLOURS and active in COLOURS and cm != active) else 0.0
     return {
-        M.CLUSTER_STATUS.prom_name: [(1.0 if s == status else 0.0, {"status": s})
-                                     for s in M.CLUSTER_STATUSES],
-        M.CLUSTER_MANAGER_ACTIVE.prom_name: [(1.0 if s == cm else 0.0, {"strategy": s})
-                                             for s in M.STRATEGIES],
+        M.CLUSTER_STATUS.prom_name: [
+            (1.0 if s == status else 0.0, {"status": s}) for s in M.CLUSTER_STATUSES
+        ],
+        M.CLUSTER_MANAGER_ACTIVE.prom_name: [
+            (1.0 if s == cm else 0.0, {"strategy": s}) for s in M.STRATEGIES
+        ],
         M.CACHE_SPLIT.prom_name: [(split, {})],
     }
 
@@ -435,8 +437,10 @@ class ClusterHook(Hook):
         setp = g.__dict__.get("_set_pending_strategy")
         if callable(setp):
             p.replace(g, "_set_pending_strategy", _make_set_pending(setp, ctx))
-        if "_prepare_with_auto_resume" in g.Cursor.__dict__ and \
-                "_oauth_resume_strategy" not in g.Connection.__dict__:
+        if (
+            "_prepare_with_auto_resume" in g.Cursor.__dict__
+            and "_oauth_resume_strategy" not in g.Connection.__dict__
+        ):
             p.replace(g.Connection, "_oauth_resume_strategy", _RouteWatch(ctx))
         try:
             self.cache_b = _install_cache_b(ctx.recorder)
@@ -466,5 +470,4 @@ class ClusterHook(Hook):
 
 HOOK = ClusterHook()
 
-__all__ = ["HOOK", "ClusterHook", "rejected_reason", "RESUMED", "QUERY_SPAN",
-           "MAX_STRATEGY_CHARS"]
+__all__ = ["HOOK", "ClusterHook", "rejected_reason", "RESUMED", "QUERY_SPAN", "MAX_STRATEGY_CHARS"]

@@ -49,8 +49,7 @@ class QueryState:
 
     __slots__ = ("t0", "strategy", "fetch_end", "span", "query_id", "resumed")
 
-    def __init__(self, t0: float, strategy: str, span: Any, query_id: Any,
-                 resumed: bool = False) -> None:
+    def __init__(self, t0: float, strategy: str, span: Any, query_id: Any, resumed: bool = False) -> None:
         self.t0 = t0
         self.strategy = strategy
         self.fetch_end: Optional[float] = None
@@ -85,8 +84,13 @@ def _pinned_strategy(query_id: Any, cache: Optional[dict[str, Any]] = None) -> s
         return "invalid"
 
 
-def finish(ctx: HookContext, q: QueryState, outcome: str, exc: Optional[BaseException] = None,
-           end: Optional[float] = None) -> None:
+def finish(
+    ctx: HookContext,
+    q: QueryState,
+    outcome: str,
+    exc: Optional[BaseException] = None,
+    end: Optional[float] = None,
+) -> None:
     """Record the end of one query (duration, outcome, in-flight, span). Contained."""
     try:
         seconds = (time.perf_counter() if end is None else end) - q.t0
@@ -117,8 +121,9 @@ def finish(ctx: HookContext, q: QueryState, outcome: str, exc: Optional[BaseExce
         record_internal_error(_COMPONENT, e)
 
 
-def execute_failed(ctx: HookContext, t0: float, strategy: str, span: Any, query_id: Any,
-                   admitted: bool, exc: BaseException) -> None:
+def execute_failed(
+    ctx: HookContext, t0: float, strategy: str, span: Any, query_id: Any, admitted: bool, exc: BaseException
+) -> None:
     """An ``execute`` raised (sync or async): the query starts and ends at once, as
     ``switch_interrupted`` for a 456 once it was admitted (a switch landed mid-flight), else
     ``error``."""
@@ -165,9 +170,12 @@ def _make_execute(orig: Callable[..., Any], ctx: HookContext) -> Callable[..., A
             if tracer is None and ctx.retrace is not None:
                 tracer = ctx.retrace()
             if tracer is not None:
-                span = tracer.start(_operation(args, kwargs), getattr(conn, "_host", None),
-                                    getattr(conn, "_port", None),
-                                    db_namespace(d.get("_catalog_name"), d.get("_database")))
+                span = tracer.start(
+                    _operation(args, kwargs),
+                    getattr(conn, "_host", None),
+                    getattr(conn, "_port", None),
+                    db_namespace(d.get("_catalog_name"), d.get("_database")),
+                )
                 span_token = attach_span(span)
         except Exception as exc:
             record_internal_error(_COMPONENT, exc)
@@ -184,8 +192,7 @@ def _make_execute(orig: Callable[..., Any], ctx: HookContext) -> Callable[..., A
                     QUERY_SPAN.reset(qs_token)
                 qid = d.get("_query_id")
                 admitted = qid is not None and qid != before
-                execute_failed(ctx, t0, _pinned_strategy(qid if admitted else None), span, qid,
-                               admitted, exc)
+                execute_failed(ctx, t0, _pinned_strategy(qid if admitted else None), span, qid, admitted, exc)
             except Exception as e:
                 record_internal_error(_COMPONENT, e)
             raise
@@ -211,8 +218,9 @@ def _make_execute(orig: Callable[..., Any], ctx: HookContext) -> Callable[..., A
     return execute
 
 
-def call_in_span(span: Any, orig: Callable[..., Any], self: Any, args: tuple[Any, ...],
-                 kwargs: dict[str, Any]) -> Any:
+def call_in_span(
+    span: Any, orig: Callable[..., Any], self: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
     """``orig(self, *args, **kwargs)`` with ``span`` current (its RPCs' spans are its children)."""
     token = attach_span(span)
     try:
@@ -221,8 +229,9 @@ def call_in_span(span: Any, orig: Callable[..., Any], self: Any, args: tuple[Any
         detach(token)
 
 
-def end_failed(ctx: HookContext, cursor: Any, exc: BaseException,
-               classify: Callable[[BaseException], str]) -> None:
+def end_failed(
+    ctx: HookContext, cursor: Any, exc: BaseException, classify: Callable[[BaseException], str]
+) -> None:
     """A fetch raised: the cursor's query, if still tracked, ends with ``classify(exc)``."""
     if ctx.live:
         q = cursor.__dict__.pop(ATTR, None)

@@ -127,6 +127,7 @@ def pool_names() -> list[str]:
 
 # --- wrappers ----------------------------------------------------------------------------------
 
+
 def _wait_begins(pool: Any, kind: str) -> Optional[_PoolInfo]:
     """A caller enters ``get_connection``: one more pending request. Contained."""
     info: Optional[_PoolInfo] = None
@@ -157,6 +158,7 @@ def _timed_get(original: Callable[..., Any], kind: str) -> Callable[..., Any]:
             return original(self, *args, **kwargs)
         finally:
             _wait_ends(info, t0)
+
     return get_connection
 
 
@@ -169,6 +171,7 @@ def _timed_get_async(original: Callable[..., Any]) -> Callable[..., Any]:
             return await original(self, *args, **kwargs)
         finally:
             _wait_ends(info, t0)
+
     return get_connection
 
 
@@ -186,6 +189,7 @@ def _timed_create(original: Callable[..., Any]) -> Callable[..., Any]:
 
             track_connection(getattr(pooled, "connection", None))
         return pooled
+
     return _create_connection
 
 
@@ -197,6 +201,7 @@ def _registering_init(original: Callable[..., Any], kind: str) -> Callable[..., 
         with contain("hook.pool"):
             _info(self, kind)
         original(self, *args, **kwargs)
+
     return __init__
 
 
@@ -266,6 +271,7 @@ def reset_after_fork() -> None:
 
 
 # --- reading -----------------------------------------------------------------------------------
+
 
 def _read_sync(pool: Any) -> Optional[tuple[int, int, int]]:
     """(idle, used, max) for a ConnectionPool, from attributes, without its lock."""

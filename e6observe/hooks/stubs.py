@@ -63,8 +63,7 @@ class Timer:
 
     __slots__ = ("rec", "method", "ok", "suppressed")
 
-    def __init__(self, rec: Recorder, method: str,
-                 suppressed: Callable[[], bool] = _never) -> None:
+    def __init__(self, rec: Recorder, method: str, suppressed: Callable[[], bool] = _never) -> None:
         self.rec = rec
         self.method = method
         #: raw strategy header value -> the OK child for it.
@@ -128,8 +127,7 @@ def timer_for(ctx: HookContext, method: str) -> Timer:
 Wrap = Callable[[Any, Timer], Callable[..., Any]]
 
 
-def wrap_stub(stub: Any, ctx: HookContext, kind: type, wrap: Wrap,
-              stubs: weakref.WeakSet[Any]) -> bool:
+def wrap_stub(stub: Any, ctx: HookContext, kind: type, wrap: Wrap, stubs: weakref.WeakSet[Any]) -> bool:
     """Replace each multi-callable of class ``kind`` on ``stub`` by ``wrap(mc, timer)``, mark the
     stub and remember it in ``stubs`` (for uninstall). Idempotent; True if it changed."""
     if stub is None or getattr(stub, MARK, None) is ctx.token:
@@ -188,8 +186,9 @@ def aio_status_codes() -> dict[Any, Any]:
     return _codes
 
 
-def aio_call_done(timer: Timer, interp: Any, s: Any, t0: float, codes: dict[Any, Any],
-                  component: str, call: Any) -> None:
+def aio_call_done(
+    timer: Timer, interp: Any, s: Any, t0: float, codes: dict[Any, Any], component: str, call: Any
+) -> None:
     """Done-callback of a timed ``grpc.aio`` call (bound with ``functools.partial``): the
     finished call's status, read without awaiting. OK: observed (inlined: one list append), and
     ``interp.confirmed(s)`` while ``interp.known`` is None (the async API's first colour);
@@ -218,6 +217,17 @@ def aio_call_done(timer: Timer, interp: Any, s: Any, t0: float, codes: dict[Any,
         record_internal_error(component, exc)
 
 
-__all__ = ["MARK", "WRAPPER", "SUSPENDED_TEXT", "Timer", "timer_for", "strategy_from",
-           "wrap_stub", "unwrap_stub", "unwrap_all", "mark_wrapper", "aio_call_done",
-           "aio_status_codes"]
+__all__ = [
+    "MARK",
+    "WRAPPER",
+    "SUSPENDED_TEXT",
+    "Timer",
+    "timer_for",
+    "strategy_from",
+    "wrap_stub",
+    "unwrap_stub",
+    "unwrap_all",
+    "mark_wrapper",
+    "aio_call_done",
+    "aio_status_codes",
+]

@@ -155,9 +155,11 @@ class Config:
         if self.flapping_threshold < 2:
             raise ConfigError("flapping_threshold must be at least 2 (one switch is not flapping)")
         if float(self.resume_slow_seconds) not in M.RESUME_BUCKETS:
-            raise ConfigError(f"resume_slow_seconds must be a bucket boundary of "
-                              f"{M.CLUSTER_RESUME_DURATION.prom_name} {M.RESUME_BUCKETS}: "
-                              f"{self.resume_slow_seconds!r}")
+            raise ConfigError(
+                f"resume_slow_seconds must be a bucket boundary of "
+                f"{M.CLUSTER_RESUME_DURATION.prom_name} {M.RESUME_BUCKETS}: "
+                f"{self.resume_slow_seconds!r}"
+            )
         if "{" in self.selector or "}" in self.selector:
             raise ConfigError(f"selector takes label matchers without braces: {self.selector!r}")
 

@@ -12,8 +12,9 @@ from e6observe import metrics as M
 
 #: Label matchers every dashboard query carries: the cluster/namespace/job/instance/pod
 #: template variables (``e6observe export --cluster-label`` renames the cluster label).
-DASHBOARD_SELECTOR = ('cluster=~"$cluster", namespace=~"$namespace", job=~"$job", '
-                      'instance=~"$instance", pod=~"$pod"')
+DASHBOARD_SELECTOR = (
+    'cluster=~"$cluster", namespace=~"$namespace", job=~"$job", instance=~"$instance", pod=~"$pod"'
+)
 #: Grafana's interval for rate windows; the live test substitutes a concrete duration.
 RATE = "$__rate_interval"
 #: Labels drawn per client on the dashboards (the variables' labels).
@@ -95,8 +96,7 @@ def drain_quantile(q: float, sel: str, window: str) -> str:
 def drain_mean(sel: str, window: str, by: str = CLIENT) -> str:
     s = series(M.SWITCH_DRAIN, "_sum", sel)
     c = series(M.SWITCH_DRAIN, "_count", sel)
-    return (f"sum by ({by}) (increase({s}[{window}])) / sum by ({by}) (increase({c}[{window}]))"
-            f" > 0")
+    return f"sum by ({by}) (increase({s}[{window}])) / sum by ({by}) (increase({c}[{window}])) > 0"
 
 
 def mismatch_rate(sel: str, window: str, by: str = "strategy, method") -> str:
@@ -106,8 +106,10 @@ def mismatch_rate(sel: str, window: str, by: str = "strategy, method") -> str:
 def mismatch_ratio(sel: str, window: str, by: str) -> str:
     """456 mismatches per RPC made (the connector's documentation names 5 % as the limit)."""
     rpcs = series(M.RPC_DURATION, "_count", sel)
-    return (f"sum by ({by}) (rate({counter(M.MISMATCHES, sel)}[{window}]))"
-            f" / sum by ({by}) (rate({rpcs}[{window}]))")
+    return (
+        f"sum by ({by}) (rate({counter(M.MISMATCHES, sel)}[{window}]))"
+        f" / sum by ({by}) (rate({rpcs}[{window}]))"
+    )
 
 
 def interrupted(sel: str, window: str, by: str = CLIENT) -> str:
@@ -129,8 +131,7 @@ def query_failures(sel: str, window: str, by: str = "strategy, outcome") -> str:
 def query_error_ratio(sel: str, window: str, by: str) -> str:
     errors = series(M.QUERY_DURATION, "_count", sel, 'outcome="error"')
     total = series(M.QUERY_DURATION, "_count", sel)
-    return (f"sum by ({by}) (rate({errors}[{window}]))"
-            f" / sum by ({by}) (rate({total}[{window}]))")
+    return f"sum by ({by}) (rate({errors}[{window}])) / sum by ({by}) (rate({total}[{window}]))"
 
 
 def query_latency(q: float, sel: str, window: str, by: str = "strategy") -> str:
@@ -155,8 +156,7 @@ def resumes_failed(sel: str, window: str, by: str) -> str:
 def resume_mean(sel: str, window: str, by: str = CLIENT) -> str:
     s = series(M.CLUSTER_RESUME_DURATION, "_sum", sel)
     c = series(M.CLUSTER_RESUME_DURATION, "_count", sel)
-    return (f"sum by ({by}) (increase({s}[{window}])) / sum by ({by}) (increase({c}[{window}]))"
-            f" > 0")
+    return f"sum by ({by}) (increase({s}[{window}])) / sum by ({by}) (increase({c}[{window}])) > 0"
 
 
 def resume_quantile(q: float, sel: str, window: str) -> str:
@@ -168,8 +168,7 @@ def resumes_slower_than(seconds: str, sel: str, window: str, by: str) -> str:
     """Resumes that ended ok after more than ``seconds`` (a bucket boundary) in ``window``."""
     count = series(M.CLUSTER_RESUME_DURATION, "_count", sel, 'outcome="ok"')
     under = series(M.CLUSTER_RESUME_DURATION, "_bucket", sel, 'outcome="ok"', f'le="{seconds}"')
-    return (f"sum by ({by}) (increase({count}[{window}])) - "
-            f"sum by ({by}) (increase({under}[{window}]))")
+    return f"sum by ({by}) (increase({count}[{window}])) - sum by ({by}) (increase({under}[{window}]))"
 
 
 def cluster_status(sel: str, by: str = CLIENT) -> str:

@@ -172,9 +172,9 @@ def _vector(col: Column, values: Sequence[Any]) -> vt.Vector:
 
 def encode_chunk(columns: Sequence[Column], rows: Sequence[Sequence[Any]]) -> bytes:
     """One thrift-binary ``Chunk`` holding ``rows`` (column-major on the wire)."""
-    chunk = vt.Chunk(size=len(rows), vectors=[
-        _vector(c, [r[j] for r in rows]) for j, c in enumerate(columns)
-    ])
+    chunk = vt.Chunk(
+        size=len(rows), vectors=[_vector(c, [r[j] for r in rows]) for j, c in enumerate(columns)]
+    )
     buf = TTransport.TMemoryBuffer()
     chunk.write(TBinaryProtocol.TBinaryProtocolAccelerated(buf))
     return bytes(buf.getvalue())
@@ -227,8 +227,10 @@ class ResultCache:
 
     def scalar(self, value: int, name: str) -> Result:
         cols = (Column(name, "LONG"),)
-        return self._get(("scalar:" + name, value), lambda: Result(
-            encode_metadata(cols, 1), (encode_chunk(cols, [(value,)]),), 1))
+        return self._get(
+            ("scalar:" + name, value),
+            lambda: Result(encode_metadata(cols, 1), (encode_chunk(cols, [(value,)]),), 1),
+        )
 
     def sample(self, limit: int) -> Result:
         n = max(0, min(limit, SAMPLE_ROWS))
@@ -236,7 +238,7 @@ class ResultCache:
         def build() -> Result:
             rows = [sample_row(i) for i in range(n)]
             step = self.batch_rows
-            batches = tuple(encode_chunk(SAMPLE_COLUMNS, rows[k:k + step]) for k in range(0, n, step))
+            batches = tuple(encode_chunk(SAMPLE_COLUMNS, rows[k : k + step]) for k in range(0, n, step))
             return Result(encode_metadata(SAMPLE_COLUMNS, n), batches, n)
 
         return self._get(("sample", n), build)

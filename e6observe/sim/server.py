@@ -159,10 +159,17 @@ class Simulator:
         max_workers: server thread pool size (each in-flight RPC holds one thread).
     """
 
-    def __init__(self, port: int = 0, host: str = "127.0.0.1", latency_ms: float = 0.0,
-                 users: Optional[Dict[str, str]] = None, batch_rows: int = 256,
-                 active: str = "blue", max_workers: int = 64,
-                 access_tokens: Optional[Dict[str, str]] = None) -> None:
+    def __init__(
+        self,
+        port: int = 0,
+        host: str = "127.0.0.1",
+        latency_ms: float = 0.0,
+        users: Optional[Dict[str, str]] = None,
+        batch_rows: int = 256,
+        active: str = "blue",
+        max_workers: int = 64,
+        access_tokens: Optional[Dict[str, str]] = None,
+    ) -> None:
         if active not in COLOURS:
             raise ValueError(f"active must be one of {COLOURS}")
         if not (0 <= int(port) <= 65535):
@@ -210,8 +217,9 @@ class Simulator:
             self._stopping.clear()
             if self._requested_port:
                 _check_bindable(self.host, self._requested_port)
-            executor = futures.ThreadPoolExecutor(max_workers=self._max_workers,
-                                                  thread_name_prefix="e6observe-sim")
+            executor = futures.ThreadPoolExecutor(
+                max_workers=self._max_workers, thread_name_prefix="e6observe-sim"
+            )
             # SO_REUSEPORT (grpc's default) would let a second server share a taken port.
             server = grpc.server(executor, options=[("grpc.so_reuseport", 0)])
             pb_grpc.add_QueryEngineServiceServicer_to_server(_Engine(self), server)
@@ -227,8 +235,10 @@ class Simulator:
             if not bound:
                 server.stop(None)
                 executor.shutdown(wait=False)
-                raise OSError(f"cannot listen on {self.host}:{self._requested_port} "
-                              "(port in use or address not available)") from err
+                raise OSError(
+                    f"cannot listen on {self.host}:{self._requested_port} "
+                    "(port in use or address not available)"
+                ) from err
             server.start()
             self.port = bound
             # A restart must come back on the same port, even when 0 was asked for first.
@@ -348,8 +358,9 @@ class Simulator:
         self.complete(drain_wait=drain_wait)
         return self._active
 
-    def flip_every(self, seconds: float, announce_for: Optional[float] = None,
-                   drain_wait: float = 0.0) -> None:
+    def flip_every(
+        self, seconds: float, announce_for: Optional[float] = None, drain_wait: float = 0.0
+    ) -> None:
         """Flip in the background every ``seconds``: announce, wait ``announce_for`` (default
         half the period), complete. Replaces a running schedule."""
         period = float(seconds)
@@ -412,8 +423,13 @@ class Simulator:
             else:
                 self._method_latency_s[self._validate_method(method)] = s
 
-    def inject_fault(self, method: str, code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE,
-                     details: str = "injected", count: int = 1) -> None:
+    def inject_fault(
+        self,
+        method: str,
+        code: grpc.StatusCode = grpc.StatusCode.UNAVAILABLE,
+        details: str = "injected",
+        count: int = 1,
+    ) -> None:
         """Fail the next ``count`` calls of ``method`` (e.g. ``"executeStatement"``) with
         ``code``/``details``. Faults queue up in the order given."""
         if not isinstance(code, grpc.StatusCode) or code is grpc.StatusCode.OK:
@@ -422,7 +438,8 @@ class Simulator:
             raise ValueError("count must be >= 1")
         with self._lock:
             self._faults.setdefault(self._validate_method(method), collections.deque()).append(
-                _Fault(code, str(details), int(count)))
+                _Fault(code, str(details), int(count))
+            )
 
     def clear_faults(self) -> None:
         """Drop all queued faults."""
@@ -557,8 +574,13 @@ class Simulator:
     # ------------------------------------------------------------------------------------------
     # the per-RPC gate (used by the servicers)
 
-    def _gate(self, method: str, context: grpc.ServicerContext, user: Optional[str] = None,
-              session_id: Optional[str] = None) -> str:
+    def _gate(
+        self,
+        method: str,
+        context: grpc.ServicerContext,
+        user: Optional[str] = None,
+        session_id: Optional[str] = None,
+    ) -> str:
         """Count, delay, fault, 503 and 456 checks. Returns the colour the RPC is served under."""
         header: Optional[str] = None
         for key, value in context.invocation_metadata():
@@ -656,8 +678,11 @@ class Simulator:
             if self._refuse:
                 self._c.refused_logins += 1
                 raise _Abort(grpc.StatusCode.INTERNAL, "Access denied: login refused")
-            ok = bool(user) and bool(password) if self._users is None else (
-                user in self._users and self._users[user] == password)
+            ok = (
+                bool(user) and bool(password)
+                if self._users is None
+                else (user in self._users and self._users[user] == password)
+            )
             if not ok:
                 self._c.refused_logins += 1
                 raise _Abort(grpc.StatusCode.INTERNAL, "Access denied: invalid credentials")
@@ -704,7 +729,7 @@ class Simulator:
             self._session(session_id)
             q = self._query(query_id)
             batches = q.result.batches
-            out = list(batches[q.next_batch:q.next_batch + n])
+            out = list(batches[q.next_batch : q.next_batch + n])
             q.next_batch += len(out)
             return out, q.next_batch >= len(batches)
 
@@ -738,8 +763,12 @@ def _serve(method: str) -> Callable[[_Handler], _Handler]:
         def handler(self: _Engine, request: Any, context: grpc.ServicerContext) -> Any:
             sim = self.sim
             try:
-                strategy = sim._gate(method, context, user=getattr(request, "user", None) or None,
-                                     session_id=getattr(request, "sessionId", None))
+                strategy = sim._gate(
+                    method,
+                    context,
+                    user=getattr(request, "user", None) or None,
+                    session_id=getattr(request, "sessionId", None),
+                )
                 sid = sim._bearer_session(context)
                 if sid is not None and "sessionId" in request.DESCRIPTOR.fields_by_name:
                     request.sessionId = sid  # OAuth: the token is the credential, not the field
@@ -762,21 +791,22 @@ class _Engine(pb_grpc.QueryEngineServiceServicer):  # type: ignore[misc]
 
     @_serve("authenticate")
     def authenticate(self, request: Any, context: Any, strategy: str) -> Any:
-        sid = self.sim._bearer_session(context) or self.sim._authenticate(request.user,
-                                                                         request.password)
+        sid = self.sim._bearer_session(context) or self.sim._authenticate(request.user, request.password)
         return _reply(pb.AuthenticateResponse, sessionId=sid, engineIP="127.0.0.1")
 
     @_serve("prepareStatement")
     def prepareStatement(self, request: Any, context: Any, strategy: str) -> Any:
         qid = self.sim._prepare(request.sessionId, request.queryString, strategy)
-        return _reply(pb.PrepareStatementResponse, engineIP="127.0.0.1", queryId=qid,
-                      sessionId=request.sessionId)
+        return _reply(
+            pb.PrepareStatementResponse, engineIP="127.0.0.1", queryId=qid, sessionId=request.sessionId
+        )
 
     @_serve("prepareStatementV2")
     def prepareStatementV2(self, request: Any, context: Any, strategy: str) -> Any:
         qid = self.sim._prepare(request.sessionId, request.queryString, strategy)
-        return _reply(pb.PrepareStatementResponse, engineIP="127.0.0.1", queryId=qid,
-                      sessionId=request.sessionId)
+        return _reply(
+            pb.PrepareStatementResponse, engineIP="127.0.0.1", queryId=qid, sessionId=request.sessionId
+        )
 
     @_serve("executeStatement")
     def executeStatement(self, request: Any, context: Any, strategy: str) -> Any:
@@ -796,14 +826,21 @@ class _Engine(pb_grpc.QueryEngineServiceServicer):  # type: ignore[misc]
     @_serve("getNextResultBatch")
     def getNextResultBatch(self, request: Any, context: Any, strategy: str) -> Any:
         batches, _ = self.sim._next_batches(request.sessionId, request.queryId, 1)
-        return _reply(pb.GetNextResultBatchResponse, resultBatch=batches[0] if batches else b"",
-                                             sessionId=request.sessionId)
+        return _reply(
+            pb.GetNextResultBatchResponse,
+            resultBatch=batches[0] if batches else b"",
+            sessionId=request.sessionId,
+        )
 
     @_serve("getNextResultBatchV2")
     def getNextResultBatchV2(self, request: Any, context: Any, strategy: str) -> Any:
         batches, done = self.sim._next_batches(request.sessionId, request.queryId, 4)
-        return _reply(pb.GetNextResultBatchV2Response, resultBatches=batches, endOfStream=done,
-                                               sessionId=request.sessionId)
+        return _reply(
+            pb.GetNextResultBatchV2Response,
+            resultBatches=batches,
+            endOfStream=done,
+            sessionId=request.sessionId,
+        )
 
     @_serve("clear")
     def clear(self, request: Any, context: Any, strategy: str) -> Any:
@@ -861,8 +898,9 @@ class _Engine(pb_grpc.QueryEngineServiceServicer):  # type: ignore[misc]
 
     @_serve("getCataloges")
     def getCataloges(self, request: Any, context: Any, strategy: str) -> Any:
-        return _reply(pb.GetCatalogesResponse,
-                      catalogResponses=[pb.CatalogResponse(name="sim", isDefault=True)])
+        return _reply(
+            pb.GetCatalogesResponse, catalogResponses=[pb.CatalogResponse(name="sim", isDefault=True)]
+        )
 
     @_serve("dryRun")
     def dryRun(self, request: Any, context: Any, strategy: str) -> Any:
@@ -893,8 +931,7 @@ class _Cluster(cluster_pb2_grpc.ClusterServiceServicer):  # type: ignore[misc]
 
     def status(self, request: Any, context: Any) -> Any:
         self._run("cluster.status", context)
-        return cluster_pb2.ClusterStatusResponse(
-            status=self.sim._cluster_status(context.time_remaining()))
+        return cluster_pb2.ClusterStatusResponse(status=self.sim._cluster_status(context.time_remaining()))
 
     def resume(self, request: Any, context: Any) -> Any:
         self._run("cluster.resume", context)
@@ -904,4 +941,3 @@ class _Cluster(cluster_pb2_grpc.ClusterServiceServicer):  # type: ignore[misc]
         self._run("cluster.suspend", context)
         self.sim.suspend()
         return cluster_pb2.SuspendResponse(status="suspended")
-

@@ -104,9 +104,12 @@ def add_delta(matches: list[tuple[Any, Any]], delta: Any, bounds: tuple[float, .
         aggs = [match._attributes_aggregation.get(key) for match, key in matches]
         n = len(bounds) + 1
         for agg in aggs:
-            if (type(agg) is not Explicit or tuple(agg._boundaries) != tuple(bounds)
-                    or not isinstance(getattr(agg, "_sum", None), (int, float))
-                    or (agg._value is not None and len(agg._value) != n)):
+            if (
+                type(agg) is not Explicit
+                or tuple(agg._boundaries) != tuple(bounds)
+                or not isinstance(getattr(agg, "_sum", None), (int, float))
+                or (agg._value is not None and len(agg._value) != n)
+            ):
                 return False
         total = math.fsum(delta.sums)
         for agg in aggs:
@@ -135,8 +138,13 @@ def without_min(delta: Any, bounds: tuple[float, ...]) -> None:
     delta.n -= 1
 
 
-def replay(record: Callable[..., Any], attrs: dict[str, Any], delta: Any,
-            bounds: tuple[float, ...], with_min: bool = True) -> int:
+def replay(
+    record: Callable[..., Any],
+    attrs: dict[str, Any],
+    delta: Any,
+    bounds: tuple[float, ...],
+    with_min: bool = True,
+) -> int:
     """Record a delta value by value: the true min and max, and each bucket's other values at
     that bucket's mean (so count, sum, min, max and the e6observe buckets are exact). Returns
     how many values were recorded. ``with_min=False``: the minimum was recorded already and

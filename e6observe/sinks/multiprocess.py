@@ -106,8 +106,10 @@ def report_unusable(exc: UnusableDirectory) -> None:
     generic "contained a ..." line)."""
     from .. import _safe
 
-    _safe.logger.warning("e6observe: %s. Multi-process mode is off: /metrics serves this "
-                         "process's metrics only", exc.strerror or exc)
+    _safe.logger.warning(
+        "e6observe: %s. Multi-process mode is off: /metrics serves this process's metrics only",
+        exc.strerror or exc,
+    )
     record_internal_error("sink.multiprocess", exc, reported=True)
 
 
@@ -118,19 +120,21 @@ def check_directory(path: str) -> None:
     try:
         st = os.stat(path)
     except OSError as exc:
-        raise UnusableDirectory(exc.errno, f"multi-process directory {path!r}: "
-                                           f"{exc.strerror or type(exc).__name__}") from None
+        raise UnusableDirectory(
+            exc.errno, f"multi-process directory {path!r}: {exc.strerror or type(exc).__name__}"
+        ) from None
     if not stat.S_ISDIR(st.st_mode):
-        raise UnusableDirectory(errno.ENOTDIR, f"multi-process directory {path!r} is not a "
-                                               "directory")
+        raise UnusableDirectory(errno.ENOTDIR, f"multi-process directory {path!r} is not a directory")
     euid = os.geteuid() if hasattr(os, "geteuid") else st.st_uid
     shared = st.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
     if shared and not (st.st_mode & stat.S_ISVTX and st.st_uid == euid):
         raise UnusableDirectory(
-            errno.EPERM, f"multi-process directory {path!r} can be written by other users "
+            errno.EPERM,
+            f"multi-process directory {path!r} can be written by other users "
             f"(mode {stat.S_IMODE(st.st_mode):04o}, owner uid {st.st_uid}): they could plant or "
             f"replace state files. Use a directory only uid {euid} can write to (chmod go-w), "
-            f"or one that is sticky (chmod +t) and owned by uid {euid}")
+            f"or one that is sticky (chmod +t) and owned by uid {euid}",
+        )
     if not os.access(path, os.W_OK | os.X_OK):
         ro = False
         if hasattr(os, "statvfs"):
@@ -138,11 +142,16 @@ def check_directory(path: str) -> None:
                 ro = bool(os.statvfs(path).f_flag & getattr(os, "ST_RDONLY", 1))
             except OSError:
                 pass
-        why = ("is on a read-only file system" if ro else
-               f"is not writable by this process (uid {euid}; owner uid {st.st_uid}, "
-               f"mode {stat.S_IMODE(st.st_mode):04o})")
-        raise UnusableDirectory(errno.EROFS if ro else errno.EACCES,
-                                f"multi-process directory {path!r} {why}")
+        why = (
+            "is on a read-only file system"
+            if ro
+            else f"is not writable by this process (uid {euid}; owner uid {st.st_uid}, "
+            f"mode {stat.S_IMODE(st.st_mode):04o})"
+        )
+        raise UnusableDirectory(
+            errno.EROFS if ro else errno.EACCES, f"multi-process directory {path!r} {why}"
+        )
+
 
 _COUNTER_NAMES = {s.prom_name: len(s.labels) for s in COUNTERS}
 _HIST_NAMES = {s.prom_name: (len(s.labels), len(s.buckets) + 1) for s in HISTOGRAMS}
@@ -157,8 +166,10 @@ def raw_state(recorder: Any) -> dict[str, Any]:
     v = view_of(recorder)  # contained per family, like a single-process scrape
     counters = {n: [list(k) + [x] for k, x in rows.items()] for n, rows in v.counters.items()}
     hists = {n: [[list(k), c, t] for k, (c, t) in rows.items()] for n, rows in v.histograms.items()}
-    exemplars = {n: [[list(k), i] + list(e) for k, per in rows.items() for i, e in per.items()]
-                 for n, rows in v.exemplars.items()}
+    exemplars = {
+        n: [[list(k), i] + list(e) for k, per in rows.items() for i, e in per.items()]
+        for n, rows in v.exemplars.items()
+    }
     return {"c": counters, "h": hists, "x": exemplars, "e": dict(internal_errors())}
 
 
@@ -174,8 +185,9 @@ def collect_process_samples(collectors: list[Any]) -> list[list[Any]]:
             for fam in c.collect():
                 if fam.name not in _PROCESS_NAMES or fam.type not in _SAMPLE_TYPES:
                     continue
-                samples = [[s.name, dict(s.labels), float(s.value)]
-                           for s in fam.samples[:MAX_SAMPLES_PER_FAMILY]]
+                samples = [
+                    [s.name, dict(s.labels), float(s.value)] for s in fam.samples[:MAX_SAMPLES_PER_FAMILY]
+                ]
                 out.append([fam.name, fam.type, fam.documentation, samples])
                 if len(out) >= MAX_PROCESS_FAMILIES:
                     return out
@@ -184,17 +196,21 @@ def collect_process_samples(collectors: list[Any]) -> list[list[Any]]:
 
 def _counts_anything(state: dict[str, Any]) -> bool:
     """True if a :func:`raw_state` document has a count above zero (a baseline worth applying)."""
-    return (any(r[-1] for rows in state["c"].values() for r in rows)
-            or any(r[2] or any(r[1]) for rows in state["h"].values() for r in rows)
-            or any(state["e"].values()))
+    return (
+        any(r[-1] for rows in state["c"].values() for r in rows)
+        or any(r[2] or any(r[1]) for rows in state["h"].values() for r in rows)
+        or any(state["e"].values())
+    )
 
 
 def _minus(state: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
     """``state - base`` per series, clamped at 0: a forked child's own counts only."""
     bc = {(n, tuple(r[:-1])): r[-1] for n, rows in base["c"].items() for r in rows}
     bh = {(n, tuple(r[0])): r for n, rows in base["h"].items() for r in rows}
-    counters = {n: [r[:-1] + [max(0.0, r[-1] - bc.get((n, tuple(r[:-1])), 0.0))] for r in rows]
-                for n, rows in state["c"].items()}
+    counters = {
+        n: [r[:-1] + [max(0.0, r[-1] - bc.get((n, tuple(r[:-1])), 0.0))] for r in rows]
+        for n, rows in state["c"].items()
+    }
     hists: dict[str, list[list[Any]]] = {}
     for n, rows in state["h"].items():
         out = hists[n] = []
@@ -250,8 +266,9 @@ class ProcessStateWriter:
             try:
                 os.makedirs(self.directory, mode=0o755, exist_ok=True)
             except OSError as exc:
-                raise UnusableDirectory(exc.errno, f"multi-process directory {directory!r} "
-                                        f"cannot be created: {exc.strerror}") from None
+                raise UnusableDirectory(
+                    exc.errno, f"multi-process directory {directory!r} cannot be created: {exc.strerror}"
+                ) from None
         check_directory(self.directory)
         self.recorder = recorder
         self._lock = threading.Lock()
@@ -272,8 +289,10 @@ class ProcessStateWriter:
             self.write(raise_errors=True)
         except OSError as exc:
             self._drop_identity()
-            raise UnusableDirectory(exc.errno, f"multi-process directory {directory!r}: cannot "
-                                    f"write a state file: {exc.strerror or exc}") from None
+            raise UnusableDirectory(
+                exc.errno,
+                f"multi-process directory {directory!r}: cannot write a state file: {exc.strerror or exc}",
+            ) from None
         recorder.subscribe(self._on_event)
         _WRITERS.add(self)
         _install_exit_hooks()
@@ -282,8 +301,10 @@ class ProcessStateWriter:
         fd, self._lock_fd = self._lock_fd, None
         if fd is not None:
             os.close(fd)
-        for p in (getattr(self, "path", None),
-                  os.path.join(self.directory, f"{PREFIX}{getattr(self, 'id', '')}.lock")):
+        for p in (
+            getattr(self, "path", None),
+            os.path.join(self.directory, f"{PREFIX}{getattr(self, 'id', '')}.lock"),
+        ):
             if p and getattr(self, "id", None):
                 try:
                     os.unlink(p)
@@ -355,9 +376,12 @@ class ProcessStateWriter:
         doc["v"] = FORMAT
         doc["id"] = self.id
         doc["pid"] = self.pid
-        doc["s"] = {"active": st.get("active"), "pending": st.get("pending"),
-                    "last_switch_time": st.get("last_switch_time") or 0.0,
-                    "in_flight": st.get("in_flight") or {}}
+        doc["s"] = {
+            "active": st.get("active"),
+            "pending": st.get("pending"),
+            "last_switch_time": st.get("last_switch_time") or 0.0,
+            "in_flight": st.get("in_flight") or {},
+        }
         doc["m"] = self.process_samples
         return doc
 
@@ -437,8 +461,11 @@ def _read_state(path: str, st: os.stat_result) -> dict[str, Any]:
 
 
 def _valid_labels(labels: Any, n: int) -> bool:
-    return (isinstance(labels, list) and len(labels) == n
-            and all(isinstance(x, str) and len(x) <= 64 for x in labels))
+    return (
+        isinstance(labels, list)
+        and len(labels) == n
+        and all(isinstance(x, str) and len(x) <= 64 for x in labels)
+    )
 
 
 def _add(v: View, doc: dict[str, Any]) -> None:
@@ -483,8 +510,11 @@ def _add(v: View, doc: dict[str, Any]) -> None:
         if isinstance(comp, str) and len(comp) <= 64:
             v.internal_errors[comp] = v.internal_errors.get(comp, 0.0) + n
     st = doc.get("s") or {}
-    v.last_switch_time = max(v.last_switch_time, float(st.get("last_switch_time") or 0.0),
-                             float(doc.get("last_switch_time") or 0.0))
+    v.last_switch_time = max(
+        v.last_switch_time,
+        float(st.get("last_switch_time") or 0.0),
+        float(doc.get("last_switch_time") or 0.0),
+    )
 
 
 def _strategy(value: Any) -> Optional[str]:
@@ -493,10 +523,14 @@ def _strategy(value: Any) -> Optional[str]:
 
 def _process(doc: dict[str, Any]) -> ProcessState:
     st = doc.get("s") or {}
-    in_flight = {k: int(n) for k, n in (st.get("in_flight") or {}).items()
-                 if k in M.STRATEGY_LABELS and isinstance(n, (int, float))}
-    return ProcessState(int(doc.get("pid", 0)), _strategy(st.get("active")),
-                        _strategy(st.get("pending")), in_flight)
+    in_flight = {
+        k: int(n)
+        for k, n in (st.get("in_flight") or {}).items()
+        if k in M.STRATEGY_LABELS and isinstance(n, (int, float))
+    }
+    return ProcessState(
+        int(doc.get("pid", 0)), _strategy(st.get("active")), _strategy(st.get("pending")), in_flight
+    )
 
 
 def _add_families(v: View, doc: dict[str, Any]) -> None:
@@ -512,10 +546,16 @@ def _add_families(v: View, doc: dict[str, Any]) -> None:
             continue  # two versions disagreeing on a type: keep the first
         rows = fam[2]
         for sname, labels, value in samples[:MAX_SAMPLES_PER_FAMILY]:
-            if (isinstance(sname, str) and sname.startswith(name) and isinstance(labels, dict)
-                    and len(labels) <= 8 and "pid" not in labels
-                    and all(isinstance(k, str) and isinstance(x, str) and len(x) <= 128
-                            for k, x in labels.items())):
+            if (
+                isinstance(sname, str)
+                and sname.startswith(name)
+                and isinstance(labels, dict)
+                and len(labels) <= 8
+                and "pid" not in labels
+                and all(
+                    isinstance(k, str) and isinstance(x, str) and len(x) <= 128 for k, x in labels.items()
+                )
+            ):
                 rows.append((pid, sname, labels, float(value)))
 
 
@@ -525,8 +565,7 @@ def _merge_into(agg: dict[str, Any], doc: dict[str, Any]) -> None:
     _add(v, agg)
     _add(v, doc)
     agg["c"] = {n: [list(k) + [x] for k, x in rows.items()] for n, rows in v.counters.items()}
-    agg["h"] = {n: [[list(k), c, s] for k, (c, s) in rows.items()]
-                for n, rows in v.histograms.items()}
+    agg["h"] = {n: [[list(k), c, s] for k, (c, s) in rows.items()] for n, rows in v.histograms.items()}
     agg["e"] = v.internal_errors
     agg["last_switch_time"] = v.last_switch_time
     agg.pop("x", None)  # exemplars of dead processes point at finished traces: not kept
@@ -611,8 +650,9 @@ class MultiProcessCollector:
         if fcntl is None:  # pragma: no cover
             return None
         try:
-            fd = os.open(os.path.join(self.directory, DIR_LOCK),
-                         os.O_RDWR | os.O_CREAT | _NOFOLLOW | _CLOEXEC, 0o644)
+            fd = os.open(
+                os.path.join(self.directory, DIR_LOCK), os.O_RDWR | os.O_CREAT | _NOFOLLOW | _CLOEXEC, 0o644
+            )
         except OSError:  # read-only directory, or a symlink planted there: merge read-only
             return None
         deadline = time.monotonic() + DIR_LOCK_WAIT
@@ -637,7 +677,7 @@ class MultiProcessCollector:
             for name in sorted(os.listdir(self.directory)):
                 if not (name.startswith(PREFIX) and name.endswith(".json")) or name == DEAD_FILE:
                     continue
-                wid = name[len(PREFIX):-5]
+                wid = name[len(PREFIX) : -5]
                 if own is not None and wid == own.id:
                     continue
                 path = os.path.join(self.directory, name)
@@ -690,8 +730,7 @@ class MultiProcessCollector:
                     except FileNotFoundError:
                         pass
 
-    def _fold_dead(self, v: View, dead: list[tuple[str, str, Optional[int]]],
-                   compact: bool) -> None:
+    def _fold_dead(self, v: View, dead: list[tuple[str, str, Optional[int]]], compact: bool) -> None:
         """Fold dead processes' files into the dead total (or, failing that, into this view)."""
         agg_path = os.path.join(self.directory, DEAD_FILE)
         try:
@@ -738,5 +777,11 @@ class MultiProcessCollector:
                     os.close(fd)
 
 
-__all__ = ["ProcessStateWriter", "MultiProcessCollector", "raw_state", "DEAD_FILE",
-           "UnusableDirectory", "check_directory"]
+__all__ = [
+    "ProcessStateWriter",
+    "MultiProcessCollector",
+    "raw_state",
+    "DEAD_FILE",
+    "UnusableDirectory",
+    "check_directory",
+]

@@ -67,15 +67,17 @@ DB_SYSTEM = "e6data"
 #: ``error.type`` per query outcome - the mapping the query spans use too.
 ERROR_TYPES = _tracing_error_types
 
-_SEVERITY = {"mismatch": "WARN", "retry": "WARN", "suspended_seen": "WARN",
-             "strategy_rejected": "WARN"}
+_SEVERITY = {"mismatch": "WARN", "retry": "WARN", "suspended_seen": "WARN", "strategy_rejected": "WARN"}
 
 
 # -- the instruments of one meter provider --------------------------------------------------
 #: The sink's method observing each ``source="state"`` entry of the metric table.
-STATE_OBSERVERS = {M.STRATEGY_ACTIVE: "_observe_active", M.STRATEGY_PENDING: "_observe_pending",
-                   M.LAST_SWITCH: "_observe_last_switch",
-                   M.QUERIES_IN_FLIGHT: "_observe_in_flight"}
+STATE_OBSERVERS = {
+    M.STRATEGY_ACTIVE: "_observe_active",
+    M.STRATEGY_PENDING: "_observe_pending",
+    M.LAST_SWITCH: "_observe_last_switch",
+    M.QUERIES_IN_FLIGHT: "_observe_in_flight",
+}
 #: Counters this sink observes: the recorder's (the probe's too: it has its own recorder) and
 #: e6observe's internal errors. Runtime counters are the runtime reader's.
 _COUNTER_SOURCES = ("recorder", "internal", "probe")
@@ -84,7 +86,8 @@ _COUNTER_SOURCES = ("recorder", "internal", "probe")
 def _observable(meter: Any, spec: M.MetricSpec, callback: Any) -> Any:
     """An observable instrument of ``spec``'s ``otel_kind``."""
     return getattr(meter, OTEL_FACTORY[spec.otel_kind])(
-        spec.otel_name, callbacks=[callback], unit=spec.unit, description=spec.help)
+        spec.otel_name, callbacks=[callback], unit=spec.unit, description=spec.help
+    )
 
 
 class _Binding:
@@ -100,8 +103,11 @@ class _Binding:
         for spec in M.ALL:  # every histogram is kept in the recorder (recorder, pool, probe)
             if spec.kind == "histogram" and spec.otel_name:
                 self.histograms[spec.prom_name] = meter.create_histogram(
-                    spec.otel_name, unit=spec.unit, description=spec.help,
-                    explicit_bucket_boundaries_advisory=list(spec.buckets))
+                    spec.otel_name,
+                    unit=spec.unit,
+                    description=spec.help,
+                    explicit_bucket_boundaries_advisory=list(spec.buckets),
+                )
         # (e6data.strategy.pending.age and the other cache-health gauges are the watcher's.)
         for spec in M.of("state"):
             if spec is not M.STRATEGY_ACTIVE and spec.otel_name:
@@ -242,8 +248,9 @@ class OtelSink:
                 out["server.port"] = port
         return out
 
-    def _attributes(self, spec: M.MetricSpec, labels: tuple[str, ...],
-                    server: dict[str, Any]) -> dict[str, Any]:
+    def _attributes(
+        self, spec: M.MetricSpec, labels: tuple[str, ...], server: dict[str, Any]
+    ) -> dict[str, Any]:
         if spec is M.QUERY_DURATION:
             strategy, outcome = labels
             attrs = {"db.system.name": DB_SYSTEM, "e6data.strategy": strategy, **server}
@@ -256,8 +263,13 @@ class OtelSink:
         if spec is M.RPC_DURATION:
             method, strategy, code = labels
             names = spec.otel_labels  # rpc.method, e6data.strategy, rpc.response.status_code
-            attrs = {"rpc.system.name": "grpc", names[0]: self._rpc_names.get(method, "_OTHER"),
-                     names[1]: strategy, names[2]: code, **server}
+            attrs = {
+                "rpc.system.name": "grpc",
+                names[0]: self._rpc_names.get(method, "_OTHER"),
+                names[1]: strategy,
+                names[2]: code,
+                **server,
+            }
             if code != "OK":  # a failed call: its status is its error type (as for spans)
                 attrs["error.type"] = code
             return attrs
@@ -281,8 +293,9 @@ class OtelSink:
                     attrs = self._attributes(fam.spec, labels, server)
                     self._hand_over(instrument, attrs, delta, child.bounds)
 
-    def _hand_over(self, instrument: Any, attrs: dict[str, Any], delta: Any,
-                   bounds: tuple[float, ...]) -> None:
+    def _hand_over(
+        self, instrument: Any, attrs: dict[str, Any], delta: Any, bounds: tuple[float, ...]
+    ) -> None:
         """One series' delta into the SDK: in one step when the SDK's aggregations are ours to
         add to, else value by value through ``Histogram.record``."""
         matches = _sdk.view_matches(instrument, attrs)
@@ -299,8 +312,7 @@ class OtelSink:
         if matches is not None and _sdk.add_delta(matches, delta, bounds):
             self.bulk_points += 1
             return
-        self.replayed_values += _sdk.replay(instrument.record, attrs, delta, bounds,
-                                        with_min=not primed)
+        self.replayed_values += _sdk.replay(instrument.record, attrs, delta, bounds, with_min=not primed)
 
     # -- metrics: observable callbacks ------------------------------------------------------
     def _observe_active(self) -> Iterable[Any]:
@@ -331,8 +343,7 @@ class OtelSink:
 
         in_flight = self.recorder.state()["in_flight"]
         key = M.QUERIES_IN_FLIGHT.otel_labels[0]
-        return [Observation(n, {key: s}) for s, n in sorted(in_flight.items())
-                if n or s in M.STRATEGIES]
+        return [Observation(n, {key: s}) for s, n in sorted(in_flight.items()) if n or s in M.STRATEGIES]
 
     def _observe_counter(self, spec: M.MetricSpec) -> Iterable[Any]:
         from opentelemetry.metrics import Observation
@@ -346,11 +357,13 @@ class OtelSink:
         if fam is None:
             return []
         if spec is M.MISMATCHES:  # rpc.method is the fully-qualified name, as on the RPC metric
-            return [Observation(child.value, {names[0]: labels[0],
-                                              names[1]: self._rpc_names.get(labels[1], "_OTHER")})
-                    for labels, child in fam.items()]
-        return [Observation(child.value, dict(zip(names, labels)))
-                for labels, child in fam.items()]
+            return [
+                Observation(
+                    child.value, {names[0]: labels[0], names[1]: self._rpc_names.get(labels[1], "_OTHER")}
+                )
+                for labels, child in fam.items()
+            ]
+        return [Observation(child.value, dict(zip(names, labels))) for labels, child in fam.items()]
 
     # -- events as log records ------------------------------------------------------------
     def _on_event(self, ev: Event) -> None:
@@ -383,8 +396,10 @@ def _logger(provider: Any) -> Any:
 def _body(ev: Event) -> str:
     if ev.kind == "applied":
         drain = f", drained {ev.drain_seconds:.3f} s" if ev.drain_seconds is not None else ""
-        return (f"strategy switch {ev.from_strategy} -> {ev.to_strategy} ({ev.cause}{drain}, "
-                f"{ev.pinned_queries} pinned)")
+        return (
+            f"strategy switch {ev.from_strategy} -> {ev.to_strategy} ({ev.cause}{drain}, "
+            f"{ev.pinned_queries} pinned)"
+        )
     if ev.kind == "announced":
         return f"strategy {ev.to_strategy} announced (active {ev.from_strategy})"
     if ev.kind == "detected":
@@ -413,9 +428,12 @@ def _log_record(ev: Event, rpc_names: dict[str, str]) -> Any:
         severity = "WARN"
     attrs = event_attributes(ev, rpc_names)
     kwargs: dict[str, Any] = dict(
-        timestamp=int(ev.time_unix * 1e9), severity_text=severity,
+        timestamp=int(ev.time_unix * 1e9),
+        severity_text=severity,
         severity_number=SeverityNumber.WARN if severity == "WARN" else SeverityNumber.INFO,
-        body=_body(ev), attributes=attrs)
+        body=_body(ev),
+        attributes=attrs,
+    )
     try:
         return LogRecord(event_name=ev.name, **kwargs)
     except TypeError:  # API < 1.31: no event_name; the older convention is an attribute

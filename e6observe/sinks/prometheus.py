@@ -125,8 +125,10 @@ class PrometheusSink:
             # A shared registry (often prometheus_client.REGISTRY) that already exports
             # process_* / python_gc_*: a second family of the same name makes the whole
             # exposition invalid, so those readings are theirs and ours are left out.
-            _log.info("e6observe: the registry already exports %s; e6observe leaves its own "
-                      "out", ", ".join(sorted(taken)))
+            _log.info(
+                "e6observe: the registry already exports %s; e6observe leaves its own out",
+                ", ".join(sorted(taken)),
+            )
             collector = _Without(collector, taken)
         self.registry.register(collector)
         self._registered.append(collector)
@@ -155,10 +157,17 @@ class PrometheusSink:
 
                 served = LowCardinalityRegistry(self.registry)  # the one seam (sinks/lowcard.py)
             srv = MetricsServer(
-                served, addr=o.prometheus_addr or "127.0.0.1", port=int(port),
-                certfile=o.tls_certfile, keyfile=o.tls_keyfile, client_cafile=o.tls_client_cafile,
-                basic_auth=o.basic_auth, max_head_bytes=o.http_max_head_bytes,
-                head_timeout=o.http_head_timeout, write_timeout=o.http_write_timeout)
+                served,
+                addr=o.prometheus_addr or "127.0.0.1",
+                port=int(port),
+                certfile=o.tls_certfile,
+                keyfile=o.tls_keyfile,
+                client_cafile=o.tls_client_cafile,
+                basic_auth=o.basic_auth,
+                max_head_bytes=o.http_max_head_bytes,
+                head_timeout=o.http_head_timeout,
+                write_timeout=o.http_write_timeout,
+            )
             self.server = srv
             try:
                 srv.start()
@@ -167,8 +176,11 @@ class PrometheusSink:
                     raise
                 if not self._bind_failed_logged:
                     self._bind_failed_logged = True
-                    _log.info("e6observe: %s is served by another process (multi-process mode);"
-                              " this process will take over if it goes away", srv.url)
+                    _log.info(
+                        "e6observe: %s is served by another process (multi-process mode);"
+                        " this process will take over if it goes away",
+                        srv.url,
+                    )
         return self
 
     def flush(self) -> None:
@@ -243,5 +255,6 @@ def _track(sink: PrometheusSink) -> None:
     # Registered on first use rather than at import (nothing happens at import), in the sinks
     # phase: after the stores it reads were reset, before the threads restart.
     _fork.register("sinks", _after_fork_in_child, "fork.sink.prometheus")
+
 
 __all__ = ["PrometheusSink"]

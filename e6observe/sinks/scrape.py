@@ -48,8 +48,9 @@ class ProcessState:
 
     __slots__ = ("pid", "active", "pending", "in_flight")
 
-    def __init__(self, pid: Optional[int], active: Optional[str], pending: Optional[str],
-                 in_flight: dict[str, int]) -> None:
+    def __init__(
+        self, pid: Optional[int], active: Optional[str], pending: Optional[str], in_flight: dict[str, int]
+    ) -> None:
         self.pid = pid
         self.active = active
         self.pending = pending
@@ -59,14 +60,21 @@ class ProcessState:
 class View:
     """What one scrape renders: counters and histograms (summed), gauges per live process."""
 
-    __slots__ = ("counters", "histograms", "exemplars", "internal_errors", "last_switch_time",
-                 "processes", "per_pid", "families")
+    __slots__ = (
+        "counters",
+        "histograms",
+        "exemplars",
+        "internal_errors",
+        "last_switch_time",
+        "processes",
+        "per_pid",
+        "families",
+    )
 
     def __init__(self, per_pid: bool = False) -> None:
         self.counters: dict[str, dict[Labels, float]] = {s.prom_name: {} for s in COUNTERS}
         #: name -> labels -> [per-bucket counts (last is +Inf), sum]
-        self.histograms: dict[str, dict[Labels, list[Any]]] = {s.prom_name: {}
-                                                               for s in HISTOGRAMS}
+        self.histograms: dict[str, dict[Labels, list[Any]]] = {s.prom_name: {} for s in HISTOGRAMS}
         self.exemplars: dict[str, dict[Labels, ExemplarMap]] = {}
         self.internal_errors: dict[str, float] = {}
         self.last_switch_time = 0.0
@@ -96,8 +104,9 @@ def view_of(recorder: Any) -> View:
     with contain("sink.prometheus"):
         st = recorder.state()
         v.last_switch_time = float(st.get("last_switch_time") or 0.0)
-        v.processes.append(ProcessState(None, st.get("active"), st.get("pending"),
-                                        dict(st.get("in_flight") or {})))
+        v.processes.append(
+            ProcessState(None, st.get("active"), st.get("pending"), dict(st.get("in_flight") or {}))
+        )
     return v
 
 
@@ -125,8 +134,9 @@ def _le(bounds: tuple[float, ...]) -> list[str]:
     return le
 
 
-def histogram_family(spec: M.MetricSpec, rows: dict[Labels, list[Any]],
-                     exemplars: Optional[dict[Labels, ExemplarMap]] = None) -> Metric:
+def histogram_family(
+    spec: M.MetricSpec, rows: dict[Labels, list[Any]], exemplars: Optional[dict[Labels, ExemplarMap]] = None
+) -> Metric:
     """A HistogramMetricFamily from per-bucket counts: rendered cumulative, exemplars attached."""
     fam = HistogramMetricFamily(spec.prom_name, spec.help, labels=spec.labels, unit="")
     le = _le(spec.buckets)
@@ -138,8 +148,7 @@ def histogram_family(spec: M.MetricSpec, rows: dict[Labels, list[Any]],
             acc += n
             e = ex.get(i) if ex else None
             if e is not None:
-                buckets.append((le[i], acc, Exemplar({"trace_id": e[0], "span_id": e[1]},
-                                                     e[2], e[3])))
+                buckets.append((le[i], acc, Exemplar({"trace_id": e[0], "span_id": e[1]}, e[2], e[3])))
             else:
                 buckets.append((le[i], acc))
         fam.add_metric(list(labels), buckets, total)
@@ -201,8 +210,9 @@ def _last_switch(v: View) -> Metric:
 
 
 def _internal(v: View) -> Metric:
-    fam = CounterMetricFamily(M.INTERNAL_ERRORS.prom_name, M.INTERNAL_ERRORS.help,
-                              labels=M.INTERNAL_ERRORS.labels)
+    fam = CounterMetricFamily(
+        M.INTERNAL_ERRORS.prom_name, M.INTERNAL_ERRORS.help, labels=M.INTERNAL_ERRORS.labels
+    )
     for component, n in sorted(v.internal_errors.items()):
         fam.add_metric([component], n)
     return fam
@@ -243,8 +253,9 @@ def render(v: View, component: str = "sink.prometheus") -> list[Metric]:
             out.append(counter_family(spec, v.counters.get(spec.prom_name, {})))
     for spec in HISTOGRAMS:
         with contain(component):
-            out.append(histogram_family(spec, v.histograms.get(spec.prom_name, {}),
-                                        v.exemplars.get(spec.prom_name)))
+            out.append(
+                histogram_family(spec, v.histograms.get(spec.prom_name, {}), v.exemplars.get(spec.prom_name))
+            )
     for fn in (_active, _pending, _in_flight, _last_switch, _build_info):
         with contain(component):
             out.append(fn(v))
@@ -279,5 +290,16 @@ class RecorderCollector:
         return render(view_of(self.recorder))
 
 
-__all__ = ["View", "ProcessState", "view_of", "render", "describe_families", "histogram_family",
-           "counter_family", "build_labels", "RecorderCollector", "COUNTERS", "HISTOGRAMS"]
+__all__ = [
+    "View",
+    "ProcessState",
+    "view_of",
+    "render",
+    "describe_families",
+    "histogram_family",
+    "counter_family",
+    "build_labels",
+    "RecorderCollector",
+    "COUNTERS",
+    "HISTOGRAMS",
+]

@@ -21,5 +21,14 @@ from .events_pb2 import (
     WatcherStatus,
 )
 
-__all__ = ["EventAccounting", "EventKind", "LatencySummary", "MemoryStats", "Source",
-           "StatusSnapshot", "StrategyEvent", "SwitchCount", "WatcherStatus"]
+__all__ = [
+    "EventAccounting",
+    "EventKind",
+    "LatencySummary",
+    "MemoryStats",
+    "Source",
+    "StatusSnapshot",
+    "StrategyEvent",
+    "SwitchCount",
+    "WatcherStatus",
+]

@@ -52,11 +52,22 @@ def kind_from_proto(value: int) -> str:
 def event_to_proto(ev: Event, source: Optional[pb.Source] = None) -> pb.StrategyEvent:
     """The ``StrategyEvent`` for ``ev``; ``source`` is attached when given."""
     msg = pb.StrategyEvent(
-        seq=ev.seq, kind=cast(Any, kind_to_proto(ev.kind)), time_unix=ev.time_unix, pid=ev.pid,
-        from_strategy=ev.from_strategy, to_strategy=ev.to_strategy, cause=ev.cause,
-        pinned_queries=ev.pinned_queries, strategy=ev.strategy, method=ev.method,
-        attempt=ev.attempt, reason=ev.reason, scope=ev.scope, outcome=ev.outcome,
-        cluster_status=ev.cluster_status)
+        seq=ev.seq,
+        kind=cast(Any, kind_to_proto(ev.kind)),
+        time_unix=ev.time_unix,
+        pid=ev.pid,
+        from_strategy=ev.from_strategy,
+        to_strategy=ev.to_strategy,
+        cause=ev.cause,
+        pinned_queries=ev.pinned_queries,
+        strategy=ev.strategy,
+        method=ev.method,
+        attempt=ev.attempt,
+        reason=ev.reason,
+        scope=ev.scope,
+        outcome=ev.outcome,
+        cluster_status=ev.cluster_status,
+    )
     if ev.drain_seconds is not None:
         msg.drain_seconds = ev.drain_seconds
     if ev.duration_seconds is not None:
@@ -69,14 +80,24 @@ def event_to_proto(ev: Event, source: Optional[pb.Source] = None) -> pb.Strategy
 def event_from_proto(msg: pb.StrategyEvent) -> Event:
     """The :class:`Event` for ``msg`` (its ``source``, if any, is not part of an Event)."""
     return Event(
-        msg.seq, kind_from_proto(msg.kind), from_strategy=msg.from_strategy,
-        to_strategy=msg.to_strategy, cause=msg.cause,
+        msg.seq,
+        kind_from_proto(msg.kind),
+        from_strategy=msg.from_strategy,
+        to_strategy=msg.to_strategy,
+        cause=msg.cause,
         drain_seconds=msg.drain_seconds if msg.HasField("drain_seconds") else None,
-        pinned_queries=msg.pinned_queries, strategy=msg.strategy, method=msg.method,
-        attempt=msg.attempt, reason=msg.reason, time_unix=msg.time_unix, pid=msg.pid,
-        scope=msg.scope, outcome=msg.outcome,
+        pinned_queries=msg.pinned_queries,
+        strategy=msg.strategy,
+        method=msg.method,
+        attempt=msg.attempt,
+        reason=msg.reason,
+        time_unix=msg.time_unix,
+        pid=msg.pid,
+        scope=msg.scope,
+        outcome=msg.outcome,
         duration_seconds=msg.duration_seconds if msg.HasField("duration_seconds") else None,
-        cluster_status=msg.cluster_status)
+        cluster_status=msg.cluster_status,
+    )
 
 
 def program_name() -> str:
@@ -92,8 +113,9 @@ def program_name() -> str:
     return base[:-3] if base.endswith(".py") and base[:-3] else base
 
 
-def source_info(service_name: Optional[str] = None,
-                resource_attributes: Optional[Mapping[str, Any]] = None) -> pb.Source:
+def source_info(
+    service_name: Optional[str] = None, resource_attributes: Optional[Mapping[str, Any]] = None
+) -> pb.Source:
     """This process as a ``Source``: names from an OpenTelemetry resource's attributes when
     given (``service.name``, ``service.instance.id``, ``host.name``), else from the
     environment (``OTEL_SERVICE_NAME``) and the host."""
@@ -105,9 +127,11 @@ def source_info(service_name: Optional[str] = None,
         service_name=str(name),
         service_instance_id=str(attrs.get("service.instance.id", "")),
         host_name=str(attrs.get("host.name") or socket.gethostname()),
-        pid=os.getpid(), e6observe_version=__version__,
+        pid=os.getpid(),
+        e6observe_version=__version__,
         connector_version=connector_version(),
-        python_version=platform.python_version())
+        python_version=platform.python_version(),
+    )
 
 
 def latency_summaries(recorder: Any) -> list[pb.LatencySummary]:
@@ -119,20 +143,31 @@ def latency_summaries(recorder: Any) -> list[pb.LatencySummary]:
             counts, total, n = merged_histogram(children, idx, strategy)
             if not n:
                 continue
-            out.append(pb.LatencySummary(
-                kind=kind, strategy=strategy, count=n, sum_seconds=total,
-                p50_seconds=histogram_quantile(0.5, spec.buckets, counts),
-                p90_seconds=histogram_quantile(0.9, spec.buckets, counts),
-                p99_seconds=histogram_quantile(0.99, spec.buckets, counts)))
+            out.append(
+                pb.LatencySummary(
+                    kind=kind,
+                    strategy=strategy,
+                    count=n,
+                    sum_seconds=total,
+                    p50_seconds=histogram_quantile(0.5, spec.buckets, counts),
+                    p90_seconds=histogram_quantile(0.9, spec.buckets, counts),
+                    p99_seconds=histogram_quantile(0.99, spec.buckets, counts),
+                )
+            )
     return out
 
 
 # -- status snapshot -------------------------------------------------------------------------
-def status_snapshot(recorder: Any, *, source: Optional[pb.Source] = None,
-                    recent_events: int = 50, memory: Optional[Mapping[str, int]] = None,
-                    watcher: Optional[Mapping[str, Any]] = None,
-                    internal_errors: Optional[Mapping[str, int]] = None,
-                    now: Optional[float] = None) -> pb.StatusSnapshot:
+def status_snapshot(
+    recorder: Any,
+    *,
+    source: Optional[pb.Source] = None,
+    recent_events: int = 50,
+    memory: Optional[Mapping[str, int]] = None,
+    watcher: Optional[Mapping[str, Any]] = None,
+    internal_errors: Optional[Mapping[str, int]] = None,
+    now: Optional[float] = None,
+) -> pb.StatusSnapshot:
     """The ``StatusSnapshot`` of ``recorder``.
 
     ``memory`` (``rss_bytes``/``vms_bytes``/``uss_bytes``) and ``watcher`` (``running``,
@@ -143,9 +178,12 @@ def status_snapshot(recorder: Any, *, source: Optional[pb.Source] = None,
     state = recorder.state()
     pending_since = state["pending_since"]
     snap = pb.StatusSnapshot(
-        time_unix=now, active=state["active"] or "none", pending=state["pending"] or "",
+        time_unix=now,
+        active=state["active"] or "none",
+        pending=state["pending"] or "",
         pending_age_seconds=max(0.0, now - pending_since) if pending_since else 0.0,
-        last_switch_unix=state["last_switch_time"] or 0.0)
+        last_switch_unix=state["last_switch_time"] or 0.0,
+    )
     if source is not None:
         snap.source.CopyFrom(source)
     switch_total = 0
@@ -200,15 +238,20 @@ def _cluster_and_caches(recorder: Any, snap: pb.StatusSnapshot) -> None:
     snap.caches.split = process in M.STRATEGIES and cm in M.STRATEGIES and process != cm
     for (frm, to, scope), child in sorted(recorder.family(M.SCOPED_SWITCHES).items()):
         if child.value:
-            snap.scoped_switches.add(from_strategy=frm, to_strategy=to, scope=scope,
-                                     count=int(child.value))
+            snap.scoped_switches.add(from_strategy=frm, to_strategy=to, scope=scope, count=int(child.value))
     for (reason,), child in sorted(recorder.family(M.STRATEGY_REJECTED).items()):
         snap.strategy_rejected[reason] = int(child.value)
 
 
-_INT64_TYPES = frozenset({FieldDescriptor.TYPE_INT64, FieldDescriptor.TYPE_UINT64,
-                          FieldDescriptor.TYPE_SINT64, FieldDescriptor.TYPE_FIXED64,
-                          FieldDescriptor.TYPE_SFIXED64})
+_INT64_TYPES = frozenset(
+    {
+        FieldDescriptor.TYPE_INT64,
+        FieldDescriptor.TYPE_UINT64,
+        FieldDescriptor.TYPE_SINT64,
+        FieldDescriptor.TYPE_FIXED64,
+        FieldDescriptor.TYPE_SFIXED64,
+    }
+)
 
 
 def to_json_dict(msg: Message) -> dict[str, Any]:
@@ -219,11 +262,13 @@ def to_json_dict(msg: Message) -> dict[str, Any]:
     status endpoint sees ``"switch_count": 3``. ``ParseDict`` of the result gives ``msg`` back.
     """
     try:  # protobuf >= 5.26 renamed the option
-        d = json_format.MessageToDict(msg, preserving_proto_field_name=True,
-                                      always_print_fields_with_no_presence=True)
+        d = json_format.MessageToDict(
+            msg, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+        )
     except TypeError:  # protobuf 4.x
-        d = json_format.MessageToDict(msg, preserving_proto_field_name=True,
-                                      including_default_value_fields=True)
+        d = json_format.MessageToDict(
+            msg, preserving_proto_field_name=True, including_default_value_fields=True
+        )
     _ints_back(msg.DESCRIPTOR, d)
     return cast("dict[str, Any]", d)
 
@@ -242,12 +287,21 @@ def _ints_back(desc: Any, d: dict[str, Any]) -> None:
                 for v in value.values():
                     _ints_back(vfield.message_type, v)
         elif sub is not None:
-            for item in (value if isinstance(value, list) else [value]):
+            for item in value if isinstance(value, list) else [value]:
                 _ints_back(sub, item)
         elif field.type in _INT64_TYPES:
             d[field.name] = [int(v) for v in value] if isinstance(value, list) else int(value)
 
 
-__all__ = ["kind_to_proto", "kind_from_proto", "event_to_proto", "event_from_proto",
-           "source_info", "histogram_quantile", "merged_histogram", "latency_summaries",
-           "status_snapshot", "to_json_dict"]
+__all__ = [
+    "kind_to_proto",
+    "kind_from_proto",
+    "event_to_proto",
+    "event_from_proto",
+    "source_info",
+    "histogram_quantile",
+    "merged_histogram",
+    "latency_summaries",
+    "status_snapshot",
+    "to_json_dict",
+]

@@ -40,8 +40,7 @@ with Simulator() as sim:
         from e6observe.hooks import pool
 
         async def main() -> object:
-            c = await aio.connect(host=sim.host, port=sim.port, username="app@example.com",
-                                  password="pw")
+            c = await aio.connect(host=sim.host, port=sim.port, username="app@example.com", password="pw")
             try:
                 acur = c.cursor()
                 await acur.execute("SELECT 2")
@@ -53,9 +52,7 @@ with Simulator() as sim:
 
         out["async_rows"] = asyncio.run(main())
         out["aio_pool_patched"] = pool.HOOK.patches.patched(AsyncConnectionPool)
-    out["queries"] = {"|".join(k): h.count for k, h in rec.family(M.QUERY_DURATION).items()
-                      if h.count}
+    out["queries"] = {"|".join(k): h.count for k, h in rec.family(M.QUERY_DURATION).items() if h.count}
 e6observe.uninstrument()
-out["watches_left"] = [type(f).__name__ for f in sys.meta_path
-                       if type(f).__module__.startswith("e6observe")]
+out["watches_left"] = [type(f).__name__ for f in sys.meta_path if type(f).__module__.startswith("e6observe")]
 print(json.dumps(out))

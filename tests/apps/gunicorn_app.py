@@ -77,6 +77,5 @@ def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[byt
     out["active"] = rec.active if rec is not None else None
     out["switches"] = rec.switch_total() if rec is not None else None
     body = json.dumps(out).encode()
-    start_response(status, [("Content-Type", "application/json"),
-                            ("Content-Length", str(len(body)))])
+    start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
     return [body]

@@ -41,5 +41,4 @@ with Simulator() as sim:
     spans = exporter.get_finished_spans()
     conn.close()
 e6observe.uninstrument()
-print(json.dumps({"spans_before": before, "spans_after": len(spans),
-                  "names": [s.name for s in spans]}))
+print(json.dumps({"spans_before": before, "spans_after": len(spans), "names": [s.name for s in spans]}))

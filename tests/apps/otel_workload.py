@@ -38,8 +38,11 @@ def main() -> dict:
         rows += query(conn, "SELECT 2")
         conn.close()
         counters = sim.counters()
-    out: dict = {"rows": rows, "sim_mismatches": counters["mismatches_total"],
-                 "sim_active": counters["active"]}
+    out: dict = {
+        "rows": rows,
+        "sim_mismatches": counters["mismatches_total"],
+        "sim_active": counters["active"],
+    }
     import e6observe  # only to read what was recorded; instrumentation came from the entry point
 
     out["instrumented"] = e6observe.is_instrumented()
@@ -47,12 +50,10 @@ def main() -> dict:
     if rec is not None:
         from e6observe import metrics as M
 
-        out["switches"] = {"|".join(k): c.value for k, c in rec.family(M.SWITCHES).items()
-                           if c.value}
+        out["switches"] = {"|".join(k): c.value for k, c in rec.family(M.SWITCHES).items() if c.value}
         out["mismatches"] = sum(c.value for _, c in rec.family(M.MISMATCHES).items())
         out["active"] = rec.active
-        out["rpc_strategies"] = sorted({k[1] for k, h in rec.family(M.RPC_DURATION).items()
-                                        if h.count})
+        out["rpc_strategies"] = sorted({k[1] for k, h in rec.family(M.RPC_DURATION).items() if h.count})
     port = os.environ.get("E6OBSERVE_PROMETHEUS_PORT")
     if port and out["instrumented"]:
         deadline = time.monotonic() + 5

@@ -28,8 +28,13 @@ def main() -> dict:
 
     out: dict = {"parent_instrumented": e6observe.is_instrumented()}
     with Simulator() as sim:
-        conn = Connection(host=sim.host, port=sim.port, username="app@example.com", password="pw",
-                          enable_result_batch_v2=True)
+        conn = Connection(
+            host=sim.host,
+            port=sim.port,
+            username="app@example.com",
+            password="pw",
+            enable_result_batch_v2=True,
+        )
         cur = conn.cursor()
         cur.execute("SELECT COUNT(*) FROM sample")
         out["rows"] = cur.fetchall()
@@ -45,8 +50,9 @@ def main() -> dict:
     if rec is not None:
         from e6observe import metrics as M
 
-        out["v2_rpcs"] = sum(h.count for k, h in rec.family(M.RPC_DURATION).items()
-                             if k[0] == "getNextResultBatchV2")
+        out["v2_rpcs"] = sum(
+            h.count for k, h in rec.family(M.RPC_DURATION).items() if k[0] == "getNextResultBatchV2"
+        )
     return out
 
 

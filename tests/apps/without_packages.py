@@ -32,8 +32,7 @@ from e6observe.sim import Simulator  # noqa: E402
 sim = Simulator(port=0)
 sim.start()
 rec = e6observe.instrument(prometheus_port=0)
-conn = e6data_grpc.Connection(host=sim.host, port=sim.port, username="app@example.com",
-                              password="pw")
+conn = e6data_grpc.Connection(host=sim.host, port=sim.port, username="app@example.com", password="pw")
 
 
 def query(sql: str) -> Any:
@@ -49,11 +48,15 @@ sim.flip()
 rows.append(query("SELECT 2"))
 server = next(o for n, o, _ in _api._active.sinks if n == "sink.prometheus").server
 text = urllib.request.urlopen(server.url + "/metrics", timeout=10).read().decode()
-switches = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith("e6data_strategy_switches_total{"))
+switches = sum(
+    float(line.rsplit(" ", 1)[1])
+    for line in text.splitlines()
+    if line.startswith("e6data_strategy_switches_total{")
+)
 loaded = sorted(m for m in sys.modules if m.startswith(BLOCKED)) if BLOCKED else []
 conn.close()
 e6observe.uninstrument()
 sim.stop()
-print(json.dumps({"rows": rows, "switches": switches, "loaded": loaded,
-                  "active": rec.active if rec else None}))
+print(
+    json.dumps({"rows": rows, "switches": switches, "loaded": loaded, "active": rec.active if rec else None})
+)

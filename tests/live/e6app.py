@@ -63,8 +63,7 @@ def one_query(conn: Any, sql: str) -> str:
 
 
 def connect(args: argparse.Namespace, user: str) -> Any:
-    return e6data_grpc.Connection(host="127.0.0.1", port=args.sim_port, username=user,
-                                  password=PASSWORD)
+    return e6data_grpc.Connection(host="127.0.0.1", port=args.sim_port, username=user, password=PASSWORD)
 
 
 def worker(args: argparse.Namespace, stop: threading.Event, n: int) -> None:
@@ -86,9 +85,16 @@ def worker(args: argparse.Namespace, stop: threading.Event, n: int) -> None:
 def pool_worker(args: argparse.Namespace, stop: threading.Event) -> None:
     pool = None
     try:
-        pool = ConnectionPool(min_size=1, max_size=2, max_overflow=0, pre_ping=False,
-                              host="127.0.0.1", port=args.sim_port, username=USER,
-                              password=PASSWORD)
+        pool = ConnectionPool(
+            min_size=1,
+            max_size=2,
+            max_overflow=0,
+            pre_ping=False,
+            host="127.0.0.1",
+            port=args.sim_port,
+            username=USER,
+            password=PASSWORD,
+        )
         while not stop.is_set():
             try:
                 with pool.get_connection_context(timeout=5) as pc:
@@ -131,8 +137,9 @@ def main() -> int:
     own = connect(args, USER)
     first = one_query(own, "SELECT 1")
     if not args.idle:
-        threads = [threading.Thread(target=worker, args=(args, stop, i), daemon=True)
-                   for i in range(args.threads)]
+        threads = [
+            threading.Thread(target=worker, args=(args, stop, i), daemon=True) for i in range(args.threads)
+        ]
         threads.append(threading.Thread(target=pool_worker, args=(args, stop), daemon=True))
         for t in threads:
             t.start()
@@ -145,8 +152,7 @@ def main() -> int:
         elif cmd == "query":
             say(query=one_query(own, "SELECT 1"), strategy=rec.active if rec else None)
         elif cmd == "state":
-            say(active=rec.active if rec else None,
-                switches=rec.switch_total() if rec else None)
+            say(active=rec.active if rec else None, switches=rec.switch_total() if rec else None)
         elif cmd == "quit":
             break
     stop.set()

@@ -55,8 +55,14 @@ DASHBOARDS = sorted((ROOT / "dashboards" / "json").glob("*.json"))
 JOB = "e6data-live"
 RATE_WINDOW = "10s"  # what Grafana's $__rate_interval would be at a 1 s scrape interval
 #: The committed config with windows short enough for a one-minute test.
-LIVE_CONFIG = DEFAULT.with_(switch_window="30s", flapping_window="1m", flapping_for="0m",
-                            split_brain_for="5s", record_window=RATE_WINDOW, record_interval="1s")
+LIVE_CONFIG = DEFAULT.with_(
+    switch_window="30s",
+    flapping_window="1m",
+    flapping_for="0m",
+    split_brain_for="5s",
+    record_window=RATE_WINDOW,
+    record_interval="1s",
+)
 REQUIRED_ALERTS = ("E6dataStrategySwitched", "E6dataStrategyFlapping", "E6dataStrategySplitBrain")
 
 
@@ -83,11 +89,18 @@ class App:
     def __init__(self, name: str, sim_port: int, metrics_port: int, log: Path, idle: bool) -> None:
         self.name, self.metrics_port = name, metrics_port
         self.instance = f"127.0.0.1:{metrics_port}"
-        args = [sys.executable, str(APP), "--sim-port", str(sim_port),
-                "--metrics-port", str(metrics_port)] + (["--idle"] if idle else [])
+        args = [
+            sys.executable,
+            str(APP),
+            "--sim-port",
+            str(sim_port),
+            "--metrics-port",
+            str(metrics_port),
+        ] + (["--idle"] if idle else [])
         self._err = log.open("w")
-        self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=self._err, text=True, cwd=ROOT)
+        self.proc = subprocess.Popen(
+            args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._err, text=True, cwd=ROOT
+        )
         self.lines: queue.Queue[dict[str, Any]] = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
 
@@ -169,10 +182,14 @@ class Stack:
     received: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     timeline: list[tuple[float, str]] = field(default_factory=list)
 
-    def query(self, expr: str, start: Optional[float] = None,
-              end: Optional[float] = None) -> list[dict[str, Any]]:
-        r = requests.get(self.prom.url + "/api/v1/query_range", timeout=10, params={
-            "query": expr, "start": start or self.start, "end": end or self.end, "step": "1"})
+    def query(
+        self, expr: str, start: Optional[float] = None, end: Optional[float] = None
+    ) -> list[dict[str, Any]]:
+        r = requests.get(
+            self.prom.url + "/api/v1/query_range",
+            timeout=10,
+            params={"query": expr, "start": start or self.start, "end": end or self.end, "step": "1"},
+        )
         body = r.json()
         if body.get("status") != "success":
             raise AssertionError(f"Prometheus refused {expr!r}: {body}")
@@ -192,8 +209,11 @@ class Stack:
 
 
 def _binary(*names: str) -> str:
-    return need_binary(*names, install="apt-get install prometheus prometheus-alertmanager "
-                                       "(./run test installs them when run as root)")
+    return need_binary(
+        *names,
+        install="apt-get install prometheus prometheus-alertmanager "
+        "(./run test installs them when run as root)",
+    )
 
 
 def _flip_announced(sim: Simulator, app: App, stack: Stack, must_drain: bool) -> None:
@@ -207,7 +227,8 @@ def _flip_announced(sim: Simulator, app: App, stack: Stack, must_drain: bool) ->
         metrics = requests.get(f"http://{app.instance}/metrics", timeout=5).text
         raise AssertionError(
             f"A did not apply {target}; simulator {sim.counters()}; A's state: "
-            + " ".join(line for line in metrics.splitlines() if line.startswith("e6data_strategy")))
+            + " ".join(line for line in metrics.splitlines() if line.startswith("e6data_strategy"))
+        )
     stack.note(f"A applied {target}" if applied else f"A still pending {target}")
     sim.complete(drain_wait=5 if applied else 0)
     wait_for_answer(f"app A to follow to {target}", lambda: app.active() == target, 20, 0.2)
@@ -230,14 +251,22 @@ def _suspend_and_resume(sim: Simulator, stack: Stack) -> None:
     sim.set_resume(0.5)
     sim.suspend()
     stack.note("cluster suspended")
-    wait_for_answer("the connector to resume the cluster",
-             lambda: sim.counters()["resumes"] > before and not sim.suspended, 30, 0.2)
+    wait_for_answer(
+        "the connector to resume the cluster",
+        lambda: sim.counters()["resumes"] > before and not sim.suspended,
+        30,
+        0.2,
+    )
     stack.note("cluster resumed")
 
 
 def _wait_alerts(stack: Stack, names: tuple[str, ...], timeout: float) -> None:
-    wait_for_answer(f"alerts {names} at Alertmanager",
-             lambda: all(n in stack.poll_alertmanager() for n in names), timeout, 0.5)
+    wait_for_answer(
+        f"alerts {names} at Alertmanager",
+        lambda: all(n in stack.poll_alertmanager() for n in names),
+        timeout,
+        0.5,
+    )
     stack.note(f"alertmanager has {', '.join(names)}")
 
 
@@ -262,30 +291,61 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         (tmp / "alertmanager.yml").write_text(
             "route:\n  receiver: sink\n  group_by: [alertname]\n  group_wait: 1s\n"
             "  group_interval: 1s\n  repeat_interval: 1h\nreceivers:\n  - name: sink\n",
-            encoding="utf-8")
-        am = Server("alertmanager", [
-            alertmanager, f"--config.file={tmp / 'alertmanager.yml'}",
-            f"--storage.path={tmp / 'am-data'}", f"--web.listen-address=127.0.0.1:{am_port}",
-            "--cluster.listen-address=", "--log.level=warn"], am_port, tmp / "alertmanager.log")
+            encoding="utf-8",
+        )
+        am = Server(
+            "alertmanager",
+            [
+                alertmanager,
+                f"--config.file={tmp / 'alertmanager.yml'}",
+                f"--storage.path={tmp / 'am-data'}",
+                f"--web.listen-address=127.0.0.1:{am_port}",
+                "--cluster.listen-address=",
+                "--log.level=warn",
+            ],
+            am_port,
+            tmp / "alertmanager.log",
+        )
         started.append(am)
-        (tmp / "prometheus.yml").write_text(json.dumps({
-            "global": {"scrape_interval": "1s", "scrape_timeout": "900ms",
-                       "evaluation_interval": "1s"},
-            "rule_files": [str(tmp / "rules.yaml"), str(tmp / "records.yaml")],
-            "alerting": {"alertmanagers": [{"static_configs": [
-                {"targets": [f"127.0.0.1:{am_port}"]}]}]},
-            "scrape_configs": [{"job_name": JOB, "static_configs": [
-                {"targets": [a.instance, b.instance]}]}],
-        }), encoding="utf-8")
-        prom = Server("prometheus", [
-            prometheus, f"--config.file={tmp / 'prometheus.yml'}",
-            f"--storage.tsdb.path={tmp / 'prom-data'}", f"--web.listen-address=127.0.0.1:{prom_port}",
-            "--log.level=warn"], prom_port, tmp / "prometheus.log")
+        (tmp / "prometheus.yml").write_text(
+            json.dumps(
+                {
+                    "global": {
+                        "scrape_interval": "1s",
+                        "scrape_timeout": "900ms",
+                        "evaluation_interval": "1s",
+                    },
+                    "rule_files": [str(tmp / "rules.yaml"), str(tmp / "records.yaml")],
+                    "alerting": {
+                        "alertmanagers": [{"static_configs": [{"targets": [f"127.0.0.1:{am_port}"]}]}]
+                    },
+                    "scrape_configs": [
+                        {"job_name": JOB, "static_configs": [{"targets": [a.instance, b.instance]}]}
+                    ],
+                }
+            ),
+            encoding="utf-8",
+        )
+        prom = Server(
+            "prometheus",
+            [
+                prometheus,
+                f"--config.file={tmp / 'prometheus.yml'}",
+                f"--storage.tsdb.path={tmp / 'prom-data'}",
+                f"--web.listen-address=127.0.0.1:{prom_port}",
+                "--log.level=warn",
+            ],
+            prom_port,
+            tmp / "prometheus.log",
+        )
         started.append(prom)
 
         st = Stack(prom=prom, am=am, a=a, b=b, start=time.time())
-        wait_for_answer("both apps scraped", lambda: len(st.query(
-            f'up{{job="{JOB}"}} == 1', time.time(), time.time())) == 2, 30)
+        wait_for_answer(
+            "both apps scraped",
+            lambda: len(st.query(f'up{{job="{JOB}"}} == 1', time.time(), time.time())) == 2,
+            30,
+        )
         st.note("both targets up")
         time.sleep(4)  # a few samples on blue before anything happens
 
@@ -317,9 +377,16 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 # --- the dashboards ---------------------------------------------------------------------------
 def fill(expr: str, seconds: float) -> str:
     """A dashboard expression with Grafana's variables replaced as Grafana would."""
-    values = {"__rate_interval": RATE_WINDOW, "__range": f"{int(seconds) + 1}s", "job": JOB,
-              "instance": ".*", "pod": ".*", "method": ".*", "cluster": ".*",
-              "namespace": ".*"}
+    values = {
+        "__rate_interval": RATE_WINDOW,
+        "__range": f"{int(seconds) + 1}s",
+        "job": JOB,
+        "instance": ".*",
+        "pod": ".*",
+        "method": ".*",
+        "cluster": ".*",
+        "namespace": ".*",
+    }
     return re.sub(r"\$\{?(\w+)\}?", lambda m: values[m.group(1)], expr)
 
 
@@ -346,19 +413,22 @@ def test_every_dashboard_query_returns_data(stack: Stack) -> None:
         result = stack.query(fill(expr, stack.end - stack.start))
         if not finite_values(result):
             empty.append(f"{where}: {expr}")
-    assert empty == [], "panel queries without data:\n" + "\n".join(empty) + \
-        f"\ntimeline: {stack.timeline}"
+    assert empty == [], "panel queries without data:\n" + "\n".join(empty) + f"\ntimeline: {stack.timeline}"
 
 
 def test_the_dashboard_variables_list_the_clients(stack: Stack) -> None:
     def label_values(label: str, match: str) -> list[str]:
-        r = requests.get(f"{stack.prom.url}/api/v1/label/{label}/values", timeout=10,
-                         params={"match[]": match, "start": stack.start, "end": stack.end})
+        r = requests.get(
+            f"{stack.prom.url}/api/v1/label/{label}/values",
+            timeout=10,
+            params={"match[]": match, "start": stack.start, "end": stack.end},
+        )
         return list(r.json()["data"])
 
     assert label_values("job", "e6observe_build_info") == [JOB]
     assert sorted(label_values("instance", f'e6observe_build_info{{job="{JOB}"}}')) == sorted(
-        [stack.a.instance, stack.b.instance])
+        [stack.a.instance, stack.b.instance]
+    )
     methods = label_values("method", f'e6data_rpc_duration_seconds_count{{job="{JOB}"}}')
     assert {"authenticate", "prepareStatement", "clearOrCancelQuery"} <= set(methods)
 
@@ -371,12 +441,17 @@ def panel_expr(title: str, ref: str = "A") -> str:
 
 
 def test_the_panels_show_who_flipped_and_what_it_cost(stack: Stack) -> None:
-    per_client = {s["metric"]["instance"]: {float(v) for _, v in s["values"]}
-                  for s in stack.query(panel_expr("Active strategy per client"))}
+    per_client = {
+        s["metric"]["instance"]: {float(v) for _, v in s["values"]}
+        for s in stack.query(panel_expr("Active strategy per client"))
+    }
     assert per_client[stack.a.instance] >= {1.0, 2.0}  # A went blue -> green -> ...
     assert per_client[stack.b.instance] == {1.0}  # idle B never left blue
-    causes = {s["metric"]["cause"] for s in stack.query(panel_expr("Switches"))
-              if max(finite_values([s]), default=0) > 0}
+    causes = {
+        s["metric"]["cause"]
+        for s in stack.query(panel_expr("Switches"))
+        if max(finite_values([s]), default=0) > 0
+    }
     assert causes == {"announced", "mismatch"}
     assert max(finite_values(stack.query(panel_expr("Queries failed mid-switch")))) > 0
     assert max(finite_values(stack.query(panel_expr("Strategy mismatches (456)")))) > 0
@@ -391,23 +466,22 @@ def test_flip_and_split_brain_alerts_reach_alertmanager(stack: Stack) -> None:
     assert set(REQUIRED_ALERTS) <= set(got), (sorted(got), stack.timeline)
 
     switched = [a["labels"] for a in got["E6dataStrategySwitched"]]
-    assert {"alertname": "E6dataStrategySwitched", "severity": "info", "job": JOB,
-            "to": "green"} in switched
+    assert {"alertname": "E6dataStrategySwitched", "severity": "info", "job": JOB, "to": "green"} in switched
 
     [split] = got["E6dataStrategySplitBrain"]
-    assert split["labels"] == {"alertname": "E6dataStrategySplitBrain", "severity": "critical",
-                               "job": JOB}
+    assert split["labels"] == {"alertname": "E6dataStrategySplitBrain", "severity": "critical", "job": JOB}
     assert split["annotations"]["description"] == (
         f"Clients of job={JOB} have been routing to both blue and green for more than 5s: "
-        "some clients did not follow a switch.")
+        "some clients did not follow a switch."
+    )
     assert split["annotations"]["runbook_url"].endswith("/docs/runbook.md#e6datastrategysplitbrain")
 
-    flapping = [a for a in got["E6dataStrategyFlapping"]
-                if a["labels"].get("instance") == stack.a.instance]
+    flapping = [a for a in got["E6dataStrategyFlapping"] if a["labels"].get("instance") == stack.a.instance]
     assert flapping, got["E6dataStrategyFlapping"]
     assert flapping[0]["labels"]["severity"] == "warning"
-    assert all(a["labels"].get("instance") != stack.b.instance
-               for a in got["E6dataStrategyFlapping"])  # the idle client did not flap
+    assert all(
+        a["labels"].get("instance") != stack.b.instance for a in got["E6dataStrategyFlapping"]
+    )  # the idle client did not flap
     for alerts in got.values():
         for a in alerts:
             assert set(a["annotations"]) == {"summary", "description", "runbook_url"}
@@ -421,17 +495,22 @@ def test_prometheus_evaluated_the_same_alerts(stack: Stack) -> None:
 
 # --- the contract, from the other side --------------------------------------------------------
 def test_every_scraped_series_is_in_the_metric_table(stack: Stack) -> None:
-    r = requests.get(f"{stack.prom.url}/api/v1/label/__name__/values", timeout=10,
-                     params={"match[]": f'{{job="{JOB}"}}', "start": stack.start,
-                             "end": stack.end})
+    r = requests.get(
+        f"{stack.prom.url}/api/v1/label/__name__/values",
+        timeout=10,
+        params={"match[]": f'{{job="{JOB}"}}', "start": stack.start, "end": stack.end},
+    )
     names = set(r.json()["data"])
     # Series Prometheus writes itself: target health, scrape stats, alert state, and the
     # recording rules' series (records.yaml).
-    recorded = {r["record"] for g in yaml.safe_load(render_records(LIVE_CONFIG))["groups"]
-                for r in g["rules"]}
-    prometheus_own = {n for n in names
-                      if n in ("up", "ALERTS", "ALERTS_FOR_STATE") or n.startswith("scrape_")
-                      or n in recorded}
+    recorded = {
+        r["record"] for g in yaml.safe_load(render_records(LIVE_CONFIG))["groups"] for r in g["rules"]
+    }
+    prometheus_own = {
+        n
+        for n in names
+        if n in ("up", "ALERTS", "ALERTS_FOR_STATE") or n.startswith("scrape_") or n in recorded
+    }
     assert {"e6data_strategy_active", "e6observe_build_info"} <= names
     assert names - prometheus_own - exposed_series_names() == set()
 

@@ -39,13 +39,23 @@ SHOW_WITHIN = INTERVAL + 4.0
 class Chromium:
     """Headless Chromium with a DevTools-protocol connection over a pipe."""
 
-    FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-             "--disable-component-update", "--disable-sync", "--no-first-run",
-             "--disable-default-apps", "--remote-debugging-pipe", "--window-size=1280,1100")
+    FLAGS = (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--disable-default-apps",
+        "--remote-debugging-pipe",
+        "--window-size=1280,1100",
+    )
 
     def __init__(self) -> None:
-        exe = need_binary("chromium", "chromium-browser",
-                          install="apt-get install chromium (./run test does this as root)")
+        exe = need_binary(
+            "chromium", "chromium-browser", install="apt-get install chromium (./run test does this as root)"
+        )
         self.profile = tempfile.mkdtemp(prefix="e6observe-chromium-")
         to_child_r, self._to_child = os.pipe()
         self._from_child, from_child_w = os.pipe()
@@ -57,8 +67,12 @@ class Chromium:
 
         self.proc = subprocess.Popen(
             [exe, *self.FLAGS, f"--user-data-dir={self.profile}", "about:blank"],
-            preexec_fn=fds, close_fds=False, stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            preexec_fn=fds,
+            close_fds=False,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         os.close(to_child_r)
         os.close(from_child_w)
         self._buf = b""
@@ -66,8 +80,13 @@ class Chromium:
         self.events: list[dict[str, Any]] = []
         self.session: Optional[str] = None
 
-    def call(self, method: str, params: Optional[dict[str, Any]] = None,
-             session: Optional[str] = None, timeout: float = 30.0) -> dict[str, Any]:
+    def call(
+        self,
+        method: str,
+        params: Optional[dict[str, Any]] = None,
+        session: Optional[str] = None,
+        timeout: float = 30.0,
+    ) -> dict[str, Any]:
         self._id += 1
         msg: dict[str, Any] = {"id": self._id, "method": method, "params": params or {}}
         if session:
@@ -96,15 +115,15 @@ class Chromium:
 
     def open(self, url: str) -> None:
         target = self.call("Target.createTarget", {"url": "about:blank"})["targetId"]
-        self.session = self.call("Target.attachToTarget",
-                                 {"targetId": target, "flatten": True})["sessionId"]
+        self.session = self.call("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
         for domain in ("Runtime.enable", "Log.enable", "Page.enable"):
             self.call(domain, session=self.session)
         self.call("Page.navigate", {"url": url}, session=self.session)
 
     def js(self, expression: str) -> Any:
-        r = self.call("Runtime.evaluate", {"expression": expression, "returnByValue": True},
-                      session=self.session)
+        r = self.call(
+            "Runtime.evaluate", {"expression": expression, "returnByValue": True}, session=self.session
+        )
         if "exceptionDetails" in r:
             raise RuntimeError(f"page script failed: {r['exceptionDetails']}")
         return r["result"].get("value")
@@ -164,9 +183,27 @@ def _prober(sim: Simulator, *extra: str) -> Iterator[str]:
     env = dict(os.environ, E6DATA_USERNAME=USER, E6DATA_PASSWORD=PASSWORD)
     env.pop("OTEL_SERVICE_NAME", None)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "e6observe", "probe", "--host", sim.host, "--port", str(sim.port),
-         "--interval", str(INTERVAL), "--metrics-port", "0", *extra],
-        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-m",
+            "e6observe",
+            "probe",
+            "--host",
+            sim.host,
+            "--port",
+            str(sim.port),
+            "--interval",
+            str(INTERVAL),
+            "--metrics-port",
+            "0",
+            *extra,
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     found: list[str] = []
     ready = threading.Event()
 
@@ -205,9 +242,12 @@ def wait_js(c: Chromium, expression: str, timeout: float) -> bool:
 
 def test_page_renders_and_shows_a_flip(sim: Simulator, prober_url: str, chromium: Chromium) -> None:
     chromium.open(prober_url + "/")
-    assert wait_js(chromium, "document.getElementById('active').dataset.strategy === 'blue' && "
-                             "document.getElementById('conn').dataset.state === 'live'", 30), \
-        "page never showed the blue strategy over a live stream"
+    assert wait_js(
+        chromium,
+        "document.getElementById('active').dataset.strategy === 'blue' && "
+        "document.getElementById('conn').dataset.state === 'live'",
+        30,
+    ), "page never showed the blue strategy over a live stream"
     assert chromium.js("document.title") == "e6observe status"
     assert chromium.js("document.getElementById('switch-count').textContent") == "0"
     src = chromium.js("document.getElementById('source').textContent")
@@ -218,16 +258,19 @@ def test_page_renders_and_shows_a_flip(sim: Simulator, prober_url: str, chromium
 
     sim.flip()
     flipped = time.monotonic()
-    shown = wait_js(chromium,
-                    "document.getElementById('active').dataset.strategy === 'green' && "
-                    "document.querySelectorAll('#switches tbody tr.switch').length === 1",
-                    SHOW_WITHIN)
+    shown = wait_js(
+        chromium,
+        "document.getElementById('active').dataset.strategy === 'green' && "
+        "document.querySelectorAll('#switches tbody tr.switch').length === 1",
+        SHOW_WITHIN,
+    )
     took = time.monotonic() - flipped
     assert shown, f"the page did not show the switch within {SHOW_WITHIN} s"
     print(f"page showed the switch {took:.2f} s after the flip")
 
-    row = chromium.js("Array.from(document.querySelectorAll('#switches tbody tr.switch td'))"
-                      ".map(td => td.textContent)")
+    row = chromium.js(
+        "Array.from(document.querySelectorAll('#switches tbody tr.switch td')).map(td => td.textContent)"
+    )
     assert row[1] == "blue → green"
     assert row[2] in ("announced", "mismatch", "observed")
     # the snapshot the event triggered brings the counters along
@@ -239,8 +282,7 @@ def test_page_renders_and_shows_a_flip(sim: Simulator, prober_url: str, chromium
     assert (ARTIFACTS / "status-page-after-flip.png").stat().st_size > 10_000
 
 
-def test_page_shows_an_auto_resume(sim: Simulator, resuming_prober_url: str,
-                                   chromium: Chromium) -> None:
+def test_page_shows_an_auto_resume(sim: Simulator, resuming_prober_url: str, chromium: Chromium) -> None:
     """Issue 14: the prober's connector (``--auto-resume``) resumes the suspended cluster; the
     page shows it."""
     chromium.open(resuming_prober_url + "/")
@@ -250,12 +292,16 @@ def test_page_shows_an_auto_resume(sim: Simulator, resuming_prober_url: str,
     assert wait_js(chromium, "document.getElementById('cluster').textContent.includes('ok 1')", 30)
     text = chromium.js("document.getElementById('cluster').textContent")
     assert text.startswith("active;") and "failed 0" in text and "last ok in" in text, text
-    assert wait_js(chromium, "Array.from(document.querySelectorAll('#events li .k'))"
-                             ".some((n) => n.textContent === 'resume_finished')", 10)
-    kinds = chromium.js("Array.from(document.querySelectorAll('#events li .k'))"
-                        ".map((n) => n.textContent)")
+    assert wait_js(
+        chromium,
+        "Array.from(document.querySelectorAll('#events li .k'))"
+        ".some((n) => n.textContent === 'resume_finished')",
+        10,
+    )
+    kinds = chromium.js("Array.from(document.querySelectorAll('#events li .k')).map((n) => n.textContent)")
     assert {"suspended_seen", "resume_started", "resume_finished"} <= set(kinds)
     assert chromium.js("document.getElementById('caches').textContent").startswith(
-        "process blue, cluster manager blue")
+        "process blue, cluster manager blue"
+    )
     # the cluster manager's own detection stays out of the colour timeline
     assert chromium.js("document.getElementById('switches').tBodies[0].rows.length") == 0

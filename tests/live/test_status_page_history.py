@@ -32,9 +32,11 @@ def full_page(c: Chromium, name: str) -> None:
     """A screenshot of the whole page (not only the window), kept in ``artifacts/``."""
     size = c.call("Page.getLayoutMetrics", session=c.session)["cssContentSize"]
     clip = {"x": 0, "y": 0, "width": size["width"], "height": size["height"], "scale": 1}
-    data = c.call("Page.captureScreenshot", {"format": "png", "clip": clip,
-                                             "captureBeyondViewport": True},
-                  session=c.session)["data"]
+    data = c.call(
+        "Page.captureScreenshot",
+        {"format": "png", "clip": clip, "captureBeyondViewport": True},
+        session=c.session,
+    )["data"]
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     (ARTIFACTS / name).write_bytes(base64.b64decode(data))
 
@@ -52,9 +54,26 @@ class DemoProcess:
     def __init__(self, seconds: float) -> None:
         env = {k: v for k, v in os.environ.items() if k != "OTEL_SERVICE_NAME"}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "e6observe", "demo", "--duration", f"{seconds:g}",
-             "--flip-every", "4", "--threads", "2", "--metrics-port", "0"],
-            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            [
+                sys.executable,
+                "-m",
+                "e6observe",
+                "demo",
+                "--duration",
+                f"{seconds:g}",
+                "--flip-every",
+                "4",
+                "--threads",
+                "2",
+                "--metrics-port",
+                "0",
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
         self.lines: list[str] = []
         self.base: list[str] = []
         self.ready = threading.Event()
@@ -89,8 +108,7 @@ def test_status_page_first_paint_history_and_offline(chromium: Chromium) -> None
 
         # 1. First paint, JavaScript off: the served HTML alone shows the state.
         chromium.open("about:blank")
-        chromium.call("Emulation.setScriptExecutionDisabled", {"value": True},
-                      session=chromium.session)
+        chromium.call("Emulation.setScriptExecutionDisabled", {"value": True}, session=chromium.session)
         chromium.call("Page.navigate", {"url": base + "/"}, session=chromium.session)
         assert wait_js(chromium, "document.getElementById('active').textContent === 'blue'", 20)
         full_page(chromium, "status-first-paint.png")
@@ -98,27 +116,28 @@ def test_status_page_first_paint_history_and_offline(chromium: Chromium) -> None
         assert "connecting" not in text
         assert re.search(r"e6observe-demo · pid \d+", text), text[:300]
         assert chromium.js("document.querySelectorAll('#timeline-chart .tick-label').length") >= 2
-        assert re.fullmatch(r"\d\d:\d\d:\d\d", chromium.js(
-            "document.querySelector('#timeline-chart .tick-label').textContent"))
+        assert re.fullmatch(
+            r"\d\d:\d\d:\d\d",
+            chromium.js("document.querySelector('#timeline-chart .tick-label').textContent"),
+        )
         assert chromium.js("document.querySelectorAll('#latency-chart .lat').length") >= 1
         assert chromium.js("document.getElementById('latency').tBodies[0].rows.length") >= 1
 
         # 2. Live, after flips: the timeline and the latency chart cover the run.
-        chromium.call("Emulation.setScriptExecutionDisabled", {"value": False},
-                      session=chromium.session)
+        chromium.call("Emulation.setScriptExecutionDisabled", {"value": False}, session=chromium.session)
         chromium.call("Page.navigate", {"url": base + "/"}, session=chromium.session)
         assert wait_js(chromium, "document.getElementById('conn').dataset.state === 'live'", 20)
         time.sleep(max(0.0, RUN_SECONDS - 3))
-        assert wait_js(chromium, "document.querySelectorAll('#switches tbody tr.switch').length >= 2",
-                       20)
+        assert wait_js(chromium, "document.querySelectorAll('#switches tbody tr.switch').length >= 2", 20)
         # the charts were refreshed from the server while the page was open
-        assert wait_js(chromium, "document.querySelectorAll('#timeline-chart .switch-mark').length >= 2",
-                       10)
+        assert wait_js(chromium, "document.querySelectorAll('#timeline-chart .switch-mark').length >= 2", 10)
         lines = chromium.js("document.querySelectorAll('#latency-chart polyline.lat').length")
         assert lines >= 2, "latency over time: a line per colour"
-        colours = chromium.js("Array.from(new Set(Array.from(document.querySelectorAll("
-                              "'#latency-chart .lat')).map(e => e.classList.contains('s-blue') "
-                              "? 'blue' : 'green')))")
+        colours = chromium.js(
+            "Array.from(new Set(Array.from(document.querySelectorAll("
+            "'#latency-chart .lat')).map(e => e.classList.contains('s-blue') "
+            "? 'blue' : 'green')))"
+        )
         assert sorted(colours) == ["blue", "green"]
         full_page(chromium, "status-after-flips.png")
         assert chromium.page_errors() == []
@@ -132,8 +151,7 @@ def test_status_page_first_paint_history_and_offline(chromium: Chromium) -> None
         rows = chromium.js("document.querySelectorAll('#switches tbody tr.switch').length")
         tile = int(chromium.js("document.getElementById('switch-count').textContent"))
         assert tile == rows, (tile, rows)
-        last = chromium.js("document.querySelector('#switches tbody tr.switch td:nth-child(2)')"
-                           ".textContent")
+        last = chromium.js("document.querySelector('#switches tbody tr.switch td:nth-child(2)').textContent")
         active = chromium.js("document.getElementById('active').textContent")
         assert last.endswith(active), (last, active)
         full_page(chromium, "status-offline.png")
