@@ -189,3 +189,62 @@ def openssl(*args: str, cwd: Any) -> None:
         raise AssertionError(
             f"openssl {' '.join(args[:2])} exited {proc.returncode}: {proc.stderr.strip()[-2000:]}"
         )
+
+
+def make_pki(d: Any, *, other_ca: bool = False) -> dict[str, str]:
+    """Certificates for the TLS tests, made in ``d`` with openssl (EC P-256, two days): a CA, a
+    server certificate for 127.0.0.1 and a client certificate it signed; with ``other_ca``, a
+    second CA that signed nothing presented. Keys: ca, server_cert, server_key, client_cert,
+    client_key (and other_ca), each a file path."""
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+
+    def new_ca(name: str) -> None:
+        openssl(
+            "req",
+            "-x509",
+            *ec,
+            "-keyout",
+            f"{name}.key",
+            "-out",
+            f"{name}.pem",
+            "-days",
+            "2",
+            "-subj",
+            f"/CN=e6observe-test-{name}",
+            cwd=d,
+        )
+
+    new_ca("ca")
+    with open(os.path.join(d, "san.ext"), "w", encoding="ascii") as f:
+        f.write("subjectAltName=IP:127.0.0.1\n")
+    for name, cn in (("server", "127.0.0.1"), ("client", "scraper")):
+        openssl("req", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={cn}", cwd=d)
+        ext = ["-extfile", "san.ext"] if name == "server" else []
+        openssl(
+            "x509",
+            "-req",
+            "-in",
+            f"{name}.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            f"{name}.pem",
+            "-days",
+            "2",
+            *ext,
+            cwd=d,
+        )
+    files = {
+        "ca": "ca.pem",
+        "server_cert": "server.pem",
+        "server_key": "server.key",
+        "client_cert": "client.pem",
+        "client_key": "client.key",
+    }
+    if other_ca:
+        new_ca("other-ca")
+        files["other_ca"] = "other-ca.pem"
+    return {k: os.path.join(d, v) for k, v in files.items()}

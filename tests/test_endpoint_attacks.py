@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterator, Optional
 
 import attacks
 import pytest
-from helpers import openssl, wait_for
+from helpers import make_pki, wait_for
 from prometheus_client import CollectorRegistry, Counter
 
 from e6observe.endpoint import server as server_mod
@@ -56,50 +56,8 @@ def serve(registry: CollectorRegistry) -> Iterator[Callable[..., MetricsServer]]
 
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    d = tmp_path_factory.mktemp("attack-certs")
-    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-    openssl(
-        "req",
-        "-x509",
-        *ec,
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=attack-ca",
-        cwd=d,
-    )
-    (d / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
-    for name in ("server", "client"):
-        openssl("req", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}", cwd=d)
-        ext = ["-extfile", "san.ext"] if name == "server" else []
-        openssl(
-            "x509",
-            "-req",
-            "-in",
-            f"{name}.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            f"{name}.pem",
-            "-days",
-            "2",
-            *ext,
-            cwd=d,
-        )
-    return {
-        "ca": str(d / "ca.pem"),
-        "cert": str(d / "server.pem"),
-        "key": str(d / "server.key"),
-        "client_cert": str(d / "client.pem"),
-        "client_key": str(d / "client.key"),
-    }
+    pki = make_pki(tmp_path_factory.mktemp("attack-certs"))
+    return {**pki, "cert": pki["server_cert"], "key": pki["server_key"]}
 
 
 def raw(port: int, data: bytes, timeout: float = 5.0) -> bytes:

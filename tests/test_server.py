@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterator
 
 import pytest
 import requests
-from helpers import need_binary, openssl
+from helpers import make_pki
 from prometheus_client import CollectorRegistry, Counter
 
 from e6observe import _safe
@@ -46,77 +46,9 @@ def serve(registry: CollectorRegistry) -> Iterator[Callable[..., MetricsServer]]
         s.close()
 
 
-def _openssl(*args: str, cwd: Path) -> None:
-    openssl(*args, cwd=cwd)
-
-
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """A throwaway CA, a server certificate for 127.0.0.1 and a client certificate."""
-    need_binary("openssl", install="apt-get install openssl (the TLS tests make their certificates with it)")
-    d = tmp_path_factory.mktemp("certs")
-    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-    _openssl(
-        "req",
-        "-x509",
-        *ec,
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=e6observe-test-ca",
-        cwd=d,
-    )
-    (d / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
-    for name, cn in (("server", "127.0.0.1"), ("client", "scraper")):
-        _openssl("req", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={cn}", cwd=d)
-        ext = ["-extfile", "san.ext"] if name == "server" else []
-        _openssl(
-            "x509",
-            "-req",
-            "-in",
-            f"{name}.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            f"{name}.pem",
-            "-days",
-            "2",
-            *ext,
-            cwd=d,
-        )
-    # A second CA that signed nothing we present: a client cert it does not vouch for.
-    _openssl(
-        "req",
-        "-x509",
-        *ec,
-        "-keyout",
-        "other-ca.key",
-        "-out",
-        "other-ca.pem",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=other-ca",
-        cwd=d,
-    )
-    return {
-        k: str(d / v)
-        for k, v in {
-            "ca": "ca.pem",
-            "server_cert": "server.pem",
-            "server_key": "server.key",
-            "client_cert": "client.pem",
-            "client_key": "client.key",
-            "other_ca": "other-ca.pem",
-        }.items()
-    }
+    return make_pki(tmp_path_factory.mktemp("certs"), other_ca=True)
 
 
 def test_plain_scrape_serves_registry_on_loopback(serve: Callable[..., MetricsServer]) -> None:
