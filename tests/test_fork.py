@@ -580,3 +580,39 @@ def test_a_store_nobody_resets_keeps_the_parents_counts_out_of_the_childs_file(t
     finally:
         sink.close()
         rec.stop()
+
+
+def test_a_fork_while_a_thread_is_inside_instrument_leaves_the_child_able_to_uninstrument() -> None:
+    """instrument() registers a reset of its own lock: a child forked while a parent thread holds
+    it (inside instrument() or uninstrument()) gets a free lock and can uninstrument, instead of
+    hanging on a lock no thread of the child will ever release."""
+    from prometheus_client import CollectorRegistry
+
+    import e6observe
+    from e6observe import _api
+
+    assert e6observe.instrument(otel=False, registry=CollectorRegistry()) is not None
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with _api._lock:
+            held.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=hold, daemon=True)
+    holder.start()
+    try:
+        assert held.wait(10)
+
+        def child() -> dict[str, Any]:
+            free = _api._lock.acquire(timeout=3)
+            if free:
+                _api._lock.release()
+            return {"lock_free": free, "uninstrumented": e6observe.uninstrument() if free else None}
+
+        got = in_child(child)
+    finally:
+        release.set()
+        holder.join(10)
+        e6observe.uninstrument()
+    assert got == {"lock_free": True, "uninstrumented": True}
