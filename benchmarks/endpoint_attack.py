@@ -39,46 +39,9 @@ from typing import Any, Optional
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))
 import attacks  # noqa: E402
+from helpers import free_port, make_pki  # noqa: E402
 
 AUTH = "scraper:attack-test-password"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def make_certs(d: str) -> dict[str, str]:
-    def ossl(*args: str) -> None:
-        subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True)
-
-    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-    ossl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=ca")
-    with open(os.path.join(d, "san.ext"), "w") as f:
-        f.write("subjectAltName=IP:127.0.0.1\n")
-    for name in ("server", "client"):
-        ossl("req", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}")
-        ext = ["-extfile", "san.ext"] if name == "server" else []
-        ossl(
-            "x509",
-            "-req",
-            "-in",
-            f"{name}.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            f"{name}.pem",
-            "-days",
-            "2",
-            *ext,
-        )
-    return {
-        k: os.path.join(d, f"{k}.{e}") for k, e in (("ca", "pem"), ("server", "pem"), ("client", "pem"))
-    } | {"server_key": os.path.join(d, "server.key"), "client_key": os.path.join(d, "client.key")}
 
 
 class Target:
@@ -222,13 +185,13 @@ def slowloris(args: argparse.Namespace) -> dict[str, Any]:
         env["E6OBSERVE_BASIC_AUTH"] = AUTH
     if args.tls:
         tmp = tempfile.mkdtemp(prefix="e6o-attack-")
-        c = make_certs(tmp)
+        c = make_pki(tmp)
         env.update(
-            E6OBSERVE_TLS_CERTFILE=c["server"],
+            E6OBSERVE_TLS_CERTFILE=c["server_cert"],
             E6OBSERVE_TLS_KEYFILE=c["server_key"],
             E6OBSERVE_TLS_CLIENT_CAFILE=c["ca"],
         )
-        ctx = attacks.client_context(c["ca"], c["client"], c["client_key"])
+        ctx = attacks.client_context(c["ca"], c["client_cert"], c["client_key"])
     t = Target(args, env)
     try:
         time.sleep(5)
