@@ -56,16 +56,9 @@ TRACER_RECHECK_SECONDS = 1.0
 
 def _hooks() -> list[Any]:
     """Every hook, in install order (uninstall runs it backwards)."""
-    from .hooks import aio, channel, cluster, cursor, strategy_cache
+    from .hooks import aio, channel, cluster, cursor, pool, strategy_cache
 
-    hooks: list[Any] = [m.HOOK for m in (strategy_cache, channel, cursor, aio, cluster)]
-    try:
-        from .hooks import pool
-
-        hooks.append(pool.HOOK)
-    except Exception as exc:
-        record_internal_error("hook.install.pool", exc)
-    return hooks
+    return [m.HOOK for m in (strategy_cache, channel, cursor, aio, cluster, pool)]
 
 
 class _Instrumentation:
