@@ -3,7 +3,11 @@
 * :func:`rpc_method_names` - the connector's short RPC method names mapped to the fully
   qualified ``Service/method`` that ``rpc.method`` carries;
 * :func:`event_attributes` - the attributes of a strategy event, the same on the event's log
-  record (``sinks/otel.py``) and on the span event of the queries in flight (``tracing.py``).
+  record (``sinks/otel.py``) and on the span event of the queries in flight (``tracing.py``);
+* :func:`error_type` and :func:`db_namespace` - a query's ``error.type`` (span and
+  ``db.client.operation.duration`` alike) and ``db.namespace``. Here rather than in
+  ``tracing.py``, so that the cursor hooks and the metric sink do not load the query tracer's
+  module (its regular expressions) in a process without a tracer.
 """
 
 from __future__ import annotations
@@ -11,6 +15,22 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from .events import Event
+
+#: ``error.type`` per query outcome, on the span and on ``db.client.operation.duration`` alike;
+#: a successful query carries none. ``_OTHER``: the conventions' value for an error with no
+#: more specific low-cardinality type (the gRPC status goes to ``db.response.status_code``).
+ERROR_TYPES = {"error": "_OTHER", "switch_interrupted": "switch_interrupted"}
+
+
+def error_type(outcome: str) -> Optional[str]:
+    """The ``error.type`` of a query outcome (None for ``ok``): one mapping for span and metric."""
+    return None if outcome in ("ok", "resumed") else ERROR_TYPES.get(outcome, "_OTHER")
+
+
+def db_namespace(catalog: object, database: object) -> Optional[str]:
+    """``db.namespace``: ``catalog|database`` (most general first), or whichever is set."""
+    parts = [p for p in (catalog, database) if isinstance(p, str) and p]
+    return "|".join(parts)[:256] if parts else None
 
 
 def rpc_method_names() -> dict[str, str]:
@@ -61,4 +81,4 @@ def event_attributes(ev: Event, rpc_names: Optional[dict[str, str]] = None) -> d
     return attrs
 
 
-__all__ = ["rpc_method_names", "event_attributes"]
+__all__ = ["rpc_method_names", "event_attributes", "error_type", "db_namespace", "ERROR_TYPES"]

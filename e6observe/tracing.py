@@ -31,6 +31,9 @@ import re
 import threading
 from typing import Any, Optional
 
+# ``error.type`` and ``db.namespace`` live in _otelattrs: the metric sink and the cursor hooks
+# use them too, and must not load this module (its regular expressions) when no tracer exists.
+from ._otelattrs import ERROR_TYPES, db_namespace, error_type
 from ._safe import record_internal_error
 from .events import Event
 from .recorder import Recorder
@@ -85,10 +88,6 @@ _TARGET = re.compile(r"\b(?:FROM|JOIN|INTO|UPDATE|TABLE)\s+([A-Za-z_][\w.]{0,127
 MAX_SUMMARY = 128
 #: Tables named in a summary at most.
 MAX_SUMMARY_TARGETS = 3
-#: ``error.type`` per query outcome, on the span and on ``db.client.operation.duration`` alike;
-#: a successful query carries none. ``_OTHER``: the conventions' value for an error with no
-#: more specific low-cardinality type (the gRPC status goes to ``db.response.status_code``).
-ERROR_TYPES = {"error": "_OTHER", "switch_interrupted": "switch_interrupted"}
 _SPACES = re.compile(r"\s+")
 
 
@@ -155,11 +154,6 @@ def query_summary(text: object, op: Optional[str] = None) -> Optional[str]:
     return summary if len(summary) <= MAX_SUMMARY else summary[:MAX_SUMMARY].rsplit(" ", 1)[0]
 
 
-def error_type(outcome: str) -> Optional[str]:
-    """The ``error.type`` of a query outcome (None for ``ok``): one mapping for span and metric."""
-    return None if outcome in ("ok", "resumed") else ERROR_TYPES.get(outcome, "_OTHER")
-
-
 def _status_code(exc: Optional[BaseException]) -> Optional[str]:
     """The gRPC status name of ``exc`` (``UNAVAILABLE``), if it has one."""
     if exc is None:
@@ -169,12 +163,6 @@ def _status_code(exc: Optional[BaseException]) -> Optional[str]:
         return name if isinstance(name, str) else None
     except Exception:
         return None
-
-
-def db_namespace(catalog: object, database: object) -> Optional[str]:
-    """``db.namespace``: ``catalog|database`` (most general first), or whichever is set."""
-    parts = [p for p in (catalog, database) if isinstance(p, str) and p]
-    return "|".join(parts)[:256] if parts else None
 
 
 def resolve_tracer_provider(given: Any) -> Any:

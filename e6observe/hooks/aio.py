@@ -50,10 +50,10 @@ from functools import partial
 from typing import Any, Callable, Optional
 
 from .._colours import COLOURS, LABEL
+from .._otelattrs import db_namespace
 from .._otelctx import attach_span, detach
 from .._safe import record_internal_error
 from ..recorder import Recorder, norm_strategy
-from ..tracing import db_namespace
 from . import Hook, HookContext, is_mismatch, outcome_of
 from .cluster import QUERY_SPAN, RESUMED
 from .cursor import ATTR, QueryState, end_failed, execute_failed, finish

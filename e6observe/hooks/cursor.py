@@ -32,10 +32,10 @@ import time
 from typing import Any, Callable, Optional
 
 from .._colours import LABEL
+from .._otelattrs import db_namespace
 from .._otelctx import attach_span, detach
 from .._safe import record_internal_error
 from ..recorder import FOLD_AT, norm_strategy
-from ..tracing import db_namespace
 from . import Hook, HookContext, outcome_of, retry_reason
 from . import channel as _channel
 from .cluster import QUERY_SPAN, RESUMED

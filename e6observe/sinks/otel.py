@@ -48,14 +48,13 @@ import weakref
 from typing import Any, Callable, Iterable, Iterator, Optional
 
 from .. import metrics as M
-from .._otelattrs import event_attributes, rpc_method_names
+from .._otelattrs import ERROR_TYPES as _error_types
+from .._otelattrs import error_type, event_attributes, rpc_method_names
 from .._otelctx import meter as _meter
 from .._safe import contain
 from ..config import Options
 from ..events import Event
 from ..readings import OTEL_FACTORY
-from ..tracing import ERROR_TYPES as _tracing_error_types
-from ..tracing import error_type
 from . import _otel_sdk as _sdk
 
 SCOPE = "e6observe"
@@ -65,7 +64,7 @@ DB_SYSTEM = "e6data"
 # histogram is not split by statement or database (no query text reaches it); the query spans
 # carry both.
 #: ``error.type`` per query outcome - the mapping the query spans use too.
-ERROR_TYPES = _tracing_error_types
+ERROR_TYPES = _error_types
 
 _SEVERITY = {"mismatch": "WARN", "retry": "WARN", "suspended_seen": "WARN", "strategy_rejected": "WARN"}
 
