@@ -10,6 +10,14 @@ still run):
 4. hooks on the connector: strategy cache, channel, cursor, async API;
 5. sinks: Prometheus, OpenTelemetry; then the watcher thread.
 
+OpenTelemetry is set up only for an application that uses it: when a provider is passed, when
+the application has imported one of the API's signal modules (``opentelemetry.metrics``,
+``._logs``, ``.trace``) or when an ``OTEL_PYTHON_*_PROVIDER`` variable asks the API to build
+one. Otherwise the OpenTelemetry sink waits for that import (:func:`e6observe.hooks.when_imported`,
+as the async hooks wait for the connector's async API) and starts right after it, in the
+importing thread; e6observe itself never imports the OpenTelemetry API into such a process
+(about 0.6 MiB of start-up RSS, BENCHMARKS.md). ``uninstrument()`` ends the wait.
+
 It imports the connector (a declared dependency) itself, so it is correct whether it runs
 before or after the application imports the connector. Connections opened earlier are covered
 too: the strategy-cache and cursor hooks are process- and class-level, and a connection's stub
@@ -24,8 +32,11 @@ from several threads.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import logging
+import os
+import sys
 import threading
 import time
 from typing import Any, Optional
@@ -52,6 +63,35 @@ _lock = threading.RLock()
 _active: Optional[_Instrumentation] = None
 #: Seconds between looks for a global tracer provider set after instrument().
 TRACER_RECHECK_SECONDS = 1.0
+#: The OpenTelemetry API modules through which an application sets or reads a provider: once
+#: one is imported, the application uses OpenTelemetry and the OpenTelemetry sink starts.
+OTEL_API_MODULES = ("opentelemetry.metrics", "opentelemetry._logs", "opentelemetry.trace")
+#: The API's variables naming a provider it builds by itself on first use (no import by the
+#: application needed): when one is set, the sink starts at once, as before the wait existed.
+OTEL_PROVIDER_VARIABLES = {
+    "opentelemetry.metrics": "OTEL_PYTHON_METER_PROVIDER",
+    "opentelemetry._logs": "OTEL_PYTHON_LOGGER_PROVIDER",
+    "opentelemetry.trace": "OTEL_PYTHON_TRACER_PROVIDER",
+}
+
+
+def _otel_api_initializing(but: str) -> bool:
+    """True while an OpenTelemetry API module other than ``but`` is still running its own code
+    (imported, not yet complete: the import system's flag on its spec)."""
+    for name in OTEL_API_MODULES:
+        spec = getattr(sys.modules.get(name), "__spec__", None)
+        if name != but and getattr(spec, "_initializing", False):
+            return True
+    return False
+
+
+def _otel_api_in_use(*modules: str) -> bool:
+    """True if the application has imported one of the API ``modules`` (default: all of
+    :data:`OTEL_API_MODULES`) or set the provider variable of one."""
+    env = os.environ
+    return any(
+        m in sys.modules or env.get(OTEL_PROVIDER_VARIABLES.get(m, "")) for m in modules or OTEL_API_MODULES
+    )
 
 
 def _hooks() -> list[Any]:
@@ -74,6 +114,11 @@ class _Instrumentation:
         self.status: Any = None  # the status routes mounted on the metrics endpoint
         self._next_trace_check = 0.0
         self._trace_lock = threading.Lock()
+        #: While the OpenTelemetry sink waits for the application's import of the API: the
+        #: watches (see _defer_otel). ``_otel_lock`` orders the late start against stop().
+        self.otel_watches: list[Any] = []
+        self._otel_lock = threading.RLock()  # re-entrant: a watch may fire while being set
+        self._stopped = False
 
     # -- start --------------------------------------------------------------------------------
     def start(self) -> None:
@@ -96,6 +141,8 @@ class _Instrumentation:
     def _make_tracer(self) -> Any:
         if not self.options.otel:
             return None
+        if self.options.tracer_provider is None and not _otel_api_in_use("opentelemetry.trace"):
+            return None  # no global provider can be set without that import: nothing loaded
         with contain("tracing"):
             from .tracing import QueryTracer, resolve_tracer_provider
 
@@ -121,33 +168,75 @@ class _Instrumentation:
             self._trace_lock.release()
 
     def _start_sinks(self) -> None:
-        opts, rec = self.options, self.recorder
-        plan: list[tuple[str, str, str, str, str]] = [
-            ("sink.prometheus", "e6observe.sinks.prometheus", "PrometheusSink", "start", "close"),
-        ]
-        if opts.otel:
-            plan.append(("sink.otel", "e6observe.sinks.otel", "OtelSink", "start", "close"))
-        plan.append(("watcher", "e6observe.watcher", "Watcher", "start", "stop"))
-        for component, module, cls_name, start, stop in plan:
-            cls = _optional_class(module, cls_name, component)
-            if cls is None:
-                continue
-            obj = None
-            try:
-                obj = cls(rec, opts)
-                getattr(obj, start)()
-            except OSError as exc:
-                if component == "sink.prometheus":
-                    _port_taken(opts, exc)
-                else:
-                    record_internal_error(component, exc)
-            except Exception as exc:
-                record_internal_error(component, exc)
-            if obj is not None:
-                # Even a sink whose start failed part-way is closed on uninstrument.
-                self.sinks.append((component, obj, stop))
+        opts = self.options
+        given = (opts.meter_provider, opts.logger_provider, opts.tracer_provider)
+        otel_now = opts.otel and (any(p is not None for p in given) or _otel_api_in_use())
+        self._start_component(
+            "sink.prometheus", "e6observe.sinks.prometheus", "PrometheusSink", "start", "close"
+        )
+        if otel_now:
+            self._start_component("sink.otel", "e6observe.sinks.otel", "OtelSink", "start", "close")
+        self._start_component("watcher", "e6observe.watcher", "Watcher", "start", "stop")
         self._wire_watcher()
+        if opts.otel and not otel_now:
+            with contain("sink.otel"):
+                self._defer_otel()
         self._mount_status()
+
+    def _start_component(self, component: str, module: str, cls_name: str, start: str, stop: str) -> None:
+        opts = self.options
+        cls = _optional_class(module, cls_name, component)
+        if cls is None:
+            return
+        obj = None
+        try:
+            obj = cls(self.recorder, opts)
+            getattr(obj, start)()
+        except OSError as exc:
+            if component == "sink.prometheus":
+                _port_taken(opts, exc)
+            else:
+                record_internal_error(component, exc)
+        except Exception as exc:
+            record_internal_error(component, exc)
+        if obj is not None:
+            # Even a sink whose start failed part-way is closed on uninstrument.
+            self.sinks.append((component, obj, stop))
+
+    def _defer_otel(self) -> None:
+        """Start the OpenTelemetry sink once the application imports the API (one watch per
+        signal module; the first import starts it and ends the others)."""
+        from .hooks import when_imported
+
+        with self._otel_lock:  # an import in another thread waits until every watch is set
+            for module in OTEL_API_MODULES:
+                watch = when_imported(module, functools.partial(self._otel_imported, module))
+                if watch is None:  # imported meanwhile (another thread): started just now
+                    break
+                self.otel_watches.append(watch)
+        # In a forked child, a parent thread may have held the lock (inside an import of the
+        # API): the child's next import of it would hang.
+        _fork.register("locks", self._reset_otel_lock, "fork.otel.deferred")
+
+    def _otel_imported(self, module: str) -> None:
+        """The application imported an OpenTelemetry API module: start the sink, as
+        ``instrument()`` would have (runs in the importing thread, right after the module's
+        code; contained by the watch)."""
+        with self._otel_lock:
+            if _otel_api_initializing(but=module):
+                # E.g. opentelemetry.trace, imported by opentelemetry._logs's own code: the
+                # sink needs both whole. The watch of the outer one fires once it is.
+                return
+            watches, self.otel_watches = self.otel_watches, []
+            for watch in watches:
+                watch.cancel()
+            if self._stopped or any(c == "sink.otel" for c, _, _ in self.sinks):
+                return
+            self._start_component("sink.otel", "e6observe.sinks.otel", "OtelSink", "start", "close")
+            self._wire_otel_readers({component: obj for component, obj, _ in self.sinks})
+
+    def _reset_otel_lock(self) -> None:
+        self._otel_lock = threading.RLock()
 
     def _mount_status(self) -> None:
         """The live status page, ``/status`` and ``/events`` beside ``/metrics`` (same address,
@@ -173,9 +262,17 @@ class _Instrumentation:
                     prom.add_process_collector(collector)
                 if prom.multiprocess:
                     watcher.add_flush(prom.flush)
-        if "sink.otel" in by_name:
+        self._wire_otel_readers(by_name)
+
+    def _wire_otel_readers(self, by_name: dict[str, Any]) -> None:
+        """The per-process readers through OpenTelemetry, when its sink runs on a meter
+        provider that collects (not the no-op one, not the API's proxy)."""
+        watcher = by_name.get("watcher")
+        if watcher is not None and "sink.otel" in by_name:
             with contain("watcher.export.otel"):
                 from opentelemetry import metrics as otel_metrics
+
+                from . import readers
 
                 provider = self.options.meter_provider or otel_metrics.get_meter_provider()
                 no_op: tuple[type, ...] = (otel_metrics.NoOpMeterProvider,)
@@ -192,6 +289,12 @@ class _Instrumentation:
 
     # -- stop ---------------------------------------------------------------------------------
     def stop(self) -> None:
+        with self._otel_lock:  # a late OpenTelemetry start is over, or will not happen
+            self._stopped = True
+            watches, self.otel_watches = self.otel_watches, []
+        for watch in watches:
+            watch.cancel()
+        _fork.unregister("locks", self._reset_otel_lock)
         if self.status is not None:
             with contain("status"):
                 self.status.unmount()  # ends open /events streams before the server closes
