@@ -43,7 +43,6 @@ import ipaddress
 import math
 import os
 import re
-from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Mapping, Optional
 
 ENV_PREFIX = "E6OBSERVE_"
@@ -142,15 +141,26 @@ def _parse_object(name: str, raw: object, env: bool) -> object:
     return raw
 
 
-@dataclass(frozen=True)
 class _Spec:
-    parse: Callable[[str, object, bool], object]
-    env: bool = True  # settable from E6OBSERVE_<NAME>
-    optional: bool = True  # an empty env value / None means "unset"
-    secret: bool = False
-    #: A value that is only whitespace is an error (not "unset"): these options protect the
-    #: endpoint, and a stray newline must not switch that protection off in silence.
-    no_blank: bool = False
+    """How one option is read. (A plain class, as :class:`Options`: see there.)"""
+
+    __slots__ = ("parse", "env", "optional", "secret", "no_blank")
+
+    def __init__(
+        self,
+        parse: Callable[[str, object, bool], object],
+        env: bool = True,  # settable from E6OBSERVE_<NAME>
+        optional: bool = True,  # an empty env value / None means "unset"
+        secret: bool = False,
+        no_blank: bool = False,
+    ) -> None:
+        self.parse = parse
+        self.env = env
+        self.optional = optional
+        self.secret = secret
+        #: A value that is only whitespace is an error (not "unset"): these options protect the
+        #: endpoint, and a stray newline must not switch that protection off in silence.
+        self.no_blank = no_blank
 
 
 _SPECS: dict[str, _Spec] = {
@@ -177,35 +187,92 @@ _SPECS: dict[str, _Spec] = {
 }
 
 
-@dataclass(frozen=True)
 class Options:
     """The validated configuration of one ``instrument()`` call. Build it with :meth:`resolve`.
 
-    ``repr`` never shows ``basic_auth``; :meth:`describe` gives a loggable summary.
+    Immutable; equal when every option is. ``repr`` never shows ``basic_auth``;
+    :meth:`describe` gives a loggable summary.
+
+    A plain class with slots rather than a frozen dataclass: a dataclass compiles its generated
+    methods when the module is imported, and ``instrument()`` paid about 0.2 MiB of RSS for
+    that compiler's memory (issue 17, BENCHMARKS.md start-up).
     """
 
-    prometheus_port: Optional[int] = None
-    prometheus_addr: str = "127.0.0.1"
-    registry: Any = None
-    meter_provider: Any = None
-    tracer_provider: Any = None
-    logger_provider: Any = None
-    otel: bool = True
-    watcher_interval: float = 1.0
-    event_capacity: int = 1024
-    record_query_text: bool = False
-    tls_certfile: Optional[str] = None
-    tls_keyfile: Optional[str] = None
-    tls_client_cafile: Optional[str] = None
-    basic_auth: Optional[str] = field(default=None, repr=False)
-    multiprocess_dir: Optional[str] = None
-    runtime_metrics: Any = "auto"  # True, False or "auto"
-    http_max_head_bytes: int = 64 * 1024
-    http_head_timeout: float = 5.0
-    http_write_timeout: float = 10.0
-    prometheus_low_cardinality: bool = False
+    __slots__ = (*_SPECS, "sources")
+
+    prometheus_port: Optional[int]
+    prometheus_addr: str
+    registry: Any
+    meter_provider: Any
+    tracer_provider: Any
+    logger_provider: Any
+    otel: bool
+    watcher_interval: float
+    event_capacity: int
+    record_query_text: bool
+    tls_certfile: Optional[str]
+    tls_keyfile: Optional[str]
+    tls_client_cafile: Optional[str]
+    basic_auth: Optional[str]
+    multiprocess_dir: Optional[str]
+    runtime_metrics: Any  # True, False or "auto"
+    http_max_head_bytes: int
+    http_head_timeout: float
+    http_write_timeout: float
+    prometheus_low_cardinality: bool
     #: Where each option's value came from: "kwarg", "env" or "default" (for messages/tests).
-    sources: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
+    sources: Mapping[str, str]
+
+    def __init__(
+        self,
+        *,
+        prometheus_port: Optional[int] = None,
+        prometheus_addr: str = "127.0.0.1",
+        registry: Any = None,
+        meter_provider: Any = None,
+        tracer_provider: Any = None,
+        logger_provider: Any = None,
+        otel: bool = True,
+        watcher_interval: float = 1.0,
+        event_capacity: int = 1024,
+        record_query_text: bool = False,
+        tls_certfile: Optional[str] = None,
+        tls_keyfile: Optional[str] = None,
+        tls_client_cafile: Optional[str] = None,
+        basic_auth: Optional[str] = None,
+        multiprocess_dir: Optional[str] = None,
+        runtime_metrics: Any = "auto",
+        http_max_head_bytes: int = 64 * 1024,
+        http_head_timeout: float = 5.0,
+        http_write_timeout: float = 10.0,
+        prometheus_low_cardinality: bool = False,
+        sources: Optional[Mapping[str, str]] = None,
+    ) -> None:
+        values = locals()
+        for name in _SPECS:
+            object.__setattr__(self, name, values[name])
+        object.__setattr__(self, "sources", {} if sources is None else sources)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"Options are immutable: cannot set {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"Options are immutable: cannot delete {name!r}")
+
+    def _values(self) -> tuple[object, ...]:
+        return tuple(getattr(self, name) for name in _SPECS)
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        return self._values() == other._values()
+
+    def __hash__(self) -> int:
+        return hash(self._values())
+
+    def __repr__(self) -> str:
+        shown = (f"{n}={getattr(self, n)!r}" for n, spec in _SPECS.items() if not spec.secret)
+        return f"Options({', '.join(shown)})"
 
     # ---------------------------------------------------------------------------------------
     @classmethod
@@ -398,15 +465,13 @@ class Options:
     def describe(self) -> dict[str, object]:
         """A loggable view: secrets masked, provider objects by type name."""
         out: dict[str, object] = {}
-        for f in fields(self):
-            if f.name == "sources":
-                continue
-            value = getattr(self, f.name)
-            if f.name in _SPECS and _SPECS[f.name].secret and value is not None:
+        for name, spec in _SPECS.items():
+            value = getattr(self, name)
+            if spec.secret and value is not None:
                 value = "***"
-            elif value is not None and _SPECS.get(f.name, _Spec(_parse_str)).parse is _parse_object:
+            elif value is not None and spec.parse is _parse_object:
                 value = type(value).__name__
-            out[f.name] = value
+            out[name] = value
         return out
 
 

@@ -14,7 +14,6 @@ plus the recorder call that increments it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Optional
 
 from ._colours import COLOURS
@@ -95,31 +94,82 @@ READING_SOURCES = ("watcher", "cluster", "pool", "runtime")
 OTEL_KINDS = ("counter", "histogram", "gauge", "updown")
 
 
-@dataclass(frozen=True)
 class MetricSpec:
-    """One exported metric: its names in both systems, kind, unit, labels, buckets, source."""
+    """One exported metric: its names in both systems, kind, unit, labels, buckets, source.
+
+    Immutable; equal (and hashed) by its fields. A plain class with slots rather than a frozen
+    dataclass: a dataclass compiles its generated methods at import, compiler memory that
+    ``instrument()`` kept in RSS (issue 17).
+    """
+
+    __slots__ = (
+        "prom_name",
+        "otel_name",
+        "kind",
+        "unit",
+        "help",
+        "labels",
+        "buckets",
+        "otel_labels",
+        "source",
+        "otel_kind",
+    )
 
     prom_name: str
     otel_name: Optional[str]
     kind: str  # "counter" | "gauge" | "histogram" | "info"
     unit: str
     help: str
-    labels: tuple[str, ...] = ()
-    buckets: tuple[float, ...] = ()
-    otel_labels: tuple[str, ...] = ()  # attribute names when they differ from ``labels``
+    labels: tuple[str, ...]
+    buckets: tuple[float, ...]
+    otel_labels: tuple[str, ...]  # attribute names when they differ from ``labels``
     #: One of :data:`SOURCES`.
-    source: str = "recorder"
+    source: str
     #: One of :data:`OTEL_KINDS`; empty: the same as ``kind``.
-    otel_kind: str = ""
+    otel_kind: str
 
-    def __post_init__(self) -> None:
-        if not self.otel_kind:
-            object.__setattr__(self, "otel_kind", self.kind)
-        if self.source not in SOURCES or self.otel_kind not in OTEL_KINDS:
+    def __init__(
+        self,
+        prom_name: str,
+        otel_name: Optional[str],
+        kind: str,
+        unit: str,
+        help: str,
+        labels: tuple[str, ...] = (),
+        buckets: tuple[float, ...] = (),
+        otel_labels: tuple[str, ...] = (),
+        source: str = "recorder",
+        otel_kind: str = "",
+    ) -> None:
+        otel_kind = otel_kind or kind
+        if source not in SOURCES or otel_kind not in OTEL_KINDS:
             raise ValueError(
-                f"{self.prom_name}: source {self.source!r} / otel_kind "
-                f"{self.otel_kind!r} not in {SOURCES} / {OTEL_KINDS}"
+                f"{prom_name}: source {source!r} / otel_kind {otel_kind!r} not in {SOURCES} / {OTEL_KINDS}"
             )
+        values = (prom_name, otel_name, kind, unit, help, labels, buckets, otel_labels, source, otel_kind)
+        for name, value in zip(self.__slots__, values):
+            object.__setattr__(self, name, value)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"MetricSpec is immutable: cannot set {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"MetricSpec is immutable: cannot delete {name!r}")
+
+    def _fields(self) -> tuple[object, ...]:
+        return tuple(getattr(self, name) for name in self.__slots__)
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not MetricSpec:
+            return NotImplemented
+        return self._fields() == other._fields()
+
+    def __hash__(self) -> int:
+        return hash(self._fields())
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{n}={getattr(self, n)!r}" for n in self.__slots__)
+        return f"MetricSpec({shown})"
 
     @property
     def attribute_names(self) -> tuple[str, ...]:
