@@ -240,11 +240,21 @@ class _Instrumentation:
 
     def _mount_status(self) -> None:
         """The live status page, ``/status`` and ``/events`` beside ``/metrics`` (same address,
-        TLS and auth), when the endpoint runs."""
+        TLS and auth), when the endpoint runs: loaded at their first request
+        (``endpoint/routes.py``), the page's latency history started now."""
         with contain("status"):
-            from .endpoint import status
+            from .endpoint import routes
 
-            self.status = status.mount_instrumentation(self)
+            server, _watcher = routes.endpoint_of(self)
+            if server is None:
+                return
+
+            def load(history: Any) -> Any:
+                from .endpoint import status
+
+                return status.mount_instrumentation(self, history=history)
+
+            self.status = routes.mount_lazily(server, self.recorder, load)
 
     def _wire_watcher(self) -> None:
         """Export the per-process readers (watcher, runtime, pools, cluster) through both sinks;

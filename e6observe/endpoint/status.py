@@ -44,6 +44,7 @@ from urllib.parse import parse_qs
 from .._safe import contain
 from ..events import Event
 from ..recorder import Recorder
+from .routes import STATIC_FILES, endpoint_of
 
 #: Events included in a snapshot's ``recent_events`` by default, and at most (``?events=N``).
 DEFAULT_RECENT_EVENTS = 100
@@ -64,10 +65,6 @@ EVICT_AFTER = 5.0
 #: deadline ends the stream) after kilobytes, not after the kernel's megabytes.
 STREAM_SNDBUF = 32 * 1024
 
-STATIC_FILES = {
-    "/static/status.js": ("status.js", "text/javascript; charset=utf-8"),
-    "/static/status.css": ("status.css", "text/css; charset=utf-8"),
-}
 #: The page loads only its own files and talks only to its own origin.
 _PAGE_HEADERS = [
     (
@@ -489,11 +486,18 @@ class Mounted:
     """What :func:`mount` put on a server; :meth:`unmount` takes it off again."""
 
     def __init__(
-        self, server: Any, recorder: Recorder, paths: list[str], stream: EventStreamApp, history: Any = None
+        self,
+        server: Any,
+        recorder: Recorder,
+        apps: dict[str, Any],
+        stream: EventStreamApp,
+        history: Any = None,
     ) -> None:
         self.server = server
         self.recorder = recorder
-        self.paths = paths
+        #: Path -> its app (``routes.LazyMount`` hands its first requests over to them).
+        self.apps = apps
+        self.paths = list(apps)
         self.stream = stream
         self.history = history
 
@@ -517,51 +521,56 @@ _MOUNTED: weakref.WeakKeyDictionary[Any, Mounted] = weakref.WeakKeyDictionary()
 _MOUNT_LOCK = threading.Lock()
 
 
-def mount(server: Any, recorder: Recorder, watcher: Any = None, process_reader: Any = None) -> Mounted:
+def mount(
+    server: Any, recorder: Recorder, watcher: Any = None, process_reader: Any = None, history: Any = None
+) -> Mounted:
     """Mount ``/``, ``/status``, ``/events`` and the page's assets on a ``MetricsServer``.
 
-    ``watcher`` and ``process_reader`` feed the snapshot's ``watcher`` and ``memory`` parts.
-    Mounting again on a server that already carries them returns what is there.
+    ``watcher`` and ``process_reader`` feed the snapshot's ``watcher`` and ``memory`` parts;
+    ``history``: the page's running latency history (None: one is started here); unmounting
+    stops it. Mounting again on a server that already carries them returns what is there.
     """
     with _MOUNT_LOCK:
         existing = _MOUNTED.get(server)
         if existing is not None and existing.paths:
             return existing
-        from .status_page import LatencyHistory
-
         stream = EventStreamApp(recorder)
         recorder.subscribe(stream.notifier)
-        history = LatencyHistory(recorder)
-        history.start()
+        if history is None:
+            from .history import LatencyHistory
+
+            history = LatencyHistory(recorder)
+            history.start()
         status_app = StatusApp(recorder, watcher, process_reader)
         routes: dict[str, Any] = {"/": PageApp(status_app, history), "/status": status_app, "/events": stream}
         for path, (name, ctype) in STATIC_FILES.items():
             routes[path] = StaticApp(name, ctype)
         for path, app in routes.items():
             server.add_route(path, app)
-        mounted = Mounted(server, recorder, list(routes), stream, history)
+        mounted = Mounted(server, recorder, routes, stream, history)
         _MOUNTED[server] = mounted
         return mounted
 
 
-def mount_instrumentation(inst: Any) -> Optional[Mounted]:
+def mount_instrumentation(inst: Any, history: Any = None) -> Any:
     """Mount the status routes on the endpoint of a live ``instrument()`` (``_api``'s
     ``_Instrumentation``): its recorder, its Prometheus sink's server, its watcher. None when
-    there is no running endpoint (no ``prometheus_port``, or the port was taken)."""
-    server = watcher = None
-    for component, obj, _stop in getattr(inst, "sinks", ()):
-        if component == "sink.prometheus":
-            server = getattr(obj, "server", None)
-        elif component == "watcher":
-            watcher = obj
-    if server is None or not getattr(server, "running", False):
+    there is no running endpoint (no ``prometheus_port``, or the port was taken).
+
+    ``instrument()`` has mounted them already (``inst.status``, loaded at the first request:
+    ``routes.py``): that mount is returned, unless ``history`` is given (the lazy mount's
+    first request loading the real apps, with the history it started)."""
+    if history is None and getattr(inst, "status", None) is not None:
+        return inst.status
+    server, watcher = endpoint_of(inst)
+    if server is None:
         return None
     reader = None
     with contain("status.memory"):
         from ..runtime import ProcessReader
 
         reader = ProcessReader()
-    return mount(server, inst.recorder, watcher=watcher, process_reader=reader)
+    return mount(server, inst.recorder, watcher=watcher, process_reader=reader, history=history)
 
 
 __all__ = [
