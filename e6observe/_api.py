@@ -94,11 +94,23 @@ def _otel_api_in_use(*modules: str) -> bool:
     )
 
 
+#: The connector module the async hooks patch (``hooks.aio.ASYNC_MODULE``): their module is
+#: imported once it is, not by instrument() (an application may never use the async API).
+ASYNC_API = "e6data_python_connector.async_connection"
+
+
+#: The async hooks' stand-in (one per process, as every hook object).
+_aio_hook: Any = None
+
+
 def _hooks() -> list[Any]:
     """Every hook, in install order (uninstall runs it backwards)."""
-    from .hooks import aio, channel, cluster, cursor, pool, strategy_cache
+    global _aio_hook
+    from .hooks import ImportedLater, channel, cluster, cursor, pool, strategy_cache
 
-    return [m.HOOK for m in (strategy_cache, channel, cursor, aio, cluster, pool)]
+    if _aio_hook is None:
+        _aio_hook = ImportedLater("aio", "e6observe.hooks.aio", ASYNC_API)
+    return [strategy_cache.HOOK, channel.HOOK, cursor.HOOK, _aio_hook, cluster.HOOK, pool.HOOK]
 
 
 class _Instrumentation:
