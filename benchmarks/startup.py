@@ -14,7 +14,9 @@ Each round starts one fresh Python process per configuration, in a fresh random 
 
 In the instrumented processes: wall time of the import and ``instrument()`` together, RSS after
 them less RSS after the connector's import (``/proc/self/statm``, no psutil in the child), one
-scrape of /metrics, then the wall time of ``uninstrument()``. The package is byte-compiled first
+scrape of /metrics and the RSS after it (what the first scrape adds: prometheus_client's
+exposition and the collectors' first run; reported, not a target), then the wall time of
+``uninstrument()``. The package is byte-compiled first
 (as ``pip install`` does), so no child pays the compiler. ``benchmarks/run.py`` runs this as its
 ``startup`` phase. ``benchmarks/lifecycle.py`` (issue 12) times repeated instrument/uninstrument
 cycles in one process with an /events stream open.
@@ -61,11 +63,12 @@ if cfg != "connector":
     srv = next(o.server for c, o, _ in _api._active.sinks if c == "sink.prometheus")
     import urllib.request
     body = urllib.request.urlopen(srv.url + "/metrics", timeout=5).read()
+    r3 = rss()
     t4 = time.perf_counter()
     e6observe.uninstrument()
     t5 = time.perf_counter()
     out.update(instrument_ms=(t3 - t2) * 1e3, rss_added=r2 - r1, scrape_bytes=len(body),
-               uninstrument_ms=(t5 - t4) * 1e3)
+               rss_after_scrape=r3 - r1, uninstrument_ms=(t5 - t4) * 1e3)
 print(json.dumps(out))
 """
 
@@ -113,6 +116,7 @@ def run(rounds: int, seed: int = 1) -> dict[str, Any]:
         out["configs"][c] = {
             "instrument_ms": spread([r["instrument_ms"] for r in rs]),
             "rss_added_mib": spread([r["rss_added"] / 2**20 for r in rs]),
+            "rss_after_scrape_mib": spread([r["rss_after_scrape"] / 2**20 for r in rs]),
             "uninstrument_ms": spread([r["uninstrument_ms"] for r in rs]),
             "raw": rs,
         }
@@ -133,10 +137,11 @@ def main() -> int:
     print(f"connector import: {ci['median']:.1f} ms, RSS {cr['median']:.1f} MiB")
     for c, e in r["configs"].items():
         i, m, u = e["instrument_ms"], e["rss_added_mib"], e["uninstrument_ms"]
+        s = e["rss_after_scrape_mib"]
         print(
             f"{c:<11} import+instrument {i['median']:6.1f} ms [{i['min']:.1f}-{i['max']:.1f}]  "
-            f"RSS +{m['median']:.2f} MiB  uninstrument {u['median']:6.1f} ms "
-            f"[{u['min']:.1f}-{u['max']:.1f}]"
+            f"RSS +{m['median']:.2f} MiB (+{s['median']:.2f} after the first scrape)  "
+            f"uninstrument {u['median']:6.1f} ms [{u['min']:.1f}-{u['max']:.1f}]"
         )
     return 0
 
