@@ -16,7 +16,9 @@ from typing import Any, Iterator
 
 import pytest
 from prometheus_client import CollectorRegistry
+from test_fork import in_child
 
+from e6observe import _fork
 from e6observe.endpoint import routes, status
 from e6observe.endpoint.server import MetricsServer
 from e6observe.recorder import Recorder
@@ -96,3 +98,37 @@ def test_the_stand_ins_cover_every_route_the_real_mount_serves(served: Any) -> N
         assert list(real.apps) == list(routes.PATHS)
     finally:
         real.unmount()
+
+
+def test_a_child_forked_while_a_thread_loads_the_apps_can_unmount(served: Any) -> None:
+    """The load holds the mount's lock; a child forked meanwhile gets a fresh lock (registered
+    with the fork registry while mounted) and can unmount instead of hanging."""
+    srv, rec, loads = served
+    mounted = _lazy(srv, rec, loads)
+    assert mounted._reset_after_fork in _fork.registered("locks")
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with mounted._lock:
+            held.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=hold, daemon=True)
+    holder.start()
+    try:
+        assert held.wait(10)
+
+        def child() -> dict[str, Any]:
+            free = mounted._lock.acquire(timeout=3)
+            if free:
+                mounted._lock.release()
+                mounted.unmount()
+            return {"lock_free": free, "paths": mounted.paths}
+
+        got = in_child(child, timeout=30)
+    finally:
+        release.set()
+        holder.join(10)
+    assert got == {"lock_free": True, "paths": []}
+    mounted.unmount()
+    assert mounted._reset_after_fork not in _fork.registered("locks")

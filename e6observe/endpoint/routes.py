@@ -15,6 +15,8 @@ from __future__ import annotations
 import threading
 from typing import Any, Callable, Iterable, Optional
 
+from .. import _fork
+
 #: The page's own files: route -> (file in ``e6observe/endpoint/static``, content type).
 STATIC_FILES = {
     "/static/status.js": ("status.js", "text/javascript; charset=utf-8"),
@@ -41,6 +43,12 @@ class LazyMount:
         self.paths = list(PATHS)
         for path in self.paths:
             server.add_route(path, _StandIn(self, path))
+        # A forked child may uninstrument while a parent thread was loading the apps (holding
+        # the lock): it gets a fresh one instead of waiting forever.
+        _fork.register("locks", self._reset_after_fork, "fork.status.routes")
+
+    def _reset_after_fork(self) -> None:
+        self._lock = threading.Lock()
 
     @property
     def loaded(self) -> bool:
@@ -56,6 +64,7 @@ class LazyMount:
 
     def unmount(self) -> None:
         """Take the routes off the server and stop the history (idempotent)."""
+        _fork.unregister("locks", self._reset_after_fork)
         with self._lock:
             self._closed = True
             real = self._real
