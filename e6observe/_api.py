@@ -75,7 +75,7 @@ OTEL_PROVIDER_VARIABLES = {
 }
 
 
-def _otel_api_initializing(but: str) -> bool:
+def _otel_api_initializing(but: Optional[str]) -> bool:
     """True while an OpenTelemetry API module other than ``but`` is still running its own code
     (imported, not yet complete: the import system's flag on its spec)."""
     for name in OTEL_API_MODULES:
@@ -220,7 +220,7 @@ class _Instrumentation:
         signal module; the first import starts it and ends the others)."""
         from .hooks import when_imported
 
-        with self._otel_lock:  # an import in another thread waits until every watch is set
+        with self._otel_lock:
             for module in OTEL_API_MODULES:
                 watch = when_imported(module, functools.partial(self._otel_imported, module))
                 if watch is None:  # imported meanwhile (another thread): started just now
@@ -229,13 +229,23 @@ class _Instrumentation:
         # In a forked child, a parent thread may have held the lock (inside an import of the
         # API): the child's next import of it would hang.
         _fork.register("locks", self._reset_otel_lock, "fork.otel.deferred")
+        # An import that another thread completed while the watches were being set found the
+        # lock taken and left the start to this thread.
+        if _otel_api_in_use():
+            self._otel_imported(None)
 
-    def _otel_imported(self, module: str) -> None:
+    def _otel_imported(self, fired_by: Optional[str]) -> None:
         """The application imported an OpenTelemetry API module: start the sink, as
-        ``instrument()`` would have (runs in the importing thread, right after the module's
-        code; contained by the watch)."""
-        with self._otel_lock:
-            if _otel_api_initializing(but=module):
+        ``instrument()`` would have. Runs in the importing thread, right after the code of the
+        module ``fired_by`` (contained by its watch); None: called directly.
+
+        Never waits for the lock: another thread that holds it is starting the sink (or
+        stopping, or setting the watches, and then looks again). Waiting could deadlock: that
+        thread may be importing an API module whose import lock this thread holds."""
+        if not self._otel_lock.acquire(blocking=False):
+            return
+        try:
+            if _otel_api_initializing(but=fired_by):
                 # E.g. opentelemetry.trace, imported by opentelemetry._logs's own code: the
                 # sink needs both whole. The watch of the outer one fires once it is.
                 return
@@ -246,6 +256,8 @@ class _Instrumentation:
                 return
             self._start_component("sink.otel", "e6observe.sinks.otel", "OtelSink", "start", "close")
             self._wire_otel_readers({component: obj for component, obj, _ in self.sinks})
+        finally:
+            self._otel_lock.release()
 
     def _reset_otel_lock(self) -> None:
         self._otel_lock = threading.RLock()

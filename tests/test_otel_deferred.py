@@ -181,3 +181,30 @@ def test_a_fork_while_a_thread_holds_the_start_lock_leaves_the_child_able_to_sta
         holder.join(10)
     assert got == {"lock_free": True, "otel_sink": True}
     assert "sink.otel" not in _components(inst)  # the parent still waits for its own import
+
+
+def test_an_import_never_waits_for_the_start_lock(fake_api: Path) -> None:
+    """The thread holding the lock is starting the sink (or stopping it, or setting the
+    watches, and then looks again): an import elsewhere must not wait for it, since that thread
+    may be importing an API module whose import lock the waiting thread holds (a deadlock
+    Python's import system cannot see)."""
+    inst = _instrument()
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with inst._otel_lock:
+            held.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=hold, daemon=True)
+    holder.start()
+    importer = threading.Thread(target=lambda: __import__("e6o_fake_inner"), daemon=True)
+    try:
+        assert held.wait(10)
+        importer.start()
+        importer.join(10)
+        assert not importer.is_alive()
+        assert "e6o_fake_inner" in sys.modules
+    finally:
+        release.set()
+        holder.join(10)
