@@ -132,3 +132,35 @@ def test_a_child_forked_while_a_thread_loads_the_apps_can_unmount(served: Any) -
     assert got == {"lock_free": True, "paths": []}
     mounted.unmount()
     assert mounted._reset_after_fork not in _fork.registered("locks")
+
+
+def test_a_child_forked_while_a_thread_holds_the_mount_lock_can_unmount(served: Any) -> None:
+    """status.mount() registers a reset of its module lock (taken by mount and unmount): a
+    child forked while a parent thread mounts can still unmount what it inherited."""
+    srv, rec, _loads = served
+    mounted = status.mount(srv, rec)
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with status._MOUNT_LOCK:
+            held.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=hold, daemon=True)
+    holder.start()
+    try:
+        assert held.wait(10)
+
+        def child() -> dict[str, Any]:
+            free = status._MOUNT_LOCK.acquire(timeout=3)
+            if free:
+                status._MOUNT_LOCK.release()
+                mounted.unmount()
+            return {"lock_free": free, "paths": mounted.paths}
+
+        got = in_child(child, timeout=30)
+    finally:
+        release.set()
+        holder.join(10)
+        mounted.unmount()
+    assert got == {"lock_free": True, "paths": []}

@@ -41,6 +41,7 @@ import weakref
 from typing import Any, Callable, Iterable, Iterator, Optional
 from urllib.parse import parse_qs
 
+from .. import _fork
 from .._safe import contain
 from ..events import Event
 from ..recorder import Recorder
@@ -521,6 +522,14 @@ _MOUNTED: weakref.WeakKeyDictionary[Any, Mounted] = weakref.WeakKeyDictionary()
 _MOUNT_LOCK = threading.Lock()
 
 
+def _reset_after_fork() -> None:
+    """A fresh mount lock in a forked child: a parent thread may have been mounting (the lazy
+    mount's first request) or unmounting at the fork, and the child's uninstrument() would
+    then wait for it forever."""
+    global _MOUNT_LOCK
+    _MOUNT_LOCK = threading.Lock()
+
+
 def mount(
     server: Any, recorder: Recorder, watcher: Any = None, process_reader: Any = None, history: Any = None
 ) -> Mounted:
@@ -530,6 +539,7 @@ def mount(
     ``history``: the page's running latency history (None: one is started here); unmounting
     stops it. Mounting again on a server that already carries them returns what is there.
     """
+    _fork.register("locks", _reset_after_fork, "fork.status")  # once, at the first mount
     with _MOUNT_LOCK:
         existing = _MOUNTED.get(server)
         if existing is not None and existing.paths:
