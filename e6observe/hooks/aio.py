@@ -32,12 +32,17 @@ mismatch. Queries: ``AsyncCursor.execute`` / ``_clear`` (clear and close) / ``_n
 route. A 456 toggle-and-retry inside ``_rpc`` is reported as ``retry(1, "mismatch")``.
 
 The hot path (64 concurrent queries saturate one event loop, so every Python call shows): the
-RPC wrapper parses the ``strategy`` header inline and hands the call's own Cython object a
-``functools.partial`` of :func:`~e6observe.hooks.stubs.aio_call_done` (one Python call when the
-RPC ends, which observes inline); the cursor wrappers inline the route's colour, the in-flight
-count and the end of the fetch; ``clear`` ends an untraced query in one call
-(:func:`~e6observe.hooks.cursor.finish`). The strategy descriptors define no ``__get__``, so the
-connector's reads of ``_strategy`` are plain instance-dict reads (only writes run Python).
+RPC wrapper takes ``timeout`` and ``metadata`` as parameters (the connector's call is forwarded
+without building an argument tuple and dict), reads the ``strategy`` header from the first pair
+(where the connector puts it) and hands the call's own Cython object a ``functools.partial`` of
+a per-method closure (one Python call when the RPC ends, OK tested first, observed inline). The
+cursor wrappers read and write their state with ``getattr``/``setattr``, never through the
+cursor's ``__dict__``: on Python 3.11 reading an object's ``__dict__`` turns its inline attribute
+values into a real dict for good, and every later attribute access of the connector on that
+cursor gets slower (measured: 25-35 % on the cursor's own ``_check`` and ``_reset_query_state``).
+``clear`` ends an untraced query inline. The strategy descriptors define no ``__get__``, so the
+connector's reads of ``_strategy`` are plain instance-dict reads (only writes run Python; the
+connection's attribute reads measured the same with its ``__dict__`` read or not).
 """
 
 from __future__ import annotations
@@ -53,11 +58,20 @@ from .._colours import COLOURS, LABEL
 from .._otelattrs import db_namespace
 from .._otelctx import attach_span, detach
 from .._safe import record_internal_error
-from ..recorder import Recorder, norm_strategy
+from ..recorder import FOLD_AT, Recorder, norm_strategy
 from . import Hook, HookContext, is_mismatch, outcome_of
 from .cluster import QUERY_SPAN, RESUMED
 from .cursor import ATTR, QueryState, end_failed, execute_failed, finish
-from .stubs import MARK, Timer, aio_call_done, aio_status_codes, mark_wrapper, unwrap_all, wrap_stub
+from .stubs import (
+    MARK,
+    Timer,
+    aio_call_done,
+    aio_status_codes,
+    mark_wrapper,
+    strategy_from,
+    unwrap_all,
+    wrap_stub,
+)
 
 _COMPONENT = "hook.aio"
 _MISSING = object()
@@ -167,39 +181,92 @@ def _never() -> bool:
 _suppressed: Callable[[], bool] = _never
 _ctx_now: Callable[[], Any] = _never
 _perf = time.perf_counter
+#: grpc's Cython status code of an OK call (an int enum: compared by value).
+_CY_OK = 0
+
+
+def _aio_done(timer: Timer, interp: _AioInterpreter) -> Callable[[Any, float, Any], None]:
+    """The done-callback of one method's timed calls (bound per call with ``partial(done, s,
+    t0, call)``): :func:`~e6observe.hooks.stubs.aio_call_done` with the per-method state held
+    by the closure instead of passed on every call, and the OK status tested first (an OK call
+    cannot be a local cancellation: ``cancel()`` sets the status to CANCELLED). Contained."""
+    codes = aio_status_codes()
+    ok = timer.ok  # mutated only, never rebound (Timer.ok_child)
+
+    def done(s: Any, t0: float, call: Any) -> None:
+        dt = _perf() - t0
+        try:
+            status = call._cython_call._status
+            code = status.code()
+            if code == _CY_OK:
+                h = ok.get(s)
+                if h is None:
+                    h = timer.ok_child(s)
+                p = h.pending  # h.observe(dt), inlined
+                p.append(dt)
+                if len(p) >= FOLD_AT:
+                    h.fold()
+                if interp.known is None:
+                    interp.confirmed(s)
+            elif call._cython_call.is_locally_cancelled():
+                timer.failed("CANCELLED", None, dt, s)
+            else:
+                timer.failed(codes.get(code), status.details(), dt, s)
+        except Exception as exc:
+            record_internal_error(_COMPONENT, exc)
+
+    return done
 
 
 def _timed_aio_call(mc: Any, timer: Timer, interp: _AioInterpreter) -> Callable[..., Any]:
     codes = aio_status_codes()
+    done = _aio_done(timer, interp)
 
-    def timed(request: Any, *args: Any, **kwargs: Any) -> Any:
+    # grpc.aio's multi-callables take everything after the request by keyword (None when not
+    # given). ``timeout`` and ``metadata`` - what the connector passes - are parameters here, so
+    # the usual call is forwarded without building an argument tuple and dict.
+    def timed(request: Any, *args: Any, timeout: Any = None, metadata: Any = None, **kwargs: Any) -> Any:
+        if args or kwargs:
+            return _timed_other(request, args, timeout, metadata, kwargs)
         if _ctx_now() and _suppressed():  # inside suppress_instrumentation(): not measured
-            return mc(request, *args, **kwargs)
-        s = None  # stubs.strategy_from(args, kwargs), inlined
-        md = kwargs.get("metadata") if kwargs else None
-        if md is None and len(args) > 1:
-            md = args[1]
-        if md:
-            try:
-                for k, v in md:
-                    if k == "strategy":
-                        s = v
-                        break
-            except Exception:
-                s = None
+            return mc(request, timeout=timeout, metadata=metadata)
+        try:  # the strategy header: the connector puts it first
+            k, s = metadata[0]
+            if k != "strategy":
+                s = strategy_from((), {"metadata": metadata})
+        except Exception:  # no metadata, or not pairs
+            s = strategy_from((), {"metadata": metadata})
         t0 = _perf()
-        call = mc(request, *args, **kwargs)
+        call = mc(request, timeout=timeout, metadata=metadata)
         try:
-            cy = call._cython_call
+            # What grpc's Call.add_done_callback does (partial(cb, call) on the Cython call),
+            # without its Python frame. The callback runs synchronously when grpc sets the
+            # call's status (inside the call's own task), not through the event loop.
+            call._cython_call.add_done_callback(partial(done, s, t0, call))
         except AttributeError:  # not grpc's own call object: its public method
-            cy = None
-        try:
-            if cy is not None:
-                # What grpc's Call.add_done_callback does (partial(cb, call) on the Cython
-                # call), without its Python frame.
-                cy.add_done_callback(partial(aio_call_done, timer, interp, s, t0, codes, _COMPONENT, call))
-            else:
+            try:
                 call.add_done_callback(partial(aio_call_done, timer, interp, s, t0, codes, _COMPONENT))
+            except Exception as exc:
+                record_internal_error(_COMPONENT, exc)
+        except Exception as exc:
+            record_internal_error(_COMPONENT, exc)
+        return call
+
+    def _timed_other(request: Any, args: Any, timeout: Any, metadata: Any, kwargs: Any) -> Any:
+        """Any other call shape (more keywords, or positional arguments grpc would refuse):
+        forwarded as given, timed the same way."""
+        if _ctx_now() and _suppressed():
+            return mc(request, *args, timeout=timeout, metadata=metadata, **kwargs)
+        s = strategy_from(args, {"metadata": metadata}) if metadata is not None else None
+        t0 = _perf()
+        call = mc(request, *args, timeout=timeout, metadata=metadata, **kwargs)
+        try:
+            call._cython_call.add_done_callback(partial(done, s, t0, call))
+        except AttributeError:
+            try:
+                call.add_done_callback(partial(aio_call_done, timer, interp, s, t0, codes, _COMPONENT))
+            except Exception as exc:
+                record_internal_error(_COMPONENT, exc)
         except Exception as exc:
             record_internal_error(_COMPONENT, exc)
         return call
@@ -240,12 +307,12 @@ def _make_execute(orig: Callable[..., Any], ctx: HookContext) -> Callable[..., A
         span = None
         span_token = None
         conn = None
-        d = self.__dict__
         try:
-            prev = d.pop(ATTR, None)
+            prev = getattr(self, ATTR, None)
             if prev is not None:
+                setattr(self, ATTR, None)
                 finish(ctx, prev, "ok", end=prev.fetch_end)
-            conn = d.get("_connection")
+            conn = getattr(self, "_connection", None)
             client = conn.__dict__.get("_client") if conn is not None else None
             if client is not None and getattr(client, MARK, None) is not token:
                 HOOK.wrap_connection(conn)
@@ -275,7 +342,7 @@ def _make_execute(orig: Callable[..., Any], ctx: HookContext) -> Callable[..., A
             try:
                 if qs_token is not None:
                     QUERY_SPAN.reset(qs_token)
-                route = d.get("_route")
+                route = getattr(self, "_route", None)
                 admitted = route is not None
                 s = (
                     getattr(route, "strategy", None)
@@ -292,14 +359,18 @@ def _make_execute(orig: Callable[..., Any], ctx: HookContext) -> Callable[..., A
         try:
             if qs_token is not None:
                 QUERY_SPAN.reset(qs_token)
-            route = d.get("_route")
+            route = getattr(self, "_route", None)
             s = getattr(route, "strategy", None)
             # norm_strategy(s) for a str (else None), inlined for the usual case (a colour)
             colour = LABEL.get(s) if type(s) is str else None
             strategy = colour if colour is not None else norm_strategy(s if isinstance(s, str) else None)
             tokens[strategy].append(None)  # rec.query_started(strategy), inlined
-            d[ATTR] = QueryState(
-                t0, strategy, span, getattr(route, "query_id", None), resumed_get() is not resumed0
+            setattr(
+                self,
+                ATTR,
+                QueryState(
+                    t0, strategy, span, getattr(route, "query_id", None), resumed_get() is not resumed0
+                ),
             )
         except Exception as exc:
             record_internal_error(_COMPONENT, exc)
@@ -313,7 +384,7 @@ def _make_next_batch(orig: Callable[..., Any], ctx: HookContext) -> Callable[...
     perf = time.perf_counter
 
     async def _next_batch(self: Any, *args: Any, **kwargs: Any) -> Any:
-        q = self.__dict__.get(ATTR)
+        q = getattr(self, ATTR, None)
         token = attach_span(q.span) if q is not None and q.span is not None else None
         try:
             rows = await orig(self, *args, **kwargs)
@@ -325,7 +396,7 @@ def _make_next_batch(orig: Callable[..., Any], ctx: HookContext) -> Callable[...
         if token is not None:
             detach(token)
         if rows is None and ctx.live:  # the fetch that returned no more rows: the fetch phase ends
-            q = self.__dict__.get(ATTR)
+            q = getattr(self, ATTR, None)
             if q is not None and q.fetch_end is None:
                 q.fetch_end = perf()
         return rows
@@ -335,23 +406,48 @@ def _make_next_batch(orig: Callable[..., Any], ctx: HookContext) -> Callable[...
 
 
 def _make_clear(orig: Callable[..., Any], ctx: HookContext, outcome_ok: str) -> Callable[..., Any]:
+    perf = time.perf_counter
+    rec = ctx.recorder
+    tokens = rec.in_flight_tokens
+    query_ok = ctx.query_ok
+    inline = outcome_ok == "ok"
+
     async def _clear(self: Any, *args: Any, **kwargs: Any) -> Any:
-        q = self.__dict__.get(ATTR) if ctx.live else None
+        q: Optional[QueryState] = getattr(self, ATTR, None) if ctx.live else None
         token = attach_span(q.span) if q is not None and q.span is not None else None
         try:
             result = await orig(self, *args, **kwargs)
         except BaseException as exc:
             if token is not None:
                 detach(token)
-            if q is not None and self.__dict__.get(ATTR) is q:
-                del self.__dict__[ATTR]
+            if getattr(self, ATTR, None) is q and q is not None:
+                setattr(self, ATTR, None)
                 finish(ctx, q, outcome_of(exc), exc)
             raise
         if token is not None:
             detach(token)
-        if q is not None and self.__dict__.get(ATTR) is q:
-            del self.__dict__[ATTR]
-            finish(ctx, q, outcome_ok)
+        if getattr(self, ATTR, None) is q and q is not None:
+            setattr(self, ATTR, None)
+            if inline and q.span is None and not q.resumed:
+                # finish(ctx, q, "ok") for an untraced query, inlined (one call less per query)
+                try:
+                    seconds = perf() - q.t0
+                    strategy = q.strategy
+                    try:
+                        tokens[strategy].pop()
+                    except (KeyError, IndexError):  # started before a fork reset, or unseen
+                        pass
+                    h = query_ok.get(strategy)
+                    if h is None:
+                        h = query_ok[strategy] = rec.query_histogram(strategy, "ok")
+                    p = h.pending
+                    p.append(seconds)
+                    if len(p) >= FOLD_AT:
+                        h.fold()
+                except Exception as e:
+                    record_internal_error(_COMPONENT, e)
+            else:
+                finish(ctx, q, outcome_ok)
         return result
 
     _clear.__wrapped__ = orig  # type: ignore[attr-defined]
