@@ -23,6 +23,7 @@ CHART_FILES = ROOT / "helm" / "e6observe" / "files"
 OVERVIEW = JSON_DIR / "e6data-blue-green-overview.json"
 RUNTIME = JSON_DIR / "e6data-client-runtime.json"
 SELECTOR = 'cluster=~"$cluster", namespace=~"$namespace", job=~"$job", instance=~"$instance", pod=~"$pod"'
+POPULATION = 'cluster=~"$cluster", namespace=~"$namespace", job=~"$job"'
 
 
 def load(path: Path) -> dict[str, Any]:
@@ -122,8 +123,9 @@ def test_every_query_uses_the_datasource_variable_and_the_selectors(path: Path) 
         assert p.get("description"), p["title"]
         for t in p["targets"]:
             assert t["datasource"]["uid"] == "${datasource}"
-            # Every selector in the query is narrowed by the job/instance/pod variables.
-            assert t["expr"].count("{") == t["expr"].count("{" + SELECTOR), (p["title"], t["expr"])
+            # Every selector in the query is narrowed by the job/instance/pod variables, or by
+            # the population ones (per-population recordings: tests/test_dashboards_fleet.py).
+            assert t["expr"].count("{") == t["expr"].count("{" + POPULATION), (p["title"], t["expr"])
     refs = [[t["refId"] for t in p["targets"]] for p in queried]
     assert all(len(r) == len(set(r)) for r in refs)
 
@@ -182,5 +184,5 @@ def test_runtime_covers_rpcs_process_pools_and_e6observe_health() -> None:
     # Generic process_* names are joined to e6observe targets, not every exporter's process.
     for e in exprs(by_title(d, "Memory")):
         assert e.endswith(
-            "and on (cluster, namespace, job, instance, pod) e6observe_build_info{" + SELECTOR + "}"
-        )
+            "and on (cluster, namespace, job, instance, pod) e6observe_build_info{" + SELECTOR + "})"
+        )  # inside topk(top_clients, ...): tests/test_dashboards_fleet.py
