@@ -44,7 +44,8 @@ CLIENT_LEGEND = "{{job}} {{instance}} {{pod}}"
 #: What a per-client panel says about the lines it draws (Config.top_clients of them).
 TOP_NOTE = (
     " At most {k} clients are drawn at each instant, the highest (all of them when a few "
-    "instances or pods are selected)."
+    "instances or pods are selected); per-client values come from recording rules (rates, "
+    "means and increases over {w})."
 )
 
 
@@ -54,7 +55,7 @@ def top(cfg: Config, expr: str) -> str:
 
 
 def top_note(cfg: Config) -> str:
-    return TOP_NOTE.format(k=cfg.top_clients)
+    return TOP_NOTE.format(k=cfg.top_clients, w=cfg.record_window)
 
 
 # --- small builders ----------------------------------------------------------------------------
@@ -256,7 +257,7 @@ def blue_green_overview(cfg: Config = DEFAULT) -> dash.Dashboard:
             "a chosen instance or pod shows its population's)." + top_note(cfg),
             refs(
                 [
-                    (top(cfg, Q.drain_mean(SEL, RATE)), "mean " + CLIENT_LEGEND),
+                    (R.top_client_record(M.SWITCH_DRAIN, SEL, cfg), "mean " + CLIENT_LEGEND),
                     (R.range_quantile(0.5, R.drain_bucket_rate(cfg), POP), "p50 (range)"),
                     (
                         R.with_exemplars(
@@ -280,7 +281,7 @@ def blue_green_overview(cfg: Config = DEFAULT) -> dash.Dashboard:
             refs(
                 [
                     (Q.pending(SEL), "pending {{strategy}}"),
-                    (top(cfg, Q.pending_age(SEL)), "age " + CLIENT_LEGEND),
+                    (R.top_client_record(M.PENDING_AGE, SEL, cfg), "age " + CLIENT_LEGEND),
                 ]
             ),
             span=8,
@@ -339,7 +340,7 @@ def blue_green_overview(cfg: Config = DEFAULT) -> dash.Dashboard:
             f"{alerts._num(cfg.resume_slow_seconds)}s)." + top_note(cfg),
             refs(
                 [
-                    (top(cfg, Q.resume_mean(SEL, RATE)), "mean " + CLIENT_LEGEND),
+                    (R.top_client_record(M.CLUSTER_RESUME_DURATION, SEL, cfg), "mean " + CLIENT_LEGEND),
                     (R.range_quantile(0.95, R.resume_bucket_rate(cfg), POP), "p95 (range)"),
                 ]
             ),
@@ -381,7 +382,7 @@ def blue_green_overview(cfg: Config = DEFAULT) -> dash.Dashboard:
             "Caches split",
             "1 while the cluster manager's cache names another colour than the process cache."
             + top_note(cfg),
-            [target(top(cfg, Q.cache_split(SEL)), CLIENT_LEGEND)],
+            [target(R.top_client_record(M.CACHE_SPLIT, SEL, cfg), CLIENT_LEGEND)],
             span=8,
         )
     )
@@ -520,8 +521,8 @@ def client_runtime(cfg: Config = DEFAULT) -> dash.Dashboard:
             "Resident and unique memory per client." + top_note(cfg),
             refs(
                 [
-                    (top(cfg, Q.process_gauge(M.PROCESS_RSS, SEL)), "rss " + CLIENT_LEGEND),
-                    (top(cfg, Q.process_gauge(M.PROCESS_USS, SEL)), "uss " + CLIENT_LEGEND),
+                    (R.top_client_record(M.PROCESS_RSS, SEL, cfg), "rss " + CLIENT_LEGEND),
+                    (R.top_client_record(M.PROCESS_USS, SEL, cfg), "uss " + CLIENT_LEGEND),
                 ]
             ),
             unit="bytes",
@@ -532,7 +533,7 @@ def client_runtime(cfg: Config = DEFAULT) -> dash.Dashboard:
         ts(
             "CPU",
             "CPU seconds per second per client." + top_note(cfg),
-            [target(top(cfg, Q.process_rate(M.PROCESS_CPU, SEL, RATE)), CLIENT_LEGEND)],
+            [target(R.top_client_record(M.PROCESS_CPU, SEL, cfg), CLIENT_LEGEND)],
             unit="percentunit",
             span=8,
         )
@@ -545,11 +546,11 @@ def client_runtime(cfg: Config = DEFAULT) -> dash.Dashboard:
             refs(
                 [
                     (
-                        top(cfg, Q.process_rate(M.GC_COLLECTIONS, SEL, RATE, "generation")),
+                        R.top_client_record(M.GC_COLLECTIONS, SEL, cfg),
                         "gen {{generation}} " + CLIENT_LEGEND,
                     ),
                     (
-                        top(cfg, Q.process_rate(M.GC_UNCOLLECTABLE, SEL, RATE, "generation")),
+                        R.top_client_record(M.GC_UNCOLLECTABLE, SEL, cfg),
                         "uncollectable gen {{generation}} " + CLIENT_LEGEND,
                     ),
                 ]
@@ -562,7 +563,7 @@ def client_runtime(cfg: Config = DEFAULT) -> dash.Dashboard:
         ts(
             "Threads",
             "OS threads per client." + top_note(cfg),
-            [target(top(cfg, Q.process_gauge(M.PROCESS_THREADS, SEL)), CLIENT_LEGEND)],
+            [target(R.top_client_record(M.PROCESS_THREADS, SEL, cfg), CLIENT_LEGEND)],
             span=8,
         )
     )
@@ -570,7 +571,7 @@ def client_runtime(cfg: Config = DEFAULT) -> dash.Dashboard:
         ts(
             "Open file descriptors",
             "Open file descriptors per client." + top_note(cfg),
-            [target(top(cfg, Q.process_gauge(M.PROCESS_FDS, SEL)), CLIENT_LEGEND)],
+            [target(R.top_client_record(M.PROCESS_FDS, SEL, cfg), CLIENT_LEGEND)],
             span=8,
         )
     )
@@ -583,10 +584,10 @@ def client_runtime(cfg: Config = DEFAULT) -> dash.Dashboard:
             refs(
                 [
                     (
-                        top(cfg, f"sum by ({Q.CLIENT}) ({Q.gauge(M.QUERY_MAP_ENTRIES, SEL)})"),
+                        R.top_client_record(M.QUERY_MAP_ENTRIES, SEL, cfg),
                         "map " + CLIENT_LEGEND,
                     ),
-                    (top(cfg, Q.queries_in_flight(SEL, Q.CLIENT)), "in flight " + CLIENT_LEGEND),
+                    (R.top_client_record(M.QUERIES_IN_FLIGHT, SEL, cfg), "in flight " + CLIENT_LEGEND),
                 ]
             ),
             span=8,
@@ -627,7 +628,7 @@ def client_runtime(cfg: Config = DEFAULT) -> dash.Dashboard:
         ts(
             "Open connections",
             "Connector connections with an open gRPC channel, per client." + top_note(cfg),
-            [target(top(cfg, f"sum by ({Q.CLIENT}) ({Q.gauge(M.CONNECTIONS_OPEN, SEL)})"), CLIENT_LEGEND)],
+            [target(R.top_client_record(M.CONNECTIONS_OPEN, SEL, cfg), CLIENT_LEGEND)],
             span=8,
         )
     )
@@ -640,9 +641,12 @@ def client_runtime(cfg: Config = DEFAULT) -> dash.Dashboard:
             f"{alerts._num(cfg.watcher_stale_seconds)} s), and the strategy cache's age." + top_note(cfg),
             refs(
                 [
-                    (top(cfg, Q.heartbeat_age(SEL)), "watcher " + CLIENT_LEGEND),
                     (
-                        top(cfg, f"max by ({Q.CLIENT}) ({Q.gauge(M.CACHE_AGE, SEL)})"),
+                        top(cfg, "time() - " + R.recorded(R.client_record(M.WATCHER_LAST_RUN, cfg), SEL)),
+                        "watcher " + CLIENT_LEGEND,
+                    ),
+                    (
+                        R.top_client_record(M.CACHE_AGE, SEL, cfg),
                         "cache " + CLIENT_LEGEND,
                     ),
                 ]
@@ -658,7 +662,7 @@ def client_runtime(cfg: Config = DEFAULT) -> dash.Dashboard:
             "the application), by component; 0 per client when there were none." + top_note(cfg),
             [
                 target(
-                    top(cfg, Q.counted_errors(M.INTERNAL_ERRORS, "component", SEL, RATE)),
+                    R.top_client_record(M.INTERNAL_ERRORS, SEL, cfg),
                     "{{component}} " + CLIENT_LEGEND,
                 )
             ],
@@ -671,7 +675,7 @@ def client_runtime(cfg: Config = DEFAULT) -> dash.Dashboard:
             "Events dropped by a bounded queue or sink; 0 per client when none were." + top_note(cfg),
             [
                 target(
-                    top(cfg, Q.counted_errors(M.EVENTS_DROPPED, "sink", SEL, RATE)),
+                    R.top_client_record(M.EVENTS_DROPPED, SEL, cfg),
                     "{{sink}} " + CLIENT_LEGEND,
                 )
             ],

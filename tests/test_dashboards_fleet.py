@@ -16,6 +16,8 @@ import re
 from pathlib import Path
 from typing import Any, Iterator
 
+import yaml
+
 from e6observe.mixin import queries as Q
 from e6observe.mixin.config import DEFAULT
 
@@ -77,3 +79,21 @@ def test_population_recordings_are_narrowed_by_the_population_variables_only() -
             else:
                 assert matchers.startswith(SELECTOR), (title, name, matchers)
     assert seen >= 8  # query latency x3, heatmap, RPC p95, mismatch share, drain x2, resume
+
+
+def test_the_per_client_recordings_keep_every_variable_label() -> None:
+    # A chosen pod must narrow what a topk panel reads: each client: recording keeps the five
+    # variable labels, and the one the panels read for process_* stays joined to e6observe.
+    records = {
+        r["record"]: r["expr"]
+        for g in yaml.safe_load((ROOT / "dashboards/rules/e6observe.records.yaml").read_text())["groups"]
+        for r in g["rules"]
+    }
+    read = set()
+    for _title, t in targets():
+        read |= set(re.findall(r"\bclient:[a-z0-9_]+:[a-z]+", t["expr"]))
+    assert len(read) >= 18
+    for name in read:
+        assert f"by ({Q.CLIENT}" in records[name], name
+        if name.startswith(("client:process_", "client:python_")):
+            assert records[name].endswith(f"and on ({Q.CLIENT}) e6observe_build_info"), name
