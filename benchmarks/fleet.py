@@ -1,7 +1,7 @@
 """Fleet scale (issue 17, item 8): how the Prometheus side behaves at 1 000 instrumented pods.
 
     .venv/bin/python benchmarks/fleet.py [--pods 1000] [--hours 6] [--step 60] [--low-cardinality]
-                                         [--json out.json] [--keep DIR]
+                                         [--json out.json] [--keep DIR [--reuse [--time-only]]]
 
 1. **Capture.** ``--workers`` real worker processes (the connector, ``e6observe.instrument()``
    with its ``/metrics`` endpoint) query the simulator for ``--capture-seconds``; the simulator
@@ -659,8 +659,9 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
                 saved = json.load(f)
             result.update(saved["result"])
             start, end = saved["start"], saved["end"]
-            for n in saved.get("rule_blocks", []):  # the previous run's recording rules
-                shutil.rmtree(os.path.join(tsdb, n), ignore_errors=True)
+            if not a.time_only:
+                for n in saved.get("rule_blocks", []):  # the previous run's recording rules
+                    shutil.rmtree(os.path.join(tsdb, n), ignore_errors=True)
             print(f"reusing the history in {tsdb}", flush=True)
         else:
             t = time.monotonic()
@@ -709,7 +710,7 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
             result["compaction"] = prom.wait_compacted(windows, a.compact_wait)
             print(f"compaction: {result['compaction']}", flush=True)
             recording = [r for r in rules if any(q["kind"] == "record" for q in rule_queries([r]))]
-            if recording:
+            if recording and not a.time_only:
                 result["rule_backfill"] = backfill_rules(prom, recording, start, end, a.step, tsdb, work)
                 with open(stage1) as f:
                     saved = json.load(f)
@@ -877,6 +878,12 @@ def main() -> int:
         help="with --keep: reuse the history already backfilled there (only the "
         "recording rules are backfilled again and the queries timed)",
     )
+    ap.add_argument(
+        "--time-only",
+        action="store_true",
+        help="with --reuse: only time the queries (the recording rules already backfilled there "
+        "by the previous run, unchanged since; e.g. to time again on a quieter machine)",
+    )
     ap.add_argument("--json", help="write the result here")
     ap.add_argument(
         "--table",
@@ -886,6 +893,8 @@ def main() -> int:
     )
     ap.add_argument("--plot", help="with --table: write a PNG of the 3 h dashboard query times")
     a = ap.parse_args()
+    if a.time_only and not a.reuse:
+        ap.error("--time-only needs --keep DIR --reuse (a history and its recording rules)")
     if a.table:
         names, runs = [], []
         for item in a.table:
