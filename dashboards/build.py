@@ -498,8 +498,9 @@ def client_runtime(cfg: Config = DEFAULT) -> dash.Dashboard:
     d = d.with_panel(
         ts(
             "RPCs by status code",
-            "gRPC calls per second by method and status code.",
-            [target(R.rpc_rate_by_code(SEL, cfg), "{{method}} {{code}}")],
+            "gRPC calls per second by method and status code, for the selected populations (a "
+            "chosen instance or pod shows its population's).",
+            [target(R.rpc_rate_by_code(POP, cfg), "{{method}} {{code}}")],
             unit="reqps",
             span=8,
         )

@@ -70,10 +70,6 @@ def rpc_count_rate_job(cfg: Config = DEFAULT) -> str:
     return _name("job", M.RPC_DURATION, "_count", "rate", cfg)
 
 
-def rpc_count_rate(cfg: Config = DEFAULT) -> str:
-    return _name("client", M.RPC_DURATION, "_count", "rate", cfg)
-
-
 def active_code(cfg: Config = DEFAULT) -> str:
     return f"client:{Q.name(M.STRATEGY_ACTIVE)}:code"
 
@@ -187,13 +183,13 @@ def records(cfg: Config = DEFAULT) -> List[Record]:
             rpc_bucket_rate(cfg),
             f"sum by ({job_by(cfg)}, method, le) (rate({Q.series(M.RPC_DURATION, '_bucket', sel)}[{w}]))",
         ),
-        # The mismatch share's denominator, per population and colour.
+        # RPCs per method and status code, and the mismatch share's denominator, per population
+        # (per client, summing them by method and code was 0.9 s over 6 h at 1 000 pods).
         Record(
             rpc_count_rate_job(cfg),
-            f"sum by ({job_by(cfg)}, strategy) (rate({Q.series(M.RPC_DURATION, '_count', sel)}[{w}]))",
+            f"sum by ({job_by(cfg)}, method, code, strategy) "
+            f"(rate({Q.series(M.RPC_DURATION, '_count', sel)}[{w}]))",
         ),
-        # RPCs per method and status code, and the mismatch share's denominator.
-        Record(rpc_count_rate(cfg), rate(M.RPC_DURATION, "_count", "method, code, strategy")),
         # Per client, the active colour and the last seen cluster status as one code each (the
         # state panels would otherwise join three and five selectors per client and step).
         Record(active_code(cfg), Q.active_strategy_code(sel, by)),
@@ -267,7 +263,7 @@ def rpc_latency(q: float, sel: str, cfg: Config = DEFAULT, by: str = "method") -
 
 
 def rpc_rate_by_code(sel: str, cfg: Config = DEFAULT) -> str:
-    return f"sum by (method, code) ({recorded(rpc_count_rate(cfg), sel)})"
+    return f"sum by (method, code) ({recorded(rpc_count_rate_job(cfg), sel)})"
 
 
 def mismatch_ratio(sel: str, by: str, cfg: Config = DEFAULT) -> str:
