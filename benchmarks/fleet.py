@@ -402,8 +402,8 @@ def _free_port() -> int:
 class Prometheus:
     """A real Prometheus on loopback over ``tsdb``, scraping nothing, with ``rules`` loaded."""
 
-    def __init__(self, tsdb: str, work: str, rules: list[str]) -> None:
-        self.tsdb, self.work, self.rules = tsdb, work, rules
+    def __init__(self, tsdb: str, work: str, rules: list[str], admin: bool = False) -> None:
+        self.tsdb, self.work, self.rules, self.admin = tsdb, work, rules, admin
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: Optional[subprocess.Popen[bytes]] = None
@@ -425,6 +425,7 @@ class Prometheus:
                 "--query.max-samples=500000000",
                 "--query.timeout=5m",
                 "--log.level=warn",
+                *(["--web.enable-admin-api"] if self.admin else []),
             ],
             stdout=log,
             stderr=log,
@@ -458,6 +459,20 @@ class Prometheus:
         if doc.get("status") != "success":
             raise RuntimeError(f"{path}: {doc}")
         return doc["data"]
+
+    def delete_recorded(self) -> None:
+        """Delete every recorded series (``level:metric:op`` names) and rewrite the blocks
+        without them (admin API): a reused history whose earlier rule blocks were compacted into
+        it would otherwise keep the previous run's recordings next to the new ones."""
+        for path, params in (
+            ("admin/tsdb/delete_series", {"match[]": '{__name__=~".+:.+"}'}),
+            ("admin/tsdb/clean_tombstones", {}),
+        ):
+            url = f"{self.url}/api/v1/{path}?" + urllib.parse.urlencode(params)
+            req = urllib.request.Request(url, method="POST")
+            with urllib.request.urlopen(req, timeout=900) as r:
+                if r.status not in (200, 204):
+                    raise RuntimeError(f"{path}: HTTP {r.status}")
 
     def timed(self, path: str, repeat: int, **params: Any) -> tuple[float, list[float], Any]:
         times, data = [], None
@@ -705,11 +720,15 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
                 )
         rules = a.rules
         result["dashboards"], result["rule_files"] = a.dashboards, rules
-        with Prometheus(tsdb, work, rules) as prom:
+        recording = [r for r in rules if any(q["kind"] == "record" for q in rule_queries([r]))]
+        with Prometheus(tsdb, work, rules, admin=a.reuse) as prom:
             windows = math.ceil(a.hours * 3600 / 7200) + 1
             result["compaction"] = prom.wait_compacted(windows, a.compact_wait)
             print(f"compaction: {result['compaction']}", flush=True)
-            recording = [r for r in rules if any(q["kind"] == "record" for q in rule_queries([r]))]
+            if a.reuse and recording and not a.time_only:
+                t = time.monotonic()
+                prom.delete_recorded()
+                print(f"deleted the previous recordings: {time.monotonic() - t:.0f} s", flush=True)
             if recording and not a.time_only:
                 result["rule_backfill"] = backfill_rules(prom, recording, start, end, a.step, tsdb, work)
                 with open(stage1) as f:
