@@ -728,7 +728,8 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
             if a.reuse and recording and not a.time_only:
                 t = time.monotonic()
                 prom.delete_recorded()
-                print(f"deleted the previous recordings: {time.monotonic() - t:.0f} s", flush=True)
+                result["recordings_deleted_s"] = time.monotonic() - t
+                print(f"deleted the previous recordings: {result['recordings_deleted_s']:.0f} s", flush=True)
             if recording and not a.time_only:
                 result["rule_backfill"] = backfill_rules(prom, recording, start, end, a.step, tsdb, work)
                 with open(stage1) as f:
