@@ -720,13 +720,15 @@ def dashboard_json(builder: dash.Dashboard) -> str:
 
 def _fix_annotations(data: Dict[str, Any]) -> None:
     # The SDK's annotation model has no Prometheus title/tag fields; Grafana reads them here.
+    # The step is the scrape interval the queries assume (60 s): at 30 s the 1 m increase was
+    # evaluated twice per scrape, twice the cost (benchmarks/fleet.py times it at 60 s).
     for ann in data.get("annotations", {}).get("list", []):
         if ann.get("name") == "Strategy switches":
             ann.update(
                 {
                     "titleFormat": "{{from}} → {{to}} ({{cause}})",
                     "tagKeys": "cluster,namespace,job,cause",
-                    "step": "30s",
+                    "step": "1m",
                     "textFormat": "{{cluster}} {{namespace}} {{job}}",
                 }
             )
