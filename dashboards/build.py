@@ -312,7 +312,7 @@ def blue_green_overview(cfg: Config = DEFAULT) -> dash.Dashboard:
             refs(
                 [
                     (Q.interrupted(SEL, RATE, Q.POPULATION), "{{job}}"),
-                    (top(cfg, Q.interrupted(SEL, RATE) + " > 0"), CLIENT_LEGEND),
+                    (top(cfg, R.recorded(R.interrupted_increase(cfg), SEL)), CLIENT_LEGEND),
                 ]
             ),
             span=12,

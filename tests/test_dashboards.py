@@ -188,7 +188,7 @@ def test_runtime_covers_rpcs_process_pools_and_e6observe_health() -> None:
 
     def read(e: str) -> str:
         """The expression with each recorded series it reads replaced by its rule's expression."""
-        return re.sub(r"client:[a-z0-9_]+:[a-z]+", lambda m: f"({records[m.group(0)]})", e)
+        return re.sub(r"client:[a-z0-9_]+:[a-z_]+", lambda m: f"({records[m.group(0)]})", e)
 
     for title, metric in wanted.items():
         assert any(metric in read(e) for e in exprs(by_title(d, title))), title

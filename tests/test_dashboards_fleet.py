@@ -91,7 +91,7 @@ def test_the_per_client_recordings_keep_every_variable_label() -> None:
     }
     read = set()
     for _title, t in targets():
-        read |= set(re.findall(r"\bclient:[a-z0-9_]+:[a-z]+", t["expr"]))
+        read |= set(re.findall(r"\bclient:[a-z0-9_]+:[a-z_]+", t["expr"]))
     assert len(read) >= 18
     for name in read:
         assert f"by ({Q.CLIENT}" in records[name], name

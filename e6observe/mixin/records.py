@@ -155,6 +155,11 @@ def _client_records(cfg: Config) -> List[Record]:
     return out
 
 
+def interrupted_increase(cfg: Config = DEFAULT) -> str:
+    """Per client: queries failed because a switch landed while they ran, over record_window."""
+    return f"client:{Q.name(M.QUERY_DURATION, '_count')}:switch_interrupted_increase"
+
+
 def job_by(cfg: Config) -> str:
     """The labels of the per-population recordings: cluster, namespace, job (the dashboards'
     first three variables)."""
@@ -206,6 +211,13 @@ def records(cfg: Config = DEFAULT) -> List[Record]:
         ),
         # What each per-client panel draws (its topk reads these: _CLIENT_RECORDS).
         *_client_records(cfg),
+        # The clients that lost queries to a switch (only those: > 0).
+        Record(
+            interrupted_increase(cfg),
+            f"sum by ({by}) (increase("
+            + Q.series(M.QUERY_DURATION, "_count", sel, 'outcome="switch_interrupted"')
+            + f"[{w}])) > 0",
+        ),
     ]
 
 
