@@ -1,7 +1,7 @@
 """Fleet scale (issue 17, item 8): how the Prometheus side behaves at 1 000 instrumented pods.
 
     .venv/bin/python benchmarks/fleet.py [--pods 1000] [--hours 6] [--step 60] [--low-cardinality]
-                                         [--json out.json] [--keep DIR]
+                                         [--json out.json] [--keep DIR [--reuse [--time-only]]]
 
 1. **Capture.** ``--workers`` real worker processes (the connector, ``e6observe.instrument()``
    with its ``/metrics`` endpoint) query the simulator for ``--capture-seconds``; the simulator
@@ -402,8 +402,8 @@ def _free_port() -> int:
 class Prometheus:
     """A real Prometheus on loopback over ``tsdb``, scraping nothing, with ``rules`` loaded."""
 
-    def __init__(self, tsdb: str, work: str, rules: list[str]) -> None:
-        self.tsdb, self.work, self.rules = tsdb, work, rules
+    def __init__(self, tsdb: str, work: str, rules: list[str], admin: bool = False) -> None:
+        self.tsdb, self.work, self.rules, self.admin = tsdb, work, rules, admin
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: Optional[subprocess.Popen[bytes]] = None
@@ -425,6 +425,7 @@ class Prometheus:
                 "--query.max-samples=500000000",
                 "--query.timeout=5m",
                 "--log.level=warn",
+                *(["--web.enable-admin-api"] if self.admin else []),
             ],
             stdout=log,
             stderr=log,
@@ -458,6 +459,20 @@ class Prometheus:
         if doc.get("status") != "success":
             raise RuntimeError(f"{path}: {doc}")
         return doc["data"]
+
+    def delete_recorded(self) -> None:
+        """Delete every recorded series (``level:metric:op`` names) and rewrite the blocks
+        without them (admin API): a reused history whose earlier rule blocks were compacted into
+        it would otherwise keep the previous run's recordings next to the new ones."""
+        for path, params in (
+            ("admin/tsdb/delete_series", {"match[]": '{__name__=~".+:.+"}'}),
+            ("admin/tsdb/clean_tombstones", {}),
+        ):
+            url = f"{self.url}/api/v1/{path}?" + urllib.parse.urlencode(params)
+            req = urllib.request.Request(url, method="POST")
+            with urllib.request.urlopen(req, timeout=900) as r:
+                if r.status not in (200, 204):
+                    raise RuntimeError(f"{path}: HTTP {r.status}")
 
     def timed(self, path: str, repeat: int, **params: Any) -> tuple[float, list[float], Any]:
         times, data = [], None
@@ -659,8 +674,9 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
                 saved = json.load(f)
             result.update(saved["result"])
             start, end = saved["start"], saved["end"]
-            for n in saved.get("rule_blocks", []):  # the previous run's recording rules
-                shutil.rmtree(os.path.join(tsdb, n), ignore_errors=True)
+            if not a.time_only:
+                for n in saved.get("rule_blocks", []):  # the previous run's recording rules
+                    shutil.rmtree(os.path.join(tsdb, n), ignore_errors=True)
             print(f"reusing the history in {tsdb}", flush=True)
         else:
             t = time.monotonic()
@@ -704,12 +720,17 @@ def run(a: argparse.Namespace) -> dict[str, Any]:
                 )
         rules = a.rules
         result["dashboards"], result["rule_files"] = a.dashboards, rules
-        with Prometheus(tsdb, work, rules) as prom:
+        recording = [r for r in rules if any(q["kind"] == "record" for q in rule_queries([r]))]
+        with Prometheus(tsdb, work, rules, admin=a.reuse) as prom:
             windows = math.ceil(a.hours * 3600 / 7200) + 1
             result["compaction"] = prom.wait_compacted(windows, a.compact_wait)
             print(f"compaction: {result['compaction']}", flush=True)
-            recording = [r for r in rules if any(q["kind"] == "record" for q in rule_queries([r]))]
-            if recording:
+            if a.reuse and recording and not a.time_only:
+                t = time.monotonic()
+                prom.delete_recorded()
+                result["recordings_deleted_s"] = time.monotonic() - t
+                print(f"deleted the previous recordings: {result['recordings_deleted_s']:.0f} s", flush=True)
+            if recording and not a.time_only:
                 result["rule_backfill"] = backfill_rules(prom, recording, start, end, a.step, tsdb, work)
                 with open(stage1) as f:
                     saved = json.load(f)
@@ -877,6 +898,12 @@ def main() -> int:
         help="with --keep: reuse the history already backfilled there (only the "
         "recording rules are backfilled again and the queries timed)",
     )
+    ap.add_argument(
+        "--time-only",
+        action="store_true",
+        help="with --reuse: only time the queries (the recording rules already backfilled there "
+        "by the previous run, unchanged since; e.g. to time again on a quieter machine)",
+    )
     ap.add_argument("--json", help="write the result here")
     ap.add_argument(
         "--table",
@@ -886,6 +913,8 @@ def main() -> int:
     )
     ap.add_argument("--plot", help="with --table: write a PNG of the 3 h dashboard query times")
     a = ap.parse_args()
+    if a.time_only and not a.reuse:
+        ap.error("--time-only needs --keep DIR --reuse (a history and its recording rules)")
     if a.table:
         names, runs = [], []
         for item in a.table:

@@ -37,8 +37,25 @@ ROOT = Path(__file__).resolve().parent.parent
 TAGS = ["e6data", "e6observe", "blue-green"]
 DS = model.DataSourceRef(type_val="prometheus", uid="${datasource}")
 SEL = Q.DASHBOARD_SELECTOR
+#: The selector of the per-population recordings (no instance or pod label to match).
+POP = Q.POPULATION_SELECTOR
 RATE = Q.RATE
 CLIENT_LEGEND = "{{job}} {{instance}} {{pod}}"
+#: What a per-client panel says about the lines it draws (Config.top_clients of them).
+TOP_NOTE = (
+    " At most {k} clients are drawn at each instant, the highest (all of them when a few "
+    "instances or pods are selected); per-client values come from recording rules (rates, "
+    "means and increases over {w})."
+)
+
+
+def top(cfg: Config, expr: str) -> str:
+    """The ``cfg.top_clients`` highest series of a per-client expression."""
+    return Q.top_clients(cfg.top_clients, expr)
+
+
+def top_note(cfg: Config) -> str:
+    return TOP_NOTE.format(k=cfg.top_clients, w=cfg.record_window)
 
 
 # --- small builders ----------------------------------------------------------------------------
@@ -187,7 +204,9 @@ def blue_green_overview(cfg: Config = DEFAULT) -> dash.Dashboard:
         .datasource(DS)
         .enable(True)
         .icon_color("orange")
-        .expr(f"{Q.switches(SEL, '1m', Q.CLIENT + ', from, to, cause')} > 0")
+        # One annotation per population and switch (the value: how many of its clients applied
+        # it in that minute), not one per client: 1 000 pods made it 2 000 series per refresh.
+        .expr(f"{Q.switches(SEL, '1m', Q.POPULATION + ', from, to, cause')} > 0")
     )
 
     d = d.with_row(dash.Row("Who runs on which colour"))
@@ -233,15 +252,16 @@ def blue_green_overview(cfg: Config = DEFAULT) -> dash.Dashboard:
         ts(
             "Drain time",
             "Seconds from the server's announcement to the applied switch, per client "
-            "(mean over the window) and as quantiles over the dashboard's time range (per job, from "
-            "a recording rule: shown while all instances and pods are selected).",
+            "(mean over the window; the slowest clients) and as quantiles over the dashboard's time "
+            "range for the selected populations (cluster, namespace, job; from a recording rule, so "
+            "a chosen instance or pod shows its population's)." + top_note(cfg),
             refs(
                 [
-                    (Q.drain_mean(SEL, RATE), "mean " + CLIENT_LEGEND),
-                    (R.range_quantile(0.5, R.drain_bucket_rate(cfg), SEL), "p50 (range)"),
+                    (R.top_client_record(M.SWITCH_DRAIN, SEL, cfg), "mean " + CLIENT_LEGEND),
+                    (R.range_quantile(0.5, R.drain_bucket_rate(cfg), POP), "p50 (range)"),
                     (
                         R.with_exemplars(
-                            R.range_quantile(0.95, R.drain_bucket_rate(cfg), SEL), M.SWITCH_DRAIN, SEL
+                            R.range_quantile(0.95, R.drain_bucket_rate(cfg), POP), M.SWITCH_DRAIN, SEL
                         ),
                         "p95 (range)",
                     ),
@@ -256,8 +276,14 @@ def blue_green_overview(cfg: Config = DEFAULT) -> dash.Dashboard:
         ts(
             "Pending switches",
             "Strategies announced and not applied yet, and how long they have "
-            "waited. A pending switch that does not drain is blocked by uncleared queries.",
-            refs([(Q.pending(SEL), "pending {{strategy}}"), (Q.pending_age(SEL), "age " + CLIENT_LEGEND)]),
+            "waited (the clients waiting longest). A pending switch that does not drain is blocked "
+            "by uncleared queries." + top_note(cfg),
+            refs(
+                [
+                    (Q.pending(SEL), "pending {{strategy}}"),
+                    (R.top_client_record(M.PENDING_AGE, SEL, cfg), "age " + CLIENT_LEGEND),
+                ]
+            ),
             span=8,
         )
     )
@@ -265,12 +291,13 @@ def blue_green_overview(cfg: Config = DEFAULT) -> dash.Dashboard:
         ts(
             "Strategy mismatches (456)",
             "456 errors per second by the strategy the client sent and "
-            "the RPC method, and as a share of all RPCs (alert above "
-            f"{alerts._num(cfg.mismatch_ratio * 100)}%).",
+            "the RPC method, and as a share of all RPCs per population (alert above "
+            f"{alerts._num(cfg.mismatch_ratio * 100)}%; a chosen instance or pod shows its "
+            "population's share).",
             refs(
                 [
                     (Q.mismatch_rate(SEL, RATE), "{{strategy}} {{method}}"),
-                    (R.mismatch_ratio(SEL, "job", cfg), "share of RPCs {{job}}"),
+                    (R.mismatch_ratio(POP, "job", cfg), "share of RPCs {{job}}"),
                 ]
             ),
             span=12,
@@ -280,8 +307,14 @@ def blue_green_overview(cfg: Config = DEFAULT) -> dash.Dashboard:
         ts(
             "Queries failed mid-switch",
             "Queries that failed because a switch landed while they ran "
-            '(outcome="switch_interrupted"), per client.',
-            [target(Q.interrupted(SEL, RATE), CLIENT_LEGEND)],
+            '(outcome="switch_interrupted"), per population and for the clients that lost the '
+            "most." + top_note(cfg),
+            refs(
+                [
+                    (Q.interrupted(SEL, RATE, Q.POPULATION), "{{job}}"),
+                    (top(cfg, R.recorded(R.interrupted_increase(cfg), SEL)), CLIENT_LEGEND),
+                ]
+            ),
             span=12,
             bars=True,
         )
@@ -302,12 +335,13 @@ def blue_green_overview(cfg: Config = DEFAULT) -> dash.Dashboard:
         ts(
             "Resume duration",
             "Seconds from the 503 the connector acted on to the cluster answering "
-            f"active, per client (mean) and over the range for the selected jobs (alert above "
-            f"{alerts._num(cfg.resume_slow_seconds)}s).",
+            "active, per client (mean; the slowest clients) and over the range for the selected "
+            "populations (a chosen instance or pod shows its population's; alert above "
+            f"{alerts._num(cfg.resume_slow_seconds)}s)." + top_note(cfg),
             refs(
                 [
-                    (Q.resume_mean(SEL, RATE), "mean " + CLIENT_LEGEND),
-                    (R.range_quantile(0.95, R.resume_bucket_rate(cfg), SEL), "p95 (range)"),
+                    (R.top_client_record(M.CLUSTER_RESUME_DURATION, SEL, cfg), "mean " + CLIENT_LEGEND),
+                    (R.range_quantile(0.95, R.resume_bucket_rate(cfg), POP), "p95 (range)"),
                 ]
             ),
             unit="s",
@@ -318,8 +352,8 @@ def blue_green_overview(cfg: Config = DEFAULT) -> dash.Dashboard:
         ts(
             "Last seen cluster status",
             "The cluster status each client's connector last saw: 1 "
-            "active, 2 suspended, 3 resuming, 4 failed, 5 other.",
-            [target(R.recorded(R.cluster_status_code(cfg), SEL), CLIENT_LEGEND)],
+            "active, 2 suspended, 3 resuming, 4 failed, 5 other (the highest codes first)." + top_note(cfg),
+            [target(top(cfg, R.recorded(R.cluster_status_code(cfg), SEL)), CLIENT_LEGEND)],
             span=6,
         )
     )
@@ -346,8 +380,9 @@ def blue_green_overview(cfg: Config = DEFAULT) -> dash.Dashboard:
     d = d.with_panel(
         ts(
             "Caches split",
-            "1 while the cluster manager's cache names another colour than the process cache.",
-            [target(Q.cache_split(SEL), CLIENT_LEGEND)],
+            "1 while the cluster manager's cache names another colour than the process cache."
+            + top_note(cfg),
+            [target(R.top_client_record(M.CACHE_SPLIT, SEL, cfg), CLIENT_LEGEND)],
             span=8,
         )
     )
@@ -384,12 +419,14 @@ def blue_green_overview(cfg: Config = DEFAULT) -> dash.Dashboard:
     d = d.with_panel(
         ts(
             "Query latency",
-            "Query duration quantiles (execute to clear), by strategy.",
+            "Query duration quantiles (execute to clear), by strategy, for the selected "
+            "populations (from a recording rule per cluster, namespace and job: a chosen instance "
+            "or pod shows its population's).",
             [
-                target(R.query_latency(0.5, SEL, cfg), "p50 {{strategy}}", "A"),
-                target(R.query_latency(0.95, SEL, cfg), "p95 {{strategy}}", "B"),
+                target(R.query_latency(0.5, POP, cfg), "p50 {{strategy}}", "A"),
+                target(R.query_latency(0.95, POP, cfg), "p95 {{strategy}}", "B"),
                 target(
-                    R.with_exemplars(R.query_latency(0.99, SEL, cfg), M.QUERY_DURATION, SEL),
+                    R.with_exemplars(R.query_latency(0.99, POP, cfg), M.QUERY_DURATION, SEL),
                     "p99 {{strategy}}",
                     "C",
                     exemplar=True,
@@ -428,11 +465,14 @@ def client_runtime(cfg: Config = DEFAULT) -> dash.Dashboard:
         .datasource(DS)
         .span(8)
         .height(8)
-        .description("Distribution of gRPC call durations, one heatmap per method.")
+        .description(
+            "Distribution of gRPC call durations, one heatmap per method, for the selected "
+            "populations (a chosen instance or pod shows its population's)."
+        )
         .repeat("method")
         .repeat_direction("h")
         .max_per_row(3)
-        .with_target(target(R.rpc_heatmap(SEL, cfg), "{{le}}", fmt="heatmap"))
+        .with_target(target(R.rpc_heatmap(POP, cfg), "{{le}}", fmt="heatmap"))
         .calculate(False)
         .y_axis(heatmap.YAxisConfig().unit("s"))
         .color(
@@ -448,8 +488,9 @@ def client_runtime(cfg: Config = DEFAULT) -> dash.Dashboard:
     d = d.with_panel(
         ts(
             "RPC p95 by method",
-            "95th percentile gRPC call duration per method.",
-            [target(R.rpc_latency(0.95, SEL, cfg), "{{method}}")],
+            "95th percentile gRPC call duration per method, for the selected populations (a "
+            "chosen instance or pod shows its population's).",
+            [target(R.rpc_latency(0.95, POP, cfg), "{{method}}")],
             unit="s",
             span=8,
         )
@@ -457,8 +498,9 @@ def client_runtime(cfg: Config = DEFAULT) -> dash.Dashboard:
     d = d.with_panel(
         ts(
             "RPCs by status code",
-            "gRPC calls per second by method and status code.",
-            [target(R.rpc_rate_by_code(SEL, cfg), "{{method}} {{code}}")],
+            "gRPC calls per second by method and status code, for the selected populations (a "
+            "chosen instance or pod shows its population's).",
+            [target(R.rpc_rate_by_code(POP, cfg), "{{method}} {{code}}")],
             unit="reqps",
             span=8,
         )
@@ -477,11 +519,11 @@ def client_runtime(cfg: Config = DEFAULT) -> dash.Dashboard:
     d = d.with_panel(
         ts(
             "Memory",
-            "Resident and unique memory per client.",
+            "Resident and unique memory per client." + top_note(cfg),
             refs(
                 [
-                    (Q.process_gauge(M.PROCESS_RSS, SEL), "rss " + CLIENT_LEGEND),
-                    (Q.process_gauge(M.PROCESS_USS, SEL), "uss " + CLIENT_LEGEND),
+                    (R.top_client_record(M.PROCESS_RSS, SEL, cfg), "rss " + CLIENT_LEGEND),
+                    (R.top_client_record(M.PROCESS_USS, SEL, cfg), "uss " + CLIENT_LEGEND),
                 ]
             ),
             unit="bytes",
@@ -491,8 +533,8 @@ def client_runtime(cfg: Config = DEFAULT) -> dash.Dashboard:
     d = d.with_panel(
         ts(
             "CPU",
-            "CPU seconds per second per client.",
-            [target(Q.process_rate(M.PROCESS_CPU, SEL, RATE), CLIENT_LEGEND)],
+            "CPU seconds per second per client." + top_note(cfg),
+            [target(R.top_client_record(M.PROCESS_CPU, SEL, cfg), CLIENT_LEGEND)],
             unit="percentunit",
             span=8,
         )
@@ -500,15 +542,16 @@ def client_runtime(cfg: Config = DEFAULT) -> dash.Dashboard:
     d = d.with_panel(
         ts(
             "Garbage collections",
-            "Collections per second by generation, and uncollectable objects.",
+            "Collections per second by generation, and uncollectable objects, per client and "
+            "generation." + top_note(cfg),
             refs(
                 [
                     (
-                        Q.process_rate(M.GC_COLLECTIONS, SEL, RATE, "generation"),
+                        R.top_client_record(M.GC_COLLECTIONS, SEL, cfg),
                         "gen {{generation}} " + CLIENT_LEGEND,
                     ),
                     (
-                        Q.process_rate(M.GC_UNCOLLECTABLE, SEL, RATE, "generation"),
+                        R.top_client_record(M.GC_UNCOLLECTABLE, SEL, cfg),
                         "uncollectable gen {{generation}} " + CLIENT_LEGEND,
                     ),
                 ]
@@ -520,16 +563,16 @@ def client_runtime(cfg: Config = DEFAULT) -> dash.Dashboard:
     d = d.with_panel(
         ts(
             "Threads",
-            "OS threads per client.",
-            [target(Q.process_gauge(M.PROCESS_THREADS, SEL), CLIENT_LEGEND)],
+            "OS threads per client." + top_note(cfg),
+            [target(R.top_client_record(M.PROCESS_THREADS, SEL, cfg), CLIENT_LEGEND)],
             span=8,
         )
     )
     d = d.with_panel(
         ts(
             "Open file descriptors",
-            "Open file descriptors per client.",
-            [target(Q.process_gauge(M.PROCESS_FDS, SEL), CLIENT_LEGEND)],
+            "Open file descriptors per client." + top_note(cfg),
+            [target(R.top_client_record(M.PROCESS_FDS, SEL, cfg), CLIENT_LEGEND)],
             span=8,
         )
     )
@@ -537,11 +580,15 @@ def client_runtime(cfg: Config = DEFAULT) -> dash.Dashboard:
         ts(
             "Query map vs queries in flight",
             "Entries in the connector's query-to-strategy map next to "
-            "the queries e6observe sees in flight; a map that grows while queries finish is a leak.",
+            "the queries e6observe sees in flight; a map that grows while queries finish is a leak."
+            + top_note(cfg),
             refs(
                 [
-                    (f"sum by ({Q.CLIENT}) ({Q.gauge(M.QUERY_MAP_ENTRIES, SEL)})", "map " + CLIENT_LEGEND),
-                    (Q.queries_in_flight(SEL, Q.CLIENT), "in flight " + CLIENT_LEGEND),
+                    (
+                        R.top_client_record(M.QUERY_MAP_ENTRIES, SEL, cfg),
+                        "map " + CLIENT_LEGEND,
+                    ),
+                    (R.top_client_record(M.QUERIES_IN_FLIGHT, SEL, cfg), "in flight " + CLIENT_LEGEND),
                 ]
             ),
             span=8,
@@ -552,12 +599,12 @@ def client_runtime(cfg: Config = DEFAULT) -> dash.Dashboard:
     d = d.with_panel(
         ts(
             "Pool connections",
-            "Pooled connections by pool and state, and each pool's maximum.",
+            "Pooled connections by pool and state, and each pool's maximum." + top_note(cfg),
             refs(
                 [
-                    (Q.pool_connections(SEL), "{{pool}} {{state}} " + CLIENT_LEGEND),
+                    (top(cfg, Q.pool_connections(SEL)), "{{pool}} {{state}} " + CLIENT_LEGEND),
                     (
-                        f"sum by ({Q.CLIENT}, pool) ({Q.gauge(M.POOL_MAX, SEL)})",
+                        top(cfg, f"sum by ({Q.CLIENT}, pool) ({Q.gauge(M.POOL_MAX, SEL)})"),
                         "{{pool}} max " + CLIENT_LEGEND,
                     ),
                 ]
@@ -581,8 +628,8 @@ def client_runtime(cfg: Config = DEFAULT) -> dash.Dashboard:
     d = d.with_panel(
         ts(
             "Open connections",
-            "Connector connections with an open gRPC channel, per client.",
-            [target(f"sum by ({Q.CLIENT}) ({Q.gauge(M.CONNECTIONS_OPEN, SEL)})", CLIENT_LEGEND)],
+            "Connector connections with an open gRPC channel, per client." + top_note(cfg),
+            [target(R.top_client_record(M.CONNECTIONS_OPEN, SEL, cfg), CLIENT_LEGEND)],
             span=8,
         )
     )
@@ -592,11 +639,17 @@ def client_runtime(cfg: Config = DEFAULT) -> dash.Dashboard:
         ts(
             "Watcher heartbeat age",
             "Seconds since the watcher thread last ran (alert above "
-            f"{alerts._num(cfg.watcher_stale_seconds)} s), and the strategy cache's age.",
+            f"{alerts._num(cfg.watcher_stale_seconds)} s), and the strategy cache's age." + top_note(cfg),
             refs(
                 [
-                    (Q.heartbeat_age(SEL), "watcher " + CLIENT_LEGEND),
-                    (f"max by ({Q.CLIENT}) ({Q.gauge(M.CACHE_AGE, SEL)})", "cache " + CLIENT_LEGEND),
+                    (
+                        top(cfg, "time() - " + R.recorded(R.client_record(M.WATCHER_LAST_RUN, cfg), SEL)),
+                        "watcher " + CLIENT_LEGEND,
+                    ),
+                    (
+                        R.top_client_record(M.CACHE_AGE, SEL, cfg),
+                        "cache " + CLIENT_LEGEND,
+                    ),
                 ]
             ),
             unit="s",
@@ -607,10 +660,10 @@ def client_runtime(cfg: Config = DEFAULT) -> dash.Dashboard:
         ts(
             "Internal errors",
             "Failures inside e6observe, contained and counted (never raised into "
-            "the application), by component; 0 per client when there were none.",
+            "the application), by component; 0 per client when there were none." + top_note(cfg),
             [
                 target(
-                    Q.counted_errors(M.INTERNAL_ERRORS, "component", SEL, RATE),
+                    R.top_client_record(M.INTERNAL_ERRORS, SEL, cfg),
                     "{{component}} " + CLIENT_LEGEND,
                 )
             ],
@@ -620,8 +673,13 @@ def client_runtime(cfg: Config = DEFAULT) -> dash.Dashboard:
     d = d.with_panel(
         ts(
             "Events dropped",
-            "Events dropped by a bounded queue or sink; 0 per client when none were.",
-            [target(Q.counted_errors(M.EVENTS_DROPPED, "sink", SEL, RATE), "{{sink}} " + CLIENT_LEGEND)],
+            "Events dropped by a bounded queue or sink; 0 per client when none were." + top_note(cfg),
+            [
+                target(
+                    R.top_client_record(M.EVENTS_DROPPED, SEL, cfg),
+                    "{{sink}} " + CLIENT_LEGEND,
+                )
+            ],
             span=8,
         )
     )
@@ -662,14 +720,16 @@ def dashboard_json(builder: dash.Dashboard) -> str:
 
 def _fix_annotations(data: Dict[str, Any]) -> None:
     # The SDK's annotation model has no Prometheus title/tag fields; Grafana reads them here.
+    # The step is the scrape interval the queries assume (60 s): at 30 s the 1 m increase was
+    # evaluated twice per scrape, twice the cost (benchmarks/fleet.py times it at 60 s).
     for ann in data.get("annotations", {}).get("list", []):
         if ann.get("name") == "Strategy switches":
             ann.update(
                 {
                     "titleFormat": "{{from}} → {{to}} ({{cause}})",
-                    "tagKeys": "job,instance,pod,cause",
-                    "step": "30s",
-                    "textFormat": "{{job}} {{instance}} {{pod}}",
+                    "tagKeys": "cluster,namespace,job,cause",
+                    "step": "1m",
+                    "textFormat": "{{cluster}} {{namespace}} {{job}}",
                 }
             )
 

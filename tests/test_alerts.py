@@ -207,6 +207,7 @@ def test_windows_and_thresholds_come_from_the_config() -> None:
         ({"error_ratio": 0}, "error_ratio must be in (0, 1]"),
         ({"pending_stuck_seconds": -1}, "must not be negative"),
         ({"flapping_threshold": 1}, "at least 2"),
+        ({"top_clients": 0}, "top_clients must be at least 1"),
         ({"selector": '{job="x"}'}, "without braces"),
         ({"client_labels": ()}, "non-empty tuple of label names"),
         ({"population_labels": ("job", "bad-label")}, "non-empty tuple of label names"),

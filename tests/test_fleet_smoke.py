@@ -72,3 +72,37 @@ def test_fleet_harness_small_run(tmp_path: Path) -> None:
     assert kinds == {"alert", "record"}
     # The temporary work directory (TSDB, chunks, logs) was removed.
     assert not [p for p in tmp_path.iterdir() if p.name.startswith("e6o-fleet-")]
+
+
+def test_fleet_harness_reuse_replaces_the_recordings(tmp_path: Path) -> None:
+    # --keep then --reuse: the second pass deletes the first pass's recorded series (they were
+    # compacted into the history) through the admin API before backfilling the rules again, and
+    # the panels that read recordings still have data; --time-only then times the same TSDB
+    # without backfilling anything.
+    if not (shutil.which("prometheus") and shutil.which("promtool")):
+        pytest.fail("prometheus/promtool not installed (apt-get install prometheus)")
+    keep = tmp_path / "keep"
+    small = ["--pods", "3", "--hours", "0.25", "--workers", "1", "--capture-seconds", "3"]
+    small += ["--capture-interval", "0.5", "--ranges", "0.25", "--repeat", "1", "--compact-wait", "0"]
+    results = []
+    for extra in ([], ["--reuse"], ["--reuse", "--time-only"]):
+        out = tmp_path / f"fleet{len(results)}.json"
+        proc = subproc.run(
+            [sys.executable, str(ROOT / "benchmarks" / "fleet.py"), *small, "--keep", str(keep)]
+            + extra
+            + ["--json", str(out)],
+            capture_output=True,
+            text=True,
+            timeout=200,
+            cwd=str(ROOT),
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        results.append(json.loads(out.read_text()))
+    assert "recordings_deleted_s" in results[1] and results[1]["rule_backfill"]["blocks"] >= 1
+    assert "recordings_deleted_s" not in results[0] and "recordings_deleted_s" not in results[2]
+    assert "rule_backfill" not in results[2]
+    for r in results:
+        rate = next(
+            d for d in r["queries"]["dashboards"] if (d["panel"], d.get("ref")) == ("Query rate", "A")
+        )
+        assert rate["result_series"] > 0

@@ -62,6 +62,10 @@ class Config:
     #: how often the group is evaluated.
     record_window: str = "5m"
     record_interval: str = "1m"
+    #: Dashboards: how many clients a per-client panel draws while many are selected (the
+    #: ``topk`` of the fleet; a chosen pod or instance is drawn whatever its rank). At 1 000
+    #: pods one line per client made those panels take over a second and show nothing legible.
+    top_clients: int = 10
     #: Base URL of docs/runbook.md as published; each alert links ``<base>#<alertname lower>``.
     runbook_url: str = "https://github.com/e6data/e6observe/blob/main/docs/runbook.md"
 
@@ -152,6 +156,8 @@ class Config:
         for name in ("mismatch_ratio", "error_ratio", "probe_success_ratio", "latency_quantile"):
             if not 0 < getattr(self, name) <= 1:
                 raise ConfigError(f"{name} must be in (0, 1]: {getattr(self, name)!r}")
+        if self.top_clients < 1:
+            raise ConfigError(f"top_clients must be at least 1: {self.top_clients!r}")
         if self.flapping_threshold < 2:
             raise ConfigError("flapping_threshold must be at least 2 (one switch is not flapping)")
         if float(self.resume_slow_seconds) not in M.RESUME_BUCKETS:

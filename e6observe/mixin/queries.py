@@ -19,6 +19,13 @@ DASHBOARD_SELECTOR = (
 RATE = "$__rate_interval"
 #: Labels drawn per client on the dashboards (the variables' labels).
 CLIENT = "cluster, namespace, job, instance, pod"
+#: Labels of one population of clients (the first three variables): what the fleet views
+#: aggregate by, and all the labels a per-population recording keeps.
+POPULATION = "cluster, namespace, job"
+#: The matchers a per-population recorded series can answer: the population variables only. A
+#: chosen instance or pod narrows nothing there (the series has no such label); the panel shows
+#: that pod's population instead of no data.
+POPULATION_SELECTOR = 'cluster=~"$cluster", namespace=~"$namespace", job=~"$job"'
 QUANTILES = (0.5, 0.95, 0.99)
 
 
@@ -48,6 +55,13 @@ def gauge(spec: M.MetricSpec, *matchers: str) -> str:
 def only_e6observe(expr: str, sel: str, on: str = CLIENT) -> str:
     """Keep ``expr`` only for targets that export e6observe (process_* names are generic)."""
     return f"{expr} and on ({on}) {gauge(M.BUILD_INFO, sel)}"
+
+
+def top_clients(k: int, expr: str) -> str:
+    """At most ``k`` series of a per-client ``expr`` at each step: the ``k`` highest. At 1 000
+    pods one line per client is 1 000 to 3 000 series per refresh (over a second to answer,
+    and no legible panel); with a few clients selected (a pod, an instance) each is drawn."""
+    return f"topk({k}, {expr})"
 
 
 def zero_per_client(sel: str, by: str = CLIENT) -> str:

@@ -460,6 +460,23 @@ def test_the_panels_show_who_flipped_and_what_it_cost(stack: Stack) -> None:
     assert max(finite_values(stack.query(panel_expr("Retries")))) > 0
 
 
+def test_one_chosen_client_keeps_its_lines(stack: Stack) -> None:
+    # With one instance chosen (as a user drilling into a pod would), the per-client panels,
+    # bounded by topk at fleet scale, draw that client; the panels fed by per-population
+    # recordings (which carry no instance label) show its population instead of no data.
+    def one(title: str, ref: str = "A") -> list[dict[str, Any]]:
+        expr = panel_expr(title, ref).replace('instance=~".*"', f'instance=~"{stack.a.instance}"')
+        return stack.query(expr)
+
+    for title in ("Memory", "Threads", "Open connections", "Watcher heartbeat age"):
+        got = {s["metric"].get("instance") for s in one(title)}
+        assert got == {stack.a.instance}, title
+    both = {s["metric"].get("instance") for s in stack.query(panel_expr("Memory"))}
+    assert both == {stack.a.instance, stack.b.instance}  # topk(10) of two clients: both drawn
+    for title, ref in (("Query latency", "A"), ("Drain time", "B"), ("RPC p95 by method", "A")):
+        assert finite_values(one(title, ref)), title
+
+
 # --- the alerts -------------------------------------------------------------------------------
 def test_flip_and_split_brain_alerts_reach_alertmanager(stack: Stack) -> None:
     got = stack.received
