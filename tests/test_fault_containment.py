@@ -205,6 +205,9 @@ def test_faults_are_contained_counted_and_logged_once(
     for target in group:
         _patch(monkeypatch, target)
     with caplog.at_level(logging.DEBUG, logger="e6observe"), Rig() as rig:
+        # The status routes mount at their first request (endpoint/routes.py): mount them
+        # first, so the /events notifier is subscribed while the scenario's events happen.
+        http_get(rig.base + "/status")
         seen = _run_scenario()
         # Drive every output, so sink faults fire too.
         for _ in range(2):
