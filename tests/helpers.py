@@ -14,7 +14,8 @@ import sys
 import threading
 import time
 import urllib.request
-from typing import Any, Callable, NoReturn, Optional
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, NoReturn, Optional
 
 #: The simulator's user (conftest's ``connect`` fixture logs in with these).
 USER = "tester@example.com"
@@ -85,6 +86,27 @@ def wait_for(
     if what is not None:
         raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
     return False
+
+
+@contextmanager
+def held_by_a_thread(lock: Any) -> Iterator[None]:
+    """Hold ``lock`` in another (daemon) thread for the block: to fork, or to contend, while a
+    thread of this process holds it. Released and joined at the end of the block."""
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with lock:
+            held.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=hold, daemon=True)
+    holder.start()
+    try:
+        assert held.wait(10), "the holder thread did not get the lock within 10 s"
+        yield
+    finally:
+        release.set()
+        holder.join(10)
 
 
 def free_port() -> int:

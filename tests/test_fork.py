@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterator
 
 import pytest
 from e6data_python_connector import e6data_grpc
-from helpers import PASSWORD, USER, wait_for
+from helpers import PASSWORD, USER, held_by_a_thread, wait_for
 
 from e6observe import _fork, _forkhazards, _safe
 from e6observe import metrics as M
@@ -592,27 +592,16 @@ def test_a_fork_while_a_thread_is_inside_instrument_leaves_the_child_able_to_uni
     from e6observe import _api
 
     assert e6observe.instrument(otel=False, registry=CollectorRegistry()) is not None
-    held, release = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        with _api._lock:
-            held.set()
-            release.wait(30)
-
-    holder = threading.Thread(target=hold, daemon=True)
-    holder.start()
     try:
-        assert held.wait(10)
+        with held_by_a_thread(_api._lock):
 
-        def child() -> dict[str, Any]:
-            free = _api._lock.acquire(timeout=3)
-            if free:
-                _api._lock.release()
-            return {"lock_free": free, "uninstrumented": e6observe.uninstrument() if free else None}
+            def child() -> dict[str, Any]:
+                free = _api._lock.acquire(timeout=3)
+                if free:
+                    _api._lock.release()
+                return {"lock_free": free, "uninstrumented": e6observe.uninstrument() if free else None}
 
-        got = in_child(child)
+            got = in_child(child)
     finally:
-        release.set()
-        holder.join(10)
         e6observe.uninstrument()
     assert got == {"lock_free": True, "uninstrumented": True}

@@ -21,6 +21,7 @@ from typing import Any, Iterator
 
 import pytest
 import subproc
+from helpers import held_by_a_thread
 from prometheus_client import CollectorRegistry
 from test_fork import in_child
 
@@ -154,17 +155,7 @@ def test_a_fork_while_a_thread_holds_the_start_lock_leaves_the_child_able_to_sta
     fake_api: Path,
 ) -> None:
     inst = _instrument()
-    held, release = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        with inst._otel_lock:
-            held.set()
-            release.wait(30)
-
-    holder = threading.Thread(target=hold, daemon=True)
-    holder.start()
-    try:
-        assert held.wait(10)
+    with held_by_a_thread(inst._otel_lock):
 
         def child() -> dict[str, Any]:
             free = inst._otel_lock.acquire(timeout=3)
@@ -176,9 +167,6 @@ def test_a_fork_while_a_thread_holds_the_start_lock_leaves_the_child_able_to_sta
             return {"lock_free": True, "otel_sink": "sink.otel" in _components(inst)}
 
         got = in_child(child, timeout=30)
-    finally:
-        release.set()
-        holder.join(10)
     assert got == {"lock_free": True, "otel_sink": True}
     assert "sink.otel" not in _components(inst)  # the parent still waits for its own import
 
@@ -189,22 +177,9 @@ def test_an_import_never_waits_for_the_start_lock(fake_api: Path) -> None:
     may be importing an API module whose import lock the waiting thread holds (a deadlock
     Python's import system cannot see)."""
     inst = _instrument()
-    held, release = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        with inst._otel_lock:
-            held.set()
-            release.wait(30)
-
-    holder = threading.Thread(target=hold, daemon=True)
-    holder.start()
     importer = threading.Thread(target=lambda: __import__("e6o_fake_inner"), daemon=True)
-    try:
-        assert held.wait(10)
+    with held_by_a_thread(inst._otel_lock):
         importer.start()
         importer.join(10)
         assert not importer.is_alive()
         assert "e6o_fake_inner" in sys.modules
-    finally:
-        release.set()
-        holder.join(10)

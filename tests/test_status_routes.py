@@ -15,6 +15,7 @@ import urllib.request
 from typing import Any, Iterator
 
 import pytest
+from helpers import held_by_a_thread
 from prometheus_client import CollectorRegistry
 from test_fork import in_child
 
@@ -106,17 +107,7 @@ def test_a_child_forked_while_a_thread_loads_the_apps_can_unmount(served: Any) -
     srv, rec, loads = served
     mounted = _lazy(srv, rec, loads)
     assert mounted._reset_after_fork in _fork.registered("locks")
-    held, release = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        with mounted._lock:
-            held.set()
-            release.wait(30)
-
-    holder = threading.Thread(target=hold, daemon=True)
-    holder.start()
-    try:
-        assert held.wait(10)
+    with held_by_a_thread(mounted._lock):
 
         def child() -> dict[str, Any]:
             free = mounted._lock.acquire(timeout=3)
@@ -126,9 +117,6 @@ def test_a_child_forked_while_a_thread_loads_the_apps_can_unmount(served: Any) -
             return {"lock_free": free, "paths": mounted.paths}
 
         got = in_child(child, timeout=30)
-    finally:
-        release.set()
-        holder.join(10)
     assert got == {"lock_free": True, "paths": []}
     mounted.unmount()
     assert mounted._reset_after_fork not in _fork.registered("locks")
@@ -139,28 +127,17 @@ def test_a_child_forked_while_a_thread_holds_the_mount_lock_can_unmount(served: 
     child forked while a parent thread mounts can still unmount what it inherited."""
     srv, rec, _loads = served
     mounted = status.mount(srv, rec)
-    held, release = threading.Event(), threading.Event()
-
-    def hold() -> None:
-        with status._MOUNT_LOCK:
-            held.set()
-            release.wait(30)
-
-    holder = threading.Thread(target=hold, daemon=True)
-    holder.start()
     try:
-        assert held.wait(10)
+        with held_by_a_thread(status._MOUNT_LOCK):
 
-        def child() -> dict[str, Any]:
-            free = status._MOUNT_LOCK.acquire(timeout=3)
-            if free:
-                status._MOUNT_LOCK.release()
-                mounted.unmount()
-            return {"lock_free": free, "paths": mounted.paths}
+            def child() -> dict[str, Any]:
+                free = status._MOUNT_LOCK.acquire(timeout=3)
+                if free:
+                    status._MOUNT_LOCK.release()
+                    mounted.unmount()
+                return {"lock_free": free, "paths": mounted.paths}
 
-        got = in_child(child, timeout=30)
+            got = in_child(child, timeout=30)
     finally:
-        release.set()
-        holder.join(10)
         mounted.unmount()
     assert got == {"lock_free": True, "paths": []}
