@@ -1065,6 +1065,14 @@ def evaluate_targets(r: dict[str, Any]) -> list[dict[str, Any]]:
                 f"< {T['otlp_fraction_of_otel_max']}",
                 None if frac is None else frac < T["otlp_fraction_of_otel_max"],
             )
+    nospan = lat.get("e6o-otlp-nospan", {}).get("added_median_pct")
+    if nospan is not None:
+        add(
+            "OTLP metrics and logs, no tracer: e6o-otlp-nospan added median latency (%)",
+            round(nospan, 2),
+            "(context)",
+            None,
+        )
     mpl = lat.get("e6o-mp", {}).get("added_median_pct")
     if mpl is not None:
         aa = lat.get("bare-ctl", {}).get("ratio_to_bare")
