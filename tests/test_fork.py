@@ -190,16 +190,6 @@ def test_strategy_lock_held_at_fork_is_visible_and_repairable_in_the_child(
 ) -> None:
     _, w = instrumented
     lock = e6data_grpc._strategy_lock
-    held, release = threading.Event(), threading.Event()
-
-    def holder() -> None:
-        with lock:
-            held.set()
-            release.wait(30)
-
-    t = threading.Thread(target=holder, daemon=True)
-    t.start()
-    assert held.wait(10)
 
     def child() -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -217,11 +207,8 @@ def test_strategy_lock_held_at_fork_is_visible_and_repairable_in_the_child(
         out["gauge_after"] = w.readings()[M.STRATEGY_LOCK_HELD_AT_FORK.prom_name]
         return out
 
-    try:
+    with held_by_a_thread(lock):
         got = in_child(child)
-    finally:
-        release.set()
-        t.join(10)
     assert got == {
         "flag": True,
         "gauge": 1.0,
