@@ -35,7 +35,7 @@ import grpc
 from .._safe import record_internal_error
 from ..recorder import FOLD_AT
 from . import Hook, HookContext
-from .stubs import MARK, Timer, mark_wrapper, strategy_from, unwrap_all, wrap_stub
+from .stubs import MARK, Timer, mark_wrapper, strategy_from, strategy_in, unwrap_all, wrap_stub
 
 _COMPONENT = "hook.channel"
 _perf = time.perf_counter
@@ -77,10 +77,13 @@ def _timed_call(mc: Any, timer: Timer) -> Callable[..., Any]:
             s = None
             if metadata:
                 try:
-                    for k, v in metadata:
-                        if k == "strategy":
-                            s = v
-                            break
+                    # The connector appends the strategy pair last, or last but one when an
+                    # OAuth bearer follows it: two checks instead of a scan in the common case.
+                    k, s = metadata[-1]
+                    if k != "strategy":
+                        k, s = metadata[-2]
+                        if k != "strategy":
+                            s = strategy_in(metadata)
                 except Exception:
                     s = None
             t0 = _perf()

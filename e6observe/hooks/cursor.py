@@ -297,7 +297,7 @@ def _make_clear(orig: Callable[..., Any], ctx: HookContext) -> Callable[..., Any
     def clear(self: Any, *args: Any, **kwargs: Any) -> Any:
         if not ctx.live:
             return orig(self, *args, **kwargs)
-        q = getattr(self, ATTR, None)
+        q: Optional[QueryState] = getattr(self, ATTR, None)
         if q is not None and (args or kwargs):
             target = _target(args, kwargs)
             if target and target != q.query_id:
@@ -343,7 +343,7 @@ def _make_cancel(orig: Callable[..., Any], ctx: HookContext) -> Callable[..., An
     def cancel(self: Any, *args: Any, **kwargs: Any) -> Any:
         if not ctx.live:
             return orig(self, *args, **kwargs)
-        q = getattr(self, ATTR, None)
+        q: Optional[QueryState] = getattr(self, ATTR, None)
         if q is not None:
             target = _target(args, kwargs)
             if target and target != q.query_id:

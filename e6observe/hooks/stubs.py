@@ -48,13 +48,17 @@ def strategy_from(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     md = kwargs.get("metadata") if kwargs else None
     if md is None and len(args) > 1:
         md = args[1]  # (request, timeout, metadata, ...) passed positionally
-    if md:
-        try:
-            for k, v in md:
-                if k == "strategy":
-                    return v
-        except Exception:
-            return None
+    return strategy_in(md) if md else None
+
+
+def strategy_in(md: Any) -> Any:
+    """The ``strategy`` value among the metadata pairs ``md``, or None. Never raises."""
+    try:
+        for k, v in md:
+            if k == "strategy":
+                return v
+    except Exception:
+        return None
     return None
 
 
