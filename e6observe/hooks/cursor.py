@@ -308,11 +308,13 @@ def _make_clear(orig: Callable[..., Any], ctx: HookContext) -> Callable[..., Any
             else:
                 response = call_in_span(q.span, orig, self, args, kwargs)
         except BaseException as exc:
-            if q is not None and getattr(self, ATTR, None) is q:
+            now: Optional[QueryState] = getattr(self, ATTR, None)
+            if now is q and q is not None:
                 setattr(self, ATTR, None)
                 finish(ctx, q, outcome_of(exc), exc)
             raise
-        if q is not None and getattr(self, ATTR, None) is q:
+        now = getattr(self, ATTR, None)
+        if now is q and q is not None:
             setattr(self, ATTR, None)
             if q.span is not None or q.resumed:
                 finish(ctx, q, "ok")
@@ -351,7 +353,8 @@ def _make_cancel(orig: Callable[..., Any], ctx: HookContext) -> Callable[..., An
         try:
             return orig(self, *args, **kwargs)
         finally:
-            if q is not None and getattr(self, ATTR, None) is q:
+            now: Optional[QueryState] = getattr(self, ATTR, None)
+            if now is q and q is not None:
                 setattr(self, ATTR, None)
                 finish(ctx, q, "error", sys.exc_info()[1] or _Cancelled())
 
