@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from collections import deque
 from typing import Callable, Optional
 
@@ -66,6 +66,9 @@ CLUSTER_RPC_METHODS = frozenset({"cluster.status", "cluster.resume", "cluster.su
 #: Raw values a histogram child takes on its ``pending`` list before the observing thread folds
 #: them into the bucket counts itself (readers fold whatever is pending first). Bounds the list.
 FOLD_AT = 256
+#: From this many pending values a fold sorts them and bisects once per bucket instead of once
+#: per value (fewer values: the per-value bisect is cheaper than a pass over the buckets).
+_SORT_FOLD_FROM = 32
 
 
 def norm_strategy(value: object) -> str:
@@ -166,25 +169,47 @@ class Histogram:
         values = p[:n]
         del p[:n]  # appends that raced in after the copy stay pending
         bounds = self.bounds
-        index = [bisect_left(bounds, v) for v in values]
         counts = self._counts
-        for i in index:
-            counts[i] += 1
-        total = sum(values)
-        self._sum += total
-        self._count += n
         o = self.otel
+        if n < _SORT_FOLD_FROM:  # a reader's fold of a few values: one bisect each
+            index = [bisect_left(bounds, v) for v in values]
+            for i in index:
+                counts[i] += 1
+            if o is not None:
+                oc, os_ = o.counts, o.sums
+                for i, v in zip(index, values):
+                    oc[i] += 1
+                    os_[i] += v
+        else:
+            # A full batch (the observing thread's, every FOLD_AT values): sorted once in C, then
+            # each bucket is one bisect and one slice, no Python step per value (a bisect per
+            # value compares generically: ~1 250 instructions per value, ~350 this way).
+            values.sort()
+            lo = 0
+            for i, bound in enumerate(bounds):
+                hi = bisect_right(values, bound, lo)
+                if hi != lo:
+                    counts[i] += hi - lo
+                    if o is not None:
+                        o.counts[i] += hi - lo
+                        o.sums[i] += sum(values[lo:hi])
+                    lo = hi
+                    if lo == n:
+                        break
+            if lo < n:  # above the last bound: +Inf
+                counts[-1] += n - lo
+                if o is not None:
+                    o.counts[-1] += n - lo
+                    o.sums[-1] += sum(values[lo:])
+        self._sum += sum(values)
+        self._count += n
         if o is not None:
-            oc, os_ = o.counts, o.sums
-            for i, v in zip(index, values):
-                oc[i] += 1
-                os_[i] += v
             o.n += n
-            lo, hi = min(values), max(values)
-            if lo < o.min:
-                o.min = lo
-            if hi > o.max:
-                o.max = hi
+            lo_v, hi_v = min(values), max(values)
+            if lo_v < o.min:
+                o.min = lo_v
+            if hi_v > o.max:
+                o.max = hi_v
 
     def snapshot(self) -> tuple[list[int], float, int]:
         """(per-bucket counts, sum, count), consistent with each other."""

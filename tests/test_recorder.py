@@ -147,6 +147,37 @@ def test_the_otel_delta_is_exact_and_fixed_size_however_many_values() -> None:
     assert h.take_otel() is None
 
 
+@pytest.mark.parametrize("batch", [1, 7, 31, 32, 33, 256, 1000])
+def test_a_fold_counts_every_value_in_its_le_bucket_whatever_the_batch_size(batch: int) -> None:
+    # Small folds bisect per value, large ones sort and bisect per bucket: both must put every
+    # value where Prometheus' le puts it, with exact per-bucket OpenTelemetry counts and sums.
+    import random
+    from bisect import bisect_left
+
+    rng = random.Random(batch)
+    rec = Recorder()
+    rec.enable_otel(True)
+    h = rec.rpc_histogram("prepareStatement", "green", "OK")
+    bounds = h.bounds
+    values = [
+        rng.choice([0.0, rng.choice(bounds), rng.random() * bounds[-1] * 2, rng.random() * bounds[0]])
+        for _ in range(batch)
+    ]
+    h.pending.extend(values)
+    h.fold()
+    want = [0] * (len(bounds) + 1)
+    sums = [0.0] * (len(bounds) + 1)
+    for v in values:
+        want[bisect_left(bounds, v)] += 1
+        sums[bisect_left(bounds, v)] += v
+    d = h.take_otel()
+    assert d is not None and d.counts == want and d.n == batch
+    assert d.sums == pytest.approx(sums, rel=1e-12, abs=1e-15)
+    assert (d.min, d.max) == (min(values), max(values))
+    counts, total, n = h.snapshot()
+    assert counts == want and n == batch and total == pytest.approx(sum(values), rel=1e-12)
+
+
 def test_ring_accounting_is_exact_when_it_overflows() -> None:
     ring = EventRing(capacity=4)
     for _ in range(10):
