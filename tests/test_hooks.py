@@ -373,3 +373,35 @@ def test_cursor_hooks_restore_by_identity(sim: Simulator) -> None:
     after = dict(vars(g.Cursor)), dict(vars(g.Connection))
     for b, a in zip(before, after):
         assert set(a) == set(b) and all(a[k] is b[k] for k in b)
+
+
+def test_fetch_wrappers_take_the_connectors_own_signature_or_forward_everything(rec: Recorder) -> None:
+    # The plain (self) form is used where the connector's method has that signature (no argument
+    # packing per batch); any other signature gets the generic form, which forwards everything.
+    from e6observe.hooks import HookContext
+    from e6observe.hooks import cursor as C
+
+    assert C.positional_params(g.Cursor.__dict__["fetch_batch"]) == ("self",)
+    assert C.positional_params(lambda self, *rows: None) is None
+    assert C.positional_params(lambda self, *, size=1: None) is None
+    assert C.positional_params(len) is None  # no code object: generic
+
+    ctx = HookContext(rec)
+    plain = C._make_fetch(g.Cursor.__dict__["fetch_batch"], ctx)
+    assert plain.__code__.co_argcount == 1 and not plain.__code__.co_flags & 0x0C
+
+    seen: list[tuple[Any, ...]] = []
+
+    def odd_fetch(self: Any, size: int = 1, *more: Any, **kw: Any) -> Any:
+        seen.append((size, more, kw))
+        return None  # "no more rows"
+
+    class Cur:
+        pass
+
+    for make in (C._make_fetch, C._make_fetch_failure):
+        seen.clear()
+        wrapped = make(odd_fetch, ctx)
+        assert wrapped.__code__.co_flags & 0x0C  # the generic form
+        assert wrapped(Cur(), 5, "x", flag=True) is None
+        assert seen == [(5, ("x",), {"flag": True})]
