@@ -13,9 +13,10 @@ instructions per query, set-up and start-up cancelled out. Background threads (t
 exporters, gRPC's own) are left out: what is counted is what delays the application's call.
 
 A query is the harness's: ``execute("SELECT 1")``, ``fetchall()``, ``clear()`` on a reused
-cursor (six RPCs). Counts repeat within about 1 % run to run (the connector's time-based
-checks and gRPC's polling depend on how long a call takes, and valgrind slows everything ~50x),
-so each mode runs ``--reps`` times, interleaved with the others, and the median is reported.
+cursor (six RPCs). Every worker runs with the same ``PYTHONHASHSEED`` (0 unless set), so dict
+lookups collide alike; what still varies run to run (gRPC's polling and the connector's
+time-based checks depend on how long a call takes, and valgrind slows everything ~50x) is
+covered by ``--reps`` runs per mode, interleaved with the others; the median is reported.
 
 Needs ``valgrind`` (``apt-get install valgrind``); the simulator runs outside valgrind.
 """
@@ -109,7 +110,9 @@ def main() -> int:
         text=True,
     )
     recv = None
-    env = dict(os.environ)
+    # One hash seed for every worker: dict and type-cache lookups then collide the same way in
+    # each (with random seeds two bare runs differ by ~1 %, mostly in dict lookups).
+    env = dict(os.environ, PYTHONHASHSEED=os.environ.get("PYTHONHASHSEED", "0"))
     try:
         port = json.loads(sim.stdout.readline())["port"]  # type: ignore[union-attr]
         if any(m in ("e6o-otlp", "e6o-otlp-nospan", "otel-otlp") for m in modes):
