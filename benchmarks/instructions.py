@@ -40,9 +40,8 @@ FEW = 50
 
 def _worker(mode: str, port: int, n: int) -> None:
     sys.path.insert(0, HERE)
-    from modes import Mode
-
     import e6data_python_connector.e6data_grpc as g
+    from modes import Mode
 
     Mode(mode).install()
     conn = g.Connection(host="127.0.0.1", port=port, username="bench@example.com", password="bench-password")
@@ -122,7 +121,8 @@ def main() -> int:
                 stdout=subprocess.PIPE,
                 text=True,
             )
-            env["E6O_BENCH_OTLP"] = "127.0.0.1:%d" % json.loads(recv.stdout.readline())["port"]  # type: ignore[union-attr]
+            recv_port = json.loads(recv.stdout.readline())["port"]  # type: ignore[union-attr]
+            env["E6O_BENCH_OTLP"] = f"127.0.0.1:{recv_port}"
         per_query: dict[str, list[float]] = {m: [] for m in modes}
         with tempfile.TemporaryDirectory(prefix="e6o-instr-") as workdir:
             for rep in range(a.reps):
@@ -130,7 +130,8 @@ def main() -> int:
                     few = _count(m, port, FEW, workdir, env)
                     many = _count(m, port, FEW + a.queries, workdir, env)
                     per_query[m].append((many - few) / a.queries)
-                    print(f"  rep {rep + 1}: {m:<16} {per_query[m][-1] / 1e3:8.1f} k instructions/query", flush=True)
+                    k = per_query[m][-1] / 1e3
+                    print(f"  rep {rep + 1}: {m:<16} {k:8.1f} k instructions/query", flush=True)
         bare = statistics.median(per_query["bare"])
         result: dict[str, Any] = {"queries": a.queries, "reps": a.reps, "modes": {}}
         print(f"{'mode':<16} {'k instr/query':>14} {'added':>10} {'added %':>8}  [runs]")
