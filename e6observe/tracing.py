@@ -91,7 +91,6 @@ MAX_SUMMARY = 128
 MAX_SUMMARY_TARGETS = 3
 #: Statements whose span name and attributes a tracer keeps (bounded; least recently used out).
 SUMMARY_CACHE = 256
-_SPACES = re.compile(r"\s+")
 
 
 #: Stands in for a literal whose end depends on the dialect (see :func:`_token`).
@@ -119,7 +118,9 @@ def sanitize_query(text: object) -> Optional[str]:
     cut = min((i for i in (s.find("'"), s.find('"'), s.find("$$"), s.find(_AMBIGUOUS)) if i >= 0), default=-1)
     if cut >= 0:
         s = s[:cut] + "?"
-    s = _SPACES.sub(" ", s).strip()
+    # Runs of whitespace to one space, ends stripped: str.split() splits where regular
+    # expressions' \s matches (str.isspace, every code point), without a regex pass.
+    s = " ".join(s.split())
     if len(s) > MAX_QUERY_TEXT:
         s = s[: MAX_QUERY_TEXT - 3] + "..."
     return s

@@ -177,3 +177,19 @@ def test_the_suppression_check_remembers_only_contexts_that_do_not_suppress() ->
         assert not check()
     finally:
         context.detach(token)
+
+
+def test_sanitized_text_collapses_every_whitespace_the_regex_did() -> None:
+    """Whitespace runs become one space by str.split() now, not by a ``\\s+`` pass: the same
+    characters, whichever kind of space separates the words."""
+    import re
+    import sys
+
+    from e6observe.tracing import sanitize_query
+
+    spaces = [chr(i) for i in range(sys.maxunicode + 1) if re.fullmatch(r"\s", chr(i))]
+    assert spaces == [chr(i) for i in range(sys.maxunicode + 1) if chr(i).isspace()]
+    for c in spaces:
+        assert (
+            sanitize_query(f"{c}SELECT{c}{c}a{c}FROM t WHERE x = 'v'{c}") == "SELECT a FROM t WHERE x = ?"
+        ), hex(ord(c))
