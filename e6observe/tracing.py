@@ -23,6 +23,10 @@ so the spans other instrumentations start for them (``opentelemetry-instrumentat
 client spans) are its children. Inside ``suppress_instrumentation()`` no span is started.
 
 Its trace and span ids are handed to the latency histograms as exemplars.
+
+A tracer works out a statement's name and attributes once per statement text and keeps them for
+the next spans of that text (:data:`SUMMARY_CACHE` statements, least recently used out, keyed by
+the text's hash: the text and its literals are not kept).
 """
 
 from __future__ import annotations
