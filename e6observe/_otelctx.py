@@ -6,7 +6,9 @@
   instrumentation (``opentelemetry.instrumentation.utils.suppress_instrumentation()``, which
   contrib instrumentations honour): the query and RPC hooks record nothing inside it.
 * :func:`attach_span` / :func:`detach` - make a span current for the calls made under it, so
-  other instrumentations' spans (``opentelemetry-instrumentation-grpc``) become its children.
+  other instrumentations' spans (``opentelemetry-instrumentation-grpc``) become its children;
+  :func:`span_binding` - the same functions bound once (no import, no module lookup per call),
+  for the query tracer's per-phase attach (issue 17).
 
 Reading the suppression flag is on the hook's path (once per query and per RPC): the check
 reads the API's context variable directly where the API keeps one (every supported version),
@@ -16,13 +18,55 @@ and falls back to ``context.get_value`` otherwise.
 from __future__ import annotations
 
 import contextvars
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 SCOPE = "e6observe"
 #: Semantic conventions the attribute and metric names follow (see CHANGELOG.md for renames).
 SCHEMA_URL = "https://opentelemetry.io/schemas/1.44.0"
 #: The key ``suppress_instrumentation()`` also sets, for instrumentations that predate the API's.
 _PLAIN_KEY = "suppress_instrumentation"
+
+
+class SpanBinding:
+    """The context functions a query span needs, looked up once.
+
+    ``current()`` is the current context; ``in_context(span, parent)`` a context with ``span``
+    current (``trace.set_span_in_context``); ``attach(context)`` makes it current and returns the
+    token that ``reset(token)`` takes back. Where the API keeps its context in a
+    ``ContextVar`` (its default runtime context, every supported version) they are that
+    variable's own ``get``/``set``/``reset`` - exactly what ``context.attach``/``detach`` call,
+    without two Python frames each. ``reset`` may raise (a token from another context), as
+    ``ContextVar.reset`` does: callers contain it, as ``context.detach`` would have logged it.
+    """
+
+    __slots__ = ("current", "in_context", "attach", "reset")
+
+    def __init__(self) -> None:
+        from opentelemetry import context as c
+        from opentelemetry import trace
+
+        self.in_context: Callable[..., Any] = trace.set_span_in_context
+        var = getattr(getattr(c, "_RUNTIME_CONTEXT", None), "_current_context", None)
+        if isinstance(var, contextvars.ContextVar):
+            self.current: Callable[[], Any] = var.get
+            self.attach: Callable[[Any], Any] = var.set
+            self.reset: Callable[[Any], Any] = var.reset
+        else:  # pragma: no cover - a runtime context other than the API's default
+            self.current = c.get_current
+            self.attach = c.attach
+            self.reset = c.detach
+
+
+_BINDING: Optional[SpanBinding] = None
+
+
+def span_binding() -> SpanBinding:
+    """The process's :class:`SpanBinding` (imports the OpenTelemetry API at the first call)."""
+    global _BINDING
+    b = _BINDING
+    if b is None:
+        b = _BINDING = SpanBinding()
+    return b
 
 
 def _never() -> bool:
@@ -57,11 +101,21 @@ def suppression_check() -> Callable[[], bool]:
     var = getattr(getattr(c, "_RUNTIME_CONTEXT", None), "_current_context", None)
     if isinstance(var, contextvars.ContextVar):
         get = var.get
+        # The last non-empty context found not to suppress. A context never changes once made
+        # (attach sets a new one), so the same object gives the same answer: a query span made
+        # current around a phase is checked once, not at each of its RPCs. One object is held.
+        clear: Any = None
 
         def suppressed() -> bool:
+            nonlocal clear
             ctx = get()  # the variable has a default: never raises
             # An empty context (no span, nothing suppressed) is the common case: one test.
-            return bool(ctx) and bool(ctx.get(key) or ctx.get(_PLAIN_KEY))
+            if not ctx or ctx is clear:
+                return False
+            if ctx.get(key) or ctx.get(_PLAIN_KEY):
+                return True
+            clear = ctx
+            return False
     else:  # pragma: no cover - a runtime context other than the API's default
 
         def suppressed() -> bool:
@@ -96,9 +150,8 @@ def tracer(provider: Any) -> Any:
 def attach_span(span: Any) -> Any:
     """Make ``span`` current; returns the token for :func:`detach` (None if that failed)."""
     try:
-        from opentelemetry import context, trace
-
-        return context.attach(trace.set_span_in_context(span))
+        b = _BINDING or span_binding()
+        return b.attach(b.in_context(span))
     except Exception:
         return None
 
@@ -108,11 +161,19 @@ def detach(token: Any) -> None:
     if token is None:
         return
     try:
-        from opentelemetry import context
-
-        context.detach(token)
+        (_BINDING or span_binding()).reset(token)
     except Exception:
         pass
 
 
-__all__ = ["SCHEMA_URL", "SCOPE", "suppression_check", "meter", "tracer", "attach_span", "detach"]
+__all__ = [
+    "SCHEMA_URL",
+    "SCOPE",
+    "suppression_check",
+    "meter",
+    "tracer",
+    "attach_span",
+    "detach",
+    "SpanBinding",
+    "span_binding",
+]

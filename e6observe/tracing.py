@@ -23,6 +23,10 @@ so the spans other instrumentations start for them (``opentelemetry-instrumentat
 client spans) are its children. Inside ``suppress_instrumentation()`` no span is started.
 
 Its trace and span ids are handed to the latency histograms as exemplars.
+
+A tracer works out a statement's name and attributes once per statement text and keeps them for
+the next spans of that text (:data:`SUMMARY_CACHE` statements, least recently used out, keyed by
+the text's hash: the text and its literals are not kept).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from typing import Any, Optional
 # ``error.type`` and ``db.namespace`` live in _otelattrs: the metric sink and the cursor hooks
 # use them too, and must not load this module (its regular expressions) when no tracer exists.
 from ._otelattrs import ERROR_TYPES, db_namespace, error_type
+from ._otelctx import span_binding
 from ._safe import record_internal_error
 from .events import Event
 from .recorder import Recorder
@@ -88,7 +93,8 @@ _TARGET = re.compile(r"\b(?:FROM|JOIN|INTO|UPDATE|TABLE)\s+([A-Za-z_][\w.]{0,127
 MAX_SUMMARY = 128
 #: Tables named in a summary at most.
 MAX_SUMMARY_TARGETS = 3
-_SPACES = re.compile(r"\s+")
+#: Statements whose span name and attributes a tracer keeps (bounded; least recently used out).
+SUMMARY_CACHE = 256
 
 
 #: Stands in for a literal whose end depends on the dialect (see :func:`_token`).
@@ -116,7 +122,9 @@ def sanitize_query(text: object) -> Optional[str]:
     cut = min((i for i in (s.find("'"), s.find('"'), s.find("$$"), s.find(_AMBIGUOUS)) if i >= 0), default=-1)
     if cut >= 0:
         s = s[:cut] + "?"
-    s = _SPACES.sub(" ", s).strip()
+    # Runs of whitespace to one space, ends stripped: str.split() splits where regular
+    # expressions' \s matches (str.isspace, every code point), without a regex pass.
+    s = " ".join(s.split())
     if len(s) > MAX_QUERY_TEXT:
         s = s[: MAX_QUERY_TEXT - 3] + "..."
     return s
@@ -126,7 +134,10 @@ def operation_name(text: object) -> Optional[str]:
     """The statement keyword (``SELECT`` ...) of a query, from a bounded set; else None."""
     if not isinstance(text, str):
         return None
-    m = _FIRST_WORD.match(_COMMENTS.sub(" ", text[:4096]))
+    head = text[:4096]
+    # Comments can only hide the first word where a comment marker is (a fast substring test
+    # spares the regular-expression pass over the whole text for most statements).
+    m = _FIRST_WORD.match(_COMMENTS.sub(" ", head) if ("--" in head or "/*" in head) else head)
     if not m:
         return None
     word = m.group(1).upper()
@@ -142,7 +153,27 @@ def query_summary(text: object, op: Optional[str] = None) -> Optional[str]:
     op = op or operation_name(text)
     if op is None:
         return None
-    clean = sanitize_query(text) or ""
+    return _summary(op, sanitize_query(text) or "")
+
+
+def _describe(query: str, record_text: bool) -> tuple[str, dict[str, Any], Optional[str]]:
+    """The span name, the statement's attributes and (``record_text``) its sanitized text.
+
+    The query is sanitized once, for the summary and the text alike (as :func:`query_summary`
+    and :func:`sanitize_query` would each have done)."""
+    op = operation_name(query)
+    attrs: dict[str, Any] = {"db.system.name": "e6data"}
+    if op is None:
+        return "e6data", attrs, (sanitize_query(query) if record_text else None)
+    clean = sanitize_query(query)
+    summary = _summary(op, clean or "")
+    attrs["db.operation.name"] = op
+    attrs["db.query.summary"] = summary
+    return summary, attrs, (clean or None) if record_text else None
+
+
+def _summary(op: str, clean: str) -> str:
+    """``db.query.summary`` of a sanitized query whose operation is ``op``."""
     targets: list[str] = []
     for m in _TARGET.finditer(clean):
         name = m.group(1)
@@ -198,6 +229,20 @@ class QueryTracer:
         self._event_attributes = event_attributes
         self._rpc_names = rpc_method_names()
         self._recorder = recorder
+        b = span_binding()
+        #: The context functions bound once (the cursor hooks make a query's span current with
+        #: them, phase by phase): ``current``, ``in_context(span, parent)``, ``attach``, ``reset``.
+        self.current = b.current
+        self.in_context = b.in_context
+        self.attach = b.attach
+        self.reset = b.reset
+        #: Statement -> (span name, its attributes, sanitized text or None), at most
+        #: SUMMARY_CACHE statements, least recently used out first. Keyed by the text's hash,
+        #: never the text: the statement's literals are not kept (what is kept - operation,
+        #: tables, the sanitized text - is what every span of it carries anyway). Two texts
+        #: with one 64-bit (per-process salted) hash would share a name: literal-free either way.
+        self._statements: dict[int, tuple[str, dict[str, Any], Optional[str]]] = {}
+        self._statements_lock = threading.Lock()
         self._in_flight: set[Any] = set()
         # Serialises "add a span event" against "end the span", so no event lands on an ended
         # span. Held only while tracing is on; never on the untraced query path.
@@ -205,37 +250,64 @@ class QueryTracer:
         recorder.subscribe(self._on_event)
 
     def start(
-        self, query: object, host: object = None, port: object = None, namespace: Optional[str] = None
+        self,
+        query: object,
+        host: object = None,
+        port: object = None,
+        namespace: Optional[str] = None,
+        context: Any = None,
     ) -> Any:
-        """Start the CLIENT span of one query (the hooks make it current around their calls)."""
-        op = operation_name(query)
-        summary = query_summary(query, op)
-        attrs: dict[str, Any] = {"db.system.name": "e6data"}
-        if op:
-            attrs["db.operation.name"] = op
-        if summary:
-            attrs["db.query.summary"] = summary
+        """Start the CLIENT span of one query (the hooks make it current around their calls).
+
+        ``context``: the current context when the caller has it at hand (the span's parent)."""
+        if type(query) is str:
+            statements = self._statements
+            key = hash(query)
+            described = statements.pop(key, None)  # and put back last: least recently used first
+            if described is None:
+                described = _describe(query, self._record_text)
+                if len(statements) >= SUMMARY_CACHE:
+                    self._forget_oldest()
+            statements[key] = described
+            name, attrs, text = described
+            attrs = attrs.copy()
+        else:  # not a statement: nothing to name (operation_name(query) is None)
+            name, attrs, text = "e6data", {"db.system.name": "e6data"}, None
         if namespace:
             attrs["db.namespace"] = namespace
         if isinstance(host, str) and host:
             attrs["server.address"] = host
-        if isinstance(port, int) and not isinstance(port, bool):
+        if type(port) is int or (isinstance(port, int) and not isinstance(port, bool)):
             attrs["server.port"] = port
-        if self._record_text:
-            text = sanitize_query(query)
-            if text:
-                attrs["db.query.text"] = text
-        span = self._tracer.start_span(summary or "e6data", kind=self._kind, attributes=attrs)
-        with self._lock:
-            self._in_flight.add(span)
+        if text:
+            attrs["db.query.text"] = text
+        span = self._tracer.start_span(name, context, self._kind, attrs)
+        self._in_flight.add(span)  # one C call: no lock needed to add (see finish)
         return span
 
+    def _forget_oldest(self) -> None:
+        """Make room in the statement cache: drop the least recently used entries (a bounded
+        number of tries; a hit in another thread may move or take the entry looked at)."""
+        statements = self._statements
+        with self._statements_lock:
+            for _ in range(8):
+                if len(statements) < SUMMARY_CACHE:
+                    return
+                try:
+                    statements.pop(next(iter(statements)), None)
+                except (RuntimeError, StopIteration):  # changed size under the iterator
+                    pass
+            if len(statements) >= SUMMARY_CACHE:
+                statements.clear()  # never grows past its bound
+
     def finish(self, span: Any, strategy: str, outcome: str, exc: Optional[BaseException] = None) -> None:
-        with self._lock:
+        with self._lock:  # no strategy event lands on the span once it is out of the set
             self._in_flight.discard(span)
+        # One set_attribute per key: the SDK's set_attributes costs more for two keys (it cleans
+        # the mapping through two isinstance checks against collections.abc ABCs).
         span.set_attribute("e6data.strategy", strategy)
         span.set_attribute("e6data.query.outcome", outcome)
-        etype = error_type(outcome)
+        etype = None if outcome == "ok" else error_type(outcome)
         if etype is not None:
             span.set_attribute("error.type", etype)
             code = _status_code(exc)
@@ -267,9 +339,11 @@ class QueryTracer:
     def exemplar(span: Any) -> Optional[tuple[str, str]]:
         """``(trace_id_hex, span_id_hex)`` of a sampled span, for histogram exemplars."""
         ctx = span.get_span_context()
-        if not ctx.is_valid or not ctx.trace_flags.sampled:
+        trace_id, span_id = ctx.trace_id, ctx.span_id
+        # is_valid (both ids non-zero) and trace_flags.sampled, without their property frames
+        if not (trace_id and span_id and ctx.trace_flags & 1):
             return None
-        return format(ctx.trace_id, "032x"), format(ctx.span_id, "016x")
+        return format(trace_id, "032x"), format(span_id, "016x")
 
     def _on_event(self, ev: Event) -> None:
         if not self._in_flight:

@@ -64,6 +64,39 @@ class QueryState:
         self.resumed = resumed
 
 
+class TracedQueryState(QueryState):
+    """A query with a span, and what makes the span current phase by phase (sync cursor).
+
+    ``parent`` is the context execute ran in (the span's parent), ``sctx`` that context with the
+    span current: a later phase (fetch, clear) run in the same parent context attaches ``sctx``
+    again instead of building a new context, and a call already running inside ``sctx``
+    (``fetch_batch`` under ``fetchall``) attaches nothing."""
+
+    __slots__ = ("tracer", "parent", "sctx")
+
+    def __init__(
+        self,
+        t0: float,
+        strategy: str,
+        span: Any,
+        query_id: Any,
+        resumed: bool,
+        tracer: Any,
+        parent: Any,
+        sctx: Any,
+    ) -> None:
+        # QueryState.__init__, inlined (one call less per traced query)
+        self.t0 = t0
+        self.strategy = strategy
+        self.fetch_end: Optional[float] = None
+        self.span = span
+        self.query_id = query_id
+        self.resumed = resumed
+        self.tracer = tracer
+        self.parent = parent
+        self.sctx = sctx
+
+
 def _cache() -> dict[str, Any]:
     from e6data_python_connector import e6data_grpc as g
 
@@ -118,10 +151,24 @@ def finish(
         if outcome == "ok" and q.resumed:
             outcome = "resumed"
         tracer = ctx.tracer
-        exemplar = tracer.exemplar(q.span) if (tracer is not None and q.span is not None) else None
-        ctx.recorder.query_finished(q.strategy, outcome, seconds, exemplar)
-        if tracer is not None and q.span is not None:
-            tracer.finish(q.span, q.strategy, outcome, exc)
+        span = q.span
+        if tracer is None or span is None:
+            ctx.recorder.query_finished(q.strategy, outcome, seconds)
+            return
+        strategy = q.strategy
+        rec = ctx.recorder
+        if outcome == "ok":  # rec.query_finished(strategy, "ok", ...), the child pre-bound
+            try:
+                rec.in_flight_tokens[strategy].pop()
+            except (KeyError, IndexError):
+                pass
+            h = ctx.query_ok.get(strategy)
+            if h is None:
+                h = ctx.query_ok[strategy] = rec.query_histogram(strategy, "ok")
+            h.observe(seconds, tracer.exemplar(span))
+        else:
+            rec.query_finished(strategy, outcome, seconds, tracer.exemplar(span))
+        tracer.finish(span, strategy, outcome, exc)
     except Exception as e:
         record_internal_error(_COMPONENT, e)
 
@@ -175,13 +222,18 @@ def _make_execute(orig: Callable[..., Any], ctx: HookContext) -> Callable[..., A
             if tracer is None and ctx.retrace is not None:
                 tracer = ctx.retrace()
             if tracer is not None:
+                parent = tracer.current()
+                catalog = getattr(self, "_catalog_name", None)
+                database = getattr(self, "_database", None)
                 span = tracer.start(
                     _operation(args, kwargs),
                     getattr(conn, "_host", None),
                     getattr(conn, "_port", None),
-                    db_namespace(getattr(self, "_catalog_name", None), getattr(self, "_database", None)),
+                    db_namespace(catalog, database) if (catalog or database) else None,
+                    parent,
                 )
-                span_token = attach_span(span)
+                sctx = tracer.in_context(span, parent)
+                span_token = tracer.attach(sctx)
         except Exception as exc:
             record_internal_error(_COMPONENT, exc)
         resumed0 = resumed_get()
@@ -191,7 +243,10 @@ def _make_execute(orig: Callable[..., Any], ctx: HookContext) -> Callable[..., A
             result = orig(self, *args, **kwargs)
         except BaseException as exc:
             if span_token is not None:
-                detach(span_token)
+                try:
+                    tracer.reset(span_token)
+                except Exception:  # a token from another context: ignored, as detach does
+                    pass
             try:
                 if qs_token is not None:
                     QUERY_SPAN.reset(qs_token)
@@ -202,7 +257,10 @@ def _make_execute(orig: Callable[..., Any], ctx: HookContext) -> Callable[..., A
                 record_internal_error(_COMPONENT, e)
             raise
         if span_token is not None:
-            detach(span_token)
+            try:
+                tracer.reset(span_token)
+            except Exception:
+                pass
         try:
             if qs_token is not None:
                 QUERY_SPAN.reset(qs_token)
@@ -214,7 +272,11 @@ def _make_execute(orig: Callable[..., Any], ctx: HookContext) -> Callable[..., A
             colour = LABEL.get(s) if type(s) is str else None
             strategy = colour if colour is not None else _pinned_strategy(qid, cache)
             tokens[strategy].append(None)  # rec.query_started(strategy), inlined
-            setattr(self, ATTR, QueryState(t0, strategy, span, qid, resumed_get() is not resumed0))
+            if span_token is None:
+                setattr(self, ATTR, QueryState(t0, strategy, span, qid, resumed_get() is not resumed0))
+            else:  # a span, made current: phases make it current again through its state
+                resumed = resumed_get() is not resumed0
+                setattr(self, ATTR, TracedQueryState(t0, strategy, span, qid, resumed, tracer, parent, sctx))
         except Exception as exc:
             record_internal_error(_COMPONENT, exc)
         return result
@@ -224,14 +286,34 @@ def _make_execute(orig: Callable[..., Any], ctx: HookContext) -> Callable[..., A
 
 
 def call_in_span(
-    span: Any, orig: Callable[..., Any], self: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    q: Any, orig: Callable[..., Any], self: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> Any:
-    """``orig(self, *args, **kwargs)`` with ``span`` current (its RPCs' spans are its children)."""
-    token = attach_span(span)
+    """``orig(self, *args, **kwargs)`` with ``q``'s span current (its RPCs' spans are its
+    children): attached once per phase - nothing to do when it is current already."""
+    if type(q) is not TracedQueryState:
+        token = attach_span(q.span)
+        try:
+            return orig(self, *args, **kwargs)
+        finally:
+            detach(token)
+    tracer = q.tracer
+    token = None
+    try:
+        now = tracer.current()
+        if now is not q.sctx:  # else a call inside a phase (fetch_batch under fetchall)
+            # in the context it was started in: its context again; else the span in this one
+            token = tracer.attach(q.sctx if now is q.parent else tracer.in_context(q.span, now))
+    except Exception:
+        pass
+    if token is None:
+        return orig(self, *args, **kwargs)
     try:
         return orig(self, *args, **kwargs)
     finally:
-        detach(token)
+        try:
+            tracer.reset(token)
+        except Exception:
+            pass
 
 
 def end_failed(
@@ -273,7 +355,7 @@ def _make_fetch(orig: Callable[..., Any], ctx: HookContext) -> Callable[..., Any
                 if q is None or q.span is None:
                     rows = orig(self)
                 else:
-                    rows = call_in_span(q.span, orig, self, (), {})
+                    rows = call_in_span(q, orig, self, (), {})
             except BaseException as exc:
                 end_failed(ctx, self, exc, outcome_of)
                 raise
@@ -292,7 +374,7 @@ def _make_fetch(orig: Callable[..., Any], ctx: HookContext) -> Callable[..., Any
             if q is None or q.span is None:
                 rows = orig(self, *args, **kwargs)
             else:
-                rows = call_in_span(q.span, orig, self, args, kwargs)
+                rows = call_in_span(q, orig, self, args, kwargs)
         except BaseException as exc:
             end_failed(ctx, self, exc, outcome_of)
             raise
@@ -314,7 +396,7 @@ def _make_fetch_failure(orig: Callable[..., Any], ctx: HookContext) -> Callable[
             try:
                 if q is None or q.span is None:
                     return orig(self)
-                return call_in_span(q.span, orig, self, (), {})
+                return call_in_span(q, orig, self, (), {})
             except BaseException as exc:
                 end_failed(ctx, self, exc, outcome_of)
                 raise
@@ -327,7 +409,7 @@ def _make_fetch_failure(orig: Callable[..., Any], ctx: HookContext) -> Callable[
         try:
             if q is None or q.span is None:
                 return orig(self, *args, **kwargs)
-            return call_in_span(q.span, orig, self, args, kwargs)
+            return call_in_span(q, orig, self, args, kwargs)
         except BaseException as exc:
             end_failed(ctx, self, exc, outcome_of)
             raise
@@ -359,7 +441,7 @@ def _make_clear(orig: Callable[..., Any], ctx: HookContext) -> Callable[..., Any
             if q is None or q.span is None:
                 response = orig(self, *args, **kwargs)
             else:
-                response = call_in_span(q.span, orig, self, args, kwargs)
+                response = call_in_span(q, orig, self, args, kwargs)
         except BaseException as exc:
             now: Optional[QueryState] = getattr(self, ATTR, None)
             if now is q and q is not None:
