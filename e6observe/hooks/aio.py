@@ -416,6 +416,19 @@ def _make_execute(orig: Callable[..., Any], ctx: HookContext) -> Callable[..., A
     return execute
 
 
+def _takes_only(orig: Callable[..., Any], names: tuple[str, ...]) -> bool:
+    """True if ``orig``'s parameters are exactly ``names``, positional-or-keyword, no defaults."""
+    import inspect
+
+    try:
+        params = list(inspect.signature(orig).parameters.values())
+    except (TypeError, ValueError):
+        return False
+    return tuple(p.name for p in params) == names and all(
+        p.kind is p.POSITIONAL_OR_KEYWORD and p.default is p.empty for p in params
+    )
+
+
 def _make_next_batch(orig: Callable[..., Any], ctx: HookContext) -> Callable[..., Any]:
     perf = time.perf_counter
     queries = _queries
@@ -438,8 +451,29 @@ def _make_next_batch(orig: Callable[..., Any], ctx: HookContext) -> Callable[...
                 q.fetch_end = perf()
         return rows
 
-    _next_batch.__wrapped__ = orig  # type: ignore[attr-defined]
-    return _next_batch
+    # Connector 3.0.x: ``_next_batch(self, deadline)``, called once per fetched batch. The same
+    # wrapper with that one parameter: no argument tuple and dict built on each batch.
+    async def _next_batch_deadline(self: Any, deadline: Any) -> Any:
+        q = queries.get(id(self))
+        token = attach_span(q.span) if q is not None and q.span is not None else None
+        try:
+            rows = await orig(self, deadline)
+        except BaseException as exc:
+            if token is not None:
+                detach(token)
+            _end_failed(ctx, self, exc)
+            raise
+        if token is not None:
+            detach(token)
+        if rows is None and ctx.live:
+            q = queries.get(id(self))
+            if q is not None and q.fetch_end is None:
+                q.fetch_end = perf()
+        return rows
+
+    wrapper = _next_batch_deadline if _takes_only(orig, ("self", "deadline")) else _next_batch
+    wrapper.__wrapped__ = orig  # type: ignore[attr-defined]
+    return wrapper
 
 
 def _make_clear(orig: Callable[..., Any], ctx: HookContext, outcome_ok: str) -> Callable[..., Any]:
