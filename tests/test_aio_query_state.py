@@ -122,3 +122,33 @@ def test_uninstrument_forgets_every_entry(sim: Simulator) -> None:
     finally:
         e6observe.uninstrument()
     assert not tracked()
+
+
+def test_the_next_batch_wrapper_fits_the_connectors_signature() -> None:
+    # Connector 3.0.x's _next_batch(self, deadline) gets a wrapper with that one parameter (no
+    # argument tuple and dict per batch); any other signature the generic one, forwarding all.
+    from types import SimpleNamespace
+
+    from e6observe.hooks import aio as hook
+
+    seen: list[Any] = []
+
+    async def one(self: Any, deadline: Any) -> Any:
+        seen.append(deadline)
+        return ["row"]
+
+    async def other(self: Any, deadline: Any, size: int = 1) -> Any:
+        seen.append((deadline, size))
+        return None
+
+    ctx: Any = SimpleNamespace(live=True)
+    w1 = hook._make_next_batch(one, ctx)
+    w2 = hook._make_next_batch(other, ctx)
+    assert w1.__code__.co_varnames[:2] == ("self", "deadline") and not w1.__code__.co_flags & 0x0C
+    assert w2.__code__.co_flags & 0x0C == 0x0C  # *args and **kwargs
+    assert w1.__wrapped__ is one and w2.__wrapped__ is other  # type: ignore[attr-defined]
+    me = object()
+    assert asyncio.run(w1(me, 5.0)) == ["row"]
+    assert asyncio.run(w1(me, deadline=6.0)) == ["row"]
+    assert asyncio.run(w2(me, 7.0, size=3)) is None
+    assert seen == [5.0, 6.0, (7.0, 3)]
