@@ -36,13 +36,16 @@ RPC wrapper takes ``timeout`` and ``metadata`` as parameters (the connector's ca
 without building an argument tuple and dict), reads the ``strategy`` header from the first pair
 (where the connector puts it) and hands the call's own Cython object a ``functools.partial`` of
 a per-method closure (one Python call when the RPC ends, OK tested first, observed inline). The
-cursor wrappers read and write their state with ``getattr``/``setattr``, never through the
-cursor's ``__dict__``: on Python 3.11 reading an object's ``__dict__`` turns its inline attribute
-values into a real dict for good, and every later attribute access of the connector on that
-cursor gets slower (measured: 25-35 % on the cursor's own ``_check`` and ``_reset_query_state``).
-``clear`` ends an untraced query inline. The strategy descriptors define no ``__get__``, so the
-connector's reads of ``_strategy`` are plain instance-dict reads (only writes run Python; the
-connection's attribute reads measured the same with its ``__dict__`` read or not).
+cursor wrappers keep each cursor's query in a map by ``id(cursor)`` (``_queries``), never on the
+cursor: on Python 3.11 an object's attribute values live inline until its ``__dict__`` is read or
+an attribute is added past what its class's shared keys hold, and ``AsyncCursor`` already sets
+all 29 it can keep - one attribute more (the sync hook's ``_e6observe_query``) turned every
+instrumented cursor's values into a dict at its first query and slowed every later attribute
+access of the connector on it (callgrind, one ``SELECT 1`` after another: +107 000 -> +72 000
+instructions per async query over the bare 2 992 000). ``clear`` ends an untraced query
+inline. The strategy descriptors define no ``__get__``, so the connector's reads of
+``_strategy`` are plain instance-dict reads (only writes run Python; the connection's values
+are a dict already: the connector sets more attributes on it than 3.11 keeps inline).
 """
 
 from __future__ import annotations
@@ -61,7 +64,7 @@ from .._safe import record_internal_error
 from ..recorder import FOLD_AT, Recorder, norm_strategy
 from . import Hook, HookContext, is_mismatch, outcome_of
 from .cluster import QUERY_SPAN, RESUMED
-from .cursor import ATTR, QueryState, end_failed, execute_failed, finish
+from .cursor import QueryState, execute_failed, finish
 from .stubs import (
     MARK,
     Timer,
@@ -292,6 +295,41 @@ def _make_initialize(
 
 
 # --- queries --------------------------------------------------------------------------------
+class _AioQuery(QueryState):
+    """One query in flight on an async cursor, with the weak reference that forgets it if the
+    cursor is collected first."""
+
+    __slots__ = ("ref",)
+    ref: Any
+
+
+#: The query each async cursor has in flight, by ``id(cursor)``: nothing is stored on the cursor.
+#: ``AsyncCursor`` sets 29 attributes of its own, all the inline values CPython 3.11 keeps for
+#: it (a class's shared keys hold 30, less one per instance created before a key is added), so
+#: one more attribute turns every instrumented cursor's values into a dict at its first query
+#: and makes every later attribute access of the connector on it slower (measured with
+#: callgrind: +104 000 instructions per async query, +3.5 %). Each entry holds a weak reference
+#: to its cursor whose callback removes the entry if the cursor is collected with its query
+#: still tracked (the query stays in flight, as a dropped sync cursor's does); the entry, and
+#: with it the reference, goes when the query ends. (Ids are unique among live objects, and the
+#: callback runs before a collected cursor's id can be reused.)
+_queries: dict[int, _AioQuery] = {}
+
+
+def _forget(key: int, ref: Any) -> None:
+    q = _queries.get(key)
+    if q is not None and q.ref is ref:
+        del _queries[key]
+
+
+def _end_failed(ctx: HookContext, cursor: Any, exc: BaseException) -> None:
+    """A fetch raised: the cursor's query, if still tracked, ends with ``outcome_of(exc)``."""
+    if ctx.live:
+        q = _queries.pop(id(cursor), None)
+        if q is not None:
+            finish(ctx, q, outcome_of(exc), exc)
+
+
 def _make_execute(orig: Callable[..., Any], ctx: HookContext) -> Callable[..., Any]:
     perf = time.perf_counter
     rec = ctx.recorder
@@ -300,6 +338,8 @@ def _make_execute(orig: Callable[..., Any], ctx: HookContext) -> Callable[..., A
     context_now = ctx.context_now
     suppressed = ctx.suppressed
     resumed_get = RESUMED.get
+    queries = _queries
+    ref = weakref.ref
 
     async def execute(self: Any, *args: Any, **kwargs: Any) -> Any:
         if not ctx.live or (context_now() and suppressed()):
@@ -308,9 +348,8 @@ def _make_execute(orig: Callable[..., Any], ctx: HookContext) -> Callable[..., A
         span_token = None
         conn = None
         try:
-            prev = getattr(self, ATTR, None)
+            prev = queries.pop(id(self), None)
             if prev is not None:
-                setattr(self, ATTR, None)
                 finish(ctx, prev, "ok", end=prev.fetch_end)
             conn = getattr(self, "_connection", None)
             client = conn.__dict__.get("_client") if conn is not None else None
@@ -365,13 +404,10 @@ def _make_execute(orig: Callable[..., Any], ctx: HookContext) -> Callable[..., A
             colour = LABEL.get(s) if type(s) is str else None
             strategy = colour if colour is not None else norm_strategy(s if isinstance(s, str) else None)
             tokens[strategy].append(None)  # rec.query_started(strategy), inlined
-            setattr(
-                self,
-                ATTR,
-                QueryState(
-                    t0, strategy, span, getattr(route, "query_id", None), resumed_get() is not resumed0
-                ),
-            )
+            q = _AioQuery(t0, strategy, span, getattr(route, "query_id", None), resumed_get() is not resumed0)
+            key = id(self)
+            q.ref = ref(self, partial(_forget, key))
+            queries[key] = q
         except Exception as exc:
             record_internal_error(_COMPONENT, exc)
         return result
@@ -380,29 +416,64 @@ def _make_execute(orig: Callable[..., Any], ctx: HookContext) -> Callable[..., A
     return execute
 
 
+def _takes_only(orig: Callable[..., Any], names: tuple[str, ...]) -> bool:
+    """True if ``orig``'s parameters are exactly ``names``, positional-or-keyword, no defaults."""
+    import inspect
+
+    try:
+        params = list(inspect.signature(orig).parameters.values())
+    except (TypeError, ValueError):
+        return False
+    return tuple(p.name for p in params) == names and all(
+        p.kind is p.POSITIONAL_OR_KEYWORD and p.default is p.empty for p in params
+    )
+
+
 def _make_next_batch(orig: Callable[..., Any], ctx: HookContext) -> Callable[..., Any]:
     perf = time.perf_counter
+    queries = _queries
 
     async def _next_batch(self: Any, *args: Any, **kwargs: Any) -> Any:
-        q = getattr(self, ATTR, None)
+        q = queries.get(id(self))
         token = attach_span(q.span) if q is not None and q.span is not None else None
         try:
             rows = await orig(self, *args, **kwargs)
         except BaseException as exc:
             if token is not None:
                 detach(token)
-            end_failed(ctx, self, exc, outcome_of)
+            _end_failed(ctx, self, exc)
             raise
         if token is not None:
             detach(token)
         if rows is None and ctx.live:  # the fetch that returned no more rows: the fetch phase ends
-            q = getattr(self, ATTR, None)
+            q = queries.get(id(self))
             if q is not None and q.fetch_end is None:
                 q.fetch_end = perf()
         return rows
 
-    _next_batch.__wrapped__ = orig  # type: ignore[attr-defined]
-    return _next_batch
+    # Connector 3.0.x: ``_next_batch(self, deadline)``, called once per fetched batch. The same
+    # wrapper with that one parameter: no argument tuple and dict built on each batch.
+    async def _next_batch_deadline(self: Any, deadline: Any) -> Any:
+        q = queries.get(id(self))
+        token = attach_span(q.span) if q is not None and q.span is not None else None
+        try:
+            rows = await orig(self, deadline)
+        except BaseException as exc:
+            if token is not None:
+                detach(token)
+            _end_failed(ctx, self, exc)
+            raise
+        if token is not None:
+            detach(token)
+        if rows is None and ctx.live:
+            q = queries.get(id(self))
+            if q is not None and q.fetch_end is None:
+                q.fetch_end = perf()
+        return rows
+
+    wrapper = _next_batch_deadline if _takes_only(orig, ("self", "deadline")) else _next_batch
+    wrapper.__wrapped__ = orig  # type: ignore[attr-defined]
+    return wrapper
 
 
 def _make_clear(orig: Callable[..., Any], ctx: HookContext, outcome_ok: str) -> Callable[..., Any]:
@@ -411,23 +482,25 @@ def _make_clear(orig: Callable[..., Any], ctx: HookContext, outcome_ok: str) -> 
     tokens = rec.in_flight_tokens
     query_ok = ctx.query_ok
     inline = outcome_ok == "ok"
+    queries = _queries
 
     async def _clear(self: Any, *args: Any, **kwargs: Any) -> Any:
-        q: Optional[QueryState] = getattr(self, ATTR, None) if ctx.live else None
+        key = id(self)
+        q: Optional[_AioQuery] = queries.get(key) if ctx.live else None
         token = attach_span(q.span) if q is not None and q.span is not None else None
         try:
             result = await orig(self, *args, **kwargs)
         except BaseException as exc:
             if token is not None:
                 detach(token)
-            if getattr(self, ATTR, None) is q and q is not None:
-                setattr(self, ATTR, None)
+            if q is not None and queries.get(key) is q:
+                del queries[key]
                 finish(ctx, q, outcome_of(exc), exc)
             raise
         if token is not None:
             detach(token)
-        if getattr(self, ATTR, None) is q and q is not None:
-            setattr(self, ATTR, None)
+        if q is not None and queries.get(key) is q:
+            del queries[key]
             if inline and q.span is None and not q.resumed:
                 # finish(ctx, q, "ok") for an untraced query, inlined (one call less per query)
                 try:
@@ -501,6 +574,7 @@ class AioHook(Hook):
 
     def removed(self, ctx: HookContext) -> None:
         self.interp = None
+        _queries.clear()
         unwrap_all(self.stubs, _COMPONENT)
 
     def wrap_stub(self, stub: Any, ctx: HookContext, interp: _AioInterpreter) -> bool:
