@@ -45,6 +45,19 @@ def rec() -> Iterator[Recorder]:
 
 
 @pytest.fixture
+def instrumented() -> Iterator[Recorder]:
+    """``instrument(otel=False)`` for the test (its recorder); uninstrumented at teardown."""
+    import e6observe
+    from e6observe import _safe
+
+    _safe.reset_for_tests()
+    r = e6observe.instrument(otel=False)
+    assert r is not None
+    yield r
+    e6observe.uninstrument()
+
+
+@pytest.fixture
 def connect(sim: Simulator) -> Iterator[Callable[..., Any]]:
     """``connect(**kw)`` -> a real connector Connection to the simulator; closed at teardown."""
     opened: list[Any] = []

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
-from typing import Any, Iterator
+from typing import Any
 
 import grpc
 import pytest
@@ -27,12 +27,8 @@ pytestmark = [pytest.mark.aio, pytest.mark.timeout(120)]
 
 
 @pytest.fixture
-def rec() -> Iterator[Recorder]:
-    _safe.reset_for_tests()
-    r = e6observe.instrument(otel=False)
-    assert r is not None
-    yield r
-    e6observe.uninstrument()
+def rec(instrumented: Recorder) -> Recorder:
+    return instrumented
 
 
 def tracked() -> dict[int, Any]:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import sys
-from typing import Any, Iterator
+from typing import Any
 
 import grpc
 import pytest
@@ -37,15 +37,6 @@ pytestmark = pytest.mark.skipif(
 def materialised(obj: Any, marker: str = "_query_id") -> bool:
     """True if ``obj``'s attributes live in a real instance dict (one holding ``marker``)."""
     return any(type(r) is dict and marker in r for r in gc.get_referents(obj))
-
-
-@pytest.fixture
-def instrumented() -> Iterator[Recorder]:
-    _safe.reset_for_tests()
-    r = e6observe.instrument(otel=False)
-    assert r is not None
-    yield r
-    e6observe.uninstrument()
 
 
 def test_the_detector_sees_a_materialised_dict(connect: Any) -> None:
