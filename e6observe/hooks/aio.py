@@ -64,7 +64,7 @@ from .._safe import record_internal_error
 from ..recorder import FOLD_AT, Recorder, norm_strategy
 from . import Hook, HookContext, is_mismatch, outcome_of
 from .cluster import QUERY_SPAN, RESUMED
-from .cursor import QueryState, execute_failed, finish
+from .cursor import QueryState, execute_failed, finish, positional_params
 from .stubs import (
     MARK,
     Timer,
@@ -416,19 +416,6 @@ def _make_execute(orig: Callable[..., Any], ctx: HookContext) -> Callable[..., A
     return execute
 
 
-def _takes_only(orig: Callable[..., Any], names: tuple[str, ...]) -> bool:
-    """True if ``orig``'s parameters are exactly ``names``, positional-or-keyword, no defaults."""
-    import inspect
-
-    try:
-        params = list(inspect.signature(orig).parameters.values())
-    except (TypeError, ValueError):
-        return False
-    return tuple(p.name for p in params) == names and all(
-        p.kind is p.POSITIONAL_OR_KEYWORD and p.default is p.empty for p in params
-    )
-
-
 def _make_next_batch(orig: Callable[..., Any], ctx: HookContext) -> Callable[..., Any]:
     perf = time.perf_counter
     queries = _queries
@@ -471,7 +458,8 @@ def _make_next_batch(orig: Callable[..., Any], ctx: HookContext) -> Callable[...
                 q.fetch_end = perf()
         return rows
 
-    wrapper = _next_batch_deadline if _takes_only(orig, ("self", "deadline")) else _next_batch
+    exact = positional_params(orig) == ("self", "deadline") and not getattr(orig, "__defaults__", None)
+    wrapper = _next_batch_deadline if exact else _next_batch
     wrapper.__wrapped__ = orig  # type: ignore[attr-defined]
     return wrapper
 

@@ -337,11 +337,12 @@ def positional_params(fn: Any) -> Optional[tuple[str, ...]]:
     return tuple(code.co_varnames[: code.co_argcount])
 
 
-# Each wrapper below comes in the connector's own signature when it matches (``fetch_batch(self)``,
-# ``_fetch_all(self)``, ``clear(self, query_id=None, timeout=None)`` in 3.0.x) and a generic
-# ``*args, **kwargs`` form otherwise: forwarding ``*args, **kwargs`` builds a tuple and a dict and
-# calls through ``CALL_FUNCTION_EX``, ~1 400 instructions more per call than a plain call
-# (callgrind, Python 3.11). The bodies are the same but for that; kept written out on purpose.
+# The fetch wrappers below come in the connector's own signature when it matches
+# (``fetch_batch(self)``, ``_fetch_all(self)`` in 3.0.x; the async hook's ``_next_batch`` does
+# the same) and a generic ``*args, **kwargs`` form otherwise: forwarding ``*args, **kwargs``
+# builds a tuple and a dict and calls through ``CALL_FUNCTION_EX``, ~1 400 instructions more per
+# call than a plain call (callgrind, Python 3.11). The bodies are the same but for that; kept
+# written out on purpose.
 
 
 def _make_fetch(orig: Callable[..., Any], ctx: HookContext) -> Callable[..., Any]:
