@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, Awaitable, Callable, Iterator
+from typing import Any, Awaitable, Callable
 
 import pytest
 from helpers import PASSWORD, USER
@@ -24,12 +24,8 @@ pytestmark = [pytest.mark.aio, pytest.mark.timeout(120)]
 
 
 @pytest.fixture
-def rec() -> Iterator[Recorder]:
-    _safe.reset_for_tests()
-    r = e6observe.instrument(otel=False)
-    assert r is not None
-    yield r
-    e6observe.uninstrument()
+def rec(instrumented: Recorder) -> Recorder:
+    return instrumented
 
 
 def counters(r: Recorder, spec: M.MetricSpec) -> dict[tuple[str, ...], float]:
