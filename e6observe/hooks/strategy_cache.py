@@ -161,26 +161,13 @@ class _WriteView:
     def __getitem__(self, key: Any) -> Any:
         return self._cache[key]
 
-    def __delitem__(self, key: Any) -> None:
-        del self._cache[key]
-
     def __contains__(self, key: Any) -> bool:
         return key in self._cache
-
-    def __iter__(self) -> Any:
-        return iter(self._cache)
-
-    def __len__(self) -> int:
-        return len(self._cache)
 
     def get(self, key: Any, default: Any = None) -> Any:
         return self._cache.get(key, default)
 
-    def update(self, *args: Any, **kwargs: Any) -> None:
-        for k, v in dict(*args, **kwargs).items():
-            self[k] = v
-
-    def __getattr__(self, name: str) -> Any:  # keys(), items(), pop(), ... as the dict's own
+    def __getattr__(self, name: str) -> Any:  # pop(), setdefault(), ...: the dict's own (no report)
         return getattr(self._cache, name)
 
 
@@ -416,25 +403,6 @@ def known_strategy() -> Optional[str]:
     installed): the watcher's reference for "a switch nobody reported"."""
     interp = _interp()
     return interp.known if interp is not None else None
-
-
-def redirected_writers() -> list[str]:
-    """The connector functions whose strategy writes are reported through a view (empty when
-    not installed, or installed by swapping the cache): for tests and diagnostics."""
-    inst = HOOK.state
-    if inst is None or inst.ours is not None:
-        return []
-    out = []
-    for name, v in list(vars(inst.g).items()):
-        for _ in range(8):  # the copy itself, or under another hook's wrapper
-            code = getattr(v, "__code__", None)
-            if code is not None and _VIEW_GLOBAL in code.co_names:
-                out.append(name)
-                break
-            v = getattr(v, "__wrapped__", None)
-            if v is None:
-                break
-    return sorted(out)
 
 
 def installed_cache() -> Optional[ObservedCache]:
