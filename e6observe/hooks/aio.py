@@ -34,10 +34,13 @@ route. A 456 toggle-and-retry inside ``_rpc`` is reported as ``retry(1, "mismatc
 The hot path (64 concurrent queries saturate one event loop, so every Python call shows): the
 RPC wrapper takes ``timeout`` and ``metadata`` as parameters (the connector's call is forwarded
 without building an argument tuple and dict), reads the ``strategy`` header from the first pair
-(where the connector puts it) and hands the call's own Cython object a ``functools.partial`` of
-a per-method closure (one Python call when the RPC ends, OK tested first, observed inline). The
-cursor wrappers keep each cursor's query in a map by ``id(cursor)`` (``_queries``), never on the
-cursor: on Python 3.11 an object's attribute values live inline until its ``__dict__`` is read or
+(where the connector puts it) and hands the call's own Cython object a closure over the call
+(one Python call when the RPC ends, OK tested first, observed inline; a closure is cheaper to
+make than a ``partial``, which also builds an argument tuple and an empty keyword dict). The
+cursor wrappers forward the connector's usual calls (``execute(operation)``,
+``_clear(deadline)``) as plain calls, and keep each cursor's query in a map by ``id(cursor)``
+(``_queries``; the entry is the weak reference to the cursor carrying the query's fields), never
+on the cursor: on Python 3.11 an object's attribute values live inline until its ``__dict__`` is read or
 an attribute is added past what its class's shared keys hold, and ``AsyncCursor`` already sets
 all 29 it can keep - one attribute more (the sync hook's ``_e6observe_query``) turned every
 instrumented cursor's values into a dict at its first query and slowed every later attribute
@@ -188,42 +191,8 @@ _perf = time.perf_counter
 _CY_OK = 0
 
 
-def _aio_done(timer: Timer, interp: _AioInterpreter) -> Callable[[Any, float, Any], None]:
-    """The done-callback of one method's timed calls (bound per call with ``partial(done, s,
-    t0, call)``): :func:`~e6observe.hooks.stubs.aio_call_done` with the per-method state held
-    by the closure instead of passed on every call, and the OK status tested first (an OK call
-    cannot be a local cancellation: ``cancel()`` sets the status to CANCELLED). Contained."""
-    codes = aio_status_codes()
-    ok = timer.ok  # mutated only, never rebound (Timer.ok_child)
-
-    def done(s: Any, t0: float, call: Any) -> None:
-        dt = _perf() - t0
-        try:
-            status = call._cython_call._status
-            code = status.code()
-            if code == _CY_OK:
-                h = ok.get(s)
-                if h is None:
-                    h = timer.ok_child(s)
-                p = h.pending  # h.observe(dt), inlined
-                p.append(dt)
-                if len(p) >= FOLD_AT:
-                    h.fold()
-                if interp.known is None:
-                    interp.confirmed(s)
-            elif call._cython_call.is_locally_cancelled():
-                timer.failed("CANCELLED", None, dt, s)
-            else:
-                timer.failed(codes.get(code), status.details(), dt, s)
-        except Exception as exc:
-            record_internal_error(_COMPONENT, exc)
-
-    return done
-
-
 def _timed_aio_call(mc: Any, timer: Timer, interp: _AioInterpreter) -> Callable[..., Any]:
     codes = aio_status_codes()
-    done = _aio_done(timer, interp)
 
     # grpc.aio's multi-callables take everything after the request by keyword (None when not
     # given). ``timeout`` and ``metadata`` - what the connector passes - are parameters here, so
@@ -242,10 +211,38 @@ def _timed_aio_call(mc: Any, timer: Timer, interp: _AioInterpreter) -> Callable[
         t0 = _perf()
         call = mc(request, timeout=timeout, metadata=metadata)
         try:
+            cy = call._cython_call
+
+            def done() -> None:
+                """:func:`~e6observe.hooks.stubs.aio_call_done` for this call, as a closure
+                (cheaper to make than a ``partial``, which also builds an argument tuple and an
+                empty keyword dict), OK tested first (an OK call cannot be a local
+                cancellation: ``cancel()`` sets the status to CANCELLED). Contained."""
+                dt = _perf() - t0
+                try:
+                    status = cy._status
+                    code = status.code()
+                    if code == _CY_OK:
+                        h = timer.ok.get(s)  # timer.ok is mutated only, never rebound
+                        if h is None:
+                            h = timer.ok_child(s)
+                        p = h.pending  # h.observe(dt), inlined
+                        p.append(dt)
+                        if len(p) >= FOLD_AT:
+                            h.fold()
+                        if interp.known is None:
+                            interp.confirmed(s)
+                    elif cy.is_locally_cancelled():
+                        timer.failed("CANCELLED", None, dt, s)
+                    else:
+                        timer.failed(codes.get(code), status.details(), dt, s)
+                except Exception as exc:
+                    record_internal_error(_COMPONENT, exc)
+
             # What grpc's Call.add_done_callback does (partial(cb, call) on the Cython call),
             # without its Python frame. The callback runs synchronously when grpc sets the
             # call's status (inside the call's own task), not through the event loop.
-            call._cython_call.add_done_callback(partial(done, s, t0, call))
+            cy.add_done_callback(done)
         except AttributeError:  # not grpc's own call object: its public method
             try:
                 call.add_done_callback(partial(aio_call_done, timer, interp, s, t0, codes, _COMPONENT))
@@ -257,19 +254,15 @@ def _timed_aio_call(mc: Any, timer: Timer, interp: _AioInterpreter) -> Callable[
 
     def _timed_other(request: Any, args: Any, timeout: Any, metadata: Any, kwargs: Any) -> Any:
         """Any other call shape (more keywords, or positional arguments grpc would refuse):
-        forwarded as given, timed the same way."""
+        forwarded as given, timed the same way (through the call's public
+        ``add_done_callback``: not the hot path)."""
         if _ctx_now() and _suppressed():
             return mc(request, *args, timeout=timeout, metadata=metadata, **kwargs)
         s = strategy_from(args, {"metadata": metadata}) if metadata is not None else None
         t0 = _perf()
         call = mc(request, *args, timeout=timeout, metadata=metadata, **kwargs)
         try:
-            call._cython_call.add_done_callback(partial(done, s, t0, call))
-        except AttributeError:
-            try:
-                call.add_done_callback(partial(aio_call_done, timer, interp, s, t0, codes, _COMPONENT))
-            except Exception as exc:
-                record_internal_error(_COMPONENT, exc)
+            call.add_done_callback(partial(aio_call_done, timer, interp, s, t0, codes, _COMPONENT))
         except Exception as exc:
             record_internal_error(_COMPONENT, exc)
         return call
@@ -295,12 +288,25 @@ def _make_initialize(
 
 
 # --- queries --------------------------------------------------------------------------------
-class _AioQuery(QueryState):
-    """One query in flight on an async cursor, with the weak reference that forgets it if the
-    cursor is collected first."""
+class _AioQuery(weakref.ref):  # type: ignore[type-arg]
+    """One query in flight on an async cursor: :class:`~e6observe.hooks.cursor.QueryState`'s
+    fields on the weak reference to the cursor (its callback, :func:`_forget`, drops the entry
+    if the cursor is collected first), and the map's key. One object made in C per query:
+    no ``__init__`` frame, no separate reference, no ``partial`` for the callback."""
 
-    __slots__ = ("ref",)
-    ref: Any
+    __slots__ = ("t0", "strategy", "fetch_end", "span", "query_id", "resumed", "key")
+    t0: float
+    strategy: str
+    fetch_end: Optional[float]
+    span: Any
+    query_id: Any
+    resumed: bool
+    key: int
+
+
+def _state(q: _AioQuery) -> QueryState:
+    """``q`` as the sync hook's functions take it (it has every field they read)."""
+    return q  # type: ignore[return-value]
 
 
 #: The query each async cursor has in flight, by ``id(cursor)``: nothing is stored on the cursor.
@@ -316,9 +322,9 @@ class _AioQuery(QueryState):
 _queries: dict[int, _AioQuery] = {}
 
 
-def _forget(key: int, ref: Any) -> None:
-    q = _queries.get(key)
-    if q is not None and q.ref is ref:
+def _forget(ref: _AioQuery) -> None:
+    key = ref.key
+    if _queries.get(key) is ref:
         del _queries[key]
 
 
@@ -327,7 +333,7 @@ def _end_failed(ctx: HookContext, cursor: Any, exc: BaseException) -> None:
     if ctx.live:
         q = _queries.pop(id(cursor), None)
         if q is not None:
-            finish(ctx, q, outcome_of(exc), exc)
+            finish(ctx, _state(q), outcome_of(exc), exc)
 
 
 def _make_execute(orig: Callable[..., Any], ctx: HookContext) -> Callable[..., Any]:
@@ -339,7 +345,6 @@ def _make_execute(orig: Callable[..., Any], ctx: HookContext) -> Callable[..., A
     suppressed = ctx.suppressed
     resumed_get = RESUMED.get
     queries = _queries
-    ref = weakref.ref
 
     async def execute(self: Any, *args: Any, **kwargs: Any) -> Any:
         if not ctx.live or (context_now() and suppressed()):
@@ -350,8 +355,8 @@ def _make_execute(orig: Callable[..., Any], ctx: HookContext) -> Callable[..., A
         try:
             prev = queries.pop(id(self), None)
             if prev is not None:
-                finish(ctx, prev, "ok", end=prev.fetch_end)
-            conn = getattr(self, "_connection", None)
+                finish(ctx, _state(prev), "ok", end=prev.fetch_end)
+            conn = self._connection
             client = conn.__dict__.get("_client") if conn is not None else None
             if client is not None and getattr(client, MARK, None) is not token:
                 HOOK.wrap_connection(conn)
@@ -374,7 +379,12 @@ def _make_execute(orig: Callable[..., Any], ctx: HookContext) -> Callable[..., A
         qs_token = QUERY_SPAN.set(span) if span is not None else None
         t0 = perf()
         try:
-            result = await orig(self, *args, **kwargs)
+            # The connector's call (execute(operation)) forwarded as a plain call: ``orig(self,
+            # *args, **kwargs)`` builds a new tuple and dict on every query.
+            if len(args) == 1 and not kwargs:
+                result = await orig(self, args[0])
+            else:
+                result = await orig(self, *args, **kwargs)
         except BaseException as exc:
             if span_token is not None:
                 detach(span_token)
@@ -398,15 +408,21 @@ def _make_execute(orig: Callable[..., Any], ctx: HookContext) -> Callable[..., A
         try:
             if qs_token is not None:
                 QUERY_SPAN.reset(qs_token)
-            route = getattr(self, "_route", None)
+            route = self._route
             s = getattr(route, "strategy", None)
-            # norm_strategy(s) for a str (else None), inlined for the usual case (a colour)
-            colour = LABEL.get(s) if type(s) is str else None
-            strategy = colour if colour is not None else norm_strategy(s if isinstance(s, str) else None)
+            try:  # norm_strategy(s) for a str (else None), inlined for the usual case (a colour)
+                strategy = LABEL[s]  # type: ignore[index]  # a non-str key: KeyError or TypeError
+            except Exception:
+                strategy = norm_strategy(s if isinstance(s, str) else None)
             tokens[strategy].append(None)  # rec.query_started(strategy), inlined
-            q = _AioQuery(t0, strategy, span, getattr(route, "query_id", None), resumed_get() is not resumed0)
-            key = id(self)
-            q.ref = ref(self, partial(_forget, key))
+            q = _AioQuery(self, _forget)
+            q.t0 = t0
+            q.strategy = strategy
+            q.fetch_end = None
+            q.span = span
+            q.query_id = getattr(route, "query_id", None)
+            q.resumed = resumed_get() is not resumed0
+            q.key = key = id(self)
             queries[key] = q
         except Exception as exc:
             record_internal_error(_COMPONENT, exc)
@@ -432,10 +448,11 @@ def _make_next_batch(orig: Callable[..., Any], ctx: HookContext) -> Callable[...
             raise
         if token is not None:
             detach(token)
-        if rows is None and ctx.live:  # the fetch that returned no more rows: the fetch phase ends
-            q = queries.get(id(self))
-            if q is not None and q.fetch_end is None:
-                q.fetch_end = perf()
+        # The fetch that returned no more rows: the fetch phase ends. Marked on the query read
+        # before the fetch (a cursor runs one query at a time; one that ended meanwhile, or was
+        # forgotten by uninstrument(), is out of the map: its mark is never read).
+        if rows is None and q is not None and q.fetch_end is None:
+            q.fetch_end = perf()
         return rows
 
     # Connector 3.0.x: ``_next_batch(self, deadline)``, called once per fetched batch. The same
@@ -452,10 +469,8 @@ def _make_next_batch(orig: Callable[..., Any], ctx: HookContext) -> Callable[...
             raise
         if token is not None:
             detach(token)
-        if rows is None and ctx.live:
-            q = queries.get(id(self))
-            if q is not None and q.fetch_end is None:
-                q.fetch_end = perf()
+        if rows is None and q is not None and q.fetch_end is None:  # as above
+            q.fetch_end = perf()
         return rows
 
     exact = positional_params(orig) == ("self", "deadline") and not getattr(orig, "__defaults__", None)
@@ -477,13 +492,18 @@ def _make_clear(orig: Callable[..., Any], ctx: HookContext, outcome_ok: str) -> 
         q: Optional[_AioQuery] = queries.get(key) if ctx.live else None
         token = attach_span(q.span) if q is not None and q.span is not None else None
         try:
-            result = await orig(self, *args, **kwargs)
+            # The connector's call (_clear(deadline)) forwarded as a plain call (no new tuple
+            # and dict).
+            if len(args) == 1 and not kwargs:
+                result = await orig(self, args[0])
+            else:
+                result = await orig(self, *args, **kwargs)
         except BaseException as exc:
             if token is not None:
                 detach(token)
             if q is not None and queries.get(key) is q:
                 del queries[key]
-                finish(ctx, q, outcome_of(exc), exc)
+                finish(ctx, _state(q), outcome_of(exc), exc)
             raise
         if token is not None:
             detach(token)
@@ -508,7 +528,7 @@ def _make_clear(orig: Callable[..., Any], ctx: HookContext, outcome_ok: str) -> 
                 except Exception as e:
                     record_internal_error(_COMPONENT, e)
             else:
-                finish(ctx, q, outcome_ok)
+                finish(ctx, _state(q), outcome_ok)
         return result
 
     _clear.__wrapped__ = orig  # type: ignore[attr-defined]

@@ -57,6 +57,11 @@ class _PoolInfo:
 
 _pools: weakref.WeakKeyDictionary[Any, _PoolInfo] = weakref.WeakKeyDictionary()
 _pools_lock = threading.Lock()
+#: The async wrapper's lookup (once per query): ``id(pool)`` -> (its record, a weak reference to
+#: the pool whose callback drops the entry when the pool is collected - before its id can be
+#: reused). A plain dict get instead of ``WeakKeyDictionary.get`` (a Python frame and a new weak
+#: reference on every call) and ``_info``.
+_aio_infos: dict[int, tuple[_PoolInfo, Any]] = {}
 _names_used: set[str] = set()
 _counter = 0
 
@@ -116,6 +121,7 @@ def _reset_names_for_tests() -> None:
     global _counter
     with _pools_lock:
         _pools.clear()
+        _aio_infos.clear()
         _names_used.clear()
         _counter = 0
 
@@ -163,8 +169,23 @@ def _timed_get(original: Callable[..., Any], kind: str) -> Callable[..., Any]:
     return get_connection
 
 
+def _forget_aio(key: int, ref: Any) -> None:
+    e = _aio_infos.get(key)
+    if e is not None and e[1] is ref:
+        del _aio_infos[key]
+
+
+def _aio_info(pool: Any) -> _PoolInfo:
+    """The async pool's record (:func:`_info`), remembered in ``_aio_infos``."""
+    info = _info(pool, "aio")
+    key = id(pool)
+    _aio_infos[key] = (info, weakref.ref(pool, functools.partial(_forget_aio, key)))
+    return info
+
+
 def _timed_get_async(original: Callable[..., Any]) -> Callable[..., Any]:
     perf = time.perf_counter
+    infos = _aio_infos
 
     # _wait_begins / _wait_ends inlined, ``contain`` as try/except: 64 tasks sharing 16 pooled
     # connections run this once per query on one event loop (issue 17: 9 calls per query less).
@@ -172,14 +193,17 @@ def _timed_get_async(original: Callable[..., Any]) -> Callable[..., Any]:
     async def get_connection(self: Any, *args: Any, **kwargs: Any) -> Any:
         info: Optional[_PoolInfo] = None
         try:
-            info = _info(self, "aio")
+            e = infos.get(id(self))
+            info = e[0] if e is not None else _aio_info(self)
             with info.lock:
                 info.pending += 1
         except Exception as exc:
             record_internal_error("hook.pool", exc)
         t0 = perf()
         try:
-            return await original(self, *args, **kwargs)
+            if args or kwargs:
+                return await original(self, *args, **kwargs)
+            return await original(self)  # the usual call: no new tuple and dict
         finally:
             if info is not None:
                 try:
