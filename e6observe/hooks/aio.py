@@ -341,13 +341,11 @@ def _make_execute(orig: Callable[..., Any], ctx: HookContext) -> Callable[..., A
     rec = ctx.recorder
     tokens = rec.in_flight_tokens
     token = ctx.token
-    context_now = ctx.context_now
-    suppressed = ctx.suppressed
     resumed_get = RESUMED.get
     queries = _queries
 
     async def execute(self: Any, *args: Any, **kwargs: Any) -> Any:
-        if not ctx.live or (context_now() and suppressed()):
+        if not ctx.live or (_ctx_now() and _suppressed()):
             return await orig(self, *args, **kwargs)
         span = None
         span_token = None
@@ -547,11 +545,15 @@ class AioHook(Hook):
         self.stubs: weakref.WeakSet[Any] = weakref.WeakSet()
 
     def apply(self, ctx: HookContext) -> bool:
-        global _suppressed, _ctx_now
         if sys.version_info < (3, 11):
             return False
-        _suppressed = ctx.suppressed
-        _ctx_now = ctx.context_now
+
+        def bind() -> None:  # now, and again when the OpenTelemetry API is imported
+            global _suppressed, _ctx_now
+            _suppressed = ctx.suppressed
+            _ctx_now = ctx.context_now
+
+        ctx.use_suppression(bind)
         return self.defer(ctx, ASYNC_MODULE, lambda: self._apply_now(ctx))
 
     def _apply_now(self, ctx: HookContext) -> bool:
