@@ -38,7 +38,7 @@ from typing import Any, Callable, Optional
 
 from .._colours import LABEL
 from .._otelattrs import db_namespace
-from .._otelctx import attach_span, detach
+from .._otelctx import PendingSpan, attach_span, detach
 from .._safe import record_internal_error
 from ..recorder import FOLD_AT, norm_strategy
 from . import Hook, HookContext, outcome_of, retry_reason
@@ -157,6 +157,22 @@ def finish(
             return
         strategy = q.strategy
         rec = ctx.recorder
+        if span.__class__ is PendingSpan:  # deferred: the span thread sets the exemplar
+            try:
+                rec.in_flight_tokens[strategy].pop()
+            except (KeyError, IndexError):
+                pass
+            h = ctx.query_ok.get(strategy) if outcome == "ok" else None
+            if h is None:
+                h = rec.query_histogram(strategy, outcome)
+                if outcome == "ok":
+                    ctx.query_ok[strategy] = h
+            p = h.pending
+            p.append(seconds)
+            if len(p) >= FOLD_AT:
+                h.fold()
+            tracer.finish(span, strategy, outcome, exc, h, seconds)
+            return
         if outcome == "ok":  # rec.query_finished(strategy, "ok", ...), the child pre-bound
             try:
                 rec.in_flight_tokens[strategy].pop()
@@ -232,8 +248,9 @@ def _make_execute(orig: Callable[..., Any], ctx: HookContext) -> Callable[..., A
                     db_namespace(catalog, database) if (catalog or database) else None,
                     parent,
                 )
-                sctx = tracer.in_context(span, parent)
-                span_token = tracer.attach(sctx)
+                if not tracer.deferred:  # deferred: a PendingSpan, never made current
+                    sctx = tracer.in_context(span, parent)
+                    span_token = tracer.attach(sctx)
         except Exception as exc:
             record_internal_error(_COMPONENT, exc)
         resumed0 = resumed_get()
@@ -291,6 +308,8 @@ def call_in_span(
     """``orig(self, *args, **kwargs)`` with ``q``'s span current (its RPCs' spans are its
     children): attached once per phase - nothing to do when it is current already."""
     if type(q) is not TracedQueryState:
+        if q.span.__class__ is PendingSpan:  # deferred: nothing is made current
+            return orig(self, *args, **kwargs)
         token = attach_span(q.span)
         try:
             return orig(self, *args, **kwargs)
