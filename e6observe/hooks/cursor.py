@@ -361,7 +361,8 @@ def positional_params(fn: Any) -> Optional[tuple[str, ...]]:
 # the same) and a generic ``*args, **kwargs`` form otherwise: forwarding ``*args, **kwargs``
 # builds a tuple and a dict and calls through ``CALL_FUNCTION_EX``, ~1 400 instructions more per
 # call than a plain call (callgrind, Python 3.11). The bodies are the same but for that; kept
-# written out on purpose.
+# written out on purpose. A deferred query's span (``query_spans="deferred"``, a PendingSpan)
+# is never made current: its calls take the plain branch, as an untraced query's do.
 
 
 def _make_fetch(orig: Callable[..., Any], ctx: HookContext) -> Callable[..., Any]:
@@ -372,7 +373,7 @@ def _make_fetch(orig: Callable[..., Any], ctx: HookContext) -> Callable[..., Any
         def fetch_self(self: Any) -> Any:
             q = getattr(self, ATTR, None)
             try:
-                if q is None or q.span is None:
+                if q is None or q.span is None or q.span.__class__ is PendingSpan:
                     rows = orig(self)
                 else:
                     rows = call_in_span(q, orig, self, (), {})
@@ -391,7 +392,7 @@ def _make_fetch(orig: Callable[..., Any], ctx: HookContext) -> Callable[..., Any
     def fetch(self: Any, *args: Any, **kwargs: Any) -> Any:
         q = getattr(self, ATTR, None)
         try:
-            if q is None or q.span is None:
+            if q is None or q.span is None or q.span.__class__ is PendingSpan:
                 rows = orig(self, *args, **kwargs)
             else:
                 rows = call_in_span(q, orig, self, args, kwargs)
@@ -414,7 +415,7 @@ def _make_fetch_failure(orig: Callable[..., Any], ctx: HookContext) -> Callable[
         def fetch_self(self: Any) -> Any:
             q = getattr(self, ATTR, None)
             try:
-                if q is None or q.span is None:
+                if q is None or q.span is None or q.span.__class__ is PendingSpan:
                     return orig(self)
                 return call_in_span(q, orig, self, (), {})
             except BaseException as exc:
@@ -427,7 +428,7 @@ def _make_fetch_failure(orig: Callable[..., Any], ctx: HookContext) -> Callable[
     def fetch(self: Any, *args: Any, **kwargs: Any) -> Any:
         q = getattr(self, ATTR, None)
         try:
-            if q is None or q.span is None:
+            if q is None or q.span is None or q.span.__class__ is PendingSpan:
                 return orig(self, *args, **kwargs)
             return call_in_span(q, orig, self, args, kwargs)
         except BaseException as exc:
@@ -458,7 +459,7 @@ def _make_clear(orig: Callable[..., Any], ctx: HookContext) -> Callable[..., Any
             if target and target != q.query_id:
                 q = None  # clearing some other query id: not this cursor's query
         try:
-            if q is None or q.span is None:
+            if q is None or q.span is None or q.span.__class__ is PendingSpan:
                 response = orig(self, *args, **kwargs)
             else:
                 response = call_in_span(q, orig, self, args, kwargs)
