@@ -45,7 +45,7 @@ _COMPONENT = "tracing.deferred"
 #: Finished queries waiting for the span thread at most (one more is dropped and counted).
 CAPACITY = 4096
 #: The thread wakes at least this often (seconds) to build what is queued.
-INTERVAL = 0.2
+INTERVAL = 0.5
 #: It is woken early once this many queries wait.
 WAKE_AT = 256
 #: Spans built between two yields of the GIL (the querying threads get it back in between).
