@@ -333,3 +333,41 @@ def test_failed_status_and_error_type_on_a_deferred_span(
     assert span.status.status_code is StatusCode.ERROR
     assert span.attributes["error.type"] == "_OTHER"
     assert span.attributes["db.response.status_code"] == "INTERNAL"
+
+
+@pytest.mark.aio
+def test_async_queries_get_the_same_spans_deferred(sim: Simulator, traced: Any) -> None:
+    import asyncio
+
+    from helpers import HAS_AIO, PASSWORD, USER
+
+    if not HAS_AIO:  # pragma: no cover - the async API needs Python 3.11+
+        pytest.skip("the connector's async API needs Python 3.11+")
+
+    def run_async(mode: str) -> tuple[list[Any], int]:
+        rec, exporter, tp = traced(query_spans=mode)
+
+        async def main() -> int:
+            from e6data_python_connector import aio
+
+            with tp.get_tracer("app").start_as_current_span("request") as parent:
+                conn = await aio.connect(host=sim.host, port=sim.port, username=USER, password=PASSWORD)
+                cur = conn.cursor()
+                await cur.execute("SELECT * FROM sample")
+                await cur.fetchall()
+                await cur.close()
+                await conn.close()
+            return int(parent.get_span_context().span_id)
+
+        parent_id = asyncio.run(main())
+        if mode == "deferred":
+            assert _tracer().flush()
+        spans = exporter.get_finished_spans()
+        e6observe.uninstrument()
+        return _comparable(spans, parent_id), len(spans)
+
+    current, n = run_async("current")
+    deferred, m = run_async("deferred")
+    assert n == m == 2 and len(current) == 1
+    assert current[0][-1] is True  # under the application's span
+    assert deferred == current
