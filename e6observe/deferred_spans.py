@@ -206,7 +206,10 @@ class DeferredQueryTracer(QueryTracer):
         while not self._closed:
             wake.wait(INTERVAL)
             wake.clear()
-            self.drain()
+            try:
+                self.drain()
+            except Exception as exc:  # pragma: no cover - drain contains each span's failure
+                record_internal_error(_COMPONENT, exc)
 
     def drain(self, deadline: Optional[float] = None) -> int:
         """Build every queued span (until ``deadline``, a ``time.monotonic()`` value); returns
