@@ -48,8 +48,11 @@ CAPACITY = 4096
 INTERVAL = 0.5
 #: It is woken early once this many queries wait.
 WAKE_AT = 256
-#: Spans built between two yields of the GIL (the querying threads get it back in between).
-CHUNK = 16
+#: Spans built between two short sleeps (~0.25 ms of work): a querying thread back from an RPC
+#: gets the GIL within that, not after the interpreter's 5 ms switch interval. A sleep, not
+#: ``sleep(0)``: releasing the GIL for no time lets this thread take it straight back.
+CHUNK = 4
+YIELD_SECONDS = 0.0002
 #: Span events kept per query (the SDK's default span limit: more would be dropped there).
 MAX_EVENTS = 128
 #: Child spans (auto-resume waits) kept per query.
@@ -230,7 +233,7 @@ class DeferredQueryTracer(QueryTracer):
             if n % CHUNK == 0:
                 if deadline is not None and time.monotonic() > deadline:
                     break
-                time.sleep(0)  # give the GIL back to the application's threads
+                time.sleep(YIELD_SECONDS)  # the GIL to the application's threads
         return n
 
     def _build(self, p: PendingSpan) -> None:
