@@ -371,3 +371,37 @@ def test_async_queries_get_the_same_spans_deferred(sim: Simulator, traced: Any) 
     assert n == m == 2 and len(current) == 1
     assert current[0][-1] is True  # under the application's span
     assert deferred == current
+
+
+def test_the_resume_wait_is_a_child_of_the_deferred_query_span(traced: Any) -> None:
+    from e6data_python_connector import Connection
+    from helpers import PASSWORD, USER
+
+    def run(mode: str) -> tuple[Any, Any]:
+        reset_connector_cache()
+        with Simulator() as sim:
+            _, exporter, _ = traced(query_spans=mode)
+            sim.set_resume(0.3)
+            sim.suspend()
+            cur = Connection(host=sim.host, port=sim.port, username=USER, password=PASSWORD).cursor()
+            cur.execute("SELECT 1")  # login -> 503 -> resume -> login again -> query
+            assert cur.fetchall() == [[1]]
+            cur.clear()
+            if mode == "deferred":
+                assert _tracer().flush()
+            spans = exporter.get_finished_spans()
+            e6observe.uninstrument()
+        (wait,) = [s for s in spans if s.name == "e6data.cluster.resume"]
+        (query,) = [s for s in spans if s.name == "SELECT"]
+        assert wait.parent is not None and wait.parent.span_id == query.context.span_id
+        assert wait.context.trace_id == query.context.trace_id
+        assert query.start_time <= wait.start_time < wait.end_time <= query.end_time
+        assert 0.3 <= (wait.end_time - wait.start_time) / 1e9 < 0.8
+        return (
+            (wait.kind, dict(wait.attributes), wait.status.status_code),
+            (dict(query.attributes, **{"server.port": 0}), query.status.status_code),
+        )
+
+    current = run("current")
+    assert current[1][0]["e6data.query.outcome"] == "resumed"
+    assert run("deferred") == current
