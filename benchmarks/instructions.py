@@ -2,6 +2,8 @@
 
     .venv/bin/python benchmarks/instructions.py [--modes bare,e6o-prom,e6o-full,e6o-mp]
         [--queries 400] [--reps 2] [--out FILE.json]
+    .venv/bin/python benchmarks/instructions.py --query fetchmany --rows 20000 --queries 3 \
+        --modes bare,e6o-full        # the large-result path, per query of 20 000 rows
 
 Timings on a small shared machine move by a few percent between two identical processes (the
 harness's A/A control shows it), so a change of one percent to the hot path cannot be read from
@@ -13,10 +15,13 @@ instructions per query, set-up and start-up cancelled out. Background threads (t
 exporters, gRPC's own) are left out: what is counted is what delays the application's call.
 
 A query is the harness's: ``execute("SELECT 1")``, ``fetchall()``, ``clear()`` on a reused
-cursor (six RPCs). Every worker runs with the same ``PYTHONHASHSEED`` (0 unless set), so dict
-lookups collide alike; what still varies run to run (gRPC's polling and the connector's
-time-based checks depend on how long a call takes, and valgrind slows everything ~50x) is
-covered by ``--reps`` runs per mode, interleaved with the others; the median is reported.
+cursor (six RPCs); with ``--query fetchmany`` or ``--query fetchall`` it is the large-result
+path's ``SELECT * FROM wide LIMIT <rows>`` (10 columns), fetched by a ``fetchmany(1000)`` loop or
+one ``fetchall()``, after one such query as the "few". Every worker runs with the same
+``PYTHONHASHSEED`` (0 unless set), so dict lookups collide alike; what still varies run to run
+(gRPC's polling and the connector's time-based checks depend on how long a call takes, and
+valgrind slows everything ~50x) is covered by ``--reps`` runs per mode, interleaved with the
+others; the median is reported.
 
 Needs ``valgrind`` (``apt-get install valgrind``); the simulator runs outside valgrind.
 """
@@ -38,7 +43,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 FEW = 50
 
 
-def _worker(mode: str, port: int, n: int) -> None:
+def _worker(mode: str, port: int, n: int, query: str, rows: int) -> None:
     sys.path.insert(0, HERE)
     import e6data_python_connector.e6data_grpc as g
     from modes import Mode
@@ -46,10 +51,27 @@ def _worker(mode: str, port: int, n: int) -> None:
     Mode(mode).install()
     conn = g.Connection(host="127.0.0.1", port=port, username="bench@example.com", password="bench-password")
     cur = conn.cursor()
-    for _ in range(n):
-        cur.execute("SELECT 1")
-        cur.fetchall()
-        cur.clear()
+    if query == "select1":
+        for _ in range(n):
+            cur.execute("SELECT 1")
+            cur.fetchall()
+            cur.clear()
+    else:
+        sql = f"SELECT * FROM wide LIMIT {rows}"
+        for _ in range(n):
+            cur.execute(sql)
+            got = 0
+            if query == "fetchall":
+                got = len(cur.fetchall())
+            else:
+                while True:
+                    part = cur.fetchmany(1000)
+                    if not part:
+                        break
+                    got += len(part)
+            cur.clear()
+            if got != rows:
+                raise SystemExit(f"fetched {got} rows, expected {rows}")
     os._exit(0)  # no teardown: it is not a query's cost
 
 
@@ -65,7 +87,7 @@ def _main_thread_instructions(out_prefix: str) -> int:
     raise RuntimeError(f"no totals in {files[0]}")
 
 
-def _count(mode: str, port: int, n: int, workdir: str, env: dict[str, str]) -> int:
+def _count(mode: str, port: int, n: int, workdir: str, env: dict[str, str], query: str, rows: int) -> int:
     prefix = os.path.join(workdir, f"cg.{mode}.{n}.{len(os.listdir(workdir))}")
     cmd = [
         "valgrind",
@@ -78,6 +100,8 @@ def _count(mode: str, port: int, n: int, workdir: str, env: dict[str, str]) -> i
         mode,
         str(port),
         str(n),
+        query,
+        str(rows),
     ]
     p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
     if p.returncode != 0:
@@ -91,11 +115,16 @@ def main() -> int:
     ap.add_argument("--queries", type=int, default=400, help="queries counted beyond the first few")
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--out", default=None, help="write the figures as JSON here")
-    ap.add_argument("--worker", nargs=3, metavar=("MODE", "PORT", "N"), help=argparse.SUPPRESS)
+    ap.add_argument("--query", choices=("select1", "fetchmany", "fetchall"), default="select1")
+    ap.add_argument("--rows", type=int, default=20000, help="rows per large query (fetchmany, fetchall)")
+    ap.add_argument(
+        "--worker", nargs=5, metavar=("MODE", "PORT", "N", "QUERY", "ROWS"), help=argparse.SUPPRESS
+    )
     a = ap.parse_args()
     if a.worker:
-        _worker(a.worker[0], int(a.worker[1]), int(a.worker[2]))
+        _worker(a.worker[0], int(a.worker[1]), int(a.worker[2]), a.worker[3], int(a.worker[4]))
         return 0
+    few_queries = FEW if a.query == "select1" else 1
     if shutil.which("valgrind") is None:
         print("valgrind is not installed (apt-get install valgrind)", file=sys.stderr)
         return 2
@@ -130,13 +159,19 @@ def main() -> int:
         with tempfile.TemporaryDirectory(prefix="e6o-instr-") as workdir:
             for rep in range(a.reps):
                 for m in modes if rep % 2 == 0 else modes[::-1]:
-                    few = _count(m, port, FEW, workdir, env)
-                    many = _count(m, port, FEW + a.queries, workdir, env)
+                    few = _count(m, port, few_queries, workdir, env, a.query, a.rows)
+                    many = _count(m, port, few_queries + a.queries, workdir, env, a.query, a.rows)
                     per_query[m].append((many - few) / a.queries)
                     k = per_query[m][-1] / 1e3
                     print(f"  rep {rep + 1}: {m:<16} {k:8.1f} k instructions/query", flush=True)
         bare = statistics.median(per_query["bare"])
-        result: dict[str, Any] = {"queries": a.queries, "reps": a.reps, "modes": {}}
+        result: dict[str, Any] = {
+            "query": a.query,
+            "rows": a.rows if a.query != "select1" else 1,
+            "queries": a.queries,
+            "reps": a.reps,
+            "modes": {},
+        }
         print(f"{'mode':<16} {'k instr/query':>14} {'added':>10} {'added %':>8}  [runs]")
         for m in modes:
             med = statistics.median(per_query[m])

@@ -36,10 +36,14 @@ def rows_large(r: dict[str, Any]) -> dict[str, tuple[str, str, str]]:
     for name, v in r.get("large", {}).get("variants", {}).items():
         full, ctl = v.get("e6o-full", {}), v.get("bare-ctl", {})
         cpu = full.get("cpu", {}).get("added_pct")
+        th = full.get("thread_cpu", {}).get("added_pct")
+        cpu_s = "–" if cpu is None else f"{cpu:+.2f} % (A/A {_aa(ctl.get('cpu', {}))})"
+        if th is not None:  # runs since 2026-12-04 also record the querying thread's CPU
+            cpu_s += f"; querying thread {th:+.2f} % (A/A {_aa(ctl.get('thread_cpu', {}))})"
         out[f"large {name}"] = (
             f"{_pct(_ratio(full))} ({v['bare']['median_ms']:.0f} ms bare)",
             _aa(ctl),
-            "–" if cpu is None else f"{cpu:+.2f} % (A/A {_aa(ctl.get('cpu', {}))})",
+            cpu_s,
         )
     return out
 

@@ -736,6 +736,11 @@ class Bench:
             cpu = {m: [r["process_cpu_ns"] / 1e6 for r in res] for m, res in per.items()}
             for m, e in self._vs_bare(cpu, "process_cpu_ms").items():
                 out["variants"][name][m]["cpu"] = e
+            # The querying thread alone (the event loop's, for async): what e6observe adds to
+            # the application's call, without the background threads (gRPC's, the exporters').
+            th = {m: [r["thread_cpu_ns"] / 1e6 for r in res] for m, res in per.items()}
+            for m, e in self._vs_bare(th, "thread_cpu_ms").items():
+                out["variants"][name][m]["thread_cpu"] = e
         out["seconds"] = time.perf_counter() - t0
         if "e6o-full" in self.workers:
             cc = self.run_on("e6o-full", "call_count", rows=rows)
@@ -1131,6 +1136,16 @@ def evaluate_path_targets(r: dict[str, Any]) -> list[dict[str, Any]]:
                 f"large result {name}: e6o-full added process CPU per query (%){_aa(aa)}",
                 round(cpu, 2),
                 "(context: CPU, less sensitive to other load than wall time)",
+                None,
+            )
+    for name, v in lg.get("variants", {}).items():
+        th = v.get("e6o-full", {}).get("thread_cpu", {}).get("added_pct")
+        if th is not None:
+            aa = {m: e["thread_cpu"] for m, e in v.items() if "thread_cpu" in e}
+            add(
+                f"large result {name}: e6o-full added querying-thread CPU per query (%){_aa(aa)}",
+                round(th, 2),
+                "(context: the application's thread only, no background threads)",
                 None,
             )
     cc = lg.get("call_count")

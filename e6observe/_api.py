@@ -352,6 +352,9 @@ class _Instrumentation:
         for hook in reversed(self.hooks):
             with contain("hook.uninstall." + hook.name):
                 hook.uninstall()
+        if self.ctx is not None:
+            with contain("hooks"):
+                self.ctx.close()
         self.hooks.clear()
         with contain("recorder"):
             self.recorder.stop()

@@ -25,14 +25,33 @@ from e6observe.sim import Simulator
 pytestmark = pytest.mark.timeout(60)
 
 
-@pytest.fixture
-def rec() -> Iterator[Recorder]:
-    """A recorder with only the strategy-cache hook installed."""
+@pytest.fixture(params=["redirect", "swap"])
+def rec(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[Recorder]:
+    """A recorder with only the strategy-cache hook installed, in each of its two ways: the
+    connector's writers redirected to a reporting view (the usual one), and the fallback that
+    swaps the cache for an ObservedCache (a connector whose writers cannot be redirected)."""
     _safe.reset_for_tests()
+    if request.param == "swap":
+        monkeypatch.setattr(sc, "strategy_writers", lambda module: None)
     r = Recorder()
     assert sc.HOOK.install(HookContext(r))
+    assert (sc.installed_cache() is None) == (request.param == "redirect")
     yield r
     sc.HOOK.uninstall()
+
+
+def redirected_writers() -> list[str]:
+    """The connector functions whose strategy writes go through the hook's view: its copies,
+    alone or under another hook's wrapper."""
+    out = []
+    for name, v in list(vars(g).items()):
+        while v is not None:
+            code = getattr(v, "__code__", None)
+            if code is not None and "_e6observe_strategy_writes" in code.co_names:
+                out.append(name)
+                break
+            v = getattr(v, "__wrapped__", None)
+    return sorted(out)
 
 
 def events(r: Recorder) -> list[tuple[Any, ...]]:
@@ -155,7 +174,40 @@ def test_state_present_at_install_is_reported(sim: Simulator) -> None:
 
 
 @pytest.mark.matrix
-def test_uninstall_puts_back_the_original_dict_with_current_contents() -> None:
+def test_the_cache_stays_the_connectors_plain_dict_and_its_writers_are_put_back() -> None:
+    original = g._local_strategy_cache
+    writers = {n: getattr(g, n) for n in sc.strategy_writers(g) or ()}
+    # Every version in the matrix writes the strategy keys from these module functions only.
+    assert {
+        "_set_active_strategy",
+        "_set_pending_strategy",
+        "_apply_pending_strategy",
+        "_clear_strategy_cache",
+    } <= set(writers)
+    r = Recorder()
+    assert sc.HOOK.install(HookContext(r))
+    # A dict subclass would slow every query's cache reads: the connector keeps its exact dict.
+    assert g._local_strategy_cache is original and type(original) is dict
+    assert redirected_writers() == sorted(writers)
+    copy = g._set_active_strategy
+    assert copy is not writers["_set_active_strategy"] and copy.__wrapped__ is writers["_set_active_strategy"]
+    g._set_active_strategy("green")
+    sc.HOOK.uninstall()
+    assert all(getattr(g, n) is fn for n, fn in writers.items())
+    # Left behind on purpose: the name a copy calls now gives the connector's own accessor.
+    assert g._e6observe_strategy_writes is g._get_shared_strategy  # type: ignore[attr-defined]
+    assert g._local_strategy_cache is original and original["active_strategy"] == "green"
+    g._set_active_strategy("blue")  # the original: nothing reports
+    copy("green")  # a stale reference to the copy (a caller's local) no longer reports either
+    assert original["active_strategy"] == "green"
+    assert [e.kind for e in r.ring.snapshot()] == ["detected"]
+
+
+@pytest.mark.matrix
+def test_swap_fallback_puts_back_the_original_dict_with_current_contents(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(sc, "strategy_writers", lambda module: None)
     original = g._local_strategy_cache
     r = Recorder()
     assert sc.HOOK.install(HookContext(r))
@@ -167,6 +219,57 @@ def test_uninstall_puts_back_the_original_dict_with_current_contents() -> None:
     g._set_active_strategy("blue")  # a stale reference to ours no longer reports
     ours["active_strategy"] = "green"
     assert [e.kind for e in r.ring.snapshot()] == ["detected"]
+
+
+@pytest.mark.matrix
+def test_a_writer_wrapped_by_another_tool_makes_the_hook_swap_and_still_report(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import functools
+
+    inner = g._set_pending_strategy
+
+    @functools.wraps(inner)
+    def foreign(*a: Any, **k: Any) -> Any:
+        return inner(*a, **k)
+
+    monkeypatch.setattr(g, "_set_pending_strategy", foreign)
+    r = Recorder()
+    assert sc.HOOK.install(HookContext(r))
+    try:
+        assert isinstance(sc.installed_cache(), sc.ObservedCache) and redirected_writers() == []
+        g._set_active_strategy("blue")
+        g._set_pending_strategy("green")  # through the foreign wrapper: still seen
+        assert events(r) == [("detected", "blue"), ("announced", "green")]
+    finally:
+        sc.HOOK.uninstall()
+
+
+def test_writers_found_in_bytecode_and_unredirectable_ones_fall_back() -> None:
+    import types
+
+    src = (
+        "_cache = {}\n"
+        "def _get_shared_strategy():\n    return _cache\n"
+        "def set_it(s):\n    c = _get_shared_strategy()\n    c['active_strategy'] = s\n"
+        "def nested(s):\n    def inner():\n"
+        "        _get_shared_strategy()['pending_strategy'] = s\n    inner()\n"
+        "def reads():\n    return _get_shared_strategy()['active_strategy']\n"
+        "def other_key():\n    _get_shared_strategy()['query_strategy_map'] = {}\n"
+    )
+    m = types.ModuleType("fake_connector")
+    exec(src, m.__dict__)
+    assert sorted(sc.strategy_writers(m) or ()) == ["nested", "set_it"]
+    # A writer that reaches the cache by another name cannot be redirected: swap instead.
+    exec("def direct(s):\n    _cache['active_strategy'] = s\n", m.__dict__)
+    assert sc.strategy_writers(m) is None
+    # ... nor can a method that writes a strategy key.
+    m2 = types.ModuleType("fake_connector2")
+    exec(
+        src + "class C:\n    def m(self):\n        _get_shared_strategy()['active_strategy'] = 'blue'\n",
+        m2.__dict__,
+    )
+    assert sc.strategy_writers(m2) is None
 
 
 @pytest.mark.matrix

@@ -56,13 +56,25 @@ def snapshot() -> dict[str, Any]:
     """Identity snapshot: each patchable class's own attributes, and the strategy cache."""
     snap: dict[str, Any] = {f"{c.__module__}.{c.__qualname__}": dict(vars(c)) for c in patched_classes()}
     snap["cache"] = e6data_grpc._local_strategy_cache
+    # The connector's strategy writers (module functions), which the strategy-cache hook redirects.
+    snap["writers"] = {n: getattr(e6data_grpc, n) for n in WRITERS if hasattr(e6data_grpc, n)}
     return snap
+
+
+WRITERS = (
+    "_set_active_strategy",
+    "_set_pending_strategy",
+    "_apply_pending_strategy",
+    "_clear_strategy_cache",
+)
 
 
 def assert_identical(before: dict[str, Any], after: dict[str, Any]) -> None:
     assert after["cache"] is before["cache"]
+    assert after["writers"] == before["writers"]
+    assert all(after["writers"][n] is fn for n, fn in before["writers"].items())
     for name, attrs in before.items():
-        if name == "cache":
+        if name in ("cache", "writers"):
             continue
         now = after[name]
         assert set(now) == set(attrs), f"{name}: attributes added/removed: {set(now) ^ set(attrs)}"
@@ -87,7 +99,9 @@ def test_twice_uninstrument_again_restores_originals_by_identity(
     rec = e6observe.instrument(otel=False, registry=registry)
     assert e6observe.is_instrumented()
     patched = snapshot()
-    assert patched["cache"] is not original["cache"]
+    # The cache stays the connector's own dict; its strategy writers are the hook's copies.
+    assert patched["cache"] is original["cache"] and type(patched["cache"]) is dict
+    assert all(patched["writers"][n] is not fn for n, fn in original["writers"].items())
     assert (
         patched["e6data_python_connector.e6data_grpc.Cursor"]["execute"]
         is not original["e6data_python_connector.e6data_grpc.Cursor"]["execute"]

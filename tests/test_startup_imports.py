@@ -69,6 +69,7 @@ STARTUP_MODULES = {
 }
 #: Loaded on first use (see the module docstring); never by instrument() in such a process.
 LAZY = (
+    "opentelemetry.context",
     "opentelemetry.metrics",
     "opentelemetry._logs",
     "opentelemetry.trace",
@@ -84,9 +85,10 @@ LAZY = (
     "e6observe.v1.events_pb2",
     "importlib.resources",
 )
-#: The only other package instrument() brings in itself: the Prometheus integration. The rest
-#: is what the OpenTelemetry API's context module loads (the hooks honour
-#: suppress_instrumentation() through it), which depends on the API's version (_CONTEXT_ONLY).
+#: The only other package instrument() brings in itself: the Prometheus integration. The
+#: OpenTelemetry API's context module (through which the hooks honour suppress_instrumentation())
+#: is bound when the application imports it (test_suppression_bound_when_the_api_arrives); what it
+#: loads depends on the API's version (_CONTEXT_ONLY).
 THIRD_PARTY = ("prometheus_client",)
 
 _CONTEXT_ONLY = r"""
@@ -170,6 +172,47 @@ def test_instrument_loads_the_pinned_modules_and_the_rest_on_first_use(options: 
     # (the async API needs the connector's 3.0 releases and Python 3.11)
     assert out["aio_installed"] is (out["has_async"] and sys.version_info >= (3, 11))
     assert out["aio_after_uninstrument"] is False
+
+
+_LATE_OTEL = r"""
+import json, sys
+import e6data_python_connector.e6data_grpc as g
+from e6observe.sim import Simulator
+import e6observe
+sim = Simulator(port=0)
+sim.start()
+rec = e6observe.instrument(otel=False)
+loaded_at_instrument = "opentelemetry.context" in sys.modules
+conn = g.Connection(host="127.0.0.1", port=sim.port, username="u@example.com", password="pw")
+def query():
+    cur = conn.cursor()
+    cur.execute("SELECT 1")
+    cur.fetchall()
+    cur.clear()
+from e6observe import metrics as M
+def queries():
+    return sum(h.count for _, h in rec.family(M.QUERY_DURATION).items())
+query()
+before = queries()
+from opentelemetry.context import attach, detach, set_value, _SUPPRESS_INSTRUMENTATION_KEY
+token = attach(set_value(_SUPPRESS_INSTRUMENTATION_KEY, True))
+query()  # suppressed: not counted
+detach(token)
+suppressed = queries() - before
+query()
+after = queries() - before
+e6observe.uninstrument()
+sim.stop()
+print(json.dumps({"loaded_at_instrument": loaded_at_instrument, "suppressed": suppressed, "after": after}))
+"""
+
+
+def test_suppression_bound_when_the_api_arrives() -> None:
+    """instrument() does not import the OpenTelemetry API's context module (~56 KiB) in an
+    application that has not; suppress_instrumentation() still holds once the application
+    imports it later."""
+    out = _run(_LATE_OTEL)
+    assert out == {"loaded_at_instrument": False, "suppressed": 0, "after": 1}
 
 
 def test_an_ip_address_is_bound_without_the_resolver(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -107,6 +107,8 @@ class HookContext:
         "query_ok",
         "suppressed",
         "context_now",
+        "_suppression_users",
+        "_otel_watch",
     )
 
     def __init__(self, recorder: Recorder, options: Any = None, tracer: Any = None) -> None:
@@ -127,11 +129,47 @@ class HookContext:
         #: Strategy label -> its query-duration child for outcome ``ok`` (the common end of a
         #: query; sync and async cursor hooks).
         self.query_ok: dict[str, Any] = {}
+        #: Hooks that copy ``suppressed``/``context_now`` into their hot paths (see
+        #: :meth:`use_suppression`), called again when the OpenTelemetry API arrives.
+        self._suppression_users: list[Callable[[], None]] = []
+        self._otel_watch: Any = None
         #: True inside OpenTelemetry's ``suppress_instrumentation()``: no span, no measurement.
-        self.suppressed = _suppression_check()
+        self.suppressed: Callable[[], bool] = _never_suppressed
         #: The OpenTelemetry context as one C call: empty (falsy) means nothing is suppressed,
         #: so the hot paths test ``context_now() and suppressed()``.
+        self.context_now: Callable[[], Any] = _EMPTY_CONTEXT
+        if _OTEL_CONTEXT in sys.modules:
+            self.suppressed = _suppression_check()
+            self.context_now = _context_getter()
+        else:
+            # Nothing can be suppressed before the application imports the OpenTelemetry API,
+            # and importing it here would add ~56 KiB to an application that never does: the
+            # real checks are bound when it is imported.
+            self._otel_watch = when_imported(_OTEL_CONTEXT, self._otel_context_imported)
+
+    def use_suppression(self, bind: Callable[[], None]) -> None:
+        """``bind()`` copies this context's ``suppressed``/``context_now`` where a hook's hot path
+        reads them (module globals); it runs now and again once the OpenTelemetry API is
+        imported."""
+        self._suppression_users.append(bind)
+        bind()
+
+    def _otel_context_imported(self) -> None:
+        self._otel_watch = None
+        if not self.live:
+            return
+        self.suppressed = _suppression_check()
         self.context_now = _context_getter()
+        for timer in list(self.timers.values()):
+            timer.suppressed = self.suppressed
+        for bind in list(self._suppression_users):
+            bind()
+
+    def close(self) -> None:
+        """Stop waiting for the OpenTelemetry API (uninstrument)."""
+        watch, self._otel_watch = self._otel_watch, None
+        if watch is not None:
+            watch.cancel()
 
     def current_tracer(self) -> Any:
         """The query tracer, looking (rate-limited) for a late global provider if none yet."""
@@ -139,6 +177,15 @@ class HookContext:
         if tracer is None and self.retrace is not None:
             tracer = self.retrace()
         return tracer
+
+
+_OTEL_CONTEXT = "opentelemetry.context"
+#: A C callable returning None: "the context is empty" while the API is not imported.
+_EMPTY_CONTEXT: Callable[[], Any] = type(None)
+
+
+def _never_suppressed() -> bool:
+    return False
 
 
 def _context_getter() -> Any:

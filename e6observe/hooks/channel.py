@@ -189,15 +189,19 @@ class ChannelHook(Hook):
         self.stubs: weakref.WeakSet[Any] = weakref.WeakSet()
 
     def apply(self, ctx: HookContext) -> bool:
-        global _suppressed, _ctx_now
         from e6data_python_connector import e6data_grpc as g
 
         orig = g.Connection.__dict__.get("_create_client")
         if orig is None:
             return False
         self.patches.replace(g.Connection, "_create_client", _make_create_client(orig, ctx))
-        _suppressed = ctx.suppressed
-        _ctx_now = ctx.context_now
+
+        def bind() -> None:
+            global _suppressed, _ctx_now
+            _suppressed = ctx.suppressed
+            _ctx_now = ctx.context_now
+
+        ctx.use_suppression(bind)
         return True
 
     def removed(self, ctx: HookContext) -> None:

@@ -49,6 +49,16 @@ ATTR = "_e6observe_query"
 _COMPONENT = "hook.cursor"
 
 
+def _never() -> bool:
+    return False
+
+
+#: The installed context's suppression check and context getter (see ``hooks/channel.py``),
+#: bound by :class:`CursorHook`'s ``apply`` (again when the OpenTelemetry API is imported).
+_suppressed: Callable[[], bool] = _never
+_ctx_now: Callable[[], Any] = _never
+
+
 class QueryState:
     """One query in flight on a cursor."""
 
@@ -213,12 +223,10 @@ def _make_execute(orig: Callable[..., Any], ctx: HookContext) -> Callable[..., A
     token = ctx.token
     tokens = rec.in_flight_tokens
     mark = _channel.MARK
-    suppressed = ctx.suppressed
-    context_now = ctx.context_now
     resumed_get = RESUMED.get
 
     def execute(self: Any, *args: Any, **kwargs: Any) -> Any:
-        if not ctx.live or (context_now() and suppressed()):
+        if not ctx.live or (_ctx_now() and _suppressed()):
             return orig(self, *args, **kwargs)
         span = None
         span_token = None
@@ -554,6 +562,13 @@ class CursorHook(Hook):
 
         cur = g.Cursor
         p = self.patches
+
+        def bind() -> None:
+            global _suppressed, _ctx_now
+            _suppressed = ctx.suppressed
+            _ctx_now = ctx.context_now
+
+        ctx.use_suppression(bind)
         p.replace(cur, "execute", _make_execute(cur.__dict__["execute"], ctx))
         p.replace(cur, "clear", _make_clear(cur.__dict__["clear"], ctx))
         if "cancel" in cur.__dict__:
