@@ -143,7 +143,10 @@ def main() -> int:
     env = dict(os.environ, PYTHONHASHSEED=os.environ.get("PYTHONHASHSEED", "0"))
     try:
         port = json.loads(sim.stdout.readline())["port"]  # type: ignore[union-attr]
-        if any(m in ("e6o-otlp", "e6o-otlp-nospan", "otel-otlp") for m in modes):
+        sys.path.insert(0, HERE)
+        from modes import OTLP_MODES
+
+        if any(m in OTLP_MODES for m in modes):
             recv = subprocess.Popen(
                 [sys.executable, os.path.join(HERE, "otlprecv.py")],
                 stdin=subprocess.PIPE,

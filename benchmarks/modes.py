@@ -14,6 +14,9 @@
   (metrics every second through a ``PeriodicExportingMetricReader``, spans through a
   ``BatchSpanProcessor``, logs through a ``BatchLogRecordProcessor``) sending to the local OTLP
   receiver the runner starts (``otlprecv.py``), plus the Prometheus endpoint and the watcher;
+* ``e6o-otlp-deferred`` - ``e6o-otlp`` with ``query_spans="deferred"``: the query span is
+  recorded by the querying thread and built by e6observe's span thread (not current during the
+  query's RPCs);
 * ``e6o-otlp-nospan`` - the same without a tracer provider (OTLP metrics and logs, no query
   span): what the span costs, read against ``e6o-otlp``;
 * ``otel-otlp``  - ``GrpcInstrumentorClient`` with the same span exporter and processor: the
@@ -45,14 +48,15 @@ MODES = (
     "e6o-otlp-nospan",
     "otel-otlp",
     "e6o-mp",
+    "e6o-otlp-deferred",
 )
 #: The modes a run takes unless ``--modes`` says otherwise (the OTLP ones need ``--otlp``-style
 #: opt-in: ``--modes bare,bare-ctl,e6o-otlp,otel-otlp``).
 DEFAULT_MODES = ("bare", "bare-ctl", "e6o-full", "e6o-prom", "otel-grpc")
 #: Modes that run e6observe (and so have a /metrics endpoint and a watcher).
-E6O_MODES = ("e6o-full", "e6o-prom", "e6o-otlp", "e6o-otlp-nospan", "e6o-mp")
+E6O_MODES = ("e6o-full", "e6o-prom", "e6o-otlp", "e6o-otlp-nospan", "e6o-mp", "e6o-otlp-deferred")
 #: Modes exporting over OTLP to the runner's receiver.
-OTLP_MODES = ("e6o-otlp", "e6o-otlp-nospan", "otel-otlp")
+OTLP_MODES = ("e6o-otlp", "e6o-otlp-nospan", "otel-otlp", "e6o-otlp-deferred")
 #: OpenTelemetry metric reader interval used by ``e6o-full`` (ms).
 OTEL_EXPORT_INTERVAL_MS = 1000
 #: Watcher interval used by the e6observe modes (s); the out-of-band switch test expects it.
@@ -260,8 +264,9 @@ class Mode:
             watcher_interval=WATCHER_INTERVAL_S,
             otel=True,
             meter_provider=mp,
-            tracer_provider=tp if self.name == "e6o-otlp" else None,
+            tracer_provider=None if self.name == "e6o-otlp-nospan" else tp,
             logger_provider=lp,
+            query_spans="deferred" if self.name == "e6o-otlp-deferred" else "current",
         )
         self._teardown.insert(0, e6observe.uninstrument)
         self.prometheus_port = _find_prometheus_port()

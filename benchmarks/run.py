@@ -1070,6 +1070,15 @@ def evaluate_targets(r: dict[str, Any]) -> list[dict[str, Any]]:
                 f"< {T['otlp_fraction_of_otel_max']}",
                 None if frac is None else frac < T["otlp_fraction_of_otel_max"],
             )
+    deferred = lat.get("e6o-otlp-deferred", {}).get("added_median_pct")
+    if deferred is not None:
+        frac_s = f"; {deferred / ref:.3f} of otel-otlp's +{ref:.2f} %" if ref and ref > 0 else ""
+        add(
+            f"OTLP on, query_spans=deferred: e6o-otlp-deferred added median latency (%){frac_s}",
+            round(deferred, 2),
+            "(context)",
+            None,
+        )
     nospan = lat.get("e6o-otlp-nospan", {}).get("added_median_pct")
     if nospan is not None:
         add(

@@ -140,7 +140,12 @@ class _Instrumentation:
         set_recorder(rec)
         self.tracer = self._make_tracer()
         self.ctx = ctx = HookContext(rec, self.options, self.tracer)
-        if self.tracer is None and self.options.otel and self.options.tracer_provider is None:
+        if (
+            self.tracer is None
+            and self.options.otel
+            and self.options.tracer_provider is None
+            and self.options.query_spans != "off"
+        ):
             ctx.retrace = self._retrace
         for hook in _hooks():
             with contain(f"hook.install.{hook.name}"):
@@ -151,7 +156,7 @@ class _Instrumentation:
         self._start_sinks()
 
     def _make_tracer(self) -> Any:
-        if not self.options.otel:
+        if not self.options.otel or self.options.query_spans == "off":
             return None
         if self.options.tracer_provider is None and not _otel_api_in_use("opentelemetry.trace"):
             return None  # no global provider can be set without that import: nothing loaded
@@ -160,6 +165,10 @@ class _Instrumentation:
 
             tp = resolve_tracer_provider(self.options.tracer_provider)
             if tp is not None:
+                if self.options.query_spans == "deferred":
+                    from .deferred_spans import DeferredQueryTracer
+
+                    return DeferredQueryTracer(tp, self.recorder, self.options.record_query_text)
                 return QueryTracer(tp, self.recorder, self.options.record_query_text)
         return None
 

@@ -6,7 +6,8 @@
   instrumentation (``opentelemetry.instrumentation.utils.suppress_instrumentation()``, which
   contrib instrumentations honour): the query and RPC hooks record nothing inside it.
 * :func:`attach_span` / :func:`detach` - make a span current for the calls made under it, so
-  other instrumentations' spans (``opentelemetry-instrumentation-grpc``) become its children;
+  other instrumentations' spans (``opentelemetry-instrumentation-grpc``) become its children
+  (a deferred query's :class:`PendingSpan` is never made current);
   :func:`span_binding` - the same functions bound once (no import, no module lookup per call),
   for the query tracer's per-phase attach (issue 17).
 
@@ -18,6 +19,7 @@ and falls back to ``context.get_value`` otherwise.
 from __future__ import annotations
 
 import contextvars
+from time import time_ns
 from typing import Any, Callable, Optional
 
 SCOPE = "e6observe"
@@ -58,6 +60,47 @@ class SpanBinding:
 
 
 _BINDING: Optional[SpanBinding] = None
+
+
+class PendingSpan:
+    """A deferred query span (``query_spans="deferred"``): what the span will say, recorded by
+    the querying thread and built later by ``e6observe.deferred_spans``. Never made current:
+    :func:`attach_span` returns None for it."""
+
+    __slots__ = (
+        "described",
+        "host",
+        "port",
+        "namespace",
+        "parent",
+        "start_ns",
+        "end_ns",
+        "strategy",
+        "outcome",
+        "status_code",
+        "histogram",
+        "seconds",
+        "events",
+        "children",
+    )
+
+    def __init__(self, described: Any, host: Any, port: Any, namespace: Any, parent: Any) -> None:
+        self.described = described
+        self.host = host
+        self.port = port
+        self.namespace = namespace
+        #: The context the query started in: the span's parent.
+        self.parent = parent
+        self.start_ns = time_ns()
+        self.end_ns = 0
+        self.strategy = ""
+        self.outcome = ""
+        self.status_code: Optional[str] = None
+        self.histogram: Any = None
+        self.seconds = 0.0
+        #: (name, attributes, unix ns) of the strategy events while it ran (the dispatcher's).
+        self.events: Optional[list[tuple[str, Any, int]]] = None
+        self.children: Optional[list[Any]] = None
 
 
 def span_binding() -> SpanBinding:
@@ -149,6 +192,8 @@ def tracer(provider: Any) -> Any:
 
 def attach_span(span: Any) -> Any:
     """Make ``span`` current; returns the token for :func:`detach` (None if that failed)."""
+    if span.__class__ is PendingSpan:  # deferred: never current
+        return None
     try:
         b = _BINDING or span_binding()
         return b.attach(b.in_context(span))
@@ -176,4 +221,5 @@ __all__ = [
     "detach",
     "SpanBinding",
     "span_binding",
+    "PendingSpan",
 ]

@@ -21,6 +21,9 @@ otel               True                     export to OpenTelemetry at all
 watcher_interval   1.0                      seconds between watcher iterations (> 0)
 event_capacity     1024                     strategy events kept in the in-memory ring
 record_query_text  False                    put sanitized query text (literals as ``?``) on spans
+query_spans        ``current``              query spans: ``current`` (made current around the
+                                            query's calls), ``deferred`` (built off the querying
+                                            thread, not current) or ``off``
 tls_certfile       None                     serve ``/metrics`` over TLS with this certificate
 tls_keyfile        None                     ... and this private key
 tls_client_cafile  None                     require client certificates signed by this CA
@@ -135,6 +138,18 @@ def _parse_runtime(name: str, raw: object, env: bool) -> object:
         raise ConfigError(f"{_origin(name, env)} must be true, false or auto, got {_show(raw)}") from None
 
 
+#: The values of ``query_spans`` (see e6observe/deferred_spans.py for ``deferred``).
+QUERY_SPAN_MODES = ("current", "deferred", "off")
+
+
+def _parse_query_spans(name: str, raw: object, env: bool) -> str:
+    value = raw.strip(_ASCII_SPACE).lower() if isinstance(raw, str) else None
+    if value not in QUERY_SPAN_MODES:
+        choices = ", ".join(QUERY_SPAN_MODES)
+        raise ConfigError(f"{_origin(name, env)} must be one of {choices}, got {_show(raw)}")
+    return value
+
+
 def _parse_object(name: str, raw: object, env: bool) -> object:
     if env:  # pragma: no cover - objects have no environment variable
         raise ConfigError(f"{name} cannot be set from the environment")
@@ -174,6 +189,7 @@ _SPECS: dict[str, _Spec] = {
     "watcher_interval": _Spec(_parse_float, optional=False),
     "event_capacity": _Spec(_parse_int, optional=False),
     "record_query_text": _Spec(_parse_bool, optional=False),
+    "query_spans": _Spec(_parse_query_spans, optional=False),
     "tls_certfile": _Spec(_parse_str, no_blank=True),
     "tls_keyfile": _Spec(_parse_str, no_blank=True),
     "tls_client_cafile": _Spec(_parse_str, no_blank=True),
@@ -210,6 +226,7 @@ class Options:
     watcher_interval: float
     event_capacity: int
     record_query_text: bool
+    query_spans: str
     tls_certfile: Optional[str]
     tls_keyfile: Optional[str]
     tls_client_cafile: Optional[str]
@@ -236,6 +253,7 @@ class Options:
         watcher_interval: float = 1.0,
         event_capacity: int = 1024,
         record_query_text: bool = False,
+        query_spans: str = "current",
         tls_certfile: Optional[str] = None,
         tls_keyfile: Optional[str] = None,
         tls_client_cafile: Optional[str] = None,
@@ -478,4 +496,4 @@ class Options:
 OPTION_NAMES: tuple[str, ...] = tuple(_SPECS)
 ENV_OPTION_NAMES: tuple[str, ...] = tuple(ENV_PREFIX + n.upper() for n, s in _SPECS.items() if s.env)
 
-__all__ = ["Options", "ConfigError", "OPTION_NAMES", "ENV_OPTION_NAMES", "ENV_PREFIX"]
+__all__ = ["Options", "ConfigError", "OPTION_NAMES", "ENV_OPTION_NAMES", "ENV_PREFIX", "QUERY_SPAN_MODES"]

@@ -37,6 +37,7 @@ from typing import Any, Optional
 
 # ``error.type`` and ``db.namespace`` live in _otelattrs: the metric sink and the cursor hooks
 # use them too, and must not load this module (its regular expressions) when no tracer exists.
+from . import _fork
 from ._otelattrs import ERROR_TYPES, db_namespace, error_type
 from ._otelctx import span_binding
 from ._safe import record_internal_error
@@ -214,6 +215,9 @@ def resolve_tracer_provider(given: Any) -> Any:
 class QueryTracer:
     """Starts and ends query spans; adds strategy events to the spans in flight."""
 
+    #: Spans built later, off the querying thread (``deferred_spans.DeferredQueryTracer``).
+    deferred = False
+
     def __init__(self, tracer_provider: Any, recorder: Recorder, record_query_text: bool = False) -> None:
         from opentelemetry.trace import SpanKind, Status, StatusCode
 
@@ -248,6 +252,12 @@ class QueryTracer:
         # span. Held only while tracing is on; never on the untraced query path.
         self._lock = threading.Lock()
         recorder.subscribe(self._on_event)
+        # The dispatcher thread may hold the lock at a fork: the child gets a new one.
+        _fork.register("locks", self._renew_locks_after_fork, "fork.tracing")
+
+    def _renew_locks_after_fork(self) -> None:
+        self._lock = threading.Lock()
+        self._statements_lock = threading.Lock()
 
     def start(
         self,
@@ -364,6 +374,7 @@ class QueryTracer:
     def close(self) -> None:
         """Stop receiving events (spans still open are ended by their queries)."""
         self._recorder.unsubscribe(self._on_event)
+        _fork.unregister("locks", self._renew_locks_after_fork)
 
 
 __all__ = [

@@ -192,10 +192,12 @@ def labels() -> dict[str, Label]:
             "counted here and logged once per component and exception type."
         ),
         "sink": _with_meanings(
-            ("dispatch", "otlp"),
+            ("dispatch", "otlp", "query_spans"),
             {
                 "dispatch": "the recorder's queue to event subscribers was full (10000 events)",
                 "otlp": "the OpenTelemetry log batch processor's queue was full and dropped a record",
+                "query_spans": '`query_spans="deferred"`: the queue of finished queries waiting for '
+                "the span thread was full (4096), or the tracer had stopped; the query's span is dropped",
             },
             "sink",
         ),

@@ -170,6 +170,7 @@ def test_the_option_names_other_components_rely_on() -> None:
         "watcher_interval",
         "event_capacity",
         "record_query_text",
+        "query_spans",
         "tls_certfile",
         "tls_keyfile",
         "tls_client_cafile",

@@ -38,7 +38,7 @@ from typing import Any, Callable, Optional
 
 from .._colours import LABEL
 from .._otelattrs import db_namespace
-from .._otelctx import attach_span, detach
+from .._otelctx import PendingSpan, attach_span, detach
 from .._safe import record_internal_error
 from ..recorder import FOLD_AT, norm_strategy
 from . import Hook, HookContext, outcome_of, retry_reason
@@ -167,6 +167,22 @@ def finish(
             return
         strategy = q.strategy
         rec = ctx.recorder
+        if span.__class__ is PendingSpan:  # deferred: the span thread sets the exemplar
+            try:
+                rec.in_flight_tokens[strategy].pop()
+            except (KeyError, IndexError):
+                pass
+            h = ctx.query_ok.get(strategy) if outcome == "ok" else None
+            if h is None:
+                h = rec.query_histogram(strategy, outcome)
+                if outcome == "ok":
+                    ctx.query_ok[strategy] = h
+            p = h.pending
+            p.append(seconds)
+            if len(p) >= FOLD_AT:
+                h.fold()
+            tracer.finish(span, strategy, outcome, exc, h, seconds)
+            return
         if outcome == "ok":  # rec.query_finished(strategy, "ok", ...), the child pre-bound
             try:
                 rec.in_flight_tokens[strategy].pop()
@@ -240,8 +256,9 @@ def _make_execute(orig: Callable[..., Any], ctx: HookContext) -> Callable[..., A
                     db_namespace(catalog, database) if (catalog or database) else None,
                     parent,
                 )
-                sctx = tracer.in_context(span, parent)
-                span_token = tracer.attach(sctx)
+                if not tracer.deferred:  # deferred: a PendingSpan, never made current
+                    sctx = tracer.in_context(span, parent)
+                    span_token = tracer.attach(sctx)
         except Exception as exc:
             record_internal_error(_COMPONENT, exc)
         resumed0 = resumed_get()
@@ -299,6 +316,8 @@ def call_in_span(
     """``orig(self, *args, **kwargs)`` with ``q``'s span current (its RPCs' spans are its
     children): attached once per phase - nothing to do when it is current already."""
     if type(q) is not TracedQueryState:
+        if q.span.__class__ is PendingSpan:  # deferred: nothing is made current
+            return orig(self, *args, **kwargs)
         token = attach_span(q.span)
         try:
             return orig(self, *args, **kwargs)
@@ -350,7 +369,8 @@ def positional_params(fn: Any) -> Optional[tuple[str, ...]]:
 # the same) and a generic ``*args, **kwargs`` form otherwise: forwarding ``*args, **kwargs``
 # builds a tuple and a dict and calls through ``CALL_FUNCTION_EX``, ~1 400 instructions more per
 # call than a plain call (callgrind, Python 3.11). The bodies are the same but for that; kept
-# written out on purpose.
+# written out on purpose. A deferred query's span (``query_spans="deferred"``, a PendingSpan)
+# is never made current: its calls take the plain branch, as an untraced query's do.
 
 
 def _make_fetch(orig: Callable[..., Any], ctx: HookContext) -> Callable[..., Any]:
@@ -361,7 +381,7 @@ def _make_fetch(orig: Callable[..., Any], ctx: HookContext) -> Callable[..., Any
         def fetch_self(self: Any) -> Any:
             q = getattr(self, ATTR, None)
             try:
-                if q is None or q.span is None:
+                if q is None or q.span is None or q.span.__class__ is PendingSpan:
                     rows = orig(self)
                 else:
                     rows = call_in_span(q, orig, self, (), {})
@@ -380,7 +400,7 @@ def _make_fetch(orig: Callable[..., Any], ctx: HookContext) -> Callable[..., Any
     def fetch(self: Any, *args: Any, **kwargs: Any) -> Any:
         q = getattr(self, ATTR, None)
         try:
-            if q is None or q.span is None:
+            if q is None or q.span is None or q.span.__class__ is PendingSpan:
                 rows = orig(self, *args, **kwargs)
             else:
                 rows = call_in_span(q, orig, self, args, kwargs)
@@ -403,7 +423,7 @@ def _make_fetch_failure(orig: Callable[..., Any], ctx: HookContext) -> Callable[
         def fetch_self(self: Any) -> Any:
             q = getattr(self, ATTR, None)
             try:
-                if q is None or q.span is None:
+                if q is None or q.span is None or q.span.__class__ is PendingSpan:
                     return orig(self)
                 return call_in_span(q, orig, self, (), {})
             except BaseException as exc:
@@ -416,7 +436,7 @@ def _make_fetch_failure(orig: Callable[..., Any], ctx: HookContext) -> Callable[
     def fetch(self: Any, *args: Any, **kwargs: Any) -> Any:
         q = getattr(self, ATTR, None)
         try:
-            if q is None or q.span is None:
+            if q is None or q.span is None or q.span.__class__ is PendingSpan:
                 return orig(self, *args, **kwargs)
             return call_in_span(q, orig, self, args, kwargs)
         except BaseException as exc:
@@ -447,7 +467,7 @@ def _make_clear(orig: Callable[..., Any], ctx: HookContext) -> Callable[..., Any
             if target and target != q.query_id:
                 q = None  # clearing some other query id: not this cursor's query
         try:
-            if q is None or q.span is None:
+            if q is None or q.span is None or q.span.__class__ is PendingSpan:
                 response = orig(self, *args, **kwargs)
             else:
                 response = call_in_span(q, orig, self, args, kwargs)
