@@ -1128,26 +1128,25 @@ def evaluate_path_targets(r: dict[str, Any]) -> list[dict[str, Any]]:
                 f"<= {T['large_added_median_pct_max']}",
                 full <= T["large_added_median_pct_max"],
             )
-    for name, v in lg.get("variants", {}).items():
-        cpu = v.get("e6o-full", {}).get("cpu", {}).get("added_pct")
-        if cpu is not None:
-            aa = {m: e["cpu"] for m, e in v.items() if "cpu" in e}
-            add(
-                f"large result {name}: e6o-full added process CPU per query (%){_aa(aa)}",
-                round(cpu, 2),
-                "(context: CPU, less sensitive to other load than wall time)",
-                None,
-            )
-    for name, v in lg.get("variants", {}).items():
-        th = v.get("e6o-full", {}).get("thread_cpu", {}).get("added_pct")
-        if th is not None:
-            aa = {m: e["thread_cpu"] for m, e in v.items() if "thread_cpu" in e}
-            add(
-                f"large result {name}: e6o-full added querying-thread CPU per query (%){_aa(aa)}",
-                round(th, 2),
-                "(context: the application's thread only, no background threads)",
-                None,
-            )
+    cpu_figures = (
+        ("cpu", "process CPU", "(context: CPU, less sensitive to other load than wall time)"),
+        (
+            "thread_cpu",
+            "querying-thread CPU",
+            "(context: the application's thread only, no background threads)",
+        ),
+    )
+    for key, what, note in cpu_figures:
+        for name, v in lg.get("variants", {}).items():
+            cpu = v.get("e6o-full", {}).get(key, {}).get("added_pct")
+            if cpu is not None:
+                aa = {m: e[key] for m, e in v.items() if key in e}
+                add(
+                    f"large result {name}: e6o-full added {what} per query (%){_aa(aa)}",
+                    round(cpu, 2),
+                    note,
+                    None,
+                )
     cc = lg.get("call_count")
     if cc:
         add(

@@ -109,6 +109,8 @@ class DeferredQueryTracer(QueryTracer):
         context: Any = None,
     ) -> Any:
         """Record the start of one query's span (nothing of the SDK is called)."""
+        # The statement-cache lookup is QueryTracer.start's, written out here too: a shared
+        # helper would be one more Python call on every traced query.
         if type(query) is str:
             statements = self._statements
             key = hash(query)
