@@ -21,6 +21,11 @@
   span): what the span costs, read against ``e6o-otlp``;
 * ``otel-otlp``  - ``GrpcInstrumentorClient`` with the same span exporter and processor: the
   reference for "OTLP on";
+* ``bare-sdk``   - the connector alone in a process that carries what ``e6o-full``'s does besides
+  the hooks: the same OpenTelemetry SDK set-up (its reader thread at the same interval) and
+  e6observe's modules imported, nothing installed: read against ``bare`` and ``e6o-full``, it
+  separates what a heavier process costs the connector's own code from what the hooks add
+  (a diagnostic; not one of the issue's targets);
 * ``e6o-mp``     - e6observe in multi-process mode (``multiprocess_dir``, a fresh directory per
   worker; ``otel=False``): what a gunicorn worker pays per query, its state file written at
   every watcher flush.
@@ -49,6 +54,7 @@ MODES = (
     "otel-otlp",
     "e6o-mp",
     "e6o-otlp-deferred",
+    "bare-sdk",
 )
 #: The modes a run takes unless ``--modes`` says otherwise (the OTLP ones need ``--otlp``-style
 #: opt-in: ``--modes bare,bare-ctl,e6o-otlp,otel-otlp``).
@@ -161,6 +167,8 @@ class Mode:
         """Install the mode's instrumentation. Must run before the first connection is made."""
         if self.name in OTLP_MODES:
             self._install_otlp()
+        elif self.name == "bare-sdk":
+            self._install_bare_sdk()
         elif self.name == "otel-grpc":
             from opentelemetry import trace
             from opentelemetry.instrumentation.grpc import GrpcInstrumentorClient
@@ -187,20 +195,8 @@ class Mode:
                 kwargs.update(otel=False, multiprocess_dir=d)
                 self._teardown.append(lambda: shutil.rmtree(d, ignore_errors=True))
             elif self.name == "e6o-full":
-                from opentelemetry.sdk._logs import LoggerProvider
-                from opentelemetry.sdk.metrics import MeterProvider
-                from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
-
-                self.metric_exporter = _DropMetrics.make()
-                reader = PeriodicExportingMetricReader(
-                    self.metric_exporter, export_interval_millis=OTEL_EXPORT_INTERVAL_MS
-                )
-                mp = MeterProvider(metric_readers=[reader])
-                lp = LoggerProvider()
-                self.log_processor = _counting_log_processor()
-                lp.add_log_record_processor(self.log_processor)
+                mp, lp = self._full_sdk()
                 kwargs.update(otel=True, meter_provider=mp, logger_provider=lp)
-                self._teardown.append(mp.shutdown)
             else:
                 kwargs.update(otel=False)
             import psutil
@@ -215,6 +211,41 @@ class Mode:
             e6observe.instrument(**kwargs)
             self._teardown.insert(0, e6observe.uninstrument)
             self.prometheus_port = _find_prometheus_port()
+
+    def _full_sdk(self) -> tuple[Any, Any]:
+        """``e6o-full``'s OpenTelemetry SDK set-up: a MeterProvider whose periodic reader (1 s)
+        drops each batch, a LoggerProvider whose processor counts records."""
+        from opentelemetry.sdk._logs import LoggerProvider
+        from opentelemetry.sdk.metrics import MeterProvider
+        from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+
+        self.metric_exporter = _DropMetrics.make()
+        reader = PeriodicExportingMetricReader(
+            self.metric_exporter, export_interval_millis=OTEL_EXPORT_INTERVAL_MS
+        )
+        mp = MeterProvider(metric_readers=[reader])
+        lp = LoggerProvider()
+        self.log_processor = _counting_log_processor()
+        lp.add_log_record_processor(self.log_processor)
+        self._teardown.append(mp.shutdown)
+        return mp, lp
+
+    def _install_bare_sdk(self) -> None:
+        """``bare-sdk``: e6o-full's SDK set-up and e6observe's modules, nothing installed."""
+        self._full_sdk()
+        for name in (
+            "e6observe._api",
+            "e6observe.hooks.channel",
+            "e6observe.hooks.cursor",
+            "e6observe.hooks.strategy_cache",
+            "e6observe.hooks.cluster",
+            "e6observe.hooks.pool",
+            "e6observe.sinks.prometheus",
+            "e6observe.sinks.otel",
+            "e6observe.watcher",
+            "e6observe.endpoint.server",
+        ):
+            importlib.import_module(name)
 
     def _install_otlp(self) -> None:
         import os

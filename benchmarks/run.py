@@ -93,8 +93,9 @@ PHASES = (
     "multiproc",
     "hotpath",
 )
-#: Modes the path phases (large, async, pool) compare: the baseline, the A/A control, e6observe.
-PATH_MODES = ("bare", "bare-ctl", "e6o-full")
+#: Modes the path phases (large, async, pool) compare: the baseline, the A/A control, e6observe
+#: (and, when asked for, the bare-sdk diagnostic).
+PATH_MODES = ("bare", "bare-ctl", "e6o-full", "bare-sdk")
 
 
 # ----------------------------------------------------------------------------------------------
