@@ -129,9 +129,9 @@ class HookContext:
         #: Strategy label -> its query-duration child for outcome ``ok`` (the common end of a
         #: query; sync and async cursor hooks).
         self.query_ok: dict[str, Any] = {}
-        #: Hooks that copy ``suppressed``/``context_now`` into their hot paths (see
-        #: :meth:`use_suppression`), called again when the OpenTelemetry API arrives.
-        self._suppression_users: list[Callable[[], None]] = []
+        #: The globals of the hook modules whose hot paths read ``_suppressed``/``_ctx_now``
+        #: (see :meth:`use_suppression`), set again when the OpenTelemetry API arrives.
+        self._suppression_users: list[dict[str, Any]] = []
         self._otel_watch: Any = None
         #: True inside OpenTelemetry's ``suppress_instrumentation()``: no span, no measurement.
         self.suppressed: Callable[[], bool] = _never_suppressed
@@ -147,12 +147,16 @@ class HookContext:
             # real checks are bound when it is imported.
             self._otel_watch = when_imported(_OTEL_CONTEXT, self._otel_context_imported)
 
-    def use_suppression(self, bind: Callable[[], None]) -> None:
-        """``bind()`` copies this context's ``suppressed``/``context_now`` where a hook's hot path
-        reads them (module globals); it runs now and again once the OpenTelemetry API is
-        imported."""
-        self._suppression_users.append(bind)
-        bind()
+    def use_suppression(self, module_globals: dict[str, Any]) -> None:
+        """Set a hook module's ``_suppressed``/``_ctx_now`` globals (what its hot path calls) to
+        this context's ``suppressed``/``context_now``: now, and again once the OpenTelemetry API
+        is imported."""
+        self._suppression_users.append(module_globals)
+        self._bind_suppression(module_globals)
+
+    def _bind_suppression(self, module_globals: dict[str, Any]) -> None:
+        module_globals["_suppressed"] = self.suppressed
+        module_globals["_ctx_now"] = self.context_now
 
     def _otel_context_imported(self) -> None:
         self._otel_watch = None
@@ -162,8 +166,8 @@ class HookContext:
         self.context_now = _context_getter()
         for timer in list(self.timers.values()):
             timer.suppressed = self.suppressed
-        for bind in list(self._suppression_users):
-            bind()
+        for module_globals in list(self._suppression_users):
+            self._bind_suppression(module_globals)
 
     def close(self) -> None:
         """Stop waiting for the OpenTelemetry API (uninstrument)."""

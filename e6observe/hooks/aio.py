@@ -547,13 +547,7 @@ class AioHook(Hook):
     def apply(self, ctx: HookContext) -> bool:
         if sys.version_info < (3, 11):
             return False
-
-        def bind() -> None:  # now, and again when the OpenTelemetry API is imported
-            global _suppressed, _ctx_now
-            _suppressed = ctx.suppressed
-            _ctx_now = ctx.context_now
-
-        ctx.use_suppression(bind)
+        ctx.use_suppression(globals())  # now, and again when the OpenTelemetry API is imported
         return self.defer(ctx, ASYNC_MODULE, lambda: self._apply_now(ctx))
 
     def _apply_now(self, ctx: HookContext) -> bool:

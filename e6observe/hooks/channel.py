@@ -195,13 +195,7 @@ class ChannelHook(Hook):
         if orig is None:
             return False
         self.patches.replace(g.Connection, "_create_client", _make_create_client(orig, ctx))
-
-        def bind() -> None:
-            global _suppressed, _ctx_now
-            _suppressed = ctx.suppressed
-            _ctx_now = ctx.context_now
-
-        ctx.use_suppression(bind)
+        ctx.use_suppression(globals())  # now, and again when the OpenTelemetry API is imported
         return True
 
     def removed(self, ctx: HookContext) -> None:

@@ -41,7 +41,7 @@ from .._otelattrs import db_namespace
 from .._otelctx import PendingSpan, attach_span, detach
 from .._safe import record_internal_error
 from ..recorder import FOLD_AT, norm_strategy
-from . import Hook, HookContext, outcome_of, retry_reason
+from . import Hook, HookContext, _never_suppressed, outcome_of, retry_reason
 from . import channel as _channel
 from .cluster import QUERY_SPAN, RESUMED
 
@@ -49,14 +49,10 @@ ATTR = "_e6observe_query"
 _COMPONENT = "hook.cursor"
 
 
-def _never() -> bool:
-    return False
-
-
 #: The installed context's suppression check and context getter (see ``hooks/channel.py``),
 #: bound by :class:`CursorHook`'s ``apply`` (again when the OpenTelemetry API is imported).
-_suppressed: Callable[[], bool] = _never
-_ctx_now: Callable[[], Any] = _never
+_suppressed: Callable[[], bool] = _never_suppressed
+_ctx_now: Callable[[], Any] = _never_suppressed
 
 
 class QueryState:
@@ -562,13 +558,7 @@ class CursorHook(Hook):
 
         cur = g.Cursor
         p = self.patches
-
-        def bind() -> None:
-            global _suppressed, _ctx_now
-            _suppressed = ctx.suppressed
-            _ctx_now = ctx.context_now
-
-        ctx.use_suppression(bind)
+        ctx.use_suppression(globals())  # now, and again when the OpenTelemetry API is imported
         p.replace(cur, "execute", _make_execute(cur.__dict__["execute"], ctx))
         p.replace(cur, "clear", _make_clear(cur.__dict__["clear"], ctx))
         if "cancel" in cur.__dict__:
