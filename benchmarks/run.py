@@ -105,10 +105,14 @@ PATH_MODES = ("bare", "bare-ctl", "e6o-full", "bare-sdk")
 class Proc:
     """A child speaking JSON lines: one request, one reply."""
 
-    def __init__(self, name: str, argv: list[str], cpus: Optional[set[int]] = None) -> None:
+    def __init__(
+        self, name: str, argv: list[str], cpus: Optional[set[int]] = None, hash_seed: Optional[int] = None
+    ) -> None:
         self.name = name
         env = dict(os.environ)
         env.setdefault("PYTHONHASHSEED", "0")  # identical dict/set layouts in every worker
+        if hash_seed is not None:  # a replica (``--replicas``): its own layouts, the same in every mode
+            env["PYTHONHASHSEED"] = str(hash_seed)
         # --pin: the child (and every thread it starts) runs only on ``cpus``.
         pre = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
         self.p = subprocess.Popen(
@@ -191,6 +195,8 @@ class Bench:
         self.py = sys.executable
         self.sim: Optional[Proc] = None
         self.workers: dict[str, Proc] = {}
+        #: mode -> its worker processes (``--replicas``); the first is ``workers[mode]``.
+        self.replicas: dict[str, list[Proc]] = {}
         self.result: dict[str, Any] = {"schema": SCHEMA}
         self.raw_lat: dict[str, list[float]] = {}  # mode -> all per-query latencies (ms)
         self.rng = random.Random(args.seed)
@@ -238,15 +244,23 @@ class Bench:
         # Start all workers together (import + connect + warm-up in parallel), then stop each.
         self.worker_cpus = worker_cpus
         for m in modes:
-            self.workers[m] = self._spawn(m)
-        for w in self.workers.values():
+            self.replicas[m] = [self._spawn(m, i) for i in range(self.a.replicas)]
+            self.workers[m] = self.replicas[m][0]
+        for w in self._all_workers():
             w.hello = w.read("start-up")
             w.pause()
+        self.result["replicas"] = self.a.replicas
         self.log(
-            "workers ready: " + ", ".join(f"{m} (pid {w.hello['pid']})" for m, w in self.workers.items())
+            "workers ready: "
+            + ", ".join(
+                f"{m} (pid {' '.join(str(w.hello['pid']) for w in ws)})" for m, ws in self.replicas.items()
+            )
         )
 
-    def _spawn(self, mode: str) -> Proc:
+    def _all_workers(self) -> list[Proc]:
+        return [w for ws in self.replicas.values() for w in ws]
+
+    def _spawn(self, mode: str, replica: int = 0) -> Proc:
         return Proc(
             mode,
             [
@@ -260,18 +274,19 @@ class Bench:
                 str(self.a.warmup),
             ],
             cpus=self.worker_cpus,
+            hash_seed=replica if replica else None,
         )
 
     def restart(self, mode: str) -> None:
-        """Replace one worker by a fresh process (same mode), started and paused."""
+        """Replace one worker (a mode's first replica) by a fresh process, started and paused."""
         self.workers[mode].close()
         w = self._spawn(mode)
         w.hello = w.read("start-up")
         w.pause()
-        self.workers[mode] = w
+        self.workers[mode] = self.replicas[mode][0] = w
 
     def stop(self) -> None:
-        for w in self.workers.values():
+        for w in self._all_workers():
             w.close()
         if self.sim is not None:
             self.sim.close()
@@ -288,10 +303,11 @@ class Bench:
         assert self.sim is not None
         return self.sim.call(cmd, **kw)
 
-    def run_on(self, mode: str, cmd: str, **kw: Any) -> Any:
-        """Run one command on one worker with every other worker stopped."""
-        w = self.workers[mode]
-        for other in self.workers.values():
+    def run_on(self, mode: str, cmd: str, replica: int = 0, **kw: Any) -> Any:
+        """Run one command on one worker (a mode's ``replica``-th process) with every other
+        worker stopped."""
+        w = self.replicas[mode][replica]
+        for other in self._all_workers():
             if other is not w:
                 other.pause()
         try:
@@ -308,7 +324,7 @@ class Bench:
         }
         order_log = []
         rpc0 = self.sim_call("counters")["rpcs_total"]
-        q0 = {m: self.run_on(m, "rss")["queries"] for m in modes}
+        q0 = self._queries_so_far(modes)
         self.raw_lat = {m: [] for m in modes}
         t_start = time.perf_counter()
         for r in range(a.rounds):
@@ -316,7 +332,9 @@ class Bench:
             self.rng.shuffle(order)
             order_log.append(order)
             for m in order:
-                res = self.run_on(m, "latency", n=a.queries)
+                # Round r runs every mode's replica r mod K: each round compares processes of
+                # the same hash seed, and the rounds spread over K processes per mode.
+                res = self.run_on(m, "latency", replica=r % a.replicas, n=a.queries)
                 lat = [x / 1e6 for x in res["lat_ns"]]
                 rounds[m]["thread_cpu_us"].append(res["thread_cpu_ns"] / 1e3)
                 rounds[m]["process_cpu_us"].append(res["process_cpu_ns"] / 1e3)
@@ -330,10 +348,11 @@ class Bench:
                 )
         elapsed = time.perf_counter() - t_start
         rpc1 = self.sim_call("counters")["rpcs_total"]
-        q1 = {m: self.run_on(m, "rss")["queries"] for m in modes}
-        dq = sum(q1[m] - q0[m] for m in modes)
+        q1 = self._queries_so_far(modes)
+        dq = q1 - q0
         out: dict[str, Any] = {
             "rounds": a.rounds,
+            "replicas": a.replicas,
             "queries_per_round": a.queries,
             "seconds": elapsed,
             "order": order_log,
@@ -372,6 +391,12 @@ class Bench:
         self.result["latency"] = out
         # Memory after the same number of latency queries in every worker.
         self.result["rss_after_latency"] = {m: self.run_on(m, "rss", uss=True) for m in modes}
+
+    def _queries_so_far(self, modes: Sequence[str]) -> int:
+        """Queries run by every replica of ``modes`` so far."""
+        return sum(
+            self.run_on(m, "rss", replica=i)["queries"] for m in modes for i in range(len(self.replicas[m]))
+        )
 
     def phase_throughput(self) -> None:
         a = self.a
@@ -433,8 +458,9 @@ class Bench:
         self.result["render"] = out
 
     def resume_only(self, mode: str) -> None:
-        for m, w in self.workers.items():
-            if m == mode:
+        chosen = self.workers[mode]
+        for w in self._all_workers():
+            if w is chosen:
                 w.resume()
             else:
                 w.pause()
@@ -659,7 +685,7 @@ class Bench:
         """Microbenchmarks of the hot path pieces (benchmarks/hotpath.py), all workers stopped."""
         if self.result.get("skipped_modes", {}).get("e6o-full"):
             return
-        for w in self.workers.values():
+        for w in self._all_workers():
             w.pause()
         q_ms = self.result.get("latency", {}).get("modes", {}).get("bare", {}).get("median_ms", 2.0)
         path = self.a.out + ".hotpath.tmp"
@@ -675,6 +701,12 @@ class Bench:
     def _path_modes(self) -> list[str]:
         return [m for m in PATH_MODES if m in self.workers]
 
+    def _warm_up(self, cmd: str, **kw: Any) -> None:
+        """``cmd`` once on every replica of every path mode, untimed."""
+        for m in self._path_modes():
+            for i in range(len(self.replicas[m])):
+                self.run_on(m, cmd, replica=i, **kw)
+
     def _alternate(
         self, variants: Sequence[tuple[str, str, dict[str, Any]]], rounds: int, what: str
     ) -> dict[str, dict[str, list[Any]]]:
@@ -688,7 +720,7 @@ class Bench:
                 order = modes[:]
                 self.rng.shuffle(order)
                 for m in order:
-                    out[name][m].append(self.run_on(m, cmd, **kw))
+                    out[name][m].append(self.run_on(m, cmd, replica=r % self.a.replicas, **kw))
             self.log(f"{what} round {r + 1}/{rounds}")
         return out
 
@@ -720,8 +752,7 @@ class Bench:
                 ("async_fetchmany", "large_aio", {"rows": rows, "style": "fetchmany"}),
             ]
         for _, cmd, kw in variants:  # warm-up: the simulator builds the result once
-            for m in self._path_modes():
-                self.run_on(m, cmd, **kw)
+            self._warm_up(cmd, **kw)
         t0 = time.perf_counter()
         raw = self._alternate(variants, self.a.path_rounds, "large")
         out: dict[str, Any] = {
@@ -781,15 +812,13 @@ class Bench:
             ("pool", "aio_concurrent", dict(kw, pool=True)),
         ]
         for _, cmd, k in variants:  # warm-up: connections opened, untimed
-            for m in self._path_modes():
-                self.run_on(m, cmd, **dict(k, seconds=0.2))
+            self._warm_up(cmd, **dict(k, seconds=0.2))
         self.result["async"] = self._throughput_phase(variants, "async")
 
     def phase_pool(self) -> None:
         """``ConnectionPool`` shared by ``--pool-threads`` threads."""
         k = {"threads": self.a.pool_threads, "seconds": self.a.path_seconds}
-        for m in self._path_modes():
-            self.run_on(m, "pool_threads", **dict(k, seconds=0.2))
+        self._warm_up("pool_threads", **dict(k, seconds=0.2))
         self.result["pool"] = self._throughput_phase([("threads", "pool_threads", k)], "pool")
 
     def _throughput_phase(
@@ -847,7 +876,7 @@ class Bench:
         """Multi-process mode (benchmarks/multiproc.py): the merge of ``--mp-workers`` real
         workers' state files and a worker's write cost per flush. The path workers are stopped
         meanwhile."""
-        for w in self.workers.values():
+        for w in self._all_workers():
             w.pause()
         path = self.a.out + ".multiproc.tmp"
         argv = [
@@ -1460,6 +1489,14 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     ap.add_argument("--sim-latency-ms", type=float, default=0.0)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument(
+        "--replicas",
+        type=int,
+        default=1,
+        help="worker processes per mode (default 1); round r runs replica r mod K of every mode, "
+        "replica i with PYTHONHASHSEED=i: a process's own luck (memory layout, hash seed) is "
+        "spread over K processes instead of deciding a mode's whole run",
+    )
+    ap.add_argument(
         "--pin",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -1525,6 +1562,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         ap.error(f"unknown phases {bad}; choose from {list(PHASES)}")
     if only:
         a.skip |= set(PHASES) - only
+    if not 1 <= a.replicas <= 8:
+        ap.error(f"--replicas must be 1 to 8, got {a.replicas}")
     return a
 
 
