@@ -466,6 +466,47 @@ def test_failed_queries_and_cancel(cur_hooks: Recorder, connect: Callable[..., A
 
 
 @pytest.mark.matrix
+def test_every_call_shape_of_execute_and_clear_is_forwarded_and_counted(
+    cur_hooks: Recorder, connect: Callable[..., Any]
+) -> None:
+    # execute(operation) and clear() - the usual calls - are forwarded as plain calls; every other
+    # shape is forwarded as given, and each is still one tracked query ended by its clear.
+    r = cur_hooks
+    conn = connect()
+    executes: list[Callable[[Any], Any]] = [
+        lambda c: c.execute("SELECT 1"),
+        lambda c: c.execute("SELECT 1", None),
+        lambda c: c.execute(operation="SELECT 1"),
+        lambda c: c.execute("SELECT 1", parameters=None),
+    ]
+    clears: list[Callable[[Any], Any]] = [
+        lambda c: c.clear(),
+        lambda c: c.clear(c._query_id),
+        lambda c: c.clear(query_id=c._query_id),
+        lambda c: c.clear(None),
+    ]
+    for i, (run, clear) in enumerate(zip(executes, clears), 1):
+        c = conn.cursor()
+        run(c)
+        assert getattr(c, cursor.ATTR) is not None  # tracked
+        assert r.state()["in_flight"]["blue"] == 1
+        assert c.fetchall() == [[1]]
+        clear(c)
+        assert getattr(c, cursor.ATTR) is None
+        assert query_counts(r) == {("blue", "ok"): i}
+        assert r.state()["in_flight"]["blue"] == 0
+    c = conn.cursor()
+    with pytest.raises(TypeError):  # the connector's own refusal, passed through
+        c.execute("SELECT 1", None, None)
+    c.execute("SELECT 1")
+    other = conn.cursor()
+    other.execute("SELECT 1")
+    c.clear(other._query_id)  # some other query's id: not this cursor's query
+    assert getattr(c, cursor.ATTR) is not None
+    assert query_counts(r) == {("blue", "ok"): 4, ("blue", "error"): 1}
+
+
+@pytest.mark.matrix
 def test_cursor_hooks_restore_by_identity(sim: Simulator) -> None:
     before = dict(vars(g.Cursor)), dict(vars(g.Connection))
     r = Recorder()
