@@ -320,7 +320,7 @@ class Bench:
         a = self.a
         modes = list(self.workers)
         rounds: dict[str, dict[str, list[float]]] = {
-            m: {"median": [], "p99": [], "thread_cpu_us": [], "process_cpu_us": []} for m in modes
+            m: {"median": [], "p99": [], "thread_cpu_us": [], "process_cpu_us": [], "pid": []} for m in modes
         }
         order_log = []
         rpc0 = self.sim_call("counters")["rpcs_total"]
@@ -335,6 +335,7 @@ class Bench:
                 # Round r runs every mode's replica r mod K: each round compares processes of
                 # the same hash seed, and the rounds spread over K processes per mode.
                 res = self.run_on(m, "latency", replica=r % a.replicas, n=a.queries)
+                rounds[m]["pid"].append(self.replicas[m][r % a.replicas].hello["pid"])
                 lat = [x / 1e6 for x in res["lat_ns"]]
                 rounds[m]["thread_cpu_us"].append(res["thread_cpu_ns"] / 1e3)
                 rounds[m]["process_cpu_us"].append(res["process_cpu_ns"] / 1e3)
@@ -367,6 +368,7 @@ class Bench:
                 "p99_ms": percentile(self.raw_lat[m], 99),
                 "round_median_ms": med,
                 "round_p99_ms": p99,
+                "round_pid": rounds[m]["pid"],
                 "round_median_spread_ms": spread(med),
                 "round_p99_spread_ms": spread(p99),
                 "distribution_ms": distribution(self.raw_lat[m]),

@@ -155,3 +155,43 @@ def test_startup_and_multiprocess_reported(result: dict[str, Any]) -> None:
     names = [t["target"] for t in result["targets"]]
     assert any(n.startswith("multi-process: merge of") for n in names)
     assert any(n.startswith("large result: e6observe Python calls per row") for n in names)
+
+
+def test_replicas_spread_a_modes_rounds_over_its_processes(tmp_path: Path) -> None:
+    # --replicas 2: each mode runs in two processes, round r on replica r mod 2, so no single
+    # process's luck decides a mode's figure; the ratios still pair rounds of the same replica.
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "run.py"),
+            "--only",
+            "latency",
+            "--modes",
+            "bare,e6o-prom",
+            "--rounds",
+            "4",
+            "--queries",
+            "10",
+            "--warmup",
+            "10",
+            "--replicas",
+            "2",
+            "--out",
+            str(tmp_path / "r.json"),
+            "--plot",
+            "",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    r = json.loads((tmp_path / "r.json").read_text())
+    assert r["replicas"] == r["latency"]["replicas"] == 2
+    pids = {m: e["round_pid"] for m, e in r["latency"]["modes"].items()}
+    assert set(pids) == {"bare", "e6o-prom"}
+    for m, p in pids.items():
+        assert len(set(p)) == 2 and p[0] == p[2] != p[1] == p[3], (m, p)
+    assert not set(pids["bare"]) & set(pids["e6o-prom"])
+    assert r["latency"]["rpcs_per_query"] == 6.0  # counted over both replicas' queries
