@@ -1355,13 +1355,15 @@ def plot(r: dict[str, Any], raw: dict[str, list[float]], path: str) -> Optional[
         )
         ax3.set_ylabel("added median latency vs bare, same round (%)")
         ax3.set_title("per-round overhead")
+        ax3.tick_params(axis="x", labelrotation=30)  # nine modes' names do not fit side by side
         ax3.legend(fontsize=8)
         ax3.grid(alpha=0.3)
     m = r.get("machine", {})
     fig.suptitle(
         f"e6observe benchmark - {m.get('cpu')} x{m.get('cores')}, Python "
         f"{m.get('python')}, connector {m.get('versions', {}).get('e6data-python-connector')}"
-        f" - {r['latency']['rounds']} rounds x {r['latency']['queries_per_round']} queries",
+        f" - {r['latency']['rounds']} rounds x {r['latency']['queries_per_round']} queries"
+        + (f", {r['latency']['replicas']} processes per mode" if r["latency"].get("replicas", 1) > 1 else ""),
         fontsize=10,
     )
     fig.tight_layout()
