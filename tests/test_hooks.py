@@ -395,6 +395,50 @@ def test_future_calls_and_positional_metadata_are_timed(
     assert rpc_counts(r) == {("getCataloges", "blue", "OK"): 2}
 
 
+def test_the_rpc_wrapper_honours_a_later_patch_of_the_multicallable_class(
+    chan: tuple[Recorder, HookContext], connect: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The wrapper calls type(mc).__call__(mc, ...) (no second interpreter loop from C), looked
+    # up at each call: a tool that patches the class's __call__ after the stub was wrapped still
+    # sees every call, as it would through mc(...).
+    r, _ = chan
+    stub = connect()._client
+    cls = type(stub.getCataloges.__wrapped__)
+    orig = cls.__call__
+    seen: list[Any] = []
+
+    def patched(self: Any, request: Any, *args: Any, **kwargs: Any) -> Any:
+        seen.append(request)
+        return orig(self, request, *args, **kwargs)
+
+    monkeypatch.setattr(cls, "__call__", patched)
+    req = pb.GetCatalogesRequest()
+    stub.getCataloges(req, metadata=[("strategy", "blue")])
+    assert seen == [req]
+    assert rpc_counts(r) == {("getCataloges", "blue", "OK"): 1}
+
+
+def test_a_multicallable_whose_call_is_not_a_plain_function_gets_the_generic_wrapper(rec: Recorder) -> None:
+    from e6observe.hooks.stubs import Timer
+
+    class Odd:
+        # grpc's documented parameters, but a staticmethod: type(mc).__call__(mc, ...) would pass
+        # the object itself as the request
+        @staticmethod
+        def __call__(request: Any, timeout: Any = None, metadata: Any = None, credentials: Any = None,
+                     wait_for_ready: Any = None, compression: Any = None) -> Any:  # fmt: skip
+            return ("called with", request)
+
+        def with_call(self, *a: Any, **k: Any) -> None: ...
+
+        def future(self, *a: Any, **k: Any) -> None: ...
+
+    assert not channel._documented_signature(Odd())
+    w = channel._timed_call(Odd(), Timer(rec, "getCataloges"))
+    assert w("req", metadata=[("strategy", "blue")]) == ("called with", "req")
+    assert rpc_counts(rec) == {("getCataloges", "blue", "OK"): 1}
+
+
 @pytest.mark.matrix
 def test_hostile_strategy_values_stay_in_bounded_labels(
     chan: tuple[Recorder, HookContext], connect: Callable[..., Any], sim: Simulator
