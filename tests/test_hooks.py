@@ -550,6 +550,16 @@ def test_every_call_shape_of_execute_and_clear_is_forwarded_and_counted(
     assert query_counts(r) == {("blue", "ok"): 4, ("blue", "error"): 1}
 
 
+def test_the_attribute_names_the_hot_paths_read_literally() -> None:
+    # hooks/cursor.py reads these as plain attributes (a specialised load instead of getattr):
+    # renaming one constant without its reads would lose every query (or re-wrap every stub).
+    import inspect
+
+    src = inspect.getsource(cursor)
+    assert cursor.ATTR == "_e6observe_query" and "self._e6observe_query" in src
+    assert channel.MARK == "_e6observe_token" and "conn._client._e6observe_token" in src
+
+
 @pytest.mark.matrix
 def test_cursor_hooks_restore_by_identity(sim: Simulator) -> None:
     before = dict(vars(g.Cursor)), dict(vars(g.Connection))

@@ -23,11 +23,15 @@ replays a whole execute on ``Access denied`` or a 456; each replay calls
 wraps to report ``recorder.retry(attempt, reason)``. A replayed execute is one query.
 
 Per-cursor state lives in one attribute on the cursor (``_e6observe_query``, None when no query
-is tracked), read and written with ``getattr``/``setattr`` and never through the cursor's
-``__dict__``: on Python 3.11+ reading an object's ``__dict__`` turns its inline attribute values
-into a real dict for good, and every attribute access of the connector on that cursor gets slower
-(measured with callgrind: one ``cur.__dict__`` read adds ~105 000 instructions, +6 %, to each
-later query of the bare connector - more than all of e6observe's hooks).
+is tracked). The hot paths read it (and the connector's ``_query_id``, the stub's mark) as plain
+attributes with ``except AttributeError`` for a cursor that has not executed since
+``instrument()``: a specialised load, where ``getattr(obj, name, None)`` costs ~400 instructions
+more (callgrind, Python 3.11) - about 4 000 per query over the dozen reads. It is never read
+through the cursor's ``__dict__``: on Python 3.11+ reading an object's ``__dict__`` turns its
+inline attribute values into a real dict for good, and every attribute access of the connector
+on that cursor gets slower (measured with callgrind: one ``cur.__dict__`` read adds ~105 000
+instructions, +6 %, to each later query of the bare connector - more than all of e6observe's
+hooks).
 """
 
 from __future__ import annotations
@@ -220,7 +224,6 @@ def _make_execute(orig: Callable[..., Any], ctx: HookContext) -> Callable[..., A
     tls = ctx.tls
     token = ctx.token
     tokens = rec.in_flight_tokens
-    mark = _channel.MARK
     resumed_get = RESUMED.get
 
     def execute(self: Any, *args: Any, **kwargs: Any) -> Any:
@@ -230,16 +233,26 @@ def _make_execute(orig: Callable[..., Any], ctx: HookContext) -> Callable[..., A
         span_token = None
         before = None
         try:
-            prev = getattr(self, ATTR, None)
+            # Attributes are read directly, a missing one caught (see the module docstring)
+            try:
+                prev = self._e6observe_query  # ATTR
+            except AttributeError:
+                prev = None
             if prev is not None:  # the previous query was never cleared: it ends now
-                setattr(self, ATTR, None)
+                self._e6observe_query = None
                 finish(ctx, prev, "ok", end=prev.fetch_end)
             conn = self.connection
-            client = getattr(conn, "_client", None)
-            if client is not None and getattr(client, mark, None) is not token:
+            try:
+                stub_token = conn._client._e6observe_token  # _channel.MARK
+            except AttributeError:  # no stub yet, or one built before instrument()
+                stub_token = None
+            if stub_token is not token and getattr(conn, "_client", None) is not None:
                 _channel.HOOK.wrap_connection(conn)
             tls.attempt = 0
-            before = getattr(self, "_query_id", None)
+            try:
+                before = self._query_id
+            except AttributeError:
+                before = None
             tracer = ctx.tracer
             if tracer is None and ctx.retrace is not None:
                 tracer = ctx.retrace()
@@ -275,7 +288,7 @@ def _make_execute(orig: Callable[..., Any], ctx: HookContext) -> Callable[..., A
             try:
                 if qs_token is not None:
                     QUERY_SPAN.reset(qs_token)
-                qid = getattr(self, "_query_id", None)
+                qid = getattr(self, "_query_id", None)  # a failure: the direct read saves nothing
                 admitted = qid is not None and qid != before
                 execute_failed(ctx, t0, _pinned_strategy(qid if admitted else None), span, qid, admitted, exc)
             except Exception as e:
@@ -289,7 +302,10 @@ def _make_execute(orig: Callable[..., Any], ctx: HookContext) -> Callable[..., A
         try:
             if qs_token is not None:
                 QUERY_SPAN.reset(qs_token)
-            qid = getattr(self, "_query_id", None)
+            try:
+                qid = self._query_id
+            except AttributeError:
+                qid = None
             # _pinned_strategy(qid), inlined for the usual case (a colour, pinned by id)
             cache = g._local_strategy_cache
             qmap = cache.get("query_strategy_map")
@@ -308,7 +324,7 @@ def _make_execute(orig: Callable[..., Any], ctx: HookContext) -> Callable[..., A
                 q.span = span
                 q.query_id = qid
                 q.resumed = resumed_get() is not resumed0
-                setattr(self, ATTR, q)
+                self._e6observe_query = q  # ATTR
             else:  # a span, made current: phases make it current again through its state
                 resumed = resumed_get() is not resumed0
                 setattr(self, ATTR, TracedQueryState(t0, strategy, span, qid, resumed, tracer, parent, sctx))
@@ -389,7 +405,10 @@ def _make_fetch(orig: Callable[..., Any], ctx: HookContext) -> Callable[..., Any
     if positional_params(orig) == ("self",):
 
         def fetch_self(self: Any) -> Any:
-            q = getattr(self, ATTR, None)
+            try:
+                q = self._e6observe_query  # ATTR, read directly (see the module docstring)
+            except AttributeError:
+                q = None
             try:
                 if q is None or q.span is None or q.span.__class__ is PendingSpan:
                     rows = orig(self)
@@ -431,7 +450,10 @@ def _make_fetch_failure(orig: Callable[..., Any], ctx: HookContext) -> Callable[
     if positional_params(orig) == ("self",):
 
         def fetch_self(self: Any) -> Any:
-            q = getattr(self, ATTR, None)
+            try:
+                q = self._e6observe_query  # ATTR, read directly (see the module docstring)
+            except AttributeError:
+                q = None
             try:
                 if q is None or q.span is None or q.span.__class__ is PendingSpan:
                     return orig(self)
@@ -471,7 +493,11 @@ def _make_clear(orig: Callable[..., Any], ctx: HookContext) -> Callable[..., Any
     def clear(self: Any, *args: Any, **kwargs: Any) -> Any:
         if not ctx.live:
             return orig(self, *args, **kwargs)
-        q: Optional[QueryState] = getattr(self, ATTR, None)
+        q: Optional[QueryState]
+        try:
+            q = self._e6observe_query  # ATTR, read directly (see the module docstring)
+        except AttributeError:
+            q = None
         if q is not None and (args or kwargs):
             target = _target(args, kwargs)
             if target and target != q.query_id:
@@ -488,9 +514,14 @@ def _make_clear(orig: Callable[..., Any], ctx: HookContext) -> Callable[..., Any
                 setattr(self, ATTR, None)
                 finish(ctx, q, outcome_of(exc), exc)
             raise
-        now = getattr(self, ATTR, None)
-        if now is q and q is not None:
-            setattr(self, ATTR, None)
+        if q is None:
+            return response
+        try:
+            now = self._e6observe_query
+        except AttributeError:  # forgotten meanwhile (uninstrument())
+            now = None
+        if now is q:
+            self._e6observe_query = None
             if q.span is not None or q.resumed:
                 finish(ctx, q, "ok")
             else:  # finish(ctx, q, "ok") for an untraced query, inlined (sync: no extra call)
