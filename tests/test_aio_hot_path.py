@@ -181,3 +181,41 @@ def test_the_async_pool_record_is_found_by_id_and_goes_with_the_pool(
     assert key not in P._aio_infos, "the entry outlived its pool"
     # open() takes min_size through get_connection, then four checkouts
     assert instrumented.family(M.POOL_WAIT_TIME).histogram("pool-1").count == 5
+
+
+def test_the_rpc_wrapper_honours_a_later_patch_of_the_multicallable_class(
+    sim: Simulator, instrumented: Recorder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The async RPC wrapper calls type(mc).__call__(mc, ...) (no second interpreter loop from
+    # C), looked up at each call: a tool that patches grpc.aio's multi-callable class after the
+    # stub was wrapped still sees every call, and every RPC is still timed.
+    from e6observe.hooks.stubs import plain_call
+
+    seen: list[Any] = []
+
+    async def run() -> Any:
+        conn = await _connect(sim)
+        try:
+            mc = conn.__dict__["_client"].prepareStatementV2.__wrapped__
+            assert plain_call(mc)
+            cls = type(mc)
+            orig = cls.__call__
+
+            def patched(self: Any, request: Any, **kwargs: Any) -> Any:
+                seen.append(type(request).__name__)
+                return orig(self, request, **kwargs)
+
+            monkeypatch.setattr(cls, "__call__", patched)
+            cur = conn.cursor()
+            await cur.execute("SELECT 1")
+            rows = await cur.fetchall()
+            await cur.close()
+            return rows
+        finally:
+            await conn.close()
+
+    assert asyncio.run(run()) == [[1]]
+    assert "PrepareStatementRequest" in seen or "PrepareStatementV2Request" in seen
+    rpcs = {k: h.count for k, h in instrumented.family(M.RPC_DURATION).items() if h.count}
+    assert sum(rpcs.values()) >= len(seen) > 0
+    assert _ok(instrumented).count == 1

@@ -558,6 +558,9 @@ def test_the_attribute_names_the_hot_paths_read_literally() -> None:
     src = inspect.getsource(cursor)
     assert cursor.ATTR == "_e6observe_query" and "self._e6observe_query" in src
     assert channel.MARK == "_e6observe_token" and "conn._client._e6observe_token" in src
+    from e6observe.hooks import aio
+
+    assert '.__dict__["_client"]._e6observe_token' in inspect.getsource(aio)
 
 
 @pytest.mark.matrix

@@ -35,7 +35,7 @@ import grpc
 from .._safe import record_internal_error
 from ..recorder import FOLD_AT
 from . import Hook, HookContext
-from .stubs import MARK, Timer, mark_wrapper, strategy_from, strategy_in, unwrap_all, wrap_stub
+from .stubs import MARK, Timer, mark_wrapper, plain_call, strategy_from, strategy_in, unwrap_all, wrap_stub
 
 _COMPONENT = "hook.channel"
 _perf = time.perf_counter
@@ -172,9 +172,8 @@ def _documented_signature(mc: Any) -> bool:
     if ok is None:
         try:
             import inspect
-            import types
 
-            if not isinstance(inspect.getattr_static(cls, "__call__", None), types.FunctionType):
+            if not plain_call(mc):
                 raise TypeError("not a plain function")
             params = list(inspect.signature(cls.__call__).parameters.values())[1:]
             ok = (

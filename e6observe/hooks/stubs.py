@@ -150,6 +150,19 @@ def wrap_stub(stub: Any, ctx: HookContext, kind: type, wrap: Wrap, stubs: weakre
     return True
 
 
+def plain_call(mc: Any) -> bool:
+    """True if ``type(mc).__call__`` is a plain Python function: then ``type(mc).__call__(mc,
+    ...)`` is ``mc(...)`` with the special-method lookup written out, which a Python-level call
+    runs without entering a second interpreter loop from C."""
+    import inspect
+    import types
+
+    try:
+        return isinstance(inspect.getattr_static(type(mc), "__call__", None), types.FunctionType)
+    except Exception:
+        return False
+
+
 def mark_wrapper(wrapper: Callable[..., Any], original: Any, method: str) -> Callable[..., Any]:
     """Make ``wrapper`` recognisable to :func:`unwrap_stub`, its original ``__wrapped__``."""
     wrapper.__wrapped__ = original  # type: ignore[attr-defined]
