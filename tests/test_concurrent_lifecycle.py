@@ -216,7 +216,7 @@ def test_async_stub_wrapped_while_uninstrument_runs_is_left_unwrapped(
             stub = e6x_engine_pb2_grpc.QueryEngineServiceStub(ch)
             wrapped = aio.HOOK.wrap_stub(stub, ctx, interp)
             left = [n for n, v in vars(stub).items() if getattr(v, "__wrapped__", None) is not None] + (
-                ["marked"] if hasattr(stub, aio.MARK) else []
+                ["marked"] if hasattr(stub, channel.MARK) else []
             )
             return wrapped, left
 
