@@ -4,11 +4,12 @@ context switches (from ``/proc``; Linux only).
     .venv/bin/python benchmarks/threadtime.py [--modes bare,e6o-prom] [--seconds 8] [--reps 2]
 
 Each mode runs in a fresh process (the harness's set-up, ``modes.py``) against its own simulator
-process, warms up, then runs ``SELECT 1`` queries (``execute``, ``fetchall``, ``clear``) for
-``--seconds``; the querying thread's counters are read before and after. Reads beside the
-callgrind count (``instructions.py``): when e6observe's added instructions would take ~10 µs
-at the connector's own rate but its added user time is ~30 µs, the difference is the rate -
-code running on cold caches - not more work.
+process (pinned as the harness pins them with 2+ CPUs: the simulator to the first allowed CPU,
+the worker and all its threads to the second), warms up, then runs ``SELECT 1`` queries (``execute``, ``fetchall``, ``clear``) for
+``--seconds``; the querying thread's counters are read before and after. Read beside the
+callgrind count (``instructions.py``): it shows how much of the added CPU time the added
+instructions account for. The user/system split is tick-sampled by the kernel (coarse for a
+few microseconds per query); their sum, the faults and the switches are exact.
 """
 
 from __future__ import annotations
@@ -38,13 +39,18 @@ def _task_counters(tid: int) -> dict[str, int]:
 
 
 def _worker(mode: str, seconds: float) -> None:
+    allowed = sorted(os.sched_getaffinity(0))
+    pin = len(allowed) >= 2
     sim = subprocess.Popen(
         [sys.executable, os.path.join(HERE, "simproc.py"), "0"],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
         cwd=ROOT,
+        preexec_fn=(lambda: os.sched_setaffinity(0, {allowed[0]})) if pin else None,
     )
+    if pin:
+        os.sched_setaffinity(0, {allowed[1]})
     try:
         assert sim.stdout is not None
         port = json.loads(sim.stdout.readline())["port"]
