@@ -5,11 +5,12 @@ context switches (from ``/proc``; Linux only).
 
 Each mode runs in a fresh process (the harness's set-up, ``modes.py``) against its own simulator
 process (pinned as the harness pins them with 2+ CPUs: the simulator to the first allowed CPU,
-the worker and all its threads to the second), warms up, then runs ``SELECT 1`` queries (``execute``, ``fetchall``, ``clear``) for
-``--seconds``; the querying thread's counters are read before and after. Read beside the
-callgrind count (``instructions.py``): it shows how much of the added CPU time the added
-instructions account for. The user/system split is tick-sampled by the kernel (coarse for a
-few microseconds per query); their sum, the faults and the switches are exact.
+the worker and all its threads to the second), warms up, then runs ``SELECT 1`` queries
+(``execute``, ``fetchall``, ``clear``) for ``--seconds``; the querying thread's counters are
+read before and after. Read beside the callgrind count (``instructions.py``): it shows how much
+of the added CPU time the added instructions account for. The user/system split is tick-sampled
+by the kernel (coarse for a few microseconds per query); their sum, the faults and the switches
+are exact.
 """
 
 from __future__ import annotations
