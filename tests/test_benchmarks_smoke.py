@@ -195,3 +195,43 @@ def test_replicas_spread_a_modes_rounds_over_its_processes(tmp_path: Path) -> No
         assert len(set(p)) == 2 and p[0] == p[2] != p[1] == p[3], (m, p)
     assert not set(pids["bare"]) & set(pids["e6o-prom"])
     assert r["latency"]["rpcs_per_query"] == 6.0  # counted over both replicas' queries
+
+
+def test_inprocess_ab_measures_each_state_as_intended(tmp_path: Path) -> None:
+    # benchmarks/inprocess.py toggles instrument()/uninstrument() in one process: every "on" run
+    # must have had the connection's stub wrapped and every "off" run must not, or its
+    # figures would compare the wrong things; each mode is paired with the off runs of the
+    # same blocks.
+    out = tmp_path / "ip.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "inprocess.py"),
+            "--modes",
+            "e6o-prom,e6o-mp",
+            "--blocks",
+            "3",
+            "--queries",
+            "8",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = json.loads(out.read_text())
+    assert r["runs_as_intended"] == {"off": 3, "e6o-prom": 3, "e6o-mp": 3}
+    off = r["runs"]["off"]
+    for mode in ("e6o-prom", "e6o-mp"):
+        on = r["runs"][mode]
+        assert len(on) == len(off) == 3
+        for j, name in ((0, "wall_us"), (1, "thread_cpu_us")):
+            x = r["modes"][mode][name]
+            assert all(run[j] > 0 for run in on + off)
+            # the added figure is the median of on - off within each block
+            pairs = sorted(a[j] - b[j] for a, b in zip(on, off))
+            assert x["added"]["median"] == pytest.approx(pairs[1])
+    assert "e6o-prom thread_cpu_us" in proc.stdout
