@@ -153,6 +153,8 @@ def main() -> int:
     )
     assert sim.stdin is not None and sim.stdout is not None
     port = json.loads(sim.stdout.readline())["port"]
+    if a.keep:
+        os.makedirs(a.keep, exist_ok=True)
     outdir = a.keep or tempfile.mkdtemp(prefix="e6o-aio-cg-")
     env = dict(os.environ, PYTHONHASHSEED="0")
     extra = (a.k2 - a.k1) * SCENARIOS[a.scenario]
