@@ -28,14 +28,12 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from typing import Any, Callable
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
 MODES = ("e6o-prom", "e6o-mp", "e6o-full")
 
 
@@ -75,29 +73,18 @@ def measure(modes: list[str], blocks: int, queries: int, warmup: int = 300) -> d
     bad = [m for m in modes if m not in MODES]
     if bad or not modes or len(set(modes)) != len(modes):
         raise ValueError(f"modes must be distinct, from {MODES}; got {modes!r}")
-    allowed = sorted(os.sched_getaffinity(0))
-    pin = len(allowed) >= 2
-    sim = subprocess.Popen(
-        [sys.executable, os.path.join(HERE, "simproc.py"), "0"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-        preexec_fn=(lambda: os.sched_setaffinity(0, {allowed[0]})) if pin else None,
-    )
+    sys.path.insert(0, HERE)
+    from simstart import start_pinned
+
+    sim, port, pin = start_pinned()
     tmp = tempfile.mkdtemp(prefix="e6o-inprocess-")
     undos: list[Callable[[], None]] = []
     try:
-        assert sim.stdout is not None
-        port = json.loads(sim.stdout.readline())["port"]
-        if pin:
-            os.sched_setaffinity(0, {allowed[1]})
         import e6data_python_connector.e6data_grpc as g
 
         import e6observe
 
         kwargs: dict[str, dict[str, Any]] = {}
-        undos: list[Callable[[], None]] = []
         for m in modes:
             kwargs[m], u = _instrument_kwargs(m, os.path.join(tmp, m))
             os.makedirs(os.path.join(tmp, m))

@@ -40,22 +40,11 @@ def _task_counters(tid: int) -> dict[str, int]:
 
 
 def _worker(mode: str, seconds: float) -> None:
-    allowed = sorted(os.sched_getaffinity(0))
-    pin = len(allowed) >= 2
-    sim = subprocess.Popen(
-        [sys.executable, os.path.join(HERE, "simproc.py"), "0"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-        preexec_fn=(lambda: os.sched_setaffinity(0, {allowed[0]})) if pin else None,
-    )
-    if pin:
-        os.sched_setaffinity(0, {allowed[1]})
+    sys.path.insert(0, HERE)
+    from simstart import start_pinned
+
+    sim, port, _ = start_pinned()
     try:
-        assert sim.stdout is not None
-        port = json.loads(sim.stdout.readline())["port"]
-        sys.path.insert(0, HERE)
         import e6data_python_connector.e6data_grpc as g
 
         if mode != "bare":
