@@ -18,7 +18,8 @@ in the off blocks too) and e6observe's background threads between blocks. Read i
 harness's figure for the same mode: the difference is what the separate processes add.
 Modes: ``e6o-prom`` (Prometheus endpoint, watcher), ``e6o-mp`` (multi-process directory),
 ``e6o-full`` (plus OpenTelemetry metrics into an SDK meter provider whose reader drops each
-batch, and log records), each with ``modes.py``'s watcher interval.
+batch, and log records), each with ``modes.py``'s watcher interval. With ``e6o-full`` asked for,
+its SDK providers (and their 1 s reader thread) stay up for the whole run, in every state.
 """
 
 from __future__ import annotations
