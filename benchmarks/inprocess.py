@@ -48,8 +48,8 @@ def _nothing() -> None:
 
 
 def _instrument_kwargs(mode: str, tmp: str) -> tuple[dict[str, Any], Callable[[], None]]:
-    """``instrument()``'s keywords for ``mode``, and what to undo after the run."""
-    sys.path.insert(0, HERE)
+    """``instrument()``'s keywords for ``mode``, and what to undo after the run (``measure``
+    has put this directory on ``sys.path``)."""
     from modes import WATCHER_INTERVAL_S, Mode
 
     kwargs: dict[str, Any] = {"prometheus_port": 0, "watcher_interval": WATCHER_INTERVAL_S, "otel": False}
